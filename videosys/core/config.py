@@ -1,0 +1,87 @@
+"""BaseConfig: what every family's config shares (weights, device, dtype, processes, defaults).
+
+Generation fields left as None take the family's published default, or the preset's.
+Configs are plain dataclasses; YAML goes through omegaconf.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BaseConfig:
+    model_path: str | None = None  # hub id or local folder; None: the family's official checkpoint
+    preset: str | None = None  # e.g. "tiny": small architecture, random weights unless model_path is given
+    dtype: str = "auto"  # auto: fp32 on CPU (bf16 is ~100x slower there), bf16 on CUDA
+    device: str = "auto"
+    num_gpus: int = 1
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    progress_bar: bool = True
+
+    model_name: ClassVar[str] = ""
+    official_model_path: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}  # published generation defaults
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> generation defaults
+
+    def __post_init__(self):
+        if self.preset is not None and self.preset not in self.presets:
+            raise ValueError(f"unknown preset {self.preset!r} for {self.model_name}; choose from {sorted(self.presets)}")
+        if self.model_path is None and self.preset is None:
+            self.model_path = self.official_model_path
+        values = {**self.defaults, **self.presets.get(self.preset, {})}
+        for name, value in values.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.num_gpus, int) or self.num_gpus < 1:
+            raise ValueError(f"num_gpus must be a positive integer, got {self.num_gpus!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides):
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        values.pop("model", None)  # a YAML file may name its family, as the CLI's --config does
+        return cls.from_dict({**values, **overrides})
+
+    def to_yaml(self, path: str) -> None:
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(OmegaConf.create({"model": self.model_name, **self.to_dict()}), path)
+
+    @property
+    def pipeline_cls(self):
+        raise NotImplementedError

@@ -1,0 +1,90 @@
+"""VideoSysPipeline: what every family's pipeline shares.
+
+A family pipeline builds its components (official or tiny), encodes prompts, prepares the
+seeded noise, runs the denoising loop and decodes. This base holds the parts that are the
+same everywhere: input checks, prompt batching for CFG, seeded noise, the progress bar,
+the classifier-free-guidance combination and the conversion to uint8 frames.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class VideoSysOutput:
+    video: torch.Tensor  # (B, T, H, W, 3) uint8; out.video[0] is one clip
+    stats: dict = field(default_factory=dict)  # timings and, with caches, what was computed / reused
+
+
+class VideoSysPipeline:
+    components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    pipeline_class_name = ""  # model_index.json's "_class_name"
+
+    def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
+        self.config = config
+        self.device = config.torch_device()
+        self.dtype = config.torch_dtype()
+        self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+
+    # ---- inputs --------------------------------------------------------------------------
+    @staticmethod
+    def as_prompt_list(prompt, name: str = "prompt") -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError(f"{name} must be a non-empty string or a list of non-empty strings, got {prompt!r}")
+        return prompts
+
+    def resolve(self, **kwargs) -> dict:
+        """Generation arguments: the call's values, else the config's (published or preset defaults)."""
+        out = {k: getattr(self.config, k) if v is None else v for k, v in kwargs.items()}
+        for name in ("num_frames", "height", "width", "num_inference_steps"):
+            if name in out and (not isinstance(out[name], int) or out[name] <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {out[name]!r}")
+        if "guidance_scale" in out and out["guidance_scale"] < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {out['guidance_scale']!r}")
+        return out
+
+    def check_spatial(self, height: int, width: int, factor: int) -> None:
+        for name, value in (("height", height), ("width", width)):
+            if value % factor:
+                raise ValueError(f"{name}={value} must be divisible by {factor} (VAE downsampling x patch size)")
+
+    # ---- noise and the loop --------------------------------------------------------------
+    def seeded_noise(self, shape, seed: int) -> torch.Tensor:
+        """Noise drawn on the CPU from `seed`, so a seed gives the same video on every device."""
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    def progress(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
+
+    @staticmethod
+    def guide(pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """CFG on a batch laid out [uncond; cond]."""
+        uncond, cond = pred.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    @staticmethod
+    def to_frames(video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) in [-1, 1] -> (B, T, H, W, C) uint8."""
+        video = (video.float() / 2 + 0.5).clamp(0, 1)
+        return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+
+    # ---- weights ---------------------------------------------------------------------------
+    def save_pretrained(self, folder: str) -> None:
+        """Write every component in the diffusers folder layout (loadable by this class and diffusers)."""
+        os.makedirs(folder, exist_ok=True)
+        index = {"_class_name": self.pipeline_class_name}
+        for name in self.components:
+            part = getattr(self, name)
+            part.save_pretrained(os.path.join(folder, name))
+            library = "transformers" if name in ("text_encoder", "tokenizer") else "diffusers"
+            class_name = getattr(part, "class_name", type(part).__name__)
+            index[name] = [library, class_name]
+        with open(os.path.join(folder, "model_index.json"), "w") as f:
+            json.dump(index, f, indent=2)

@@ -1,0 +1,163 @@
+"""Latte text-to-video: LatteConfig (published defaults, `tiny` preset) and LattePipeline.
+
+Components in the maxin-cn/Latte-1 (diffusers) layout: transformer/, vae/ (AutoencoderKL,
+decoded per frame), text_encoder/ + tokenizer/ (T5, 120 tokens), scheduler/ (DDIM).
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from videosys.core.config import BaseConfig
+from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
+from videosys.utils import text as text_stack
+from videosys.utils.hub import resolve_dir
+
+TINY_TEXT_DIM = 32
+
+
+@dataclass
+class LatteConfig(BaseConfig):
+    """Latte generation config. `LatteConfig()` is Latte-1 (16x512x512, 50 DDIM steps, cfg 7.5, 8 fps);
+    `LatteConfig(preset="tiny")` is a small random model that runs on a CPU in seconds."""
+
+    # DDIM with Latte's training noise schedule (linear betas 1e-4..0.02)
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    max_text_length: int = 120
+    mask_feature: bool = True  # published: text tokens cut to the prompt's length, no cross-attn mask
+    decode_chunk_size: int = 16  # frames per VAE decode call
+    enable_temporal_attentions: bool = True
+
+    model_name = "latte"
+    official_model_path = "maxin-cn/Latte-1"
+    defaults = dict(num_frames=16, height=512, width=512, num_inference_steps=50, guidance_scale=7.5, fps=8)
+    presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8)}
+
+    @property
+    def pipeline_cls(self):
+        return LattePipeline
+
+
+def tiny_components(seed: int = 0):
+    """Transformer, VAE and text stack of the `tiny` preset: Latte's classes, small widths, random weights."""
+    from diffusers import AutoencoderKL
+
+    tokenizer = text_stack.build_tiny_tokenizer(LatteConfig.max_text_length)
+    text_encoder = text_stack.build_tiny_text_encoder(len(tokenizer), d_model=TINY_TEXT_DIM, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = LatteTransformer3DModel(LatteTransformerConfig(
+            num_attention_heads=4, attention_head_dim=16, num_layers=2, cross_attention_dim=64,
+            caption_channels=TINY_TEXT_DIM, sample_size=8, video_length=16))
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
+    return transformer.eval(), vae.eval(), text_encoder, tokenizer
+
+
+class LattePipeline(VideoSysPipeline):
+    pipeline_class_name = "LattePipeline"
+
+    @classmethod
+    def from_config(cls, config: LatteConfig) -> "LattePipeline":
+        from diffusers import AutoencoderKL, DDIMScheduler
+
+        device, dtype = config.torch_device(), config.torch_dtype()
+        schedule = dict(beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
+                        clip_sample=False)
+        if config.model_path is None:  # tiny preset, random weights
+            transformer, vae, text_encoder, tokenizer = tiny_components()
+            scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
+        else:
+            path = config.model_path
+            transformer = LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+            vae = AutoencoderKL.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
+            tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
+            scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
+        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
+                 for m in (transformer, vae, text_encoder)]
+        return cls(config, *parts, tokenizer, scheduler)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool):
+        """Text states laid out [uncond; cond] and a cross-attention mask (None when nothing is masked).
+
+        As published (mask_feature): tokens are cut to the longest prompt's length; the
+        negative prompt's states are cut to the same length and attended to without a mask.
+        """
+        cond, mask = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts,
+                                            self.config.max_text_length, self.device)
+        if self.config.mask_feature:
+            keep = int(mask.sum(dim=1).max())  # one host sync per generation, not per step
+            cond, mask = cond[:, :keep], mask[:, :keep]
+        if do_cfg:
+            uncond, _ = text_stack.encode_text(self.tokenizer, self.text_encoder, [negative_prompt] * len(prompts),
+                                               self.config.max_text_length, self.device)
+            uncond = uncond[:, : cond.shape[1]]
+            cond, mask = torch.cat([uncond, cond]), torch.cat([torch.ones_like(mask), mask])
+        if not self.config.mask_feature:
+            mask = None  # the original model attends to all max_text_length tokens
+        elif bool(mask.all()):
+            mask = None
+        return cond.to(self.dtype), mask
+
+    @torch.inference_mode()
+    def generate(self, prompt, negative_prompt: str = "", seed: int = 0, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None) -> VideoSysOutput:
+        prompts = self.as_prompt_list(prompt)
+        if not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
+        a = self.resolve(num_frames=num_frames, height=height, width=width,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        patch = self.transformer.config.patch_size
+        self.check_spatial(a["height"], a["width"], self.vae_scale_factor * patch)
+        start = time.perf_counter()
+        do_cfg = a["guidance_scale"] > 1.0
+        text, mask = self.encode_prompt(prompts, negative_prompt, do_cfg)
+
+        channels = self.transformer.config.in_channels
+        shape = (len(prompts), channels, a["num_frames"], a["height"] // self.vae_scale_factor,
+                 a["width"] // self.vae_scale_factor)
+        latents = self.seeded_noise(shape, seed) * self.scheduler.init_noise_sigma
+        latents = latents.to(self.dtype)
+        self.scheduler.set_timesteps(a["num_inference_steps"])
+        timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+        model_timesteps = timesteps.to(self.device)
+
+        denoise_start = time.perf_counter()
+        with self.progress(len(timesteps), "latte") as bar:
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents, latents]) if do_cfg else latents
+                pred = self.transformer(model_in, model_timesteps[i], text, mask,
+                                        enable_temporal_attentions=self.config.enable_temporal_attentions)
+                pred = pred[:, :channels]  # epsilon; the other half is the learned variance
+                if do_cfg:
+                    pred = self.guide(pred, a["guidance_scale"])
+                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+                bar.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        decode_start = time.perf_counter()
+        video = self.decode(latents)
+        end = time.perf_counter()
+        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
+                 "steps": len(timesteps)}
+        return VideoSysOutput(video=video, stats=stats)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""
+        b, c, f, h, w = latents.shape
+        frames = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) / self.vae.config.scaling_factor
+        chunk = max(1, self.config.decode_chunk_size)
+        images = torch.cat([self.vae.decode(frames[i:i + chunk].to(self.vae.dtype)).sample
+                            for i in range(0, b * f, chunk)])
+        video = images.view(b, f, *images.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, 3, F, H, W)
+        return self.to_frames(video)

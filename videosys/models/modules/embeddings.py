@@ -1,0 +1,128 @@
+"""Embeddings shared by the families: timestep, sinusoidal positions, patches, captions.
+
+Parameter names follow diffusers' layout so the official checkpoints load unchanged.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
+                       max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps -> (B, dim) in fp32 (DDPM / diffusers `Timesteps`)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    args = t[:, None].float() * torch.exp(exponent)[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim) [sin | cos] embedding, computed in fp64 (MAE / DiT convention)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.0))
+    out = torch.outer(pos.reshape(-1).to(torch.float64), omega)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(dim: int, height: int, width: int, base_size: int, interpolation_scale: float = 1.0) -> torch.Tensor:
+    """(height * width, dim) embedding in row-major token order.
+
+    The first half encodes the column, the second the row (PixArt / diffusers order); positions
+    are rescaled so that a grid of `base_size` spans 0..base_size whatever its real size.
+    """
+    rows = torch.arange(height, dtype=torch.float32) / (height / base_size) / interpolation_scale
+    cols = torch.arange(width, dtype=torch.float32) / (width / base_size) / interpolation_scale
+    row, col = torch.meshgrid(rows, cols, indexing="ij")  # (H, W) each
+    return torch.cat([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], dim=1).float()
+
+
+class TimestepEmbedding(nn.Module):
+    """Linear -> SiLU -> Linear on the sinusoidal timestep embedding (keys linear_1, linear_2)."""
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class _TimestepEmbedder(nn.Module):
+    """Holds `timestep_embedder` so keys read `adaln_single.emb.timestep_embedder.*`."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.timestep_embedder = TimestepEmbedding(freq_dim, dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.timestep_embedder(timestep_embedding(t, self.freq_dim).to(dtype))
+
+
+class AdaLNSingle(nn.Module):
+    """PixArt-alpha adaLN-single: one timestep MLP shared by every block.
+
+    Returns the 6 * dim modulation vector (shift/scale/gate for attention and MLP) and the
+    timestep embedding itself (used by the final layer).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.emb = _TimestepEmbedder(dim)
+        self.silu = nn.SiLU()
+        self.linear = nn.Linear(dim, 6 * dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.emb(t, dtype)  # (B, C)
+        return self.linear(self.silu(emb)), emb
+
+
+class CaptionProjection(nn.Module):
+    """Text-encoder features -> model width: Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, in_features: int, hidden_size: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, hidden_size)
+        self.act_1 = nn.GELU(approximate="tanh")
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act_1(self.linear_1(x)))
+
+
+class PatchEmbed2D(nn.Module):
+    """(N, C, H, W) -> (N, H/p * W/p, dim) tokens plus the fixed 2D sin-cos position embedding.
+
+    The position table is a pure function of the grid, so it is cached per (grid, device)
+    instead of being rebuilt every denoising step.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int, base_size: int, interpolation_scale: float = 1.0):
+        super().__init__()
+        self.patch_size = patch_size
+        self.base_size = base_size
+        self.interpolation_scale = interpolation_scale
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self._pos_cache: dict = {}
+
+    def pos_embed(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, str(device))
+        if key not in self._pos_cache:
+            dim = self.proj.out_channels
+            self._pos_cache[key] = sincos_2d(dim, height, width, self.base_size, self.interpolation_scale)[None].to(device)
+        return self._pos_cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        x = self.proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
+        return (x + self.pos_embed(h, w, x.device)).to(x.dtype)

@@ -1,0 +1,85 @@
+"""The text stack: T5 encoder + tokenizer, official or tiny and offline.
+
+The tiny tokenizer is a real T5 tokenizer (unigram model, `</s>` appended, `<pad>` = 0,
+`</s>` = 1, `<unk>` = 2, padding, truncation and attention masks as T5's) whose vocabulary
+is built here from a fixed word list, so it needs no file and no network.
+"""
+
+import os
+import string
+
+import torch
+
+# Words of the captions users try first (and of the demo clips); anything else falls back to
+# characters, so every ASCII prompt tokenizes without <unk>.
+_WORDS = """
+a an the of and in on at to with from by is are its it this that up down left right top bottom
+moving moves move slowly quickly fast slow across toward towards around over under into through
+red green blue yellow orange purple pink white black gray grey brown cyan magenta
+circle square triangle ball box cube star ring dot line shape object
+dog cat bird fish horse car boat train plane person man woman child people
+sky sea ocean beach river lake mountain forest tree flower grass city street road snow rain sun moon
+water fire cloud clouds light night day sunset sunrise background plain colorful
+running walking flying swimming driving dancing playing sitting standing jumping falling
+video camera view close shot scene beautiful small large big little
+""".split()
+_PIECE_SCORE, _CHAR_SCORE = -5.0, -12.0  # whole words are preferred over their characters
+
+
+def tiny_vocab() -> list[tuple[str, float]]:
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -8.0)]
+    seen = {p for p, _ in vocab}
+    for word in _WORDS:
+        for piece in ("\u2581" + word, word):
+            if piece not in seen:
+                vocab.append((piece, _PIECE_SCORE))
+                seen.add(piece)
+    for ch in string.ascii_letters + string.digits + string.punctuation:
+        for piece in (ch, "\u2581" + ch):
+            if piece not in seen:
+                vocab.append((piece, _CHAR_SCORE))
+                seen.add(piece)
+    return vocab
+
+
+def build_tiny_tokenizer(model_max_length: int):
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=tiny_vocab(), extra_ids=0, model_max_length=model_max_length)
+
+
+def build_tiny_text_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
+    """A 2-layer T5 encoder with T5 v1.1's structure (gated GELU, relative attention)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
+                      num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+                      dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return T5EncoderModel(config).eval()
+
+
+def load_text_stack(path: str, dtype: torch.dtype, device):
+    """The official text encoder and tokenizer from `path`'s text_encoder/ and tokenizer/ folders."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from videosys.utils.hub import resolve_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_dir(path, "tokenizer"))
+    encoder = T5EncoderModel.from_pretrained(resolve_dir(path, "text_encoder"), dtype=dtype).to(device).eval()
+    return tokenizer, encoder
+
+
+@torch.no_grad()
+def encode_text(tokenizer, encoder, prompts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts -> (B, max_length, C) hidden states and the (B, max_length) attention mask."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                       add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    return encoder(ids, attention_mask=mask).last_hidden_state, mask
+
+
+def save_text_stack(tokenizer, encoder, folder: str) -> None:
+    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
+    encoder.save_pretrained(os.path.join(folder, "text_encoder"))

@@ -1,0 +1,61 @@
+"""Video files: written whole or not at all (temporary file, then rename), read back as uint8."""
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+
+def to_uint8_frames(video) -> np.ndarray:
+    """(T, H, W, 3) uint8, from a uint8 array / tensor or a float one in [0, 1]."""
+    if isinstance(video, torch.Tensor):
+        video = video.detach().cpu()
+        video = video.numpy() if video.dtype == torch.uint8 else (video.float().clamp(0, 1) * 255).round().byte().numpy()
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"video must be (frames, height, width, 3), got shape {video.shape}")
+    if video.dtype != np.uint8:
+        video = (np.clip(video.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(video)
+
+
+def save_video(video, path: str, fps: int = 8) -> str:
+    """Write (T, H, W, 3) frames as H.264 mp4 at `path`; a failure leaves no file behind."""
+    import imageio_ffmpeg
+
+    frames = to_uint8_frames(video)
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even height and width, got {h}x{w}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=folder)
+    os.close(fd)
+    try:
+        writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+                                             pix_fmt_out="yuv420p", macro_block_size=1, quality=8,
+                                             output_params=["-movflags", "+faststart"])
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_video(path: str) -> tuple[np.ndarray, float]:
+    """(T, H, W, 3) uint8 frames and the fps stored in the file."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = [np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3) for buf in reader]
+    return np.stack(frames), float(meta["fps"])
