@@ -1,8 +1,26 @@
-"""videosys: fast text-to-video generation with diffusion transformers."""
+"""videosys: fast text-to-video generation with diffusion transformers.
+
+Family classes are imported on first use, so `import videosys` stays light.
+"""
 
 from videosys.core.engine import VideoSysEngine
 from videosys.core.pipeline import VideoSysOutput
-from videosys.models.latte.pipeline import LatteConfig, LattePipeline
 from videosys.utils.video import read_video, save_video
 
-__all__ = ["VideoSysEngine", "VideoSysOutput", "LatteConfig", "LattePipeline", "save_video", "read_video"]
+_LAZY = {
+    "LatteConfig": "videosys.models.latte.pipeline", "LattePipeline": "videosys.models.latte.pipeline",
+    "CogVideoXConfig": "videosys.models.cogvideox.pipeline", "CogVideoXPipeline": "videosys.models.cogvideox.pipeline",
+    "OpenSoraConfig": "videosys.models.open_sora.pipeline", "OpenSoraPipeline": "videosys.models.open_sora.pipeline",
+    "OpenSoraPlanConfig": "videosys.models.open_sora_plan.pipeline",
+    "OpenSoraPlanPipeline": "videosys.models.open_sora_plan.pipeline",
+}
+
+__all__ = ["VideoSysEngine", "VideoSysOutput", "save_video", "read_video", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'videosys' has no attribute {name!r}")
