@@ -55,3 +55,14 @@ def test_cli_generate(tmp_path, capsys):
     assert cli_main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", "x", "--height", "50",
                      "--output", str(tmp_path / "bad.mp4")]) == 2
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_cli_cache_flag(tmp_path, capsys):
+    import json
+
+    rc = cli_main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", "a dog", "--cache", "teacache-fast",
+                   "--output", str(tmp_path / "c.mp4"), "--steps", "20", "--num-frames", "4", "--no-progress"])
+    assert rc == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["teacache"]["computed_steps"] + stats["teacache"]["reused_steps"] == 20
+    assert cli_main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", "a dog", "--cache", "bogus"]) == 2

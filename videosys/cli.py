@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", dest="num_inference_steps", type=int, help="alias of --num-inference-steps")
     gen.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
     gen.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    gen.add_argument("--cache", help="none, teacache-slow, teacache-fast, teacache-<threshold> or pab "
+                     "(the published settings of the model)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -43,6 +45,7 @@ def make_config(args):
     if not model:
         raise ValueError("name the model family with --model (or `model:` in the --config file)")
     overrides = {"preset": args.preset, "model_path": args.model_path, "dtype": args.dtype, "device": args.device,
+                 "cache": args.cache,
                  **{name: getattr(args, name) for name in _GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_progress:

@@ -28,6 +28,12 @@ class BaseConfig:
     guidance_scale: float | None = None
     fps: int | None = None
     progress_bar: bool = True
+    # caches: flags (the paper's switches) or `cache` = "teacache-slow" | "teacache-fast" | "pab" | "none",
+    # a TeaCacheConfig / PABConfig, a dict with a "method" key, or a list of these
+    enable_teacache: bool = False
+    teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
+    enable_pab: bool = False
+    cache: Any = None
 
     model_name: ClassVar[str] = ""
     official_model_path: ClassVar[str] = ""
@@ -47,6 +53,28 @@ class BaseConfig:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.num_gpus, int) or self.num_gpus < 1:
             raise ValueError(f"num_gpus must be a positive integer, got {self.num_gpus!r}")
+        self.cache_configs()  # a bad cache setting fails here, not mid-generation
+
+    def teacache_model(self) -> str:
+        """Which published TeaCache coefficients apply (a family with variants overrides this)."""
+        return self.model_name
+
+    def pab_model(self) -> str:
+        return self.model_name
+
+    def cache_configs(self) -> list:
+        """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
+        from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
+
+        configs = cache_configs_from_spec(self.cache, self.teacache_model(), self.pab_model())
+        if self.enable_teacache:
+            configs.append(TeaCacheConfig.for_model(self.teacache_model(), self.teacache_thresh))
+        if self.enable_pab:
+            configs.append(PABConfig.for_model(self.pab_model()))
+        kinds = [type(c).__name__ for c in configs]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each cache method can be enabled once, got {kinds}")
+        return configs
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -59,7 +87,11 @@ class BaseConfig:
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        from videosys.cache import cache_spec_to_plain
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["cache"] = cache_spec_to_plain(self.cache)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):

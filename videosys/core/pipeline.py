@@ -63,6 +63,27 @@ class VideoSysPipeline:
     def progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
 
+    def denoise_steps(self, timesteps: torch.Tensor, desc: str):
+        """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
+
+        The caches plan the generation from the whole schedule and learn each step's index and
+        value from here: host-side numbers, so no device sync.
+        """
+        values = [float(t) for t in timesteps]
+        self.transformer.cache_begin(values)
+        with self.progress(len(values), desc) as bar:
+            for i, t in enumerate(timesteps):
+                self.transformer.cache_step(i, values[i])
+                yield i, t
+                bar.update()
+                postfix = self.transformer.cache_postfix()
+                if postfix:
+                    bar.set_postfix_str(postfix, refresh=False)
+
+    def enable_configured_caches(self) -> None:
+        for cache in self.config.cache_configs():
+            self.transformer.enable_cache(cache)
+
     @staticmethod
     def guide(pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """CFG on a batch laid out [uncond; cond]."""

@@ -80,7 +80,9 @@ class LattePipeline(VideoSysPipeline):
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
         parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                  for m in (transformer, vae, text_encoder)]
-        return cls(config, *parts, tokenizer, scheduler)
+        pipeline = cls(config, *parts, tokenizer, scheduler)
+        pipeline.enable_configured_caches()
+        return pipeline
 
     @property
     def vae_scale_factor(self) -> int:
@@ -133,23 +135,21 @@ class LattePipeline(VideoSysPipeline):
         model_timesteps = timesteps.to(self.device)
 
         denoise_start = time.perf_counter()
-        with self.progress(len(timesteps), "latte") as bar:
-            for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents, latents]) if do_cfg else latents
-                pred = self.transformer(model_in, model_timesteps[i], text, mask,
-                                        enable_temporal_attentions=self.config.enable_temporal_attentions)
-                pred = pred[:, :channels]  # epsilon; the other half is the learned variance
-                if do_cfg:
-                    pred = self.guide(pred, a["guidance_scale"])
-                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-                bar.update()
+        for i, t in self.denoise_steps(timesteps, "latte"):
+            model_in = torch.cat([latents, latents]) if do_cfg else latents
+            pred = self.transformer(model_in, model_timesteps[i], text, mask,
+                                    enable_temporal_attentions=self.config.enable_temporal_attentions)
+            pred = pred[:, :channels]  # epsilon; the other half is the learned variance
+            if do_cfg:
+                pred = self.guide(pred, a["guidance_scale"])
+            latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         decode_start = time.perf_counter()
         video = self.decode(latents)
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps)}
+                 "steps": len(timesteps), **self.transformer.cache_stats()}
         return VideoSysOutput(video=video, stats=stats)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from videosys.cache import CacheMixin
+from videosys.cache import pab as pab_lib
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
@@ -48,10 +50,15 @@ class LatteTransformerConfig:
 
 
 class LatteBlock(nn.Module):
-    """adaLN-single transformer block: self-attention, optional text cross-attention, MLP."""
+    """adaLN-single transformer block: self-attention, optional text cross-attention, MLP.
 
-    def __init__(self, cfg: LatteTransformerConfig, cross_attention: bool):
+    `kind` ("spatial" / "temporal") and `index` name the block for PAB's broadcast decisions.
+    """
+
+    def __init__(self, cfg: LatteTransformerConfig, kind: str, index: int):
         super().__init__()
+        self.kind, self.index = kind, index
+        cross_attention = kind == "spatial"
         dim = cfg.num_attention_heads * cfg.attention_head_dim
         norm = dict(eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine)
         self.norm1 = nn.LayerNorm(dim, **norm)
@@ -75,20 +82,23 @@ class LatteBlock(nn.Module):
         return self.norm1(x) * (1 + mod[1]) + mod[0]
 
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None) -> torch.Tensor:
         b, n, l, c = x.shape  # (B, N groups, L tokens per group, C)
         mod = self.modulation(t_mod)
-        h = self.modulated_input(x, mod).reshape(b * n, l, c)
-        x = x + mod[2] * self.attn1(h).view(b, n, l, c)
+        attn = pab_lib.run(pab, self.kind, self.index,
+                           lambda: self.attn1(self.modulated_input(x, mod).reshape(b * n, l, c)).view(b, n, l, c))
+        x = x + mod[2] * attn
         if self.attn2 is not None:
             # Every group of a sample attends to the same text: fold the groups into the query length
             # (B, N * L, C) so text keys are projected once per sample, not once per frame.
-            x = x + self.attn2(x.reshape(b, n * l, c), context, context_mask).view(b, n, l, c)
-        h = self.norm2(x) * (1 + mod[4]) + mod[3]
-        return x + mod[5] * self.ff(h)
+            cross = pab_lib.run(pab, "cross", self.index,
+                                lambda: self.attn2(x.reshape(b, n * l, c), context, context_mask).view(b, n, l, c))
+            x = x + cross
+        mlp = pab_lib.run(pab, self.kind, self.index, lambda: self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]), mlp=True)
+        return x + mod[5] * mlp
 
 
-class LatteTransformer3DModel(PretrainedModel):
+class LatteTransformer3DModel(PretrainedModel, CacheMixin):
     config_class = LatteTransformerConfig
     class_name = "LatteTransformer3DModel"
 
@@ -100,8 +110,9 @@ class LatteTransformer3DModel(PretrainedModel):
         p = config.patch_size
         self.pos_embed = PatchEmbed2D(p, config.in_channels, dim, base_size=config.sample_size // p,
                                       interpolation_scale=max(config.sample_size // 64, 1))
-        self.transformer_blocks = nn.ModuleList(LatteBlock(config, True) for _ in range(config.num_layers))
-        self.temporal_transformer_blocks = nn.ModuleList(LatteBlock(config, False) for _ in range(config.num_layers))
+        self.transformer_blocks = nn.ModuleList(LatteBlock(config, "spatial", i) for i in range(config.num_layers))
+        self.temporal_transformer_blocks = nn.ModuleList(
+            LatteBlock(config, "temporal", i) for i in range(config.num_layers))
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, p * p * self.out_channels)
@@ -117,6 +128,19 @@ class LatteTransformer3DModel(PretrainedModel):
             self._temp_pos_cache[key] = sincos_1d(dim, torch.arange(num_frames)).float().to(device)
         return self._temp_pos_cache[key]
 
+    def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
+                   context_mask: torch.Tensor | None, temporal_attention: bool = True) -> torch.Tensor:
+        """The block stack on (B, F, L, C) tokens."""
+        f = x.shape[1]
+        for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
+            x = spatial(x, t_mod, context, context_mask, pab=self.pab)
+            if temporal_attention:
+                x = x.transpose(1, 2)  # (B, L, F, C)
+                if i == 0 and f > 1:
+                    x = x + self.temporal_pos_embed(f, x.device).to(x.dtype)
+                x = temporal(x, t_mod, pab=self.pab).transpose(1, 2)  # back to (B, F, L, C)
+        return x
+
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None,
                 enable_temporal_attentions: bool = True) -> torch.Tensor:
@@ -129,13 +153,19 @@ class LatteTransformer3DModel(PretrainedModel):
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
         context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
 
-        for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
-            x = spatial(x, t_mod, context, encoder_attention_mask)
-            if enable_temporal_attentions:
-                x = x.transpose(1, 2)  # (B, L, F, C)
-                if i == 0 and f > 1:
-                    x = x + self.temporal_pos_embed(f, x.device).to(x.dtype)
-                x = temporal(x, t_mod).transpose(1, 2)  # back to (B, F, L, C)
+        # TeaCache: the indicator is the first spatial block's modulated input; when it has
+        # changed little since the last computed step, skip every block and reuse their residual.
+        teacache = self.teacache
+        if teacache is not None:
+            first = self.transformer_blocks[0]
+            if teacache.skip(first.modulated_input(x, first.modulation(t_mod))):
+                x = teacache.apply_cached(x)
+            else:
+                x_in = x
+                x = self.run_blocks(x, t_mod, context, encoder_attention_mask, enable_temporal_attentions)
+                teacache.store(x_in, x)
+        else:
+            x = self.run_blocks(x, t_mod, context, encoder_attention_mask, enable_temporal_attentions)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None, None].unbind(1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, F, L, p*p*C_out)

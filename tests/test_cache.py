@@ -1,0 +1,216 @@
+"""TeaCache and PAB: exactness when disabled by settings, schedules, maths, stats, isolation."""
+
+import numpy as np
+import pytest
+import torch
+
+from videosys import LatteConfig, LattePipeline
+from videosys.cache import PAB, PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
+
+PROMPT = "a red circle moving to the right"
+RUN = dict(seed=0, num_frames=4, num_inference_steps=12)
+
+
+def pipeline(**config):
+    return LattePipeline.from_config(LatteConfig(preset="tiny", progress_bar=False, **config))
+
+
+@pytest.fixture(scope="module")
+def uncached():
+    return pipeline().generate(PROMPT, **RUN).video
+
+
+# ---- maths ------------------------------------------------------------------------------------
+def test_rescale_is_numpy_poly1d():
+    for coefficients in (COEFFICIENTS["latte"], COEFFICIENTS["open-sora"], (1.0, 2.0, 3.0)):
+        for x in (0.0, 0.013, 0.07, 0.3):
+            assert rescale(coefficients, x) == pytest.approx(float(np.poly1d(coefficients)(x)), rel=1e-12, abs=1e-12)
+    assert rescale((1.0, 2.0, 3.0), 2.0) == 11.0  # 4 + 4 + 3
+
+
+def test_polynomial_is_not_trusted_past_its_last_peak():
+    from videosys.cache.teacache import last_peak
+
+    peak = last_peak(COEFFICIENTS["latte"])
+    assert peak == pytest.approx(0.1741, abs=1e-3)  # -2464x^4 + ... has its last maximum there
+    assert last_peak(COEFFICIENTS["open-sora"]) == float("inf")  # rises for ever
+    cache = TeaCache(TeaCacheConfig(threshold=1.0, coefficients=COEFFICIENTS["latte"]))
+    cache.begin([3.0, 2.0, 1.0, 0.0])
+    cache.set_step(0, 3.0)
+    cache.skip(torch.ones(4))
+    cache.store(torch.zeros(4), torch.ones(4))
+    cache.set_step(1, 2.0)
+    # a 100% change: the raw polynomial gives -2.1e3 (skip!), the clamped one 1.2 >= 1.0 (compute)
+    assert rescale(COEFFICIENTS["latte"], 1.0) < 0
+    assert not cache.skip(torch.full((4,), 2.0))
+
+
+def test_relative_l1_by_hand():
+    previous = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+    current = torch.tensor([[1.5, -2.0], [2.0, -4.0]])
+    # mean |diff| = (0.5 + 0 + 1 + 0) / 4 = 0.375 ; mean |previous| = 10 / 4 = 2.5
+    assert float(relative_l1(current, previous)) == pytest.approx(0.15)
+
+
+# ---- TeaCache ----------------------------------------------------------------------------------
+def test_teacache_threshold_zero_is_exact(uncached):
+    pipe = pipeline(cache=TeaCacheConfig(threshold=0.0))
+    out = pipe.generate(PROMPT, **RUN)
+    assert out.stats["teacache"]["reused_steps"] == 0
+    assert torch.equal(out.video, uncached)
+
+
+def test_teacache_forced_schedule():
+    """A constant polynomial adds 0.04 per step: with threshold 0.1 the stack computes every third
+    step (sum 0.12 >= 0.1), and the first and last steps always."""
+    pipe = pipeline(cache=TeaCacheConfig(threshold=0.1, coefficients=(0.04,)))
+    calls = []
+    run_blocks = pipe.transformer.run_blocks
+    pipe.transformer.run_blocks = lambda *a, **k: calls.append(1) or run_blocks(*a, **k)
+    out = pipe.generate(PROMPT, **RUN)
+    n = RUN["num_inference_steps"]
+    predicted = [i for i in range(1, n - 1) if i % 3 != 0]
+    assert out.stats["teacache"]["reused_step_indices"] == predicted
+    assert out.stats["teacache"]["computed_steps"] == n - len(predicted) == len(calls)
+
+
+def test_teacache_reuse_adds_the_stored_residual():
+    """On a skipped step the output is x + (last block-stack output - last block-stack input)."""
+    pipe = pipeline()
+    model = pipe.transformer
+    model.enable_cache(TeaCacheConfig(threshold=1e9, coefficients=(0.0,)))
+    g = torch.Generator().manual_seed(0)
+    x, text, t = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 5, 32, generator=g), torch.tensor(500)
+    model.cache_begin([900.0, 500.0, 100.0])
+    with torch.no_grad():
+        model.cache_step(0, 900.0)
+        first = model(x, t, text)
+        model.cache_step(1, 500.0)
+        second = model(x, t, text)  # same input, skipped: must equal the computed output
+        model.disable_cache()
+        direct = model(x, t, text)
+    assert model.teacache is None
+    assert torch.allclose(second, first, atol=1e-6) and torch.allclose(first, direct, atol=1e-6)
+
+
+def test_teacache_state_is_reset_every_generation():
+    pipe = pipeline(cache="teacache-fast")
+    a, b = pipe.generate(PROMPT, **RUN), pipe.generate(PROMPT, **RUN)
+    assert torch.equal(a.video, b.video) and a.stats["teacache"] == b.stats["teacache"]
+    assert a.stats["teacache"]["reused_steps"] > 0
+
+
+def test_teacache_first_and_last_steps_always_compute():
+    cache = TeaCache(TeaCacheConfig(threshold=1e9))
+    cache.begin([float(t) for t in range(5)])
+    decisions = []
+    for i in range(5):
+        cache.set_step(i, float(i))
+        skip = cache.skip(torch.ones(3))
+        decisions.append(skip)
+        if not skip:
+            cache.store(torch.zeros(3), torch.ones(3))
+    assert decisions == [False, True, True, True, False]
+
+
+def test_separate_branches_keep_separate_state():
+    cache = TeaCache(TeaCacheConfig(threshold=0.5, coefficients=(1.0, 0.0)))  # poly(x) = x
+    cache.begin([3.0, 2.0, 1.0, 0.0])
+    cache.set_step(0, 3.0)
+    for branch in ("cond", "uncond"):
+        assert not cache.skip(torch.ones(4), branch=branch)
+        cache.store(torch.zeros(4), torch.full((4,), 2.0), branch=branch)
+    cache.set_step(1, 2.0)
+    assert cache.skip(torch.ones(4), branch="cond")  # unchanged indicator: distance 0
+    assert not cache.skip(torch.full((4,), 3.0), branch="uncond")  # distance 2 >= 0.5
+    assert torch.equal(cache.apply_cached(torch.zeros(4), branch="cond"), torch.full((4,), 2.0))
+
+
+# ---- PAB --------------------------------------------------------------------------------------
+def test_pab_range_one_is_exact(uncached):
+    config = PABConfig(spatial=((-1, 2000), 1), temporal=((-1, 2000), 1), cross=((-1, 2000), 1), mlp={})
+    out = pipeline(cache=config).generate(PROMPT, **RUN)
+    assert torch.equal(out.video, uncached)
+    assert not any(k.endswith("_reused") and v for k, v in out.stats["pab"].items())
+
+
+def test_pab_window_is_strict_and_range_counts_step_index():
+    pab = PAB(PABConfig(spatial=((100, 800), 2), temporal=((100, 800), 3), cross=None))
+    timesteps = [900.0, 800.0, 799.0, 500.0, 400.0, 101.0, 100.0, 50.0]
+    pab.begin(timesteps)
+    # spatial: odd indices inside (100, 800): 800 (i=1) is on the edge, 100 (i=6) too
+    assert pab.broadcast_plan["spatial"] == [False, False, False, True, False, True, False, False]
+    assert pab.broadcast_plan["temporal"] == [False, False, True, False, True, True, False, False]
+    assert pab.broadcast_plan["cross"] == [False] * 8
+
+
+def test_pab_broadcast_reuses_the_last_output_and_counts():
+    pab = PAB(PABConfig(spatial=((0, 1000), 2), temporal=None, cross=None))
+    pab.begin([900.0, 800.0, 700.0, 600.0])
+    seen = []
+    for i in range(4):
+        pab.set_step(i, pab.timesteps[i])
+        seen.append(float(pab.attention("spatial", 0, lambda: torch.tensor(float(i)))))
+    assert seen == [0.0, 0.0, 2.0, 2.0]
+    assert pab.stats() == {"spatial_computed": 2, "spatial_reused": 2}
+
+
+def test_pab_mlp_schedule():
+    pab = PAB(PABConfig(spatial=None, temporal=None, cross=None, mlp={700: ((0, 1), 2)}))
+    timesteps = [900.0, 800.0, 700.0, 600.0, 500.0, 400.0]
+    pab.begin(timesteps)
+    values = {}
+    for i, t in enumerate(timesteps):
+        pab.set_step(i, t)
+        values[i] = [float(pab.mlp("spatial", b, lambda: torch.tensor(float(i)))) for b in (0, 1, 2)]
+    # stored at 700 (index 2), reused at the next two steps by blocks 0 and 1 only
+    assert values[3] == [2.0, 2.0, 3.0] and values[4] == [2.0, 2.0, 4.0] and values[5] == [5.0, 5.0, 5.0]
+    assert pab.stats() == {"mlp_computed": 14, "mlp_reused": 4}
+
+
+def test_pab_latte_stats_match_the_plan():
+    pipe = pipeline(cache="pab")
+    out = pipe.generate(PROMPT, num_frames=4, num_inference_steps=50, seed=0)
+    plan = pipe.transformer.pab.broadcast_plan
+    layers = pipe.transformer.config.num_layers
+    for kind in ("spatial", "temporal", "cross"):
+        reused = sum(plan[kind]) * layers
+        assert out.stats["pab"][f"{kind}_reused"] == reused > 0
+        assert out.stats["pab"][f"{kind}_computed"] == 50 * layers - reused
+    # Latte: MLP stored at 720, 640, 560, 480, 400 and reused 2 steps after, blocks 0-4 (tiny has 2)
+    assert out.stats["pab"]["mlp_reused"] == 5 * 2 * 2 * layers
+
+
+# ---- configuration and isolation ---------------------------------------------------------------
+def test_config_switches_and_presets():
+    tea = LatteConfig(preset="tiny", enable_teacache=True, teacache_thresh=0.2).cache_configs()
+    assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["latte"])]
+    assert cache_configs_from_spec("teacache-fast", "latte", "latte")[0].threshold == 0.2
+    assert cache_configs_from_spec("teacache-slow", "latte", "latte")[0].threshold == 0.1
+    pab = LatteConfig(preset="tiny", enable_pab=True).cache_configs()[0]
+    assert pab.spatial == ((100.0, 800.0), 2) and pab.temporal == ((100.0, 800.0), 3)
+    assert pab.cross == ((100.0, 800.0), 6) and sorted(pab.mlp) == [400.0, 480.0, 560.0, 640.0, 720.0]
+    with pytest.raises(ValueError, match="unknown cache"):
+        LatteConfig(cache="magic")
+    with pytest.raises(ValueError, match="once"):
+        LatteConfig(cache="pab", enable_pab=True)
+    with pytest.raises(ValueError, match="threshold"):
+        TeaCacheConfig(threshold=-1)
+
+
+def test_yaml_keeps_cache(tmp_path):
+    config = LatteConfig(preset="tiny", cache=[TeaCacheConfig(threshold=0.15), "pab"])
+    config.to_yaml(tmp_path / "c.yaml")
+    again = LatteConfig.from_yaml(str(tmp_path / "c.yaml"))
+    assert again.cache_configs() == config.cache_configs()
+
+
+def test_two_pipelines_do_not_interfere(uncached):
+    cached, plain = pipeline(cache="teacache-fast"), pipeline()
+    solo = cached.generate(PROMPT, **RUN).video
+    a = cached.generate(PROMPT, **RUN).video
+    b = plain.generate(PROMPT, **RUN).video
+    assert plain.transformer.teacache is None and cached.transformer.teacache is not None
+    assert torch.equal(a, solo) and torch.equal(b, uncached)
+    assert not torch.equal(a, b)

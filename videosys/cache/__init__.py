@@ -1,0 +1,102 @@
+"""Training-free caches, one file per method, used by every model family.
+
+A transformer inherits CacheMixin: `enable_cache(TeaCacheConfig(...))`, `disable_cache()`
+(the diffusers convention). The pipeline calls `cache_begin(timesteps)` once per generation
+and `cache_step(i, t)` before each step; the transformer's forward calls the cache objects
+at explicit points.
+"""
+
+import dataclasses
+
+from videosys.cache.pab import PAB, PABConfig
+from videosys.cache.teacache import TeaCache, TeaCacheConfig
+
+__all__ = ["CacheMixin", "PAB", "PABConfig", "TeaCache", "TeaCacheConfig", "cache_configs_from_spec",
+           "CACHE_CHOICES"]
+
+CACHE_CHOICES = ("none", "teacache-slow", "teacache-fast", "pab")
+
+
+class CacheMixin:
+    teacache: TeaCache | None = None
+    pab: PAB | None = None
+
+    def enable_cache(self, config) -> None:
+        if isinstance(config, TeaCacheConfig):
+            self.teacache = TeaCache(config)
+        elif isinstance(config, PABConfig):
+            self.pab = PAB(config)
+        else:
+            raise TypeError(f"enable_cache takes a TeaCacheConfig or PABConfig, got {type(config).__name__}")
+
+    def disable_cache(self) -> None:
+        self.teacache = None
+        self.pab = None
+
+    def _caches(self):
+        return [c for c in (self.teacache, self.pab) if c is not None]
+
+    def cache_begin(self, timesteps: list[float]) -> None:
+        for cache in self._caches():
+            cache.begin(timesteps)
+
+    def cache_step(self, index: int, timestep: float) -> None:
+        for cache in self._caches():
+            cache.set_step(index, timestep)
+
+    def cache_stats(self) -> dict:
+        out = {}
+        if self.teacache is not None:
+            out["teacache"] = self.teacache.stats()
+        if self.pab is not None:
+            out["pab"] = self.pab.stats()
+        return out
+
+    def cache_postfix(self) -> str:
+        return ", ".join(c.postfix() for c in self._caches())
+
+
+def cache_configs_from_spec(spec, teacache_model: str, pab_model: str) -> list:
+    """Cache configs from a name ("teacache-slow", "teacache-fast", "teacache-0.15", "pab", "none"),
+    a dict with a "method" key, a config object, or a list of these."""
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)):
+        return [c for s in spec for c in cache_configs_from_spec(s, teacache_model, pab_model)]
+    if isinstance(spec, (TeaCacheConfig, PABConfig)):
+        return [spec]
+    if isinstance(spec, dict):
+        values = dict(spec)
+        method = values.pop("method", None)
+        if method == "teacache":
+            base = TeaCacheConfig.for_model(teacache_model)
+            return [dataclasses.replace(base, **values)]
+        if method == "pab":
+            return [PABConfig.for_model(pab_model, **values)]
+        raise ValueError(f"cache dict needs method 'teacache' or 'pab', got {method!r}")
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name in ("", "none"):
+            return []
+        if name == "pab":
+            return [PABConfig.for_model(pab_model)]
+        if name.startswith("teacache"):
+            speed = name.partition("-")[2] or "slow"
+            try:
+                speed = speed if speed in ("slow", "fast") else float(speed)
+            except ValueError:
+                raise ValueError(f"unknown cache {spec!r}; choose from {CACHE_CHOICES} or teacache-<threshold>")
+            return [TeaCacheConfig.for_model(teacache_model, speed)]
+    raise ValueError(f"unknown cache {spec!r}; choose from {CACHE_CHOICES} or teacache-<threshold>")
+
+
+def cache_spec_to_plain(spec):
+    """A YAML-friendly form of a cache spec (config objects become dicts with a "method" key)."""
+    if isinstance(spec, (list, tuple)):
+        return [cache_spec_to_plain(s) for s in spec]
+    if isinstance(spec, TeaCacheConfig):
+        return {"method": "teacache", "threshold": spec.threshold, "coefficients": list(spec.coefficients)}
+    if isinstance(spec, PABConfig):
+        values = dataclasses.asdict(spec)
+        return {"method": "pab", **values}
+    return spec

@@ -1,0 +1,145 @@
+"""Pyramid Attention Broadcast (PAB, arXiv 2408.12588).
+
+Inside a timestep window (lo < t < hi, strict) an attention module recomputes its output
+only on steps whose index is a multiple of its range and otherwise reuses (broadcasts) its
+last output; ranges grow spatial < temporal < cross. MLP broadcast: at listed timesteps a
+listed block computes its MLP and the next `skip` steps reuse it.
+
+Everything is decided from the step index and the timestep value, which every rank of a
+parallel run shares, so ranks agree without talking (and a broadcast attention also skips
+its communication). A model calls, at each attention / MLP:
+    out = pab.attention("spatial", block_index, lambda: self.attn1(h))
+    out = pab.mlp("spatial", block_index, lambda: self.ff(h))
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+ATTENTION_KINDS = ("spatial", "temporal", "cross")
+
+# Published per-family defaults (reference/acceleration.md): window (lo, hi) and range per
+# attention kind; MLP: {timestep: (blocks, skip)} for spatial and temporal blocks.
+_OSP11_MLP = {t: (tuple(range(7)), 2) for t in range(738, 425, -24)}  # 14 timesteps 738 .. 426
+DEFAULTS = {
+    "latte": dict(spatial=((100, 800), 2), temporal=((100, 800), 3), cross=((100, 800), 6),
+                  mlp={t: (tuple(range(5)), 2) for t in (720, 640, 560, 480, 400)}),
+    "open-sora": dict(spatial=((450, 930), 2), temporal=((450, 930), 4), cross=((450, 930), 6),
+                      mlp={t: (tuple(range(5)), 2) for t in (676, 788, 864)}),
+    "open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
+                                mlp=_OSP11_MLP),
+    "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6)),
+    "cogvideox": dict(spatial=((100, 850), 2)),
+}
+
+
+@dataclass
+class PABConfig:
+    """None for a kind = never broadcast it. Windows are (lo, hi), strict on both ends."""
+
+    spatial: tuple[tuple[float, float], int] | None = ((100, 800), 2)
+    temporal: tuple[tuple[float, float], int] | None = ((100, 800), 3)
+    cross: tuple[tuple[float, float], int] | None = ((100, 800), 6)
+    mlp: dict[float, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # timestep -> (blocks, skip)
+    mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # which blocks' MLPs the mlp table applies to
+
+    def __post_init__(self):
+        for kind in ATTENTION_KINDS:
+            setting = getattr(self, kind)
+            if setting is None:
+                continue
+            (lo, hi), every = setting
+            if int(every) < 1 or lo >= hi:
+                raise ValueError(f"PAB {kind}: need lo < hi and range >= 1, got window {(lo, hi)} range {every}")
+            setattr(self, kind, ((float(lo), float(hi)), int(every)))
+        self.mlp = {float(t): (tuple(int(b) for b in blocks), int(skip)) for t, (blocks, skip) in self.mlp.items()}
+
+    @classmethod
+    def for_model(cls, model: str, **overrides) -> "PABConfig":
+        if model not in DEFAULTS:
+            raise ValueError(f"no published PAB defaults for {model!r}; choose from {sorted(DEFAULTS)}")
+        values = {kind: None for kind in ATTENTION_KINDS}
+        values.update(DEFAULTS[model])
+        return cls(**{**values, **overrides})
+
+
+class PAB:
+    """Per-transformer broadcast state: last outputs per (kind, block) and the step's plan."""
+
+    def __init__(self, config: PABConfig):
+        self.config = config
+        self.begin([])
+
+    def begin(self, timesteps: list[float]) -> None:
+        """Plan the whole generation from its timesteps and forget stored outputs."""
+        self.timesteps = [float(t) for t in timesteps]
+        self.step = 0
+        self.outputs: dict[tuple, torch.Tensor] = {}
+        self.counts: Counter = Counter()
+        n = len(self.timesteps)
+        self.broadcast_plan = {kind: [self._broadcasts(kind, i) for i in range(n)] for kind in ATTENTION_KINDS}
+        self.mlp_reuse: list[set[int]] = [set() for _ in range(n)]  # blocks reusing their MLP at step i
+        self.mlp_store: list[set[int]] = [set() for _ in range(n)]
+        for t, (blocks, skip) in self.config.mlp.items():
+            if t in self.timesteps:  # listed timesteps the schedule does not visit are ignored
+                k = self.timesteps.index(t)
+                self.mlp_store[k].update(blocks)
+                for j in range(k + 1, min(k + 1 + skip, n)):
+                    self.mlp_reuse[j].update(blocks)
+
+    def _broadcasts(self, kind: str, index: int) -> bool:
+        setting = getattr(self.config, kind)
+        if setting is None:
+            return False
+        (lo, hi), every = setting
+        return index % every != 0 and lo < self.timesteps[index] < hi
+
+    def set_step(self, index: int, timestep: float) -> None:
+        self.step = index
+
+    def _needed_later(self, kind: str) -> bool:
+        return any(self.broadcast_plan[kind][self.step + 1:])
+
+    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (kind, block)
+        if self.broadcast_plan[kind][self.step] and key in self.outputs:
+            self.counts[f"{kind}_reused"] += 1
+            return self.outputs[key]
+        out = compute()
+        self.counts[f"{kind}_computed"] += 1
+        if self._needed_later(kind):
+            self.outputs[key] = out
+        else:
+            self.outputs.pop(key, None)  # past the window: free the memory
+        return out
+
+    def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = ("mlp", kind, block)
+        active = kind in self.config.mlp_kinds
+        if active and block in self.mlp_reuse[self.step] and key in self.outputs:
+            self.counts["mlp_reused"] += 1
+            return self.outputs[key]
+        out = compute()
+        self.counts["mlp_computed"] += 1
+        if active and block in self.mlp_store[self.step]:
+            self.outputs[key] = out
+        elif key in self.outputs and block not in self.mlp_reuse[self.step]:
+            del self.outputs[key]
+        return out
+
+    def stats(self) -> dict:
+        return dict(sorted(self.counts.items()))
+
+    def postfix(self) -> str:
+        reused = sum(v for k, v in self.counts.items() if k.endswith("_reused"))
+        total = reused + sum(v for k, v in self.counts.items() if k.endswith("_computed"))
+        return f"pab {reused}/{total} reused"
+
+
+def run(pab: "PAB | None", kind: str, block: int, compute: Callable[[], torch.Tensor], mlp: bool = False):
+    """compute() without PAB, else through its broadcast decision."""
+    if pab is None:
+        return compute()
+    return (pab.mlp if mlp else pab.attention)(kind, block, compute)

@@ -1,0 +1,154 @@
+"""TeaCache (Timestep Embedding Aware Cache, arXiv 2411.19108).
+
+Per step the model hands over an *indicator* (a timestep-modulated input of its first
+block). Its relative L1 change, rescaled by a fitted polynomial, accumulates; while the sum
+stays under the threshold the whole block stack is skipped and the residual it added last
+time (output - input) is added instead. First and last steps always compute.
+
+Beyond the fitted range. Several published polynomials (Latte, CogVideoX) turn down after a
+last local maximum and go negative for large changes, so a big jump in the indicator would
+*lower* the accumulated distance and cause skipping. We evaluate the polynomial at
+min(x, x_peak), x_peak being that last maximum: identical to the reference up to x_peak,
+non-decreasing after it (a large change always pushes towards computing).
+
+Three parts, as every cache file here: the config (published defaults), the per-branch
+state, and TeaCache, which the transformer calls at three explicit points:
+    if teacache.skip(indicator): x = teacache.apply_cached(x)
+    else: x_in = x; x = blocks(x); teacache.store(x_in, x)
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+# 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the reference code
+# over every step of 70 T2V-CompBench prompts (reference/acceleration.md).
+COEFFICIENTS = {
+    "open-sora": (2.17546007e02, -1.18329252e02, 2.68662585e01, -4.59364272e-02, 4.84426240e-02),
+    "latte": (-2.46434137e03, 3.08044764e02, 8.07447667e01, -4.11385132e00, 1.11001402e-01),
+    "open-sora-plan": (2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00, 2.39658469e-03),
+    "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
+    "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
+    "cogvideox1.5-5b": (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02),
+}
+THRESHOLDS = {"slow": 0.1, "fast": 0.2}  # the paper's two operating points, all four models
+
+
+@dataclass
+class TeaCacheConfig:
+    threshold: float = 0.1
+    coefficients: tuple[float, ...] = COEFFICIENTS["latte"]  # rescaling polynomial, highest power first
+
+    def __post_init__(self):
+        if self.threshold < 0:
+            raise ValueError(f"TeaCache threshold must be >= 0, got {self.threshold}")
+        self.coefficients = tuple(float(c) for c in self.coefficients)
+        if not self.coefficients:
+            raise ValueError("TeaCache needs at least one polynomial coefficient")
+
+    @classmethod
+    def for_model(cls, model: str, speed: str | float = "slow") -> "TeaCacheConfig":
+        """The published setting for `model`: speed "slow" (0.1), "fast" (0.2) or a threshold."""
+        if model not in COEFFICIENTS:
+            raise ValueError(f"no published TeaCache coefficients for {model!r}; pass coefficients=")
+        threshold = THRESHOLDS[speed] if isinstance(speed, str) else float(speed)
+        return cls(threshold=threshold, coefficients=COEFFICIENTS[model])
+
+
+def rescale(coefficients: tuple[float, ...], x: float) -> float:
+    """numpy.poly1d(coefficients)(x), by Horner's rule."""
+    out = 0.0
+    for c in coefficients:
+        out = out * x + c
+    return out
+
+
+def last_peak(coefficients: tuple[float, ...]) -> float:
+    """The largest x > 0 where the polynomial has a local maximum (inf if it never turns down)."""
+    import numpy as np
+
+    poly = np.poly1d(coefficients)
+    slope, curve = poly.deriv(), poly.deriv(2)
+    peaks = [r.real for r in np.atleast_1d(slope.r) if abs(r.imag) < 1e-12 and r.real > 0 and curve(r.real) < 0]
+    return float(max(peaks)) if peaks else float("inf")
+
+
+def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """mean(|current - previous|) / mean(|previous|), over the whole (batched) tensor."""
+    return (current - previous).abs().mean() / previous.abs().mean()
+
+
+@dataclass
+class _BranchState:
+    previous: torch.Tensor | None = None
+    accumulated: float = 0.0
+    residual: tuple[torch.Tensor, ...] | None = None
+    computing: bool = True
+
+
+@dataclass
+class TeaCache:
+    """One per transformer; one state per CFG branch that is run as a separate call."""
+
+    config: TeaCacheConfig
+    num_steps: int = 0
+    step: int = 0
+    branches: dict[str, _BranchState] = field(default_factory=dict)
+    computed: int = 0
+    reused: int = 0
+    reused_steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.x_peak = last_peak(self.config.coefficients)
+
+    def begin(self, timesteps: list[float]) -> None:
+        """Forget everything from the previous generation."""
+        self.num_steps, self.step = len(timesteps), 0
+        self.branches.clear()
+        self.computed = self.reused = 0
+        self.reused_steps = []
+
+    def set_step(self, index: int, timestep: float) -> None:
+        self.step = index
+
+    def skip(self, indicator: torch.Tensor, branch: str = "batch", distance=relative_l1) -> bool:
+        """Decide for this step: True = reuse the cached residual.
+
+        `distance` lets a sequence-parallel model reduce the L1 sums over its ranks, so every
+        rank takes the same decision.
+        """
+        state = self.branches.setdefault(branch, _BranchState())
+        edge = self.step == 0 or self.step >= self.num_steps - 1
+        if edge or state.previous is None or state.residual is None:
+            compute = True
+        else:
+            # one host sync per step: the decision drives Python control flow
+            x = float(distance(indicator, state.previous))
+            state.accumulated += rescale(self.config.coefficients, min(x, self.x_peak))
+            compute = state.accumulated >= self.config.threshold
+        if compute:
+            state.accumulated = 0.0
+        state.previous = indicator
+        state.computing = compute
+        if compute:
+            self.computed += 1
+        else:
+            self.reused += 1
+            self.reused_steps.append(self.step)
+        return not compute
+
+    def apply_cached(self, *xs: torch.Tensor, branch: str = "batch"):
+        """x + the residual the block stack added when it last ran (one per stream)."""
+        out = tuple(x + r for x, r in zip(xs, self.branches[branch].residual))
+        return out if len(out) > 1 else out[0]
+
+    def store(self, inputs, outputs, branch: str = "batch") -> None:
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        self.branches[branch].residual = tuple(o - i for i, o in zip(inputs, outputs))
+
+    def stats(self) -> dict:
+        return {"computed_steps": self.computed, "reused_steps": self.reused, "reused_step_indices": self.reused_steps}
+
+    def postfix(self) -> str:
+        return f"tea {self.reused}/{self.computed + self.reused} reused"
