@@ -73,9 +73,17 @@ def last_peak(coefficients: tuple[float, ...]) -> float:
     return float(max(peaks)) if peaks else float("inf")
 
 
-def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-    """mean(|current - previous|) / mean(|previous|), over the whole (batched) tensor."""
-    return (current - previous).abs().mean() / previous.abs().mean()
+def relative_l1(current: torch.Tensor, previous: torch.Tensor, group=None) -> torch.Tensor:
+    """mean(|current - previous|) / mean(|previous|) over the whole (batched) tensor.
+
+    With a process group the sums run over every rank's part, so a model split over ranks
+    (sequence shards, CFG branches) gets the value of the whole batch.
+    """
+    from videosys.core.comm import all_reduce_sum
+
+    sums = torch.stack([(current - previous).abs().sum(), previous.abs().sum()]).float()
+    sums = all_reduce_sum(sums, group)
+    return sums[0] / sums[1]
 
 
 @dataclass

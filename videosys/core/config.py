@@ -20,7 +20,8 @@ class BaseConfig:
     preset: str | None = None  # e.g. "tiny": small architecture, random weights unless model_path is given
     dtype: str = "auto"  # auto: fp32 on CPU (bf16 is ~100x slower there), bf16 on CUDA
     device: str = "auto"
-    num_gpus: int = 1
+    num_gpus: int = 1  # processes (one GPU each on CUDA); > 1 starts workers (or use torchrun)
+    cfg_parallel: bool = False  # with an even num_gpus: cond and uncond on different ranks, sp = num_gpus / 2
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None

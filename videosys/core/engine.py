@@ -1,34 +1,221 @@
-"""VideoSysEngine: the one-call API. Builds a family's pipeline from its config and runs it.
+"""VideoSysEngine: the one-call API, on one process or many.
 
     engine = VideoSysEngine(LatteConfig(preset="tiny"))
     out = engine.generate("a red circle moving to the right", seed=0)
     engine.save_video(out.video[0], "out.mp4")
 
-One process today; with num_gpus > 1 the engine will start one worker per extra GPU and
-run generate() on every rank (the parallel-engine issue). Everything a rank needs comes
-from the config, so a worker can build the same pipeline from it.
+With `num_gpus=N` the caller is rank 0 and the engine spawns ranks 1..N-1; every rank
+builds the same pipeline from the config and runs every call, and rank 0 returns the
+result. Under `torchrun` the engine uses the processes torchrun made instead (every rank
+runs the script; only rank 0 writes files). CUDA ranks use nccl, one GPU each; CPU ranks
+use gloo. A worker that fails or dies ends the call with an error naming its rank.
 """
 
+import dataclasses
+import datetime
+import os
+import queue
+import socket
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from videosys.core.parallel import ParallelState, init_parallel
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import save_video
+
+_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_config(config, rank: int):
+    """The config a rank builds from: its own GPU, and one progress bar (rank 0's)."""
+    changes = {"progress_bar": config.progress_bar and rank == 0}
+    if config.torch_device().type == "cuda":
+        changes["device"] = f"cuda:{rank % torch.cuda.device_count()}"
+    return dataclasses.replace(config, **changes)
+
+
+def _init_process_group(rank: int, world: int, device_type: str) -> None:
+    if device_type == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world,
+                            timeout=_TIMEOUT)
+
+
+def _build(config, rank: int):
+    config = _rank_config(config, rank)
+    pipeline = config.pipeline_cls.from_config(config)
+    pipeline.set_parallel(init_parallel(config.cfg_parallel, config.torch_device().type))
+    return pipeline
+
+
+def _worker(rank: int, world: int, port: int, config, commands, results) -> None:
+    """Ranks 1..N-1: build the pipeline, then run what rank 0 runs, call for call."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        _init_process_group(rank, world, config.torch_device().type)
+        pipeline = _build(config, rank)
+        results.put((rank, "ready", None))
+        while True:
+            command = commands.get()
+            if command is None:
+                break
+            method, args, kwargs = command
+            getattr(pipeline, method)(*args, **kwargs)
+            results.put((rank, "done", None))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+        # leaving the process group at once makes the other ranks' collectives fail fast instead of hanging
+        os._exit(1)
+    dist.destroy_process_group()
 
 
 class VideoSysEngine:
     def __init__(self, config):
-        if config.num_gpus > 1:
-            raise NotImplementedError(
-                f"num_gpus={config.num_gpus}: multi-process generation is not available yet; use num_gpus=1")
         self.config = config
-        self.pipeline = config.pipeline_cls.from_config(config)
+        self.workers: list = []
+        self.commands: list = []
+        self.rank, self.world = 0, 1
+        if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            self._init_torchrun()
+        elif config.num_gpus > 1:
+            self._spawn_workers()
+        else:
+            self.pipeline = config.pipeline_cls.from_config(config)
+
+    # ---- process set-up ------------------------------------------------------------------
+    def _init_torchrun(self) -> None:
+        self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if not dist.is_initialized():
+            _init_process_group(int(os.environ.get("LOCAL_RANK", self.rank)), self.world,
+                                self.config.torch_device().type)
+            dist.barrier()
+        self.pipeline = _build(self.config, self.rank)
+
+    def _spawn_workers(self) -> None:
+        self.world = self.config.num_gpus
+        device_type = self.config.torch_device().type
+        if device_type == "cuda" and torch.cuda.device_count() < self.world:
+            raise ValueError(f"num_gpus={self.world} but only {torch.cuda.device_count()} CUDA devices are visible")
+        port = _free_port()
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        for rank in range(1, self.world):
+            commands = ctx.Queue()
+            process = ctx.Process(target=_worker, args=(rank, self.world, port, self.config, commands, self.results),
+                                  daemon=True, name=f"videosys-rank{rank}")
+            process.start()
+            self.workers.append(process)
+            self.commands.append(commands)
+        try:
+            _init_process_group(0, self.world, device_type)
+            self.pipeline = _build(self.config, 0)
+            self._collect("ready")
+        except BaseException as err:
+            self.shutdown()
+            raise self._worker_failure() or err
+
+    def _collect(self, status: str) -> None:
+        """Wait for every worker to report `status`; a worker error or death raises, naming the rank."""
+        pending = set(range(1, self.world))
+        while pending:
+            try:
+                rank, got, detail = self.results.get(timeout=0.5)
+            except queue.Empty:
+                failure = self._worker_failure()
+                if failure:
+                    raise failure
+                continue
+            if got == "error":
+                raise WorkerError(f"rank {rank} failed:\n{detail}")
+            pending.discard(rank)
+
+    def _worker_failure(self) -> WorkerError | None:
+        for rank, process in enumerate(self.workers, start=1):
+            if not process.is_alive() and process.exitcode not in (0, None):
+                detail = ""
+                try:
+                    while True:
+                        r, got, text = self.results.get_nowait()
+                        if got == "error" and r == rank:
+                            detail = f":\n{text}"
+                except (queue.Empty, OSError, ValueError):
+                    pass
+                return WorkerError(f"rank {rank} died (exit code {process.exitcode}){detail}")
+        return None
+
+    # ---- running calls on every rank -------------------------------------------------------
+    def _run(self, method: str, *args, **kwargs):
+        if self.pipeline is None:
+            raise RuntimeError("this engine was shut down")
+        if not self.workers:
+            return getattr(self.pipeline, method)(*args, **kwargs)
+        for commands in self.commands:
+            commands.put((method, args, kwargs))
+        try:
+            result = getattr(self.pipeline, method)(*args, **kwargs)
+            self._collect("done")
+        except BaseException as err:
+            failure = self._wait_for_failure()
+            self.shutdown()
+            raise (failure or err) from err
+        return result
+
+    def _wait_for_failure(self, seconds: float = 5.0) -> WorkerError | None:
+        """After rank 0 failed in a collective, give a dying worker a moment to be seen."""
+        import time
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            failure = self._worker_failure()
+            if failure:
+                return failure
+            time.sleep(0.1)
+        return None
 
     def generate(self, prompt, **kwargs) -> VideoSysOutput:
-        return self.pipeline.generate(prompt, **kwargs)
+        return self._run("generate", prompt, **kwargs)
+
+    def set_cache(self, cache) -> None:
+        """Switch caches on every rank without reloading weights: a name ("teacache-slow", "pab",
+        "none"), a TeaCacheConfig / PABConfig, or a list."""
+        self._run("set_cache", cache)
 
     def save_video(self, video, path: str, fps: int | None = None) -> str:
+        """Write the video (rank 0 only; other ranks of a torchrun job return the path unwritten)."""
+        if self.rank != 0:
+            return path
         return save_video(video, path, fps=fps or self.config.fps)
 
     def shutdown(self) -> None:
-        """Release the pipeline (and, with several processes, the workers)."""
+        """Stop the workers and leave the process group; safe to call twice."""
+        for commands in self.commands:
+            try:
+                commands.put(None)
+            except (OSError, ValueError):
+                pass
+        for process in self.workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        spawned = bool(self.workers)
+        self.workers, self.commands = [], []
+        if spawned and dist.is_initialized():
+            dist.destroy_process_group()
         self.pipeline = None
 
     def __enter__(self):
@@ -36,3 +223,10 @@ class VideoSysEngine:
 
     def __exit__(self, *exc):
         self.shutdown()
+
+    def __del__(self):
+        if getattr(self, "workers", None):
+            self.shutdown()
+
+
+__all__ = ["VideoSysEngine", "WorkerError", "ParallelState"]

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from videosys.core import comm
+from videosys.core.parallel import ParallelState
+
 
 @dataclass
 class VideoSysOutput:
     video: torch.Tensor  # (B, T, H, W, 3) uint8; out.video[0] is one clip
     stats: dict = field(default_factory=dict)  # timings and, with caches, what was computed / reused
+    latents: torch.Tensor | None = None  # the final latents (CPU, fp32), for exact comparisons
 
 
 class VideoSysPipeline:
@@ -30,6 +34,20 @@ class VideoSysPipeline:
         self.dtype = config.torch_dtype()
         self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.parallel = ParallelState()
+
+    def set_parallel(self, state: ParallelState) -> None:
+        """Join a (cfg, sp) mesh: the transformer shards its sequence over sp, the branches split over cfg."""
+        self.parallel = state
+        self.transformer.set_parallel(state)
+
+    def set_cache(self, cache) -> None:
+        """Replace the transformer's caches: a name, a cache config, or a list (see videosys.cache)."""
+        from videosys.cache import cache_configs_from_spec
+
+        self.transformer.disable_cache()
+        for config in cache_configs_from_spec(cache, self.config.teacache_model(), self.config.pab_model()):
+            self.transformer.enable_cache(config)
 
     # ---- inputs --------------------------------------------------------------------------
     @staticmethod
@@ -89,6 +107,21 @@ class VideoSysPipeline:
         """CFG on a batch laid out [uncond; cond]."""
         uncond, cond = pred.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
+
+    # ---- CFG parallelism: rank 0 of the cfg group runs uncond, rank 1 cond ----------------------
+    @property
+    def cfg_parallel(self) -> bool:
+        return self.parallel.cfg_size == 2
+
+    def branch(self, batch: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's half of an [uncond; cond] batch (all of it without CFG parallelism)."""
+        if batch is None or not self.cfg_parallel:
+            return batch
+        return batch.chunk(2)[self.parallel.cfg_rank]
+
+    def gather_branches(self, pred: torch.Tensor) -> torch.Tensor:
+        """Every rank's branch output, laid out [uncond; cond] again."""
+        return comm.gather(pred, 0, self.parallel.cfg_group) if self.cfg_parallel else pred
 
     @staticmethod
     def to_frames(video: torch.Tensor) -> torch.Tensor:

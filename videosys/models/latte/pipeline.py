@@ -135,13 +135,15 @@ class LattePipeline(VideoSysPipeline):
         model_timesteps = timesteps.to(self.device)
 
         denoise_start = time.perf_counter()
+        split_cfg = do_cfg and self.cfg_parallel
+        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
         for i, t in self.denoise_steps(timesteps, "latte"):
-            model_in = torch.cat([latents, latents]) if do_cfg else latents
+            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
             pred = self.transformer(model_in, model_timesteps[i], text, mask,
                                     enable_temporal_attentions=self.config.enable_temporal_attentions)
             pred = pred[:, :channels]  # epsilon; the other half is the learned variance
             if do_cfg:
-                pred = self.guide(pred, a["guidance_scale"])
+                pred = self.guide(self.gather_branches(pred) if split_cfg else pred, a["guidance_scale"])
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -150,7 +152,7 @@ class LattePipeline(VideoSysPipeline):
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
                  "steps": len(timesteps), **self.transformer.cache_stats()}
-        return VideoSysOutput(video=video, stats=stats)
+        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""

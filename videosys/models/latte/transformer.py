@@ -3,18 +3,24 @@
 Loads the `transformer/` folder of maxin-cn/Latte-1 unchanged: the config fields and
 state-dict keys are those of diffusers' LatteTransformer3DModel.
 
-Token layouts (C = model width, L = tokens per frame, F = frames, S = text tokens):
-  spatial blocks see   (B, F, L, C): self-attention within a frame, cross-attention to text
-  temporal blocks see  (B, L, F, C): self-attention across frames at one position
+Tokens are kept as (B, F, L, C) (C = model width, L = tokens per frame, F = frames):
+spatial blocks attend within a frame (and cross-attend to the text), temporal blocks across
+frames at one position. With sequence parallelism (DSP) the frames are sharded over the sp
+group, (B, F/sp, L, C); only temporal attention needs every frame, so it alone switches the
+sharded dim to L with an all-to-all and back. Everything else is per frame or per token.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from videosys.cache import CacheMixin
 from videosys.cache import pab as pab_lib
+from videosys.cache.teacache import relative_l1
+from videosys.core import comm
+from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
@@ -81,18 +87,31 @@ class LatteBlock(nn.Module):
         """norm1(x) * (1 + scale_msa) + shift_msa: the self-attention input (and TeaCache's indicator)."""
         return self.norm1(x) * (1 + mod[1]) + mod[0]
 
+    def self_attention(self, h: torch.Tensor, num_frames: int, sp_group=None) -> torch.Tensor:
+        """(B, F_local, L, C) -> (B, F_local, L, C): within frames (spatial) or across them (temporal)."""
+        b, f, l, c = h.shape
+        if self.kind == "spatial":
+            return self.attn1(h.reshape(b * f, l, c)).view(b, f, l, c)
+        h = comm.all_to_all(h, sp_group, scatter_dim=2, gather_dim=1, gather_size=num_frames)  # (B, F, L/sp, C)
+        lp = h.shape[2]
+        out = self.attn1(h.transpose(1, 2).reshape(b * lp, num_frames, c))  # (B * L/sp, F, C)
+        out = out.view(b, lp, num_frames, c).transpose(1, 2)
+        return comm.all_to_all(out, sp_group, scatter_dim=1, gather_dim=2, gather_size=l)  # (B, F/sp, L, C)
+
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None) -> torch.Tensor:
-        b, n, l, c = x.shape  # (B, N groups, L tokens per group, C)
+                context_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None,
+                num_frames: int | None = None, sp_group=None) -> torch.Tensor:
+        b, f, l, c = x.shape  # (B, F_local, L, C)
         mod = self.modulation(t_mod)
+        # a broadcast (PAB) attention skips its compute and, under DSP, its all-to-alls
         attn = pab_lib.run(pab, self.kind, self.index,
-                           lambda: self.attn1(self.modulated_input(x, mod).reshape(b * n, l, c)).view(b, n, l, c))
+                           lambda: self.self_attention(self.modulated_input(x, mod), num_frames or f, sp_group))
         x = x + mod[2] * attn
         if self.attn2 is not None:
-            # Every group of a sample attends to the same text: fold the groups into the query length
-            # (B, N * L, C) so text keys are projected once per sample, not once per frame.
+            # Every frame of a sample attends to the same text: fold the frames into the query length
+            # (B, F * L, C) so text keys are projected once per sample, not once per frame.
             cross = pab_lib.run(pab, "cross", self.index,
-                                lambda: self.attn2(x.reshape(b, n * l, c), context, context_mask).view(b, n, l, c))
+                                lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c))
             x = x + cross
         mlp = pab_lib.run(pab, self.kind, self.index, lambda: self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]), mlp=True)
         return x + mod[5] * mlp
@@ -119,26 +138,31 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         self.adaln_single = AdaLNSingle(dim)
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self._temp_pos_cache: dict = {}
+        self.parallel = ParallelState()
+
+    def set_parallel(self, state: ParallelState) -> None:
+        self.parallel = state
 
     def temporal_pos_embed(self, num_frames: int, device: torch.device) -> torch.Tensor:
-        """(F, C) sin-cos frame embedding, fixed per generation, so cached."""
-        key = (num_frames, str(device))
+        """(F_local, 1, C) sin-cos embedding of this rank's frames; fixed per generation, so cached."""
+        sp_size, sp_rank = self.parallel.sp_size, self.parallel.sp_rank
+        key = (num_frames, sp_size, sp_rank, str(device))
         if key not in self._temp_pos_cache:
             dim = self.scale_shift_table.shape[1]
-            self._temp_pos_cache[key] = sincos_1d(dim, torch.arange(num_frames)).float().to(device)
+            table = sincos_1d(dim, torch.arange(comm.padded_size(num_frames, sp_size))).float()
+            self._temp_pos_cache[key] = table.chunk(sp_size)[sp_rank][:, None].to(device)
         return self._temp_pos_cache[key]
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
-                   context_mask: torch.Tensor | None, temporal_attention: bool = True) -> torch.Tensor:
-        """The block stack on (B, F, L, C) tokens."""
-        f = x.shape[1]
+                   context_mask: torch.Tensor | None, num_frames: int, temporal_attention: bool = True):
+        """The block stack on (B, F_local, L, C) tokens."""
+        sp_group = self.parallel.sp_group
         for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
             x = spatial(x, t_mod, context, context_mask, pab=self.pab)
             if temporal_attention:
-                x = x.transpose(1, 2)  # (B, L, F, C)
-                if i == 0 and f > 1:
-                    x = x + self.temporal_pos_embed(f, x.device).to(x.dtype)
-                x = temporal(x, t_mod, pab=self.pab).transpose(1, 2)  # back to (B, F, L, C)
+                if i == 0 and num_frames > 1:
+                    x = x + self.temporal_pos_embed(num_frames, x.device).to(x.dtype)
+                x = temporal(x, t_mod, pab=self.pab, num_frames=num_frames, sp_group=sp_group)
         return x
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
@@ -149,25 +173,32 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         p = self.config.patch_size
         h, w = height // p, width // p
         x = self.pos_embed(hidden_states.permute(0, 2, 1, 3, 4).reshape(b * f, c, height, width))
-        x = x.view(b, f, h * w, -1)  # (B, F, L, C)
+        sp_group = self.parallel.sp_group
+        x = comm.split(x.view(b, f, h * w, -1), 1, sp_group)  # (B, F_local, L, C)
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
         context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
+        blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
+                         num_frames=f, temporal_attention=enable_temporal_attentions)
 
         # TeaCache: the indicator is the first spatial block's modulated input; when it has
         # changed little since the last computed step, skip every block and reuse their residual.
         teacache = self.teacache
         if teacache is not None:
             first = self.transformer_blocks[0]
-            if teacache.skip(first.modulated_input(x, first.modulation(t_mod))):
+            start, stop = comm.shard_range(f, self.parallel.sp_size, self.parallel.sp_rank)
+            indicator = first.modulated_input(x[:, : stop - start], first.modulation(t_mod))  # real frames only
+            # the distance sums over every rank, so all ranks take the batched single-process decision
+            if teacache.skip(indicator, distance=partial(relative_l1, group=self.parallel.world_group)):
                 x = teacache.apply_cached(x)
             else:
                 x_in = x
-                x = self.run_blocks(x, t_mod, context, encoder_attention_mask, enable_temporal_attentions)
+                x = blocks(x)
                 teacache.store(x_in, x)
         else:
-            x = self.run_blocks(x, t_mod, context, encoder_attention_mask, enable_temporal_attentions)
+            x = blocks(x)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None, None].unbind(1)
-        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, F, L, p*p*C_out)
+        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, F_local, L, p*p*C_out)
+        x = comm.gather(x, 1, sp_group, size=f)  # (B, F, L, p*p*C_out)
         x = x.view(b, f, h, w, p, p, self.out_channels).permute(0, 6, 1, 2, 4, 3, 5)
         return x.reshape(b, self.out_channels, f, h * p, w * p)

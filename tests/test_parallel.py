@@ -1,0 +1,86 @@
+"""The parallel engine on CPU (gloo, spawned processes): sp, cfg and cfg x sp reproduce one process."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from videosys import LatteConfig, VideoSysEngine, read_video
+from videosys.core.engine import WorkerError
+
+PROMPT = "a red circle moving to the right"
+# 5 frames and a 3x5 patch grid (48x80 px): neither divides by 2, so the padding paths run too
+RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=10)
+CACHES = ("none", "teacache-fast", "pab")
+
+
+def tiny(**kw):
+    return LatteConfig(preset="tiny", progress_bar=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def single():
+    engine = VideoSysEngine(tiny())
+    out = {}
+    for cache in CACHES:
+        engine.set_cache(cache)
+        out[cache] = engine.generate(PROMPT, **RUN)
+    return out
+
+
+@pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
+def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
+    with VideoSysEngine(tiny(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
+        for cache in CACHES:
+            engine.set_cache(cache)
+            out = engine.generate(PROMPT, **RUN)
+            ref = single[cache]
+            # 1e-4 relative to the latents' scale: the random tiny model's latents reach ~100, where fp32
+            # rounding of a differently batched matmul alone is ~1e-5
+            scale = max(1.0, float(ref.latents.abs().max()))
+            assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, cache
+            assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
+            if cache != "none":  # the same decisions on every rank as in one process
+                key = cache.split("-")[0]
+                assert out.stats[key] == ref.stats[key]
+    assert single["teacache-fast"].stats["teacache"]["reused_steps"] > 0
+    assert single["pab"].stats["pab"]["spatial_reused"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_dead_worker_raises_naming_its_rank():
+    engine = VideoSysEngine(tiny(num_gpus=2))
+    engine.workers[0].kill()
+    engine.workers[0].join()
+    with pytest.raises(WorkerError, match="rank 1"):
+        engine.generate(PROMPT, **RUN)
+    assert not engine.workers  # shut down: no stray process left
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.generate(PROMPT, **RUN)
+
+
+@pytest.mark.timeout(120)
+def test_worker_error_is_reported_with_rank():
+    engine = VideoSysEngine(tiny(num_gpus=2))
+    with pytest.raises(WorkerError, match="rank 1 (failed|died)"):
+        engine.generate(PROMPT, **{**RUN, "height": 50})  # every rank raises ValueError; rank 1 is named
+    engine.shutdown()
+
+
+@pytest.mark.timeout(300)
+def test_torchrun_example(tmp_path, single):
+    out = tmp_path / "tr.mp4"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    from distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "examples/latte/sample.py", "--output", str(out), "--num-frames", "4", "--steps", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("saved") == 1  # rank 0 alone writes and reports
+    frames, fps = read_video(str(out))
+    assert frames.shape == (4, 64, 64, 3) and fps == 8
+    one = VideoSysEngine(tiny()).generate(PROMPT, seed=0, num_frames=4, num_inference_steps=3).video[0]
+    assert abs(frames.astype(float) - one.numpy().astype(float)).mean() < 12  # same clip through H.264
