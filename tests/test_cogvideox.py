@@ -96,6 +96,27 @@ def test_loads_diffusers_folder_and_diffusers_reads_ours(tmp_path):
     assert (a - c).abs().max() <= 1e-4
 
 
+# config.json of THUDM/CogVideoX-2b's transformer/ (5b: 48 heads, 42 layers, RoPE); the rest are the defaults
+FULL_2B = dict(num_attention_heads=30, num_layers=30, attention_head_dim=64, time_embed_dim=512, text_embed_dim=4096,
+               use_rotary_positional_embeddings=False)
+FULL_5B = dict(FULL_2B, num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True)
+
+
+@pytest.mark.parametrize("config", [FULL_2B, FULL_5B], ids=["2b", "5b"])
+def test_full_size_keys_and_shapes_match_diffusers(config):
+    """The released checkpoints load unchanged: at full size (built on the meta device, no memory) every
+    parameter name and shape equals diffusers' model's."""
+    from diffusers import CogVideoXTransformer3DModel as DiffusersCogVideoX
+
+    with torch.device("meta"):
+        ref = DiffusersCogVideoX(**config)
+        ours = CogVideoXTransformer3DModel(CogVideoXTransformerConfig(**config))
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert mine == theirs
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
 def test_unsupported_variants_are_refused():
     with pytest.raises(ValueError, match="patch_size_t"):
         CogVideoXTransformerConfig(patch_size_t=2)  # CogVideoX 1.5

@@ -190,14 +190,14 @@ class CogVideoXTransformer3DModel(PretrainedModel):
         self._table_cache: dict = {}
 
     # ---- fixed position tables, cached per latent grid ----------------------------------------
-    def sincos_table(self, frames: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """(F * h * w, C) sin-cos table added to the video tokens (2b)."""
-        key = ("sincos", frames, h, w, str(device))
+    def sincos_table(self, frames: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(F * h * w, C) sin-cos table added to the video tokens (2b), in the activations' dtype."""
+        key = ("sincos", frames, h, w, str(device), dtype)
         if key not in self._table_cache:
             cfg = self.config
             dim = cfg.num_attention_heads * cfg.attention_head_dim
             table = sincos_3d(dim, frames, h, w, cfg.spatial_interpolation_scale, cfg.temporal_interpolation_scale)
-            self._table_cache[key] = table.to(device)
+            self._table_cache[key] = table.to(device=device, dtype=dtype)
         return self._table_cache[key]
 
     def rotary_table(self, text_len: int, frames: int, h: int, w: int,
@@ -239,7 +239,7 @@ class CogVideoXTransformer3DModel(PretrainedModel):
         if cfg.use_rotary_positional_embeddings:
             rotary = self.rotary_table(text.shape[1], f, h, w, x.device)
         else:
-            x = x + self.sincos_table(f, h, w, x.device).to(x.dtype)
+            x = x + self.sincos_table(f, h, w, x.device, x.dtype)
 
         # ---- the block stack: the one place the streams are transformed (TeaCache wraps this loop,
         # caching the residuals of both x and text; PAB wraps each block's attn1 call) ----
