@@ -126,3 +126,22 @@ class PatchEmbed2D(nn.Module):
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         x = self.proj(x).flatten(2).transpose(1, 2)  # (N, h*w, C)
         return (x + self.pos_embed(h, w, x.device)).to(x.dtype)
+
+
+def sincos_3d(dim: int, frames: int, height: int, width: int, spatial_scale: float = 1.0,
+              temporal_scale: float = 1.0) -> torch.Tensor:
+    """(frames * height * width, dim) fixed 3D embedding in (T, H, W) row-major token order.
+
+    Channels: [frame (dim/4) | column (3dim/8) | row (3dim/8)] (CogVideoX / diffusers order);
+    positions are divided by the interpolation scales, with no rescaling to a base grid.
+    """
+    if dim % 16:
+        raise ValueError(f"3D sin-cos embedding needs dim divisible by 16, got {dim}")
+    spatial = 3 * dim // 4
+    rows = torch.arange(height, dtype=torch.float32) / spatial_scale
+    cols = torch.arange(width, dtype=torch.float32) / spatial_scale
+    row, col = torch.meshgrid(rows, cols, indexing="ij")  # (H, W) each
+    space = torch.cat([sincos_1d(spatial // 2, col), sincos_1d(spatial // 2, row)], dim=1)  # (H*W, 3dim/4)
+    time = sincos_1d(dim // 4, torch.arange(frames, dtype=torch.float32) / temporal_scale)  # (T, dim/4)
+    table = torch.cat([time[:, None].expand(-1, height * width, -1), space[None].expand(frames, -1, -1)], dim=-1)
+    return table.reshape(frames * height * width, dim).float()

@@ -1,0 +1,258 @@
+"""CogVideoX text-to-video: CogVideoXConfig (published defaults, `tiny` / `tiny-5b` presets) and CogVideoXPipeline.
+
+Components in the THUDM/CogVideoX-2b / -5b (diffusers) layout: transformer/, vae/
+(AutoencoderKLCogVideoX: 4x temporal, 8x spatial compression), text_encoder/ + tokenizer/ (T5,
+226 tokens), scheduler/ (CogVideoX DDIM; the DPM variant is built from the same config).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from videosys.core.config import BaseConfig
+from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel, CogVideoXTransformerConfig
+from videosys.utils import text as text_stack
+from videosys.utils.hub import resolve_dir
+
+TINY_TEXT_DIM = 32
+SCHEDULERS = {"ddim": "CogVideoXDDIMScheduler", "dpm": "CogVideoXDPMScheduler"}
+
+
+@dataclass
+class CogVideoXConfig(BaseConfig):
+    """CogVideoX generation config. `CogVideoXConfig()` is CogVideoX-2b (49 frames at 480x720, 50 DDIM
+    steps, cfg 6, 8 fps); pass model_path="THUDM/CogVideoX-5b" for 5b. `preset="tiny"` (sin-cos
+    positions, like 2b) and `preset="tiny-5b"` (3D RoPE, like 5b) are small random models for a CPU."""
+
+    scheduler: str = "ddim"  # "ddim": CogVideoXDDIMScheduler; "dpm": CogVideoXDPMScheduler (the 5b demo's choice)
+    use_dynamic_cfg: bool = False  # the guidance scale rises over the steps (the 5b demo turns it on with dpm)
+    max_text_length: int = 226  # T5 tokens, as trained
+    vae_tiling: bool = True  # decode in overlapping spatial tiles: 480x720 fits in far less memory
+    vae_slicing: bool = True  # decode one video of a batch at a time
+
+    model_name = "cogvideox"
+    official_model_path = "THUDM/CogVideoX-2b"
+    defaults = dict(num_frames=49, height=480, width=720, num_inference_steps=50, guidance_scale=6.0, fps=8)
+    presets = {
+        "tiny": dict(num_frames=9, height=64, width=96, num_inference_steps=50, guidance_scale=6.0, fps=8),
+        "tiny-5b": dict(num_frames=9, height=64, width=96, num_inference_steps=50, guidance_scale=6.0, fps=8),
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+
+    @property
+    def pipeline_cls(self):
+        return CogVideoXPipeline
+
+
+def tiny_transformer_config(rotary: bool) -> CogVideoXTransformerConfig:
+    # sample_* (latent units) is the tiny presets' 64x96 latent grid, as 60x90 is 480x720 for the real models
+    return CogVideoXTransformerConfig(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=32,
+        text_embed_dim=TINY_TEXT_DIM, num_layers=2, sample_height=8, sample_width=12, sample_frames=9,
+        use_rotary_positional_embeddings=rotary)
+
+
+def tiny_scheduler_config(rotary: bool) -> dict:
+    """The THUDM scheduler config (v-prediction, zero-SNR trailing DDIM); snr_shift_scale 3.0 for 2b, 1.0 for 5b."""
+    return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                clip_sample=False, set_alpha_to_one=True, steps_offset=0, prediction_type="v_prediction",
+                timestep_spacing="trailing", rescale_betas_zero_snr=True, snr_shift_scale=1.0 if rotary else 3.0)
+
+
+def tiny_components(rotary: bool = False, seed: int = 0):
+    """Transformer, VAE and text stack of the tiny presets: CogVideoX's classes, small widths, random weights."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    tokenizer = text_stack.build_tiny_tokenizer(CogVideoXConfig.max_text_length)
+    text_encoder = text_stack.build_tiny_text_encoder(len(tokenizer), d_model=TINY_TEXT_DIM, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = CogVideoXTransformer3DModel(tiny_transformer_config(rotary))
+        vae = AutoencoderKLCogVideoX(block_out_channels=(4, 4, 8, 8), latent_channels=4, layers_per_block=1,
+                                     norm_num_groups=2, temporal_compression_ratio=4)
+    return transformer.eval(), vae.eval(), text_encoder, tokenizer
+
+
+def build_scheduler(name: str, scheduler_config: dict):
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    return cls.from_config({k: v for k, v in scheduler_config.items() if k != "_class_name"})
+
+
+def dynamic_guidance_scales(guidance_scale: float, timesteps: list[int], num_steps: int) -> list[float]:
+    """CogVideoX's dynamic CFG, as published (THUDM demo / diffusers): 1 + w * (1 - cos(pi * ((n - t) / n)^5)) / 2.
+
+    Computed on the host from the timestep values before the loop, so the loop never reads a device tensor.
+    """
+    return [1 + guidance_scale * (1 - math.cos(math.pi * ((num_steps - t) / num_steps) ** 5.0)) / 2 for t in timesteps]
+
+
+class CogVideoXPipeline(VideoSysPipeline):
+    pipeline_class_name = "CogVideoXPipeline"
+
+    @classmethod
+    def from_config(cls, config: CogVideoXConfig) -> "CogVideoXPipeline":
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
+
+        device, dtype = config.torch_device(), config.torch_dtype()
+        if config.model_path is None:  # tiny preset, random weights
+            rotary = config.preset == "tiny-5b"
+            transformer, vae, text_encoder, tokenizer = tiny_components(rotary)
+            scheduler_config = tiny_scheduler_config(rotary)
+        else:
+            path = config.model_path
+            transformer = CogVideoXTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+            vae = AutoencoderKLCogVideoX.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
+            tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
+            scheduler_config = CogVideoXDDIMScheduler.load_config(resolve_dir(path, "scheduler"))
+        scheduler = build_scheduler(config.scheduler, dict(scheduler_config))
+        if config.vae_tiling:
+            vae.enable_tiling()
+        if config.vae_slicing:
+            vae.enable_slicing()
+        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
+                 for m in (transformer, vae, text_encoder)]
+        return cls(config, *parts, tokenizer, scheduler)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def vae_temporal_factor(self) -> int:
+        return int(self.vae.config.temporal_compression_ratio)
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """num_frames must be 8k + 1 (1, 9, 17, ..., 49).
+
+        The VAE keeps the first frame and compresses the rest 4x, so 4k + 1 frames make k + 1 latent
+        frames; its decoder works on pairs of latent frames and gives back 4k + 1 frames only when
+        k + 1 is odd (an even count decodes to 4 (k + 1) frames, not the number asked for).
+        """
+        step = 2 * self.vae_temporal_factor
+        if (num_frames - 1) % step:
+            raise ValueError(f"num_frames={num_frames} must be {step}k + 1 (1, 9, 17, ..., 49): the VAE compresses "
+                             f"frames after the first {self.vae_temporal_factor}x and decodes an odd number of "
+                             "latent frames only")
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+        """Text states (B, 226, C), laid out [uncond; cond] with CFG.
+
+        As trained: every prompt is padded to max_text_length and T5 runs without an attention
+        mask; the transformer attends to all the tokens, padding included.
+        """
+        def encode(texts: list[str]) -> torch.Tensor:
+            ids = self.tokenizer(texts, padding="max_length", max_length=self.config.max_text_length, truncation=True,
+                                 add_special_tokens=True, return_tensors="pt").input_ids
+            return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
+
+        states = encode(prompts)
+        if do_cfg:
+            states = torch.cat([encode([negative_prompt] * len(prompts)), states])
+        return states.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def generate(self, prompt, negative_prompt: str = "", seed: int = 0, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None) -> VideoSysOutput:
+        prompts = self.as_prompt_list(prompt)
+        if not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
+        a = self.resolve(num_frames=num_frames, height=height, width=width,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        self.check_num_frames(a["num_frames"])
+        self.check_spatial(a["height"], a["width"], self.vae_scale_factor * self.transformer.config.patch_size)
+        start = time.perf_counter()
+        do_cfg = a["guidance_scale"] > 1.0
+        text = self.encode_prompt(prompts, negative_prompt, do_cfg)
+
+        # Noise as VideoSysPipeline.seeded_noise draws it (CPU, fp32, from `seed`); the generator then goes
+        # on to the DPM scheduler's per-step noise, in the order diffusers draws it.
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        latent_frames = (a["num_frames"] - 1) // self.vae_temporal_factor + 1
+        shape = (len(prompts), latent_frames, self.transformer.config.in_channels,
+                 a["height"] // self.vae_scale_factor, a["width"] // self.vae_scale_factor)  # (B, F, C, h, w)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        latents = (latents * self.scheduler.init_noise_sigma).to(self.dtype)
+
+        self.scheduler.set_timesteps(a["num_inference_steps"])
+        timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+        model_timesteps = timesteps.to(self.device)  # what the transformer sees, copied once
+        scales = [a["guidance_scale"]] * len(timesteps)
+        if self.config.use_dynamic_cfg:
+            scales = dynamic_guidance_scales(a["guidance_scale"], timesteps.tolist(), len(timesteps))
+        dpm = self.config.scheduler == "dpm"
+        old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
+
+        denoise_start = time.perf_counter()
+        with self.progress(len(timesteps), "cogvideox") as bar:
+            for i, t in enumerate(timesteps):
+                model_in = torch.cat([latents, latents]) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                pred = self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
+                if do_cfg:
+                    pred = self.guide(pred, scales[i])
+                if dpm:
+                    t_back = timesteps[i - 1] if i > 0 else None
+                    latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
+                else:
+                    latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+                latents = latents.to(self.dtype)
+                bar.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        decode_start = time.perf_counter()
+        video = self.decode(latents)
+        end = time.perf_counter()
+        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
+                 "steps": len(timesteps)}
+        return VideoSysOutput(video=video, stats=stats)
+
+    def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""
+        noise = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+        if like.device.type == "cuda":
+            return noise.pin_memory().to(like.device, non_blocking=True)
+        return noise.to(like.device)
+
+    def dpm_step(self, pred: torch.Tensor, old_x0: torch.Tensor | None, t: torch.Tensor, t_back: torch.Tensor | None,
+                 latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CogVideoXDPMScheduler step (DPM-Solver++(2M) SDE) from the scheduler's own tables and helpers.
+
+        diffusers' `step` draws its noise with `randn_tensor`, whose CPU-to-GPU copy blocks the host every
+        step; here the same draws (same generator, order and dtype) reach the device asynchronously.
+        """
+        s = self.scheduler
+        prev_t = t - s.config.num_train_timesteps // s.num_inference_steps
+        a_t = s.alphas_cumprod[t]
+        a_prev = s.alphas_cumprod[prev_t] if prev_t >= 0 else s.final_alpha_cumprod
+        a_back = s.alphas_cumprod[t_back] if t_back is not None else None
+        if s.config.prediction_type == "v_prediction":
+            x0 = a_t**0.5 * latents - (1 - a_t) ** 0.5 * pred
+        elif s.config.prediction_type == "epsilon":
+            x0 = (latents - (1 - a_t) ** 0.5 * pred) / a_t**0.5
+        else:  # "sample"
+            x0 = pred
+        h, r, _, _ = s.get_variables(a_t, a_prev, a_back)
+        mult = list(s.get_mult(h, r, a_t, a_prev, a_back))
+        noise_scale = (1 - a_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5
+        first_order = mult[0] * latents - mult[1] * x0 + noise_scale * self.step_noise(latents, generator)
+        if old_x0 is None or prev_t < 0:
+            return first_order, x0
+        # the first-order sample's noise is drawn (and discarded) anyway, as diffusers does, to keep the stream
+        x0_2m = mult[2] * x0 - mult[3] * old_x0
+        return mult[0] * latents - mult[1] * x0_2m + noise_scale * self.step_noise(latents, generator), x0
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, h, w) latents -> (B, T, H, W, 3) uint8, T = 4 (F - 1) + 1 frames."""
+        latents = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor  # (B, C, F, h, w)
+        video = self.vae.decode(latents.to(self.vae.dtype)).sample  # (B, 3, T, H, W) in [-1, 1]
+        return self.to_frames(video)

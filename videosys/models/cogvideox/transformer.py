@@ -1,0 +1,252 @@
+"""CogVideoX (arXiv 2408.06072): full 3D attention over concatenated text and video tokens.
+
+Loads the `transformer/` folder of THUDM/CogVideoX-2b and THUDM/CogVideoX-5b unchanged: the config
+fields and state-dict keys are those of diffusers' CogVideoXTransformer3DModel.
+
+Token layout (C = model width, S = text tokens, N = F * h * w video tokens: F latent frames of
+h x w patches). Text and video are two streams, (B, S, C) and (B, N, C), each with its own adaLN
+modulation ("expert adaLN"); attention and the MLP see them joined as (B, S + N, C), text first.
+
+Positions: 2b adds a fixed 3D sin-cos table to the video tokens; 5b
+(`use_rotary_positional_embeddings`) instead rotates the queries and keys of the video tokens with
+3D RoPE. Both tables depend only on the latent grid, so they are built once and cached.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videosys.models.modules.attention import Attention, FeedForward
+from videosys.models.modules.embeddings import TimestepEmbedding, sincos_3d, timestep_embedding
+from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.rope import rope_3d
+
+
+@dataclass
+class CogVideoXTransformerConfig:
+    """diffusers' CogVideoXTransformer3DModel config fields; defaults are CogVideoX-2b's values.
+
+    CogVideoX-5b: num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True.
+    """
+
+    num_attention_heads: int = 30
+    attention_head_dim: int = 64
+    in_channels: int = 16
+    out_channels: int | None = 16
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    time_embed_dim: int = 512
+    ofs_embed_dim: int | None = None
+    text_embed_dim: int = 4096
+    num_layers: int = 30
+    dropout: float = 0.0  # inference only: dropout is never applied
+    attention_bias: bool = True
+    sample_width: int = 90  # latent width the model was trained at (sets the RoPE base grid)
+    sample_height: int = 60
+    sample_frames: int = 49
+    patch_size: int = 2
+    patch_size_t: int | None = None
+    temporal_compression_ratio: int = 4
+    max_text_seq_length: int = 226
+    activation_fn: str = "gelu-approximate"
+    timestep_activation_fn: str = "silu"
+    norm_elementwise_affine: bool = True
+    norm_eps: float = 1e-5
+    spatial_interpolation_scale: float = 1.875
+    temporal_interpolation_scale: float = 1.0
+    use_rotary_positional_embeddings: bool = False
+    use_learned_positional_embeddings: bool = False
+    patch_bias: bool = True
+
+    def __post_init__(self):
+        # Variants of the CogVideoX 1.5 / image-to-video releases that this model does not implement
+        unsupported = {"patch_size_t": self.patch_size_t is not None, "ofs_embed_dim": bool(self.ofs_embed_dim),
+                       "use_learned_positional_embeddings": self.use_learned_positional_embeddings}
+        for name, present in unsupported.items():
+            if present:
+                raise ValueError(f"{name}={getattr(self, name)!r} (CogVideoX 1.5 / image-to-video) is not supported; "
+                                 "this model implements CogVideoX 1.0 text-to-video (2b, 5b)")
+        if self.activation_fn not in ("gelu-approximate", "gelu"):
+            raise ValueError(f"unsupported activation_fn {self.activation_fn!r} (CogVideoX uses 'gelu-approximate')")
+        if self.timestep_activation_fn != "silu":
+            raise ValueError(f"unsupported timestep_activation_fn {self.timestep_activation_fn!r} "
+                             "(CogVideoX uses 'silu')")
+        dim = self.num_attention_heads * self.attention_head_dim
+        if self.use_rotary_positional_embeddings and self.attention_head_dim % 16:
+            raise ValueError(f"3D RoPE splits attention_head_dim into t / h / w parts: it must be divisible by 16, "
+                             f"got {self.attention_head_dim}")
+        if not self.use_rotary_positional_embeddings and dim % 16:
+            raise ValueError(f"the 3D sin-cos embedding needs the width (heads x head_dim) divisible by 16, got {dim}")
+
+
+class ExpertAdaLayerNormZero(nn.Module):
+    """One LayerNorm, separate modulation per stream: (B, T_emb) -> shift / scale / gate for video and text.
+
+    Keys `linear` and `norm` (diffusers' CogVideoXLayerNormZero).
+    """
+
+    def __init__(self, time_embed_dim: int, dim: int, elementwise_affine: bool, eps: float):
+        super().__init__()
+        self.linear = nn.Linear(time_embed_dim, 6 * dim)
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor):
+        mod = self.linear(F.silu(emb))[:, None]  # (B, 1, 6C)
+        shift, scale, gate, text_shift, text_scale, text_gate = mod.chunk(6, dim=-1)
+        x = self.norm(x) * (1 + scale) + shift
+        text = self.norm(text) * (1 + text_scale) + text_shift
+        return x, text, gate, text_gate
+
+
+class CogVideoXBlock(nn.Module):
+    """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP."""
+
+    def __init__(self, cfg: CogVideoXTransformerConfig):
+        super().__init__()
+        dim = cfg.num_attention_heads * cfg.attention_head_dim
+        norm = dict(elementwise_affine=cfg.norm_elementwise_affine, eps=cfg.norm_eps)
+        self.norm1 = ExpertAdaLayerNormZero(cfg.time_embed_dim, dim, **norm)
+        self.attn1 = Attention(dim, cfg.num_attention_heads, cfg.attention_head_dim, bias=cfg.attention_bias,
+                               qk_norm=True, qk_norm_eps=1e-6)
+        self.norm2 = ExpertAdaLayerNormZero(cfg.time_embed_dim, dim, **norm)
+        approximate = "tanh" if cfg.activation_fn == "gelu-approximate" else "none"
+        self.ff = FeedForward(dim, approximate=approximate)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, C) video, text (B, S, C), emb (B, T_emb), rotary over S + N tokens -> (x, text)."""
+        s = text.shape[1]
+        x_in, text_in, gate, text_gate = self.norm1(x, text, emb)
+        out = self.attn1(torch.cat([text_in, x_in], dim=1), rotary=rotary)  # (B, S + N, C)
+        x = x + gate * out[:, s:]
+        text = text + text_gate * out[:, :s]
+
+        x_in, text_in, gate, text_gate = self.norm2(x, text, emb)
+        out = self.ff(torch.cat([text_in, x_in], dim=1))  # (B, S + N, C)
+        return x + gate * out[:, s:], text + text_gate * out[:, :s]
+
+
+class CogVideoXPatchEmbed(nn.Module):
+    """Latents (B, F, C_in, H, W) -> video tokens (B, F * h * w, C); text states (B, S, C_text) -> (B, S, C)."""
+
+    def __init__(self, cfg: CogVideoXTransformerConfig, dim: int):
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv2d(cfg.in_channels, dim, kernel_size=p, stride=p, bias=cfg.patch_bias)
+        self.text_proj = nn.Linear(cfg.text_embed_dim, dim)
+
+    def forward(self, latents: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, f = latents.shape[:2]
+        x = self.proj(latents.flatten(0, 1))  # (B*F, C, h, w)
+        x = x.flatten(2).transpose(1, 2).reshape(b, -1, x.shape[1])  # (B, F*h*w, C), frame-major
+        return x, self.text_proj(text)
+
+
+class FinalAdaLayerNorm(nn.Module):
+    """LayerNorm modulated by the timestep embedding, shift first (keys `linear`, `norm`)."""
+
+    def __init__(self, time_embed_dim: int, dim: int, elementwise_affine: bool, eps: float):
+        super().__init__()
+        self.linear = nn.Linear(time_embed_dim, 2 * dim)
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.linear(F.silu(emb))[:, None].chunk(2, dim=-1)  # (B, 1, C) each
+        return self.norm(x) * (1 + scale) + shift
+
+
+def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where a (h, w) grid sits, resized to keep its aspect, centred in the (H, W) grid trained on.
+
+    Returns ((top, left), (bottom, right)) in base-grid units (the CogVideoX / HunyuanDiT recipe).
+    """
+    (h, w), (base_h, base_w) = grid, base
+    if h / w > base_h / base_w:
+        resize_h, resize_w = base_h, int(round(base_h / h * w))
+    else:
+        resize_h, resize_w = int(round(base_w / w * h)), base_w
+    top, left = int(round((base_h - resize_h) / 2.0)), int(round((base_w - resize_w) / 2.0))
+    return (top, left), (top + resize_h, left + resize_w)
+
+
+class CogVideoXTransformer3DModel(PretrainedModel):
+    config_class = CogVideoXTransformerConfig
+    class_name = "CogVideoXTransformer3DModel"
+
+    def __init__(self, config: CogVideoXTransformerConfig):
+        super().__init__()
+        self.config = config
+        dim = config.num_attention_heads * config.attention_head_dim
+        self.out_channels = config.out_channels or config.in_channels
+        self.patch_embed = CogVideoXPatchEmbed(config, dim)
+        self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim)
+        self.transformer_blocks = nn.ModuleList(CogVideoXBlock(config) for _ in range(config.num_layers))
+        norm = dict(elementwise_affine=config.norm_elementwise_affine, eps=config.norm_eps)
+        self.norm_final = nn.LayerNorm(dim, **norm)
+        self.norm_out = FinalAdaLayerNorm(config.time_embed_dim, dim, **norm)
+        self.proj_out = nn.Linear(dim, config.patch_size**2 * self.out_channels)
+        self._table_cache: dict = {}
+
+    # ---- fixed position tables, cached per latent grid ----------------------------------------
+    def sincos_table(self, frames: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(F * h * w, C) sin-cos table added to the video tokens (2b), in the activations' dtype."""
+        key = ("sincos", frames, h, w, str(device), dtype)
+        if key not in self._table_cache:
+            cfg = self.config
+            dim = cfg.num_attention_heads * cfg.attention_head_dim
+            table = sincos_3d(dim, frames, h, w, cfg.spatial_interpolation_scale, cfg.temporal_interpolation_scale)
+            self._table_cache[key] = table.to(device=device, dtype=dtype)
+        return self._table_cache[key]
+
+    def rotary_table(self, text_len: int, frames: int, h: int, w: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin, each (S + F * h * w, head_dim), for the joint sequence (5b).
+
+        Text tokens get the identity rotation (cos 1, sin 0), so attention rotates the whole
+        sequence while only video tokens move. Video positions: frames 0..F-1; rows and columns
+        span the region the grid covers in the base grid of the training resolution.
+        """
+        key = ("rope", text_len, frames, h, w, str(device))
+        if key not in self._table_cache:
+            cfg = self.config
+            d = cfg.attention_head_dim
+            base = (cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+            (top, left), (bottom, right) = rope_crop_region((h, w), base)
+            pos_t = torch.arange(frames, dtype=torch.float32)
+            pos_h = torch.linspace(top, bottom * (h - 1) / h, h, dtype=torch.float32)
+            pos_w = torch.linspace(left, right * (w - 1) / w, w, dtype=torch.float32)
+            cos, sin = rope_3d((d // 4, d // 8 * 3, d // 8 * 3), pos_t, pos_h, pos_w)  # (N, d) each
+            cos = torch.cat([torch.ones(text_len, d), cos])
+            sin = torch.cat([torch.zeros(text_len, d), sin])
+            self._table_cache[key] = (cos.to(device), sin.to(device))
+        return self._table_cache[key]
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                timestep: torch.Tensor) -> torch.Tensor:
+        """(B, F, C_in, H, W) latents, (B, S, C_text) text, (B,) or scalar timesteps -> (B, F, C_out, H, W)."""
+        b, f, _, height, width = hidden_states.shape
+        cfg = self.config
+        p = cfg.patch_size
+        h, w = height // p, width // p
+        dim = cfg.num_attention_heads * cfg.attention_head_dim
+
+        t_freq = timestep_embedding(timestep.reshape(-1).expand(b), dim, cfg.flip_sin_to_cos, cfg.freq_shift)
+        emb = self.time_embedding(t_freq.to(hidden_states.dtype))  # (B, T_emb): TeaCache's indicator
+        x, text = self.patch_embed(hidden_states, encoder_hidden_states)  # (B, N, C), (B, S, C)
+        rotary = None
+        if cfg.use_rotary_positional_embeddings:
+            rotary = self.rotary_table(text.shape[1], f, h, w, x.device)
+        else:
+            x = x + self.sincos_table(f, h, w, x.device, x.dtype)
+
+        # ---- the block stack: the one place the streams are transformed (TeaCache wraps this loop,
+        # caching the residuals of both x and text; PAB wraps each block's attn1 call) ----
+        for block in self.transformer_blocks:
+            x, text = block(x, text, emb, rotary)
+        # ---- end of the block stack ----
+
+        x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # (B, N, p*p*C_out)
+        x = x.view(b, f, h, w, self.out_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C_out, h, p, w, p)
+        return x.reshape(b, f, self.out_channels, h * p, w * p)

@@ -1,0 +1,41 @@
+"""Rotary position embedding (RoPE) in the interleaved-pair form.
+
+Channel pairs (2i, 2i + 1) of a query or key are rotated together by the angle pos * theta^(-2i/d)
+(RoFormer; the layout of rotary_embedding_torch, GPT-J and diffusers' `use_real_unbind_dim=-1`).
+Tables are (cos, sin), each (L, d) with every angle repeated for its pair, so applying them is two
+multiply-adds. A 3D table concatenates per-axis tables along the channels.
+"""
+
+import torch
+
+
+def rope_1d(dim: int, pos: torch.Tensor, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) positions -> cos, sin tables (M, dim) in fp32."""
+    if dim % 2:
+        raise ValueError(f"rotary embedding needs an even dim, got {dim}")
+    freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (dim/2,)
+    angles = torch.outer(pos.float(), freqs)  # (M, dim/2)
+    return angles.cos().repeat_interleave(2, dim=1), angles.sin().repeat_interleave(2, dim=1)
+
+
+def rope_3d(dims: tuple[int, int, int], pos_t: torch.Tensor, pos_h: torch.Tensor, pos_w: torch.Tensor,
+            theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables for a (T, H, W) grid in row-major token order: channels [t | h | w] of sizes `dims`.
+
+    Returns cos, sin, each (T * H * W, sum(dims)).
+    """
+    t, h, w = len(pos_t), len(pos_h), len(pos_w)
+    out = []
+    for tables in zip(rope_1d(dims[0], pos_t, theta), rope_1d(dims[1], pos_h, theta), rope_1d(dims[2], pos_w, theta)):
+        tt, hh, ww = tables  # (T, dt), (H, dh), (W, dw)
+        grid = torch.cat([tt[:, None, None].expand(t, h, w, -1), hh[None, :, None].expand(t, h, w, -1),
+                          ww[None, None, :].expand(t, h, w, -1)], dim=-1)  # (T, H, W, d)
+        out.append(grid.reshape(t * h * w, -1))
+    return out[0], out[1]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (..., L, d) queries or keys by (L, d) tables; computed in fp32, returned in x's dtype."""
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (..., L, d/2) each
+    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (..., L, d): the pair turned by 90 degrees
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
