@@ -130,8 +130,8 @@ def tiny_components(seed: int = 0):
         transformer = STDiT3(STDiT3Config(hidden_size=64, depth=2, num_heads=4, caption_channels=TINY_TEXT_DIM,
                                           model_max_length=OpenSoraConfig.max_text_length, input_sq_size=64))
         vae = OpenSoraVAE(OpenSoraVAEConfig(
-            spatial_vae_config=dict(block_out_channels=[16, 32, 32, 32], layers_per_block=1, latent_channels=4,
-                                    norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 4,
+            spatial_vae_config=dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, latent_channels=4,
+                                    norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
                                     up_block_types=["UpDecoderBlock2D"] * 4, sample_size=64),
             temporal_vae_config=dict(filters=16, num_res_blocks=1, num_groups=8)))
     return transformer.eval(), vae.eval(), text_encoder, tokenizer
@@ -219,12 +219,20 @@ class OpenSoraPipeline(VideoSysPipeline):
                  resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, fps: int | None = None) -> VideoSysOutput:
+        """Videos for `prompt` (a string or a list): (B, T, H', W', 3) uint8 in `.video`.
+
+        Size: height / width, else resolution / aspect_ratio, else the config's. The VAE floors sizes to
+        a multiple of 8 (480p 9:16 = 480x854 comes out 480x848, as in the release). Without a
+        negative prompt the uncond branch is the learned null caption, as published.
+        """
         prompts = self.prepare_prompts(self.as_prompt_list(prompt))
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
         height, width = self.size_of(resolution, aspect_ratio, height, width)
         a = self.resolve(num_frames=None if num_frames is None else frame_count(num_frames), height=height,
                          width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, fps=fps)
+        if not isinstance(a["fps"], (int, float)) or a["fps"] <= 0:
+            raise ValueError(f"fps must be positive, got {a['fps']!r}")
         latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
         start = time.perf_counter()
         do_cfg = a["guidance_scale"] > 1.0

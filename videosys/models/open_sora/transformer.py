@@ -26,6 +26,7 @@ from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 
 IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
+VIDEO_FPS = 24  # the release's sampling fps
 
 
 @dataclass
@@ -104,8 +105,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class RotaryEmbedding(nn.Module):
     """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter.
 
-    The cos / sin tables depend only on the sequence length, so they are cached (keyed on the
-    parameter too, so loading new weights invalidates them).
+    The cos / sin tables depend only on the sequence length, so they are cached; loading a state
+    dict clears the cache.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -115,13 +116,17 @@ class RotaryEmbedding(nn.Module):
         self._cache: dict = {}
 
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (length, str(device), dtype, id(self.freqs), self.freqs._version)
+        key = (length, str(device), dtype)
         if key not in self._cache:
             pos = torch.arange(length, device=device, dtype=torch.float32)
             angles = torch.outer(pos, self.freqs.to(device=device, dtype=torch.float32))
             angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
             self._cache = {key: (angles.cos().to(dtype), angles.sin().to(dtype))}
         return self._cache[key]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 class SelfAttention(nn.Module):
@@ -339,8 +344,9 @@ class STDiT3(PretrainedModel):
 
         x (B, C_in, T, H, W) latents; timestep (B,) or scalar in [0, 1000]; y (B, L, C_text) or
         (B, 1, L, C_text) T5 states; mask (B, L) text mask (1 = token); x_mask (B, T) bool, False on
-        conditioning frames; fps (B,) or a number; height, width: the video's size in pixels (numbers
-        or tensors). Returns (B, C_out, T, H, W) in fp32.
+        conditioning frames; fps (B,) or a number; height, width: the video's size in pixels (pass
+        numbers: a device tensor costs a host sync, as the original's .item()). Returns (B, C_out, T, H, W)
+        in fp32.
         """
         dtype = self.x_embedder.proj.weight.dtype
         b, _, frames, lat_h, lat_w = x.shape
@@ -350,8 +356,9 @@ class STDiT3(PretrainedModel):
         width = width if width is not None else lat_w * 8
         resolution = math.sqrt(float(height[0] if torch.is_tensor(height) else height)
                                * float(width[0] if torch.is_tensor(width) else width))
-        fps = torch.as_tensor(IMAGE_FPS if fps is None and frames == 1 else 24 if fps is None else fps,
-                              device=x.device)
+        if fps is None:
+            fps = IMAGE_FPS if frames == 1 else VIDEO_FPS
+        fps = torch.as_tensor(fps, device=x.device)
         timestep = torch.as_tensor(timestep, device=x.device).float().reshape(-1).expand(b)
         fps = fps.float().reshape(-1).expand(b)
 
