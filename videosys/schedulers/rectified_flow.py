@@ -24,6 +24,8 @@ def timestep_transform(t: float, height: int, width: int, num_frames: int, num_t
     ratio_space = math.sqrt(height * width / base_resolution)
     # the original hard-codes the VAE's 17 -> 5 frame compression and ignores a remainder
     latent_frames = 1 if num_frames == 1 else num_frames // 17 * 5
+    if latent_frames < 1:
+        raise ValueError(f"the timestep transform needs 1 or at least 17 frames, got {num_frames}")
     ratio_time = math.sqrt(latent_frames / base_num_frames)
     ratio = ratio_space * ratio_time * scale
     return ratio * t / (1 + (ratio - 1) * t) * num_timesteps
