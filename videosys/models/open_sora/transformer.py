@@ -359,8 +359,10 @@ class STDiT3(PretrainedModel):
         if fps is None:
             fps = IMAGE_FPS if frames == 1 else VIDEO_FPS
         fps = torch.as_tensor(fps, device=x.device)
-        timestep = torch.as_tensor(timestep, device=x.device).float().reshape(-1).expand(b)
-        fps = fps.float().reshape(-1).expand(b)
+        # the original casts t and fps to the model dtype before embedding them: in bf16 that rounds
+        # t (992.9 -> 992.0); do the same so bf16 runs condition on the values the release saw
+        timestep = torch.as_tensor(timestep, device=x.device).to(dtype).float().reshape(-1).expand(b)
+        fps = fps.to(dtype).float().reshape(-1).expand(b)
 
         # timestep and fps conditioning
         t = self.embed_timestep(timestep, fps, dtype)  # (B, C)
