@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine, read_video
 from videosys.models.modules.pretrained import CheckpointMismatchError
 from videosys.models.open_sora.pipeline import frame_count, image_size
-from videosys.models.open_sora.transformer import (STDiT3, STDiT3Block, STDiT3Config, apply_rope,
-                                                   t2i_modulate)
+from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_rope, t2i_modulate
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler, timestep_transform
 
