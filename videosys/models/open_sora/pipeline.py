@@ -1,0 +1,267 @@
+"""Open-Sora 1.2 text-to-video: OpenSoraConfig (published defaults, `tiny` preset) and OpenSoraPipeline.
+
+The release is three hub repos, each loaded in its own layout: the transformer
+(hpcai-tech/OpenSora-STDiT-v3), the VAE (hpcai-tech/OpenSora-VAE-v1.2) and the text encoder
+(DeepFloyd/t5-v1_1-xxl, 300 tokens). A folder written by `save_pretrained` (transformer/, vae/,
+text_encoder/, tokenizer/, scheduler/, model_index.json) loads too.
+
+Sampling as the release's inference config (configs/opensora-v1-2/inference/sample.py): rectified
+flow, 30 steps, the resolution / length timestep transform, cfg 7.0 against the learned null
+caption, fps 24, prompts suffixed with "aesthetic score: 6.5.".
+"""
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from videosys.core.config import BaseConfig
+from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.open_sora.transformer import IMAGE_FPS, STDiT3, STDiT3Config
+from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
+from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
+from videosys.utils import text as text_stack
+from videosys.utils.hub import resolve_dir
+
+# Published size tables (opensora/datasets/aspect.py at v1.2.0): aspect ratio "H:W" -> its key,
+# and per resolution the (height, width) of each key.
+ASPECT_RATIOS = {
+    "3:8": "0.38", "9:21": "0.43", "12:25": "0.48", "1:2": "0.50", "9:17": "0.53", "27:50": "0.54", "9:16": "0.56",
+    "5:8": "0.62", "2:3": "0.67", "3:4": "0.75", "1:1": "1.00", "4:3": "1.33", "3:2": "1.50", "16:9": "1.78",
+    "17:9": "1.89", "2:1": "2.00", "50:27": "2.08",
+}
+_KEYS = list(ASPECT_RATIOS.values())
+_SIZES = {
+    "144p": [(117, 312), (125, 291), (133, 277), (135, 270), (139, 262), (141, 260), (144, 256), (151, 241),
+             (156, 234), (166, 221), (192, 192), (221, 165), (235, 156), (256, 144), (263, 139), (271, 135),
+             (277, 132)],
+    "240p": [(196, 522), (210, 490), (222, 462), (226, 452), (232, 438), (236, 436), (240, 426), (252, 404),
+             (262, 393), (276, 368), (320, 320), (370, 278), (392, 262), (426, 240), (440, 232), (452, 226),
+             (462, 222)],
+    "360p": [(294, 784), (314, 732), (332, 692), (340, 680), (350, 662), (352, 652), (360, 640), (380, 608),
+             (392, 588), (416, 554), (480, 480), (554, 416), (588, 392), (640, 360), (660, 350), (678, 340),
+             (692, 332)],
+    "480p": [(392, 1046), (420, 980), (444, 925), (452, 904), (466, 880), (470, 870), (480, 854), (506, 810),
+             (522, 784), (554, 738), (640, 640), (740, 555), (784, 522), (854, 480), (880, 466), (906, 454),
+             (924, 444)],
+    "720p": [(588, 1568), (628, 1466), (666, 1388), (678, 1356), (698, 1318), (706, 1306), (720, 1280), (758, 1212),
+             (784, 1176), (832, 1110), (960, 960), (1108, 832), (1176, 784), (1280, 720), (1320, 698), (1358, 680),
+             (1386, 666)],
+}
+RESOLUTIONS = {name: dict(zip(_KEYS, sizes)) for name, sizes in _SIZES.items()}
+MICRO_FRAMES = 17  # frames per temporal-VAE chunk in the release
+DURATIONS = {"2s": 51, "4s": 102, "8s": 204, "16s": 408}  # at 24 fps, as published
+
+TINY_TEXT_DIM = 32
+
+
+def image_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
+    """(height, width) of a published resolution name ("144p".."720p") and aspect ratio ("9:16", H:W)."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"unknown resolution {resolution!r}; choose from {list(RESOLUTIONS)}")
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise ValueError(f"unknown aspect_ratio {aspect_ratio!r}; choose from {list(ASPECT_RATIOS)}")
+    return RESOLUTIONS[resolution][ASPECT_RATIOS[aspect_ratio]]
+
+
+def frame_count(num_frames) -> int:
+    """A duration name ("2s", "4s", "8s", "16s") or a positive frame count -> frames."""
+    if isinstance(num_frames, str):
+        if num_frames in DURATIONS:
+            return DURATIONS[num_frames]
+        if num_frames.isdigit():
+            num_frames = int(num_frames)
+        else:
+            raise ValueError(f"num_frames {num_frames!r} is neither a frame count nor one of {list(DURATIONS)}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive integer or one of {list(DURATIONS)}, got {num_frames!r}")
+    if 1 < num_frames < MICRO_FRAMES:
+        # the release's timestep transform counts latent frames as num_frames // 17 * 5: zero here
+        raise ValueError(f"num_frames={num_frames}: Open-Sora 1.2 takes 1 frame (an image) or at least "
+                         f"{MICRO_FRAMES} (one VAE micro-chunk); e.g. 17, 34, 51 ('2s')")
+    return num_frames
+
+
+@dataclass
+class OpenSoraConfig(BaseConfig):
+    """Open-Sora 1.2 generation config. `OpenSoraConfig()` is the release (480p 9:16, 51 frames, 30 steps,
+    cfg 7.0, 24 fps); `OpenSoraConfig(preset="tiny")` is a small random model that runs on a CPU in seconds.
+
+    Size: explicit height / width win over resolution / aspect_ratio, which win over the preset's size.
+    """
+
+    num_frames: int | str | None = None  # a count or a duration: "2s"=51, "4s"=102, "8s"=204, "16s"=408
+    resolution: str | None = None  # "144p", "240p", "360p", "480p", "720p"
+    aspect_ratio: str | None = None  # "H:W", e.g. "9:16"
+    vae_path: str | None = None  # None: hpcai-tech/OpenSora-VAE-v1.2 (or model_path's vae/ folder)
+    text_encoder_path: str | None = None  # None: DeepFloyd/t5-v1_1-xxl (or model_path's text_encoder/)
+    max_text_length: int = 300
+    aes: float | None = 6.5  # aesthetic score appended to prompts, as the release's inference config
+
+    model_name = "open-sora"
+    official_model_path = "hpcai-tech/OpenSora-STDiT-v3"
+    official_vae_path = "hpcai-tech/OpenSora-VAE-v1.2"
+    official_text_encoder_path = "DeepFloyd/t5-v1_1-xxl"
+    defaults = dict(num_frames=51, resolution="480p", aspect_ratio="9:16", num_inference_steps=30, guidance_scale=7.0,
+                    fps=24)
+    presets = {"tiny": dict(num_frames=17, height=64, width=64, num_inference_steps=30, guidance_scale=7.0, fps=24)}
+
+    def __post_init__(self):
+        size_given = self.height is not None or self.width is not None
+        named_size_given = self.resolution is not None or self.aspect_ratio is not None
+        super().__post_init__()
+        self.num_frames = frame_count(self.num_frames)
+        named = image_size(self.resolution, self.aspect_ratio)  # also checks both names
+        if (named_size_given and not size_given) or self.height is None or self.width is None:
+            self.height, self.width = named
+
+    @property
+    def pipeline_cls(self):
+        return OpenSoraPipeline
+
+
+def tiny_components(seed: int = 0):
+    """Transformer, VAE and text stack of the `tiny` preset: the release's classes, small widths, random weights."""
+    tokenizer = text_stack.build_tiny_tokenizer(OpenSoraConfig.max_text_length)
+    text_encoder = text_stack.build_tiny_text_encoder(len(tokenizer), d_model=TINY_TEXT_DIM, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = STDiT3(STDiT3Config(hidden_size=64, depth=2, num_heads=4, caption_channels=TINY_TEXT_DIM,
+                                          model_max_length=OpenSoraConfig.max_text_length, input_sq_size=64))
+        vae = OpenSoraVAE(OpenSoraVAEConfig(
+            spatial_vae_config=dict(block_out_channels=[8, 16, 16, 16], layers_per_block=1, latent_channels=4,
+                                    norm_num_groups=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                                    up_block_types=["UpDecoderBlock2D"] * 4, sample_size=64),
+            temporal_vae_config=dict(filters=16, num_res_blocks=1, num_groups=8)))
+    return transformer.eval(), vae.eval(), text_encoder, tokenizer
+
+
+def _is_pipeline_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "model_index.json"))
+
+
+def load_t5(path: str, dtype: torch.dtype):
+    """Tokenizer and T5 encoder from a folder with text_encoder/ + tokenizer/, or a T5 repo (DeepFloyd layout)."""
+    if os.path.isdir(os.path.join(path, "text_encoder")):
+        return text_stack.load_text_stack(path, dtype, "cpu")
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    folder = resolve_dir(path)
+    return AutoTokenizer.from_pretrained(folder), T5EncoderModel.from_pretrained(folder, dtype=dtype).eval()
+
+
+class OpenSoraPipeline(VideoSysPipeline):
+    pipeline_class_name = "OpenSoraPipeline"
+
+    @classmethod
+    def from_config(cls, config: OpenSoraConfig) -> "OpenSoraPipeline":
+        device, dtype = config.torch_device(), config.torch_dtype()
+        path = config.model_path
+        if path is None:  # tiny preset, random weights
+            transformer, vae, text_encoder, tokenizer = tiny_components()
+            scheduler = RectifiedFlowScheduler()
+        elif _is_pipeline_folder(path):
+            transformer = STDiT3.from_pretrained(path, "transformer", dtype=dtype)
+            vae = OpenSoraVAE.from_pretrained(config.vae_path or path, None if config.vae_path else "vae", dtype=dtype)
+            tokenizer, text_encoder = load_t5(config.text_encoder_path or path, dtype)
+            scheduler = RectifiedFlowScheduler.from_pretrained(resolve_dir(path, "scheduler"))
+        else:  # the release: three repos
+            transformer = STDiT3.from_pretrained(path, dtype=dtype)
+            vae = OpenSoraVAE.from_pretrained(config.vae_path or config.official_vae_path, dtype=dtype)
+            tokenizer, text_encoder = load_t5(config.text_encoder_path or config.official_text_encoder_path, dtype)
+            scheduler = RectifiedFlowScheduler()
+        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
+                 for m in (transformer, vae, text_encoder)]
+        return cls(config, *parts, tokenizer, scheduler)
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def prepare_prompts(self, prompts: list[str]) -> list[str]:
+        aes = self.config.aes
+        if aes is None:
+            return prompts
+        return [p if "aesthetic score:" in p else f"{p} aesthetic score: {aes:.1f}." for p in prompts]
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str | None, do_cfg: bool):
+        """T5 states laid out [uncond; cond] and the text mask (None when nothing is masked).
+
+        Without a negative prompt the uncond branch is the learned null caption (y_embedder.y_embedding),
+        masked like its prompt, as the release samples.
+        """
+        max_len = self.config.max_text_length
+        cond, mask = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts, max_len, self.device)
+        if do_cfg:
+            if negative_prompt:
+                uncond, uncond_mask = text_stack.encode_text(self.tokenizer, self.text_encoder,
+                                                             [negative_prompt] * len(prompts), max_len, self.device)
+            else:
+                null = self.transformer.y_embedder.y_embedding
+                if null.shape[0] != cond.shape[1]:
+                    raise ValueError(f"the transformer's null caption has {null.shape[0]} tokens, the text encoder "
+                                     f"gives {cond.shape[1]} (max_text_length)")
+                uncond, uncond_mask = null[None].expand(len(prompts), -1, -1).to(cond.dtype), mask
+            cond, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, mask])
+        mask = mask.bool()
+        if bool(mask.all()):  # one host sync per generation, not per step
+            mask = None
+        return cond.to(self.dtype), mask
+
+    def size_of(self, resolution, aspect_ratio, height, width) -> tuple[int, int]:
+        if height is not None or width is not None:
+            return height or self.config.height, width or self.config.width
+        if resolution is not None or aspect_ratio is not None:
+            return image_size(resolution or self.config.resolution, aspect_ratio or self.config.aspect_ratio)
+        return self.config.height, self.config.width
+
+    # ---- generation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | str | None = None,
+                 resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, fps: int | None = None) -> VideoSysOutput:
+        """Videos for `prompt` (a string or a list): (B, T, H', W', 3) uint8 in `.video`.
+
+        Size: height / width, else resolution / aspect_ratio, else the config's. The VAE floors sizes to
+        a multiple of 8 (480p 9:16 = 480x854 comes out 480x848, as in the release). Without a
+        negative prompt the uncond branch is the learned null caption, as published.
+        """
+        prompts = self.prepare_prompts(self.as_prompt_list(prompt))
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
+        height, width = self.size_of(resolution, aspect_ratio, height, width)
+        a = self.resolve(num_frames=None if num_frames is None else frame_count(num_frames), height=height,
+                         width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, fps=fps)
+        if not isinstance(a["fps"], (int, float)) or a["fps"] <= 0:
+            raise ValueError(f"fps must be positive, got {a['fps']!r}")
+        latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
+        start = time.perf_counter()
+        do_cfg = a["guidance_scale"] > 1.0
+        text, mask = self.encode_prompt(prompts, negative_prompt, do_cfg)
+
+        channels = self.transformer.config.in_channels
+        latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)  # fp32
+        timesteps = self.scheduler.set_timesteps(a["num_inference_steps"], a["height"], a["width"], a["num_frames"],
+                                                 device=self.device)
+        batch = text.shape[0]
+        cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
+        fps_in = torch.full((batch,), float(cond_fps), device=self.device)
+
+        denoise_start = time.perf_counter()
+        with self.progress(len(timesteps), "open-sora") as bar:
+            for i in range(len(timesteps)):
+                model_in = torch.cat([latents, latents]) if do_cfg else latents
+                pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_in,
+                                        height=a["height"], width=a["width"])
+                velocity = pred[:, :channels]  # the other half is the unused sigma prediction
+                if do_cfg:
+                    velocity = self.guide(velocity, a["guidance_scale"])
+                latents = self.scheduler.step(velocity, i, latents)
+                bar.update()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        decode_start = time.perf_counter()
+        video = self.to_frames(self.vae.decode(latents, a["num_frames"]))
+        end = time.perf_counter()
+        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
+                 "steps": len(timesteps)}
+        return VideoSysOutput(video=video, stats=stats)

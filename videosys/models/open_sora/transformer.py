@@ -1,0 +1,411 @@
+"""Open-Sora 1.2 STDiT3: pairs of spatial and temporal transformer blocks.
+
+Loads hpcai-tech/OpenSora-STDiT-v3 unchanged: config.json's field names and the state-dict
+keys are those of the original `STDiT3` (hpcaitech/Open-Sora v1.2.0, opensora/models/stdit/stdit3.py).
+
+Token layout (C = width, T = latent frames, S = patches per frame, L = text tokens):
+  every block sees x as (B, T, S, C)
+  spatial blocks:  self-attention within a frame          (B*T, S, C)
+  temporal blocks: self-attention across frames, with RoPE (B*S, T, C)
+  both:            cross-attention of all T*S tokens of a sample to its text (B, T*S, C) x (B, L, C)
+
+Timestep conditioning (adaLN-single, PixArt style): t = t_embedder(t) + fps_embedder(fps), one
+t_block MLP gives (B, 6C) shared by all blocks; each block adds its own scale_shift_table.
+The original STDiT3 also receives height, width, aspect ratio and frame count: only height and
+width are used, through the scale of the 2D position table; the rest is ignored, as here.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
+from videosys.models.modules.pretrained import PretrainedModel
+
+IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
+VIDEO_FPS = 24  # the release's sampling fps
+
+
+@dataclass
+class STDiT3Config:
+    """config.json of hpcai-tech/OpenSora-STDiT-v3; defaults are STDiT3-XL/2's."""
+
+    architectures: list = field(default_factory=lambda: ["STDiT3"])
+    model_type: str = "STDiT3"
+    input_size: list = field(default_factory=lambda: [None, None, None])
+    input_sq_size: int = 512  # the square resolution the 2D position table is scaled against
+    in_channels: int = 4
+    patch_size: list = field(default_factory=lambda: [1, 2, 2])
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = 0.1
+    pred_sigma: bool = True  # doubles the output channels (velocity and an unused sigma half)
+    drop_path: float = 0.0
+    caption_channels: int = 4096
+    model_max_length: int = 300
+    qk_norm: bool = True
+    # runtime switches of the original (flash-attn, apex layernorm, its own SP); we always use SDPA
+    enable_flash_attn: bool = False
+    enable_layernorm_kernel: bool = False
+    enable_sequence_parallelism: bool = False
+    # training switches; they do not change inference
+    only_train_temporal: bool = False
+    freeze_y_embedder: bool = False
+    skip_y_embedder: bool = False
+
+    def __post_init__(self):
+        self.patch_size = list(self.patch_size)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("RoPE needs an even head dim")
+        if self.skip_y_embedder:
+            raise ValueError("skip_y_embedder=True (pre-embedded captions) is not supported")
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.pred_sigma else self.in_channels
+
+
+def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """PixArt-alpha's modulation: x * (1 + scale) + shift."""
+    return x * (1 + scale) + shift
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dim, computed in fp32 (LlamaRMSNorm; key `weight`)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): RoPE on interleaved pairs."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (..., N, d) rotated by position: cos / sin are (N, d), each frequency repeated for its pair."""
+    return (x * cos + rotate_pairs(x) * sin).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter.
+
+    The cos / sin tables depend only on the sequence length, so they are cached; loading a state
+    dict clears the cache.
+    """
+
+    def __init__(self, dim: int, theta: float = 10000.0):
+        super().__init__()
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim)
+        self.freqs = nn.Parameter(freqs, requires_grad=False)
+        self._cache: dict = {}
+
+    def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (length, str(device), dtype)
+        if key not in self._cache:
+            pos = torch.arange(length, device=device, dtype=torch.float32)
+            angles = torch.outer(pos, self.freqs.to(device=device, dtype=torch.float32))
+            angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
+            self._cache = {key: (angles.cos().to(dtype), angles.sin().to(dtype))}
+        return self._cache[key]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class SelfAttention(nn.Module):
+    """qkv / q_norm / k_norm / proj; optional RoPE after the qk norm (the original's order)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class CrossAttention(nn.Module):
+    """q_linear / kv_linear / proj. Each sample's queries attend to that sample's valid text tokens.
+
+    The original packs all valid tokens of the batch into one sequence with a block-diagonal
+    mask (xformers); a per-sample key mask under SDPA is the same computation.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None."""
+        b, n, c = x.shape
+        q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU(tanh) -> fc2 (timm's Mlp, the original's key names)."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class STDiT3Block(nn.Module):
+    """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation."""
+
+    def __init__(self, cfg: STDiT3Config, temporal: bool):
+        super().__init__()
+        dim = cfg.hidden_size
+        self.temporal = temporal
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.attn = SelfAttention(dim, cfg.num_heads, cfg.qk_norm)
+        self.cross_attn = CrossAttention(dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    def modulation(self, t_mlp: torch.Tensor, t0_mlp: torch.Tensor | None = None,
+                   x_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(B, 6C) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (B, T or 1, 1, C).
+
+        With x_mask (B, T), frames where it is False (conditioning frames) take the t=0 modulation.
+        """
+        b = t_mlp.shape[0]
+        mod = (self.scale_shift_table[None] + t_mlp.view(b, 6, -1))[:, None]  # (B, 1, 6, C)
+        if x_mask is not None:
+            mod0 = (self.scale_shift_table[None] + t0_mlp.view(b, 6, -1))[:, None]
+            mod = torch.where(x_mask[:, :, None, None], mod, mod0)  # (B, T, 6, C)
+        return mod[:, :, :, None].unbind(2)
+
+    def modulated_input(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """t2i_modulate(norm1(x), shift_msa, scale_msa): the self-attention input (TeaCache's indicator)."""
+        return t2i_modulate(self.norm1(x), mod[0], mod[1])
+
+    def teacache_indicator(self, x: torch.Tensor, t_mlp: torch.Tensor, t0_mlp: torch.Tensor | None = None,
+                           x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.modulated_input(x, self.modulation(t_mlp, t0_mlp, x_mask))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, t0_mlp: torch.Tensor | None = None,
+                x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, s, c = x.shape  # (B, T, S, C)
+        mod = self.modulation(t_mlp, t0_mlp, x_mask)
+        h = self.modulated_input(x, mod)
+        if self.temporal:
+            h = self.attn(h.transpose(1, 2).reshape(b * s, t, c), rope)  # (B*S, T, C)
+            h = h.view(b, s, t, c).transpose(1, 2)
+        else:
+            h = self.attn(h.reshape(b * t, s, c)).view(b, t, s, c)  # (B*T, S, C)
+        x = x + mod[2] * h
+        x = x + self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c)
+        h = self.mlp(t2i_modulate(self.norm2(x), mod[3], mod[4]))
+        return x + mod[5] * h
+
+
+class PatchEmbed3D(nn.Module):
+    def __init__(self, patch_size, in_channels: int, dim: int):
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W), zero-padded at the end to the patch -> (B, T', S, dim)."""
+        pads = [(-n) % p for n, p in zip(x.shape[2:], self.patch_size)]
+        if any(pads):
+            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+        x = self.proj(x)  # (B, dim, T', H', W')
+        return x.flatten(3).permute(0, 2, 3, 1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding ([cos | sin], 256 channels) -> Linear -> SiLU -> Linear (keys mlp.0, mlp.2)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim, flip_sin_to_cos=True).to(dtype))
+
+
+class CaptionEmbedder(nn.Module):
+    """T5 states -> width (y_proj), and the learned null caption `y_embedding` used for CFG."""
+
+    def __init__(self, in_channels: int, dim: int, token_num: int):
+        super().__init__()
+        self.y_proj = Mlp(in_channels, dim, dim)
+        self.register_buffer("y_embedding", torch.randn(token_num, in_channels) / in_channels**0.5)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(y)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, num_patch: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, num_patch * out_channels)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None = None,
+                x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, S, C), t (B, C) the timestep + fps embedding (before t_block)."""
+        mod = (self.scale_shift_table[None] + t[:, None])[:, None]  # (B, 1, 2, C)
+        if x_mask is not None:
+            mod0 = (self.scale_shift_table[None] + t0[:, None])[:, None]
+            mod = torch.where(x_mask[:, :, None, None], mod, mod0)
+        shift, scale = mod[:, :, :, None].unbind(2)
+        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+
+
+class STDiT3(PretrainedModel):
+    config_class = STDiT3Config
+    class_name = "STDiT3"
+    weights_name = "model.safetensors"  # what hpcai-tech/OpenSora-STDiT-v3 ships
+
+    def __init__(self, config: STDiT3Config):
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        self.out_channels = config.out_channels
+        self.rope = RotaryEmbedding(dim // config.num_heads)
+        self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, dim)
+        self.t_embedder = TimestepEmbedder(dim)
+        self.fps_embedder = TimestepEmbedder(dim)  # the original's SizeEmbedder: same layers, fps as input
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.y_embedder = CaptionEmbedder(config.caption_channels, dim, config.model_max_length)
+        self.spatial_blocks = nn.ModuleList(STDiT3Block(config, temporal=False) for _ in range(config.depth))
+        self.temporal_blocks = nn.ModuleList(STDiT3Block(config, temporal=True) for _ in range(config.depth))
+        self.final_layer = FinalLayer(dim, math.prod(config.patch_size), self.out_channels)
+        self._pos_cache: dict = {}
+
+    def pos_embed(self, h: int, w: int, scale: float, base_size: int, device: torch.device) -> torch.Tensor:
+        """(h * w, C) 2D sin-cos table, row-major; first half encodes the column, second the row.
+
+        Positions are stretched so a grid spans `base_size` cells and divided by `scale`
+        (resolution / input_sq_size), as the original's PositionEmbedding2D. Fixed per generation: cached.
+        """
+        key = (h, w, float(scale), base_size, str(device))
+        if key not in self._pos_cache:
+            dim = self.config.hidden_size
+            rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
+            cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
+            row, col = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
+            table = torch.cat([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], dim=1).float()
+            self._pos_cache = {key: table.to(device)}
+        return self._pos_cache[key]
+
+    def embed_timestep(self, timestep: torch.Tensor, fps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t_embedder(t) + fps_embedder(fps): (B, C), the input of t_block and of the final layer."""
+        return self.t_embedder(timestep, dtype) + self.fps_embedder(fps, dtype)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+                x_mask: torch.Tensor | None = None, fps=None, height=None, width=None, **kwargs) -> torch.Tensor:
+        """Velocity prediction.
+
+        x (B, C_in, T, H, W) latents; timestep (B,) or scalar in [0, 1000]; y (B, L, C_text) or
+        (B, 1, L, C_text) T5 states; mask (B, L) text mask (1 = token); x_mask (B, T) bool, False on
+        conditioning frames; fps (B,) or a number; height, width: the video's size in pixels (pass
+        numbers: a device tensor costs a host sync, as the original's .item()). Returns (B, C_out, T, H, W)
+        in fp32.
+        """
+        dtype = self.x_embedder.proj.weight.dtype
+        b, _, frames, lat_h, lat_w = x.shape
+        pt, ph, pw = self.config.patch_size
+        t_, h_, w_ = -(-frames // pt), -(-lat_h // ph), -(-lat_w // pw)
+        height = height if height is not None else lat_h * 8
+        width = width if width is not None else lat_w * 8
+        resolution = math.sqrt(float(height[0] if torch.is_tensor(height) else height)
+                               * float(width[0] if torch.is_tensor(width) else width))
+        if fps is None:
+            fps = IMAGE_FPS if frames == 1 else VIDEO_FPS
+        fps = torch.as_tensor(fps, device=x.device)
+        # the original casts t and fps to the model dtype before embedding them: in bf16 that rounds
+        # t (992.9 -> 992.0); do the same so bf16 runs condition on the values the release saw
+        timestep = torch.as_tensor(timestep, device=x.device).to(dtype).float().reshape(-1).expand(b)
+        fps = fps.to(dtype).float().reshape(-1).expand(b)
+
+        # timestep and fps conditioning
+        t = self.embed_timestep(timestep, fps, dtype)  # (B, C)
+        t_mlp = self.t_block(t)  # (B, 6C)
+        t0 = t0_mlp = None
+        if x_mask is not None:
+            x_mask = x_mask.bool()
+            t0 = self.embed_timestep(torch.zeros_like(timestep), fps, dtype)
+            t0_mlp = self.t_block(t0)
+
+        # text
+        y = y.to(dtype)
+        if y.dim() == 4:
+            y = y.squeeze(1)
+        y = self.y_embedder(y)  # (B, L, C)
+        y_mask = None
+        if mask is not None:
+            y_mask = mask.bool()
+            if y_mask.shape[0] != b:  # one mask for every CFG branch, as the original repeats it
+                y_mask = y_mask.repeat(b // y_mask.shape[0], 1)
+
+        # patches + 2D positions (cached), RoPE tables for the temporal blocks (cached)
+        x = self.x_embedder(x.to(dtype))  # (B, T, S, C)
+        scale = resolution / self.config.input_sq_size
+        x = x + self.pos_embed(h_, w_, scale, round((h_ * w_) ** 0.5), x.device).to(dtype)
+        rope = self.rope.tables(t_, x.device, dtype)
+
+        x = self.run_blocks(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask)
+
+        x = self.final_layer(x, t, t0, x_mask)  # (B, T, S, pt*ph*pw*C_out)
+        x = x.view(b, t_, h_, w_, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        x = x.reshape(b, self.out_channels, t_ * pt, h_ * ph, w_ * pw)
+        return x[:, :, :frames, :lat_h, :lat_w].float()
+
+    def run_blocks(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None,
+                   rope: tuple[torch.Tensor, torch.Tensor], t0_mlp: torch.Tensor | None = None,
+                   x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block stack, in one place: caches wrap this loop (TeaCache) or the blocks' modules (PAB).
+
+        TeaCache's indicator for this model is spatial_blocks[0].teacache_indicator(x, t_mlp) on the
+        x this method receives (patch embedding + positions).
+        """
+        for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
+            x = spatial(x, y, t_mlp, y_mask, None, t0_mlp, x_mask)
+            x = temporal(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask)
+        return x
