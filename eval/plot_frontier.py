@@ -1,0 +1,126 @@
+"""Speed-up against fidelity (PSNR, LPIPS) for the variants of one family, as a PNG and a table.
+
+    python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png]
+
+Reads, for every variant folder under --family-dir (as the batch-generation scripts lay them
+out): `stats.json` (per-video timings, written by experiments/*.py) and `metrics.json`
+(written by common_metrics/eval.py against the baseline). Speed-up = mean time of the
+baseline / mean time of the variant, over the videos both have (`total_s`: encode, denoise
+and decode; --time-key denoise_s for the transformer loop alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+STATS_FILE, METRICS_FILE = "stats.json", "metrics.json"
+
+
+def _load(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def mean_time(stats: dict, names, key: str) -> float:
+    values = [stats["videos"][n][key] for n in names]
+    return sum(values) / len(values)
+
+
+def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total_s") -> list[dict]:
+    """One point per variant: speed-up, PSNR, SSIM, LPIPS (the baseline is speed-up 1, LPIPS 0)."""
+    base_stats = _load(os.path.join(family_dir, baseline, STATS_FILE))
+    if base_stats is None:
+        raise FileNotFoundError(f"no {STATS_FILE} in {os.path.join(family_dir, baseline)}: generate the baseline first")
+    points = []
+    for variant in sorted(os.listdir(family_dir)):
+        folder = os.path.join(family_dir, variant)
+        if variant == baseline or not os.path.isdir(folder):
+            continue
+        stats, metrics = _load(os.path.join(folder, STATS_FILE)), _load(os.path.join(folder, METRICS_FILE))
+        if stats is None or metrics is None:
+            print(f"{variant}: skipped (needs {STATS_FILE} and {METRICS_FILE})", file=sys.stderr)
+            continue
+        common = sorted(set(stats["videos"]) & set(base_stats["videos"]))
+        if not common:
+            print(f"{variant}: skipped (no timed video shared with {baseline})", file=sys.stderr)
+            continue
+        point = {"variant": variant, "videos": len(common),
+                 "speedup": mean_time(base_stats, common, time_key) / mean_time(stats, common, time_key)}
+        for m in ("psnr", "ssim", "lpips"):
+            point[m] = metrics["metrics"].get(m, {}).get("value")
+        points.append(point)
+    return points
+
+
+def plot(points: list[dict], output: str, title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label, better in ((axes[0], "psnr", "PSNR (dB) vs baseline", "higher is better"),
+                                      (axes[1], "lpips", "LPIPS vs baseline", "lower is better")):
+        shown = [p for p in points if p.get(metric) is not None]
+        ax.scatter([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", zorder=3)
+        for p in shown:
+            ax.annotate(p["variant"], (p["speedup"], p[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if metric == "lpips":
+            ax.scatter([1.0], [0.0], color="black", marker="*", s=80, zorder=3)
+            ax.annotate("baseline", (1.0, 0.0), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("speed-up over baseline (x)")
+        ax.set_ylabel(label)
+        ax.set_title(better, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def format_table(points: list[dict]) -> str:
+    rows = [("variant", "speed-up", "PSNR", "SSIM", "LPIPS", "videos")]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for p in points:
+        rows.append((p["variant"], f"{p['speedup']:.2f}x", fmt(p["psnr"], ".2f"), fmt(p["ssim"], ".4f"),
+                     fmt(p["lpips"], ".4f"), str(p["videos"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Speed-up vs PSNR / LPIPS for one family's variants.")
+    p.add_argument("--family-dir", required=True, help="folder holding one subfolder per variant")
+    p.add_argument("--baseline", default="baseline")
+    p.add_argument("--time-key", default="total_s", help="stats.json timing: total_s, denoise_s or wall_s")
+    p.add_argument("--output", help="PNG (default: <family-dir>/frontier.png); a .json beside it holds the points")
+    args = p.parse_args(argv)
+    try:
+        points = frontier(args.family_dir, args.baseline, args.time_key)
+    except FileNotFoundError as err:
+        print(f"plot_frontier.py: error: {err}", file=sys.stderr)
+        return 2
+    if not points:
+        print("plot_frontier.py: error: no variant has both stats.json and metrics.json", file=sys.stderr)
+        return 2
+    output = args.output or os.path.join(args.family_dir, "frontier.png")
+    name = os.path.basename(os.path.normpath(args.family_dir))
+    plot(points, output, f"{name}: speed / fidelity ({args.time_key})")
+    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(points, f, indent=1)
+    print(format_table(points))
+    print(f"-> {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
