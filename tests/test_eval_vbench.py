@@ -1,6 +1,7 @@
 """eval/vbench/cal_vbench.py: the papers' aggregation on fixture score files, against hand-computed totals."""
 
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,54 @@ def test_run_vbench_knows_every_dimension():
     for dimension in cal.DIMENSIONS:
         files = run.required_files(dimension)
         assert (files == []) == (dimension == "temporal_flickering")  # the one dimension without weights
+
+
+def vbench_python():
+    """The VBench environment's python (setup_env.sh makes eval/vbench/.venv), or $VBENCH_PYTHON."""
+    import os
+
+    from eval_helpers import ROOT
+
+    for path in (os.environ.get("VBENCH_PYTHON"), os.path.join(ROOT, "eval", "vbench", ".venv", "bin", "python")):
+        if path and os.path.exists(path):
+            return path
+    return None
+
+
+def test_run_vbench_temporal_flickering_on_real_files(tmp_path):
+    """In the VBench environment, offline: the one dimension without weights, on files named as VBench
+    expects; its score is 1 - mean |frame difference| / 255, recomputed here from the decoded frames."""
+    import subprocess
+
+    import numpy as np
+
+    from videosys import read_video, save_video
+
+    python = vbench_python()
+    if python is None:
+        pytest.skip("no VBench environment (bash eval/vbench/setup_env.sh, or set VBENCH_PYTHON)")
+    run = load_eval_module("vbench/run_vbench.py", "videosys_eval_run_vbench")
+    videos = tmp_path / "videos"
+    gray = np.full((6, 32, 32, 3), 128, np.uint8)
+    flicker = gray.copy()
+    flicker[1::2] = 160  # every other frame brighter: |difference| 32
+    save_video(gray, str(videos / "In a still frame, a stop sign-0.mp4"))
+    save_video(flicker, str(videos / "In a still frame, a stop sign-1.mp4"))
+    out = tmp_path / "scores"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([python, os.path.join(os.path.dirname(run.__file__), "run_vbench.py"), "--video-dir",
+                           str(videos), "--output-dir", str(out), "--dimensions", "temporal_flickering",
+                           "subject_consistency", "--device", "cpu"],
+                          capture_output=True, text=True, env={**env, "VBENCH_CACHE_DIR": str(tmp_path / "cache")},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "subject_consistency: skipped: weights missing" in proc.stdout
+    expected = []
+    for seed in (0, 1):
+        frames = read_video(str(videos / f"In a still frame, a stop sign-{seed}.mp4"))[0].astype(np.float32)
+        expected.append((255 - np.mean([np.abs(frames[i + 1] - frames[i]).mean() for i in range(5)])) / 255)
+    score = json.loads((out / "temporal_flickering_eval_results.json").read_text())["temporal_flickering"][0]
+    assert score == pytest.approx(np.mean(expected), abs=1e-6)
+    assert expected[0] > 0.99 and expected[1] < 0.9  # the flickering video scores lower
+    result = cal.aggregate(cal.load_scores(str(out)))
+    assert result["quality_score"] == pytest.approx((score - 0.6293) / (1 - 0.6293), abs=1e-12)
