@@ -5,8 +5,9 @@
 Reads, for every variant folder under --family-dir (as the batch-generation scripts lay them
 out): `stats.json` (per-video timings, written by experiments/*.py) and `metrics.json`
 (written by common_metrics/eval.py against the baseline). Speed-up = mean time of the
-baseline / mean time of the variant, over the videos both have (`total_s`: encode, denoise
-and decode; --time-key denoise_s for the transformer loop alone).
+baseline / mean time of the variant, over the videos both have, leaving out each engine's
+first video (its warm-up) where others remain (`total_s`: encode, denoise and decode;
+--time-key denoise_s for the transformer loop alone).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total
             print(f"{variant}: skipped (needs {STATS_FILE} and {METRICS_FILE})", file=sys.stderr)
             continue
         common = sorted(set(stats["videos"]) & set(base_stats["videos"]))
+        warm = [n for n in common if not (stats["videos"][n].get("first_of_engine")
+                                          or base_stats["videos"][n].get("first_of_engine"))]
+        common = warm or common  # an engine's first video pays its warm-up: timed only when nothing else is
         if not common:
             print(f"{variant}: skipped (no timed video shared with {baseline})", file=sys.stderr)
             continue
@@ -66,7 +70,8 @@ def plot(points: list[dict], output: str, title: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label, better in ((axes[0], "psnr", "PSNR (dB) vs baseline", "higher is better"),
                                       (axes[1], "lpips", "LPIPS vs baseline", "lower is better")):
-        shown = [p for p in points if p.get(metric) is not None]
+        shown = sorted((p for p in points if p.get(metric) is not None), key=lambda p: p["speedup"])
+        ax.plot([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", alpha=0.4)
         ax.scatter([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", zorder=3)
         for p in shown:
             ax.annotate(p["variant"], (p["speedup"], p[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)

@@ -16,10 +16,12 @@ def write(folder, name, data):
 
 def test_speedup_and_metrics_per_variant(tmp_path, capsys):
     base = {"a-0.mp4": {"total_s": 10.0, "denoise_s": 8.0}, "b-0.mp4": {"total_s": 14.0, "denoise_s": 12.0},
-            "c-0.mp4": {"total_s": 100.0, "denoise_s": 90.0}}  # c has no accelerated twin: left out
+            "c-0.mp4": {"total_s": 100.0, "denoise_s": 90.0},  # no accelerated twin: left out
+            "w-0.mp4": {"total_s": 50.0, "denoise_s": 40.0, "first_of_engine": True}}  # warm-up: left out
     write(tmp_path / "baseline", "stats.json", {"videos": base})
     write(tmp_path / "teacache-fast", "stats.json",
-          {"videos": {"a-0.mp4": {"total_s": 4.0, "denoise_s": 2.0}, "b-0.mp4": {"total_s": 4.0, "denoise_s": 3.0}}})
+          {"videos": {"a-0.mp4": {"total_s": 4.0, "denoise_s": 2.0}, "b-0.mp4": {"total_s": 4.0, "denoise_s": 3.0},
+                      "w-0.mp4": {"total_s": 4.0, "denoise_s": 3.0}}})
     write(tmp_path / "teacache-fast", "metrics.json",
           {"metrics": {"psnr": {"value": 18.6}, "ssim": {"value": 0.67}, "lpips": {"value": 0.31}}})
     write(tmp_path / "pab", "stats.json", {"videos": {"a-0.mp4": {"total_s": 8.0, "denoise_s": 6.0}}})  # no metrics

@@ -156,6 +156,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_generates_only_the_missing(
     stats = json.loads((folder / "stats.json").read_text())
     assert len(stats["videos"]) == 4 and stats["meta"]["config"]["num_inference_steps"] == 2
     assert all(v["steps"] == 2 and v["total_s"] > 0 for v in stats["videos"].values())
+    assert [v["first_of_engine"] for v in stats["videos"].values()].count(True) == 2  # one per run that generated
 
     generated.clear()
     gen.main(family(), argv)  # everything there: nothing to do

@@ -168,6 +168,7 @@ class Generator:
         from videosys.models import config_class
 
         self.engine = VideoSysEngine(config_class(config_cls_name).from_dict(config))
+        self.generated = 0
 
     def run(self, job: Job, negative_prompt: str = "") -> dict[str, Any]:
         if os.path.exists(job.path):  # another worker or run finished it
@@ -177,6 +178,8 @@ class Generator:
         self.engine.save_video(out.video[0], job.path)
         stats = {k: _json_value(v) for k, v in (out.stats or {}).items()}
         stats["wall_s"] = round(time.perf_counter() - start, 6)
+        stats["first_of_engine"] = self.generated == 0  # pays the warm-up; plot_frontier leaves these out
+        self.generated += 1
         return stats
 
     def shutdown(self) -> None:
@@ -262,6 +265,17 @@ def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str 
             ray.shutdown()
 
 
+def run_environment(args) -> dict[str, Any]:
+    """Where the timings come from: compare speed-ups only between runs on the same kind of device."""
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"host": platform.node(), "device": device, "torch": torch.__version__,
+            "ray": bool(args.ray_workers or args.ray_address)}
+
+
 def generate_variant(family: Family, variant: str, args) -> dict[str, Any]:
     """Generate every missing video of one variant; returns a summary."""
     from tqdm import tqdm
@@ -281,7 +295,8 @@ def generate_variant(family: Family, variant: str, args) -> dict[str, Any]:
     summary = {"variant": variant, "folder": folder, "videos": len(jobs), "generated": 0}
     if not todo:
         return summary
-    stats_file = StatsFile(folder, {"family": family.name, "variant": variant, "config": config.to_dict()})
+    stats_file = StatsFile(folder, {"family": family.name, "variant": variant, "config": config.to_dict(),
+                                    **run_environment(args)})
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{family.name}/{variant}", unit="video")
 
     def on_done(job: Job, stats: dict[str, Any]) -> None:
