@@ -111,8 +111,10 @@ def pending(jobs: list[Job]) -> list[Job]:
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
-    """A run killed while writing leaves save_video's hidden temporary file; the rerun removes it."""
-    stale = glob.glob(os.path.join(glob.escape(folder), ".tmp-*.mp4"))
+    """A run killed while writing leaves a hidden temporary file (save_video's, or stats.json's); the
+    rerun removes it. One run per folder at a time: a second run's files in progress would go too."""
+    stale = [path for pattern in (".tmp-*.mp4", ".tmp-*.json")
+             for path in glob.glob(os.path.join(glob.escape(folder), pattern))]
     for path in stale:
         os.remove(path)
     return stale
@@ -206,6 +208,7 @@ class StatsFile:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(self.data, f, indent=1, ensure_ascii=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, self.path)
 
 
@@ -232,11 +235,17 @@ def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str 
     source_root = os.path.dirname(os.path.dirname(os.path.abspath(videosys.__file__)))
     python_path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if threads is None and not address:
+        import torch
+
+        threads = torch.get_num_threads()  # as a run in this process would: CPU results depend on it
     started_here = not ray.is_initialized()
     if started_here:
-        init = dict(address=address) if address else dict(num_cpus=workers or 1)
-        ray.init(**init, runtime_env={"env_vars": {"PYTHONPATH": python_path}}, log_to_driver=False,
-                 include_dashboard=False)
+        runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
+        if address:  # a cluster: its nodes need videosys (installed, or this tree on a shared filesystem)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers or 1, runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
     try:
         use_gpus = ray.cluster_resources().get("GPU", 0) > 0
         per_actor = dict(num_gpus=config.num_gpus) if use_gpus else dict(num_cpus=1)
