@@ -1,13 +1,14 @@
 """Speed-up against fidelity (PSNR, LPIPS) for the variants of one family, as a PNG and a table.
 
-    python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png]
+    python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png] [--vbench-scores s.json]
 
 Reads, for every variant folder under --family-dir (as the batch-generation scripts lay them
 out): `stats.json` (per-video timings, written by experiments/*.py) and `metrics.json`
 (written by common_metrics/eval.py against the baseline). Speed-up = mean time of the
 baseline / mean time of the variant, over the videos both have, leaving out each engine's
 first video (its warm-up) where others remain (`total_s`: encode, denoise and decode;
---time-key denoise_s for the transformer loop alone).
+--time-key denoise_s for the transformer loop alone). With --vbench-scores (cal_vbench.py's
+--output, keyed by variant folder name) a third panel shows the VBench total.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def mean_time(stats: dict, names, key: str) -> float:
     return sum(values) / len(values)
 
 
-def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total_s") -> list[dict]:
-    """One point per variant: speed-up, PSNR, SSIM, LPIPS (the baseline is speed-up 1, LPIPS 0)."""
+def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total_s",
+             vbench: dict | None = None) -> list[dict]:
+    """One point per variant: speed-up, PSNR, SSIM, LPIPS, VBench total if given (the baseline is
+    speed-up 1, LPIPS 0)."""
     base_stats = _load(os.path.join(family_dir, baseline, STATS_FILE))
     if base_stats is None:
         raise FileNotFoundError(f"no {STATS_FILE} in {os.path.join(family_dir, baseline)}: generate the baseline first")
@@ -57,27 +60,31 @@ def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total
                  "speedup": mean_time(base_stats, common, time_key) / mean_time(stats, common, time_key)}
         for m in ("psnr", "ssim", "lpips"):
             point[m] = metrics["metrics"].get(m, {}).get("value")
+        point["vbench"] = (vbench or {}).get(variant, {}).get("total_score")
         points.append(point)
     return points
 
 
-def plot(points: list[dict], output: str, title: str) -> str:
+def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, label, better in ((axes[0], "psnr", "PSNR (dB) vs baseline", "higher is better"),
-                                      (axes[1], "lpips", "LPIPS vs baseline", "lower is better")):
+    panels = [("psnr", "PSNR (dB) vs baseline", "higher is better"), ("lpips", "LPIPS vs baseline", "lower is better")]
+    if any(p.get("vbench") is not None for p in points):
+        panels.append(("vbench", "VBench total", "higher is better"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (metric, label, better) in zip(axes, panels):
         shown = sorted((p for p in points if p.get(metric) is not None), key=lambda p: p["speedup"])
         ax.plot([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", alpha=0.4)
         ax.scatter([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", zorder=3)
         for p in shown:
             ax.annotate(p["variant"], (p["speedup"], p[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        if metric == "lpips":
-            ax.scatter([1.0], [0.0], color="black", marker="*", s=80, zorder=3)
-            ax.annotate("baseline", (1.0, 0.0), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        base_value = {"lpips": 0.0, "vbench": baseline_vbench}.get(metric)
+        if base_value is not None:
+            ax.scatter([1.0], [base_value], color="black", marker="*", s=80, zorder=3)
+            ax.annotate("baseline", (1.0, base_value), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("speed-up over baseline (x)")
         ax.set_ylabel(label)
@@ -91,11 +98,12 @@ def plot(points: list[dict], output: str, title: str) -> str:
 
 
 def format_table(points: list[dict]) -> str:
-    rows = [("variant", "speed-up", "PSNR", "SSIM", "LPIPS", "videos")]
+    rows = [("variant", "speed-up", "PSNR", "SSIM", "LPIPS", "VBench", "videos")]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for p in points:
         rows.append((p["variant"], f"{p['speedup']:.2f}x", fmt(p["psnr"], ".2f"), fmt(p["ssim"], ".4f"),
-                     fmt(p["lpips"], ".4f"), str(p["videos"])))
+                     fmt(p["lpips"], ".4f"), fmt(None if p.get("vbench") is None else 100 * p["vbench"], ".2f"),
+                     str(p["videos"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -108,9 +116,13 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", default="baseline")
     p.add_argument("--time-key", default="total_s", help="stats.json timing: total_s, denoise_s or wall_s")
     p.add_argument("--output", help="PNG (default: <family-dir>/frontier.png); a .json beside it holds the points")
+    p.add_argument("--vbench-scores", help="cal_vbench.py --output JSON, keyed by variant folder name")
     args = p.parse_args(argv)
     try:
-        points = frontier(args.family_dir, args.baseline, args.time_key)
+        vbench = _load(args.vbench_scores) if args.vbench_scores else None
+        if args.vbench_scores and vbench is None:
+            raise FileNotFoundError(f"no such file: {args.vbench_scores}")
+        points = frontier(args.family_dir, args.baseline, args.time_key, vbench)
     except FileNotFoundError as err:
         print(f"plot_frontier.py: error: {err}", file=sys.stderr)
         return 2
@@ -119,7 +131,8 @@ def main(argv=None) -> int:
         return 2
     output = args.output or os.path.join(args.family_dir, "frontier.png")
     name = os.path.basename(os.path.normpath(args.family_dir))
-    plot(points, output, f"{name}: speed / fidelity ({args.time_key})")
+    baseline_vbench = (vbench or {}).get(args.baseline, {}).get("total_score")
+    plot(points, output, f"{name}: speed / fidelity ({args.time_key})", baseline_vbench)
     with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
         json.dump(points, f, indent=1)
     print(format_table(points))

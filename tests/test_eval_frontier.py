@@ -41,3 +41,15 @@ def test_missing_baseline_is_an_error(tmp_path, capsys):
     (tmp_path / "pab").mkdir()
     assert frontier.main(["--family-dir", str(tmp_path)]) == 2
     assert "generate the baseline first" in capsys.readouterr().err
+
+
+def test_vbench_panel_from_cal_vbench_scores(tmp_path, capsys):
+    write(tmp_path / "baseline", "stats.json", {"videos": {"a-0.mp4": {"total_s": 9.0}}})
+    write(tmp_path / "fast", "stats.json", {"videos": {"a-0.mp4": {"total_s": 3.0}}})
+    write(tmp_path / "fast", "metrics.json", {"metrics": {"psnr": {"value": 20.0}, "lpips": {"value": 0.2}}})
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"baseline": {"total_score": 0.774}, "fast": {"total_score": 0.7669}}))
+    assert frontier.main(["--family-dir", str(tmp_path), "--vbench-scores", str(scores)]) == 0
+    (point,) = json.loads((tmp_path / "frontier.json").read_text())
+    assert point["speedup"] == pytest.approx(3.0) and point["vbench"] == 0.7669 and point["ssim"] is None
+    assert "76.69" in capsys.readouterr().out
