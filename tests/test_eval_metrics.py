@@ -167,3 +167,20 @@ def test_lpips_pretrained_grows_with_noise():
         scores.append(float(metrics.video_metrics(video, noisy, ("lpips",), lpips_model=model)["lpips"].mean()))
     assert scores[0] == 0.0
     assert scores == sorted(scores) and scores[-1] > 0.1, scores
+
+
+def test_lpips_loads_a_torchvision_backbone_with_the_lpips_heads(tmp_path, monkeypatch):
+    """torchvision's alexnet file (legacy format, with its classifier) + the lpips package's heads file."""
+    ref = random_lpips(2)
+    state = ref.state_dict()
+    backbone = {k: v for k, v in state.items() if k.startswith("features.")}
+    backbone["classifier.1.weight"] = torch.zeros(4096, 9216)[:2]  # torchvision's head, ignored here
+    torch.save(backbone, tmp_path / "alexnet-owt.pth", _use_new_zipfile_serialization=False)
+    torch.save({f"lin{i}.model.1.weight": state[f"lins.{i}.weight"] for i in range(5)}, tmp_path / "alex.pth")
+    monkeypatch.setenv("VIDEOSYS_LPIPS_HEADS", str(tmp_path / "alex.pth"))
+    model = lpips_alex.load_lpips(str(tmp_path / "alexnet-owt.pth"))
+    x0, x1 = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    assert torch.equal(model(x0, x1), ref(x0, x1)) and ref(x0, x1).item() > 0
+    (tmp_path / "junk.pth").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="neither a torch state dict"):
+        lpips_alex.load_lpips(str(tmp_path / "junk.pth"))

