@@ -17,6 +17,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    # eval/: plots and multi-node generation. Not listed on purpose: vbench (pins transformers 4.33 and
+    # numpy < 2; eval/vbench/setup_env.sh gives it its own environment, `pip install --no-deps vbench`
+    # here for the prompt list) and lpips (pulls torchvision, which replaces a CPU torch; its weights are
+    # read as files: eval/common_metrics/lpips_alex.py).
+    extras_require={
+        "eval": ["matplotlib", "ray>=2.9"],
+        "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray>=2.9"],
+    },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

@@ -1,0 +1,144 @@
+"""Speed-up against fidelity (PSNR, LPIPS) for the variants of one family, as a PNG and a table.
+
+    python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png] [--vbench-scores s.json]
+
+Reads, for every variant folder under --family-dir (as the batch-generation scripts lay them
+out): `stats.json` (per-video timings, written by experiments/*.py) and `metrics.json`
+(written by common_metrics/eval.py against the baseline). Speed-up = mean time of the
+baseline / mean time of the variant, over the videos both have, leaving out each engine's
+first video (its warm-up) where others remain (`total_s`: encode, denoise and decode;
+--time-key denoise_s for the transformer loop alone). With --vbench-scores (cal_vbench.py's
+--output, keyed by variant folder name) a third panel shows the VBench total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+STATS_FILE, METRICS_FILE = "stats.json", "metrics.json"
+
+
+def _load(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def mean_time(stats: dict, names, key: str) -> float:
+    values = [stats["videos"][n][key] for n in names]
+    return sum(values) / len(values)
+
+
+def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total_s",
+             vbench: dict | None = None) -> list[dict]:
+    """One point per variant: speed-up, PSNR, SSIM, LPIPS, VBench total if given (the baseline is
+    speed-up 1, LPIPS 0)."""
+    base_stats = _load(os.path.join(family_dir, baseline, STATS_FILE))
+    if base_stats is None:
+        raise FileNotFoundError(f"no {STATS_FILE} in {os.path.join(family_dir, baseline)}: generate the baseline first")
+    points = []
+    for variant in sorted(os.listdir(family_dir)):
+        folder = os.path.join(family_dir, variant)
+        if variant == baseline or not os.path.isdir(folder):
+            continue
+        stats, metrics = _load(os.path.join(folder, STATS_FILE)), _load(os.path.join(folder, METRICS_FILE))
+        if stats is None or metrics is None:
+            print(f"{variant}: skipped (needs {STATS_FILE} and {METRICS_FILE})", file=sys.stderr)
+            continue
+        common = sorted(set(stats["videos"]) & set(base_stats["videos"]))
+        warm = [n for n in common if not (stats["videos"][n].get("first_of_engine")
+                                          or base_stats["videos"][n].get("first_of_engine"))]
+        common = warm or common  # an engine's first video pays its warm-up: timed only when nothing else is
+        if not common:
+            print(f"{variant}: skipped (no timed video shared with {baseline})", file=sys.stderr)
+            continue
+        point = {"variant": variant, "videos": len(common),
+                 "speedup": mean_time(base_stats, common, time_key) / mean_time(stats, common, time_key)}
+        for m in ("psnr", "ssim", "lpips"):
+            point[m] = metrics["metrics"].get(m, {}).get("value")
+        point["vbench"] = (vbench or {}).get(variant, {}).get("total_score")
+        points.append(point)
+    return points
+
+
+def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("psnr", "PSNR (dB) vs baseline", "higher is better"), ("lpips", "LPIPS vs baseline", "lower is better")]
+    if any(p.get("vbench") is not None for p in points):
+        panels.append(("vbench", "VBench total", "higher is better"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (metric, label, better) in zip(axes, panels):
+        shown = sorted((p for p in points if p.get(metric) is not None), key=lambda p: p["speedup"])
+        ax.plot([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", alpha=0.4)
+        ax.scatter([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", zorder=3)
+        for p in shown:
+            ax.annotate(p["variant"], (p["speedup"], p[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        base_value = {"lpips": 0.0, "vbench": baseline_vbench}.get(metric)
+        if base_value is not None:
+            ax.scatter([1.0], [base_value], color="black", marker="*", s=80, zorder=3)
+            ax.annotate("baseline", (1.0, base_value), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("speed-up over baseline (x)")
+        ax.set_ylabel(label)
+        ax.set_title(better, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def format_table(points: list[dict]) -> str:
+    rows = [("variant", "speed-up", "PSNR", "SSIM", "LPIPS", "VBench", "videos")]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for p in points:
+        rows.append((p["variant"], f"{p['speedup']:.2f}x", fmt(p["psnr"], ".2f"), fmt(p["ssim"], ".4f"),
+                     fmt(p["lpips"], ".4f"), fmt(None if p.get("vbench") is None else 100 * p["vbench"], ".2f"),
+                     str(p["videos"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Speed-up vs PSNR / LPIPS for one family's variants.")
+    p.add_argument("--family-dir", required=True, help="folder holding one subfolder per variant")
+    p.add_argument("--baseline", default="baseline")
+    p.add_argument("--time-key", default="total_s", help="stats.json timing: total_s, denoise_s or wall_s")
+    p.add_argument("--output", help="PNG (default: <family-dir>/frontier.png); a .json beside it holds the points")
+    p.add_argument("--vbench-scores", help="cal_vbench.py --output JSON, keyed by variant folder name")
+    args = p.parse_args(argv)
+    try:
+        vbench = _load(args.vbench_scores) if args.vbench_scores else None
+        if args.vbench_scores and vbench is None:
+            raise FileNotFoundError(f"no such file: {args.vbench_scores}")
+        points = frontier(args.family_dir, args.baseline, args.time_key, vbench)
+    except FileNotFoundError as err:
+        print(f"plot_frontier.py: error: {err}", file=sys.stderr)
+        return 2
+    if not points:
+        print("plot_frontier.py: error: no variant has both stats.json and metrics.json", file=sys.stderr)
+        return 2
+    output = args.output or os.path.join(args.family_dir, "frontier.png")
+    name = os.path.basename(os.path.normpath(args.family_dir))
+    baseline_vbench = (vbench or {}).get(args.baseline, {}).get("total_score")
+    plot(points, output, f"{name}: speed / fidelity ({args.time_key})", baseline_vbench)
+    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(points, f, indent=1)
+    print(format_table(points))
+    print(f"-> {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Open-Sora-Plan v1.1 over the VBench prompts: `cd eval/teacache && python experiments/open_sora_plan.py --num-prompts 4`.
+Exits with a message while the open-sora-plan family is not in this videosys install."""
+
+import sys
+
+from utils import Family, main
+
+# variant -> config overrides (reference/acceleration.md: TeaCache thresholds 0.1 / 0.2, PAB defaults)
+OPEN_SORA_PLAN = Family("open-sora-plan", {
+    "baseline": {},
+    "teacache-slow": {"teacache": {"threshold": 0.1}},
+    "teacache-fast": {"teacache": {"threshold": 0.2}},
+    "pab": {"pab": {}},
+})
+
+if __name__ == "__main__":
+    sys.exit(main(OPEN_SORA_PLAN))

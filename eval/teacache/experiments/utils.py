@@ -1,0 +1,372 @@
+"""Batch generation over the VBench prompts, shared by every family's script.
+
+A family's script (latte.py, opensora.py, ...) names the family and its variant table and
+calls `main(family)`. Each variant is a dict of config overrides on top of the command
+line's config; `baseline` is the model as published, with no cache:
+
+    python experiments/latte.py --preset tiny --num-prompts 4                  # baseline
+    python experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
+
+Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (reference/evaluation.md), plus
+`stats.json` there: per-video timing and cache statistics, for the speed / quality plot.
+A run is resumable: a finished file is skipped; save_video writes a temporary file and
+renames it, so a killed run never leaves a half-written `{prompt}-{seed}.mp4`.
+
+With `--ray-workers N` (a local Ray) or `--ray-address` (a cluster whose nodes share the
+output folder), the jobs are spread over Ray actors, each owning one engine; a video
+depends only on (config, prompt, seed), so the files match a single-process run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+NUM_SEEDS = 5  # seeds 0..4 per prompt (reference/evaluation.md)
+STATS_FILE = "stats.json"
+
+
+@dataclass
+class Family:
+    """One model family's batch-generation settings: its registry name and its variants."""
+
+    name: str  # as in videosys.models.FAMILIES: "latte", "open-sora", ...
+    variants: dict[str, dict[str, Any]]  # variant -> config overrides; "baseline" -> {}
+    defaults: dict[str, Any] = field(default_factory=dict)  # config fields every variant shares
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: str
+    seed: int
+    path: str
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def vbench_info_path() -> str:
+    """VBench_full_info.json inside the installed `vbench` package, found without importing vbench
+    (its import pulls the scorer's pinned dependencies)."""
+    try:
+        spec = importlib.util.find_spec("vbench")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = os.path.join(folder, "VBench_full_info.json")
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        "the VBench prompt list comes from the `vbench` package's VBench_full_info.json, and `vbench` is not "
+        "installed here; install it without its pinned dependencies: pip install --no-deps vbench==0.1.5 "
+        "(or give your own prompts with --prompts-file)")
+
+
+def load_prompts(prompts_file: str | None = None) -> list[str]:
+    """The prompts, in order: VBench's `prompt_en` list, or a file of one prompt per line
+    (.txt) or a JSON list of strings / of {"prompt_en": ...} records."""
+    path = prompts_file or vbench_info_path()
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".json"):
+            data = json.load(f)
+            prompts = [item["prompt_en"] if isinstance(item, dict) else item for item in data]
+        else:
+            prompts = [line.strip() for line in f if line.strip()]
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt or "/" in prompt or "\0" in prompt:
+            raise ValueError(f"{path}: prompt {prompt!r} cannot be a file name")
+    return prompts
+
+
+def video_name(prompt: str, seed: int) -> str:
+    return f"{prompt}-{seed}.mp4"
+
+
+def make_jobs(prompts: list[str], seeds: list[int], folder: str) -> list[Job]:
+    """One job per (prompt, seed), prompt-major; a prompt listed twice (VBench lists two prompts
+    under two dimensions each) names the same file, so it is generated once."""
+    jobs, seen = [], set()
+    for prompt in prompts:
+        for seed in seeds:
+            name = video_name(prompt, seed)
+            if name not in seen:
+                seen.add(name)
+                jobs.append(Job(prompt, seed, os.path.join(folder, name)))
+    return jobs
+
+
+def pending(jobs: list[Job]) -> list[Job]:
+    """The jobs whose file is not there yet (every file there is complete: it was renamed into place)."""
+    return [job for job in jobs if not os.path.exists(job.path)]
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """A run killed while writing leaves a hidden temporary file (save_video's, or stats.json's); the
+    rerun removes it. One run per folder at a time: a second run's files in progress would go too."""
+    stale = [path for pattern in (".tmp-*.mp4", ".tmp-*.json")
+             for path in glob.glob(os.path.join(glob.escape(folder), pattern))]
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+# ---------------------------------------------------------------- config
+
+
+def build_config(family: Family, variant: str, options: dict[str, Any]):
+    """The family's config for one variant: family defaults < command-line options < variant overrides."""
+    from videosys.models import FAMILIES, available, config_class
+
+    if family.name not in available():
+        known = ", ".join(available()) or "none"
+        raise SystemExit(f"model family {family.name!r} is not in this videosys install yet "
+                         f"(registered in videosys/models/__init__.py: {sorted(FAMILIES)}; present: {known})")
+    if variant not in family.variants:
+        raise SystemExit(f"unknown variant {variant!r} for {family.name}; choose from {sorted(family.variants)}")
+    cls = config_class(family.name)
+    overrides = family.variants[variant]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(set(overrides) - fields)
+    if missing:
+        raise SystemExit(f"variant {variant!r} sets {', '.join(missing)}, which {cls.__name__} does not have in this "
+                         "install: that cache method is not implemented for this family yet")
+    values = {**family.defaults, **{k: v for k, v in options.items() if v is not None}, **overrides}
+    values["progress_bar"] = False  # one bar for the batch, not one per video
+    return cls.from_dict(values)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def _json_value(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value if isinstance(value, (int, str, bool, type(None))) else str(value)
+
+
+class Generator:
+    """Owns one engine; generates a job and writes its file. A Ray actor wraps the same class."""
+
+    def __init__(self, config_cls_name: str, config: dict[str, Any], threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        from videosys.core.engine import VideoSysEngine
+        from videosys.models import config_class
+
+        self.engine = VideoSysEngine(config_class(config_cls_name).from_dict(config))
+        self.generated = 0
+
+    def run(self, job: Job, negative_prompt: str = "") -> dict[str, Any]:
+        if os.path.exists(job.path):  # another worker or run finished it
+            return {"skipped": True}
+        start = time.perf_counter()
+        out = self.engine.generate(job.prompt, negative_prompt=negative_prompt, seed=job.seed)
+        self.engine.save_video(out.video[0], job.path)
+        stats = {k: _json_value(v) for k, v in (out.stats or {}).items()}
+        stats["wall_s"] = round(time.perf_counter() - start, 6)
+        stats["first_of_engine"] = self.generated == 0  # pays the warm-up; plot_frontier leaves these out
+        self.generated += 1
+        return stats
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class StatsFile:
+    """`stats.json` beside the videos: run settings and per-video stats, rewritten atomically after each video."""
+
+    def __init__(self, folder: str, meta: dict[str, Any]):
+        self.path = os.path.join(folder, STATS_FILE)
+        data = {}
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        self.data = {"meta": meta, "videos": data.get("videos", {})}
+
+    def add(self, name: str, stats: dict[str, Any]) -> None:
+        self.data["videos"][name] = stats
+        self.write()
+
+    def write(self) -> None:
+        folder = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self.data, f, indent=1, ensure_ascii=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, self.path)
+
+
+def run_local(config, jobs: list[Job], on_done, threads: int | None = None, negative_prompt: str = "") -> None:
+    generator = Generator(config.model_name, config.to_dict(), threads)
+    try:
+        for job in jobs:
+            on_done(job, generator.run(job, negative_prompt))
+    finally:
+        generator.shutdown()
+
+
+def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str | None,
+            threads: int | None = None, negative_prompt: str = "") -> None:
+    """Spread the jobs over Ray actors (one engine each), one job in flight per actor."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("--ray-workers / --ray-address need Ray: pip install 'ray>=2.9'") from None
+
+    import videosys
+
+    # the actors import videosys as this process does, and this module by value (it is not a package)
+    source_root = os.path.dirname(os.path.dirname(os.path.abspath(videosys.__file__)))
+    python_path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if threads is None and not address:
+        import torch
+
+        threads = torch.get_num_threads()  # as a run in this process would: CPU results depend on it
+    started_here = not ray.is_initialized()
+    if started_here:
+        runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
+        if address:  # a cluster: its nodes need videosys (installed, or this tree on a shared filesystem)
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers or 1, runtime_env=runtime_env, log_to_driver=False, include_dashboard=False)
+    try:
+        use_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        per_actor = dict(num_gpus=config.num_gpus) if use_gpus else dict(num_cpus=1)
+        if not workers:
+            total = ray.cluster_resources().get("GPU" if use_gpus else "CPU", 1)
+            workers = max(1, int(total // (config.num_gpus if use_gpus else 1)))
+        workers = max(1, min(workers, len(jobs)))
+        actor_cls = ray.remote(**per_actor)(Generator)
+        actors = [actor_cls.remote(config.model_name, config.to_dict(), threads) for _ in range(workers)]
+        queue, in_flight = list(jobs), {}
+        for actor in actors:
+            if queue:
+                job = queue.pop(0)
+                in_flight[actor.run.remote(job, negative_prompt)] = (actor, job)
+        while in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, job = in_flight.pop(done[0])
+            on_done(job, ray.get(done[0]))
+            if queue:
+                nxt = queue.pop(0)
+                in_flight[actor.run.remote(nxt, negative_prompt)] = (actor, nxt)
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_environment(args) -> dict[str, Any]:
+    """Where the timings come from: compare speed-ups only between runs on the same kind of device."""
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"host": platform.node(), "device": device, "torch": torch.__version__,
+            "ray": bool(args.ray_workers or args.ray_address)}
+
+
+def generate_variant(family: Family, variant: str, args) -> dict[str, Any]:
+    """Generate every missing video of one variant; returns a summary."""
+    from tqdm import tqdm
+
+    config = build_config(family, variant, config_options(args))
+    prompts = load_prompts(args.prompts_file)
+    stop = None if args.num_prompts is None else args.start + args.num_prompts
+    prompts = prompts[args.start:stop]
+    seeds = list(range(args.num_seeds))
+    folder = os.path.join(args.output_dir, variant)
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder)
+    jobs = make_jobs(prompts, seeds, folder)
+    todo = pending(jobs)
+    print(f"{family.name} / {variant}: {len(jobs)} videos, {len(jobs) - len(todo)} already there, "
+          f"{len(todo)} to generate -> {folder}", flush=True)
+    summary = {"variant": variant, "folder": folder, "videos": len(jobs), "generated": 0}
+    if not todo:
+        return summary
+    stats_file = StatsFile(folder, {"family": family.name, "variant": variant, "config": config.to_dict(),
+                                    **run_environment(args)})
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{family.name}/{variant}", unit="video")
+
+    def on_done(job: Job, stats: dict[str, Any]) -> None:
+        if not stats.get("skipped"):
+            stats_file.add(os.path.basename(job.path), stats)
+            summary["generated"] += 1
+        bar.update()
+
+    try:
+        if args.ray_workers or args.ray_address:
+            run_ray(config, todo, on_done, args.ray_workers, args.ray_address, args.threads, args.negative_prompt)
+        else:
+            run_local(config, todo, on_done, args.threads, args.negative_prompt)
+    finally:
+        bar.close()
+    return summary
+
+
+# ---------------------------------------------------------------- command line
+
+_GENERATION = {"num_frames": int, "height": int, "width": int, "num_inference_steps": int,
+               "guidance_scale": float, "fps": int}
+
+
+def build_parser(family: Family) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=f"Generate the VBench prompt set with {family.name}, one folder per variant.")
+    p.add_argument("--variant", nargs="+", default=["baseline"], choices=sorted(family.variants),
+                   help="variants to generate, in order (default: baseline)")
+    p.add_argument("--output-dir", default=os.path.join("samples", family.name),
+                   help="videos go to <output-dir>/<variant>/{prompt}-{seed}.mp4")
+    p.add_argument("--prompts-file", help="prompts instead of VBench's (.txt one per line, or a JSON list)")
+    p.add_argument("--start", type=int, default=0, help="index of the first prompt")
+    p.add_argument("--num-prompts", type=int, help="how many prompts from --start (default: all)")
+    p.add_argument("--num-seeds", type=int, default=NUM_SEEDS, help="seeds 0..N-1 per prompt (default 5)")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline")
+    p.add_argument("--model-path", help="hub id or local folder of the checkpoint")
+    p.add_argument("--num-gpus", type=int, help="processes per engine (sequence / CFG parallel)")
+    p.add_argument("--dtype")
+    p.add_argument("--device")
+    for name, kind in _GENERATION.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--threads", type=int, help="torch CPU threads per engine")
+    p.add_argument("--ray-workers", type=int, help="spread the videos over N Ray actors (a local Ray unless --ray-address)")
+    p.add_argument("--ray-address", help="address of a running Ray cluster, e.g. auto or ray://head:10001")
+    return p
+
+
+def config_options(args) -> dict[str, Any]:
+    return {"preset": args.preset, "model_path": args.model_path, "num_gpus": args.num_gpus, "dtype": args.dtype,
+            "device": args.device, **{name: getattr(args, name) for name in _GENERATION}}
+
+
+def main(family: Family, argv: list[str] | None = None) -> int:
+    args = build_parser(family).parse_args(argv)
+    if args.start < 0 or (args.num_prompts is not None and args.num_prompts < 1) or args.num_seeds < 1:
+        raise SystemExit("--start must be >= 0, --num-prompts and --num-seeds >= 1")
+    try:
+        summaries = [generate_variant(family, variant, args) for variant in args.variant]
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(json.dumps(summaries, ensure_ascii=False))
+    return 0
+
