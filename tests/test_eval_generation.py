@@ -177,3 +177,13 @@ def test_ray_workers_write_the_same_files_as_one_process(prompts_file, tmp_path,
         assert np.array_equal(a, b), name
     stats = json.loads((ray / "stats.json").read_text())
     assert sorted(stats["videos"]) == names
+
+
+def test_standard_variants_switch_the_published_caches():
+    latte = gen.Family("latte")
+    assert sorted(latte.variants) == ["baseline", "pab", "teacache-fast", "teacache-slow"]
+    assert gen.build_config(latte, "baseline", {"preset": "tiny"}).cache_configs() == []
+    fast = gen.build_config(latte, "teacache-fast", {"preset": "tiny"}).cache_configs()
+    assert [type(c).__name__ for c in fast] == ["TeaCacheConfig"] and fast[0].threshold == 0.2
+    pab = gen.build_config(latte, "pab", {"preset": "tiny"}).cache_configs()
+    assert pab[0].spatial == ((100.0, 800.0), 2)

@@ -5,13 +5,7 @@ import sys
 
 from utils import Family, main
 
-# variant -> config overrides (reference/acceleration.md: TeaCache thresholds 0.1 / 0.2, PAB defaults)
-COGVIDEOX = Family("cogvideox", {
-    "baseline": {},
-    "teacache-slow": {"teacache": {"threshold": 0.1}},
-    "teacache-fast": {"teacache": {"threshold": 0.2}},
-    "pab": {"pab": {}},
-})
+COGVIDEOX = Family("cogvideox")  # baseline, teacache-slow, teacache-fast, pab (utils.CACHE_VARIANTS)
 
 if __name__ == "__main__":
     sys.exit(main(COGVIDEOX))

@@ -35,12 +35,22 @@ NUM_SEEDS = 5  # seeds 0..4 per prompt (reference/evaluation.md)
 STATS_FILE = "stats.json"
 
 
+# The papers' variants, as config overrides: each family's published TeaCache coefficients and
+# PAB defaults come with its config (videosys/cache), thresholds 0.1 / 0.2 (reference/acceleration.md)
+CACHE_VARIANTS = {
+    "baseline": {},
+    "teacache-slow": {"cache": "teacache-slow"},
+    "teacache-fast": {"cache": "teacache-fast"},
+    "pab": {"cache": "pab"},
+}
+
+
 @dataclass
 class Family:
     """One model family's batch-generation settings: its registry name and its variants."""
 
     name: str  # as in videosys.models.FAMILIES: "latte", "open-sora", ...
-    variants: dict[str, dict[str, Any]]  # variant -> config overrides; "baseline" -> {}
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(CACHE_VARIANTS))  # "baseline" -> {}
     defaults: dict[str, Any] = field(default_factory=dict)  # config fields every variant shares
 
 
