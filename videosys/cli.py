@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video with diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate one video from a prompt")
-    gen.add_argument("--model", help="model family: latte (or name it in --config)")
+    gen.add_argument("--model", help="model family: latte, open-sora, cogvideox (or `model:` in --config)")
     gen.add_argument("--config", help="YAML config (its fields override the family's defaults)")
     gen.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline")
     gen.add_argument("--model-path", help="hub id or local folder of the checkpoint")

@@ -42,6 +42,9 @@ def save_video(video, path: str, fps: int = 8) -> str:
         for frame in frames:
             writer.send(frame)
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the video gets the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
