@@ -1,5 +1,6 @@
 """The offline text stack behaves like T5's; configs load from YAML; the CLI runs."""
 
+import pytest
 import torch
 
 from videosys import LatteConfig, read_video
@@ -66,3 +67,19 @@ def test_cli_cache_flag(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert stats["teacache"]["computed_steps"] + stats["teacache"]["reused_steps"] == 20
     assert cli_main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", "a dog", "--cache", "bogus"]) == 2
+
+
+def test_cli_set_fields_and_durations():
+    from videosys.cli import build_parser, make_config
+
+    args = build_parser().parse_args(["generate", "--model", "latte", "--preset", "tiny", "--prompt", "x",
+                                      "--set", "mask_feature=false", "--set", "decode_chunk_size=4",
+                                      "--set", "teacache_thresh=0.15"])
+    config = make_config(args)
+    assert config.mask_feature is False and config.decode_chunk_size == 4 and config.teacache_thresh == 0.15
+    args = build_parser().parse_args(["generate", "--model", "open-sora", "--preset", "tiny", "--prompt", "x",
+                                      "--num-frames", "4s", "--set", "aspect_ratio=9:16", "--set", "resolution=144p"])
+    config = make_config(args)
+    assert (config.num_frames, config.aspect_ratio, config.resolution) == (102, "9:16", "144p")  # "4s" = 102
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        make_config(build_parser().parse_args(["generate", "--model", "latte", "--prompt", "x", "--set", "oops"]))

@@ -5,7 +5,12 @@ import json
 import sys
 
 # CLI flag -> config field, for the generation settings every family shares
-_GENERATION = {"num_frames": int, "height": int, "width": int, "num_inference_steps": int,
+def _frames(value: str):
+    """An explicit frame count, or a family's duration name such as Open-Sora's "4s"."""
+    return int(value) if value.isdigit() else value
+
+
+_GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inference_steps": int,
                "guidance_scale": float, "fps": int}
 
 
@@ -28,8 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--cache", help="none, teacache-slow, teacache-fast, teacache-<threshold> or pab "
                      "(the published settings of the model)")
+    gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _parse_value(raw: str):
+    """7 -> int, 0.5 -> float, true / false / none -> bool / None; anything else (9:16, 720p) stays a string."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None, "null": None}.get(raw.lower(), raw)
 
 
 def make_config(args):
@@ -48,6 +65,11 @@ def make_config(args):
                  "cache": args.cache,
                  **{name: getattr(args, name) for name in _GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for item in args.set:
+        field, sep, raw = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+        values[field.strip()] = _parse_value(raw.strip())
     if args.no_progress:
         values["progress_bar"] = False
     return config_class(model).from_dict(values)
