@@ -3,6 +3,7 @@
 Family classes are imported on first use, so `import videosys` stays light.
 """
 
+from videosys.cache import PABConfig, TeaCacheConfig
 from videosys.core.engine import VideoSysEngine
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import read_video, save_video
@@ -15,7 +16,7 @@ _LAZY = {
     "OpenSoraPlanPipeline": "videosys.models.open_sora_plan.pipeline",
 }
 
-__all__ = ["VideoSysEngine", "VideoSysOutput", "save_video", "read_video", *_LAZY]
+__all__ = ["VideoSysEngine", "VideoSysOutput", "TeaCacheConfig", "PABConfig", "save_video", "read_video", *_LAZY]
 
 
 def __getattr__(name):
