@@ -39,23 +39,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_config(config, rank: int):
+def _rank_config(config, rank: int, local_rank: int | None = None):
     """The config a rank builds from: its own GPU, and one progress bar (rank 0's)."""
     changes = {"progress_bar": config.progress_bar and rank == 0}
     if config.torch_device().type == "cuda":
-        changes["device"] = f"cuda:{rank % torch.cuda.device_count()}"
+        changes["device"] = f"cuda:{(rank if local_rank is None else local_rank) % torch.cuda.device_count()}"
     return dataclasses.replace(config, **changes)
 
 
-def _init_process_group(rank: int, world: int, device_type: str) -> None:
+def _init_process_group(rank: int, world: int, device_type: str, local_rank: int | None = None) -> None:
     if device_type == "cuda":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.cuda.set_device((rank if local_rank is None else local_rank) % torch.cuda.device_count())
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world,
                             timeout=_TIMEOUT)
 
 
-def _build(config, rank: int):
-    config = _rank_config(config, rank)
+def _build(config, rank: int, local_rank: int | None = None):
+    config = _rank_config(config, rank, local_rank)
     pipeline = config.pipeline_cls.from_config(config)
     pipeline.set_parallel(init_parallel(config.cfg_parallel, config.torch_device().type))
     return pipeline
@@ -98,11 +98,10 @@ class VideoSysEngine:
     # ---- process set-up ------------------------------------------------------------------
     def _init_torchrun(self) -> None:
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", self.rank))  # the GPU on this node; RANK is global
         if not dist.is_initialized():
-            _init_process_group(int(os.environ.get("LOCAL_RANK", self.rank)), self.world,
-                                self.config.torch_device().type)
-            dist.barrier()
-        self.pipeline = _build(self.config, self.rank)
+            _init_process_group(self.rank, self.world, self.config.torch_device().type, local_rank)
+        self.pipeline = _build(self.config, self.rank, local_rank)
 
     def _spawn_workers(self) -> None:
         self.world = self.config.num_gpus
