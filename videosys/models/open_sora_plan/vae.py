@@ -4,9 +4,11 @@ Loads the `vae/` folder of LanguageBind/Open-Sora-Plan-v1.2.0 (config.json with 
 fields, weights as safetensors or the release's .ckpt) with the release's key names
 (opensora/models/causalvideovae/ at tag v1.2.0).
 
-Causal in time: every 3D conv pads the past with copies of the first frame, so the first frame
-is encoded on its own and each later group of 4 frames becomes one latent frame:
+Causal in time: every 3D conv pads the past with copies of the first frame (never the future),
+so the first frame gets a latent frame of its own and each later group of 4 frames one more:
 T frames -> (T - 1) / 4 + 1 latent frames (9 -> 3, 17 -> 5, 29 -> 8, 93 -> 24), 8x spatially.
+As in the release, the 3D blocks' GroupNorm statistics span the whole clip, so the encoder as a
+whole is causal in its convolutions only.
 
 Block types are named by strings in the config, as the release does; this file builds the ones
 the v1.2 release uses:
