@@ -53,6 +53,8 @@ class OpenSoraPlanConfig(BaseConfig):
     max_text_length: int = 512
     positive_prompt: str | None = POSITIVE_PROMPT  # "{}" is replaced by the prompt; None: the prompt as given
     negative_prompt: str = NEGATIVE_PROMPT  # used when generate() is given none
+    enable_tiling: bool = True  # decode in 512-px / 8-latent-frame tiles, as the release's sampler
+    tile_overlap_factor: float = 0.125
 
     model_name = "open-sora-plan"
     official_model_path = "LanguageBind/Open-Sora-Plan-v1.2.0"
@@ -140,6 +142,8 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
             vae = CausalVAE.from_pretrained(config.vae_path or path, None if config.vae_path else "vae", dtype=dtype)
             tokenizer, text_encoder = load_mt5(config.text_encoder_path or config.official_text_encoder_path, dtype)
             scheduler = EulerAncestralDiscreteScheduler()  # the release's sample_t2v.py: default settings
+        if config.enable_tiling:
+            vae.enable_tiling(overlap_factor=config.tile_overlap_factor)
         parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                  for m in (transformer, vae, text_encoder)]
         pipeline = cls(config, *parts, tokenizer, scheduler)

@@ -371,11 +371,67 @@ class CausalVAE(PretrainedModel):
             z = mean + torch.exp(0.5 * logvar) * noise
         return z * self.scaling_factor
 
+    # ---- decoding, whole or in overlapping tiles ------------------------------------------------
+    tiling: dict | None = None  # set by enable_tiling
+
+    def enable_tiling(self, sample_size: int = 512, latent_size: int = 64, latent_frames: int = 8,
+                      overlap_factor: float = 0.125) -> None:
+        """Decode large latents in overlapping tiles, as the release's sampler (--enable_tiling): spatial
+        tiles of `latent_size` latents (`sample_size` pixels) blended over `overlap_factor`, and chunks of
+        `latent_frames` latent frames sharing one frame (its decoded first frame is dropped)."""
+        if latent_frames < 2 or not 0 <= overlap_factor < 1 or latent_size * self.config.spatial_ratio != sample_size:
+            raise ValueError("tiling needs latent_frames >= 2, 0 <= overlap_factor < 1 and "
+                             "sample_size = latent_size * the spatial ratio")
+        self.tiling = dict(sample_size=sample_size, latent_size=latent_size, latent_frames=latent_frames,
+                           overlap_factor=overlap_factor)
+
+    def disable_tiling(self) -> None:
+        self.tiling = None
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, t, h, w) scaled latents -> (B, 3, (t - 1) * 4 + 1, 8h, 8w) in [-1, 1] (roughly)."""
         z = latents / self.scaling_factor
+        tiling = self.tiling
+        if tiling is not None and (z.shape[2] > tiling["latent_frames"] or max(z.shape[3:]) > tiling["latent_size"]):
+            return self.tiled_decode(z)
+        return self.decode_tile(z)
+
+    def decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         if self.config.use_quant_layer:
             z = self.post_quant_conv(z)
         return self.decoder(z)
+
+    def tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The release's tiled_decode: time chunks overlapping by one latent frame, each decoded in
+        blended spatial tiles (tiled_decode2d)."""
+        t, step = z.shape[2], self.tiling["latent_frames"] - 1
+        starts = list(range(0, t, step))
+        chunks = [(s, min(s + step + 1, t)) for s in starts]
+        if len(chunks) > 1 and chunks[-1][1] - chunks[-1][0] == 1 and chunks[-2][1] == t:
+            chunks.pop()  # the previous chunk already reached the end
+        out = []
+        for i, (start, stop) in enumerate(chunks):
+            video = self.tiled_decode_2d(z[:, :, start:stop])
+            out.append(video if i == 0 else video[:, :, 1:])  # the shared frame was decoded by the chunk before
+        return torch.cat(out, dim=2)
+
+    def tiled_decode_2d(self, z: torch.Tensor) -> torch.Tensor:
+        size, latent, factor = self.tiling["sample_size"], self.tiling["latent_size"], self.tiling["overlap_factor"]
+        stride = int(latent * (1 - factor))
+        blend, keep = int(size * factor), size - int(size * factor)
+        rows = [[self.decode_tile(z[:, :, :, i:i + latent, j:j + latent]) for j in range(0, z.shape[4], stride)]
+                for i in range(0, z.shape[3], stride)]
+        out_rows = []
+        for i, row in enumerate(rows):
+            out_row = []
+            for j, tile in enumerate(row):
+                if i > 0:
+                    tile = _blend(rows[i - 1][j], tile, blend, dim=3)
+                if j > 0:
+                    tile = _blend(row[j - 1], tile, blend, dim=4)
+                out_row.append(tile[:, :, :, :keep, :keep])
+            out_rows.append(torch.cat(out_row, dim=4))
+        return torch.cat(out_rows, dim=3)
 
     @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32,
@@ -391,6 +447,18 @@ class CausalVAE(PretrainedModel):
         check_state_dict(model, state, folder)
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
         return model.to(device=device).eval()
+
+
+def _blend(before: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """Linear cross-fade from the end of `before` into the start of `tile` along `dim` (3 = rows, 4 = columns)."""
+    extent = min(before.shape[dim], tile.shape[dim], extent)
+    if extent == 0:
+        return tile
+    shape = [1] * tile.ndim
+    shape[dim] = extent
+    weight = (torch.arange(extent, device=tile.device, dtype=torch.float32) / extent).view(shape).to(tile.dtype)
+    head = before.narrow(dim, before.shape[dim] - extent, extent) * (1 - weight) + tile.narrow(dim, 0, extent) * weight
+    return torch.cat([head, tile.narrow(dim, extent, tile.shape[dim] - extent)], dim=dim)
 
 
 def read_ckpt(path: str) -> dict[str, torch.Tensor]:
