@@ -121,6 +121,62 @@ def test_rope_matches_release_rope3d():
                                release_rope3d(x[..., :12], t, h, w, scales), atol=1e-5, rtol=1e-5)
 
 
+class ReleaseRopeProcessor:
+    """Self-attention as the release's AttnProcessor2_0 with use_rope: RoPE3D on q and k, then SDPA."""
+
+    def __init__(self, grid, scales):
+        self.grid, self.scales = grid, scales
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        b, n, _ = hidden_states.shape
+        q, k, v = (f(hidden_states).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q, k = release_rope3d(q, *self.grid, self.scales), release_rope3d(k, *self.grid, self.scales)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def test_model_matches_diffusers_modules_with_release_rope():
+    """The whole forward against a reference assembled from diffusers' modules (BasicTransformerBlock
+    with norm_type ada_norm_single, AdaLayerNormSingle, PixArtAlphaTextProjection: the classes the release
+    builds on), the release's RoPE3D and its -10000 text bias, loaded with our state dict."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.embeddings import PixArtAlphaTextProjection
+    from diffusers.models.normalization import AdaLayerNormSingle
+
+    model = small_model(seed=5)
+    cfg = model.config
+    dim = 24
+    blocks = torch.nn.ModuleList(BasicTransformerBlock(
+        dim, 2, 12, cross_attention_dim=24, activation_fn="gelu-approximate", attention_bias=True,
+        norm_elementwise_affine=False, norm_type="ada_norm_single", norm_eps=1e-6) for _ in range(2))
+    reference = torch.nn.ModuleDict(dict(
+        transformer_blocks=blocks, adaln_single=AdaLayerNormSingle(dim),
+        caption_projection=PixArtAlphaTextProjection(16, dim)))
+    state = model.state_dict()
+    reference.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in reference}, strict=True)
+
+    b, frames, height, width = 2, 3, 8, 6
+    x, t = torch.randn(b, 4, frames, height, width), torch.tensor([700.0, 30.0])
+    context, mask = torch.randn(b, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    grid = (frames, height // 2, width // 2)
+    for block in blocks:
+        block.attn1.set_processor(ReleaseRopeProcessor(grid, cfg.interpolation_scales))
+    with torch.no_grad():
+        tokens = model.pos_embed.proj(x.transpose(1, 2).reshape(b * frames, 4, height, width))
+        h = tokens.flatten(2).transpose(1, 2).reshape(b, -1, dim)  # (b t) n c -> b (t n) c
+        t_mod, t_emb = reference.adaln_single(t, {"resolution": None, "aspect_ratio": None}, batch_size=b,
+                                              hidden_dtype=h.dtype)
+        text = reference.caption_projection(context)
+        bias = (1 - mask[:, None].float()) * -10000.0  # the release's encoder mask, (B, 1, S)
+        for block in blocks:
+            h = block(h, encoder_hidden_states=text, encoder_attention_mask=bias, timestep=t_mod)
+        shift, scale = (state["scale_shift_table"][None] + t_emb[:, None]).chunk(2, dim=1)
+        h = model.proj_out(torch.nn.functional.layer_norm(h, (dim,), eps=1e-6) * (1 + scale) + shift)
+        h = h.reshape(b, frames, *grid[1:], 1, 2, 2, 4)
+        ref = torch.einsum("nthwopqc->nctohpwq", h).reshape(b, 4, frames, height, width)
+        torch.testing.assert_close(model(x, t, context, mask), ref, atol=2e-5, rtol=2e-5)
+
+
 def test_text_mask_equals_release_additive_bias():
     """Our boolean SDPA mask gives the release's (1 - mask) * -10000 bias result."""
     model = small_model()
