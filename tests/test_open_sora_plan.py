@@ -406,3 +406,11 @@ def test_published_cache_settings_reuse(tiny):
     fast = run_tiny(tiny, TeaCacheConfig(threshold=5.0, coefficients=(1.0, 0.0)), num_inference_steps=20)
     assert fast.stats["teacache"]["reused_steps"] > 0
     assert torch.isfinite(fast.latents).all()
+
+
+def test_pipeline_folder_round_trip(tiny, tmp_path):
+    tiny.save_pretrained(str(tmp_path))
+    loaded = OpenSoraPlanPipeline.from_config(OpenSoraPlanConfig(model_path=str(tmp_path), progress_bar=False,
+                                                                 num_frames=9, height=64, width=64))
+    short = dict(RUN, num_inference_steps=2)
+    assert torch.equal(loaded.generate(PROMPT, **short).latents, tiny.generate(PROMPT, **short).latents)
