@@ -129,7 +129,8 @@ class ReleaseRopeProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
         b, n, _ = hidden_states.shape
-        q, k, v = (f(hidden_states).view(b, n, attn.heads, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+        q, k, v = (f(hidden_states).view(b, n, attn.heads, -1).transpose(1, 2)
+                   for f in (attn.to_q, attn.to_k, attn.to_v))
         q, k = release_rope3d(q, *self.grid, self.scales), release_rope3d(k, *self.grid, self.scales)
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
         return attn.to_out[1](attn.to_out[0](out))
@@ -315,7 +316,7 @@ def test_tiled_decode():
         for tile_t in (3, 8):
             vae.tiling["latent_frames"] = tile_t
             seen = []
-            vae.tiled_decode_2d = lambda chunk: seen.append(chunk.shape[2]) or torch.zeros(1, 3, 4 * chunk.shape[2] - 3, 1, 1)
+            vae.tiled_decode_2d = lambda c: seen.append(c.shape[2]) or torch.zeros(1, 3, 4 * c.shape[2] - 3, 1, 1)
             vae.tiled_decode(torch.zeros(1, 4, t, 1, 1))
             assert seen == [b - a for a, b in release_time_chunks(t, tile_t)], (t, tile_t)
 
@@ -334,7 +335,8 @@ def test_scheduler_is_release_euler_ancestral(tiny):
     s.set_timesteps(100)
     torch.testing.assert_close(s.timesteps, ref.timesteps)
     config = OpenSoraPlanConfig()
-    assert (config.num_inference_steps, config.guidance_scale, config.fps, config.max_text_length) == (100, 7.5, 24, 512)
+    assert (config.num_inference_steps, config.guidance_scale, config.fps) == (100, 7.5, 24)
+    assert config.max_text_length == 512
     assert (config.num_frames, config.height, config.width) == (29, 480, 640)
     assert config.model_path == "LanguageBind/Open-Sora-Plan-v1.2.0"
     assert (OpenSoraPlanConfig(transformer_type="93x720p").num_frames, OpenSoraPlanConfig(

@@ -66,7 +66,8 @@ class OpenSoraPlanConfig(BaseConfig):
         if self.version != "v120":
             raise ValueError(f"version {self.version!r} is not implemented yet; only 'v120' (Open-Sora-Plan v1.2)")
         if self.transformer_type not in TRANSFORMER_TYPES:
-            raise ValueError(f"unknown transformer_type {self.transformer_type!r}; choose from {list(TRANSFORMER_TYPES)}")
+            raise ValueError(f"unknown transformer_type {self.transformer_type!r}; "
+                             f"choose from {list(TRANSFORMER_TYPES)}")
         if self.positive_prompt is not None and "{}" not in self.positive_prompt:
             raise ValueError("positive_prompt must contain '{}' where the prompt goes (or be None)")
         super().__post_init__()

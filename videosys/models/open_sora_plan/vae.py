@@ -273,7 +273,8 @@ class Encoder(nn.Module):
         block_in = width
         for i, mult in enumerate(cfg.hidden_size_mult):
             block_out = width * mult
-            blocks = nn.ModuleList(_BLOCKS[cfg.encoder_resnet_blocks[i]](block_in if j == 0 else block_out, block_out, g)
+            resnet = _BLOCKS[cfg.encoder_resnet_blocks[i]]
+            blocks = nn.ModuleList(resnet(block_in if j == 0 else block_out, block_out, g)
                                    for j in range(cfg.num_res_blocks))
             block_in = block_out
             resample = cfg.encoder_spatial_downsample[i] or cfg.encoder_temporal_downsample[i]
@@ -306,7 +307,8 @@ class Decoder(nn.Module):
         up = []
         for i in reversed(range(levels)):  # built deepest first, stored by level index as the release
             block_out = width * cfg.hidden_size_mult[i]
-            blocks = nn.ModuleList(_BLOCKS[cfg.decoder_resnet_blocks[i]](block_in if j == 0 else block_out, block_out, g)
+            resnet = _BLOCKS[cfg.decoder_resnet_blocks[i]]
+            blocks = nn.ModuleList(resnet(block_in if j == 0 else block_out, block_out, g)
                                    for j in range(cfg.num_res_blocks + 1))
             block_in = block_out
             resample = cfg.decoder_spatial_upsample[i] or cfg.decoder_temporal_upsample[i]
