@@ -1,4 +1,4 @@
-"""Rotary position embedding (RoPE) in the interleaved-pair form.
+"""Rotary position embedding (RoPE): the interleaved-pair form, and (at the end) the split-half form.
 
 Channel pairs (2i, 2i + 1) of a query or key are rotated together by the angle pos * theta^(-2i/d)
 (RoFormer; the layout of rotary_embedding_torch, GPT-J and diffusers' `use_real_unbind_dim=-1`).
