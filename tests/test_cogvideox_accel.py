@@ -5,6 +5,7 @@ exactly the predicted steps, both stream residuals are applied. Parallel: sp=2, 
 reproduce one process (gloo, spawned workers) with a video token count that does not divide by 2.
 """
 
+import json
 import os
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from videosys import CogVideoXConfig, CogVideoXPipeline, VideoSysEngine
 from videosys.cache import PABConfig, TeaCacheConfig
 from videosys.cache.teacache import COEFFICIENTS
+from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.cogvideox.pipeline import tiny_transformer_config
 from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel
@@ -53,7 +55,8 @@ def test_published_cache_settings(tmp_path):
     for rotary, expected in ((True, "cogvideox-5b"), (False, "cogvideox-2b")):
         folder = tmp_path / f"model-{rotary}"
         (folder / "transformer").mkdir(parents=True)
-        (folder / "transformer" / "config.json").write_text(f'{{"use_rotary_positional_embeddings": {str(rotary).lower()}}}')
+        config = json.dumps({"use_rotary_positional_embeddings": rotary})
+        (folder / "transformer" / "config.json").write_text(config)
         assert CogVideoXConfig(model_path=str(folder)).teacache_model() == expected
 
 
@@ -192,10 +195,19 @@ def test_parallel_matches_single_process(setup, single_threaded_workers):
     assert single["teacache-1.0"].stats["teacache"]["reused_steps"] > 0
     assert single["pab"].stats["pab"]["spatial_reused"] > 0
     with VideoSysEngine(tiny(num_gpus=num_gpus, cfg_parallel=cfg_parallel, **kw)) as engine:
-        assert engine.pipeline.transformer.parallel.sp_size == num_gpus // (2 if cfg_parallel else 1)
+        sp = num_gpus // (2 if cfg_parallel else 1)
+        assert engine.pipeline.transformer.parallel.sp_size == sp
         for cache in CACHES:
             engine.set_cache(cache)
-            out, ref = engine.generate(PROMPT, **RUN), single[cache]
+            calls = []
+            all_to_all = comm.all_to_all  # counted on rank 0, still run: every rank takes part
+            comm.all_to_all = lambda *a, **k: calls.append(1) or all_to_all(*a, **k)
+            try:
+                out, ref = engine.generate(PROMPT, **RUN), single[cache]
+            finally:
+                comm.all_to_all = all_to_all
+            if cache == "pab":  # q, k, v there and the output back, only for attention that is computed
+                assert len(calls) == (4 * out.stats["pab"]["spatial_computed"] if sp > 1 else 0)
             # 1e-4 relative to the latents' scale (tests/test_parallel.py): differently batched fp32 matmuls
             scale = max(1.0, float(ref.latents.abs().max()))
             assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, cache

@@ -35,8 +35,7 @@ from videosys.cache import pab as pab_lib
 from videosys.cache.teacache import relative_l1
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
-from videosys.models.modules.attention import sdpa
-from videosys.models.modules.attention import Attention, FeedForward
+from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import TimestepEmbedding, sincos_3d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
