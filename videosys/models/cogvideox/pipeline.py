@@ -5,7 +5,9 @@ Components in the THUDM/CogVideoX-2b / -5b (diffusers) layout: transformer/, vae
 226 tokens), scheduler/ (CogVideoX DDIM; the DPM variant is built from the same config).
 """
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -45,6 +47,24 @@ class CogVideoXConfig(BaseConfig):
         super().__post_init__()
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+
+    def is_5b(self) -> bool:
+        """5b-like (3D RoPE) or 2b-like (sin-cos): the preset, a local transformer config, or the hub id says."""
+        if self.preset is not None and self.model_path is None:
+            return self.preset == "tiny-5b"
+        path = self.model_path or ""
+        for candidate in (os.path.join(path, "transformer", "config.json"), os.path.join(path, "config.json")):
+            if os.path.isfile(candidate):
+                with open(candidate) as f:
+                    return bool(json.load(f).get("use_rotary_positional_embeddings", False))
+        return "5b" in path.lower()
+
+    def teacache_model(self) -> str:
+        """The published TeaCache polynomial differs between 2b and 5b."""
+        return "cogvideox-5b" if self.is_5b() else "cogvideox-2b"
+
+    def pab_model(self) -> str:
+        return "cogvideox"  # PAB: spatial (joint) attention only, (100, 850), range 2
 
     @property
     def pipeline_cls(self):
@@ -120,7 +140,9 @@ class CogVideoXPipeline(VideoSysPipeline):
             vae.enable_slicing()
         parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                  for m in (transformer, vae, text_encoder)]
-        return cls(config, *parts, tokenizer, scheduler)
+        pipeline = cls(config, *parts, tokenizer, scheduler)
+        pipeline.enable_configured_caches()
+        return pipeline
 
     @property
     def vae_scale_factor(self) -> int:
@@ -193,28 +215,29 @@ class CogVideoXPipeline(VideoSysPipeline):
         old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
 
         denoise_start = time.perf_counter()
-        with self.progress(len(timesteps), "cogvideox") as bar:
-            for i, t in enumerate(timesteps):
-                model_in = torch.cat([latents, latents]) if do_cfg else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                pred = self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
-                if do_cfg:
-                    pred = self.guide(pred, scales[i])
-                if dpm:
-                    t_back = timesteps[i - 1] if i > 0 else None
-                    latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
-                else:
-                    latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-                latents = latents.to(self.dtype)
-                bar.update()
+        # CFG parallel: each cfg rank runs one branch ([uncond; cond] halves) and the predictions are gathered
+        split_cfg = do_cfg and self.cfg_parallel
+        text = self.branch(text) if split_cfg else text
+        for i, t in self.denoise_steps(timesteps, "cogvideox"):
+            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            pred = self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
+            if do_cfg:
+                pred = self.guide(self.gather_branches(pred) if split_cfg else pred, scales[i])
+            if dpm:
+                t_back = timesteps[i - 1] if i > 0 else None
+                latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
+            else:
+                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+            latents = latents.to(self.dtype)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         decode_start = time.perf_counter()
         video = self.decode(latents)
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps)}
-        return VideoSysOutput(video=video, stats=stats)
+                 "steps": len(timesteps), **self.transformer.cache_stats()}
+        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""

@@ -10,18 +10,35 @@ modulation ("expert adaLN"); attention and the MLP see them joined as (B, S + N,
 Positions: 2b adds a fixed 3D sin-cos table to the video tokens; 5b
 (`use_rotary_positional_embeddings`) instead rotates the queries and keys of the video tokens with
 3D RoPE. Both tables depend only on the latent grid, so they are built once and cached.
+
+Sequence parallelism (Ulysses): the video tokens are sharded over the sp group, (B, N/sp, C) (padded
+when N does not divide), the text tokens are replicated on every rank. Everything but attention
+works token by token. Attention switches from sequence-sharded to head-sharded with an all-to-all of
+the video q / k / v, takes this rank's heads of the text q / k / v, attends over [text; video] with
+complete positions (so RoPE applies as in one process, and padding is cut off before it can be
+attended to), and switches back; the text output's heads are gathered so every rank keeps the whole
+text stream. The video tokens are gathered before unpatchifying.
+
+Caches: TeaCache's indicator is the timestep embedding `emb`; a skipped step reuses the residuals of
+both streams. PAB broadcasts each block's joint self-attention (kind "spatial"), communication included.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videosys.models.modules.attention import Attention, FeedForward
+from videosys.cache import CacheMixin
+from videosys.cache import pab as pab_lib
+from videosys.cache.teacache import relative_l1
+from videosys.core import comm
+from videosys.core.parallel import ParallelState
+from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import TimestepEmbedding, sincos_3d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
-from videosys.models.modules.rope import rope_3d
+from videosys.models.modules.rope import apply_rope, rope_3d
 
 
 @dataclass
@@ -101,10 +118,14 @@ class ExpertAdaLayerNormZero(nn.Module):
 
 
 class CogVideoXBlock(nn.Module):
-    """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP."""
+    """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP.
 
-    def __init__(self, cfg: CogVideoXTransformerConfig):
+    `index` names the block for PAB's broadcast decisions.
+    """
+
+    def __init__(self, cfg: CogVideoXTransformerConfig, index: int = 0):
         super().__init__()
+        self.index = index
         dim = cfg.num_attention_heads * cfg.attention_head_dim
         norm = dict(elementwise_affine=cfg.norm_elementwise_affine, eps=cfg.norm_eps)
         self.norm1 = ExpertAdaLayerNormZero(cfg.time_embed_dim, dim, **norm)
@@ -114,17 +135,51 @@ class CogVideoXBlock(nn.Module):
         approximate = "tanh" if cfg.activation_fn == "gelu-approximate" else "none"
         self.ff = FeedForward(dim, approximate=approximate)
 
+    def joint_attention(self, text: torch.Tensor, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+                        num_tokens: int, sp_group=None) -> torch.Tensor:
+        """Self-attention over [text; video]: text (B, S, C) whole, x (B, N_local, C) -> (B, S + N_local, C).
+
+        Ulysses over `sp_group`: the video q / k / v go from sequence- to head-sharded (all N = `num_tokens`
+        real tokens, padding cut off), each rank attends with its heads, and the output goes back.
+        """
+        attn = self.attn1
+        b, s = text.shape[:2]
+        sp, rank = comm.group_size(sp_group), comm.group_rank(sp_group)
+        heads = attn.heads // sp
+        joint = torch.cat([text, x], dim=1)  # (B, S + N_local, C)
+        qkv = []
+        for proj in (attn.to_q, attn.to_k, attn.to_v):
+            t = proj(joint).view(b, joint.shape[1], attn.heads, attn.head_dim)  # (B, S + N_local, H, d)
+            if sp > 1:
+                text_part = t[:, :s, rank * heads:(rank + 1) * heads]  # (B, S, H/sp, d): replicated, take our heads
+                video = comm.all_to_all(t[:, s:], sp_group, scatter_dim=2, gather_dim=1, gather_size=num_tokens)
+                t = torch.cat([text_part, video], dim=1)  # (B, S + N, H/sp, d)
+            qkv.append(t.transpose(1, 2))  # (B, H_local, S + N, d)
+        q, k, v = qkv
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        if rotary is not None:  # positions are complete here: the table covers S + N
+            q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
+        out = sdpa(q, k, v).transpose(1, 2)  # (B, S + N, H_local, d)
+        if sp > 1:
+            text_out = comm.gather(out[:, :s], 2, sp_group)  # (B, S, H, d)
+            video_out = comm.all_to_all(out[:, s:], sp_group, scatter_dim=1, gather_dim=2)  # (B, N_local, H, d)
+            out = torch.cat([text_out, video_out], dim=1)
+        return attn.to_out[0](out.reshape(b, out.shape[1], -1))
+
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, N, C) video, text (B, S, C), emb (B, T_emb), rotary over S + N tokens -> (x, text)."""
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pab: pab_lib.PAB | None = None,
+                num_tokens: int | None = None, sp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N_local, C) video, text (B, S, C), emb (B, T_emb), rotary over S + N tokens -> (x, text)."""
         s = text.shape[1]
         x_in, text_in, gate, text_gate = self.norm1(x, text, emb)
-        out = self.attn1(torch.cat([text_in, x_in], dim=1), rotary=rotary)  # (B, S + N, C)
+        # a broadcast (PAB) attention skips its compute and, under Ulysses, its all-to-alls
+        out = pab_lib.run(pab, "spatial", self.index, lambda: self.joint_attention(
+            text_in, x_in, rotary, num_tokens or x.shape[1], sp_group))  # (B, S + N_local, C)
         x = x + gate * out[:, s:]
         text = text + text_gate * out[:, :s]
 
         x_in, text_in, gate, text_gate = self.norm2(x, text, emb)
-        out = self.ff(torch.cat([text_in, x_in], dim=1))  # (B, S + N, C)
+        out = self.ff(torch.cat([text_in, x_in], dim=1))  # (B, S + N_local, C)
         return x + gate * out[:, s:], text + text_gate * out[:, :s]
 
 
@@ -171,7 +226,7 @@ def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tupl
     return (top, left), (top + resize_h, left + resize_w)
 
 
-class CogVideoXTransformer3DModel(PretrainedModel):
+class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
     config_class = CogVideoXTransformerConfig
     class_name = "CogVideoXTransformer3DModel"
 
@@ -182,12 +237,21 @@ class CogVideoXTransformer3DModel(PretrainedModel):
         self.out_channels = config.out_channels or config.in_channels
         self.patch_embed = CogVideoXPatchEmbed(config, dim)
         self.time_embedding = TimestepEmbedding(dim, config.time_embed_dim)
-        self.transformer_blocks = nn.ModuleList(CogVideoXBlock(config) for _ in range(config.num_layers))
+        self.transformer_blocks = nn.ModuleList(CogVideoXBlock(config, i) for i in range(config.num_layers))
         norm = dict(elementwise_affine=config.norm_elementwise_affine, eps=config.norm_eps)
         self.norm_final = nn.LayerNorm(dim, **norm)
         self.norm_out = FinalAdaLayerNorm(config.time_embed_dim, dim, **norm)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * self.out_channels)
         self._table_cache: dict = {}
+        self.parallel = ParallelState()
+
+    def set_parallel(self, state: ParallelState) -> None:
+        """Join a (cfg, sp) mesh; Ulysses gives each sp rank a whole number of heads."""
+        heads = self.config.num_attention_heads
+        if heads % state.sp_size:
+            raise ValueError(f"sequence parallelism (Ulysses) splits the attention heads over the sp group: "
+                             f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
+        self.parallel = state
 
     # ---- fixed position tables, cached per latent grid ----------------------------------------
     def sincos_table(self, frames: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -223,6 +287,14 @@ class CogVideoXTransformer3DModel(PretrainedModel):
             self._table_cache[key] = (cos.to(device), sin.to(device))
         return self._table_cache[key]
 
+    def run_blocks(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
+                   rotary: tuple[torch.Tensor, torch.Tensor] | None, num_tokens: int):
+        """The block stack on video (B, N_local, C) and text (B, S, C): the one place the streams change."""
+        sp_group = self.parallel.sp_group
+        for block in self.transformer_blocks:
+            x, text = block(x, text, emb, rotary, pab=self.pab, num_tokens=num_tokens, sp_group=sp_group)
+        return x, text
+
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep: torch.Tensor) -> torch.Tensor:
         """(B, F, C_in, H, W) latents, (B, S, C_text) text, (B,) or scalar timesteps -> (B, F, C_out, H, W)."""
@@ -241,12 +313,27 @@ class CogVideoXTransformer3DModel(PretrainedModel):
         else:
             x = x + self.sincos_table(f, h, w, x.device, x.dtype)
 
-        # ---- the block stack: the one place the streams are transformed (TeaCache wraps this loop,
-        # caching the residuals of both x and text; PAB wraps each block's attn1 call) ----
-        for block in self.transformer_blocks:
-            x, text = block(x, text, emb, rotary)
-        # ---- end of the block stack ----
+        sp_group = self.parallel.sp_group
+        n = x.shape[1]
+        x = comm.split(x, 1, sp_group)  # (B, N_local, C): this rank's video tokens (zero-padded to divide)
+        blocks = partial(self.run_blocks, emb=emb, rotary=rotary, num_tokens=n)
 
-        x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # (B, N, p*p*C_out)
+        # TeaCache: the indicator is the timestep embedding; when it has changed little since the last
+        # computed step, skip every block and reuse the residuals of both streams.
+        teacache = self.teacache
+        if teacache is not None:
+            # every rank holds emb; reducing over all of them gives every rank one decision, that of the
+            # batched single process
+            if teacache.skip(emb, distance=partial(relative_l1, group=self.parallel.world_group)):
+                x, text = teacache.apply_cached(x, text)
+            else:
+                x_in, text_in = x, text
+                x, text = blocks(x, text)
+                teacache.store((x_in, text_in), (x, text))
+        else:
+            x, text = blocks(x, text)
+
+        x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # (B, N_local, p*p*C_out): per token
+        x = comm.gather(x, 1, sp_group, size=n)  # (B, N, p*p*C_out)
         x = x.view(b, f, h, w, self.out_channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C_out, h, p, w, p)
         return x.reshape(b, f, self.out_channels, h * p, w * p)
