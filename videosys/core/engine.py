@@ -64,6 +64,8 @@ def _build(config, rank: int, local_rank: int | None = None):
 def _worker(rank: int, world: int, port: int, config, commands, results) -> None:
     """Ranks 1..N-1: build the pipeline, then run what rank 0 runs, call for call."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if config.torch_device().type == "cpu":  # N processes share the cores: don't oversubscribe them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         _init_process_group(rank, world, config.torch_device().type)
         pipeline = _build(config, rank)
