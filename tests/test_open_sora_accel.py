@@ -26,6 +26,18 @@ CACHES = ("none", "teacache-fast", "pab")
 RELEASE = dict(height=480, width=854, num_frames=51)  # the release's default video (480p 9:16, "2s")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_rank():
+    """One intra-op thread per process (spawned ranks read the variable): with several ranks, or other jobs,
+    on a few cores, spinning thread pools make a step ~10x slower."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+
+
 def tiny_config(**kw):
     return OpenSoraConfig(preset="tiny", progress_bar=False, **kw)
 
@@ -76,7 +88,7 @@ def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
     keys = [published_timestep(t) for t in schedule]
     assert [keys.index(t) for t in (864, 788, 676)] == [13, 17, 21]
     assert not {676.0, 788.0, 864.0} & set(schedule)
-    assert published_timestep(863.64) == 864 and published_timestep(674.86) == 676 and published_timestep(1000.0) == 1000
+    assert (published_timestep(863.64), published_timestep(674.86), published_timestep(1000.0)) == (864, 676, 1000)
 
 
 # ---- exactness and schedules -------------------------------------------------------------------------
@@ -186,19 +198,8 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
 
 
 # ---- parallel engine ---------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread_per_rank(monkeypatch):
-    """N ranks on a few shared cores: one intra-op thread each (the spawned ranks read the variable), or
-    spinning thread pools make a step ~10x slower."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
-def test_parallel_matches_single_process(single, one_thread_per_rank, num_gpus, cfg_parallel):
+def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
     """sp=2 (DSP), cfg=2 and cfg=2 x sp=2 reach the single-process latents, with the same cache decisions."""
     with VideoSysEngine(tiny_config(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
         for cache in CACHES:

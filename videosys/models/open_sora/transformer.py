@@ -437,8 +437,8 @@ class STDiT3(PretrainedModel, CacheMixin):
                          x_mask=x_mask_local, num_frames=t_)
 
         # TeaCache: the indicator is the first spatial block's modulated input (t2i_modulate(norm1(x))
-        # with its shift / scale, x = patches + positions, as published); when it has changed little
-        # since the last computed step, skip every block and add their last residual instead.
+        # with its shift / scale, x = patches + positions, and no x_mask, as published); when it has
+        # changed little since the last computed step, skip every block and add their last residual instead.
         teacache = self.teacache
         if teacache is not None:
             start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
