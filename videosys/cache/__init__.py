@@ -12,7 +12,7 @@ from videosys.cache.pab import PAB, PABConfig
 from videosys.cache.teacache import TeaCache, TeaCacheConfig
 
 __all__ = ["CacheMixin", "PAB", "PABConfig", "TeaCache", "TeaCacheConfig", "cache_configs_from_spec",
-           "CACHE_CHOICES"]
+           "pab_variant", "CACHE_CHOICES"]
 
 CACHE_CHOICES = ("none", "teacache-slow", "teacache-fast", "pab")
 
@@ -57,7 +57,7 @@ class CacheMixin:
 
 
 def cache_configs_from_spec(spec, teacache_model: str, pab_model: str) -> list:
-    """Cache configs from a name ("teacache-slow", "teacache-fast", "teacache-0.15", "pab", "none"),
+    """Cache configs from a name ("teacache-slow", "teacache-fast", "teacache-0.15", "pab", "pab-357", "none"),
     a dict with a "method" key, a config object, or a list of these."""
     if spec is None:
         return []
@@ -80,6 +80,8 @@ def cache_configs_from_spec(spec, teacache_model: str, pab_model: str) -> list:
             return []
         if name == "pab":
             return [PABConfig.for_model(pab_model)]
+        if name.startswith("pab-") and len(name) == 7 and name[4:].isdigit():
+            return [pab_variant(pab_model, *(int(c) for c in name[4:]))]
         if name.startswith("teacache"):
             speed = name.partition("-")[2] or "slow"
             try:
@@ -87,7 +89,16 @@ def cache_configs_from_spec(spec, teacache_model: str, pab_model: str) -> list:
             except ValueError:
                 raise ValueError(f"unknown cache {spec!r}; choose from {CACHE_CHOICES} or teacache-<threshold>")
             return [TeaCacheConfig.for_model(teacache_model, speed)]
-    raise ValueError(f"unknown cache {spec!r}; choose from {CACHE_CHOICES} or teacache-<threshold>")
+    raise ValueError(f"unknown cache {spec!r}; choose from {CACHE_CHOICES}, teacache-<threshold> or pab-<ranges>")
+
+
+def pab_variant(model: str, spatial: int, temporal: int, cross: int) -> PABConfig:
+    """The PAB paper's named variants ("pab-246", "pab-357", "pab-579": spatial / temporal / cross
+    ranges) in the model's published windows and MLP table; a kind the model does not broadcast stays off."""
+    base = PABConfig.for_model(model)
+    ranges = {"spatial": spatial, "temporal": temporal, "cross": cross}
+    return dataclasses.replace(base, **{kind: (getattr(base, kind)[0], every) for kind, every in ranges.items()
+                                        if getattr(base, kind) is not None})
 
 
 def cache_spec_to_plain(spec):

@@ -57,6 +57,7 @@ class RectifiedFlowScheduler:
                       device: torch.device | str = "cpu") -> torch.Tensor:
         """Prepare a generation: the (N,) timesteps and the step sizes, on `device`, so the loop never syncs."""
         ts = self.timesteps(num_steps, height, width, num_frames)
+        self.timestep_values = ts  # host-side copy, for code that must not sync with the device
         dts = [(a - b) / self.num_timesteps for a, b in zip(ts, ts[1:] + [0.0])]  # the last step goes to t = 0
         self.step_sizes = torch.tensor(dts, dtype=torch.float32, device=device)
         self.timesteps_tensor = torch.tensor(ts, dtype=torch.float32, device=device)

@@ -137,6 +137,17 @@ def tiny_components(seed: int = 0):
     return transformer.eval(), vae.eval(), text_encoder, tokenizer
 
 
+def published_timestep(t: float) -> int:
+    """A timestep in the form the published PAB tables name it: rounded to bf16 (the release's dtype;
+    the model casts t before embedding it) and truncated to an int, as VideoSys matches them.
+
+    The MLP broadcast timesteps 676, 788, 864 are steps 21, 17, 13 of the release's 480p 2s schedule
+    in this form (674.9 -> 676, 787.4 -> 788, 863.6 -> 864); the floats never equal them. Independent
+    of the run's dtype, so fp32 and bf16 runs broadcast on the same steps.
+    """
+    return int(float(torch.tensor(float(t), dtype=torch.float32).to(torch.bfloat16)))
+
+
 def _is_pipeline_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "model_index.json"))
 
@@ -173,7 +184,9 @@ class OpenSoraPipeline(VideoSysPipeline):
             scheduler = RectifiedFlowScheduler()
         parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                  for m in (transformer, vae, text_encoder)]
-        return cls(config, *parts, tokenizer, scheduler)
+        pipeline = cls(config, *parts, tokenizer, scheduler)
+        pipeline.enable_configured_caches()
+        return pipeline
 
     # ---- inputs --------------------------------------------------------------------------------
     def prepare_prompts(self, prompts: list[str]) -> list[str]:
@@ -242,26 +255,28 @@ class OpenSoraPipeline(VideoSysPipeline):
         latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)  # fp32
         timesteps = self.scheduler.set_timesteps(a["num_inference_steps"], a["height"], a["width"], a["num_frames"],
                                                  device=self.device)
+        # CFG parallel: each rank of the cfg group runs one branch ([uncond; cond] halves)
+        split_cfg = do_cfg and self.cfg_parallel
+        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
         batch = text.shape[0]
         cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
         fps_in = torch.full((batch,), float(cond_fps), device=self.device)
 
         denoise_start = time.perf_counter()
-        with self.progress(len(timesteps), "open-sora") as bar:
-            for i in range(len(timesteps)):
-                model_in = torch.cat([latents, latents]) if do_cfg else latents
-                pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_in,
-                                        height=a["height"], width=a["width"])
-                velocity = pred[:, :channels]  # the other half is the unused sigma prediction
-                if do_cfg:
-                    velocity = self.guide(velocity, a["guidance_scale"])
-                latents = self.scheduler.step(velocity, i, latents)
-                bar.update()
+        cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
+        for i, _ in self.denoise_steps(cache_timesteps, "open-sora"):
+            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
+            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_in,
+                                    height=a["height"], width=a["width"])
+            velocity = pred[:, :channels]  # the other half is the unused sigma prediction
+            if do_cfg:
+                velocity = self.guide(self.gather_branches(velocity) if split_cfg else velocity, a["guidance_scale"])
+            latents = self.scheduler.step(velocity, i, latents)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         decode_start = time.perf_counter()
         video = self.to_frames(self.vae.decode(latents, a["num_frames"]))
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps)}
-        return VideoSysOutput(video=video, stats=stats)
+                 "steps": len(timesteps), **self.transformer.cache_stats()}
+        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())

@@ -13,15 +13,30 @@ Timestep conditioning (adaLN-single, PixArt style): t = t_embedder(t) + fps_embe
 t_block MLP gives (B, 6C) shared by all blocks; each block adds its own scale_shift_table.
 The original STDiT3 also receives height, width, aspect ratio and frame count: only height and
 width are used, through the scale of the 2D position table; the rest is ignored, as here.
+
+Sequence parallelism (DSP): the frames are sharded over the sp group, (B, T/sp, S, C), zero-padded
+when T does not divide. Spatial attention, cross-attention and the MLP are per frame or per token;
+only temporal attention needs every frame, so it alone switches the sharded dim to S with an
+all-to-all (the padded frames are cut there, so nothing attends to them; RoPE runs on the full frame
+axis) and back. The frames are gathered before the final layer.
+
+Caches (videosys/cache): TeaCache decides around the block stack in `forward`; PAB decides at
+each block's self-attention ("spatial" / "temporal"), cross-attention ("cross") and MLP.
 """
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videosys.cache import CacheMixin
+from videosys.cache import pab as pab_lib
+from videosys.cache.teacache import relative_l1
+from videosys.core import comm
+from videosys.core.parallel import ParallelState
 from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 
@@ -189,12 +204,16 @@ class Mlp(nn.Module):
 
 
 class STDiT3Block(nn.Module):
-    """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation."""
+    """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation.
 
-    def __init__(self, cfg: STDiT3Config, temporal: bool):
+    `index` (the block's depth) and the kind ("spatial" / "temporal") name the block for PAB.
+    """
+
+    def __init__(self, cfg: STDiT3Config, temporal: bool, index: int = 0):
         super().__init__()
         dim = cfg.hidden_size
         self.temporal = temporal
+        self.kind, self.index = ("temporal" if temporal else "spatial"), index
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.attn = SelfAttention(dim, cfg.num_heads, cfg.qk_norm)
         self.cross_attn = CrossAttention(dim, cfg.num_heads)
@@ -223,21 +242,37 @@ class STDiT3Block(nn.Module):
                            x_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.modulated_input(x, self.modulation(t_mlp, t0_mlp, x_mask))
 
+    def self_attention(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, num_frames: int,
+                       sp_group=None) -> torch.Tensor:
+        """(B, T_local, S, C) -> (B, T_local, S, C): within frames (spatial) or across them (temporal)."""
+        b, t, s, c = h.shape
+        if not self.temporal:
+            return self.attn(h.reshape(b * t, s, c)).view(b, t, s, c)  # (B*T, S, C)
+        # DSP: every frame of a slice of the patches; the padded frames are cut off here
+        h = comm.all_to_all(h, sp_group, scatter_dim=2, gather_dim=1, gather_size=num_frames)  # (B, T, S/sp, C)
+        sp = h.shape[2]
+        out = self.attn(h.transpose(1, 2).reshape(b * sp, num_frames, c), rope)  # (B * S/sp, T, C)
+        out = out.view(b, sp, num_frames, c).transpose(1, 2)
+        return comm.all_to_all(out, sp_group, scatter_dim=1, gather_dim=2, gather_size=s)  # (B, T/sp, S, C)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, t0_mlp: torch.Tensor | None = None,
-                x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, s, c = x.shape  # (B, T, S, C)
+                x_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None, num_frames: int | None = None,
+                sp_group=None) -> torch.Tensor:
+        """x (B, T_local, S, C); x_mask (B, T_local) for this rank's frames; num_frames = T over all ranks."""
+        b, t, s, c = x.shape
         mod = self.modulation(t_mlp, t0_mlp, x_mask)
-        h = self.modulated_input(x, mod)
-        if self.temporal:
-            h = self.attn(h.transpose(1, 2).reshape(b * s, t, c), rope)  # (B*S, T, C)
-            h = h.view(b, s, t, c).transpose(1, 2)
-        else:
-            h = self.attn(h.reshape(b * t, s, c)).view(b, t, s, c)  # (B*T, S, C)
-        x = x + mod[2] * h
-        x = x + self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c)
-        h = self.mlp(t2i_modulate(self.norm2(x), mod[3], mod[4]))
-        return x + mod[5] * h
+        # PAB broadcasts the gated outputs, as the published Open-Sora PAB; a broadcast attention also
+        # skips its all-to-alls under DSP
+        attn = pab_lib.run(pab, self.kind, self.index, lambda: mod[2] * self.self_attention(
+            self.modulated_input(x, mod), rope, num_frames or t, sp_group))
+        x = x + attn
+        cross = pab_lib.run(pab, "cross", self.index,
+                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c))
+        x = x + cross
+        mlp = pab_lib.run(pab, self.kind, self.index,
+                          lambda: mod[5] * self.mlp(t2i_modulate(self.norm2(x), mod[3], mod[4])), mlp=True)
+        return x + mlp
 
 
 class PatchEmbed3D(nn.Module):
@@ -297,7 +332,7 @@ class FinalLayer(nn.Module):
         return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
 
 
-class STDiT3(PretrainedModel):
+class STDiT3(PretrainedModel, CacheMixin):
     config_class = STDiT3Config
     class_name = "STDiT3"
     weights_name = "model.safetensors"  # what hpcai-tech/OpenSora-STDiT-v3 ships
@@ -313,10 +348,14 @@ class STDiT3(PretrainedModel):
         self.fps_embedder = TimestepEmbedder(dim)  # the original's SizeEmbedder: same layers, fps as input
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.y_embedder = CaptionEmbedder(config.caption_channels, dim, config.model_max_length)
-        self.spatial_blocks = nn.ModuleList(STDiT3Block(config, temporal=False) for _ in range(config.depth))
-        self.temporal_blocks = nn.ModuleList(STDiT3Block(config, temporal=True) for _ in range(config.depth))
+        self.spatial_blocks = nn.ModuleList(STDiT3Block(config, temporal=False, index=i) for i in range(config.depth))
+        self.temporal_blocks = nn.ModuleList(STDiT3Block(config, temporal=True, index=i) for i in range(config.depth))
         self.final_layer = FinalLayer(dim, math.prod(config.patch_size), self.out_channels)
         self._pos_cache: dict = {}
+        self.parallel = ParallelState()
+
+    def set_parallel(self, state: ParallelState) -> None:
+        self.parallel = state
 
     def pos_embed(self, h: int, w: int, scale: float, base_size: int, device: torch.device) -> torch.Tensor:
         """(h * w, C) 2D sin-cos table, row-major; first half encodes the column, second the row.
@@ -388,10 +427,33 @@ class STDiT3(PretrainedModel):
         x = self.x_embedder(x.to(dtype))  # (B, T, S, C)
         scale = resolution / self.config.input_sq_size
         x = x + self.pos_embed(h_, w_, scale, round((h_ * w_) ** 0.5), x.device).to(dtype)
-        rope = self.rope.tables(t_, x.device, dtype)
+        rope = self.rope.tables(t_, x.device, dtype)  # the full frame axis: temporal attention sees every frame
 
-        x = self.run_blocks(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask)
+        # DSP: this rank's frames (B, T_local, S, C), zero-padded when T does not divide by sp
+        sp_group = self.parallel.sp_group
+        x = comm.split(x, 1, sp_group)
+        x_mask_local = None if x_mask is None else comm.split(x_mask, 1, sp_group)
+        blocks = partial(self.run_blocks, y=y, t_mlp=t_mlp, y_mask=y_mask, rope=rope, t0_mlp=t0_mlp,
+                         x_mask=x_mask_local, num_frames=t_)
 
+        # TeaCache: the indicator is the first spatial block's modulated input (t2i_modulate(norm1(x))
+        # with its shift / scale, x = patches + positions, and no x_mask, as published); when it has
+        # changed little since the last computed step, skip every block and add their last residual instead.
+        teacache = self.teacache
+        if teacache is not None:
+            start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
+            indicator = self.spatial_blocks[0].teacache_indicator(x[:, : stop - start], t_mlp)  # real frames only
+            # the distance sums over every rank, so all ranks take the batched single-process decision
+            if teacache.skip(indicator, distance=partial(relative_l1, group=self.parallel.world_group)):
+                x = teacache.apply_cached(x)
+            else:
+                x_in = x
+                x = blocks(x)
+                teacache.store(x_in, x)
+        else:
+            x = blocks(x)
+
+        x = comm.gather(x, 1, sp_group, size=t_)  # (B, T, S, C)
         x = self.final_layer(x, t, t0, x_mask)  # (B, T, S, pt*ph*pw*C_out)
         x = x.view(b, t_, h_, w_, pt, ph, pw, self.out_channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
         x = x.reshape(b, self.out_channels, t_ * pt, h_ * ph, w_ * pw)
@@ -399,13 +461,15 @@ class STDiT3(PretrainedModel):
 
     def run_blocks(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None,
                    rope: tuple[torch.Tensor, torch.Tensor], t0_mlp: torch.Tensor | None = None,
-                   x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The block stack, in one place: caches wrap this loop (TeaCache) or the blocks' modules (PAB).
+                   x_mask: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
+        """The block stack on (B, T_local, S, C) tokens; x_mask (B, T_local) is this rank's part.
 
-        TeaCache's indicator for this model is spatial_blocks[0].teacache_indicator(x, t_mlp) on the
-        x this method receives (patch embedding + positions).
+        TeaCache wraps this call (in forward); PAB decides inside each block.
         """
+        sp_group = self.parallel.sp_group
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
-            x = spatial(x, y, t_mlp, y_mask, None, t0_mlp, x_mask)
-            x = temporal(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask)
+            x = spatial(x, y, t_mlp, y_mask, None, t0_mlp, x_mask, pab=self.pab, num_frames=num_frames,
+                        sp_group=sp_group)
+            x = temporal(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask, pab=self.pab, num_frames=num_frames,
+                         sp_group=sp_group)
         return x
