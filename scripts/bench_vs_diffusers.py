@@ -16,16 +16,23 @@ import torch
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+def timed_pair(fns, device, repeats: int) -> list[float]:
+    """Median ms per call of each function, calls interleaved so drifts in machine load hit both alike."""
+    import statistics
+
+    times = [[] for _ in fns]
+    for fn in fns:
+        fn()  # warm-up
     for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1000
+        for i, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[i].append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
 
 
 def main():
@@ -36,7 +43,7 @@ def main():
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="latent height = width")
     parser.add_argument("--text-tokens", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--output", default="outputs/bench_vs_diffusers.json")
@@ -59,9 +66,9 @@ def main():
     text = torch.randn(2, args.text_tokens, dim, generator=g).to(device, dtype)
     t = torch.tensor([500, 500], device=device)
     with torch.inference_mode():
-        ms_ours = timed(lambda: ours(x, t, text), device, args.repeats)
-        ms_theirs = timed(lambda: theirs(x, timestep=t, encoder_hidden_states=text, return_dict=False), device,
-                          args.repeats)
+        ms_ours, ms_theirs = timed_pair(
+            [lambda: ours(x, t, text),
+             lambda: theirs(x, timestep=t, encoder_hidden_states=text, return_dict=False)], device, args.repeats)
         diff = (ours(x, t, text).float() - theirs(x, timestep=t, encoder_hidden_states=text,
                                                   return_dict=False)[0].float()).abs().max().item()
     tokens = args.frames * (args.size // 2) ** 2

@@ -1,5 +1,7 @@
-"""Open-Sora-Plan v1.1 over the VBench prompts: `cd eval/teacache && python experiments/open_sora_plan.py --num-prompts 4`.
-Exits with a message while the open-sora-plan family is not in this videosys install."""
+"""Open-Sora-Plan over the VBench prompts: `cd eval/teacache && python experiments/open_sora_plan.py --num-prompts 4`.
+
+Runs v1.2 (the implemented version). The TeaCache paper's Open-Sora-Plan numbers are for v1.1
+(65x512x512, 150 PNDM steps), which is not implemented yet."""
 
 import sys
 

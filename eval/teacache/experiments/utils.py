@@ -182,11 +182,12 @@ class Generator:
         self.engine = VideoSysEngine(config_class(config_cls_name).from_dict(config))
         self.generated = 0
 
-    def run(self, job: Job, negative_prompt: str = "") -> dict[str, Any]:
+    def run(self, job: Job, negative_prompt: str | None = None) -> dict[str, Any]:
         if os.path.exists(job.path):  # another worker or run finished it
             return {"skipped": True}
         start = time.perf_counter()
-        out = self.engine.generate(job.prompt, negative_prompt=negative_prompt, seed=job.seed)
+        extra = {} if negative_prompt is None else {"negative_prompt": negative_prompt}  # None: the family's default
+        out = self.engine.generate(job.prompt, seed=job.seed, **extra)
         self.engine.save_video(out.video[0], job.path)
         stats = {k: _json_value(v) for k, v in (out.stats or {}).items()}
         stats["wall_s"] = round(time.perf_counter() - start, 6)
@@ -222,7 +223,7 @@ class StatsFile:
         os.replace(tmp, self.path)
 
 
-def run_local(config, jobs: list[Job], on_done, threads: int | None = None, negative_prompt: str = "") -> None:
+def run_local(config, jobs: list[Job], on_done, threads: int | None = None, negative_prompt: str | None = None) -> None:
     generator = Generator(config.model_name, config.to_dict(), threads)
     try:
         for job in jobs:
@@ -232,7 +233,7 @@ def run_local(config, jobs: list[Job], on_done, threads: int | None = None, nega
 
 
 def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str | None,
-            threads: int | None = None, negative_prompt: str = "") -> None:
+            threads: int | None = None, negative_prompt: str | None = None) -> None:
     """Spread the jobs over Ray actors (one engine each), one job in flight per actor."""
     try:
         import ray
@@ -350,7 +351,7 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="index of the first prompt")
     p.add_argument("--num-prompts", type=int, help="how many prompts from --start (default: all)")
     p.add_argument("--num-seeds", type=int, default=NUM_SEEDS, help="seeds 0..N-1 per prompt (default 5)")
-    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--negative-prompt", default=None, help="default: the family's published one")
     p.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline")
     p.add_argument("--model-path", help="hub id or local folder of the checkpoint")
     p.add_argument("--num-gpus", type=int, help="processes per engine (sequence / CFG parallel)")
