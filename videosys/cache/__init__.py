@@ -7,9 +7,10 @@ at explicit points.
 """
 
 import dataclasses
+from functools import partial
 
 from videosys.cache.pab import PAB, PABConfig
-from videosys.cache.teacache import TeaCache, TeaCacheConfig
+from videosys.cache.teacache import TeaCache, TeaCacheConfig, relative_l1
 
 __all__ = ["CacheMixin", "PAB", "PABConfig", "TeaCache", "TeaCacheConfig", "cache_configs_from_spec",
            "pab_variant", "CACHE_CHOICES"]
@@ -32,6 +33,20 @@ class CacheMixin:
     def disable_cache(self) -> None:
         self.teacache = None
         self.pab = None
+
+    def teacache_blocks(self, indicator, blocks, *streams):
+        """`blocks(*streams)`, or, when TeaCache decides this step can reuse, the streams plus the
+        residuals the blocks added last time. `indicator()` is the model's published indicator; it
+        is only computed with TeaCache on. Its distance sums over every rank (`self.parallel`), so
+        all ranks take the decision a single process would take on the whole batch."""
+        teacache = self.teacache
+        if teacache is None:
+            return blocks(*streams)
+        if teacache.skip(indicator(), distance=partial(relative_l1, group=self.parallel.world_group)):
+            return teacache.apply_cached(*streams)
+        out = blocks(*streams)
+        teacache.store(streams if len(streams) > 1 else streams[0], out)
+        return out
 
     def _caches(self):
         return [c for c in (self.teacache, self.pab) if c is not None]

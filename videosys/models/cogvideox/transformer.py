@@ -32,7 +32,6 @@ from torch import nn
 
 from videosys.cache import CacheMixin
 from videosys.cache import pab as pab_lib
-from videosys.cache.teacache import relative_l1
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
@@ -320,18 +319,7 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
 
         # TeaCache: the indicator is the timestep embedding; when it has changed little since the last
         # computed step, skip every block and reuse the residuals of both streams.
-        teacache = self.teacache
-        if teacache is not None:
-            # every rank holds emb; reducing over all of them gives every rank one decision, that of the
-            # batched single process
-            if teacache.skip(emb, distance=partial(relative_l1, group=self.parallel.world_group)):
-                x, text = teacache.apply_cached(x, text)
-            else:
-                x_in, text_in = x, text
-                x, text = blocks(x, text)
-                teacache.store((x_in, text_in), (x, text))
-        else:
-            x, text = blocks(x, text)
+        x, text = self.teacache_blocks(lambda: emb, blocks, x, text)
 
         x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # (B, N_local, p*p*C_out): per token
         x = comm.gather(x, 1, sp_group, size=n)  # (B, N, p*p*C_out)

@@ -18,7 +18,6 @@ from torch import nn
 
 from videosys.cache import CacheMixin
 from videosys.cache import pab as pab_lib
-from videosys.cache.teacache import relative_l1
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward
@@ -180,22 +179,12 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
                          num_frames=f, temporal_attention=enable_temporal_attentions)
 
-        # TeaCache: the indicator is the first spatial block's modulated input; when it has
-        # changed little since the last computed step, skip every block and reuse their residual.
-        teacache = self.teacache
-        if teacache is not None:
-            first = self.transformer_blocks[0]
-            start, stop = comm.shard_range(f, self.parallel.sp_size, self.parallel.sp_rank)
-            indicator = first.modulated_input(x[:, : stop - start], first.modulation(t_mod))  # real frames only
-            # the distance sums over every rank, so all ranks take the batched single-process decision
-            if teacache.skip(indicator, distance=partial(relative_l1, group=self.parallel.world_group)):
-                x = teacache.apply_cached(x)
-            else:
-                x_in = x
-                x = blocks(x)
-                teacache.store(x_in, x)
-        else:
-            x = blocks(x)
+        # TeaCache: the indicator is the first spatial block's modulated input (real frames only); when it
+        # has changed little since the last computed step, skip every block and reuse their residual.
+        first = self.transformer_blocks[0]
+        start, stop = comm.shard_range(f, self.parallel.sp_size, self.parallel.sp_rank)
+        x = self.teacache_blocks(lambda: first.modulated_input(x[:, : stop - start], first.modulation(t_mod)),
+                                 blocks, x)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None, None].unbind(1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, F_local, L, p*p*C_out)

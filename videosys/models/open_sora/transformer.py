@@ -34,7 +34,6 @@ from torch import nn
 
 from videosys.cache import CacheMixin
 from videosys.cache import pab as pab_lib
-from videosys.cache.teacache import relative_l1
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
@@ -439,19 +438,9 @@ class STDiT3(PretrainedModel, CacheMixin):
         # TeaCache: the indicator is the first spatial block's modulated input (t2i_modulate(norm1(x))
         # with its shift / scale, x = patches + positions, and no x_mask, as published); when it has
         # changed little since the last computed step, skip every block and add their last residual instead.
-        teacache = self.teacache
-        if teacache is not None:
-            start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
-            indicator = self.spatial_blocks[0].teacache_indicator(x[:, : stop - start], t_mlp)  # real frames only
-            # the distance sums over every rank, so all ranks take the batched single-process decision
-            if teacache.skip(indicator, distance=partial(relative_l1, group=self.parallel.world_group)):
-                x = teacache.apply_cached(x)
-            else:
-                x_in = x
-                x = blocks(x)
-                teacache.store(x_in, x)
-        else:
-            x = blocks(x)
+        start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
+        x = self.teacache_blocks(lambda: self.spatial_blocks[0].teacache_indicator(x[:, : stop - start], t_mlp),
+                                 blocks, x)  # real frames only in the indicator
 
         x = comm.gather(x, 1, sp_group, size=t_)  # (B, T, S, C)
         x = self.final_layer(x, t, t0, x_mask)  # (B, T, S, pt*ph*pw*C_out)

@@ -22,7 +22,6 @@ from torch import nn
 
 from videosys.cache import CacheMixin
 from videosys.cache import pab as pab_lib
-from videosys.cache.teacache import relative_l1
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
@@ -255,22 +254,12 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=context_mask, rotary=rotary,
                          num_tokens=num_tokens)
 
-        # TeaCache: the indicator is the first block's modulated input; when it has changed little
-        # since the last computed step, skip every block and reuse their residual.
-        teacache = self.teacache
-        if teacache is not None:
-            first = self.transformer_blocks[0]
-            start, stop = comm.shard_range(num_tokens, self.parallel.sp_size, self.parallel.sp_rank)
-            indicator = first.modulated_input(x[:, : stop - start], first.modulation(t_mod))  # real tokens only
-            # the distance sums over every rank, so all ranks take the batched single-process decision
-            if teacache.skip(indicator, distance=partial(relative_l1, group=self.parallel.world_group)):
-                x = teacache.apply_cached(x)
-            else:
-                x_in = x
-                x = blocks(x)
-                teacache.store(x_in, x)
-        else:
-            x = blocks(x)
+        # TeaCache: the indicator is the first block's modulated input (real tokens only); when it has
+        # changed little since the last computed step, skip every block and reuse their residual.
+        first = self.transformer_blocks[0]
+        start, stop = comm.shard_range(num_tokens, self.parallel.sp_size, self.parallel.sp_rank)
+        x = self.teacache_blocks(lambda: first.modulated_input(x[:, : stop - start], first.modulation(t_mod)),
+                                 blocks, x)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None].unbind(1)  # (B, 1, C) each
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, N_local, p*p*C_out)
