@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from videosys import LatteConfig, VideoSysEngine, read_video
 from videosys.core.engine import WorkerError

@@ -36,6 +36,16 @@ class VideoSysPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.parallel = ParallelState()
 
+    @classmethod
+    def assemble(cls, config, transformer, vae, text_encoder, tokenizer, scheduler):
+        """The pipeline from built components: modules on the config's device and dtype, caches on."""
+        device, dtype = config.torch_device(), config.torch_dtype()
+        modules = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
+                   for m in (transformer, vae, text_encoder)]
+        pipeline = cls(config, *modules, tokenizer, scheduler)
+        pipeline.enable_configured_caches()
+        return pipeline
+
     def set_parallel(self, state: ParallelState) -> None:
         """Join a (cfg, sp) mesh: the transformer shards its sequence over sp, the branches split over cfg."""
         self.parallel = state

@@ -122,7 +122,7 @@ class CogVideoXPipeline(VideoSysPipeline):
     def from_config(cls, config: CogVideoXConfig) -> "CogVideoXPipeline":
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
 
-        device, dtype = config.torch_device(), config.torch_dtype()
+        dtype = config.torch_dtype()
         if config.model_path is None:  # tiny preset, random weights
             rotary = config.preset == "tiny-5b"
             transformer, vae, text_encoder, tokenizer = tiny_components(rotary)
@@ -138,11 +138,7 @@ class CogVideoXPipeline(VideoSysPipeline):
             vae.enable_tiling()
         if config.vae_slicing:
             vae.enable_slicing()
-        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
-                 for m in (transformer, vae, text_encoder)]
-        pipeline = cls(config, *parts, tokenizer, scheduler)
-        pipeline.enable_configured_caches()
-        return pipeline
+        return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -66,7 +66,7 @@ class LattePipeline(VideoSysPipeline):
     def from_config(cls, config: LatteConfig) -> "LattePipeline":
         from diffusers import AutoencoderKL, DDIMScheduler
 
-        device, dtype = config.torch_device(), config.torch_dtype()
+        dtype = config.torch_dtype()
         schedule = dict(beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
                         clip_sample=False)
         if config.model_path is None:  # tiny preset, random weights
@@ -78,11 +78,7 @@ class LattePipeline(VideoSysPipeline):
             vae = AutoencoderKL.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
-        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
-                 for m in (transformer, vae, text_encoder)]
-        pipeline = cls(config, *parts, tokenizer, scheduler)
-        pipeline.enable_configured_caches()
-        return pipeline
+        return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -167,7 +167,7 @@ class OpenSoraPipeline(VideoSysPipeline):
 
     @classmethod
     def from_config(cls, config: OpenSoraConfig) -> "OpenSoraPipeline":
-        device, dtype = config.torch_device(), config.torch_dtype()
+        dtype = config.torch_dtype()
         path = config.model_path
         if path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components()
@@ -182,11 +182,7 @@ class OpenSoraPipeline(VideoSysPipeline):
             vae = OpenSoraVAE.from_pretrained(config.vae_path or config.official_vae_path, dtype=dtype)
             tokenizer, text_encoder = load_t5(config.text_encoder_path or config.official_text_encoder_path, dtype)
             scheduler = RectifiedFlowScheduler()
-        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
-                 for m in (transformer, vae, text_encoder)]
-        pipeline = cls(config, *parts, tokenizer, scheduler)
-        pipeline.enable_configured_caches()
-        return pipeline
+        return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     # ---- inputs --------------------------------------------------------------------------------
     def prepare_prompts(self, prompts: list[str]) -> list[str]:

@@ -125,7 +125,7 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
     def from_config(cls, config: OpenSoraPlanConfig) -> "OpenSoraPlanPipeline":
         from diffusers import EulerAncestralDiscreteScheduler
 
-        device, dtype = config.torch_device(), config.torch_dtype()
+        dtype = config.torch_dtype()
         path = config.model_path
         if path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components()
@@ -145,11 +145,7 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
             scheduler = EulerAncestralDiscreteScheduler()  # the release's sample_t2v.py: default settings
         if config.enable_tiling:
             vae.enable_tiling(overlap_factor=config.tile_overlap_factor)
-        parts = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
-                 for m in (transformer, vae, text_encoder)]
-        pipeline = cls(config, *parts, tokenizer, scheduler)
-        pipeline.enable_configured_caches()
-        return pipeline
+        return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     # ---- inputs --------------------------------------------------------------------------------
     def prepare_prompts(self, prompts: list[str]) -> list[str]:
