@@ -8,6 +8,7 @@ the classifier-free-guidance combination and the conversion to uint8 frames.
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -132,6 +133,17 @@ class VideoSysPipeline:
     def gather_branches(self, pred: torch.Tensor) -> torch.Tensor:
         """Every rank's branch output, laid out [uncond; cond] again."""
         return comm.gather(pred, 0, self.parallel.cfg_group) if self.cfg_parallel else pred
+
+    def finish(self, latents: torch.Tensor, decode, start: float, denoise_start: float, steps: int) -> VideoSysOutput:
+        """Decode and package a generation: timings (one device sync, after the loop) and cache stats."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        decode_start = time.perf_counter()
+        video = decode(latents)
+        end = time.perf_counter()
+        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
+                 "steps": steps, **self.transformer.cache_stats()}
+        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
 
     @staticmethod
     def to_frames(video: torch.Tensor) -> torch.Tensor:

@@ -226,14 +226,7 @@ class CogVideoXPipeline(VideoSysPipeline):
             else:
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
             latents = latents.to(self.dtype)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        decode_start = time.perf_counter()
-        video = self.decode(latents)
-        end = time.perf_counter()
-        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps), **self.transformer.cache_stats()}
-        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
+        return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""

@@ -141,14 +141,7 @@ class LattePipeline(VideoSysPipeline):
             if do_cfg:
                 pred = self.guide(self.gather_branches(pred) if split_cfg else pred, a["guidance_scale"])
             latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        decode_start = time.perf_counter()
-        video = self.decode(latents)
-        end = time.perf_counter()
-        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps), **self.transformer.cache_stats()}
-        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
+        return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""

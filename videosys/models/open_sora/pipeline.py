@@ -268,11 +268,4 @@ class OpenSoraPipeline(VideoSysPipeline):
             if do_cfg:
                 velocity = self.guide(self.gather_branches(velocity) if split_cfg else velocity, a["guidance_scale"])
             latents = self.scheduler.step(velocity, i, latents)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        decode_start = time.perf_counter()
-        video = self.to_frames(self.vae.decode(latents, a["num_frames"]))
-        end = time.perf_counter()
-        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps), **self.transformer.cache_stats()}
-        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
+        return self.finish(latents, lambda z: self.to_frames(self.vae.decode(z, a["num_frames"])), start, denoise_start, len(timesteps))

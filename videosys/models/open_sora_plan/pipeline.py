@@ -207,11 +207,4 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
             if do_cfg:
                 pred = self.guide(self.gather_branches(pred) if split_cfg else pred, a["guidance_scale"])
             latents = self.scheduler.step(pred, t, latents, generator=generator, return_dict=False)[0]
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        decode_start = time.perf_counter()
-        video = self.to_frames(self.vae.decode(latents.to(self.vae.dtype)))
-        end = time.perf_counter()
-        stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": len(timesteps), **self.transformer.cache_stats()}
-        return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
+        return self.finish(latents, lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype))), start, denoise_start, len(timesteps))
