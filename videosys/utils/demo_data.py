@@ -93,9 +93,10 @@ def make_clip(colour: str, shape: str, direction: str, num_frames: int = 16, hei
     radius = OBJECT_SIZE * min(height, width) / 2
     ux, uy = DIRECTIONS[direction]
     travel_x, travel_y = TRAVEL * width * abs(ux), TRAVEL * height * abs(uy)
-    # start anywhere that keeps the whole path inside the frame
-    x0 = rng.uniform(radius, width - radius - travel_x)
-    y0 = rng.uniform(radius, height - radius - travel_y)
+    # start anywhere that keeps the whole path inside the frame, a pixel clear of the border
+    margin = radius + 1
+    x0 = rng.uniform(margin, width - margin - travel_x)
+    y0 = rng.uniform(margin, height - margin - travel_y)
     if ux < 0:
         x0 += travel_x
     if uy < 0:
