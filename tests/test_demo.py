@@ -55,3 +55,81 @@ def test_dataset_is_seeded_and_balanced():
     assert np.array_equal(clips, again)
     assert not np.array_equal(clips, other)
     assert not np.array_equal(data.batch(1, n)[0], clips)  # the next pass: new positions and backgrounds
+
+
+# ---- scripts/eval_demo.py: the colour-centroid tracker ---------------------------------------
+
+
+def load_script(name: str):
+    import importlib.util
+    import os
+    import sys
+
+    module_name = f"videosys_scripts_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tracker_follows_the_centroid():
+    eval_demo = load_script("eval_demo")
+    clip = demo_data.make_clip("yellow", "circle", "down", num_frames=6, height=64, width=64, seed=1)
+    centroids = eval_demo.track(clip, demo_data.COLOURS["yellow"])
+    mask = np.all(clip == demo_data.COLOURS["yellow"], axis=-1)
+    expected_y = [np.nonzero(m)[0].mean() + 0.5 for m in mask]
+    assert np.allclose(centroids[:, 1], expected_y, atol=1e-4)
+    assert np.isnan(eval_demo.track(clip, demo_data.COLOURS["red"])).all()  # no red object: no centroid
+    # classify() labels pixels once for all colours; its mask must be the one track() builds
+    label = eval_demo.labels(clip)
+    yellow = list(demo_data.COLOURS).index("yellow")
+    assert np.allclose(eval_demo.centroids_of(label == yellow), centroids, equal_nan=True)
+
+
+def test_tracker_classifies_every_procedural_clip_and_reversal_flips():
+    eval_demo = load_script("eval_demo")
+    data = demo_data.DemoClips(num_frames=16, height=64, width=64, seed=11)
+    flip = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for i in range(len(data)):  # every combination once
+        clip, text, (colour, _, direction) = data.item(i)
+        assert eval_demo.classify(clip) == (colour, direction), text
+        assert eval_demo.classify(clip[::-1]) == (colour, flip[direction]), text
+    still = np.repeat(data.item(0)[0][:1], 16, axis=0)
+    assert eval_demo.classify(still)[1] is None  # a still object has no direction
+    blank = np.full((16, 64, 64, 3), 128, dtype=np.uint8)
+    assert eval_demo.classify(blank) == (None, None)
+
+
+def test_tracker_survives_noise_and_h264(tmp_path):
+    """Generated videos are blurry and noisy; the tracker must still read a clip through mp4 and noise."""
+    from videosys.utils.video import save_video
+
+    eval_demo = load_script("eval_demo")
+    rng = np.random.default_rng(0)
+    data = demo_data.DemoClips(num_frames=16, height=64, width=64, seed=2)
+    for i in range(4):
+        clip, text, _ = data.item(i)
+        noisy = np.clip(clip + rng.normal(0, 25, clip.shape), 0, 255).astype(np.uint8)
+        save_video(noisy, str(tmp_path / f"{text}-{i}.mp4"))
+    save_video(data.item(5)[0][::-1], str(tmp_path / f"{data.item(5)[1]}-5.mp4"))  # played backwards: wrong
+    out = tmp_path / "out" / "eval.json"
+    assert eval_demo.main(["--videos", str(tmp_path), "--output", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["accuracy"] == {"n": 5, "colour": 1.0, "direction": 0.8, "both": 0.8}
+    wrong = [r for r in result["videos"] if r["expected"]["direction"] != r["predicted"]["direction"]]
+    assert [r["name"] for r in wrong] == [f"{data.item(5)[1]}-5.mp4"]
+
+
+def test_prompt_set_covers_colours_and_directions():
+    eval_demo = load_script("eval_demo")
+    prompts = eval_demo.prompt_set()
+    parsed = [demo_data.parse_caption(p) for p in prompts]
+    assert len(prompts) == 24 and len(set(prompts)) == 24
+    assert {(c, d) for c, _, d in parsed} == {(c, d) for c in demo_data.COLOURS for d in demo_data.DIRECTIONS}
+    assert {s for _, s, _ in parsed} == set(demo_data.SHAPES)

@@ -13,6 +13,7 @@ background and a pixel's colour says whether it belongs to the object.
 """
 
 import itertools
+import re
 
 import numpy as np
 
@@ -44,8 +45,9 @@ def caption(colour: str, shape: str, direction: str) -> str:
 
 
 def parse_caption(text: str) -> tuple[str, str, str]:
-    """(colour, shape, direction) of a caption written by `caption` (extra words after it are allowed)."""
-    words = text.lower().replace("_", " ").split()
+    """(colour, shape, direction) of a caption written by `caption`; other words and characters around
+    it are ignored, so a file name such as "a red circle moving up-0" parses."""
+    words = re.findall(r"[a-z]+", text.lower())
     colour = next((w for w in words if w in COLOURS), None)
     shape = next((w for w in words if w in SHAPES), None)
     direction = next((w for w in words if w in DIRECTIONS), None)
