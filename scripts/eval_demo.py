@@ -144,7 +144,7 @@ def rows_from_engine(args) -> list[dict]:
     engine = VideoSysEngine(config)
     out = []
     try:
-        for prompt in prompt_set():
+        for prompt in prompt_set()[: args.limit]:
             for seed in range(args.seeds):
                 kw = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}
                 video = engine.generate(prompt, seed=seed, **kw).video[0]
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-gpus", type=int, default=1)
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the fixed set")
     parser.add_argument("--data-seed", type=int, default=0, help="--procedural: the dataset seed")
     parser.add_argument("--save-dir", default=None, help="also write the generated mp4s here")
     parser.add_argument("--output", default="eval_demo.json")

@@ -194,3 +194,18 @@ def test_training_is_deterministic(toy_checkpoint, tmp_path):
     assert other["vae"]["losses"] != report["vae"]["losses"]
     saved = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_eval_generates_with_an_engine_and_scores(toy_checkpoint, tmp_path):
+    import json
+
+    eval_demo = load_script("eval_demo")
+    folder, _ = toy_checkpoint
+    out = tmp_path / "eval.json"
+    assert eval_demo.main(["--model-path", str(folder), "--limit", "2", "--seeds", "1", "--num-inference-steps", "2",
+                           "--cache", "teacache-fast", "--save-dir", str(tmp_path / "videos"),
+                           "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["accuracy"]["n"] == 2
+    assert [r["prompt"] for r in result["videos"]] == eval_demo.prompt_set()[:2]
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(r["name"] for r in result["videos"])
