@@ -16,8 +16,9 @@ Decisions
   models/ and a non-standard folder; in latent space the checkpoint is the diffusers layout and
   the transformer sees 16 tokens per frame at 64x64 (8x8 latents, patch 2) instead of 1,024,
   which is what makes CPU training possible. The price: the tiny VAE is random, so it is trained
-  first (stage 1, reconstruction + a small KL term on single frames; plain shapes on plain
-  backgrounds are easy to reconstruct), then frozen, and its latent scale is measured and stored
+  first (stage 1, object-weighted reconstruction + a small KL term on single frames; plain shapes
+  on plain backgrounds are easy to reconstruct once the small object is not drowned out by its
+  background), then frozen, and its latent scale is measured and stored
   as `scaling_factor` so the diffusion sees unit-variance latents (stage 2).
 - Text: the tiny T5 stays frozen at its seeded random weights; it is still a deterministic,
   injective map of the 72 captions, and the transformer's caption projection learns to read it.
@@ -33,8 +34,10 @@ Decisions
 
 Budget (measured on 2 CPU cores, torch 2.13 CPU, 30-step runs): a VAE step (32 frames at 64x64)
 takes ~0.78 s, a transformer step (8 clips of 16x64x64, their VAE encoding included) ~0.59 s.
-The defaults, 1,000 VAE + 4,000 transformer steps, come to ~13 + ~39 = ~52 minutes, inside the
-60-minute target; whether that many steps is enough is for scripts/eval_demo.py to say.
+A 300-step VAE run (object-weighted loss) already reconstructs held-out clips well enough for the
+tracker to read 98% of them (colour and direction, 48 clips). The defaults, 500 VAE + 4,500
+transformer steps, come to ~6 + ~44 = ~50 minutes, inside the 60-minute target; whether that
+many transformer steps is enough is for scripts/eval_demo.py to say.
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
@@ -50,8 +53,11 @@ import time
 import numpy as np
 import torch
 
-from videosys.models.latte.pipeline import LatteConfig, LattePipeline, tiny_components
-from videosys.utils.demo_data import DemoClips
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_demo  # noqa: E402  (scripts/eval_demo.py: the tracker scores the VAE's reconstructions)
+
+from videosys.models.latte.pipeline import LatteConfig, LattePipeline, tiny_components  # noqa: E402
+from videosys.utils.demo_data import DemoClips  # noqa: E402
 
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 
@@ -79,13 +85,25 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 # ---- stage 1: the VAE -------------------------------------------------------------------
 
 
-def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float) -> tuple[torch.Tensor, float]:
-    """Reconstruction MSE of sampled latents + kl_weight * KL per latent element; also returns the MSE."""
+def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """(N, 1, H, W): 1 on the background, 1 + object_weight on the object. The object covers ~5% of
+    a frame; unweighted, a short run learns the backgrounds and washes the object out to grey
+    (measured: 300 steps, val MSE 0.03, tracker 4% on the reconstructions). The background is
+    plain and the object never touches the border, so a pixel unlike the corner is the object's."""
+    corner = frames[:, :, :1, :1]
+    return 1 + object_weight * ((frames - corner).abs().amax(dim=1, keepdim=True) > 1e-3).float()
+
+
+def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float,
+             object_weight: float) -> tuple[torch.Tensor, float]:
+    """Object-weighted reconstruction MSE of sampled latents + kl_weight * KL per latent element;
+    also returns the plain MSE."""
     posterior = vae.encode(frames).latent_dist
     recon = vae.decode(posterior.sample(generator)).sample
-    mse = torch.nn.functional.mse_loss(recon, frames)
+    weights = object_weights(frames, object_weight)
+    weighted = ((recon - frames) ** 2 * weights).mean() / weights.mean()
     kl = posterior.kl().mean() / posterior.mean[0].numel()
-    return mse + kl_weight * kl, mse.item()
+    return weighted + kl_weight * kl, torch.nn.functional.mse_loss(recon, frames).item()
 
 
 @torch.no_grad()
@@ -105,7 +123,8 @@ def train_vae(pipeline, args, log) -> dict:
     for step in range(args.vae_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.vae_lr, args.warmup)
-        loss, mse = vae_loss(vae, to_pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight)
+        loss, mse = vae_loss(vae, to_pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
+                             args.object_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -127,6 +146,20 @@ def encode_latents(vae, clips: np.ndarray) -> torch.Tensor:
     b, t = clips.shape[:2]
     z = vae.encode(to_pixels(clips)).latent_dist.mode()  # (B*T, C, h, w)
     return z.view(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+@torch.no_grad()
+def reconstruction_accuracy(vae, args) -> dict:
+    """The tracker's accuracy on held-out clips passed through the VAE: the ceiling of the whole model,
+    known before the long transformer stage starts."""
+    data = DemoClips(args.num_frames, args.height, args.width, VALIDATION_SEED)
+    rows = []
+    for i in range(args.val_size):
+        clip, text, _ = data.item(i)
+        recon = vae.decode(vae.encode(to_pixels(clip[None])).latent_dist.mode()).sample  # (T, 3, H, W)
+        frames = ((recon.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        rows.append(eval_demo.row(text, text, frames))
+    return eval_demo.score(rows)
 
 
 @torch.no_grad()
@@ -208,13 +241,26 @@ def train_transformer(pipeline, args, scale: float, log) -> dict:
 
 
 def train(args, log=print) -> tuple[LattePipeline, dict]:
-    torch.manual_seed(args.seed)
+    """Both stages; the process's RNG, thread count and determinism flag are restored afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            return _train(args, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(args, log) -> tuple[LattePipeline, dict]:
     pipeline = build_pipeline(args.seed)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
     vae = train_vae(pipeline, args, log)
+    vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)
+    log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
     scale = latent_scale(pipeline.vae, args)
     pipeline.vae.register_to_config(scaling_factor=scale)  # the pipeline divides by it before decoding
     log(f"latent scaling_factor {scale:.4f}")
@@ -232,11 +278,12 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=1000)
+    parser.add_argument("--vae-steps", type=int, default=500)
     parser.add_argument("--vae-batch", type=int, default=32, help="frames per VAE step")
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=0.01)

@@ -151,13 +151,24 @@ def toy_checkpoint(tmp_path_factory):
     return folder, json.loads((folder / "train_demo.json").read_text())
 
 
+def test_vae_loss_weights_the_object():
+    train_demo = load_script("train_demo")
+    clip = demo_data.make_clip("green", "triangle", "up", num_frames=3, height=32, width=32, seed=4)
+    weights = train_demo.object_weights(train_demo.to_pixels(clip[None]), 10.0)  # (T, 1, H, W)
+    on_object = np.all(clip == demo_data.COLOURS["green"], axis=-1)
+    assert np.array_equal(weights[:, 0].numpy(), np.where(on_object, 11.0, 1.0))
+
+
 def test_training_lowers_the_held_out_losses(toy_checkpoint):
     _, report = toy_checkpoint
     vae, transformer = report["vae"], report["transformer"]
     assert len(vae["losses"]) == 25 and len(transformer["losses"]) == 25
-    assert vae["val_mse_after"] < 0.8 * vae["val_mse_before"]
+    # a toy VAE run learns slowly at first (the object-weighted loss; 0.45 -> 0.37 here); the full run's 300
+    # steps reach 0.02 (see the docstring of scripts/train_demo.py)
+    assert vae["val_mse_after"] < 0.9 * vae["val_mse_before"]
     assert transformer["val_loss_after"] < 0.9 * transformer["val_loss_before"]
     assert report["scaling_factor"] > 0
+    assert vae["tracker_accuracy"]["n"] == 8  # the tracker scored the VAE's reconstructions of the held-out clips
 
 
 def test_saved_checkpoint_loads_and_generates(toy_checkpoint):
@@ -184,13 +195,16 @@ def test_training_is_deterministic(toy_checkpoint, tmp_path):
     train_demo = load_script("train_demo")
     folder, report = toy_checkpoint
     args = train_demo.parse_args(["--output", str(tmp_path), *TOY])
-    args.vae_steps, args.steps = 25, 3  # the same VAE run, then the first transformer steps
+    args.steps = 3  # the same VAE run, then the first transformer steps
     _, again = train_demo.train(args, log=lambda _: None)
     assert again["vae"]["losses"] == report["vae"]["losses"]
     assert again["scaling_factor"] == report["scaling_factor"]
     assert again["transformer"]["losses"] == report["transformer"]["losses"][:3]
     args.seed = 1
+    rng_state = torch.random.get_rng_state()
     _, other = train_demo.train(args, log=lambda _: None)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # training leaves the caller's RNG alone
+    assert not torch.are_deterministic_algorithms_enabled()
     assert other["vae"]["losses"] != report["vae"]["losses"]
     saved = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(v).all() for v in saved.values())
