@@ -1,7 +1,7 @@
 """Procedural clips for the demo model: one plain shape of one colour moving in one direction.
 
     make_clip("red", "circle", "right", num_frames=16, height=64, width=64, seed=0)  # (16, 64, 64, 3) uint8
-    caption("red", "circle", "right")                                                # "a red circle moving to the right"
+    caption("red", "circle", "right")  # "a red circle moving to the right"
 
 The vocabulary (colours, shapes, directions) is shared by the training script and the
 evaluation tracker (scripts/train_demo.py, scripts/eval_demo.py), which is why this lives in
