@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the fixed set")
     parser.add_argument("--data-seed", type=int, default=0, help="--procedural: the dataset seed")
     parser.add_argument("--save-dir", default=None, help="also write the generated mp4s here")
-    parser.add_argument("--output", default="eval_demo.json")
+    parser.add_argument("--output", default="outputs/eval_demo.json")
     args = parser.parse_args(argv)
 
     if args.videos:
