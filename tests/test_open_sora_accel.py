@@ -18,6 +18,8 @@ from videosys.models.open_sora.pipeline import published_timestep
 from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
+from distributed import assert_same_as_single, generate_per_cache
+
 PROMPT = "a red circle moving to the right"
 # 17 frames -> 5 latent frames and 48x48 px -> a 3x3 patch grid: neither divides by 2, so DSP pads
 # both the frames it shards and the patches temporal attention shards
@@ -50,10 +52,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def single(tiny):
     """One process, every cache of the parallel test (and the uncached reference of the exactness tests)."""
-    out = {}
-    for cache in CACHES:
-        tiny.set_cache(cache)
-        out[cache] = tiny.generate(PROMPT, **RUN)
+    out = generate_per_cache(tiny, CACHES, PROMPT, **RUN)
     tiny.set_cache(None)
     return out
 
@@ -202,16 +201,8 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
 def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
     """sp=2 (DSP), cfg=2 and cfg=2 x sp=2 reach the single-process latents, with the same cache decisions."""
     with VideoSysEngine(tiny_config(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
-        for cache in CACHES:
-            engine.set_cache(cache)
-            out = engine.generate(PROMPT, **RUN)
-            ref = single[cache]
-            scale = max(1.0, float(ref.latents.abs().max()))
-            assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, cache
-            assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
-            if cache != "none":
-                key = cache.split("-")[0]
-                assert out.stats[key] == ref.stats[key]
+        for cache, out in generate_per_cache(engine, CACHES, PROMPT, **RUN).items():
+            assert_same_as_single(out, single[cache], cache)
     assert single["teacache-fast"].stats["teacache"]["reused_steps"] > 0
     assert single["pab"].stats["pab"]["spatial_reused"] > 0 and single["pab"].stats["pab"]["temporal_reused"] > 0
 

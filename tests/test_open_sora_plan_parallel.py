@@ -5,6 +5,8 @@ import pytest
 
 from videosys import OpenSoraPlanConfig, VideoSysEngine
 
+from distributed import assert_same_as_single, generate_per_cache
+
 PROMPT = "a red circle moving to the right"
 # 9 frames at 48x80 px: 3 latent frames of 3x5 patches = 45 tokens, odd, so the sequence padding runs too
 RUN = dict(seed=1, num_frames=9, height=48, width=80, num_inference_steps=10)
@@ -17,26 +19,13 @@ def tiny(**kw):
 
 @pytest.fixture(scope="module")
 def single():
-    engine = VideoSysEngine(tiny())
-    out = {}
-    for cache in CACHES:
-        engine.set_cache(cache)
-        out[cache] = engine.generate(PROMPT, **RUN)
-    return out
+    return generate_per_cache(VideoSysEngine(tiny()), CACHES, PROMPT, **RUN)
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
 def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
     with VideoSysEngine(tiny(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
-        for cache in CACHES:
-            engine.set_cache(cache)
-            out = engine.generate(PROMPT, **RUN)
-            ref = single[cache]
-            scale = max(1.0, float(ref.latents.abs().max()))
-            assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, cache
-            assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
-            if cache != "none":  # the same decisions on every rank as in one process
-                key = cache.split("-")[0]
-                assert out.stats[key] == ref.stats[key]
+        for cache, out in generate_per_cache(engine, CACHES, PROMPT, **RUN).items():
+            assert_same_as_single(out, single[cache], cache)
     assert single["pab"].stats["pab"]["spatial_reused"] > 0

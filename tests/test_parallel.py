@@ -9,6 +9,8 @@ import pytest
 from videosys import LatteConfig, VideoSysEngine, read_video
 from videosys.core.engine import WorkerError
 
+from distributed import assert_same_as_single, generate_per_cache
+
 PROMPT = "a red circle moving to the right"
 # 5 frames and a 3x5 patch grid (48x80 px): neither divides by 2, so the padding paths run too
 RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=10)
@@ -21,29 +23,14 @@ def tiny(**kw):
 
 @pytest.fixture(scope="module")
 def single():
-    engine = VideoSysEngine(tiny())
-    out = {}
-    for cache in CACHES:
-        engine.set_cache(cache)
-        out[cache] = engine.generate(PROMPT, **RUN)
-    return out
+    return generate_per_cache(VideoSysEngine(tiny()), CACHES, PROMPT, **RUN)
 
 
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
 def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
     with VideoSysEngine(tiny(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
-        for cache in CACHES:
-            engine.set_cache(cache)
-            out = engine.generate(PROMPT, **RUN)
-            ref = single[cache]
-            # 1e-4 relative to the latents' scale: the random tiny model's latents reach ~100, where fp32
-            # rounding of a differently batched matmul alone is ~1e-5
-            scale = max(1.0, float(ref.latents.abs().max()))
-            assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, cache
-            assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
-            if cache != "none":  # the same decisions on every rank as in one process
-                key = cache.split("-")[0]
-                assert out.stats[key] == ref.stats[key]
+        for cache, out in generate_per_cache(engine, CACHES, PROMPT, **RUN).items():
+            assert_same_as_single(out, single[cache], cache)
     assert single["teacache-fast"].stats["teacache"]["reused_steps"] > 0
     assert single["pab"].stats["pab"]["spatial_reused"] > 0
 
