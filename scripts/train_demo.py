@@ -234,6 +234,10 @@ def train_transformer(pipeline, args, scale: float, log) -> dict:
         if step % args.log_every == 0 or step == args.steps - 1:
             recent = losses[-args.log_every:]
             log(f"transformer step {step:5d}  loss {sum(recent) / len(recent):.4f}")
+        if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
+            folder = os.path.join(args.output + "-snapshots", f"step-{step + 1}")
+            pipeline.save_pretrained(folder)  # for scripts/eval_demo.py while training goes on
+            log(f"snapshot {folder}")
     seconds = time.perf_counter() - start
     transformer.eval()
     return {"val_loss_before": before, "val_loss_after": transformer_validation(pipeline, val), "losses": losses,
@@ -291,6 +295,8 @@ def parse_args(argv=None):
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="captions replaced by the empty prompt")
     parser.add_argument("--val-size", type=int, default=16, help="held-out clips for the validation losses")
     parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="also save the pipeline every N transformer steps to <output>-snapshots/step-N")
     args = parser.parse_args(argv)
     for name in ("height", "width"):
         if getattr(args, name) % 16:
