@@ -65,23 +65,44 @@ def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total
     return points
 
 
-def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None) -> str:
+OPTIONAL_PANELS = (("ssim", "SSIM vs baseline", "higher is better"), ("vbench", "VBench total", "higher is better"),
+                   ("accuracy", "prompt accuracy (tracker)", "higher is better"))
+
+
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+
+
+def method_of(variant: str) -> str:
+    """'teacache-0.3' -> 'teacache', 'pab-246' -> 'pab': the points of one method share a line."""
+    return variant.split("-")[0]
+
+
+def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None,
+         baselines: dict | None = None, optional: tuple[str, ...] = ("vbench",)) -> str:
+    """One panel per metric against speed-up: PSNR and LPIPS always, then each of `optional` (ssim,
+    vbench, accuracy) that some point has. `baselines` puts the baseline's own value (a star at 1x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    baselines = {"lpips": 0.0, "vbench": baseline_vbench, **(baselines or {})}
     panels = [("psnr", "PSNR (dB) vs baseline", "higher is better"), ("lpips", "LPIPS vs baseline", "lower is better")]
-    if any(p.get("vbench") is not None for p in points):
-        panels.append(("vbench", "VBench total", "higher is better"))
+    panels += [panel for panel in OPTIONAL_PANELS
+               if panel[0] in optional and any(p.get(panel[0]) is not None for p in points)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (metric, label, better) in zip(axes, panels):
         shown = sorted((p for p in points if p.get(metric) is not None), key=lambda p: p["speedup"])
-        ax.plot([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", alpha=0.4)
-        ax.scatter([p["speedup"] for p in shown], [p[metric] for p in shown], color="tab:blue", zorder=3)
+        methods = sorted({method_of(p["variant"]) for p in shown})
+        for colour, method in zip(COLOURS * len(methods), methods):  # one line per method (its thresholds/presets)
+            mine = [p for p in shown if method_of(p["variant"]) == method]
+            ax.plot([p["speedup"] for p in mine], [p[metric] for p in mine], color=colour, alpha=0.4)
+            ax.scatter([p["speedup"] for p in mine], [p[metric] for p in mine], color=colour, zorder=3, label=method)
+        if len(methods) > 1:
+            ax.legend(fontsize=8)
         for p in shown:
             ax.annotate(p["variant"], (p["speedup"], p[metric]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        base_value = {"lpips": 0.0, "vbench": baseline_vbench}.get(metric)
+        base_value = baselines.get(metric)
         if base_value is not None:
             ax.scatter([1.0], [base_value], color="black", marker="*", s=80, zorder=3)
             ax.annotate("baseline", (1.0, base_value), textcoords="offset points", xytext=(5, 5), fontsize=8)

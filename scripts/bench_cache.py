@@ -1,13 +1,17 @@
-"""What each cache buys and costs on one family: no cache vs TeaCache slow / fast vs PAB.
+"""What each cache buys and costs on one family: speed-up against fidelity (and prompt accuracy).
 
-    python scripts/bench_cache.py --model latte --preset tiny
-    python scripts/bench_cache.py --model latte --model-path maxin-cn/Latte-1 --device cuda --prompts 3
+    python scripts/bench_cache.py                                       # the trained demo model: the frontier
+    python scripts/bench_cache.py --model latte --preset tiny --prompt-set builtin --variants none pab
+    python scripts/bench_cache.py --model latte --model-path maxin-cn/Latte-1 --device cuda --prompt-set builtin
 
-One engine is built; the caches are switched on it between runs (no weight reloads). For
-each variant: transformer time (summed over the denoising steps), end-to-end time, speed-up
-over no cache, computed / reused steps, and PSNR / SSIM (LPIPS when its weights are
-available) of the video against the uncached one, per the protocol in eval/common_metrics.
-Prints a table and writes JSON. Each timing is the median of --repeats runs after a warm-up.
+One engine is built; the caches are switched on it between runs (no weight reloads). For each
+variant (no cache, TeaCache at several thresholds, the PAB presets): end-to-end and transformer
+time per video, speed-up over no cache, the share of steps TeaCache computed, PSNR / SSIM /
+LPIPS of each video against the uncached one with the same prompt and seed (per the protocol in
+eval/common_metrics; LPIPS when its weights are available), and with `--prompt-set demo` the
+colour-and-direction accuracy of scripts/eval_demo.py's tracker over its fixed 24 prompts. A
+video's time is the median of --repeats runs after one warm-up run per variant. Prints a table,
+writes JSON and a PNG of the frontier (eval/plot_frontier.py's plot).
 """
 
 import argparse
@@ -20,15 +24,21 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "eval", "common_metrics"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "eval", "common_metrics"))
+sys.path.insert(0, os.path.join(HERE, "..", "eval"))
+sys.path.insert(0, HERE)
+import eval_demo  # noqa: E402  (scripts/eval_demo.py)
 from eval import average_per_frame, video_metrics  # noqa: E402  (eval/common_metrics/eval.py)
+from plot_frontier import plot  # noqa: E402  (eval/plot_frontier.py)
 
 from videosys import VideoSysEngine  # noqa: E402
 from videosys.models import config_class  # noqa: E402
 
-VARIANTS = ("none", "teacache-slow", "teacache-fast", "pab")
-PROMPTS = ("a red circle moving to the right", "a blue square moving up on a plain white background",
-           "a dog running on the beach at sunset")
+VARIANTS = ("none", "teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5",
+            "pab-246", "pab-357", "pab-579")
+BUILTIN_PROMPTS = ("a red circle moving to the right", "a blue square moving up on a plain white background",
+                   "a dog running on the beach at sunset")
 
 
 def timed_transformer(pipeline):
@@ -59,86 +69,132 @@ def lpips_model_or_none(device):
         return None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="latte")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--model-path")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--prompts", type=int, default=2, help="how many of the built-in prompts")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, help="override the published number of steps")
-    parser.add_argument("--output", default="outputs/bench_cache.json")
-    args = parser.parse_args()
-
-    overrides = {"device": args.device, "progress_bar": False}
-    if args.model_path:
-        overrides["model_path"] = args.model_path
-    else:
-        overrides["preset"] = args.preset
-    if args.steps:
-        overrides["num_inference_steps"] = args.steps
-    config = config_class(args.model)(**overrides)
-    engine = VideoSysEngine(config)
-    spent = timed_transformer(engine.pipeline)
-    lpips = lpips_model_or_none(config.torch_device())
-    prompts = PROMPTS[: args.prompts]
-
-    results, baseline_videos = {}, {}
-    for variant in args.variants:
-        engine.set_cache(variant)
-        engine.generate(prompts[0], seed=0)  # warm-up (allocations, kernels)
+def run_variant(engine, spent, jobs, repeats: int) -> tuple[dict, list]:
+    """Generate every (prompt, seed) job `repeats` times; median times per video, then their mean."""
+    engine.generate(jobs[0][0], seed=jobs[0][1])  # warm-up (allocations, kernels, caches' first plan)
+    totals, transformer, videos, stats = [], [], [], {}
+    for prompt, seed in jobs:
         runs = []
-        for prompt in prompts:
-            for _ in range(args.repeats):
-                spent[0] = 0.0
-                out = engine.generate(prompt, seed=0)
-                runs.append({"prompt": prompt, "total_s": out.stats["total_s"], "transformer_s": spent[0],
-                             "video": out.video[0].numpy(), "stats": out.stats})
-        row = {"total_s": statistics.median(r["total_s"] for r in runs),
-               "transformer_s": statistics.median(r["transformer_s"] for r in runs)}
-        stats = runs[-1]["stats"]
-        row["teacache"] = stats.get("teacache", {})
-        row["pab"] = stats.get("pab", {})
-        if variant == "none":
-            baseline_videos = {r["prompt"]: r["video"] for r in runs}
-        curves = {"psnr": [], "ssim": [], "lpips": []}
-        for r in runs[:: args.repeats]:  # one video per prompt (repeats are identical)
-            names = ("psnr", "ssim", "lpips") if lpips is not None else ("psnr", "ssim")
-            per_frame = video_metrics(baseline_videos[r["prompt"]], r["video"], names, lpips,
-                                      device=config.torch_device())
-            for name, values in per_frame.items():
-                curves[name].append(values)
-        for name, values in curves.items():
-            row[name] = average_per_frame(values)[0] if values else None
-        results[variant] = row
+        for _ in range(repeats):
+            spent[0] = 0.0
+            out = engine.generate(prompt, seed=seed)
+            runs.append((out.stats["total_s"], spent[0]))
+        totals.append(statistics.median(r[0] for r in runs))
+        transformer.append(statistics.median(r[1] for r in runs))
+        videos.append(out.video[0].numpy())
+        stats = out.stats
+    row = {"total_s": float(np.mean(totals)), "transformer_s": float(np.mean(transformer)),
+           "teacache": stats.get("teacache", {}), "pab": stats.get("pab", {})}
+    return row, videos
 
-    base = results.get("none", next(iter(results.values())))
-    for row in results.values():
-        row["speedup"] = base["total_s"] / row["total_s"]
-        row["transformer_speedup"] = base["transformer_s"] / row["transformer_s"]
 
-    device = config.torch_device()
-    print(f"{args.model} ({args.model_path or args.preset}) on {device}, {config.num_inference_steps} steps, "
-          f"{config.num_frames}x{config.height}x{config.width}, median of {args.repeats}")
-    header = f"{'variant':<15}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'PSNR':>8}{'SSIM':>8}"
-    print(header + (f"{'LPIPS':>8}" if lpips is not None else ""))
+def fidelity(baseline: list, videos: list, lpips, device) -> dict:
+    """PSNR / SSIM / LPIPS of each video against the baseline video of the same job, averaged per frame."""
+    names = ("psnr", "ssim", "lpips") if lpips is not None else ("psnr", "ssim")
+    curves = {name: [] for name in names}
+    for ref, video in zip(baseline, videos):
+        for name, values in video_metrics(ref, video, names, lpips, device=device).items():
+            curves[name].append(values)
+    return {name: average_per_frame(values)[0] for name, values in curves.items()}
+
+
+def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    head = f"{'variant':<15}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'PSNR':>8}{'SSIM':>8}"
+    head += f"{'LPIPS':>8}" if with_lpips else ""
+    head += f"{'accuracy':>9}" if with_accuracy else ""
+    lines = [head]
     for variant, row in results.items():
         tea = row["teacache"]
         computed = f"{tea['computed_steps']}/{tea['computed_steps'] + tea['reused_steps']}" if tea else "all"
         line = (f"{variant:<15}{row['total_s']:>9.3f}{row['transformer_s']:>10.3f}{row['speedup']:>8.2f}x"
-                f"{computed:>9}{row['psnr']:>8.2f}{row['ssim']:>8.4f}")
-        print(line + (f"{row['lpips']:>8.4f}" if lpips is not None else ""))
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+                f"{computed:>9}{fmt(row.get('psnr'), '.2f'):>8}{fmt(row.get('ssim'), '.4f'):>8}")
+        line += f"{fmt(row.get('lpips'), '.4f'):>8}" if with_lpips else ""
+        line += f"{fmt(row.get('accuracy'), '.3f'):>9}" if with_accuracy else ""
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="latte")
+    parser.add_argument("--preset", default="demo", help="demo (trained, Latte only), tiny (random weights), ...")
+    parser.add_argument("--model-path")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help="cache specs: none, teacache-slow|fast|<threshold>, pab, pab-246|357|579")
+    parser.add_argument("--prompt-set", choices=("demo", "builtin"), default="demo",
+                        help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
+    parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
+    parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per video (median)")
+    parser.add_argument("--steps", type=int, help="override the number of denoising steps")
+    parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
+    parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
+    args = parser.parse_args(argv)
+    if "none" not in args.variants:
+        parser.error("--variants must include none (the baseline every other variant is compared with)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"device": args.device, "progress_bar": False, "preset": args.preset}
+    if args.model_path:
+        overrides["model_path"] = args.model_path
+    if args.steps:
+        overrides["num_inference_steps"] = args.steps
+    config = config_class(args.model)(**overrides)
+    prompts = eval_demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
+    prompts = prompts[: args.prompts]
+    jobs = [(prompt, seed) for prompt in prompts for seed in range(args.seeds)]
+    device = config.torch_device()
+    lpips = lpips_model_or_none(device)
+    variants = ["none"] + [v for v in args.variants if v != "none"]
+
+    results, baseline = {}, None
+    with VideoSysEngine(config) as engine:
+        spent = timed_transformer(engine.pipeline)
+        for variant in variants:
+            engine.set_cache(variant)
+            row, videos = run_variant(engine, spent, jobs, args.repeats)
+            if baseline is None:
+                baseline = videos
+            else:
+                row.update(fidelity(baseline, videos, lpips, device))
+            if args.prompt_set == "demo":
+                rows = [eval_demo.row(f"{p}-{s}", p, v) for (p, s), v in zip(jobs, videos)]
+                row["accuracy_detail"] = eval_demo.score(rows)
+                row["accuracy"] = row["accuracy_detail"]["both"]
+            results[variant] = row
+            print(f"{variant}: {row['total_s']:.3f} s/video", flush=True)
+
+    for row in results.values():
+        row["speedup"] = results["none"]["total_s"] / row["total_s"]
+        row["transformer_speedup"] = results["none"]["transformer_s"] / row["transformer_s"]
+    name = args.model_path or args.preset
+    print(f"{args.model} ({name}) on {device}, {config.num_inference_steps} steps, "
+          f"{config.num_frames}x{config.height}x{config.width}, {len(jobs)} videos per variant, "
+          f"median of {args.repeats}")
+    print(table(results, lpips is not None, args.prompt_set == "demo"))
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "device": str(device),
-              "steps": config.num_inference_steps, "prompts": list(prompts), "repeats": args.repeats,
-              "results": {k: {kk: (vv if not isinstance(vv, np.floating) else float(vv)) for kk, vv in v.items()}
-                          for k, v in results.items()}}
-    with open(args.output, "w") as f:
+              "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
+              "seeds": args.seeds, "repeats": args.repeats, "threads": torch.get_num_threads(), "results": results}
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"wrote {args.output}")
+    os.replace(tmp, args.output)
+    points = [{"variant": v, **row} for v, row in results.items() if v != "none"]
+    png = os.path.splitext(args.output)[0] + ".png"
+    plot(points, png, f"{args.model} ({os.path.basename(os.path.normpath(name))}): speed / fidelity",
+         baselines={"accuracy": results["none"].get("accuracy"), "ssim": 1.0}, optional=("ssim", "accuracy"))
+    print(f"wrote {args.output} and {png}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

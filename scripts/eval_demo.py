@@ -1,5 +1,6 @@
 """Does a generated video show what its prompt asked for? Colour of the moving object and direction of motion.
 
+    python scripts/eval_demo.py --demo --seeds 2                      # the shipped demo model (LatteConfig preset "demo")
     python scripts/eval_demo.py --videos samples/                    # mp4s named by their prompt
     python scripts/eval_demo.py --model-path demo-latte --seeds 2     # generate the fixed prompt set, then score
     python scripts/eval_demo.py --model-path demo-latte --cache teacache-fast --save-dir samples/
@@ -172,6 +173,7 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="folder of mp4s named by their prompt")
     source.add_argument("--model-path", help="checkpoint folder to generate the fixed prompt set with")
+    source.add_argument("--demo", action="store_true", help="generate with the shipped demo model (preset demo)")
     source.add_argument("--random-weights", action="store_true", help="generate with the random `tiny` preset")
     source.add_argument("--procedural", action="store_true", help="score the procedural training clips")
     parser.add_argument("--model", default="latte")
@@ -186,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="outputs/eval_demo.json")
     args = parser.parse_args(argv)
 
+    if args.demo:
+        args.preset = "demo"
     if args.videos:
         rows = rows_from_folder(args.videos)
     elif args.procedural:

@@ -210,19 +210,37 @@ def transformer_validation(pipeline, batch) -> float:
                               timesteps))
 
 
+@torch.no_grad()
+def latent_pool(vae, args, scale: float, log) -> tuple[torch.Tensor, list[str]]:
+    """The first `--latent-pool` training clips (every combination equally often), encoded once by the
+    frozen VAE: (N, C, T, h, w) scaled latents and their captions. Encoding is most of a step's cost
+    when done per step (a tiny transformer, 128 frames through the VAE encoder)."""
+    data = DemoClips(num_frames=args.num_frames, height=args.height, width=args.width, seed=args.seed)
+    latents, captions, start = [], [], time.perf_counter()
+    chunk = 16
+    for first in range(0, args.latent_pool, chunk):
+        clips, texts = zip(*(data.item(i)[:2] for i in range(first, min(first + chunk, args.latent_pool))))
+        latents.append(encode_latents(vae, np.stack(clips)) * scale)
+        captions.extend(texts)
+    log(f"encoded {args.latent_pool} clips in {time.perf_counter() - start:.0f} s")
+    return torch.cat(latents), captions
+
+
 def train_transformer(pipeline, args, scale: float, log) -> dict:
     transformer = pipeline.transformer.train()
-    data = DemoClips(num_frames=args.num_frames, height=args.height, width=args.width, seed=args.seed)
+    pool, pool_captions = latent_pool(pipeline.vae, args, scale, log)
     val = validation_batch(pipeline, args, scale)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed + 3)
     before = transformer_validation(pipeline, val)
-    losses, start = [], time.perf_counter()
+    losses, start, order = [], time.perf_counter(), torch.empty(0, dtype=torch.long)
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup)
-        clips, captions = data.batch(step, args.batch_size)
-        latents = encode_latents(pipeline.vae, clips) * scale
+        if len(order) < args.batch_size:  # a new shuffled pass over the pool
+            order = torch.cat([order, torch.randperm(len(pool), generator=generator)])
+        picked, order = order[: args.batch_size], order[args.batch_size:]
+        latents, captions = pool[picked], [pool_captions[i] for i in picked.tolist()]
         drop = torch.rand(len(captions), generator=generator) < args.uncond_prob
         states, mask = text_states(pipeline, captions, drop)
         loss = denoise_loss(pipeline, latents, states, mask, generator)
@@ -278,7 +296,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, help="checkpoint folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: a busy 2-core machine slows 2 threads 30x, measured)")
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
@@ -289,6 +308,8 @@ def parse_args(argv=None):
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
+    parser.add_argument("--latent-pool", type=int, default=4608,
+                        help="training clips encoded once for the transformer stage (64 of each combination)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100)
@@ -301,6 +322,8 @@ def parse_args(argv=None):
     for name in ("height", "width"):
         if getattr(args, name) % 16:
             parser.error(f"--{name} must be divisible by 16 (VAE 8x down x patch 2)")
+    if args.latent_pool < args.batch_size:
+        parser.error("--latent-pool must hold at least one batch")
     if args.num_frames < 1 or args.steps < 0 or args.vae_steps < 0 or not math.isfinite(args.lr):
         parser.error("need --num-frames >= 1 and non-negative step counts")
     return args

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one video from a prompt")
     gen.add_argument("--model", help="model family: latte, open-sora, cogvideox (or `model:` in --config)")
     gen.add_argument("--config", help="YAML config (its fields override the family's defaults)")
-    gen.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline")
+    gen.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline; "
+                     "demo (latte): the tiny model trained on moving shapes")
     gen.add_argument("--model-path", help="hub id or local folder of the checkpoint")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")

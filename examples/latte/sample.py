@@ -1,6 +1,7 @@
 """Latte text-to-video.
 
-    python examples/latte/sample.py                                  # tiny random model, offline, seconds
+    python examples/latte/sample.py                                  # the trained demo model, offline, seconds
+    python examples/latte/sample.py --preset tiny                    # tiny random model (noise-like output)
     python examples/latte/sample.py --model-path maxin-cn/Latte-1    # the published model (16x512x512)
     python examples/latte/sample.py --num-gpus 2 --cfg-parallel      # 2 processes: cond / uncond split
     torchrun --nproc_per_node 2 examples/latte/sample.py             # the same under torchrun (sp = 2)
@@ -13,7 +14,9 @@ from videosys import LatteConfig, VideoSysEngine
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", help="Latte-1 hub id or local folder; omitted: the tiny preset")
+    parser.add_argument("--model-path", help="Latte-1 hub id or local folder; omitted: --preset")
+    parser.add_argument("--preset", default="demo", choices=("demo", "tiny"),
+                        help="without --model-path: demo (trained on moving shapes) or tiny (random weights)")
     parser.add_argument("--prompt", default="a red circle moving to the right")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-gpus", type=int, default=1, help="processes to start (ignored under torchrun)")
@@ -29,7 +32,7 @@ def main():
     if args.model_path:
         config = LatteConfig(model_path=args.model_path, **common)
     else:
-        config = LatteConfig(preset="tiny", **common)
+        config = LatteConfig(preset=args.preset, **common)
     with VideoSysEngine(config) as engine:
         out = engine.generate(args.prompt, seed=args.seed)
         engine.save_video(out.video[0], args.output)

@@ -4,6 +4,7 @@ Components in the maxin-cn/Latte-1 (diffusers) layout: transformer/, vae/ (Autoe
 decoded per frame), text_encoder/ + tokenizer/ (T5, 120 tokens), scheduler/ (DDIM).
 """
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -16,12 +17,17 @@ from videosys.utils import text as text_stack
 from videosys.utils.hub import resolve_dir
 
 TINY_TEXT_DIM = 32
+# the trained demo model (scripts/train_demo.py): the tiny architecture, trained on procedural clips
+DEMO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "assets", "demo-latte")
 
 
 @dataclass
 class LatteConfig(BaseConfig):
     """Latte generation config. `LatteConfig()` is Latte-1 (16x512x512, 50 DDIM steps, cfg 7.5, 8 fps);
-    `LatteConfig(preset="tiny")` is a small random model that runs on a CPU in seconds."""
+    `LatteConfig(preset="tiny")` is a small random model that runs on a CPU in seconds;
+    `LatteConfig(preset="demo")` is the same architecture trained on coloured shapes moving across
+    plain backgrounds ("a red circle moving to the right"), shipped in videosys/assets/demo-latte."""
 
     # DDIM with Latte's training noise schedule (linear betas 1e-4..0.02)
     beta_start: float = 1e-4
@@ -35,7 +41,17 @@ class LatteConfig(BaseConfig):
     model_name = "latte"
     official_model_path = "maxin-cn/Latte-1"
     defaults = dict(num_frames=16, height=512, width=512, num_inference_steps=50, guidance_scale=7.5, fps=8)
-    presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8)}
+    presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
+               "demo": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8)}
+
+    def checkpoint(self) -> str | None:
+        """The folder or hub id to load; None for the random `tiny` preset."""
+        if self.model_path is None and self.preset == "demo":
+            if not os.path.isdir(DEMO_PATH):
+                raise FileNotFoundError(f"the demo checkpoint is missing from {DEMO_PATH} (reinstall videosys, or "
+                                        "train it: python scripts/train_demo.py --output <folder>)")
+            return DEMO_PATH
+        return self.model_path
 
     @property
     def pipeline_cls(self):
@@ -69,11 +85,11 @@ class LattePipeline(VideoSysPipeline):
         dtype = config.torch_dtype()
         schedule = dict(beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
                         clip_sample=False)
-        if config.model_path is None:  # tiny preset, random weights
+        path = config.checkpoint()
+        if path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components()
             scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
         else:
-            path = config.model_path
             transformer = LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
             vae = AutoencoderKL.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
