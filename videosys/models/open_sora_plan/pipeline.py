@@ -246,6 +246,11 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         a = self.resolve(num_frames=num_frames, height=height, width=width,
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         self.check_spatial(a["height"], a["width"], self.vae.config.spatial_ratio * self.transformer.config.patch_size)
+        prk = not getattr(self.scheduler.config, "skip_prk_steps", True)  # v1.1's PNDM (diffusers fails below)
+        warm_up = getattr(self.scheduler, "pndm_order", 0) if prk else 0
+        if a["num_inference_steps"] < warm_up:
+            raise ValueError(f"num_inference_steps={a['num_inference_steps']}: PNDM's Runge-Kutta warm-up needs at "
+                             f"least {warm_up} steps")
         latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
         start = time.perf_counter()
         do_cfg = a["guidance_scale"] > 1.0
