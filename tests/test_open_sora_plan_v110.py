@@ -240,10 +240,7 @@ def test_prompt_handling_as_release(tiny, base):
     text, mask = tiny.encode_prompt(["a red circle", "a dog"], "", do_cfg=True)  # the shorter one is masked
     assert text.shape[:2] == (4, n) and mask[:2].all() and mask[2].all() and not mask[3].all()
     assert torch.equal(run_tiny(tiny, prompt="  A RED circle moving to the RIGHT").latents, base.latents)
-    batch = tiny.generate([PROMPT, "a blue square"], **RUN)
-    scale = float(base.latents.abs().max())
-    assert (batch.latents[:1] - base.latents).abs().max() <= 1e-5 * scale  # batching changes nothing
-    assert not torch.allclose(batch.latents[1], base.latents[0])
+
 
 
 # ---- pipeline ------------------------------------------------------------------------------------------

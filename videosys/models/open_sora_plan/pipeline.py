@@ -60,7 +60,6 @@ VERSIONS = {
         max_text_length=512, positive_prompt=POSITIVE_PROMPT, negative_prompt=NEGATIVE_PROMPT,
         tiling=dict(sample_size=512, latent_size=64, latent_frames=8), tile_overlap_factor=0.125),
 }
-TRANSFORMER_TYPES = VERSIONS["v120"]["transformer_types"]
 
 
 @dataclass
