@@ -80,6 +80,25 @@ def encode_text(tokenizer, encoder, prompts: list[str], max_length: int, device)
     return encoder(ids, attention_mask=mask).last_hidden_state, mask
 
 
+def encode_text_cut(tokenizer, encoder, prompts: list[str], negative_prompt: str, max_length: int, device,
+                    do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text states laid out [uncond; cond] and a (B, S) mask (None when nothing is masked), as the PixArt-alpha
+    pipelines that Latte-1 and Open-Sora-Plan v1.1 release with `mask_feature=True`: the tokens are cut to the
+    longest prompt's length; the negative prompt's states are cut to the same length and attended to in full.
+
+    With one prompt this is the releases' computation exactly. With several, the releases keep all max_length
+    tokens and zero the padded ones' states (still attending to them); we mask them instead, so a batched
+    prompt gives the video it gives alone.
+    """
+    cond, mask = encode_text(tokenizer, encoder, prompts, max_length, device)
+    keep = int(mask.sum(dim=1).max())  # one host sync per generation, not per step
+    cond, mask = cond[:, :keep], mask[:, :keep]
+    if do_cfg:
+        uncond, _ = encode_text(tokenizer, encoder, [negative_prompt] * len(prompts), max_length, device)
+        cond, mask = torch.cat([uncond[:, :keep], cond]), torch.cat([torch.ones_like(mask), mask])
+    return cond, None if bool(mask.all()) else mask
+
+
 def save_text_stack(tokenizer, encoder, folder: str) -> None:
     tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
     encoder.save_pretrained(os.path.join(folder, "text_encoder"))

@@ -103,24 +103,20 @@ class LattePipeline(VideoSysPipeline):
     def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool):
         """Text states laid out [uncond; cond] and a cross-attention mask (None when nothing is masked).
 
-        As published (mask_feature): tokens are cut to the longest prompt's length; the
-        negative prompt's states are cut to the same length and attended to without a mask.
+        As published (mask_feature, see text_stack.encode_text_cut): tokens cut to the longest prompt's length.
+        Without mask_feature the model attends to all max_text_length tokens, unmasked.
         """
-        cond, mask = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts,
-                                            self.config.max_text_length, self.device)
+        max_len = self.config.max_text_length
         if self.config.mask_feature:
-            keep = int(mask.sum(dim=1).max())  # one host sync per generation, not per step
-            cond, mask = cond[:, :keep], mask[:, :keep]
+            cond, mask = text_stack.encode_text_cut(self.tokenizer, self.text_encoder, prompts, negative_prompt,
+                                                    max_len, self.device, do_cfg)
+            return cond.to(self.dtype), mask
+        cond, _ = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts, max_len, self.device)
         if do_cfg:
             uncond, _ = text_stack.encode_text(self.tokenizer, self.text_encoder, [negative_prompt] * len(prompts),
-                                               self.config.max_text_length, self.device)
-            uncond = uncond[:, : cond.shape[1]]
-            cond, mask = torch.cat([uncond, cond]), torch.cat([torch.ones_like(mask), mask])
-        if not self.config.mask_feature:
-            mask = None  # the original model attends to all max_text_length tokens
-        elif bool(mask.all()):
-            mask = None
-        return cond.to(self.dtype), mask
+                                               max_len, self.device)
+            cond = torch.cat([uncond, cond])
+        return cond.to(self.dtype), None
 
     @torch.inference_mode()
     def generate(self, prompt, negative_prompt: str = "", seed: int = 0, num_frames: int | None = None,

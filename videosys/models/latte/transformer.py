@@ -53,6 +53,16 @@ class LatteTransformerConfig:
         if self.activation_fn not in ("gelu-approximate", "gelu"):
             raise ValueError(f"unsupported activation_fn {self.activation_fn!r} (Latte uses 'gelu-approximate')")
 
+    @property
+    def base_sample_size(self) -> int:
+        """The latent height the model was trained at: the 2D position grid spans it whatever the real size."""
+        return self.sample_size
+
+    @property
+    def temporal_interpolation_scale(self) -> float:
+        """Frame positions are divided by this before the temporal sin-cos embedding (1 for Latte-1)."""
+        return 1.0
+
 
 class LatteBlock(nn.Module):
     """adaLN-single transformer block: self-attention, optional text cross-attention, MLP.
@@ -126,8 +136,9 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         dim = config.num_attention_heads * config.attention_head_dim
         self.out_channels = config.out_channels or config.in_channels
         p = config.patch_size
-        self.pos_embed = PatchEmbed2D(p, config.in_channels, dim, base_size=config.sample_size // p,
-                                      interpolation_scale=max(config.sample_size // 64, 1))
+        size = config.base_sample_size
+        self.pos_embed = PatchEmbed2D(p, config.in_channels, dim, base_size=size // p,
+                                      interpolation_scale=max(size // 64, 1))
         self.transformer_blocks = nn.ModuleList(LatteBlock(config, "spatial", i) for i in range(config.num_layers))
         self.temporal_transformer_blocks = nn.ModuleList(
             LatteBlock(config, "temporal", i) for i in range(config.num_layers))
@@ -148,7 +159,8 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         key = (num_frames, sp_size, sp_rank, str(device))
         if key not in self._temp_pos_cache:
             dim = self.scale_shift_table.shape[1]
-            table = sincos_1d(dim, torch.arange(comm.padded_size(num_frames, sp_size))).float()
+            positions = torch.arange(comm.padded_size(num_frames, sp_size)) / self.config.temporal_interpolation_scale
+            table = sincos_1d(dim, positions).float()
             self._temp_pos_cache[key] = table.chunk(sp_size)[sp_rank][:, None].to(device)
         return self._temp_pos_cache[key]
 

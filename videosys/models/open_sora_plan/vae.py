@@ -1,22 +1,25 @@
-"""Open-Sora-Plan v1.2 CausalVAE (4x8x8): a causal video autoencoder.
+"""Open-Sora-Plan CausalVAE (4x8x8), v1.1 and v1.2: a causal video autoencoder.
 
-Loads the `vae/` folder of LanguageBind/Open-Sora-Plan-v1.2.0 (config.json with CausalVAEModel's
+Loads the `vae/` folder of LanguageBind/Open-Sora-Plan-v1.2.0 or -v1.1.0 (config.json with CausalVAEModel's
 fields, weights as safetensors or the release's .ckpt) with the release's key names
-(opensora/models/causalvideovae/ at tag v1.2.0).
+(opensora/models/causalvideovae/ at tag v1.2.0, opensora/models/ae/videobase/ at tag v1.1.0).
 
 Causal in time: every 3D conv pads the past with copies of the first frame (never the future),
 so the first frame gets a latent frame of its own and each later group of 4 frames one more:
-T frames -> (T - 1) / 4 + 1 latent frames (9 -> 3, 17 -> 5, 29 -> 8, 93 -> 24), 8x spatially.
+T frames -> (T - 1) / 4 + 1 latent frames (9 -> 3, 17 -> 5, 29 -> 8, 65 -> 17, 93 -> 24), 8x spatially.
 As in the release, the 3D blocks' GroupNorm statistics span the whole clip, so the encoder as a
 whole is causal in its convolutions only.
 
-Block types are named by strings in the config, as the release does; this file builds the ones
-the v1.2 release uses:
-- encoder: 2D conv_in (per frame), ResnetBlock2D, ResnetBlock2D, ResnetBlock3D, ResnetBlock3D;
-  Downsample (2D), Spatial2xTime2x3DDownsample x2; mid ResnetBlock3D / AttnBlock3DFix / ResnetBlock3D.
-- decoder: CausalConv3d conv_in, ResnetBlock3D everywhere, Spatial2xTime2x3DUpsample x2, SpatialUpsample2x.
-GroupNorm(32, eps 1e-6) everywhere (widths are multiples of 32 in the release; the tiny preset
-sets norm_num_groups).
+Block types are named by strings in the config, as the release does. The two releases share every
+block but their resampling:
+- v1.2 (the defaults): encoder 2D conv_in, ResnetBlock2D x2 then ResnetBlock3D x2, Downsample (2D) then
+  Spatial2xTime2x3DDownsample x2; decoder ResnetBlock3D, SpatialUpsample2x, Spatial2xTime2x3DUpsample x2.
+- v1.1 (CAUSALVAE_V110): the same encoder / decoder blocks, but space and time are resampled by separate
+  modules at one level: Downsample + TimeDownsampleRes2x (encoder levels 1, 2), SpatialUpsample2x +
+  TimeUpsampleRes2x (decoder levels 2, 3); the time modules mix a fixed path (average pooling /
+  trilinear interpolation) with a conv by a learned sigmoid(mix_factor).
+Both: mid ResnetBlock3D / AttnBlock3DFix / ResnetBlock3D, GroupNorm(32, eps 1e-6) everywhere (widths
+are multiples of 32 in the releases; the tiny presets set norm_num_groups).
 """
 
 import glob
@@ -32,6 +35,13 @@ from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
 from videosys.utils.hub import read_state_dict, resolve_dir
 
 SCALING_FACTOR = 0.18215  # CausalVAEModelWrapper: latents = posterior sample * 0.18215
+# LanguageBind/Open-Sora-Plan-v1.1.0 vae/config.json: the fields that differ from v1.2's (the defaults below)
+CAUSALVAE_V110 = dict(
+    encoder_attention="AttnBlock3DFix", decoder_attention="AttnBlock3DFix",
+    encoder_spatial_downsample=["Downsample", "Downsample", "Downsample", ""],
+    encoder_temporal_downsample=["", "TimeDownsampleRes2x", "TimeDownsampleRes2x", ""],
+    decoder_spatial_upsample=["", "SpatialUpsample2x", "SpatialUpsample2x", "SpatialUpsample2x"],
+    decoder_temporal_upsample=["", "", "TimeUpsampleRes2x", "TimeUpsampleRes2x"])
 
 
 @dataclass
@@ -79,7 +89,7 @@ class CausalVAEConfig:
         if unknown:
             raise ValueError(f"CausalVAE block types not implemented: {unknown}; known: {sorted(_BLOCKS)}")
         if self.attn_resolutions:
-            raise ValueError("attention at down/up levels (attn_resolutions) is not used by the v1.2 release")
+            raise ValueError("attention at down/up levels (attn_resolutions) is not used by the releases")
         levels = len(self.hidden_size_mult)
         for name in ("encoder_resnet_blocks", "encoder_spatial_downsample", "encoder_temporal_downsample",
                      "decoder_resnet_blocks", "decoder_spatial_upsample", "decoder_temporal_upsample"):
@@ -236,19 +246,57 @@ class Spatial2xTime2x3DUpsample(nn.Module):
         return self.conv(first)
 
 
+class TimeDownsampleRes2x(nn.Module):
+    """2x in time (v1.1): sigmoid(mix_factor) * average pooling + the rest * a strided conv, both over the clip
+    with two copies of the first frame in front; T -> (T - 1) / 2 + 1. The conv is a plain Conv3d (key `conv.*`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, mix_factor: float = 2.0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=(2, 1, 1), padding=(0, 1, 1))
+        self.mix_factor = nn.Parameter(torch.tensor([mix_factor]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[:, :, :1].expand(-1, -1, self.kernel_size - 1, -1, -1), x], dim=2)
+        alpha = torch.sigmoid(self.mix_factor)
+        pooled = F.avg_pool3d(x, (self.kernel_size, 1, 1), stride=(2, 1, 1))
+        return alpha * pooled + (1 - alpha) * self.conv(x)
+
+
+class TimeUpsampleRes2x(nn.Module):
+    """2x in time (v1.1): the frames after the first trilinearly doubled (T -> 2T - 1), then
+    sigmoid(mix_factor) * that + the rest * a causal conv of it."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, mix_factor: float = 2.0):
+        super().__init__()
+        self.conv = CausalConv3d(in_channels, out_channels, kernel_size, padding=1)
+        self.mix_factor = nn.Parameter(torch.tensor([mix_factor]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] > 1:
+            rest = F.interpolate(x[:, :, 1:], scale_factor=(2, 1, 1), mode="trilinear")
+            x = torch.cat([x[:, :, :1], rest], dim=2)
+        alpha = torch.sigmoid(self.mix_factor)
+        return alpha * x + (1 - alpha) * self.conv(x)
+
+
 _BLOCKS = {
     "Conv2d": Conv2d, "CausalConv3d": CausalConv3d, "ResnetBlock2D": ResnetBlock2D, "ResnetBlock3D": ResnetBlock3D,
     "AttnBlock3DFix": AttnBlock3DFix, "Downsample": Downsample,
     "Spatial2xTime2x3DDownsample": Spatial2xTime2x3DDownsample, "SpatialUpsample2x": SpatialUpsample2x,
-    "Spatial2xTime2x3DUpsample": Spatial2xTime2x3DUpsample,
+    "Spatial2xTime2x3DUpsample": Spatial2xTime2x3DUpsample, "TimeDownsampleRes2x": TimeDownsampleRes2x,
+    "TimeUpsampleRes2x": TimeUpsampleRes2x,
 }
 
 
-def _level(blocks: nn.ModuleList, resample: nn.Module | None, name: str) -> nn.Module:
+def _level(blocks: nn.ModuleList, spatial: str, temporal: str, channels: int, names: tuple[str, str]) -> nn.Module:
+    """One resolution level: its blocks, then the spatial and / or temporal resampling the config names
+    (v1.2 names one module that does both, v1.1 one of each), under the release's attribute names."""
     level = nn.Module()
     level.block = blocks
-    if resample is not None:
-        setattr(level, name, resample)
+    for kind, name in zip((spatial, temporal), names):
+        if kind:
+            setattr(level, name, _BLOCKS[kind](channels, channels))
     return level
 
 
@@ -277,9 +325,8 @@ class Encoder(nn.Module):
             blocks = nn.ModuleList(resnet(block_in if j == 0 else block_out, block_out, g)
                                    for j in range(cfg.num_res_blocks))
             block_in = block_out
-            resample = cfg.encoder_spatial_downsample[i] or cfg.encoder_temporal_downsample[i]
-            self.down.append(_level(blocks, _BLOCKS[resample](block_in, block_in) if resample else None,
-                                    "downsample" if cfg.encoder_spatial_downsample[i] else "time_downsample"))
+            self.down.append(_level(blocks, cfg.encoder_spatial_downsample[i], cfg.encoder_temporal_downsample[i],
+                                    block_in, ("downsample", "time_downsample")))
         self.mid = _mid(cfg.encoder_mid_resnet, cfg.encoder_attention, block_in, g)
         self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
         out = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
@@ -311,9 +358,8 @@ class Decoder(nn.Module):
             blocks = nn.ModuleList(resnet(block_in if j == 0 else block_out, block_out, g)
                                    for j in range(cfg.num_res_blocks + 1))
             block_in = block_out
-            resample = cfg.decoder_spatial_upsample[i] or cfg.decoder_temporal_upsample[i]
-            up.insert(0, _level(blocks, _BLOCKS[resample](block_in, block_in) if resample else None,
-                                "upsample" if cfg.decoder_spatial_upsample[i] else "time_upsample"))
+            up.insert(0, _level(blocks, cfg.decoder_spatial_upsample[i], cfg.decoder_temporal_upsample[i], block_in,
+                                ("upsample", "time_upsample")))
         self.up = nn.ModuleList(up)
         self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
         self.conv_out = _BLOCKS[cfg.decoder_conv_out](block_in, 3, kernel_size=3, padding=1)
@@ -431,6 +477,7 @@ class CausalVAE(PretrainedModel):
                     tile = _blend(rows[i - 1][j], tile, blend, dim=3)
                 if j > 0:
                     tile = _blend(row[j - 1], tile, blend, dim=4)
+                row[j] = tile  # as the release (blending in place): later neighbours blend with the blended tile
                 out_row.append(tile[:, :, :, :keep, :keep])
             out_rows.append(torch.cat(out_row, dim=4))
         return torch.cat(out_rows, dim=3)
@@ -446,6 +493,7 @@ class CausalVAE(PretrainedModel):
             model = cls(config)
         ckpts = sorted(glob.glob(os.path.join(folder, "*.ckpt")))
         state = read_ckpt(ckpts[-1]) if ckpts else read_state_dict(folder)
+        state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training loss weights (v1.1)
         check_state_dict(model, state, folder)
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
         return model.to(device=device).eval()
