@@ -62,13 +62,13 @@ from videosys.utils.demo_data import DemoClips  # noqa: E402
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 
 
-def build_pipeline(seed: int) -> LattePipeline:
-    """The `tiny` preset's components, initialised from `seed`."""
+def build_pipeline(seed: int, prediction_type: str = "epsilon") -> LattePipeline:
+    """The `tiny` preset's components, initialised from `seed`; the scheduler says what the model predicts."""
     from diffusers import DDIMScheduler
 
     config = LatteConfig(preset="tiny", progress_bar=False)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
-                              beta_schedule=config.beta_schedule, clip_sample=False)
+                              beta_schedule=config.beta_schedule, clip_sample=False, prediction_type=prediction_type)
     return LattePipeline.assemble(config, *tiny_components(seed), scheduler)
 
 
@@ -190,7 +190,9 @@ def denoise_loss(pipeline, latents: torch.Tensor, states, mask, generator: torch
         timesteps = torch.randint(0, pipeline.scheduler.config.num_train_timesteps, (b,), generator=generator)
     noisy = pipeline.scheduler.add_noise(latents, noise, timesteps)
     channels = pipeline.transformer.config.in_channels
-    pred = pipeline.transformer(noisy, timesteps, states, mask)[:, :channels]  # epsilon half of the output
+    pred = pipeline.transformer(noisy, timesteps, states, mask)[:, :channels]  # the non-variance half
+    if pipeline.scheduler.config.prediction_type == "v_prediction":
+        return torch.nn.functional.mse_loss(pred, pipeline.scheduler.get_velocity(latents, noise, timesteps))
     return torch.nn.functional.mse_loss(pred, noise)
 
 
@@ -277,13 +279,19 @@ def train(args, log=print) -> tuple[LattePipeline, dict]:
 
 
 def _train(args, log) -> tuple[LattePipeline, dict]:
-    pipeline = build_pipeline(args.seed)
+    pipeline = build_pipeline(args.seed, args.prediction_type)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
-    vae = train_vae(pipeline, args, log)
-    vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)
-    log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
-    scale = latent_scale(pipeline.vae, args)
+    if args.vae_from:  # stage 1 done before: its VAE (and its scaling_factor) from a checkpoint folder
+        from diffusers import AutoencoderKL
+
+        pipeline.vae = AutoencoderKL.from_pretrained(os.path.join(args.vae_from, "vae")).eval().requires_grad_(False)
+        vae, scale = {"from": args.vae_from}, pipeline.vae.config.scaling_factor
+    else:
+        vae = train_vae(pipeline, args, log)
+        vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)
+        log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
+        scale = latent_scale(pipeline.vae, args)
     pipeline.vae.register_to_config(scaling_factor=scale)  # the pipeline divides by it before decoding
     log(f"latent scaling_factor {scale:.4f}")
     transformer = train_transformer(pipeline, args, scale, log)
@@ -306,6 +314,8 @@ def parse_args(argv=None):
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
+    parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
     parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
     parser.add_argument("--latent-pool", type=int, default=4608,
@@ -336,8 +346,9 @@ def main(argv=None) -> int:
     with open(os.path.join(args.output, "train_demo.json"), "w") as f:
         json.dump(report, f, indent=2)
     v, t = report["vae"], report["transformer"]
-    print(f"vae val mse {v['val_mse_before']:.4f} -> {v['val_mse_after']:.4f} ({v['s_per_step']:.3f} s/step); "
-          f"transformer val loss {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f} "
+    stage1 = (f"vae from {v['from']}" if "from" in v else
+              f"vae val mse {v['val_mse_before']:.4f} -> {v['val_mse_after']:.4f} ({v['s_per_step']:.3f} s/step)")
+    print(f"{stage1}; transformer val loss {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f} "
           f"({t['s_per_step']:.3f} s/step); total {report['total_s']:.0f} s; wrote {args.output}")
     return 0
 
