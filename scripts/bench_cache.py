@@ -9,9 +9,10 @@ variant (no cache, TeaCache at several thresholds, the PAB presets): end-to-end 
 time per video, speed-up over no cache, the share of steps TeaCache computed, PSNR / SSIM /
 LPIPS of each video against the uncached one with the same prompt and seed (per the protocol in
 eval/common_metrics; LPIPS when its weights are available), and with `--prompt-set demo` the
-colour-and-direction accuracy of scripts/eval_demo.py's tracker over its fixed 24 prompts. A
-video's time is the median of --repeats runs after one warm-up run per variant. Prints a table,
-writes JSON and a PNG of the frontier (eval/plot_frontier.py's plot).
+colour-and-direction accuracy of scripts/eval_demo.py's tracker over its fixed 24 prompts. Times
+are medians over --repeats rounds that each generate one video with every variant in turn (after a
+warm-up round), so a machine that speeds up or slows down affects every variant alike. Prints a
+table, writes JSON and a PNG of the frontier (eval/plot_frontier.py's plot).
 """
 
 import argparse
@@ -21,7 +22,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,23 +69,32 @@ def lpips_model_or_none(device):
         return None
 
 
-def run_variant(engine, spent, jobs, repeats: int) -> tuple[dict, list]:
-    """Generate every (prompt, seed) job `repeats` times; median times per video, then their mean."""
-    engine.generate(jobs[0][0], seed=jobs[0][1])  # warm-up (allocations, kernels, caches' first plan)
-    totals, transformer, videos, stats = [], [], [], {}
+def run_variant(engine, jobs) -> tuple[dict, list]:
+    """Every (prompt, seed) job once: the videos and the caches' statistics of the last one."""
+    videos, stats = [], {}
     for prompt, seed in jobs:
-        runs = []
-        for _ in range(repeats):
-            spent[0] = 0.0
-            out = engine.generate(prompt, seed=seed)
-            runs.append((out.stats["total_s"], spent[0]))
-        totals.append(statistics.median(r[0] for r in runs))
-        transformer.append(statistics.median(r[1] for r in runs))
+        out = engine.generate(prompt, seed=seed)
         videos.append(out.video[0].numpy())
         stats = out.stats
-    row = {"total_s": float(np.mean(totals)), "transformer_s": float(np.mean(transformer)),
-           "teacache": stats.get("teacache", {}), "pab": stats.get("pab", {})}
-    return row, videos
+    return {"teacache": stats.get("teacache", {}), "pab": stats.get("pab", {})}, videos
+
+
+def time_variants(engine, spent, variants, jobs, rounds: int) -> dict:
+    """Median end-to-end and transformer seconds per video of each variant, timed in interleaved rounds
+    (every variant once per round, in an order rotated each round, round r on job r), so drift of the
+    machine hits them all alike."""
+    times = {v: [] for v in variants}
+    for r in range(rounds + 1):  # round 0 warms every variant up and is not counted
+        prompt, seed = jobs[r % len(jobs)]
+        shift = r % len(variants)  # rotate the order: no variant always runs first after the switch
+        for variant in variants[shift:] + variants[:shift]:
+            engine.set_cache(variant)
+            spent[0] = 0.0
+            total = engine.generate(prompt, seed=seed).stats["total_s"]
+            if r:
+                times[variant].append((total, spent[0]))
+    return {v: {"total_s": statistics.median(t[0] for t in runs), "transformer_s": statistics.median(t[1] for t in runs)}
+            for v, runs in times.items()}
 
 
 def fidelity(baseline: list, videos: list, lpips, device) -> dict:
@@ -127,7 +136,8 @@ def parse_args(argv=None):
                         help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
     parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per video (median)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds: each times every variant once, interleaved (median per variant)")
     parser.add_argument("--steps", type=int, help="override the number of denoising steps")
     parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
     parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
@@ -157,9 +167,11 @@ def main(argv=None) -> int:
     results, baseline = {}, None
     with VideoSysEngine(config) as engine:
         spent = timed_transformer(engine.pipeline)
+        timings = time_variants(engine, spent, variants, jobs, args.repeats)
         for variant in variants:
             engine.set_cache(variant)
-            row, videos = run_variant(engine, spent, jobs, args.repeats)
+            row, videos = run_variant(engine, jobs)
+            row.update(timings[variant])
             if baseline is None:
                 baseline = videos
             else:
@@ -177,7 +189,7 @@ def main(argv=None) -> int:
     name = args.model_path or args.preset
     print(f"{args.model} ({name}) on {device}, {config.num_inference_steps} steps, "
           f"{config.num_frames}x{config.height}x{config.width}, {len(jobs)} videos per variant, "
-          f"median of {args.repeats}")
+          f"times: median of {args.repeats} interleaved rounds")
     print(table(results, lpips is not None, args.prompt_set == "demo"))
 
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

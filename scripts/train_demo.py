@@ -1,6 +1,7 @@
 """Train the demo model: a small Latte on procedural clips ("a red circle moving to the right").
 
-    python scripts/train_demo.py --output demo-latte                     # the full run (defaults below)
+    python scripts/train_demo.py --output demo-latte                     # the full run (~60 min, see below)
+    python scripts/train_demo.py --output demo-b --vae-from demo-latte   # stage 2 only, reusing a trained VAE
     python scripts/train_demo.py --output /tmp/toy --vae-steps 20 --steps 20 --num-frames 4 --height 32 --width 32
 
 The result is a standard checkpoint folder (model_index.json, transformer/, vae/, text_encoder/,
@@ -25,25 +26,45 @@ Decisions
   A caption is replaced by the empty negative prompt with probability `--uncond-prob`, so
   classifier-free guidance works; the empty prompt's states are cut to the caption's length and
   attended without a mask, exactly as LattePipeline.encode_prompt does at inference.
-- Objective: epsilon prediction with the DDPM forward process of Latte's schedule (1000 steps,
-  linear betas 1e-4..0.02, the DDIM scheduler the pipeline samples with); only the epsilon half
-  of the learned-sigma output is trained (the pipeline never reads the variance half).
+- Objective: v-prediction (`--prediction-type v_prediction`, stored in scheduler/ so the DDIM
+  sampler reads it) with the DDPM forward process of Latte's schedule (1000 steps, linear betas
+  1e-4..0.02); only the first half of the learned-sigma output is trained (the pipeline never
+  reads the variance half). Measured: epsilon prediction (4,500 and 7,500 steps) sampled videos
+  whose frames disagree (background and object change from frame to frame; 0/24 prompts right),
+  because its loss hardly weighs the high-noise steps where a clip's layout is decided; with
+  v-prediction the same model at 1,500 steps already keeps one background and the prompt's colour.
+- The transformer stage trains on `--latent-pool` clips encoded once by the frozen VAE (every
+  combination 64 times, ~8 passes at the defaults): encoding 128 frames per step cost more than
+  the tiny transformer's own step (0.6 s vs 0.12 s).
 - AdamW, constant learning rate after a short warm-up; everything seeded (data, init, noise,
   timesteps) and torch's deterministic algorithms on: a seed and a thread count give the same
-  checkpoint. (A different number of threads may change float summation order.)
+  checkpoint. (A different number of threads may change float summation order.) One thread by
+  default: on a 2-core machine with anything else running, two threads ran ~30x slower (measured
+  3.6 s vs 0.12 s per transformer step), and the thread count is part of what makes a run repeatable.
 
-Budget (measured on 2 CPU cores, torch 2.13 CPU, 30-step runs): a VAE step (32 frames at 64x64)
-takes ~0.78 s, a transformer step (8 clips of 16x64x64, their VAE encoding included) ~0.59 s.
-A 300-step VAE run (object-weighted loss) already reconstructs held-out clips well enough for the
-tracker to read 98% of them (colour and direction, 48 clips). The defaults, 500 VAE + 4,500
-transformer steps, come to ~6 + ~44 = ~50 minutes, inside the 60-minute target; whether that
-many transformer steps is enough is for scripts/eval_demo.py to say.
+The shipped checkpoint (videosys/assets/demo-latte, `LatteConfig(preset="demo")`) is this script at
+its defaults (stage 1 and stage 2 were run as two invocations, `--vae-from` for the second: the same
+seeded, deterministic computation); its train_demo.json holds the arguments and losses. Measured on
+the 2-core machine with a second training job on the other core: stage 1 (500 VAE steps) ~20 min,
+encoding the pool ~9 min, 12,000 transformer steps at 0.16 s = 32 min: ~61 minutes in all, at the
+60-minute target (an idle machine is faster: 0.12 s per transformer step alone).
+What it learned (scripts/eval_demo.py, 24 prompts, seed 0): colour 20/24, direction 22/24, both 20/24.
+What got there, measured on the same stage 1:
+- epsilon prediction, lr 5e-4, uniform timesteps: frames disagree (background and object change
+  from frame to frame) at 4,500 and 7,500 steps;
+- v-prediction, lr 5e-4, uniform timesteps, 12,000 steps: colour 24/24 but direction 6/24 (chance):
+  the objects keep still, the direction word changed the output ~20x less than the colour word
+  (a clip's layout and motion are decided at high noise, where the noisy input shows nothing);
+- continuing that checkpoint 10,000 steps with timesteps drawn towards high noise: direction 15/24;
+- v-prediction, lr 1e-3, `--timestep-power 0.5` (timestep T * u**0.5: half the steps above t = 707,
+  instead of 30%), 12,000 steps from scratch: the defaults, above. Direction appears after ~4,000 steps.
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -62,14 +83,20 @@ from videosys.utils.demo_data import DemoClips  # noqa: E402
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 
 
-def build_pipeline(seed: int, prediction_type: str = "epsilon") -> LattePipeline:
-    """The `tiny` preset's components, initialised from `seed`; the scheduler says what the model predicts."""
+def build_pipeline(seed: int, prediction_type: str = "epsilon", num_layers: int = 2) -> LattePipeline:
+    """The `tiny` preset's components (with `num_layers` spatial + temporal block pairs), initialised from
+    `seed`; the scheduler says what the model predicts."""
     from diffusers import DDIMScheduler
 
     config = LatteConfig(preset="tiny", progress_bar=False)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
                               beta_schedule=config.beta_schedule, clip_sample=False, prediction_type=prediction_type)
-    return LattePipeline.assemble(config, *tiny_components(seed), scheduler)
+    transformer, *rest = tiny_components(seed)
+    if num_layers != transformer.config.num_layers:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            transformer = type(transformer)(dataclasses.replace(transformer.config, num_layers=num_layers)).eval()
+    return LattePipeline.assemble(config, transformer, *rest, scheduler)
 
 
 def to_pixels(clips: np.ndarray) -> torch.Tensor:
@@ -182,12 +209,15 @@ def text_states(pipeline, captions: list[str], drop: torch.Tensor):
 
 
 def denoise_loss(pipeline, latents: torch.Tensor, states, mask, generator: torch.Generator,
-                 timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """Epsilon-prediction MSE at random (or given) timesteps of the DDPM forward process."""
+                 timesteps: torch.Tensor | None = None, timestep_power: float = 1.0) -> torch.Tensor:
+    """Epsilon- or v-prediction MSE at random (or given) timesteps of the DDPM forward process; random
+    timesteps are T * u ** timestep_power (u uniform: 1 is uniform, below 1 favours high noise)."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
     if timesteps is None:
-        timesteps = torch.randint(0, pipeline.scheduler.config.num_train_timesteps, (b,), generator=generator)
+        total = pipeline.scheduler.config.num_train_timesteps
+        u = torch.rand(b, generator=generator)
+        timesteps = (total * u**timestep_power).long().clamp(max=total - 1)
     noisy = pipeline.scheduler.add_noise(latents, noise, timesteps)
     channels = pipeline.transformer.config.in_channels
     pred = pipeline.transformer(noisy, timesteps, states, mask)[:, :channels]  # the non-variance half
@@ -245,7 +275,7 @@ def train_transformer(pipeline, args, scale: float, log) -> dict:
         latents, captions = pool[picked], [pool_captions[i] for i in picked.tolist()]
         drop = torch.rand(len(captions), generator=generator) < args.uncond_prob
         states, mask = text_states(pipeline, captions, drop)
-        loss = denoise_loss(pipeline, latents, states, mask, generator)
+        loss = denoise_loss(pipeline, latents, states, mask, generator, timestep_power=args.timestep_power)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -279,7 +309,7 @@ def train(args, log=print) -> tuple[LattePipeline, dict]:
 
 
 def _train(args, log) -> tuple[LattePipeline, dict]:
-    pipeline = build_pipeline(args.seed, args.prediction_type)
+    pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
     if args.vae_from:  # stage 1 done before: its VAE (and its scaling_factor) from a checkpoint folder
@@ -293,6 +323,11 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
         log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
         scale = latent_scale(pipeline.vae, args)
     pipeline.vae.register_to_config(scaling_factor=scale)  # the pipeline divides by it before decoding
+    if args.init_from:  # continue from a trained transformer (same architecture) instead of the seeded init
+        from videosys.models.latte.transformer import LatteTransformer3DModel
+
+        trained = LatteTransformer3DModel.from_pretrained(args.init_from, "transformer")
+        pipeline.transformer.load_state_dict(trained.state_dict())
     log(f"latent scaling_factor {scale:.4f}")
     transformer = train_transformer(pipeline, args, scale, log)
     report = {"args": vars(args), "vae": vae, "scaling_factor": scale, "transformer": transformer,
@@ -315,12 +350,16 @@ def parse_args(argv=None):
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
-    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
-    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="v_prediction")
+    parser.add_argument("--num-layers", type=int, default=2, help="spatial + temporal block pairs (tiny: 2)")
+    parser.add_argument("--timestep-power", type=float, default=0.5,
+                        help="training timesteps T * u**power: below 1 favours high noise, where motion is decided")
+    parser.add_argument("--steps", type=int, default=12000)
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
     parser.add_argument("--latent-pool", type=int, default=4608,
                         help="training clips encoded once for the transformer stage (64 of each combination)")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="captions replaced by the empty prompt")

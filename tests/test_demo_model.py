@@ -63,10 +63,10 @@ def test_demo_draws_the_readme_prompt(engine):
 
 def test_demo_follows_colour_and_direction(engine):
     eval_demo = load_script("eval_demo")
-    prompts = eval_demo.prompt_set()[::4]  # 6 prompts: every colour, every direction
-    rows = [eval_demo.row(p, p, engine.generate(p, seed=1).video[0].numpy()) for p in prompts]
+    prompts = eval_demo.prompt_set()  # 24 prompts: every colour x direction
+    rows = [eval_demo.row(p, p, engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
     accuracy = eval_demo.score(rows)
-    assert accuracy["both"] >= 5 / 6, rows
+    assert accuracy["both"] >= 0.75, accuracy  # measured 20/24 (README); chance is 1/24
     # the text matters: the same noise with another prompt gives another video
     a, b = (engine.generate(p, seed=1).video[0].numpy().astype(np.int16) for p in prompts[:2])
     assert np.abs(a - b).mean() > 5
@@ -75,15 +75,15 @@ def test_demo_follows_colour_and_direction(engine):
 def test_bench_cache_frontier_on_the_demo(tmp_path):
     bench = load_script("bench_cache")
     out = tmp_path / "frontier.json"
-    assert bench.main(["--variants", "none", "teacache-fast", "pab-246", "--prompts", "2", "--steps", "20",
+    assert bench.main(["--variants", "none", "teacache-0.5", "pab-246", "--prompts", "2", "--steps", "30",
                        "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     results = report["results"]
-    assert list(results) == ["none", "teacache-fast", "pab-246"] and report["preset"] == "demo"
+    assert list(results) == ["none", "teacache-0.5", "pab-246"] and report["preset"] == "demo"
     assert results["none"]["speedup"] == 1.0 and "psnr" not in results["none"]
-    tea = results["teacache-fast"]["teacache"]
-    assert tea["computed_steps"] + tea["reused_steps"] == 20 and tea["reused_steps"] > 0
-    for variant in ("teacache-fast", "pab-246"):
+    tea = results["teacache-0.5"]["teacache"]
+    assert tea["computed_steps"] + tea["reused_steps"] == 30 and tea["reused_steps"] > 0
+    for variant in ("teacache-0.5", "pab-246"):
         row = results[variant]
         assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1  # lossy on a trained model, but close
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_detail"]["n"] == 2
