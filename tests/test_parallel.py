@@ -62,7 +62,7 @@ def test_torchrun_example(tmp_path, single):
     from distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "examples/latte/sample.py", "--output", str(out), "--num-frames", "4", "--steps", "3"]
+           "examples/latte/sample.py", "--preset", "tiny", "--output", str(out), "--num-frames", "4", "--steps", "3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("saved") == 1  # rank 0 alone writes and reports
