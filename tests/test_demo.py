@@ -223,3 +223,19 @@ def test_eval_generates_with_an_engine_and_scores(toy_checkpoint, tmp_path):
     assert result["accuracy"]["n"] == 2
     assert [r["prompt"] for r in result["videos"]] == eval_demo.prompt_set()[:2]
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(r["name"] for r in result["videos"])
+
+
+def test_stage_two_reuses_a_trained_vae(toy_checkpoint, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    train_demo = load_script("train_demo")
+    folder, report = toy_checkpoint
+    args = train_demo.parse_args(["--output", str(tmp_path), *TOY, "--vae-from", str(folder), "--steps", "2",
+                                  "--num-layers", "3", "--latent-pool", "8"])
+    pipeline, again = train_demo.train(args, log=lambda _: None)
+    assert again["vae"] == {"from": str(folder)}  # stage 1 skipped
+    assert again["scaling_factor"] == pytest.approx(report["scaling_factor"])
+    saved = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(pipeline.vae.state_dict()[k], v) for k, v in saved.items())
+    assert len(pipeline.transformer.transformer_blocks) == 3 and len(again["transformer"]["losses"]) == 2

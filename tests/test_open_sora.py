@@ -16,18 +16,10 @@ from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_ro
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler, timestep_transform
 
-KEYS = "/work/shared/reference/checkpoint-keys/"
+from layout import assert_same_layout, reference_keys  # tests/layout.py
+
 PROMPT = "a red circle moving to the right"
 SMALL = dict(hidden_size=32, depth=2, num_heads=2, caption_channels=12, model_max_length=6, input_sq_size=64)
-
-
-def reference_keys(name: str, prefix: str = "") -> dict[str, tuple]:
-    out = {}
-    with open(KEYS + name) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            out[prefix + key] = tuple(int(n) for n in shape.strip("()").split(",") if n.strip())
-    return out
 
 
 def small_model(seed: int = 0, **kw) -> STDiT3:
@@ -44,11 +36,9 @@ def tiny():
 def test_stdit3_xl2_names_and_shapes_match_release():
     with torch.device("meta"):
         model = STDiT3(STDiT3Config())  # config.json defaults of hpcai-tech/OpenSora-STDiT-v3
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     expected = reference_keys("stdit3_xl2_full_state_dict.txt")
     assert len(expected) == 973
-    assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
-    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+    ours = assert_same_layout(model, expected)
     assert sum(math.prod(s) for s in ours.values()) == 1_208_872_772  # the published 1.208B
 
 
@@ -59,12 +49,10 @@ def test_vae_names_and_shapes_match_release():
         vae = OpenSoraVAE(OpenSoraVAEConfig())
         sdxl = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    ours = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     temporal = reference_keys("vae12_temporal_full_state_dict.txt", "temporal_vae.")
     spatial = {"spatial_vae.module." + k: tuple(v.shape) for k, v in sdxl.state_dict().items()}
     expected = {**temporal, **spatial, "scale": (1, 4, 1, 1, 1), "shift": (1, 4, 1, 1, 1)}
-    assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
-    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+    ours = assert_same_layout(vae, expected)
     assert sum(math.prod(ours[k]) for k in spatial) == 83_653_863  # the SD / SDXL VAE
     assert "spatial_vae.module.encoder.mid_block.attentions.0.to_q.weight" in ours
 

@@ -13,21 +13,13 @@ from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 from videosys.models.open_sora_plan.transformer import MASK_BIAS, OpenSoraT2V, OpenSoraT2VConfig
 from videosys.models.open_sora_plan.vae import CausalVAE, CausalVAEConfig
 
-KEYS = "/work/shared/reference/checkpoint-keys/"
+from layout import assert_same_layout, reference_keys  # tests/layout.py
+
 PROMPT = "a red circle moving to the right"
 SMALL = dict(num_attention_heads=2, attention_head_dim=12, num_layers=2, cross_attention_dim=24, caption_channels=16,
              interpolation_scale_t=1.0, interpolation_scale_h=1.5, interpolation_scale_w=2.0)
 SMALL_VAE = dict(hidden_size=8, hidden_size_mult=[1, 2, 2, 2], num_res_blocks=1, norm_num_groups=4)
 RUN = dict(seed=3, num_inference_steps=6)
-
-
-def reference_keys(name: str) -> dict[str, tuple]:
-    out = {}
-    with open(KEYS + name) as f:
-        for line in f:
-            key, shape = line.rstrip("\n").split("\t")
-            out[key] = tuple(int(n) for n in shape.strip("()").split(",") if n.strip())
-    return out
 
 
 def small_model(seed: int = 0, **kw) -> OpenSoraT2V:
@@ -57,22 +49,18 @@ def run_tiny(pipeline, cache=None, **kw):
 def test_transformer_names_and_shapes_match_release():
     with torch.device("meta"):
         model = OpenSoraT2V(OpenSoraT2VConfig())  # the 29x720p config.json values (models.md)
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     expected = reference_keys("osp_t2v_rope_l122_full_state_dict.txt")
     assert len(expected) == 687
-    assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
-    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+    ours = assert_same_layout(model, expected)
     assert sum(math.prod(s) for s in ours.values()) == 2_771_907_856  # the published 2.772B
 
 
 def test_vae_names_and_shapes_match_release():
     with torch.device("meta"):
         vae = CausalVAE(CausalVAEConfig())
-    ours = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     expected = reference_keys("osp_vae_full_state_dict.txt")
     assert len(expected) == 248
-    assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
-    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
+    assert_same_layout(vae, expected)
 
 
 def test_config_rejects_what_is_not_implemented():

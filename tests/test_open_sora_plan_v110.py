@@ -14,29 +14,12 @@ from videosys.models.open_sora_plan.latte_t2v import LatteT2V, LatteT2VConfig
 from videosys.models.open_sora_plan.vae import (CAUSALVAE_V110, CausalVAE, CausalVAEConfig, TimeDownsampleRes2x,
                                                 TimeUpsampleRes2x)
 
-DATA = "tests/data/"
+from layout import assert_same_layout, reference_keys  # tests/layout.py
+
 PROMPT = "a red circle moving to the right"
 RUN = dict(seed=3, num_inference_steps=4)  # PNDM: 4 steps = 13 model calls (its Runge-Kutta warm-up)
 SMALL = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, cross_attention_dim=32, caption_channels=24,
              sample_size=[8, 8])
-
-
-def reference_keys(name: str) -> dict[str, tuple]:
-    out = {}
-    with open(DATA + name) as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            key, shape = line.rstrip("\n").split("\t")
-            out[key] = tuple(int(n) for n in shape.strip("()").split(",") if n.strip())
-    return out
-
-
-def assert_same_layout(model: torch.nn.Module, expected: dict[str, tuple]) -> dict[str, tuple]:
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert sorted(set(expected) - set(ours)) == [] and sorted(set(ours) - set(expected)) == []
-    assert {k: v for k, v in ours.items() if expected[k] != v} == {}
-    return ours
 
 
 @pytest.fixture(scope="module")

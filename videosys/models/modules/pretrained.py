@@ -83,10 +83,16 @@ class PretrainedModel(nn.Module):
             config = config_from_dict(cls.config_class, json.load(f))
         with torch.device("meta"):
             model = cls(config)
-        state = read_state_dict(folder)
+        state = cls.read_checkpoint(folder)
         check_state_dict(model, state, folder)
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
         return model.to(device=device).eval()
+
+    @classmethod
+    def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
+        """The state dict from_pretrained loads (safetensors first); a family whose release ships other
+        files overrides this."""
+        return read_state_dict(folder)
 
     def save_pretrained(self, folder: str) -> None:
         from safetensors.torch import save_file

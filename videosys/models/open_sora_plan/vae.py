@@ -23,7 +23,6 @@ are multiples of 32 in the releases; the tiny presets set norm_num_groups).
 """
 
 import glob
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -31,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videosys.models.modules.pretrained import PretrainedModel, check_state_dict, config_from_dict
-from videosys.utils.hub import read_state_dict, resolve_dir
+from videosys.models.modules.pretrained import PretrainedModel
+from videosys.utils.hub import read_state_dict
 
 SCALING_FACTOR = 0.18215  # CausalVAEModelWrapper: latents = posterior sample * 0.18215
 # LanguageBind/Open-Sora-Plan-v1.1.0 vae/config.json: the fields that differ from v1.2's (the defaults below)
@@ -483,20 +482,12 @@ class CausalVAE(PretrainedModel):
         return torch.cat(out_rows, dim=3)
 
     @classmethod
-    def from_pretrained(cls, path: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu"):
-        """The release's vae/ folder: config.json plus safetensors, or a training .ckpt (EMA weights first)."""
-        folder = resolve_dir(path, subfolder)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = config_from_dict(cls.config_class, json.load(f))
-        with torch.device("meta"):
-            model = cls(config)
+    def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
+        """The release's vae/ folder: safetensors, or a training .ckpt (EMA weights first); the training
+        loss's weights (`loss.*`, in the v1.1 release) are dropped."""
         ckpts = sorted(glob.glob(os.path.join(folder, "*.ckpt")))
         state = read_ckpt(ckpts[-1]) if ckpts else read_state_dict(folder)
-        state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # training loss weights (v1.1)
-        check_state_dict(model, state, folder)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-        return model.to(device=device).eval()
+        return {k: v for k, v in state.items() if not k.startswith("loss.")}
 
 
 def _blend(before: torch.Tensor, tile: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
