@@ -42,12 +42,13 @@ Decisions
   default: on a 2-core machine with anything else running, two threads ran ~30x slower (measured
   3.6 s vs 0.12 s per transformer step), and the thread count is part of what makes a run repeatable.
 
-The shipped checkpoint (videosys/assets/demo-latte, `LatteConfig(preset="demo")`) is this script at
-its defaults (stage 1 and stage 2 were run as two invocations, `--vae-from` for the second: the same
-seeded, deterministic computation); its train_demo.json holds the arguments and losses. Measured on
-the 2-core machine with a second training job on the other core: stage 1 (500 VAE steps) ~20 min,
-encoding the pool ~9 min, 12,000 transformer steps at 0.16 s = 32 min: ~61 minutes in all, at the
-60-minute target (an idle machine is faster: 0.12 s per transformer step alone).
+The shipped checkpoint (videosys/assets/demo-latte, `LatteConfig(preset="demo")`) is, file for file,
+the folder one invocation of this script at its defaults writes (its train_demo.json holds that run's
+arguments and losses): `python scripts/train_demo.py --output /tmp/demo` on the idle 2-core machine
+(pinned to one core) took 3,103 s = 52 min (stage 1, 500 VAE steps at 1.27 s: 11 min; encoding the
+pool: 9 min; 12,000 transformer steps at 0.16 s: 32 min), and its safetensors are byte-identical to
+those of the first shipped version, made in two invocations (`--vae-from` for the second). With a
+second training job on the other core the same work took ~61 min (stage 1 ~20 min).
 What it learned (scripts/eval_demo.py, 24 prompts, seed 0): colour 20/24, direction 22/24, both 20/24.
 What got there, measured on the same stage 1:
 - epsilon prediction, lr 5e-4, uniform timesteps: frames disagree (background and object change
@@ -312,11 +313,16 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
     pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
-    if args.vae_from:  # stage 1 done before: its VAE (and its scaling_factor) from a checkpoint folder
-        from diffusers import AutoencoderKL
+    if args.vae_from:  # stage 1 done before: its VAE weights (and its scaling_factor) from a checkpoint folder
+        from safetensors.torch import load_file
 
-        pipeline.vae = AutoencoderKL.from_pretrained(os.path.join(args.vae_from, "vae")).eval().requires_grad_(False)
-        vae, scale = {"from": args.vae_from}, pipeline.vae.config.scaling_factor
+        folder = os.path.join(args.vae_from, "vae")
+        # Into the VAE built above (same tiny architecture; a different one fails loudly here), so the
+        # written config is the one a single run writes (from_pretrained would record the local path).
+        pipeline.vae.load_state_dict(load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+        pipeline.vae.eval().requires_grad_(False)
+        with open(os.path.join(folder, "config.json")) as f:
+            vae, scale = {"from": args.vae_from}, json.load(f)["scaling_factor"]
     else:
         vae = train_vae(pipeline, args, log)
         vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)

@@ -1,5 +1,7 @@
 """The demo model's groundwork: procedural clips, the colour-centroid evaluator, the training loop."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -118,8 +120,6 @@ def test_tracker_survives_noise_and_h264(tmp_path):
     save_video(data.item(5)[0][::-1], str(tmp_path / f"{data.item(5)[1]}-5.mp4"))  # played backwards: wrong
     out = tmp_path / "out" / "eval.json"
     assert eval_demo.main(["--videos", str(tmp_path), "--output", str(out)]) == 0
-    import json
-
     result = json.loads(out.read_text())
     assert result["accuracy"] == {"n": 5, "colour": 1.0, "direction": 0.8, "both": 0.8}
     wrong = [r for r in result["videos"] if r["expected"]["direction"] != r["predicted"]["direction"]]
@@ -143,8 +143,6 @@ TOY = ["--vae-steps", "25", "--steps", "25", "--num-frames", "4", "--height", "3
 
 @pytest.fixture(scope="module")
 def toy_checkpoint(tmp_path_factory):
-    import json
-
     train_demo = load_script("train_demo")
     folder = tmp_path_factory.mktemp("demo") / "ckpt"
     assert train_demo.main(["--output", str(folder), *TOY]) == 0
@@ -211,8 +209,6 @@ def test_training_is_deterministic(toy_checkpoint, tmp_path):
 
 
 def test_eval_generates_with_an_engine_and_scores(toy_checkpoint, tmp_path):
-    import json
-
     eval_demo = load_script("eval_demo")
     folder, _ = toy_checkpoint
     out = tmp_path / "eval.json"
@@ -239,3 +235,9 @@ def test_stage_two_reuses_a_trained_vae(toy_checkpoint, tmp_path):
     saved = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(pipeline.vae.state_dict()[k], v) for k, v in saved.items())
     assert len(pipeline.transformer.transformer_blocks) == 3 and len(again["transformer"]["losses"]) == 2
+    pipeline.save_pretrained(str(tmp_path / "out"))  # the VAE config a single run writes (no local path in it)
+    written = json.loads((tmp_path / "out" / "vae" / "config.json").read_text())
+    source = json.loads((folder / "vae" / "config.json").read_text())
+    assert "_name_or_path" not in written
+    assert {k: v for k, v in written.items() if k != "_diffusers_version"} == \
+        {k: v for k, v in source.items() if k != "_diffusers_version"}
