@@ -113,7 +113,10 @@ def plot(points: list[dict], output: str, title: str, baseline_vbench: float | N
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    from videosys.utils.files import atomic_path
+
+    with atomic_path(output, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return output
 
@@ -154,8 +157,9 @@ def main(argv=None) -> int:
     name = os.path.basename(os.path.normpath(args.family_dir))
     baseline_vbench = (vbench or {}).get(args.baseline, {}).get("total_score")
     plot(points, output, f"{name}: speed / fidelity ({args.time_key})", baseline_vbench)
-    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump(points, f, indent=1)
+    from videosys.utils.files import write_json
+
+    write_json(os.path.splitext(output)[0] + ".json", points, indent=1)
     print(format_table(points))
     print(f"-> {output}")
     return 0

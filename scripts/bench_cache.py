@@ -16,7 +16,6 @@ table, writes JSON and a PNG of the frontier (eval/plot_frontier.py's plot).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,7 @@ from plot_frontier import plot  # noqa: E402  (eval/plot_frontier.py)
 
 from videosys import VideoSysEngine  # noqa: E402
 from videosys.models import config_class  # noqa: E402
+from videosys.utils.files import write_json  # noqa: E402
 
 VARIANTS = ("none", "teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5",
             "pab-246", "pab-357", "pab-579")
@@ -192,14 +192,10 @@ def main(argv=None) -> int:
           f"times: median of {args.repeats} interleaved rounds")
     print(table(results, lpips is not None, args.prompt_set == "demo"))
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "device": str(device),
               "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
               "seeds": args.seeds, "repeats": args.repeats, "threads": torch.get_num_threads(), "results": results}
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.output)
+    write_json(args.output, report)
     points = [{"variant": v, **row} for v, row in results.items() if v != "none"]
     png = os.path.splitext(args.output)[0] + ".png"
     plot(points, png, f"{args.model} ({os.path.basename(os.path.normpath(name))}): speed / fidelity",

@@ -9,7 +9,6 @@ table shows how much of a denoising step is communication. Prints a table, write
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -115,9 +114,9 @@ def main():
         mesh = f"cfg2 x sp{row['world'] // 2}" if row["cfg_parallel"] else f"sp{row['world']}"
         print(f"{row['world']:<10}{mesh:<12}{row['step_ms']:>11.1f}{row['comm_ms']:>9.1f}"
               f"{100 * row['comm_share']:>7.1f}%{base / row['step_ms']:>9.2f}x")
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"config": vars(args), "rows": rows}, f, indent=2)
+    from videosys.utils.files import write_json
+
+    write_json(args.output, {"config": vars(args), "rows": rows})
     print(f"wrote {args.output}")
 
 

@@ -8,12 +8,12 @@ Prints a table (ms per transformer forward, CFG batch of 2) and writes JSON.
 
 import argparse
 import dataclasses
-import json
 import time
 
 import torch
 
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
+from videosys.utils.files import write_json
 
 
 def timed_pair(fns, device, repeats: int) -> list[float]:
@@ -78,11 +78,7 @@ def main():
     print(f"{'implementation':<16}{'ms / forward':>14}")
     print(f"{'diffusers':<16}{ms_theirs:>14.1f}")
     print(f"{'videosys':<16}{ms_ours:>14.1f}   ({result['speedup']:.2f}x, max |diff| {diff:.2e})")
-    import os
-
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.output, result)
 
 
 if __name__ == "__main__":

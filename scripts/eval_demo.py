@@ -17,13 +17,13 @@ Prints colour / direction / both accuracy and writes JSON.
 
 import argparse
 import glob
-import json
 import os
 import sys
 
 import numpy as np
 
 from videosys.utils import demo_data
+from videosys.utils.files import write_json
 
 MAX_DISTANCE = 110.0  # RGB distance beyond which a pixel belongs to no palette colour (blur, artefacts)
 MIN_PIXELS = 0.002  # fraction of all pixels the winning colour must cover, else "no object found"
@@ -199,10 +199,7 @@ def main(argv=None) -> int:
     accuracy = score(rows)
     print(f"{'videos':>8} {'colour':>8} {'direction':>10} {'both':>8}")
     print(f"{accuracy['n']:>8d} {accuracy['colour']:>8.3f} {accuracy['direction']:>10.3f} {accuracy['both']:>8.3f}")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({"accuracy": accuracy, "args": vars(args), "videos": rows}, f, indent=2)
+    write_json(args.output, {"accuracy": accuracy, "args": vars(args), "videos": rows})
     print(f"wrote {args.output}")
     return 0
 

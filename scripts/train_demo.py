@@ -80,6 +80,7 @@ import eval_demo  # noqa: E402  (scripts/eval_demo.py: the tracker scores the VA
 
 from videosys.models.latte.pipeline import LatteConfig, LattePipeline, tiny_components  # noqa: E402
 from videosys.utils.demo_data import DemoClips  # noqa: E402
+from videosys.utils.files import write_json  # noqa: E402
 
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 
@@ -388,8 +389,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     pipeline, report = train(args)
     pipeline.save_pretrained(args.output)
-    with open(os.path.join(args.output, "train_demo.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(args.output, "train_demo.json"), report)
     v, t = report["vae"], report["transformer"]
     stage1 = (f"vae from {v['from']}" if "from" in v else
               f"vae val mse {v['val_mse_before']:.4f} -> {v['val_mse_after']:.4f} ({v['s_per_step']:.3f} s/step)")

@@ -65,6 +65,25 @@ def test_save_and_load_whole_pipeline(tiny_latte, tmp_path):
     assert torch.equal(small(loaded, seed=4).video, small(tiny_latte, seed=4).video)
 
 
+def test_save_pretrained_writes_whole_or_not_at_all(tiny_latte, tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "stale.bin").write_bytes(b"old")  # a component is replaced whole ...
+    (folder / "notes.txt").write_text("mine")  # ... and what is not a component stays
+    tiny_latte.save_pretrained(str(folder))
+    assert (folder / "notes.txt").read_text() == "mine" and not (folder / "transformer" / "stale.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging folder left behind
+    LattePipeline.from_config(LatteConfig(model_path=str(folder), preset="tiny", progress_bar=False))
+
+    def disk_full(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tiny_latte.vae, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_latte.save_pretrained(str(tmp_path / "new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no half-written "new"
+
+
 def test_end_to_end_mp4(tmp_path):
     engine = VideoSysEngine(LatteConfig(preset="tiny", progress_bar=False))
     out = engine.generate(PROMPT, seed=0, num_inference_steps=5)

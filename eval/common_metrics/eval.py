@@ -14,7 +14,6 @@ curves and each video's mean; a table is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -192,10 +191,9 @@ def main(argv=None) -> int:
         print(f"eval.py: error: {err}", file=sys.stderr)
         return 2
     output = args.output or os.path.join(args.generated_video_dir, "metrics.json")
-    tmp = output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, output)
+    from videosys.utils.files import write_json
+
+    write_json(output, report, indent=1)
     print(format_table(report))
     print(f"-> {output}")
     return 0

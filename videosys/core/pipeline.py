@@ -8,7 +8,9 @@ the classifier-free-guidance combination and the conversion to uint8 frames.
 
 import json
 import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import torch
@@ -153,14 +155,31 @@ class VideoSysPipeline:
 
     # ---- weights ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str) -> None:
-        """Write every component in the diffusers folder layout (loadable by this class and diffusers)."""
-        os.makedirs(folder, exist_ok=True)
-        index = {"_class_name": self.pipeline_class_name}
-        for name in self.components:
-            part = getattr(self, name)
-            part.save_pretrained(os.path.join(folder, name))
-            library = "transformers" if name in ("text_encoder", "tokenizer") else "diffusers"
-            class_name = getattr(part, "class_name", type(part).__name__)
-            index[name] = [library, class_name]
-        with open(os.path.join(folder, "model_index.json"), "w") as f:
-            json.dump(index, f, indent=2)
+        """Write every component in the diffusers folder layout (loadable by this class and diffusers).
+
+        Written into a sibling folder first, so a reader (eval_demo on a training snapshot, a crash)
+        never sees half a checkpoint: a new folder appears whole; in an existing one each component
+        and model_index.json replace their old copies whole, and other files there are kept.
+        """
+        folder = os.path.abspath(folder)
+        staging = f"{folder}.saving-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.makedirs(staging)
+        try:
+            index = {"_class_name": self.pipeline_class_name}
+            for name in self.components:
+                part = getattr(self, name)
+                part.save_pretrained(os.path.join(staging, name))
+                library = "transformers" if name in ("text_encoder", "tokenizer") else "diffusers"
+                index[name] = [library, getattr(part, "class_name", type(part).__name__)]
+            with open(os.path.join(staging, "model_index.json"), "w") as f:
+                json.dump(index, f, indent=2)
+            if not os.path.exists(folder):
+                os.rename(staging, folder)
+                return
+            for name in (*self.components, "model_index.json"):  # the index last: it names the parts
+                target, old = os.path.join(folder, name), os.path.join(staging, name + ".old")
+                if os.path.isdir(target):
+                    os.rename(target, old)
+                os.replace(os.path.join(staging, name), target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

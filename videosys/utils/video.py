@@ -1,10 +1,9 @@
 """Video files: written whole or not at all (temporary file, then rename), read back as uint8."""
 
-import os
-import tempfile
-
 import numpy as np
 import torch
+
+from videosys.utils.files import atomic_path
 
 
 def to_uint8_frames(video) -> np.ndarray:
@@ -30,11 +29,7 @@ def save_video(video, path: str, fps: int = 8) -> str:
         raise ValueError(f"H.264 (yuv420p) needs even height and width, got {h}x{w}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".mp4") as tmp:
         writer = imageio_ffmpeg.write_frames(tmp, (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
                                              pix_fmt_out="yuv420p", macro_block_size=1, quality=8,
                                              output_params=["-movflags", "+faststart"])
@@ -42,14 +37,6 @@ def save_video(video, path: str, fps: int = 8) -> str:
         for frame in frames:
             writer.send(frame)
         writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the video gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,12 +214,9 @@ class StatsFile:
         self.write()
 
     def write(self) -> None:
-        folder = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.data, f, indent=1, ensure_ascii=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, self.path)
+        from videosys.utils.files import write_json
+
+        write_json(self.path, self.data, indent=1)
 
 
 def run_local(config, jobs: list[Job], on_done, threads: int | None = None, negative_prompt: str | None = None) -> None:
