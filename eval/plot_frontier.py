@@ -73,8 +73,9 @@ COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
 
 
 def method_of(variant: str) -> str:
-    """'teacache-0.3' -> 'teacache', 'pab-246' -> 'pab': the points of one method share a line."""
-    return variant.split("-")[0]
+    """'teacache-0.3' -> 'teacache', 'pab-246' -> 'pab', 'teacache-cal-0.1' -> 'teacache-cal': the points of
+    one method (its thresholds / presets) share a line."""
+    return variant.rsplit("-", 1)[0]
 
 
 def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None,

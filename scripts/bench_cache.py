@@ -16,6 +16,7 @@ table, writes JSON and a PNG of the frontier (eval/plot_frontier.py's plot).
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -79,7 +80,17 @@ def run_variant(engine, jobs) -> tuple[dict, list]:
     return {"teacache": stats.get("teacache", {}), "pab": stats.get("pab", {})}, videos
 
 
-def time_variants(engine, spent, variants, jobs, rounds: int) -> dict:
+def cache_spec(variant: str, coefficients=None):
+    """A variant name as engine.set_cache takes it; "teacache-cal-<threshold>" is TeaCache with the
+    coefficients of a calibration (scripts/calibrate_teacache.py, --coefficients)."""
+    if not variant.startswith("teacache-cal-"):
+        return variant
+    if coefficients is None:
+        raise ValueError(f"{variant} needs --coefficients (a scripts/calibrate_teacache.py JSON)")
+    return {"method": "teacache", "threshold": float(variant[len("teacache-cal-"):]), "coefficients": coefficients}
+
+
+def time_variants(engine, spent, variants, jobs, rounds: int, coefficients=None) -> dict:
     """Median end-to-end and transformer seconds per video of each variant, timed in interleaved rounds
     (every variant once per round, in an order rotated each round, round r on job r), so drift of the
     machine hits them all alike."""
@@ -88,7 +99,7 @@ def time_variants(engine, spent, variants, jobs, rounds: int) -> dict:
         prompt, seed = jobs[r % len(jobs)]
         shift = r % len(variants)  # rotate the order: no variant always runs first after the switch
         for variant in variants[shift:] + variants[:shift]:
-            engine.set_cache(variant)
+            engine.set_cache(cache_spec(variant, coefficients))
             spent[0] = 0.0
             total = engine.generate(prompt, seed=seed).stats["total_s"]
             if r:
@@ -124,31 +135,22 @@ def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(parser) -> None:
+    """The model, its prompts and the CPU threads: the options this script shares with calibrate_teacache.py."""
     parser.add_argument("--model", default="latte")
     parser.add_argument("--preset", default="demo", help="demo (trained, Latte only), tiny (random weights), ...")
     parser.add_argument("--model-path")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                        help="cache specs: none, teacache-slow|fast|<threshold>, pab, pab-246|357|579")
     parser.add_argument("--prompt-set", choices=("demo", "builtin"), default="demo",
                         help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
     parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timing rounds: each times every variant once, interleaved (median per variant)")
     parser.add_argument("--steps", type=int, help="override the number of denoising steps")
     parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
-    parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
-    args = parser.parse_args(argv)
-    if "none" not in args.variants:
-        parser.error("--variants must include none (the baseline every other variant is compared with)")
-    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def model_config(args):
+    """The family config the options name (progress bar off); sets the torch threads."""
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"device": args.device, "progress_bar": False, "preset": args.preset}
@@ -156,20 +158,52 @@ def main(argv=None) -> int:
         overrides["model_path"] = args.model_path
     if args.steps:
         overrides["num_inference_steps"] = args.steps
-    config = config_class(args.model)(**overrides)
+    return config_class(args.model)(**overrides)
+
+
+def prompt_list(args) -> list[str]:
     prompts = eval_demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
-    prompts = prompts[: args.prompts]
+    return prompts[: args.prompts]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                        help="cache specs: none, teacache-slow|fast|<threshold>, pab, pab-246|357|579, "
+                             "teacache-cal-<threshold> (with --coefficients)")
+    parser.add_argument("--coefficients", help="JSON of scripts/calibrate_teacache.py: its polynomial for "
+                                               "the teacache-cal-<threshold> variants")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds: each times every variant once, interleaved (median per variant)")
+    parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
+    args = parser.parse_args(argv)
+    if "none" not in args.variants:
+        parser.error("--variants must include none (the baseline every other variant is compared with)")
+    if any(v.startswith("teacache-cal-") for v in args.variants) and not args.coefficients:
+        parser.error("teacache-cal-<threshold> variants need --coefficients")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = model_config(args)
+    prompts = prompt_list(args)
     jobs = [(prompt, seed) for prompt in prompts for seed in range(args.seeds)]
     device = config.torch_device()
     lpips = lpips_model_or_none(device)
     variants = ["none"] + [v for v in args.variants if v != "none"]
+    coefficients = None
+    if args.coefficients:
+        with open(args.coefficients) as f:
+            coefficients = json.load(f)["coefficients"]
 
     results, baseline = {}, None
     with VideoSysEngine(config) as engine:
         spent = timed_transformer(engine.pipeline)
-        timings = time_variants(engine, spent, variants, jobs, args.repeats)
+        timings = time_variants(engine, spent, variants, jobs, args.repeats, coefficients)
         for variant in variants:
-            engine.set_cache(variant)
+            engine.set_cache(cache_spec(variant, coefficients))
             row, videos = run_variant(engine, jobs)
             row.update(timings[variant])
             if baseline is None:

@@ -1,4 +1,4 @@
-"""Load the eval/ scripts (plain files, not a package) as modules for the tests."""
+"""Load the eval/ and scripts/ files (plain files, not a package) as modules for the tests."""
 
 import importlib.util
 import os
@@ -18,5 +18,17 @@ def load_eval_module(relative_path: str, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_script(name: str):
+    """scripts/<name>.py as module `videosys_scripts_<name>` (loaded once)."""
+    module_name = f"videosys_scripts_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module

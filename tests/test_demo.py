@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from eval_helpers import load_script  # tests/eval_helpers.py
 from videosys.utils import demo_data
 from videosys.utils.text import build_tiny_tokenizer
 
@@ -60,22 +61,6 @@ def test_dataset_is_seeded_and_balanced():
 
 
 # ---- scripts/eval_demo.py: the colour-centroid tracker ---------------------------------------
-
-
-def load_script(name: str):
-    import importlib.util
-    import os
-    import sys
-
-    module_name = f"videosys_scripts_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tracker_follows_the_centroid():

@@ -1,25 +1,17 @@
 """The shipped demo model, `LatteConfig(preset="demo")`: a standard checkpoint folder that draws what
 its prompt asks for, and the cache frontier (scripts/bench_cache.py) on it."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from eval_helpers import load_script  # tests/eval_helpers.py
 
 from videosys import LatteConfig, VideoSysEngine
 from videosys.models.latte import pipeline as latte_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,121 @@
+"""TeaCache coefficients for any model: record uncached generations, fit the rescaling polynomial.
+
+The published polynomials (teacache.COEFFICIENTS) were fitted by the reference over every step
+of a prompt set: x = relative L1 change of the model's indicator between consecutive transformer
+calls, y = relative L1 change of the transformer's output, `numpy.polyfit(x, y, 4)`. A model
+without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model) gets its own:
+
+    from videosys.cache.calibrate import calibrate
+    fit = calibrate(engine.pipeline, prompts, seeds=[0])
+    engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=fit.coefficients))
+
+or `python scripts/calibrate_teacache.py --model latte --preset demo`. The indicator is the one the
+model's forward hands to TeaCache (teacache_blocks), so the fit measures exactly what the cache
+will read. One process, cond and uncond in one batch (as the reference measured); the output
+distance is over the whole batched output (both CFG halves), as the indicator's is.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from videosys.cache.teacache import relative_l1, rescale
+
+
+@dataclass
+class TeaCacheRecorder:
+    """Stands where TeaCache stands in a transformer (`transformer.teacache`), never skips, and keeps
+    the indicator's and the output's relative L1 change for every call after a generation's first.
+    The distances stay on the device until `points()`: no host sync per step."""
+
+    xs: list = field(default_factory=list)
+    ys: list = field(default_factory=list)
+    indicator: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+    def begin(self, timesteps) -> None:
+        self.indicator = self.output = None  # consecutive calls of one generation only
+
+    def set_step(self, index: int, timestep: float) -> None:
+        pass
+
+    def skip(self, indicator: torch.Tensor, branch: str = "batch", distance=relative_l1) -> bool:
+        if self.indicator is not None:
+            self.xs.append(distance(indicator, self.indicator).detach())
+        self.indicator = indicator.detach()
+        return False
+
+    def store(self, inputs, outputs, branch: str = "batch") -> None:
+        pass
+
+    def record_output(self, output: torch.Tensor) -> None:
+        output = output.detach()
+        if self.output is not None:
+            self.ys.append(relative_l1(output, self.output))
+        self.output = output
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.xs) != len(self.ys):
+            raise RuntimeError(f"{len(self.xs)} indicator changes but {len(self.ys)} output changes: the model "
+                               "must call TeaCache once per forward")
+        if not self.xs:
+            return np.zeros(0), np.zeros(0)
+        return (torch.stack(self.xs).double().cpu().numpy(), torch.stack(self.ys).double().cpu().numpy())
+
+    def stats(self) -> dict:
+        return {"calibration_points": len(self.ys)}
+
+    def postfix(self) -> str:
+        return f"calibrating, {len(self.ys)} points"
+
+
+@dataclass
+class Calibration:
+    coefficients: tuple[float, ...]  # numpy.poly1d order (highest power first), as TeaCacheConfig takes them
+    x: np.ndarray  # relative L1 change of the indicator, one per recorded call
+    y: np.ndarray  # relative L1 change of the output
+
+    def r2(self, coefficients=None) -> float:
+        """Coefficient of determination of a polynomial (default: the fitted one) on the recorded points."""
+        predicted = np.array([rescale(tuple(coefficients or self.coefficients), v) for v in self.x])
+        total = float(((self.y - self.y.mean()) ** 2).sum())
+        return 1.0 - float(((self.y - predicted) ** 2).sum()) / total if total > 0 else float("nan")
+
+    def summary(self) -> dict:
+        return {"coefficients": list(self.coefficients), "points": len(self.x), "r2": self.r2(),
+                "x_range": [float(self.x.min()), float(self.x.max())],
+                "y_range": [float(self.y.min()), float(self.y.max())]}
+
+
+def fit(x, y, degree: int = 4) -> tuple[float, ...]:
+    """numpy.polyfit(x, y, degree), as the reference fitted the published polynomials."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) <= degree:
+        raise ValueError(f"a degree-{degree} fit needs more than {degree} points, got {len(x)}: "
+                         "use more prompts, seeds or steps")
+    return tuple(float(c) for c in np.polyfit(x, y, degree))
+
+
+def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True,
+              **generate_kwargs) -> Calibration:
+    """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
+    put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...)."""
+    if pipeline.parallel.world_size != 1:
+        raise ValueError("calibrate runs in one process (num_gpus=1): the distances are those of the whole batch")
+    transformer = pipeline.transformer
+    saved = transformer.teacache, transformer.pab
+    recorder = TeaCacheRecorder()
+    transformer.teacache, transformer.pab = recorder, None
+    handle = transformer.register_forward_hook(
+        lambda module, args, out: recorder.record_output(out if torch.is_tensor(out) else out[0]))
+    jobs = [(p, s) for p in prompts for s in seeds]
+    try:
+        for prompt, seed in tqdm(jobs, desc="calibrating", disable=not progress):
+            pipeline.generate(prompt, seed=seed, **generate_kwargs)
+    finally:
+        handle.remove()
+        transformer.teacache, transformer.pab = saved
+    x, y = recorder.points()
+    return Calibration(fit(x, y, degree), x, y)
