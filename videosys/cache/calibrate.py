@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from videosys.cache.teacache import relative_l1, rescale
+from videosys.cache.teacache import relative_l1
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Calibration:
 
     def r2(self, coefficients=None) -> float:
         """Coefficient of determination of a polynomial (default: the fitted one) on the recorded points."""
-        predicted = np.array([rescale(tuple(coefficients or self.coefficients), v) for v in self.x])
+        predicted = np.polyval(self.coefficients if coefficients is None else coefficients, self.x)
         total = float(((self.y - self.y.mean()) ** 2).sum())
         return 1.0 - float(((self.y - predicted) ** 2).sum()) / total if total > 0 else float("nan")
 
