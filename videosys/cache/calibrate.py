@@ -6,8 +6,8 @@ calls, y = relative L1 change of the transformer's output, `numpy.polyfit(x, y, 
 without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model) gets its own:
 
     from videosys.cache.calibrate import calibrate
-    fit = calibrate(engine.pipeline, prompts, seeds=[0])
-    engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=fit.coefficients))
+    result = calibrate(engine.pipeline, prompts, seeds=[0])
+    engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=result.coefficients))
 
 or `python scripts/calibrate_teacache.py --model latte --preset demo`. The indicator is the one the
 model's forward hands to TeaCache (teacache_blocks), so the fit measures exactly what the cache
