@@ -87,7 +87,11 @@ def cache_spec(variant: str, coefficients=None):
         return variant
     if coefficients is None:
         raise ValueError(f"{variant} needs --coefficients (a scripts/calibrate_teacache.py JSON)")
-    return {"method": "teacache", "threshold": float(variant[len("teacache-cal-"):]), "coefficients": coefficients}
+    try:
+        threshold = float(variant[len("teacache-cal-"):])
+    except ValueError:
+        raise ValueError(f"{variant}: the threshold after teacache-cal- must be a number") from None
+    return {"method": "teacache", "threshold": threshold, "coefficients": coefficients}
 
 
 def time_variants(engine, spent, variants, jobs, rounds: int, coefficients=None) -> dict:

@@ -24,6 +24,15 @@ def test_fit_recovers_a_known_polynomial():
         fit(x[:4], x[:4])
 
 
+def test_r2_scores_a_polynomial_as_teacache_evaluates_it():
+    from videosys.cache.calibrate import Calibration
+
+    # -x^2 + 0.4x peaks at x = 0.2 (value 0.04); TeaCache holds it there beyond the peak
+    result = Calibration((-1.0, 0.4, 0.0), np.array([0.1, 0.3]), np.array([0.03, 0.04]))
+    assert result.r2() == pytest.approx(1.0)
+    assert result.r2((0.0, 0.0, 0.035)) == pytest.approx(0.0)  # the mean of y: R^2 0 by definition
+
+
 def test_calibrate_records_consecutive_changes_and_restores_caches(tiny_latte):
     transformer = tiny_latte.transformer
     transformer.enable_cache(TeaCacheConfig(threshold=0.3))
@@ -63,6 +72,8 @@ def test_scripts_calibrate_then_bench_with_the_coefficients(tmp_path):
     bench = load_script("bench_cache")
     with pytest.raises(ValueError, match="needs --coefficients"):
         bench.cache_spec("teacache-cal-0.1")
+    with pytest.raises(ValueError, match="must be a number"):
+        bench.cache_spec("teacache-cal-slow", [1.0])
     spec = bench.cache_spec("teacache-cal-0.25", report["coefficients"])
     assert spec == {"method": "teacache", "threshold": 0.25, "coefficients": report["coefficients"]}
     constant = tmp_path / "constant.json"  # rescaled distance 1 per step, whatever the model does

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from videosys.cache.teacache import relative_l1
+from videosys.cache.teacache import last_peak, relative_l1
 
 
 @dataclass
@@ -78,8 +78,10 @@ class Calibration:
     y: np.ndarray  # relative L1 change of the output
 
     def r2(self, coefficients=None) -> float:
-        """Coefficient of determination of a polynomial (default: the fitted one) on the recorded points."""
-        predicted = np.polyval(self.coefficients if coefficients is None else coefficients, self.x)
+        """Coefficient of determination of a polynomial (default: the fitted one) on the recorded points,
+        evaluated as TeaCache evaluates it (at min(x, last peak): teacache.py)."""
+        coefficients = tuple(self.coefficients if coefficients is None else coefficients)
+        predicted = np.polyval(coefficients, np.minimum(self.x, last_peak(coefficients)))
         total = float(((self.y - self.y.mean()) ** 2).sum())
         return 1.0 - float(((self.y - predicted) ** 2).sum()) / total if total > 0 else float("nan")
 
