@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videosys import LatteConfig, LattePipeline
-from videosys.cache import PAB, PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys.cache import PAB, PABConfig, TeaCacheConfig, configs_from_spec
 from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
 
 PROMPT = "a red circle moving to the right"
@@ -90,7 +90,7 @@ def test_teacache_reuse_adds_the_stored_residual():
         second = model(x, t, text)  # same input, skipped: must equal the computed output
         model.disable_cache()
         direct = model(x, t, text)
-    assert model.teacache is None
+    assert model.active_cache("teacache") is None
     assert torch.allclose(second, first, atol=1e-6) and torch.allclose(first, direct, atol=1e-6)
 
 
@@ -172,7 +172,7 @@ def test_pab_mlp_schedule():
 def test_pab_latte_stats_match_the_plan():
     pipe = pipeline(cache="pab")
     out = pipe.generate(PROMPT, num_frames=4, num_inference_steps=50, seed=0)
-    plan = pipe.transformer.pab.broadcast_plan
+    plan = pipe.transformer.active_cache("pab").broadcast_plan
     layers = pipe.transformer.config.num_layers
     for kind in ("spatial", "temporal", "cross"):
         reused = sum(plan[kind]) * layers
@@ -186,8 +186,8 @@ def test_pab_latte_stats_match_the_plan():
 def test_config_switches_and_presets():
     tea = LatteConfig(preset="tiny", enable_teacache=True, teacache_thresh=0.2).cache_configs()
     assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["latte"])]
-    assert cache_configs_from_spec("teacache-fast", "latte", "latte")[0].threshold == 0.2
-    assert cache_configs_from_spec("teacache-slow", "latte", "latte")[0].threshold == 0.1
+    assert configs_from_spec("teacache-fast", "latte")[0].threshold == 0.2
+    assert configs_from_spec("teacache-slow", "latte")[0].threshold == 0.1
     pab = LatteConfig(preset="tiny", enable_pab=True).cache_configs()[0]
     assert pab.spatial == ((100.0, 800.0), 2) and pab.temporal == ((100.0, 800.0), 3)
     assert pab.cross == ((100.0, 800.0), 6) and sorted(pab.mlp) == [400.0, 480.0, 560.0, 640.0, 720.0]
@@ -211,6 +211,7 @@ def test_two_pipelines_do_not_interfere(uncached):
     solo = cached.generate(PROMPT, **RUN).video
     a = cached.generate(PROMPT, **RUN).video
     b = plain.generate(PROMPT, **RUN).video
-    assert plain.transformer.teacache is None and cached.transformer.teacache is not None
+    assert plain.transformer.active_cache("teacache") is None
+    assert cached.transformer.active_cache("teacache") is not None
     assert torch.equal(a, solo) and torch.equal(b, uncached)
     assert not torch.equal(a, b)

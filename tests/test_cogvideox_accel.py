@@ -44,10 +44,10 @@ def uncached(pipe):
 # ---- configuration ------------------------------------------------------------------------------
 
 def test_published_cache_settings(tmp_path):
-    assert tiny().teacache_model() == "cogvideox-2b" and tiny(preset="tiny-5b").teacache_model() == "cogvideox-5b"
-    assert CogVideoXConfig().teacache_model() == "cogvideox-2b"  # THUDM/CogVideoX-2b, no download
-    assert CogVideoXConfig(model_path="THUDM/CogVideoX-5b").teacache_model() == "cogvideox-5b"
-    assert tiny().pab_model() == "cogvideox"
+    assert tiny().cache_models()[0] == "cogvideox-2b" and tiny(preset="tiny-5b").cache_models()[0] == "cogvideox-5b"
+    assert CogVideoXConfig().cache_models()[0] == "cogvideox-2b"  # THUDM/CogVideoX-2b, no download
+    assert CogVideoXConfig(model_path="THUDM/CogVideoX-5b").cache_models()[0] == "cogvideox-5b"
+    assert tiny().cache_models()[1] == "cogvideox"
     tea = tiny(preset="tiny-5b", cache="teacache-fast").cache_configs()
     assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["cogvideox-5b"])]
     assert tiny(enable_teacache=True).cache_configs()[0].coefficients == COEFFICIENTS["cogvideox-2b"]
@@ -59,7 +59,7 @@ def test_published_cache_settings(tmp_path):
         (folder / "transformer").mkdir(parents=True)
         config = json.dumps({"use_rotary_positional_embeddings": rotary})
         (folder / "transformer" / "config.json").write_text(config)
-        assert CogVideoXConfig(model_path=str(folder)).teacache_model() == expected
+        assert CogVideoXConfig(model_path=str(folder)).cache_models()[0] == expected
 
 
 def test_heads_must_divide_by_sp():
@@ -83,7 +83,7 @@ def test_teacache_forced_schedule_applies_both_residuals(pipe, uncached):
     """A constant polynomial adds 0.04 per step: with threshold 0.1 the stack runs every third step
     (0.12 >= 0.1) and on the first and last; a skipped step adds the stored residual of each stream."""
     pipe.set_cache(TeaCacheConfig(threshold=0.1, coefficients=(0.04,)))
-    model, cache = pipe.transformer, pipe.transformer.teacache
+    model, cache = pipe.transformer, pipe.transformer.active_cache("teacache")
     stored, applied = [], []
     run_blocks, apply_cached = model.run_blocks, cache.apply_cached
 
@@ -130,7 +130,7 @@ def test_teacache_reuse_returns_the_computed_output():
         first = model(x, text, t)
         model.cache_step(1, 500.0)
         second = model(x, text, t)
-    assert model.teacache.stats()["reused_step_indices"] == [1]
+    assert model.active_cache("teacache").stats()["reused_step_indices"] == [1]
     assert torch.allclose(second, first, atol=1e-5)
 
 
@@ -147,9 +147,9 @@ def test_pab_range_one_is_exact(pipe, uncached):
 def test_pab_stats_match_the_plan(pipe, uncached):
     pipe.set_cache("pab")
     out = pipe.generate(PROMPT, **RUN)
-    plan = pipe.transformer.pab.broadcast_plan["spatial"]
+    plan = pipe.transformer.active_cache("pab").broadcast_plan["spatial"]
     # published for CogVideoX: spatial (joint) attention only, strict window (100, 850), range 2
-    timesteps = pipe.transformer.pab.timesteps
+    timesteps = pipe.transformer.active_cache("pab").timesteps
     assert plan == [i % 2 == 1 and 100 < t < 850 for i, t in enumerate(timesteps)] and any(plan)
     layers = pipe.transformer.config.num_layers
     reused = sum(plan) * layers

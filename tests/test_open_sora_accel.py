@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine
-from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys.cache import PABConfig, TeaCacheConfig, configs_from_spec
 from videosys.cache.teacache import COEFFICIENTS
 from videosys.core import comm
 from videosys.models.open_sora.pipeline import published_timestep
@@ -60,7 +60,7 @@ def single(tiny):
 # ---- configs --------------------------------------------------------------------------------------
 def test_configs_take_the_published_open_sora_settings():
     config = tiny_config()
-    assert config.pab_model() == config.teacache_model() == "open-sora"
+    assert config.cache_models() == ("open-sora",)
     (tea,) = tiny_config(cache="teacache-fast").cache_configs()
     assert tea.threshold == 0.2 and tea.coefficients == COEFFICIENTS["open-sora"]
     (pab,) = tiny_config(enable_pab=True).cache_configs()
@@ -71,13 +71,13 @@ def test_configs_take_the_published_open_sora_settings():
 
 def test_pab_paper_variants_by_name():
     default = PABConfig.for_model("open-sora")
-    assert cache_configs_from_spec("pab-246", "open-sora", "open-sora") == [default]
+    assert configs_from_spec("pab-246", "open-sora") == [default]
     for name, ranges in (("pab-357", (3, 5, 7)), ("pab-579", (5, 7, 9))):
-        (pab,) = cache_configs_from_spec(name, "open-sora", "open-sora")
+        (pab,) = configs_from_spec(name, "open-sora")
         assert (pab.spatial[1], pab.temporal[1], pab.cross[1]) == ranges
         assert pab.spatial[0] == pab.temporal[0] == pab.cross[0] == (450.0, 930.0) and pab.mlp == default.mlp
     with pytest.raises(ValueError, match="pab-<ranges>"):
-        cache_configs_from_spec("pab-35", "open-sora", "open-sora")
+        configs_from_spec("pab-35", "open-sora")
 
 
 def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
@@ -102,7 +102,7 @@ def test_teacache_threshold_zero_and_pab_range_one_are_exact(tiny, single):
     always = ((0, 1001), 1)
     tiny.set_cache(PABConfig.for_model("open-sora", spatial=always, temporal=always, cross=always))
     out = tiny.generate(PROMPT, **RUN)
-    keys = tiny.transformer.pab.timesteps
+    keys = tiny.transformer.active_cache("pab").timesteps
     tiny.set_cache(None)
     assert len(keys) == RUN["num_inference_steps"] and not set(keys) & {676.0, 788.0, 864.0}
     depth, steps = tiny.transformer.config.depth, RUN["num_inference_steps"]
@@ -138,13 +138,13 @@ def test_teacache_indicator_is_the_first_spatial_blocks_modulated_embedding():
     model.cache_begin([1000.0, 500.0])
     model.cache_step(0, 1000.0)
     seen, captured = {}, {}
-    skip = model.teacache.skip
+    skip = model.active_cache("teacache").skip
 
     def spy(indicator, **kw):
         seen["indicator"] = indicator
         return skip(indicator, **kw)
 
-    model.teacache.skip = spy
+    model.active_cache("teacache").skip = spy
     model.x_embedder.register_forward_hook(lambda m, i, o: captured.setdefault("patches", o))
     model.t_block.register_forward_hook(lambda m, i, o: captured.setdefault("t_mlp", o))
     x, y = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 6, 12)
@@ -174,7 +174,7 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
     tiny.set_cache("pab")
     try:
         out = tiny.generate(PROMPT, **run)
-        pab = tiny.transformer.pab
+        pab = tiny.transformer.active_cache("pab")
     finally:
         tiny.set_cache(None)
     keys = pab.timesteps

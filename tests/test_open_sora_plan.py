@@ -329,7 +329,7 @@ def test_scheduler_is_release_euler_ancestral(tiny):
     assert config.model_path == "LanguageBind/Open-Sora-Plan-v1.2.0"
     assert (OpenSoraPlanConfig(transformer_type="93x720p").num_frames, OpenSoraPlanConfig(
         transformer_type="93x720p").width) == (93, 1280)
-    assert config.teacache_model() == "open-sora-plan" and config.pab_model() == "open-sora-plan-v120"
+    assert config.cache_models() == ("open-sora-plan-v120", "open-sora-plan")
 
 
 # ---- pipeline ------------------------------------------------------------------------------------------

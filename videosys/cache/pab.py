@@ -7,16 +7,19 @@ listed block computes its MLP and the next `skip` steps reuse it.
 
 Everything is decided from the step index and the timestep value, which every rank of a
 parallel run shares, so ranks agree without talking (and a broadcast attention also skips
-its communication). A model calls, at each attention / MLP:
-    out = pab.attention("spatial", block_index, lambda: self.attn1(h))
-    out = pab.mlp("spatial", block_index, lambda: self.ff(h))
+its communication). PAB acts at the module hook point (videosys/cache/hooks.py); full 3D
+attention (CogVideoX, Open-Sora-Plan v1.2) broadcasts as spatial attention, as in the paper.
 """
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from videosys.cache.hooks import Cache, Site
+from videosys.cache.registry import published, register
 
 ATTENTION_KINDS = ("spatial", "temporal", "cross")
 
@@ -31,7 +34,7 @@ DEFAULTS = {
     "open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
                                 mlp=_OSP11_MLP),
     "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6)),
-    "cogvideox": dict(spatial=((100, 850), 2)),
+    "cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=()),  # published: joint attention only, MLPs left alone
 }
 
 
@@ -43,7 +46,7 @@ class PABConfig:
     temporal: tuple[tuple[float, float], int] | None = ((100, 800), 3)
     cross: tuple[tuple[float, float], int] | None = ((100, 800), 6)
     mlp: dict[float, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # timestep -> (blocks, skip)
-    mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # which blocks' MLPs the mlp table applies to
+    mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # blocks whose MLPs PAB handles (counts, may broadcast)
 
     def __post_init__(self):
         for kind in ATTENTION_KINDS:
@@ -55,17 +58,32 @@ class PABConfig:
                 raise ValueError(f"PAB {kind}: need lo < hi and range >= 1, got window {(lo, hi)} range {every}")
             setattr(self, kind, ((float(lo), float(hi)), int(every)))
         self.mlp = {float(t): (tuple(int(b) for b in blocks), int(skip)) for t, (blocks, skip) in self.mlp.items()}
+        self.mlp_kinds = tuple(self.mlp_kinds)
 
     @classmethod
-    def for_model(cls, model: str, **overrides) -> "PABConfig":
-        if model not in DEFAULTS:
-            raise ValueError(f"no published PAB defaults for {model!r}; choose from {sorted(DEFAULTS)}")
+    def for_model(cls, models: str | tuple[str, ...], **overrides) -> "PABConfig":
         values = {kind: None for kind in ATTENTION_KINDS}
-        values.update(DEFAULTS[model])
+        values.update(published(DEFAULTS, models, "PAB defaults"))
         return cls(**{**values, **overrides})
 
+    @classmethod
+    def from_name(cls, arg: str, models: tuple[str, ...]) -> "PABConfig | None":
+        """The paper's named variants: "246" (of "pab-246") = spatial / temporal / cross ranges."""
+        if len(arg) == 3 and arg.isdigit():
+            return pab_variant(models, *(int(c) for c in arg))
+        return None
 
-class PAB:
+
+def pab_variant(models, spatial: int, temporal: int, cross: int) -> PABConfig:
+    """The PAB paper's named variants ("pab-246", "pab-357", "pab-579": spatial / temporal / cross
+    ranges) in the model's published windows and MLP table; a kind the model does not broadcast stays off."""
+    base = PABConfig.for_model(models)
+    ranges = {"spatial": spatial, "temporal": temporal, "cross": cross}
+    return dataclasses.replace(base, **{kind: (getattr(base, kind)[0], every) for kind, every in ranges.items()
+                                        if getattr(base, kind) is not None})
+
+
+class PAB(Cache):
     """Per-transformer broadcast state: last outputs per (kind, block) and the step's plan."""
 
     def __init__(self, config: PABConfig):
@@ -102,8 +120,8 @@ class PAB:
     def _needed_later(self, kind: str) -> bool:
         return any(self.broadcast_plan[kind][self.step + 1:])
 
-    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (kind, block)
+    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
+        key = (kind, block) if branch == "batch" else (branch, kind, block)  # a CFG branch run alone: its own
         if self.broadcast_plan[kind][self.step] and key in self.outputs:
             self.counts[f"{kind}_reused"] += 1
             return self.outputs[key]
@@ -115,15 +133,22 @@ class PAB:
             self.outputs.pop(key, None)  # past the window: free the memory
         return out
 
-    def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = ("mlp", kind, block)
-        active = kind in self.config.mlp_kinds
-        if active and block in self.mlp_reuse[self.step] and key in self.outputs:
+    def module(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The module hook: attention by kind, MLPs by the kind of their block; "full" counts as spatial."""
+        if site.kind == "mlp":
+            return self.mlp("spatial" if site.block == "full" else site.block, site.index, compute, site.branch)
+        return self.attention("spatial" if site.kind == "full" else site.kind, site.index, compute, site.branch)
+
+    def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
+        key = ("mlp", kind, block) if branch == "batch" else (branch, "mlp", kind, block)
+        if kind not in self.config.mlp_kinds:
+            return compute()
+        if block in self.mlp_reuse[self.step] and key in self.outputs:
             self.counts["mlp_reused"] += 1
             return self.outputs[key]
         out = compute()
         self.counts["mlp_computed"] += 1
-        if active and block in self.mlp_store[self.step]:
+        if block in self.mlp_store[self.step]:
             self.outputs[key] = out
         elif key in self.outputs and block not in self.mlp_reuse[self.step]:
             del self.outputs[key]
@@ -138,8 +163,5 @@ class PAB:
         return f"pab {reused}/{total} reused"
 
 
-def run(pab: "PAB | None", kind: str, block: int, compute: Callable[[], torch.Tensor], mlp: bool = False):
-    """compute() without PAB, else through its broadcast decision."""
-    if pab is None:
-        return compute()
-    return (pab.mlp if mlp else pab.attention)(kind, block, compute)
+register("pab", PABConfig, PAB, for_model=PABConfig.for_model, parse=PABConfig.from_name, names=("pab",),
+         sweep=("pab-246", "pab-357", "pab-579"), syntax="pab-<ranges>")

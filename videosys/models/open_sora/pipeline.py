@@ -251,21 +251,24 @@ class OpenSoraPipeline(VideoSysPipeline):
         latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)  # fp32
         timesteps = self.scheduler.set_timesteps(a["num_inference_steps"], a["height"], a["width"], a["num_frames"],
                                                  device=self.device)
-        # CFG parallel: each rank of the cfg group runs one branch ([uncond; cond] halves)
-        split_cfg = do_cfg and self.cfg_parallel
-        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        batch = text.shape[0]
         cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
-        fps_in = torch.full((batch,), float(cond_fps), device=self.device)
+        fps_by_batch = {}  # built once per batch size (both branches, or one), not per step
+
+        def predict(model_in, i, t, text, mask):
+            batch = model_in.shape[0]
+            if batch not in fps_by_batch:
+                fps_by_batch[batch] = torch.full((batch,), float(cond_fps), device=self.device)
+            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_by_batch[batch],
+                                    height=a["height"], width=a["width"])
+            return pred[:, :channels]  # velocity; the other half is the unused sigma prediction
+
+        def step(velocity, i, t, latents):
+            return self.scheduler.step(velocity, i, latents)
 
         denoise_start = time.perf_counter()
+        # the caches see the published (bf16-rounded, int) timesteps; the model and scheduler index by step
         cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
-        for i, _ in self.denoise_steps(cache_timesteps, "open-sora"):
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
-            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_in,
-                                    height=a["height"], width=a["width"])
-            velocity = pred[:, :channels]  # the other half is the unused sigma prediction
-            if do_cfg:
-                velocity = self.guide(self.gather_branches(velocity) if split_cfg else velocity, a["guidance_scale"])
-            latents = self.scheduler.step(velocity, i, latents)
-        return self.finish(latents, lambda z: self.to_frames(self.vae.decode(z, a["num_frames"])), start, denoise_start, len(timesteps))
+        latents = self.denoise(latents, cache_timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                               "open-sora")
+        decode = lambda z: self.to_frames(self.vae.decode(z, a["num_frames"]))  # noqa: E731
+        return self.finish(latents, decode, start, denoise_start, len(timesteps))
