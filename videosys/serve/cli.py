@@ -1,6 +1,7 @@
 """`videosys serve --model latte --preset demo [--num-gpus N] [--host 127.0.0.1 --port 8000]`"""
 
 import argparse
+import sys
 
 
 def add_parser(sub) -> None:
@@ -25,7 +26,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        print("videosys: error: `videosys serve` needs fastapi and uvicorn: pip install 'videosys[serve]'",
+              file=sys.stderr)
+        return 2
 
     from videosys.cli import make_config
     from videosys.core.engine import VideoSysEngine

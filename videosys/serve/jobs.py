@@ -171,7 +171,11 @@ class JobRunner:
             self.engine.save_video(out.video[0], self.store.video_path(job_id), fps=fps)
             self.store.update(job_id, state=DONE, finished=time.time(), stats=_plain(out.stats))
         except Cancelled:
-            self.store.update(job_id, state=CANCELLED, finished=time.time())
+            if self.stop.is_set():  # the server is stopping: as a restart would find it, never half-done
+                self.store.update(job_id, state=FAILED, finished=time.time(),
+                                  error="interrupted: the server stopped while the job was running")
+            else:
+                self.store.update(job_id, state=CANCELLED, finished=time.time())
         except Exception as err:  # an engine failure fails this job; the server goes on with the next
             self.store.update(job_id, state=FAILED, finished=time.time(), error=f"{type(err).__name__}: {err}")
             self._recover_engine()

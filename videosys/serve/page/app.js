@@ -138,8 +138,14 @@ async function cancel() {
   if (currentJob) await api(`/jobs/${currentJob}/cancel`, { method: "POST" });
 }
 
+let shownJobs = "";
+
 async function refreshJobs() {
   const jobs = await api("/jobs");
+  // rebuild the table only when a job changed: a click must not land on a row being replaced
+  const signature = JSON.stringify(jobs.map((j) => [j.id, j.state, j.progress.steps_done]));
+  if (signature === shownJobs) return;
+  shownJobs = signature;
   const rows = jobs.map((job) => {
     const done = job.state === "done";
     const radio = (slot) => `<input type="radio" name="pick-${slot}" value="${job.id}" ${done ? "" : "disabled"}` +
@@ -164,10 +170,18 @@ async function compare() {
   if (!pick.a || !pick.b) return;
   try {
     const result = await api(`/compare?a=${pick.a}&b=${pick.b}`);
+    const shown = !$("compare").hidden;
     $("compare").hidden = false;
+    if (!shown) $("compare").scrollIntoView();
     $("psnr").textContent = `PSNR ${result.psnr.toFixed(2)} dB`;
-    for (const slot of ["a", "b"]) {
-      $(`compare-${slot}`).src = `/jobs/${result[slot].id}/video`;
+    const videos = [$("compare-a"), $("compare-b")];
+    let loaded = 0;
+    for (const [i, slot] of ["a", "b"].entries()) {
+      videos[i].onloadeddata = () => {  // both loaded: start them together, frame for frame
+        if (++loaded < 2) return;
+        for (const v of videos) { v.currentTime = 0; v.play(); }
+      };
+      videos[i].src = `/jobs/${result[slot].id}/video`;
       $(`caption-${slot}`).textContent = `${slot.toUpperCase()}: ${describe(result[slot])}`;
     }
   } catch (err) {
