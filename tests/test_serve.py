@@ -108,6 +108,20 @@ def test_cancel_queue_full_and_engine_still_usable(engine, tmp_path):
         assert client.get(f"/jobs/{queued}").json()["started"] is None  # the cancelled queued job never ran
 
 
+def test_request_without_cache_runs_the_servers_caches(engine, tmp_path, monkeypatch):
+    import dataclasses
+
+    # a server started with a cache no single name says (here a list): requests default to it
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, cache=["pab"], enable_teacache=True))
+    with TestClient(create_app(engine, str(tmp_path))) as client:
+        assert client.get("/info").json()["default_cache"] is None
+        default = wait(client, submit(client))
+        assert default["request"].get("cache") is None and {"pab", "teacache"} <= set(default["stats"])
+        uncached = wait(client, submit(client, cache="none"))
+        assert "pab" not in uncached["stats"] and "teacache" not in uncached["stats"]
+        assert "teacache" in wait(client, submit(client, cache="teacache-fast"))["stats"]  # not "enabled twice"
+
+
 def test_engine_failure_fails_the_job_and_serving_goes_on(engine, tmp_path):
     transformer = engine.pipeline.transformer
     calls = []
@@ -202,3 +216,35 @@ def test_cancel_stops_every_rank_and_the_engine_goes_on(engine, tmp_path):
             job = wait(client, submit(client, num_frames=4, seed=1))
             assert job["state"] == "done" and job["progress"]["steps_done"] == 4
     assert_same_as_single(out, engine.generate(PROMPT, seed=1, num_frames=4, num_inference_steps=4))
+
+
+def test_cli_serve_builds_the_engine_from_its_flags_and_binds_localhost(engine, tmp_path, monkeypatch):
+    """`videosys serve` wiring: the config from the flags, the app over that engine, uvicorn on 127.0.0.1
+    (uvicorn and the engine replaced here: the browser test runs a real uvicorn)."""
+    import uvicorn
+
+    import videosys.core.engine
+    from videosys.cli import main
+
+    built, served = [], {}
+
+    def fake_engine(config):
+        built.append(config)
+        monkeypatch.setattr(engine, "config", config)  # what the app reads from the engine it is given
+        return engine
+
+    def fake_run(app, host, port):
+        served.update(host=host, port=port)
+        with TestClient(app) as client:
+            served["info"] = client.get("/info").json()
+
+    monkeypatch.setattr(videosys.core.engine, "VideoSysEngine", fake_engine)
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(engine, "shutdown", lambda: served.setdefault("shutdown", True))
+    assert main(["serve", "--model", "latte", "--preset", "demo", "--num-gpus", "2", "--cache", "pab",
+                 "--set", "num_inference_steps=3", "--output-dir", str(tmp_path), "--port", "8123"]) == 0
+    config = built[0]
+    assert (config.preset, config.num_gpus, config.cache, config.num_inference_steps) == ("demo", 2, "pab", 3)
+    assert config.progress_bar is False
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123) and served["shutdown"]
+    assert served["info"]["default_cache"] == "pab" and os.path.isdir(tmp_path / "jobs")

@@ -232,7 +232,8 @@ class VideoSysEngine:
 
     def generate(self, prompt, progress=None, **kwargs) -> VideoSysOutput:
         """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
-        raising Cancelled from it stops the generation there (on every rank) and the engine stays usable."""
+        raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
+        Under torchrun each rank calls its own `progress`: they must all stop at the same step."""
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def set_cache(self, cache) -> None:

@@ -30,7 +30,7 @@ class VideoSysOutput:
 class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
-    step_callback = None  # step_callback(steps_done, total) after each denoising step (a server's progress); may raise to stop
+    step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
         self.config = config

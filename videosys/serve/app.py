@@ -51,8 +51,9 @@ def _request_model(config, default_cache: str):
               for name, (kind, default) in generation_fields(config).items()}
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),
                         prompt=(str, Field(..., min_length=1, description="what to generate")),
-                        cache=(str, Field(default_cache, description=f"one of {list(CACHE_CHOICES)}, "
-                                          "teacache-<threshold> or pab-<ranges>")),
+                        cache=(str | None, Field(default_cache, description=f"one of {list(CACHE_CHOICES)}, "
+                                                 "teacache-<threshold> or pab-<ranges>; none given: the "
+                                                 "server's")),
                         **fields)
 
 
@@ -62,8 +63,17 @@ def _type_name(kind) -> str:
     return "|".join(getattr(k, "__name__", str(k)) for k in kinds)
 
 
-def _cache_name(config) -> str:
-    return config.cache if isinstance(config.cache, str) else "none"
+def _cache_name(config) -> str | None:
+    """The server's configured caches as one cache name, or None where no name says it (a list, a
+    config object, both enable_* flags): a request without `cache` then runs what the server was given."""
+    if config.cache is not None:
+        return config.cache if isinstance(config.cache, str) and not (config.enable_teacache or config.enable_pab) \
+            else None
+    if config.enable_teacache and config.enable_pab:
+        return None
+    if config.enable_teacache:
+        return f"teacache-{config.teacache_thresh}"
+    return "pab" if config.enable_pab else "none"
 
 
 def validate_request(config, pipeline, values: dict) -> None:
@@ -74,15 +84,18 @@ def validate_request(config, pipeline, values: dict) -> None:
     for name, value in values.items():
         if name not in config_names:
             continue
+        # a request's cache replaces the server's (flags included), as engine.set_cache does
+        changes = {name: value, **({"enable_teacache": False, "enable_pab": False} if name == "cache" else {})}
         try:
-            checked = dataclasses.replace(config, **{name: value})
+            checked = dataclasses.replace(config, **changes)
             if name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale"):
                 pipeline.resolve(**{name: getattr(checked, name)})
         except (ValueError, TypeError) as err:
             errors.append({"loc": ("body", name), "msg": str(err), "type": "value_error"})
     if not errors:  # the fields together (e.g. a size and a named resolution)
         try:
-            dataclasses.replace(config, **{k: v for k, v in values.items() if k in config_names})
+            together = {k: v for k, v in values.items() if k in config_names and k != "cache"}
+            dataclasses.replace(config, **together)
         except (ValueError, TypeError) as err:
             errors.append({"loc": ("body",), "msg": str(err), "type": "value_error"})
     if errors:
@@ -138,10 +151,9 @@ def create_app(engine, output_dir: str, max_queue: int = 8, model: str | None = 
     @app.post("/jobs", status_code=202)
     def submit(request: GenerateRequest):  # noqa: F821 (built above from the config)
         values = {k: v for k, v in request.model_dump().items() if v is not None}
-        fields = {k: v for k, v in values.items() if k not in ("prompt", "cache")}
         if runner.engine.pipeline is None:
             raise HTTPException(503, "the engine is down (a rank failed and it could not be rebuilt)")
-        validate_request(config, runner.engine.pipeline, {**fields, "cache": values["cache"]})
+        validate_request(config, runner.engine.pipeline, {k: v for k, v in values.items() if k != "prompt"})
         values.setdefault("num_inference_steps", config.num_inference_steps)
         try:
             return store.submit(values, model)

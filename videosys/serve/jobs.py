@@ -22,6 +22,7 @@ from videosys.utils.files import write_json
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+_UNSET = object()
 
 
 class QueueFull(Exception):
@@ -127,7 +128,7 @@ class JobRunner:
         self.store, self.engine, self.rebuild_engine = store, engine, rebuild_engine
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="videosys-jobs", daemon=True)
-        self.cache = None  # the cache name the engine has on; None: not set by a job yet
+        self.cache = _UNSET  # the cache name the engine has on (None: the server's configured caches)
 
     def start(self) -> None:
         self.thread.start()
@@ -149,7 +150,7 @@ class JobRunner:
 
     def run(self, job: dict) -> None:
         job_id, request = job["id"], dict(job["request"])
-        prompt, cache = request.pop("prompt"), request.pop("cache", "none")
+        prompt, cache = request.pop("prompt"), request.pop("cache", None)  # None: the server's configured caches
 
         def progress(done: int, total: int) -> None:
             pipeline = self.engine.pipeline  # rank 0's: its caches count what every rank decided
@@ -165,7 +166,7 @@ class JobRunner:
             takes = inspect.signature(self.engine.pipeline.generate).parameters
             fps = request.get("fps") if "fps" in takes else request.pop("fps", None)  # else only the file's rate
             if cache != self.cache:
-                self.engine.set_cache(cache)
+                self.engine.set_cache(self.engine.config.cache_configs() if cache is None else cache)
                 self.cache = cache
             out = self.engine.generate(prompt, progress=progress, **request)
             self.engine.save_video(out.video[0], self.store.video_path(job_id), fps=fps)
@@ -187,7 +188,7 @@ class JobRunner:
         if self.engine.pipeline is None and self.rebuild_engine is not None:
             try:
                 self.engine = self.rebuild_engine()
-                self.cache = None
+                self.cache = _UNSET
             except Exception:  # the next jobs fail with "the engine is down"; the server still answers
                 traceback.print_exc()
 

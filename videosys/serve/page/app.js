@@ -45,7 +45,7 @@ function timing(job) {
 
 function describe(job) {
   const r = job.request;
-  const lines = [`"${r.prompt}"`, `cache ${r.cache}, ${r.num_inference_steps} steps, seed ${r.seed ?? 0}`];
+  const lines = [`"${r.prompt}"`, `cache ${r.cache ?? "server default"}, ${r.num_inference_steps} steps, seed ${r.seed ?? 0}`];
   if (job.stats) lines.push(timing(job));
   const reuse = cacheSummary(job.stats);
   if (reuse) lines.push(reuse);
@@ -56,7 +56,10 @@ async function loadInfo() {
   info = await api("/info");
   $("model-info").textContent = `${info.model} (${info.preset || info.model_path}), ${info.num_gpus} process(es)`;
   $("model").innerHTML = info.models.map((m) => `<option>${m}</option>`).join("");
-  $("cache").innerHTML = info.caches.map((c) => `<option${c === info.default_cache ? " selected" : ""}>${c}</option>`).join("");
+  const caches = info.caches.includes(info.default_cache) || info.default_cache === null
+    ? info.caches : [info.default_cache, ...info.caches];
+  $("cache").innerHTML = (info.default_cache === null ? `<option value="" selected>server default</option>` : "") +
+    caches.map((c) => `<option${c === info.default_cache ? " selected" : ""}>${c}</option>`).join("");
   const fields = $("fields");
   for (const field of info.fields) {
     const label = document.createElement("label");
@@ -74,7 +77,8 @@ async function loadInfo() {
 }
 
 function requestBody() {
-  const body = { prompt: $("prompt").value, cache: $("cache").value };
+  const body = { prompt: $("prompt").value };
+  if ($("cache").value) body.cache = $("cache").value;
   for (const input of $("fields").querySelectorAll("input")) {
     const raw = input.value.trim();
     if (raw === "") continue;
@@ -154,7 +158,7 @@ async function refreshJobs() {
     const steps = `${job.progress.steps_done}/${job.progress.total_steps}`;
     const title = (job.error || job.request.prompt).replace(/"/g, "&quot;");
     return `<tr data-job="${job.id}"><td>${radio("a")}</td><td>${radio("b")}</td>` +
-      `<td class="prompt" title="${title}"></td><td>${job.request.cache}</td><td>${steps}</td>` +
+      `<td class="prompt" title="${title}"></td><td>${job.request.cache ?? "server default"}</td><td>${steps}</td>` +
       `<td class="state-${job.state}">${job.state}</td><td>${time}</td></tr>`;
   });
   const body = $("jobs").querySelector("tbody");
