@@ -1,5 +1,6 @@
 """`videosys serve`: the HTTP API on the demo model through FastAPI's test client."""
 
+import json
 import os
 import shutil
 import time
@@ -188,7 +189,10 @@ def test_restart_keeps_finished_jobs_and_fails_interrupted_ones(engine, tmp_path
         waiting = submit(client)
         shutil.copytree(first, snapshot)  # the folder as a crash would leave it: one running, one queued
         (snapshot / "videos" / ".tmp-half.mp4").write_bytes(b"\0" * 10)  # a write the crash cut short
-        client.post(f"/jobs/{running}/cancel")
+    # a clean stop (the app's shutdown) stops the running job at its next step, as failed, and runs no other
+    stopped = json.loads((first / "jobs" / f"{running}.json").read_text())
+    assert stopped["state"] == "failed" and "the server stopped" in stopped["error"]
+    assert json.loads((first / "jobs" / f"{waiting}.json").read_text())["state"] == "queued"
 
     with TestClient(create_app(engine, str(snapshot))) as client:
         jobs = {j["id"]: j for j in client.get("/jobs").json()}

@@ -8,8 +8,10 @@
     GET  /info, /health
 
 Request fields are the family's generate() arguments under the config's names; a value is checked
-by the config itself (the family config rebuilt with it, then the pipeline's own checks), so a bad
-one gets a 422 naming the field before it is queued.
+by the config itself (the family config rebuilt with it, then the pipeline's argument checks), so a
+bad one gets a 422 naming the field before it is queued. The checks only a family's generate() makes
+(its size grid: Latte's height divisible by 16, CogVideoX's 8k+1 frames) run when the job starts,
+before any compute, and fail the job with their message.
 """
 
 import dataclasses
@@ -46,7 +48,7 @@ def generation_fields(config) -> dict[str, tuple[typing.Any, typing.Any]]:
     return fields
 
 
-def _request_model(config, default_cache: str):
+def _request_model(config, default_cache: str | None):
     fields = {name: (kind | None, Field(None, description=f"default: {default!r}"))
               for name, (kind, default) in generation_fields(config).items()}
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),

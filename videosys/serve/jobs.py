@@ -112,8 +112,8 @@ class JobStore:
     def next_job(self, stop: threading.Event, timeout: float = 0.2) -> dict | None:
         """The oldest queued job, now marked running; None when `stop` is set."""
         with self.lock:
-            while not self.queue:
-                if stop.is_set():
+            while not self.queue or stop.is_set():
+                if stop.is_set():  # queued jobs stay queued: the next server marks them failed
                     return None
                 self.lock.wait(timeout)
             job_id = self.queue.popleft()
@@ -135,9 +135,8 @@ class JobRunner:
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop taking jobs, stop the running one at its next step, and wait for the thread."""
-        self.stop.set()
+        self.stop.set()  # the running job's next step raises Cancelled
         with self.store.lock:
-            self.store.cancel_requested.update(j for j, job in self.store.jobs.items() if job["state"] == RUNNING)
             self.store.lock.notify_all()
         if self.thread.is_alive():
             self.thread.join(timeout)
@@ -157,7 +156,7 @@ class JobRunner:
             self.store.update(job_id, persist=False,
                               progress={"steps_done": done, "total_steps": total,
                                         "cache": pipeline.transformer.cache_stats()})
-            if job_id in self.store.cancel_requested:
+            if job_id in self.store.cancel_requested or self.stop.is_set():
                 raise Cancelled(f"cancelled after step {done}/{total}")
 
         try:
