@@ -9,6 +9,19 @@ Everything is decided from the step index and the timestep value, which every ra
 parallel run shares, so ranks agree without talking (and a broadcast attention also skips
 its communication). PAB acts at the module hook point (videosys/cache/hooks.py); full 3D
 attention (CogVideoX, Open-Sora-Plan v1.2) broadcasts as spatial attention, as in the paper.
+One output is kept per module instance (site kind, block kind, index), as the authors' code keeps
+one per block: Open-Sora's spatial block i and temporal block i both cross-attend, each its own.
+
+What is broadcast follows the PAB authors' code (VideoSys, whose published PAB numbers we
+reproduce), per family: the tensor `compute()` returns is what a later step adds back.
+- Latte, Open-Sora-Plan v1.1 (LatteT2V), Open-Sora 1.2: self-attention and MLP outputs *after*
+  their adaLN gate (gate_msa * attn, gate_mlp * mlp; Open-Sora with the t0 gate on x_mask frames);
+  cross-attention has no gate.
+- Open-Sora-Plan v1.2, CogVideoX: the self-attention output *before* its gate; the current
+  step's gate multiplies the broadcast tensor (neither family broadcasts its MLP).
+Timesteps are compared in the form the authors compare them: the pipelines hand `begin` the
+values VideoSys passes to int() (Open-Sora: rounded to bf16 first; Open-Sora-Plan v1.2's
+fractional Euler timesteps truncated).
 """
 
 import dataclasses
@@ -120,8 +133,11 @@ class PAB(Cache):
     def _needed_later(self, kind: str) -> bool:
         return any(self.broadcast_plan[kind][self.step + 1:])
 
-    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
-        key = (kind, block) if branch == "batch" else (branch, kind, block)  # a CFG branch run alone: its own
+    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor], owner: str | None = None,
+                  branch: str = "batch") -> torch.Tensor:
+        """compute(), or on a broadcast step the last output of this module: `kind` of block `block` (of the
+        stack `owner`, where two stacks have the same kind at the same index), for this CFG branch."""
+        key = (kind, owner, block) if branch == "batch" else (branch, kind, owner, block)
         if self.broadcast_plan[kind][self.step] and key in self.outputs:
             self.counts[f"{kind}_reused"] += 1
             return self.outputs[key]
@@ -137,7 +153,8 @@ class PAB(Cache):
         """The module hook: attention by kind, MLPs by the kind of their block; "full" counts as spatial."""
         if site.kind == "mlp":
             return self.mlp("spatial" if site.block == "full" else site.block, site.index, compute, site.branch)
-        return self.attention("spatial" if site.kind == "full" else site.kind, site.index, compute, site.branch)
+        kind = "spatial" if site.kind == "full" else site.kind
+        return self.attention(kind, site.index, compute, owner=site.block, branch=site.branch)
 
     def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
         key = ("mlp", kind, block) if branch == "batch" else (branch, "mlp", kind, block)

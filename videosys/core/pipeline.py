@@ -128,10 +128,11 @@ class VideoSysPipeline:
         return uncond + guidance_scale * (cond - uncond)
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, predict, step, conditioning: tuple = (),
-                do_cfg: bool = False, guidance=1.0, desc: str = "") -> torch.Tensor:
+                do_cfg: bool = False, guidance=1.0, desc: str = "", cache_timesteps: torch.Tensor | None = None):
         """The denoising loop of every family.
 
-        timesteps: a CPU tensor, one per step; the caches see its values. predict(model_in, i, t, *conditioning)
+        timesteps: one per step (what predict / step get as t); the caches see the values of the CPU tensor
+        `cache_timesteps` (default: timesteps), the form the methods' published tables use. predict(model_in, i, t, *conditioning)
         -> the model's prediction for `model_in` (shaped like it); step(pred, i, t, latents) -> the next latents.
         conditioning: tensors (or None) laid out [uncond; cond] with CFG; guidance: one scale or one per step.
         With CFG each step is guided (`guided_prediction`); cond and uncond run in one batch, or one per
@@ -141,7 +142,8 @@ class VideoSysPipeline:
         split_cfg = do_cfg and self.cfg_parallel
         local = tuple(self.branch(c) for c in conditioning) if split_cfg else tuple(conditioning)
         self._pred_dtype = None
-        for i, t in self.denoise_steps(timesteps, desc):
+        for i, _ in self.denoise_steps(timesteps if cache_timesteps is None else cache_timesteps, desc):
+            t = timesteps[i]
             if do_cfg:
                 pred = self.guided_prediction(predict, latents, i, t, conditioning, local, scales[i])
             else:

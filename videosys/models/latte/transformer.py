@@ -112,10 +112,12 @@ class LatteBlock(nn.Module):
                 num_frames: int | None = None, sp_group=None) -> torch.Tensor:
         b, f, l, c = x.shape  # (B, F_local, L, C)
         mod = self.modulation(t_mod)
-        # cache hook points: an attention a cache reuses skips its compute and, under DSP, its all-to-alls
-        attn = module_call(hooks, self.kind, self.index,
-                           lambda: self.self_attention(self.modulated_input(x, mod), num_frames or f, sp_group))
-        x = x + mod[2] * attn
+        # cache hook points, on the gated outputs (gate * attention, gate * MLP: what the PAB authors' Latte and
+        # Open-Sora-Plan v1.1 code broadcasts); an attention a cache reuses skips its compute and, under DSP,
+        # its all-to-alls
+        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
+            self.modulated_input(x, mod), num_frames or f, sp_group))
+        x = x + attn
         if self.attn2 is not None:
             # Every frame of a sample attends to the same text: fold the frames into the query length
             # (B, F * L, C) so text keys are projected once per sample, not once per frame.
@@ -123,9 +125,9 @@ class LatteBlock(nn.Module):
                                 lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c),
                                 block=self.kind)
             x = x + cross
-        mlp = module_call(hooks, "mlp", self.index, lambda: self.ff(modulate(self.norm2(x), mod[3], mod[4])),
+        mlp = module_call(hooks, "mlp", self.index, lambda: mod[5] * self.ff(modulate(self.norm2(x), mod[3], mod[4])),
                           block=self.kind)
-        return x + mod[5] * mlp
+        return x + mlp
 
 
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):

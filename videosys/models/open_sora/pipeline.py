@@ -258,7 +258,7 @@ class OpenSoraPipeline(VideoSysPipeline):
             batch = model_in.shape[0]
             if batch not in fps_by_batch:
                 fps_by_batch[batch] = torch.full((batch,), float(cond_fps), device=self.device)
-            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_by_batch[batch],
+            pred = self.transformer(model_in, t.expand(batch), text, mask, fps=fps_by_batch[batch],
                                     height=a["height"], width=a["width"])
             return pred[:, :channels]  # velocity; the other half is the unused sigma prediction
 
@@ -268,7 +268,7 @@ class OpenSoraPipeline(VideoSysPipeline):
         denoise_start = time.perf_counter()
         # the caches see the published (bf16-rounded, int) timesteps; the model and scheduler index by step
         cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
-        latents = self.denoise(latents, cache_timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
-                               "open-sora")
+        latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                               "open-sora", cache_timesteps)
         decode = lambda z: self.to_frames(self.vae.decode(z, a["num_frames"]))  # noqa: E731
         return self.finish(latents, decode, start, denoise_start, len(timesteps))

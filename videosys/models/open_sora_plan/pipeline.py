@@ -272,7 +272,10 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
             return self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
 
         denoise_start = time.perf_counter()
+        # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
+        # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
+        cache_timesteps = torch.tensor([int(t) for t in timesteps])
         latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
-                               "open-sora-plan")
+                               "open-sora-plan", cache_timesteps)
         decode = lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype)))  # noqa: E731
         return self.finish(latents, decode, start, denoise_start, len(timesteps))
