@@ -6,6 +6,7 @@ import torch
 
 from videosys import LatteConfig, LattePipeline
 from videosys.cache import PAB, PABConfig, TeaCacheConfig, configs_from_spec
+from videosys.cache.hooks import ModuleHooks
 from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
 
 PROMPT = "a red circle moving to the right"
@@ -249,7 +250,7 @@ def test_pab_latte_broadcasts_the_gated_outputs_of_the_computing_step():
         for step in range(2):
             pab.set_step(step, pab.timesteps[step])
             x, t_mod = torch.randn(b, f, l, c, generator=g), torch.randn(b, 6 * c, generator=g)
-            out = block(x, t_mod, context, pab=pab)
+            out = block(x, t_mod, context, hooks=ModuleHooks([pab]))  # PAB alone at the module hook points
             after_attn = seen["cross_in"].view(b, f, l, c)
             after_cross = after_attn + seen["cross"].view(b, f, l, c)
             gates = block.modulation(t_mod)

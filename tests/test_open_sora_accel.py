@@ -1,7 +1,7 @@
 """Open-Sora 1.2 accelerated: TeaCache, PAB, DSP and CFG parallel on STDiT3 and its pipeline.
 
 Exactness where a setting disables a cache, schedules predicted by hand, PAB's plan on the release's
-own 30-step schedule, and the parallel engine (gloo, spawned processes) against one process.
+own 30-step schedule, DSP on one block (the engine against one process: tests/test_parallel_families.py).
 """
 
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine
+from videosys import OpenSoraConfig, OpenSoraPipeline
 from videosys.cache import PABConfig, TeaCacheConfig, configs_from_spec
 from videosys.cache.teacache import COEFFICIENTS
 from videosys.core import comm
@@ -19,7 +19,7 @@ from videosys.cache import pab as pab_lib
 from videosys.models.open_sora.transformer import STDiT3, STDiT3Block, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
-from distributed import assert_same_as_single, generate_per_cache
+from distributed import generate_per_cache
 
 PROMPT = "a red circle moving to the right"
 # 17 frames -> 5 latent frames and 48x48 px -> a 3x3 patch grid: neither divides by 2, so DSP pads
@@ -247,17 +247,7 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
     assert len(calls) == 2 * out.stats["pab"]["temporal_computed"]
 
 
-# ---- parallel engine ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
-def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
-    """sp=2 (DSP), cfg=2 and cfg=2 x sp=2 reach the single-process latents, with the same cache decisions."""
-    with VideoSysEngine(tiny_config(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
-        for cache, out in generate_per_cache(engine, CACHES, PROMPT, **RUN).items():
-            assert_same_as_single(out, single[cache], cache)
-    assert single["teacache-fast"].stats["teacache"]["reused_steps"] > 0
-    assert single["pab"].stats["pab"]["spatial_reused"] > 0 and single["pab"].stats["pab"]["temporal_reused"] > 0
-
-
+# ---- DSP (the engine against one process: tests/test_parallel_families.py) -----------------------
 def _dsp_forward(rank, world):
     """On each rank of an sp=2 mesh: the frames a block sees, and the output against the same model unsharded."""
     from videosys.core.parallel import ParallelState, init_parallel
