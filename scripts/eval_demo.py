@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     source.add_argument("--procedural", action="store_true", help="score the procedural training clips")
     parser.add_argument("--model", default="latte")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--cache", default=None, help="teacache-slow | teacache-fast | pab | none")
+    parser.add_argument("--cache", default=None, help="a registered cache name (teacache-slow, pab, none, ...)")
     parser.add_argument("--num-gpus", type=int, default=1)
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
