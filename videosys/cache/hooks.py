@@ -193,15 +193,12 @@ class CacheMixin:
         return ", ".join(p for p in (c.postfix() for c in self.caches.values()) if p)
 
     # ---- CFG branch point (the pipeline's loop) ---------------------------------------------------
-    def cache_cfg_skip(self) -> bool:
-        """True when an active method skips the uncond branch this step."""
-        return any(c.cfg_skip() for c in self.caches.values() if c.cfg_skip is not None)
-
-    def cache_cfg_supply(self, cond: torch.Tensor) -> torch.Tensor:
+    def cache_cfg_skipper(self):
+        """The first active method that skips the uncond branch this step (it then supplies it), else None."""
         for cache in self.caches.values():
             if cache.cfg_skip is not None and cache.cfg_skip():
-                return cache.cfg_supply(cond)
-        raise RuntimeError("no active cache skipped the uncond branch this step")
+                return cache
+        return None
 
     def cache_cfg_observe(self, uncond: torch.Tensor, cond: torch.Tensor) -> None:
         for cache in self.caches.values():

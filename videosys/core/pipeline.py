@@ -157,9 +157,10 @@ class VideoSysPipeline:
         outputs on the steps that compute them (cfg_observe). The decision is taken from host values, alike
         on every rank; with CFG parallelism the uncond rank then skips its forward (and its sp collectives)."""
         transformer = self.transformer
-        if transformer.cache_cfg_skip():
+        skipper = transformer.cache_cfg_skipper()
+        if skipper is not None:
             cond = self.cond_prediction(predict, latents, i, t, conditioning)
-            uncond = transformer.cache_cfg_supply(cond)
+            uncond = skipper.cfg_supply(cond)
         else:
             model_in = latents if self.cfg_parallel else torch.cat([latents, latents])
             pred = predict(model_in, i, t, *local)
