@@ -124,13 +124,15 @@ def _sp2(rank, world, names):
         pipe, run = build(name)
         pipe.set_parallel(state)
         plain, counted, _ = generate_both(pipe, run)
-        out[name] = (plain.latents, counted.latents, counted.stats["counting"], counted.stats["steps"])
+        out[name] = (plain.latents, counted.latents, counted.stats["counting"], counted.stats["steps"],
+                     tuple(counted.video.shape))
     return out
 
 
 @pytest.mark.timeout(600)
 def test_sp2_every_rank_sees_every_hook_point():
-    """sp=2 (gloo): each rank runs every module on its shard, so both see the single-process counts."""
+    """sp=2 (gloo): each rank runs every module on its shard, so both see the single-process counts; only
+    rank 0 decodes (rank 1's video is empty, its latents the same)."""
     names = list(FAMILIES)
     ranks = run_distributed(_sp2, 2, names)
     for name in names:
@@ -138,10 +140,12 @@ def test_sp2_every_rank_sees_every_hook_point():
         layers = len(pipe.transformer.transformer_blocks if hasattr(pipe.transformer, "transformer_blocks")
                      else pipe.transformer.spatial_blocks)
         for rank in ranks:
-            plain, counted, counts, calls = rank[name]
+            plain, counted, counts, calls, _ = rank[name]
             assert counts == expected_counts(name, calls, layers), (name, counts)
             assert torch.equal(counted, plain), name
         assert torch.equal(ranks[0][name][1], ranks[1][name][1])
+        video0, video1 = ranks[0][name][4], ranks[1][name][4]
+        assert video1 == (1, 0, 0, 0, 3) and video0[0] == 1 and min(video0[1:]) > 0, (name, video0, video1)
 
 
 def test_names_parse_everywhere_from_the_registration(tmp_path, capsys):
