@@ -228,7 +228,7 @@ def _resize_crop_image(image, height: int, width: int) -> np.ndarray:
     else:
         sh, sw = round(h * rw), width
         i, j = int(round((sh - height) / 2.0)), 0
-    arr = np.asarray(image.resize((sw, sh), Image.BICUBIC))
+    arr = np.array(image.resize((sw, sh), Image.BICUBIC))
     return arr[i:i + height, j:j + width]
 
 
@@ -488,9 +488,9 @@ def prepare(prompt, reference=None, mask_strategy=None, *, loop: int = 1, condit
                 raise ValueError(f"mask strategy entry '{entry}'{where} names reference {entry.reference}, but "
                                  f"{len(refs)} reference(s) are given")
             place(entry, frames[entry.reference], latent_frames, align, where)
-        flagged = [(start, append_prompt_flags(t, aes, flow, camera_motion)) for start, t in loop_segments(text)]
-        if not flagged[0][1].strip():
+        if not text.strip():
             raise ValueError(f"prompt {b} is empty once its JSON is removed")
+        flagged = [(start, append_prompt_flags(t, aes, flow, camera_motion)) for start, t in loop_segments(text)]
         segments.append(flagged)
         references.append(pixels)
         strategies.append(entries)
