@@ -401,3 +401,19 @@ def test_parallel_with_conditioning_matches_single_process(single, clip, num_gpu
             assert_same_as_single(out, single[cache], cache)
     assert single["teacache-0.6"].stats["teacache"]["reused_step_indices"] == [1]  # step 2 refreshes
     assert single["pab"].stats["pab"]["spatial_reused"] > 0 and single["pab"].stats["pab"]["temporal_reused"] > 0
+
+
+def test_example_extends_a_clip_offline(tmp_path, monkeypatch):
+    """examples/open_sora/sample.py --task extend --loop 2: a 34-frame clip continuing a generated one, then
+    looped once more (34 + 17 frames), on the tiny preset."""
+    import os
+    import runpy
+    import sys
+
+    out = tmp_path / "extend.mp4"
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--task", "extend", "--loop", "2", "--steps", "1",
+                                      "--output", str(out)])
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "examples", "open_sora", "sample.py"),
+                   run_name="__main__")
+    frames, fps = read_video(str(out))
+    assert frames.shape == (34 + 17, 64, 64, 3) and fps == 24

@@ -337,12 +337,16 @@ class StepPlan:
     generator: torch.Generator  # CPU: the noise of fresh frames
 
     @classmethod
-    def build(cls, mask: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator,
-              num_timesteps: int = 1000) -> "StepPlan":
-        """mask (B, T) float: 1 = generate, r < 1 = held while t > r * num_timesteps."""
-        mask, ts = mask.float().cpu(), timesteps.float().cpu()
-        active = (mask * num_timesteps)[None] >= ts[:, None, None]  # (N, B, T): the release's mask_t_upper
-        before = torch.cat([(mask == 1)[None], active[:-1]])  # noise_added before each step
+    def build(cls, mask: torch.Tensor, timesteps: torch.Tensor, timestep_values: list[float],
+              generator: torch.Generator, num_timesteps: int = 1000) -> "StepPlan":
+        """mask (B, T) float on the CPU: 1 = generate, r < 1 = held while t > r * num_timesteps.
+
+        Planned on the host from `timestep_values` (the same numbers as the device `timesteps`), in fp32
+        as the release compares them, so the loop never waits for the device.
+        """
+        ts = torch.tensor(timestep_values, dtype=torch.float32)
+        active = (mask.float() * num_timesteps)[None] >= ts[:, None, None]  # (N, B, T): the release's mask_t_upper
+        before = torch.cat([(mask == 1)[None], active[:-1]])  # its noise_added before each step
         fresh = active & ~before
         noise_steps = [i for i in range(len(ts)) if bool(fresh[i].any())]
         device = timesteps.device
@@ -403,8 +407,8 @@ class Conditioning:
     def _encode(self, vae, pixels: torch.Tensor, device, dtype) -> torch.Tensor:
         return vae.encode(pixels.to(device=device, dtype=dtype), generator=self._generator).float()
 
-    def plan(self, loop_index: int, latents: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator,
-             num_timesteps: int = 1000) -> StepPlan | None:
+    def plan(self, loop_index: int, latents: torch.Tensor, timesteps: torch.Tensor, timestep_values: list[float],
+             generator: torch.Generator, num_timesteps: int = 1000) -> StepPlan | None:
         """Write this loop's references into `latents` (in place) and plan its steps; None: nothing conditioned."""
         b, _, t = latents.shape[:3]
         mask = torch.ones(b, t)
@@ -420,7 +424,7 @@ class Conditioning:
                 any_entry = True
         if not any_entry:
             return None
-        return StepPlan.build(mask, timesteps, generator, num_timesteps)
+        return StepPlan.build(mask, timesteps, timestep_values, generator, num_timesteps)
 
     def append_generated(self, loop_index: int, video: torch.Tensor, vae, device, dtype) -> None:
         """The next loop conditions on the last condition_frame_length latent frames of this clip (append_generated)."""

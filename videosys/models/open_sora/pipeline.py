@@ -276,7 +276,8 @@ class OpenSoraPipeline(VideoSysPipeline):
         Conditioning, as the release (conditioning.py; None takes the config's value): `reference` image /
         video file(s) or tensor(s), `mask_strategy` where they go ("0": image-to-video), `loop` clips each
         continuing the last (`condition_frame_length` latent frames, edit ratio `condition_frame_edit`);
-        `aes` / `flow` / `camera_motion` suffix the prompts. `.latents` holds the last clip's latents.
+        `aes` / `flow` / `camera_motion` suffix the prompts. With loop, `.latents` and the cache stats are
+        the last clip's.
         """
         self.as_prompt_list(prompt)
         if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -314,7 +315,8 @@ class OpenSoraPipeline(VideoSysPipeline):
                 text_key = cond.prompts(loop_index)
                 text, mask = self.encode_prompt(text_key, negative_prompt, do_cfg)
             latents = torch.randn(shape, generator=noise, dtype=torch.float32).to(self.device)
-            plan = cond.plan(loop_index, latents, timesteps, noise, self.scheduler.num_timesteps)  # -- conditioning
+            plan = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values, noise,  # -- conditioning
+                             self.scheduler.num_timesteps)
             latents = self.denoise(latents, text, mask, timesteps, a, do_cfg, plan)
             if loop_index < cond.loop - 1:  # -- conditioning: the next loop continues this clip
                 clips.append(decode(latents))
