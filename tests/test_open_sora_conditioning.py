@@ -95,7 +95,7 @@ def test_parse_documented_mask_strategies(text, entries):
     # 51 frames = 15 latent frames; an image is 1 latent frame
     (MaskEntry(), 1, 15, 5, (0, 0, 1)),
     (MaskEntry(0, 1, 0, -1, 1), 1, 15, None, (0, 14, 1)),  # the last latent frame ...
-    (MaskEntry(0, 1, 0, -1, 1), 1, 15, 5, (0, 10, 1)),  # ... snapped: 14 % 5 = 4 > 2.5, but 3 would be the last multiple
+    (MaskEntry(0, 1, 0, -1, 1), 1, 15, 5, (0, 10, 1)),  # ... snapped: 14 % 5 = 4 > 2.5, but 15 is no start
     (MaskEntry(0, 0, 0, -8, 8), 15, 15, None, (0, 7, 8)),
     (MaskEntry(0, 0, 0, -8, 8), 15, 15, 5, (0, 5, 8)),  # 7 % 5 = 2 rounds down
     (MaskEntry(0, 0, 0, 0, 32, 0.4), 30, 15, 5, (0, 0, 15)),  # cut to the generation

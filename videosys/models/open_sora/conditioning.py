@@ -57,7 +57,7 @@ class MaskEntry:
     edit_ratio: float = 0.0
 
     def __str__(self) -> str:
-        return f"{self.loop},{self.reference},{self.reference_start},{self.target_start},{self.length},{self.edit_ratio}"
+        return ",".join(str(getattr(self, name)) for name in _FIELDS)
 
 
 _FIELDS = ("loop", "reference", "reference_start", "target_start", "length", "edit_ratio")
@@ -233,7 +233,8 @@ def _resize_crop_image(image, height: int, width: int) -> np.ndarray:
 
 
 def _resize_crop_video(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(T, C, H, W) float -> (T, C, height, width): bilinear resize to cover, crop (video_transforms.resize_crop_to_fill)."""
+    """(T, C, H, W) float -> (T, C, height, width): bilinear resize to cover, then crop (the release's
+    video_transforms.resize_crop_to_fill)."""
     h, w = frames.shape[-2:]
     if (h, w) == (height, width):
         return frames

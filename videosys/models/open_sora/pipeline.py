@@ -204,11 +204,6 @@ class OpenSoraPipeline(VideoSysPipeline):
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     # ---- inputs --------------------------------------------------------------------------------
-    def prepare_prompts(self, prompts: list[str]) -> list[str]:
-        """The release's prompt flags from the config (aesthetic / motion score, camera motion)."""
-        c = self.config
-        return [conditioning.append_prompt_flags(p, c.aes, c.flow, c.camera_motion) for p in prompts]
-
     def prepare_conditioning(self, prompt, reference, mask_strategy, loop, condition_frame_length,
                              condition_frame_edit, aes, flow, camera_motion, height, width,
                              latent_frames) -> conditioning.Conditioning:
