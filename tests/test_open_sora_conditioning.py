@@ -216,6 +216,45 @@ def test_conditioned_latents_equal_the_encoded_reference_after_every_step(tiny, 
     assert torch.equal(calls[0][0][0][:, free], noise[0][:, free])  # ... from the seed's noise
 
 
+def test_generate_matches_the_release_masked_sampling_loop(tiny, clip):
+    """RFLOW.sample with a mask written out as the release has it (x0 = z.clone(); noise where a frame's
+    mask_t >= t first holds; x_mask = mask_t >= t for both CFG halves; Euler step; z = where(x_mask, z, x0)),
+    from the release's apply_mask_strategy start (references written into the noise). Our only change:
+    fresh noise is drawn, from the seed's generator, on the steps that use it."""
+    strategy = "0,0,0,0,2;0,0,9,-1,1,0.3"  # frames 0-1 held; reference frame 9 -> 5 at latent frame 9 -> 5, edited
+    out = tiny.generate(PROMPT, reference=clip, mask_strategy=strategy, guidance_scale=7.0, **RUN)
+    ref = encoded(tiny, C.load_reference(clip, 48, 48), RUN["seed"])
+    generator = torch.Generator().manual_seed(RUN["seed"])
+    z = torch.randn(1, 4, 10, 6, 6, generator=generator)
+    z[0, :, 0:2], z[0, :, 5] = ref[:, 0:2], ref[:, 5]
+    mask = torch.ones(1, 10)
+    mask[0, 0:2], mask[0, 5] = 0.0, 0.3
+    from videosys.utils.text import encode_text
+
+    y, text_mask = encode_text(tiny.tokenizer, tiny.text_encoder, [PROMPT + " aesthetic score: 6.5."], 300, "cpu")
+    y = torch.cat([tiny.transformer.y_embedder.y_embedding[None], y])  # [uncond; cond]
+    ts = [torch.tensor([t], dtype=torch.float32) for t in RectifiedFlowScheduler().timesteps(4, 48, 48, 34)]
+    noise_added = mask == 1
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            mask_t = mask * 1000
+            x0 = z.clone()
+            upper = mask_t >= t[:, None]
+            add = upper & ~noise_added
+            if add.any():
+                w = t / 1000
+                x_noise = (1 - w) * x0 + w * torch.randn(x0.shape, generator=generator)
+                z = torch.where(add[:, None, :, None, None], x_noise, x0)
+            noise_added = upper
+            pred = tiny.transformer(torch.cat([z, z]), torch.cat([t, t]), y, text_mask, x_mask=upper.repeat(2, 1),
+                                    fps=24, height=48, width=48)[:, :4]
+            uncond, cond = pred.chunk(2)
+            dt = (t - (ts[i + 1] if i < len(ts) - 1 else 0)) / 1000
+            z = z + (uncond + 7.0 * (cond - uncond)) * dt
+            z = torch.where(upper[:, None, :, None, None], z, x0)
+    assert torch.allclose(out.latents, z, atol=1e-4)
+
+
 def test_edited_frames_are_held_then_noised_once_then_denoised(tiny, clip, monkeypatch):
     """Edit ratio r: held while t > 1000 r, then noised to the step's t once, then denoised (RFLOW.sample)."""
     ts = RectifiedFlowScheduler().timesteps(4, 48, 48, 34)
