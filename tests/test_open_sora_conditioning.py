@@ -317,6 +317,17 @@ def test_teacache_indicator_uses_each_frames_timestep():
     assert not torch.allclose(at_0[:, 0], at_t[:, 0], atol=1e-3)
 
 
+def test_each_prompt_of_a_batch_has_its_own_conditioning(tiny, clip, monkeypatch):
+    calls = record_model_inputs(tiny, monkeypatch)
+    run = {**RUN, "num_inference_steps": 2}
+    out = tiny.generate([PROMPT, "a blue square"], reference=[clip, None], mask_strategy=["0,0,0,0,2", None], **run)
+    ref = encoded(tiny, C.load_reference(clip, 48, 48), RUN["seed"])
+    for x, x_mask, _ in calls:
+        assert x_mask.tolist() == [[False] * 2 + [True] * 8, [True] * 10] * 2  # [uncond; cond], per prompt
+        assert torch.equal(x[0][:, :2], ref[:, :2]) and not torch.equal(x[1][:, :2], ref[:, :2])
+    assert torch.equal(out.latents[0][:, :2], ref[:, :2])
+
+
 # ---- references ---------------------------------------------------------------------------------------------
 def test_load_reference_resizes_and_crops_as_the_release(tmp_path):
     from PIL import Image
