@@ -382,8 +382,6 @@ class Conditioning:
     condition_frame_length: int = 5
     condition_frame_edit: float = 0.0
     align: int | None = 5
-    latent_frames: int = 0
-    encoded: bool = False
     chunk_frames: int = 17
     chunk_latents: int = 5
     _generator: torch.Generator | None = field(default=None, repr=False)
@@ -403,7 +401,6 @@ class Conditioning:
         """Encode every reference (posterior samples, as the release; reproducible from the seed)."""
         self._generator = torch.Generator("cpu").manual_seed(int(seed))
         self.references = [[self._encode(vae, r[None], device, dtype)[0] for r in refs] for refs in self.references]
-        self.encoded = True
 
     def _encode(self, vae, pixels: torch.Tensor, device, dtype) -> torch.Tensor:
         return vae.encode(pixels.to(device=device, dtype=dtype), generator=self._generator).float()
@@ -500,4 +497,4 @@ def prepare(prompt, reference=None, mask_strategy=None, *, loop: int = 1, condit
         references.append(pixels)
         strategies.append(entries)
     return Conditioning(segments, references, strategies, loop, condition_frame_length, float(condition_frame_edit),
-                        align, latent_frames, chunk_frames=chunk_frames, chunk_latents=chunk_latents)
+                        align, chunk_frames=chunk_frames, chunk_latents=chunk_latents)
