@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+from videosys.serve import cli as serve_cli
+
 # CLI flag -> config field, for the generation settings every family shares
 def _frames(value: str):
     """An explicit frame count, or a family's duration name such as Open-Sora's "4s"."""
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    serve_cli.add_parser(sub)
     return parser
 
 
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
     from videosys.core.engine import VideoSysEngine
 
     try:
+        if args.command == "serve":
+            return serve_cli.run(args)
         with VideoSysEngine(make_config(args)) as engine:
             out = engine.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed)
             path = engine.save_video(out.video[0], args.output)

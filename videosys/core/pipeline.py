@@ -30,6 +30,7 @@ class VideoSysOutput:
 class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
+    step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
         self.config = config
@@ -108,6 +109,8 @@ class VideoSysPipeline:
                 self.transformer.cache_step(i, values[i])
                 yield i, t
                 bar.update()
+                if self.step_callback is not None:
+                    self.step_callback(i + 1, len(values))
                 postfix = self.transformer.cache_postfix()
                 if postfix:
                     bar.set_postfix_str(postfix, refresh=False)
