@@ -258,7 +258,8 @@ class OpenSoraPipeline(VideoSysPipeline):
     def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | str | None = None,
                  resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, fps: int | None = None, reference=None, mask_strategy=None,
+                 guidance_scale: float | None = None, fps: int | None = None, reference=None,
+                 mask_strategy: str | list | None = None,
                  loop: int | None = None, condition_frame_length: int | None = None,
                  condition_frame_edit: float | None = None, aes: float | None = None, flow: float | None = None,
                  camera_motion: str | None = None) -> VideoSysOutput:
