@@ -118,20 +118,41 @@ def test_teacache_forced_schedule_applies_both_residuals(pipe, uncached):
     assert not torch.equal(out.latents, uncached.latents)
 
 
-def test_teacache_reuse_returns_the_computed_output():
-    """Same input twice, the second step skipped: the output equals the computed one."""
+def test_teacache_reuse_adds_both_residuals_to_new_inputs():
+    """A skipped step adds the stored residuals to *its own* streams: the skipped call gets other latents,
+    text and timestep than the computing one, so "x + residual" and "return the cached output" differ. The
+    reference is the same forward with the block stack replaced by "+ the recorded residuals"."""
     model = CogVideoXPipeline.from_config(tiny(preset="tiny-5b")).transformer
     model.enable_cache(TeaCacheConfig(threshold=1e9, coefficients=(0.0,)))
     g = torch.Generator().manual_seed(0)
-    x, text, t = torch.randn(2, 3, 4, 6, 10, generator=g), torch.randn(2, 11, 32, generator=g), torch.tensor([500] * 2)
+    x, x2 = torch.randn(2, 3, 4, 6, 10, generator=g), torch.randn(2, 3, 4, 6, 10, generator=g)
+    text, text2 = torch.randn(2, 11, 32, generator=g), torch.randn(2, 11, 32, generator=g)
+    t, t2 = torch.tensor([900] * 2), torch.tensor([500] * 2)
+    residuals = []
+    run_blocks = model.run_blocks
+
+    def recording_blocks(h, txt, **kw):
+        out = run_blocks(h, txt, **kw)
+        residuals.append((out[0] - h, out[1] - txt))
+        return out
+
+    model.run_blocks = recording_blocks
     model.cache_begin([900.0, 500.0, 100.0])
     with torch.no_grad():
         model.cache_step(0, 900.0)
         first = model(x, text, t)
         model.cache_step(1, 500.0)
-        second = model(x, text, t)
-    assert model.teacache.stats()["reused_step_indices"] == [1]
-    assert torch.allclose(second, first, atol=1e-5)
+        second = model(x2, text2, t2)  # skipped
+        assert model.teacache.stats()["reused_step_indices"] == [1] and len(residuals) == 1
+        model.disable_cache()
+        (video_residual, text_residual), = residuals
+        model.run_blocks = lambda h, txt, **kw: (h + video_residual, txt + text_residual)
+        expected = model(x2, text2, t2)
+        del model.run_blocks
+        direct = model(x2, text2, t2)
+    assert video_residual.abs().max() > 0 and text_residual.abs().max() > 0
+    assert torch.allclose(second, expected, atol=1e-5)
+    assert not torch.allclose(second, first, atol=1e-2) and not torch.allclose(second, direct, atol=1e-2)
 
 
 # ---- PAB ----------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
 from videosys.cache.teacache import COEFFICIENTS
 from videosys.core import comm
 from videosys.models.open_sora.pipeline import published_timestep
-from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
+from videosys.cache import pab as pab_lib
+from videosys.models.open_sora.transformer import STDiT3, STDiT3Block, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
 from distributed import assert_same_as_single, generate_per_cache
@@ -88,6 +89,56 @@ def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
     assert [keys.index(t) for t in (864, 788, 676)] == [13, 17, 21]
     assert not {676.0, 788.0, 864.0} & set(schedule)
     assert (published_timestep(863.64), published_timestep(674.86), published_timestep(1000.0)) == (864, 676, 1000)
+
+
+def test_pab_cross_broadcast_reuses_each_blocks_own_output(monkeypatch):
+    """Spatial block i and temporal block i both cross-attend, with different weights. VideoSys keeps one
+    cached output per block instance: with only cross-attention broadcast, what every block adds on a
+    broadcast step is that block's own output of the last computing step."""
+    torch.manual_seed(0)
+    model = STDiT3(STDiT3Config(hidden_size=32, depth=2, num_heads=2, caption_channels=12, model_max_length=6,
+                                input_sq_size=64)).eval()
+    model.enable_cache(PABConfig(spatial=None, temporal=None, cross=((0, 1000), 2), mlp={}))
+    running, last_computed, reused = [], {}, []
+    block_forward, run = STDiT3Block.forward, pab_lib.run
+
+    def forward(self, *args, **kwargs):  # which block instance is running
+        running.append(self)
+        try:
+            return block_forward(self, *args, **kwargs)
+        finally:
+            running.pop()
+
+    def spy_run(pab, kind, block, compute, *args, **kwargs):
+        if kind != "cross":
+            return run(pab, kind, block, compute, *args, **kwargs)
+        computed = []
+        out = run(pab, kind, block, lambda: computed.append(1) or compute(), *args, **kwargs)
+        if computed:
+            last_computed[running[-1]] = out
+        else:
+            reused.append((running[-1], out))
+        return out
+
+    monkeypatch.setattr(STDiT3Block, "forward", forward)
+    monkeypatch.setattr(pab_lib, "run", spy_run)
+    timesteps = [900.0, 700.0, 500.0, 300.0]  # steps 1 and 3 broadcast
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 6, 12, generator=g)
+    model.cache_begin(timesteps)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            model.cache_step(i, t)
+            model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.full((2,), t), y)
+            if i % 2 == 0:  # a computing step: the two stacks' outputs differ, so a mix-up would show
+                for spatial, temporal in zip(model.spatial_blocks, model.temporal_blocks):
+                    assert (last_computed[spatial] - last_computed[temporal]).abs().max() > 1e-3
+            else:
+                assert len(reused) == 4 * (i // 2 + 1)
+                for block, out in reused[-4:]:
+                    assert torch.equal(out, last_computed[block]), (block.kind, block.index)
+    assert model.pab.stats() == {"cross_computed": 8, "cross_reused": 8, "mlp_computed": 16,
+                                 "spatial_computed": 8, "temporal_computed": 8}
 
 
 # ---- exactness and schedules -------------------------------------------------------------------------

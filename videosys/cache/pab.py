@@ -10,6 +10,20 @@ parallel run shares, so ranks agree without talking (and a broadcast attention a
 its communication). A model calls, at each attention / MLP:
     out = pab.attention("spatial", block_index, lambda: self.attn1(h))
     out = pab.mlp("spatial", block_index, lambda: self.ff(h))
+One output is kept per module instance, as the authors' code keeps one per block: where two
+block stacks share indices and both have a kind (Open-Sora's spatial and temporal blocks both
+cross-attend), the call names its stack: pab.attention("cross", i, compute, owner="temporal").
+
+What is broadcast follows the PAB authors' code (VideoSys, whose published PAB numbers we
+reproduce), per family: the tensor `compute()` returns is what a later step adds back.
+- Latte, Open-Sora-Plan v1.1 (LatteT2V), Open-Sora 1.2: self-attention and MLP outputs *after*
+  their adaLN gate (gate_msa * attn, gate_mlp * mlp; Open-Sora with the t0 gate on x_mask frames);
+  cross-attention has no gate.
+- Open-Sora-Plan v1.2, CogVideoX: the self-attention output *before* its gate; the current
+  step's gate multiplies the broadcast tensor (neither family broadcasts its MLP).
+Timesteps are compared in the form the authors compare them: the pipelines hand `begin` the
+values VideoSys passes to int() (Open-Sora: rounded to bf16 first; Open-Sora-Plan v1.2's
+fractional Euler timesteps truncated).
 """
 
 from collections import Counter
@@ -105,8 +119,11 @@ class PAB:
     def _needed_later(self, kind: str) -> bool:
         return any(self.broadcast_plan[kind][self.step + 1:])
 
-    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (kind, block)
+    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor],
+                  owner: str | None = None) -> torch.Tensor:
+        """compute(), or on a broadcast step the last output of this module: `kind` of block `block`
+        (of the stack `owner`, where two stacks have the same kind at the same index)."""
+        key = (kind, owner, block)
         if self.broadcast_plan[kind][self.step] and key in self.outputs:
             self.counts[f"{kind}_reused"] += 1
             return self.outputs[key]
@@ -141,8 +158,11 @@ class PAB:
         return f"pab {reused}/{total} reused"
 
 
-def run(pab: "PAB | None", kind: str, block: int, compute: Callable[[], torch.Tensor], mlp: bool = False):
+def run(pab: "PAB | None", kind: str, block: int, compute: Callable[[], torch.Tensor], mlp: bool = False,
+        owner: str | None = None):
     """compute() without PAB, else through its broadcast decision."""
     if pab is None:
         return compute()
-    return (pab.mlp if mlp else pab.attention)(kind, block, compute)
+    if mlp:
+        return pab.mlp(kind, block, compute)
+    return pab.attention(kind, block, compute, owner=owner)

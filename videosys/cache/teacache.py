@@ -17,6 +17,7 @@ state, and TeaCache, which the transformer calls at three explicit points:
     else: x_in = x; x = blocks(x); teacache.store(x_in, x)
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -77,11 +78,14 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor, group=None) -> to
     """mean(|current - previous|) / mean(|previous|) over the whole (batched) tensor.
 
     With a process group the sums run over every rank's part, so a model split over ranks
-    (sequence shards, CFG branches) gets the value of the whole batch.
+    (sequence shards, CFG branches) gets the value of the whole batch. The sums accumulate in fp32
+    whatever the tensors' dtype: an fp16 sum over a Latte-size indicator (millions of values near
+    1) passes 65504 and turns into inf, and inf / inf into nan.
     """
     from videosys.core.comm import all_reduce_sum
 
-    sums = torch.stack([(current - previous).abs().sum(), previous.abs().sum()]).float()
+    sums = torch.stack([torch.sum((current - previous).abs(), dtype=torch.float32),
+                        torch.sum(previous.abs(), dtype=torch.float32)])
     sums = all_reduce_sum(sums, group)
     return sums[0] / sums[1]
 
@@ -135,8 +139,11 @@ class TeaCache:
         else:
             # one host sync per step: the decision drives Python control flow
             x = float(distance(indicator, state.previous))
-            state.accumulated += rescale(self.config.coefficients, min(x, self.x_peak))
-            compute = state.accumulated >= self.config.threshold
+            if math.isfinite(x):
+                state.accumulated += rescale(self.config.coefficients, min(x, self.x_peak))
+                compute = state.accumulated >= self.config.threshold
+            else:  # an overflowed or undefined distance (0 / 0) says nothing: compute rather than skip on nan
+                compute = True
         if compute:
             state.accumulated = 0.0
         state.previous = indicator

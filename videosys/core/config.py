@@ -18,7 +18,7 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 class BaseConfig:
     model_path: str | None = None  # hub id or local folder; None: the family's official checkpoint
     preset: str | None = None  # e.g. "tiny": small architecture, random weights unless model_path is given
-    dtype: str = "auto"  # auto: fp32 on CPU (bf16 is ~100x slower there), bf16 on CUDA
+    dtype: str = "auto"  # auto: fp32 on CPU (bf16 ~100x slower there); CUDA: the family's (bf16; CogVideoX-2b fp16)
     device: str = "auto"
     num_gpus: int = 1  # processes (one GPU each on CUDA); > 1 starts workers (or use torchrun)
     cfg_parallel: bool = False  # with an even num_gpus: cond and uncond on different ranks, sp = num_gpus / 2

@@ -59,6 +59,13 @@ class CogVideoXConfig(BaseConfig):
                     return bool(json.load(f).get("use_rotary_positional_embeddings", False))
         return "5b" in path.lower()
 
+    def torch_dtype(self) -> torch.dtype:
+        """dtype="auto" on CUDA is the release's: fp16 for 2b, bf16 for 5b (THUDM's model cards and VideoSys;
+        the 2b TeaCache coefficients were fitted in fp16). On CPU it stays fp32."""
+        if self.dtype == "auto" and self.torch_device().type == "cuda":
+            return torch.bfloat16 if self.is_5b() else torch.float16
+        return super().torch_dtype()
+
     def teacache_model(self) -> str:
         """The published TeaCache polynomial differs between 2b and 5b."""
         return "cogvideox-5b" if self.is_5b() else "cogvideox-2b"

@@ -112,18 +112,20 @@ class LatteBlock(nn.Module):
                 num_frames: int | None = None, sp_group=None) -> torch.Tensor:
         b, f, l, c = x.shape  # (B, F_local, L, C)
         mod = self.modulation(t_mod)
-        # a broadcast (PAB) attention skips its compute and, under DSP, its all-to-alls
-        attn = pab_lib.run(pab, self.kind, self.index,
-                           lambda: self.self_attention(self.modulated_input(x, mod), num_frames or f, sp_group))
-        x = x + mod[2] * attn
+        # PAB broadcasts the gated outputs (gate * attention, gate * MLP), as the PAB authors' Latte and
+        # Open-Sora-Plan v1.1 code; a broadcast attention also skips its compute and, under DSP, its all-to-alls
+        attn = pab_lib.run(pab, self.kind, self.index, lambda: mod[2] * self.self_attention(
+            self.modulated_input(x, mod), num_frames or f, sp_group))
+        x = x + attn
         if self.attn2 is not None:
             # Every frame of a sample attends to the same text: fold the frames into the query length
             # (B, F * L, C) so text keys are projected once per sample, not once per frame.
             cross = pab_lib.run(pab, "cross", self.index,
                                 lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c))
             x = x + cross
-        mlp = pab_lib.run(pab, self.kind, self.index, lambda: self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]), mlp=True)
-        return x + mod[5] * mlp
+        mlp = pab_lib.run(pab, self.kind, self.index, lambda: mod[5] * self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]),
+                          mlp=True)
+        return x + mlp
 
 
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):

@@ -119,6 +119,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class RotaryEmbedding(nn.Module):
     """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter.
 
+    The tables are built as the release builds them (rotary_embedding_torch 0.5.3, its pinned
+    version): positions arange(T) in the queries' dtype, times `freqs` in the parameter's dtype
+    (the model's), the product and its cos / sin each rounded to that dtype. In fp32 this is the
+    exact maths; in bf16 the angles carry bf16 rounding, as the release's did.
     The cos / sin tables depend only on the sequence length, so they are cached; loading a state
     dict clears the cache.
     """
@@ -132,10 +136,10 @@ class RotaryEmbedding(nn.Module):
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (length, str(device), dtype)
         if key not in self._cache:
-            pos = torch.arange(length, device=device, dtype=torch.float32)
-            angles = torch.outer(pos, self.freqs.to(device=device, dtype=torch.float32))
+            pos = torch.arange(length, device=device, dtype=dtype)
+            angles = torch.outer(pos, self.freqs.to(device=device, dtype=dtype))  # (N, d/2), rounded to dtype
             angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
-            self._cache = {key: (angles.cos().to(dtype), angles.sin().to(dtype))}
+            self._cache = {key: (angles.cos(), angles.sin())}
         return self._cache[key]
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -266,8 +270,10 @@ class STDiT3Block(nn.Module):
         attn = pab_lib.run(pab, self.kind, self.index, lambda: mod[2] * self.self_attention(
             self.modulated_input(x, mod), rope, num_frames or t, sp_group))
         x = x + attn
+        # spatial block i and temporal block i both cross-attend: each keeps its own broadcast output
         cross = pab_lib.run(pab, "cross", self.index,
-                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c))
+                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c),
+                            owner=self.kind)
         x = x + cross
         mlp = pab_lib.run(pab, self.kind, self.index,
                           lambda: mod[5] * self.mlp(t2i_modulate(self.norm2(x), mod[3], mod[4])), mlp=True)
@@ -322,13 +328,18 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None = None,
                 x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, S, C), t (B, C) the timestep + fps embedding (before t_block)."""
-        mod = (self.scale_shift_table[None] + t[:, None])[:, None]  # (B, 1, 2, C)
+        """x (B, T, S, C), t (B, C) the timestep + fps embedding (before t_block); x_mask (B, T)."""
+        shift, scale = (self.scale_shift_table[None] + t[:, None])[:, None, :, None].unbind(2)  # (B, 1, 1, C)
+        x = t2i_modulate(self.norm_final(x), shift, scale)
         if x_mask is not None:
-            mod0 = (self.scale_shift_table[None] + t0[:, None])[:, None]
-            mod = torch.where(x_mask[:, :, None, None], mod, mod0)
-        shift, scale = mod[:, :, :, None].unbind(2)
-        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+            # The release's order (T2IFinalLayer, opensora/models/layers/blocks.py at v1.2.0; VideoSys
+            # keeps it): the t0 branch normalises the *already t-modulated* x again, so conditioning
+            # frames get norm_final, the t modulation, norm_final and the t0 modulation. The checkpoint
+            # was trained with this, so we keep it rather than one norm with per-frame shift / scale.
+            shift0, scale0 = (self.scale_shift_table[None] + t0[:, None])[:, None, :, None].unbind(2)
+            x0 = t2i_modulate(self.norm_final(x), shift0, scale0)
+            x = torch.where(x_mask[:, :, None, None], x, x0)
+        return self.linear(x)
 
 
 class STDiT3(PretrainedModel, CacheMixin):

@@ -269,7 +269,11 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         denoise_start = time.perf_counter()
         split_cfg = do_cfg and self.cfg_parallel
         text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        for i, t in self.denoise_steps(timesteps, "open-sora-plan"):
+        # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
+        # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
+        cache_timesteps = torch.tensor([int(t) for t in timesteps])
+        for i, _ in self.denoise_steps(cache_timesteps, "open-sora-plan"):
+            t = timesteps[i]
             model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             pred = self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance

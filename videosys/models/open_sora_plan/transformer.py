@@ -157,7 +157,8 @@ class OpenSoraPlanBlock(nn.Module):
                 rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int, pab: pab_lib.PAB | None = None,
                 sp_group=None) -> torch.Tensor:
         mod = self.modulation(t_mod)
-        # a broadcast (PAB) attention skips its compute and, under Ulysses, its all-to-alls
+        # PAB broadcasts the attention output before its gate, as the PAB authors' v1.2 code (this step's gate
+        # multiplies it); a broadcast attention skips its compute and, under Ulysses, its all-to-alls
         attn = pab_lib.run(pab, "spatial", self.index,
                            lambda: full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens,
                                                   sp_group))
@@ -196,15 +197,18 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
                              f"({self.config.num_attention_heads}) divisible by the sp size ({state.sp_size})")
         self.parallel = state
 
-    def rotary(self, frames: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so cached."""
-        key = (frames, height, width, str(device))
+    def rotary(self, frames: int, height: int, width: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so cached.
+
+        In `dtype`, the queries' (the model's): the release's RoPE3D rounds its fp32 angles to the
+        queries' dtype and takes cos / sin there, so a bf16 model's tables carry bf16 angles."""
+        key = (frames, height, width, str(device), dtype)
         if key not in self._rope_cache:
             scale_t, scale_h, scale_w = self.config.interpolation_scales
-            positions = [torch.arange(n, dtype=torch.float32) / s
+            positions = [torch.arange(n, dtype=torch.float32, device=device) / s
                          for n, s in ((frames, scale_t), (height, scale_h), (width, scale_w))]
-            cos, sin = rope_3d_halves(self.config.attention_head_dim // 3, *positions)
-            self._rope_cache[key] = (cos.to(device), sin.to(device))
+            self._rope_cache[key] = rope_3d_halves(self.config.attention_head_dim // 3, *positions, dtype=dtype)
         return self._rope_cache[key]
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
@@ -250,7 +254,7 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
         context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
         context_mask = self.text_mask(encoder_attention_mask)
-        rotary = self.rotary(frames, h, w, x.device)
+        rotary = self.rotary(frames, h, w, x.device, x.dtype)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=context_mask, rotary=rotary,
                          num_tokens=num_tokens)
 
