@@ -51,9 +51,10 @@ class CacheMixin:
     def _caches(self):
         return [c for c in (self.teacache, self.pab) if c is not None]
 
-    def cache_begin(self, timesteps: list[float]) -> None:
+    def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation; on `refresh_steps` every cache computes (some frames' timestep jumps there)."""
         for cache in self._caches():
-            cache.begin(timesteps)
+            cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
 
     def cache_step(self, index: int, timestep: float) -> None:
         for cache in self._caches():

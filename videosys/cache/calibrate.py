@@ -35,7 +35,7 @@ class TeaCacheRecorder:
     indicator: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
-    def begin(self, timesteps) -> None:
+    def begin(self, timesteps, refresh_steps=()) -> None:  # it computes every step anyway
         self.indicator = self.output = None  # consecutive calls of one generation only
 
     def set_step(self, index: int, timestep: float) -> None:

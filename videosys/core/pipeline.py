@@ -95,14 +95,15 @@ class VideoSysPipeline:
     def progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
 
-    def denoise_steps(self, timesteps: torch.Tensor, desc: str):
+    def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
 
         The caches plan the generation from the whole schedule and learn each step's index and
-        value from here: host-side numbers, so no device sync.
+        value from here: host-side numbers, so no device sync. On `refresh_steps` every cache
+        computes (a conditioned frame's timestep jumps there: Open-Sora's edited reference frames).
         """
         values = [float(t) for t in timesteps]
-        self.transformer.cache_begin(values)
+        self.transformer.cache_begin(values, refresh_steps)
         with self.progress(len(values), desc) as bar:
             for i, t in enumerate(timesteps):
                 self.transformer.cache_step(i, values[i])

@@ -447,11 +447,15 @@ class STDiT3(PretrainedModel, CacheMixin):
                          x_mask=x_mask_local, num_frames=t_)
 
         # TeaCache: the indicator is the first spatial block's modulated input (t2i_modulate(norm1(x))
-        # with its shift / scale, x = patches + positions, and no x_mask, as published); when it has
-        # changed little since the last computed step, skip every block and add their last residual instead.
+        # with its shift / scale, x = patches + positions, as published); when it has changed little since
+        # the last computed step, skip every block and add their last residual instead. With x_mask each
+        # frame is modulated by the timestep the blocks use for it (t = 0 on conditioning frames), which
+        # the published indicator (text-to-video only) never needed; without x_mask it is the published one.
         start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
-        x = self.teacache_blocks(lambda: self.spatial_blocks[0].teacache_indicator(x[:, : stop - start], t_mlp),
-                                 blocks, x)  # real frames only in the indicator
+        real = stop - start  # real frames only in the indicator
+        x_mask_real = None if x_mask_local is None else x_mask_local[:, :real]
+        x = self.teacache_blocks(
+            lambda: self.spatial_blocks[0].teacache_indicator(x[:, :real], t_mlp, t0_mlp, x_mask_real), blocks, x)
 
         x = comm.gather(x, 1, sp_group, size=t_)  # (B, T, S, C)
         x = self.final_layer(x, t, t0, x_mask)  # (B, T, S, pt*ph*pw*C_out)
