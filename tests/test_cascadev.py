@@ -252,3 +252,22 @@ def test_sequence_parallel_equals_single(tiny, clip):
         assert sp_size == 2
         assert (latents - ref.latents).abs().max() <= 1e-4 * max(1.0, float(ref.latents.abs().max()))
         assert (video.float() - ref.video.float()).abs().max() <= 1.0
+
+
+# ---- evaluation script ----------------------------------------------------------------------------------
+def test_eval_script_scores_demo_clips(tmp_path):
+    import json
+
+    from tests.eval_helpers import load_script
+
+    script = load_script("eval_cascadev")
+    out = tmp_path / "eval.json"
+    assert script.main(["--demo-clips", "2", "--demo-frames", "8", "--clips", str(tmp_path / "clips"), "--preset",
+                        "tiny", "--steps", "1", "--output", str(out), "--save-dir", str(tmp_path / "rec")]) == 0
+    report = json.loads(out.read_text())
+    assert report["clips"] == 2 and len(report["per_clip"]) == 2
+    psnr = report["metrics"]["psnr"]
+    assert 0 < psnr < 100 and 0 < report["metrics"]["ssim"] < 1
+    assert abs(psnr - np.mean([c["psnr"] for c in report["per_clip"].values()])) < 1e-6  # same length: plain mean
+    assert sorted(os.listdir(tmp_path / "rec")) == sorted(report["per_clip"])
+    assert script.main(["--clips", str(tmp_path / "rec" / "none"), "--preset", "tiny"]) == 2
