@@ -265,7 +265,7 @@ class CascadeVPipeline(VideoSysPipeline):
         return video, fps
 
     def prepare(self, video: torch.Tensor, size: int, num_frames: int | None) -> torch.Tensor:
-        """(T, H, W, 3) uint8 -> (T, 3, H', W') in [-1, 1]: first `num_frames` frames, short edge resized to
+        """(T, H, W, 3) uint8 -> (T, 3, H', W') in [-1, 1] on the CPU: first `num_frames` frames, short edge resized to
         `size` (0: kept), centre-cropped to multiples of 32 (and square), checked against the model's sizes."""
         if num_frames is not None:
             if not isinstance(num_frames, int) or num_frames < 1:
@@ -286,19 +286,22 @@ class CascadeVPipeline(VideoSysPipeline):
         if min(ch, cw) < tile:
             raise ValueError(f"the frames are {ch}x{cw} after resizing / cropping to multiples of {div}; the DiT's tile "
                              f"needs at least {tile}x{tile} (set size >= {tile})")
-        frames = video.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1  # (T, 3, H, W)
-        if (rh, rw) != (h, w):
-            frames = torch.cat([F.interpolate(frames[i:i + 16], size=(rh, rw), mode="bilinear", antialias=True,
-                                              align_corners=False) for i in range(0, t, 16)])
         top, left = (rh - ch) // 2, (rw - cw) // 2
-        return frames[:, :, top:top + ch, left:left + cw].clamp(-1, 1)
+        out = []
+        for i in range(0, t, self.config.encode_chunk_size):  # chunks on the device, the whole clip on the CPU
+            chunk = video[i:i + self.config.encode_chunk_size].to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            if (rh, rw) != (h, w):
+                chunk = F.interpolate(chunk, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+            out.append(chunk[:, :, top:top + ch, left:left + cw].clamp(-1, 1).cpu())
+        return torch.cat(out)  # (T, 3, H', W')
 
     # ---- the three stages ----------------------------------------------------------------------
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """(T, 3, H, W) in [-1, 1] -> (T, 16, H/8, W/8): the semantic latent upsampled to the SVD latent
         size and scaled (refine_latent.py's z_ref), the encoder run `encode_chunk_size` frames at a time."""
         n = self.config.encode_chunk_size
-        lat = torch.cat([self.encoder(frames[i:i + n].to(self.encoder.dtype)) for i in range(0, len(frames), n)])
+        lat = torch.cat([self.encoder(frames[i:i + n].to(self.device, self.encoder.dtype))
+                         for i in range(0, len(frames), n)])
         s = self.config.sr_scale
         up = F.interpolate(lat.float(), scale_factor=s, mode="bilinear", align_corners=False)  # (T, 16, H/8, W/8)
         return (up * self.config.scale_factor).to(self.dtype)
@@ -329,12 +332,12 @@ class CascadeVPipeline(VideoSysPipeline):
         return out
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(T, 4, h, w) refined latents (scaled) -> (T, 3, H, W) in [-1, 1], `decode_chunk_size` frames per
-        temporal-decoder call (the last chunk may be shorter)."""
+        """(T, 4, h, w) refined latents (scaled) -> (1, T, H, W, 3) uint8 on the CPU, `decode_chunk_size`
+        frames per temporal-decoder call (the last chunk may be shorter)."""
         z = (latents.float() / self.config.scale_factor).to(self.vae.dtype)
         n = self.config.decode_chunk_size
-        return torch.cat([self.vae.decode(z[i:i + n], num_frames=len(z[i:i + n])).sample
-                          for i in range(0, len(z), n)]).clamp(-1, 1)
+        chunks = [self.vae.decode(z[i:i + n], num_frames=len(z[i:i + n])).sample for i in range(0, len(z), n)]
+        return torch.cat([self.to_frames(c.transpose(0, 1)[None]) for c in chunks], dim=1)  # (T, 3, H, W) each
 
     @torch.inference_mode()
     def reconstruct(self, video, seed: int | None = None, num_inference_steps: int | None = None,
@@ -369,8 +372,7 @@ class CascadeVPipeline(VideoSysPipeline):
             eps = self.predict(model_in, cond, model_timesteps[i:i + 1])
             extra = {"generator": generator} if self.config.scheduler == "euler-a" else {}
             latents = self.scheduler.step(eps.float(), step_t, latents, return_dict=False, **extra)[0]
-        out = self.finish(latents, lambda z: self.to_frames(self.decode(z).transpose(0, 1)[None]), start,
-                          denoise_start, len(timesteps))
+        out = self.finish(latents, self.decode, start, denoise_start, len(timesteps))
         reference = self.to_frames(frames.transpose(0, 1)[None])
         return ReconstructionOutput(video=out.video, stats=out.stats, latents=out.latents, input_video=reference,
                                     fps=fps or self.config.fps)
