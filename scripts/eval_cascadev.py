@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--model-path", help="ByteDance/CascadeV or a folder (see the README)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the release's 8)")
     p.add_argument("--num-frames", type=int, help="first N frames of each clip (default: all)")
-    p.add_argument("--size", type=int, help="short edge (default: the model's, 1024 / tiny 64)")
+    p.add_argument("--size", type=int, help="short edge (default: the DiT tile, 1024 px / tiny 64; 0 keeps)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--num-gpus", type=int, default=1)
     p.add_argument("--device", default="auto")
@@ -122,13 +122,15 @@ def main(argv=None) -> int:
         os.makedirs(args.save_dir, exist_ok=True)
     device = str(config.torch_device())
     with VideoSysEngine(config) as engine:
+        pipe = engine.pipeline
+        size = config.size if config.size is not None else pipe.transformer.config.input_size * pipe.vae_factor
         try:
             report = evaluate(engine, paths, args.num_frames, lpips_or_none(device), device, args.save_dir)
         except (ValueError, FileNotFoundError) as err:
             print(f"eval_cascadev.py: error: {err}", file=sys.stderr)
             return 2
     report.update(model=args.model_path or f"preset {args.preset}", steps=config.num_inference_steps,
-                  size=config.size, seed=args.seed, clip_folder=os.path.abspath(folder))
+                  size=size, seed=args.seed, clip_folder=os.path.abspath(folder))
     print(table(report))
     write_json(args.output, report)
     print(f"-> {args.output}")

@@ -182,6 +182,8 @@ def test_bad_input_fails_before_compute(tiny, clip, tmp_path, monkeypatch):
         tiny.reconstruct(clip, num_frames=20)
     with pytest.raises(ValueError, match="scheduler"):
         cv.CascadeVConfig(preset="tiny", scheduler="dpm")
+    with pytest.raises(ValueError, match="height does not apply"):
+        cv.CascadeVConfig(preset="tiny", height=64)
     with pytest.raises(ValueError, match="no cache support"):
         cv.CascadeVConfig(preset="tiny", cache="pab")
     assert calls == []
@@ -207,8 +209,7 @@ def test_engine_and_cli_write_the_reconstruction(clip, tmp_path):
 # ---- weights ----------------------------------------------------------------------------------------
 def test_save_and_load_round_trip(tiny, clip, tmp_path):
     tiny.save_pretrained(str(tmp_path / "ckpt"))
-    loaded = cv.CascadeVPipeline.from_config(cv.CascadeVConfig(model_path=str(tmp_path / "ckpt"), size=64,
-                                                               progress_bar=False))
+    loaded = cv.CascadeVPipeline.from_config(cv.CascadeVConfig(model_path=str(tmp_path / "ckpt"), progress_bar=False))
     a = tiny.reconstruct(clip, num_inference_steps=2)
     b = loaded.reconstruct(clip, num_inference_steps=2)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.video, b.video)

@@ -52,7 +52,9 @@ class CascadeVConfig(BaseConfig):
     vae_path: str | None = None  # hub id or folder of the SVD VAE (its vae/ subfolder, or the VAE folder itself)
     scheduler: str = "euler-a"
     seed: int = 42  # recon.sh --seed 42
-    size: int | None = None  # short edge the input is resized to (evae.py --size); 0 keeps the input size
+    # short edge the input is resized to (evae.py --size); None: the DiT's tile (1024 px for the release,
+    # recon.sh's --size; 64 for tiny); 0 keeps the input size
+    size: int | None = None
     square: bool = True  # centre-crop to a square (recon.sh passes --square)
     scale_factor: float = 0.13025  # configs/s1024.effn-f32.py scale_factor, applied to both latents
     sr_scale: int = 4  # condition upsampling: 32x semantic latent -> 8x SVD latent
@@ -62,8 +64,8 @@ class CascadeVConfig(BaseConfig):
 
     model_name = "cascadev"
     official_model_path = "ByteDance/CascadeV"
-    defaults = dict(num_inference_steps=8, fps=8, size=1024)
-    presets = {"tiny": dict(num_inference_steps=8, fps=8, size=64)}
+    defaults = dict(num_inference_steps=8, fps=8)
+    presets = {"tiny": dict(num_inference_steps=8, fps=8)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,6 +73,9 @@ class CascadeVConfig(BaseConfig):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if not 0 <= self.tile_overlap < 1:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
+        for name in ("height", "width", "guidance_scale"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"CascadeV reconstructs its input: {name} does not apply (use size / square)")
         for name in ("encode_chunk_size", "decode_chunk_size", "sr_scale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -348,6 +353,7 @@ class CascadeVPipeline(VideoSysPipeline):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
         size = self.config.size if size is None else size
+        size = self.transformer.config.input_size * self.vae_factor if size is None else size
         num_frames = self.config.num_frames if num_frames is None else num_frames
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"size must be an integer >= 0 (0 keeps the input size), got {size!r}")
@@ -378,4 +384,5 @@ class CascadeVPipeline(VideoSysPipeline):
                                     fps=fps or self.config.fps)
 
     def generate(self, *args, **kwargs):
-        raise TypeError("CascadeV is a video autoencoder: use reconstruct(video), not generate(prompt)")
+        raise ValueError("CascadeV is a video autoencoder: use reconstruct(video) (videosys reconstruct), "
+                         "not generate(prompt)")
