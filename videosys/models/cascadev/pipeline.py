@@ -311,29 +311,38 @@ class CascadeVPipeline(VideoSysPipeline):
         up = F.interpolate(lat.float(), scale_factor=s, mode="bilinear", align_corners=False)  # (T, 16, H/8, W/8)
         return (up * self.config.scale_factor).to(self.dtype)
 
-    def predict(self, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Epsilon for (T, 4, h, w) latents: the DiT over frame windows and latent tiles."""
+    def window_plan(self, frames: int) -> list[tuple[int, torch.Tensor | None]]:
+        """(start, blend weights (window, 1, 1, 1) on the device or None) per frame window: fixed per
+        reconstruction, so built once, not every step."""
+        window = self.transformer.config.lats_per_vid
+        plan, last_end = [], 0
+        for beg in window_starts(frames, window):
+            weights = blend_weights(last_end - beg, window)
+            plan.append((beg, None if weights is None else weights.to(self.device, self.dtype).view(-1, 1, 1, 1)))
+            last_end = beg + window
+        return plan
+
+    def predict(self, latents: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+                plan: list | None = None) -> torch.Tensor:
+        """Epsilon for (T, 4, h, w) latents: the DiT over frame windows (`plan`, default window_plan) and
+        latent tiles."""
         cfg = self.transformer.config
-        frames, _, h, w = latents.shape
+        frames, c_lat, h, w = latents.shape
         window, tile = cfg.lats_per_vid, cfg.input_size
         x = torch.cat([latents.to(self.dtype), cond], dim=1)  # (T, 4 + 16, h, w)
         out = torch.zeros_like(latents, dtype=self.dtype)
         rows, cols = tile_starts(h, tile, self.config.tile_overlap), tile_starts(w, tile, self.config.tile_overlap)
-        last_end = 0
-        for beg in window_starts(frames, window):
+        for beg, weights in plan or self.window_plan(frames):
             chunk = x[beg:beg + window].transpose(0, 1)[None]  # (1, 20, window, h, w)
-            eps = torch.empty((window, latents.shape[1], h, w), dtype=self.dtype, device=latents.device)
+            eps = torch.empty((window, c_lat, h, w), dtype=self.dtype, device=latents.device)
             for r in rows:
                 for c in cols:
                     pred = self.transformer(chunk[..., r:r + tile, c:c + tile], t)  # (1, 8, window, tile, tile)
-                    eps[:, :, r:r + tile, c:c + tile] = pred[0, :latents.shape[1]].transpose(0, 1)
-            weights = blend_weights(last_end - beg, window)
+                    eps[:, :, r:r + tile, c:c + tile] = pred[0, :c_lat].transpose(0, 1)  # epsilon half
             if weights is None:
                 out[beg:beg + window] = eps
             else:
-                weights = weights.to(out.device, out.dtype).view(-1, 1, 1, 1)
                 out[beg:beg + window] = out[beg:beg + window] * (1 - weights) + eps * weights
-            last_end = beg + window
         return out
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -372,11 +381,12 @@ class CascadeVPipeline(VideoSysPipeline):
         timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
         model_timesteps = timesteps.to(self.device)
         latents = latents * self.scheduler.init_noise_sigma
+        plan = self.window_plan(t)
+        extra = {"generator": generator} if self.config.scheduler == "euler-a" else {}  # its ancestral noise
         denoise_start = time.perf_counter()
         for i, step_t in self.denoise_steps(timesteps, "cascadev"):
             model_in = self.scheduler.scale_model_input(latents, step_t)
-            eps = self.predict(model_in, cond, model_timesteps[i:i + 1])
-            extra = {"generator": generator} if self.config.scheduler == "euler-a" else {}
+            eps = self.predict(model_in, cond, model_timesteps[i:i + 1], plan)
             latents = self.scheduler.step(eps.float(), step_t, latents, return_dict=False, **extra)[0]
         out = self.finish(latents, self.decode, start, denoise_start, len(timesteps))
         reference = self.to_frames(frames.transpose(0, 1)[None])
