@@ -21,6 +21,8 @@ all-to-all trades the token shard for a head shard, so each rank attends over al
 any grid grouping) for heads/sp heads. L and the heads must divide by sp.
 """
 
+import glob
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +34,7 @@ from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import sdpa
 from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.utils.hub import read_state_dict
 
 # configs/s1024.effn-f32.py: 28 layers, grid attention (1, 4) / (4, 1) alternating in layers 0-7 and 12-19
 RELEASE_ATTN_STRIDES = [[1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1], None, None, None, None,
@@ -262,14 +265,9 @@ class CascadeVTransformer(PretrainedModel, CacheMixin):
         out = out.view(b, f, h, w, p, p, c_out).permute(0, 6, 1, 2, 4, 3, 5)  # (B, C_out, T, h, p, w, p)
         return out.reshape(b, c_out, f, height, width)
 
-    # The release's checkpoint is a torch.save dict with `state_dict` (and, from training, optimizer state)
     @classmethod
     def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
-        import glob
-        import os
-
-        from videosys.utils.hub import read_state_dict
-
+        """Our folders hold safetensors; a folder with the release's .pth is read as the release reads it."""
         if glob.glob(os.path.join(folder, "*.safetensors")):
             return read_state_dict(folder)
         return release_state_dict(folder)
@@ -281,11 +279,13 @@ RELEASE_CHECKPOINT = "s1024.effn-f32.pth"  # the file in ByteDance/CascadeV
 def release_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The DiT weights of the release's .pth (a file, or a folder holding s1024.effn-f32.pth), as the
     release's load_checkpoint reads them: `state_dict`, without PixArt's stored `pos_embed` table."""
-    import os
-
     file = os.path.join(path, RELEASE_CHECKPOINT) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no CascadeV checkpoint at {file!r}")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:  # tensors, numbers and containers only: a pickle that needs more is refused, not executed
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{file!r} is not a plain torch.save state dict ({type(err).__name__}: {err}); "
+                         "save its 'state_dict' alone (or as safetensors) and load that") from err
     state = state.get("state_dict", state)
     return {k: v for k, v in state.items() if k not in ("pos_embed", "base_model.pos_embed", "model.pos_embed")}
