@@ -20,7 +20,6 @@ stabilityai/stable-video-diffusion-img2vid-xt/vae. `save_pretrained` writes one 
 (transformer/ encoder/ vae/ model_index.json) that `model_path` loads back.
 """
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -264,14 +263,15 @@ class CascadeVPipeline(VideoSysPipeline):
             video, fps = read_video(str(video))
         if isinstance(video, np.ndarray):
             video = torch.from_numpy(np.ascontiguousarray(video))
-        if not isinstance(video, torch.Tensor) or video.dtype != torch.uint8 or video.dim() != 4 or video.shape[-1] != 3:
+        if not (isinstance(video, torch.Tensor) and video.dtype == torch.uint8 and video.dim() == 4
+                and video.shape[-1] == 3):
             desc = f"{video.dtype} {tuple(video.shape)}" if isinstance(video, torch.Tensor) else type(video).__name__
             raise ValueError(f"video must be a file path or (frames, height, width, 3) uint8 frames, got {desc}")
         return video, fps
 
     def prepare(self, video: torch.Tensor, size: int, num_frames: int | None) -> torch.Tensor:
-        """(T, H, W, 3) uint8 -> (T, 3, H', W') in [-1, 1] on the CPU: first `num_frames` frames, short edge resized to
-        `size` (0: kept), centre-cropped to multiples of 32 (and square), checked against the model's sizes."""
+        """(T, H, W, 3) uint8 -> (T, 3, H', W') in [-1, 1] on the CPU: first `num_frames` frames, short edge
+        resized to `size` (0: kept), centre-cropped to multiples of 32 (and square), checked against the model."""
         if num_frames is not None:
             if not isinstance(num_frames, int) or num_frames < 1:
                 raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
@@ -289,12 +289,13 @@ class CascadeVPipeline(VideoSysPipeline):
         ch, cw = (side // div * div,) * 2 if self.config.square else (rh // div * div, rw // div * div)
         tile = self.transformer.config.input_size * self.vae_factor
         if min(ch, cw) < tile:
-            raise ValueError(f"the frames are {ch}x{cw} after resizing / cropping to multiples of {div}; the DiT's tile "
-                             f"needs at least {tile}x{tile} (set size >= {tile})")
+            raise ValueError(f"the frames are {ch}x{cw} after resizing / cropping to multiples of {div}; the DiT's "
+                             f"tile needs at least {tile}x{tile} (set size >= {tile})")
         top, left = (rh - ch) // 2, (rw - cw) // 2
         out = []
         for i in range(0, t, self.config.encode_chunk_size):  # chunks on the device, the whole clip on the CPU
-            chunk = video[i:i + self.config.encode_chunk_size].to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            chunk = video[i:i + self.config.encode_chunk_size].to(self.device).permute(0, 3, 1, 2)  # (n, 3, H, W)
+            chunk = chunk.float() / 127.5 - 1
             if (rh, rw) != (h, w):
                 chunk = F.interpolate(chunk, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
             out.append(chunk[:, :, top:top + ch, left:left + cw].clamp(-1, 1).cpu())
