@@ -267,3 +267,19 @@ def test_eval_script_scores_demo_clips(tmp_path):
     assert abs(psnr - np.mean([c["psnr"] for c in report["per_clip"].values()])) < 1e-6  # same length: plain mean
     assert sorted(os.listdir(tmp_path / "rec")) == sorted(report["per_clip"])
     assert script.main(["--clips", str(tmp_path / "rec" / "none"), "--preset", "tiny"]) == 2
+
+
+def test_training_cost_script_runs_and_extrapolates(tmp_path):
+    import json
+
+    from tests.eval_helpers import load_script
+
+    script = load_script("bench_cascadev_train")
+    out = tmp_path / "cost.json"
+    threads = str(torch.get_num_threads())  # the script sets the process's thread count: keep the suite's
+    assert script.main(["--steps", "1", "--clips", "1", "--vae-steps", "10", "--dit-steps", "20", "--threads", threads,
+                        "--output", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["vae_s_per_step"] > 0 and r["dit_s_per_step"] > 0
+    assert abs(r["estimated_hours"] - (10 * r["vae_s_per_step"] + 20 * r["dit_s_per_step"]) / 3600) < 1e-9
+    assert script.main(["--steps", "0"]) == 2
