@@ -48,7 +48,7 @@ class Counting(Cache):
         self.config = config
         self.begin([])
 
-    def begin(self, timesteps):
+    def begin(self, timesteps, refresh_steps=()):
         self.counts, self.steps, self.indicators = Counter(), [], []
 
     def set_step(self, index, timestep):
@@ -218,7 +218,7 @@ class UncondReuse(Cache):
         self.config = config
         self.begin([])
 
-    def begin(self, timesteps):
+    def begin(self, timesteps, refresh_steps=()):
         self.step, self.delta, self.counts = 0, None, Counter()
 
     def set_step(self, index, timestep):

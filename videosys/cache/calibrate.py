@@ -43,7 +43,7 @@ class TeaCacheRecorder(Cache):
     indicator: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
-    def begin(self, timesteps) -> None:
+    def begin(self, timesteps, refresh_steps=()) -> None:  # it computes every step anyway
         self.indicator = self.output = None  # consecutive calls of one generation only
 
     def stack(self, stack: BlockStack) -> tuple:

@@ -15,7 +15,8 @@ Three points, under the same names in every family:
 A method's state object subclasses `Cache` and defines the hooks where it acts; the others stay
 None and cost nothing. Several methods may be active at once: at one point they nest in the order
 they were enabled (the first is outermost: its `run` / `compute` goes through the next).
-Per generation the pipeline calls `begin(timesteps)`, per step `set_step(index, timestep)`.
+Per generation the pipeline calls `begin(timesteps, refresh_steps)` (on refresh steps a method computes
+everything), per step `set_step(index, timestep)`.
 """
 
 from dataclasses import dataclass, field
@@ -48,8 +49,9 @@ class Cache:
     cfg_supply: Callable | None = None
     cfg_observe: Callable | None = None
 
-    def begin(self, timesteps: list[float]) -> None:
-        """A new generation over these (host-side) timesteps: forget the last one."""
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation over these (host-side) timesteps: forget the last one. On `refresh_steps` a method
+        computes everything (some frames' timestep jumps there: Open-Sora's conditioned frames)."""
 
     def set_step(self, index: int, timestep: float) -> None:
         """The step about to run."""
@@ -178,9 +180,10 @@ class CacheMixin:
         return out[0] if len(streams) == 1 else out
 
     # ---- per generation / step, reporting -------------------------------------------------------
-    def cache_begin(self, timesteps: list[float]) -> None:
+    def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation; on `refresh_steps` every method computes."""
         for cache in self.caches.values():
-            cache.begin(timesteps)
+            cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
 
     def cache_step(self, index: int, timestep: float) -> None:
         for cache in self.caches.values():

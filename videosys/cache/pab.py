@@ -103,9 +103,11 @@ class PAB(Cache):
         self.config = config
         self.begin([])
 
-    def begin(self, timesteps: list[float]) -> None:
-        """Plan the whole generation from its timesteps and forget stored outputs."""
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """Plan the whole generation from its timesteps and forget stored outputs; every module computes
+        on `refresh_steps`."""
         self.timesteps = [float(t) for t in timesteps]
+        self.refresh_steps = frozenset(refresh_steps)
         self.step = 0
         self.outputs: dict[tuple, torch.Tensor] = {}
         self.counts: Counter = Counter()
@@ -118,14 +120,15 @@ class PAB(Cache):
                 k = self.timesteps.index(t)
                 self.mlp_store[k].update(blocks)
                 for j in range(k + 1, min(k + 1 + skip, n)):
-                    self.mlp_reuse[j].update(blocks)
+                    if j not in self.refresh_steps:
+                        self.mlp_reuse[j].update(blocks)
 
     def _broadcasts(self, kind: str, index: int) -> bool:
         setting = getattr(self.config, kind)
         if setting is None:
             return False
         (lo, hi), every = setting
-        return index % every != 0 and lo < self.timesteps[index] < hi
+        return index % every != 0 and lo < self.timesteps[index] < hi and index not in self.refresh_steps
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step = index

@@ -121,13 +121,15 @@ class TeaCache(Cache):
     computed: int = 0
     reused: int = 0
     reused_steps: list[int] = field(default_factory=list)
+    refresh_steps: frozenset = frozenset()  # steps that always compute (set per generation by begin)
 
     def __post_init__(self):
         self.x_peak = last_peak(self.config.coefficients)
 
-    def begin(self, timesteps: list[float]) -> None:
-        """Forget everything from the previous generation."""
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """Forget everything from the previous generation; compute on `refresh_steps` as on the first and last."""
         self.num_steps, self.step = len(timesteps), 0
+        self.refresh_steps = frozenset(refresh_steps)
         self.branches.clear()
         self.computed = self.reused = 0
         self.reused_steps = []
@@ -142,7 +144,7 @@ class TeaCache(Cache):
         rank takes the same decision.
         """
         state = self.branches.setdefault(branch, _BranchState())
-        edge = self.step == 0 or self.step >= self.num_steps - 1
+        edge = self.step == 0 or self.step >= self.num_steps - 1 or self.step in self.refresh_steps
         if edge or state.previous is None or state.residual is None:
             compute = True
         else:

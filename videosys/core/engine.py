@@ -236,6 +236,10 @@ class VideoSysEngine:
         Under torchrun each rank calls its own `progress`: they must all stop at the same step."""
         return self._run("generate", prompt, progress=progress, **kwargs)
 
+    def reconstruct(self, video, **kwargs):
+        """Video autoencoders (CascadeV): encode `video` (a path or (T, H, W, 3) uint8 frames) and decode it."""
+        return self._run("reconstruct", video, **kwargs)
+
     def set_cache(self, cache) -> None:
         """Switch caches on every rank without reloading weights: a registered name ("teacache-slow", "pab",
         "none": videosys.cache.choices()), a method's config, a {"method": ...} dict, or a list."""

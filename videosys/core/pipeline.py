@@ -98,14 +98,15 @@ class VideoSysPipeline:
     def progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
 
-    def denoise_steps(self, timesteps: torch.Tensor, desc: str):
+    def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
 
         The caches plan the generation from the whole schedule and learn each step's index and
-        value from here: host-side numbers, so no device sync.
+        value from here: host-side numbers, so no device sync. On `refresh_steps` every cache
+        computes (a conditioned frame's timestep jumps there: Open-Sora's edited reference frames).
         """
         values = [float(t) for t in timesteps]
-        self.transformer.cache_begin(values)
+        self.transformer.cache_begin(values, refresh_steps)
         with self.progress(len(values), desc) as bar:
             for i, t in enumerate(timesteps):
                 self.transformer.cache_step(i, values[i])
@@ -128,13 +129,16 @@ class VideoSysPipeline:
         return uncond + guidance_scale * (cond - uncond)
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, predict, step, conditioning: tuple = (),
-                do_cfg: bool = False, guidance=1.0, desc: str = "", cache_timesteps: torch.Tensor | None = None):
+                do_cfg: bool = False, guidance=1.0, desc: str = "", cache_timesteps: torch.Tensor | None = None,
+                before_step=None, refresh_steps=()):
         """The denoising loop of every family.
 
         timesteps: one per step (what predict / step get as t); the caches see the values of the CPU tensor
         `cache_timesteps` (default: timesteps), the form the methods' published tables use. predict(model_in, i, t, *conditioning)
         -> the model's prediction for `model_in` (shaped like it); step(pred, i, t, latents) -> the next latents.
         conditioning: tensors (or None) laid out [uncond; cond] with CFG; guidance: one scale or one per step.
+        before_step(i, t, latents) -> latents, if given, edits the latents before the model sees them (Open-Sora's
+        conditioned frames); on `refresh_steps` every cache computes.
         With CFG each step is guided (`guided_prediction`); cond and uncond run in one batch, or one per
         rank of the cfg group with CFG parallelism.
         """
@@ -142,8 +146,11 @@ class VideoSysPipeline:
         split_cfg = do_cfg and self.cfg_parallel
         local = tuple(self.branch(c) for c in conditioning) if split_cfg else tuple(conditioning)
         self._pred_dtype = None
-        for i, _ in self.denoise_steps(timesteps if cache_timesteps is None else cache_timesteps, desc):
+        cache_values = timesteps if cache_timesteps is None else cache_timesteps
+        for i, _ in self.denoise_steps(cache_values, desc, refresh_steps=refresh_steps):
             t = timesteps[i]
+            if before_step is not None:
+                latents = before_step(i, t, latents)
             if do_cfg:
                 pred = self.guided_prediction(predict, latents, i, t, conditioning, local, scales[i])
             else:

@@ -435,7 +435,7 @@ class STDiT3(PretrainedModel, CacheMixin):
                          x_mask=x_mask_local, num_frames=t_)
 
         # the block-stack hook point: a cache may skip, cut short or reuse the stack
-        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(x, t_mlp, t_),
+        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(x, t_mlp, t_, t0_mlp, x_mask_local),
                              num_units=self.config.depth)
 
         x = comm.gather(x, 1, sp_group, size=t_)  # (B, T, S, C)
@@ -444,12 +444,17 @@ class STDiT3(PretrainedModel, CacheMixin):
         x = x.reshape(b, self.out_channels, t_ * pt, h_ * ph, w_ * pw)
         return x[:, :, :frames, :lat_h, :lat_w].float()
 
-    def cache_indicator(self, x: torch.Tensor, t_mlp: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def cache_indicator(self, x: torch.Tensor, t_mlp: torch.Tensor, num_frames: int, t0_mlp: torch.Tensor | None = None,
+                        x_mask: torch.Tensor | None = None) -> torch.Tensor:
         """TeaCache's indicator: the first spatial block's modulated input (t2i_modulate(norm1(x)) with its
-        shift / scale, x = patches + positions, no x_mask, as published), this rank's real frames only."""
+        shift / scale, x = patches + positions, as published), this rank's real frames only. With x_mask each
+        frame is modulated by the timestep the blocks use for it (t = 0 on conditioning frames), which the
+        published indicator (text-to-video only) never needed; without x_mask it is the published one."""
         start, stop = comm.shard_range(num_frames, self.parallel.sp_size, self.parallel.sp_rank)
+        real = stop - start
+        x_mask = None if x_mask is None else x_mask[:, :real]
         first = self.spatial_blocks[0]
-        return first.modulated_input(x[:, : stop - start], first.modulation(t_mlp))
+        return first.modulated_input(x[:, :real], first.modulation(t_mlp, t0_mlp, x_mask))
 
     def run_blocks(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None,
                    rope: tuple[torch.Tensor, torch.Tensor], t0_mlp: torch.Tensor | None = None,
