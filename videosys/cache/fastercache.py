@@ -41,8 +41,19 @@ SELF_ATTENTION = {"spatial": "spatial", "full": "spatial", "temporal": "temporal
 
 # Defaults: diffusers 0.42.1 FasterCacheConfig (hooks/faster_cache.py; reference/acceleration.md) for every
 # family: spatial skip 2 in (-1, 681), temporal off, uncond every 5 in (-1, 641), alpha 1.1 / 1.1 in
-# (99, 901) / (-1, 301). The authors' per-model scripts (Vchitect/FasterCache) were not readable here, so no
-# family deviates from these.
+# (99, 901) / (-1, 301). diffusers' 681 / 641 are the authors' Latte / CogVideoX start steps (16 / 18 of 50
+# DDIM steps) as timesteps. The authors' scripts (Vchitect/FasterCache scripts/<model>/fastercache_sample_*.py)
+# count 1-based model calls, with a phase per model, and compound their alphas (see `compound`):
+#   Latte (50 DDIM):  attention (spatial + temporal) reused on even calls >= 16, weight 0.5; uncond skipped on
+#                     calls >= 18 not divisible by 5; low x1.1 on calls < 45, high x1.1 after.
+#   Open-Sora (30 rflow): attention on even calls > 7, weight 0.9 (call - 7) / 20 (a ramp); uncond skipped on
+#                     calls > 11 not divisible by 5; low x1.15 on calls <= 25, high x1.15 on calls >= 20.
+#   Open-Sora-Plan (150): attention on calls >= 45 not divisible by 3, weight 0.3; uncond skipped on calls
+#                     >= 40 not divisible by 6; low x1.1 on calls <= 130, high x1.2 on calls >= 100.
+#   CogVideoX (50):   attention on calls >= 18 not divisible by 3, weight 0.3; uncond skipped on calls >= 18 not
+#                     divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.
+# Those phases (and "not divisible by 3" = two of three reused) are not this config's "every N-th step from
+# step 0" form, so every family ships diffusers' defaults; `weight=` / the windows reproduce the rest.
 _DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, uncond=((-1, 641), 5), alpha_low=1.1, alpha_high=1.1,
                   low_window=(99, 901), high_window=(-1, 301))
 DEFAULTS = {key: _DIFFUSERS for key in ("latte", "open-sora", "open-sora-plan", "cogvideox")}
