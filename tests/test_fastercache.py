@@ -282,28 +282,39 @@ def test_attention_reuse_matches_diffusers_where_both_agree_and_differs_where_it
 
 # ---- parallel: CFG ranks and sequence shards against one process ---------------------------------------
 
-RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=8)
+RUNS = {"latte": dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=8),
+        # 3 latent frames of 3x5 patches: 45 video tokens, so sp=2 pads the last shard
+        "cogvideox": dict(seed=1, num_frames=9, height=48, width=80, num_inference_steps=8)}
 SPEC = {"method": "fastercache", "spatial": (ALWAYS, 2), "temporal": (ALWAYS, 2), "uncond": (ALWAYS, 3)}
+_one_process = {}
 
 
-@pytest.fixture(scope="module")
-def one_process():
-    torch.set_num_threads(1)
-    pipe = tiny_pipeline("latte")
-    pipe.set_cache(SPEC)
-    return pipe.generate(PROMPT, **RUN), len(pipe.transformer.transformer_blocks)
+def one_process(family: str):
+    if family not in _one_process:
+        pipe = tiny_pipeline(family)
+        pipe.set_cache(SPEC)
+        blocks = pipe.transformer.transformer_blocks
+        _one_process[family] = pipe.generate(PROMPT, **RUNS[family]), len(blocks)
+    return _one_process[family]
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("cfg_parallel", [True, False], ids=["cfg2", "sp2"])
-def test_parallel_matches_one_process(cfg_parallel, one_process, monkeypatch):
+@pytest.mark.parametrize("family,cfg_parallel", [("latte", True), ("latte", False), ("cogvideox", True),
+                                                 ("cogvideox", False)],
+                         ids=["latte-cfg2", "latte-sp2", "cogvideox-cfg2", "cogvideox-sp2"])
+def test_parallel_matches_one_process(family, cfg_parallel, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ref, layers = one_process
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, layers = one_process(family)
+    finally:
+        torch.set_num_threads(threads)
     skipped = ref.stats["fastercache"]["uncond_skipped"]
     assert skipped == 5 and ref.stats["fastercache"]["spatial_reused"] > 0
-    with VideoSysEngine(tiny_config("latte", num_gpus=2, cfg_parallel=cfg_parallel)) as engine:
+    with VideoSysEngine(tiny_config(family, num_gpus=2, cfg_parallel=cfg_parallel)) as engine:
         engine.set_cache(SPEC)
-        out = engine.generate(PROMPT, **RUN)  # a rank waiting on a skipped collective would hang here
+        out = engine.generate(PROMPT, **RUNS[family])  # a rank waiting on a skipped collective would hang here
     scale = max(1.0, float(ref.latents.abs().max()))
     assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale
     assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
