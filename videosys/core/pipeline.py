@@ -6,11 +6,14 @@ same everywhere: input checks, prompt batching for CFG, seeded noise, the progre
 the classifier-free-guidance combination and the conversion to uint8 frames.
 """
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +21,10 @@ from tqdm.auto import tqdm
 
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
+
+
+class NonFiniteError(RuntimeError):
+    """The denoising produced NaN / inf: the video would come out black (or garbage), so none is made."""
 
 
 @dataclass
@@ -63,11 +70,17 @@ class VideoSysPipeline:
             self.transformer.enable_cache(config)
 
     # ---- inputs --------------------------------------------------------------------------
-    @staticmethod
-    def as_prompt_list(prompt, name: str = "prompt") -> list[str]:
+    def as_prompt_list(self, prompt, name: str = "prompt") -> list[str]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError(f"{name} must be a non-empty string or a list of non-empty strings, got {prompt!r}")
+        vocabulary = self.config.prompt_vocabulary()
+        unknown = sorted({w for p in prompts for w in re.findall(r"[a-z]+", p.lower())} - vocabulary) if vocabulary \
+            else []
+        if unknown:
+            warnings.warn(f"this model knows only the words of its training captions ({', '.join(sorted(vocabulary))}),"
+                          f" not {', '.join(map(repr, unknown))}: the video follows the known words alone (try e.g. "
+                          "\"a red circle moving to the right\")", stacklevel=3)
         return prompts
 
     def resolve(self, **kwargs) -> dict:
@@ -102,14 +115,52 @@ class VideoSysPipeline:
         """
         values = [float(t) for t in timesteps]
         self.transformer.cache_begin(values)
-        with self.progress(len(values), desc) as bar:
+        watch = self.watch_finite(len(values))
+        with self.progress(len(values), desc) as bar, watch as step:
             for i, t in enumerate(timesteps):
+                step[0] = i
                 self.transformer.cache_step(i, values[i])
                 yield i, t
                 bar.update()
                 postfix = self.transformer.cache_postfix()
                 if postfix:
                     bar.set_postfix_str(postfix, refresh=False)
+
+    @contextlib.contextmanager
+    def watch_finite(self, steps: int):
+        """Record, on the device, the first step whose transformer output holds NaN / inf (read once, in finish).
+
+        A forward hook adds one isfinite-all reduction per call and a device-side `where`; nothing goes to
+        the host inside the loop. Yields a one-item list the loop keeps at the current step index.
+        """
+        step = [0]
+        indices = torch.arange(steps, device=self.device)
+        self.first_non_finite = torch.full((), -1, dtype=indices.dtype, device=self.device)
+        self.non_finite_of = steps
+
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor):
+                first = self.first_non_finite
+                self.first_non_finite = torch.where((first < 0) & ~torch.isfinite(out).all(), indices[step[0]], first)
+
+        handle = self.transformer.register_forward_hook(hook)
+        try:
+            yield step
+        finally:
+            handle.remove()
+
+    def check_finite(self, latents: torch.Tensor) -> None:
+        """Raise NonFiniteError naming the first step with NaN / inf (one host read, after the loop)."""
+        first = getattr(self, "first_non_finite", None)
+        bad_step = -1 if first is None else int(first)
+        if bad_step < 0 and bool(torch.isfinite(latents).all()):
+            return
+        where = (f"the transformer's output at denoising step {bad_step} (of {self.non_finite_of}, counting from 0)"
+                 if bad_step >= 0 else "the final latents (a scheduler step made them)")
+        raise NonFiniteError(f"non-finite values (NaN / inf) first appear in {where}; the video would be black, so "
+                             "none was written. Likely causes: NaN weights in the checkpoint, or fp16 overflowing "
+                             "(try dtype='bf16' or 'fp32')")
 
     def enable_configured_caches(self) -> None:
         for cache in self.config.cache_configs():
@@ -140,6 +191,7 @@ class VideoSysPipeline:
         """Decode and package a generation: timings (one device sync, after the loop) and cache stats."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        self.check_finite(latents)
         decode_start = time.perf_counter()
         video = decode(latents)
         end = time.perf_counter()
