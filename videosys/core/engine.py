@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from videosys.core.config import available_cores
 from videosys.core.parallel import ParallelState, init_parallel
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import save_video
@@ -94,7 +95,7 @@ def _worker(rank: int, world: int, port: int, config, commands, results, beats, 
                      daemon=True, name="videosys-heartbeat").start()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if config.torch_device().type == "cpu":  # N processes share the cores: don't oversubscribe them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, available_cores() // world))
     try:
         results.put((rank, "alive", None))
         _init_process_group(rank, world, config.torch_device().type)
@@ -216,9 +217,11 @@ class VideoSysEngine:
             self.pipeline = _build(self.config, 0)
             self._collect("ready")
         except BaseException as err:
-            failure = self._wait_for_failure()
+            failure = None if isinstance(err, (KeyboardInterrupt, WorkerError)) else self._wait_for_failure()
             self.shutdown(timeout=0.5)
-            raise failure or err
+            if failure is None:
+                raise
+            raise failure from err
 
     def _collect(self, status: str, watchdog: "_Watchdog | None" = None) -> None:
         """Wait for every worker to report `status`; a worker error, death or stall raises, naming the rank."""
@@ -268,9 +271,13 @@ class VideoSysEngine:
                 result = getattr(self.pipeline, method)(*args, **kwargs)
                 self._collect("done", watchdog)
         except BaseException as err:
-            failure = self._wait_for_failure(watchdog=watchdog)
+            # Ctrl-C reaches every process of the terminal: the workers' deaths are its echo, not the cause
+            failure = (None if isinstance(err, (KeyboardInterrupt, WorkerError))
+                       else self._wait_for_failure(watchdog=watchdog))
             self.shutdown(timeout=0.5)  # workers still inside the call wait on rank 0's collectives: no use waiting
-            raise (failure or err) from err
+            if failure is None:
+                raise
+            raise failure from err
         return result
 
     def _wait_for_failure(self, seconds: float = _FAILURE_GRACE_S, watchdog: "_Watchdog | None" = None):
@@ -313,7 +320,10 @@ class VideoSysEngine:
         spawned = bool(self.workers)
         self.workers, self.commands = [], []
         if spawned and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a group the watchdog aborted (nccl): it is gone either way
+                pass
         self.pipeline = None
 
     def __enter__(self):

@@ -7,6 +7,7 @@ the classifier-free-guidance combination and the conversion to uint8 frames.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videosys.core import comm
+from videosys.core.config import check_value
 from videosys.core.parallel import ParallelState
 
 
@@ -86,6 +88,10 @@ class VideoSysPipeline:
     def resolve(self, **kwargs) -> dict:
         """Generation arguments: the call's values, else the config's (published or preset defaults)."""
         out = {k: getattr(self.config, k) if v is None else v for k, v in kwargs.items()}
+        fields = {f.name: f.type for f in dataclasses.fields(self.config)}
+        for name, value in out.items():  # a call's values get the config's type and range checks
+            if name in fields and value is not None:
+                out[name] = check_value(name, fields[name], value)
         for name in ("num_frames", "height", "width", "num_inference_steps"):
             if name in out and (not isinstance(out[name], int) or out[name] <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {out[name]!r}")
