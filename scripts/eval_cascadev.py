@@ -19,13 +19,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "eval", "common_metrics"))
-from eval import average_per_frame, video_metrics  # noqa: E402  (eval/common_metrics/eval.py)
-
-from videosys import VideoSysEngine  # noqa: E402
-from videosys.utils.files import write_json  # noqa: E402
-from videosys.utils.video import save_video  # noqa: E402
+from videosys import VideoSysEngine
+from videosys.eval.metrics import average_per_frame, video_metrics
+from videosys.utils.files import write_json
+from videosys.utils.video import save_video
 
 
 def write_demo_clips(folder: str, count: int, num_frames: int, size: int, seed: int = 0) -> list[str]:
@@ -43,7 +40,7 @@ def write_demo_clips(folder: str, count: int, num_frames: int, size: int, seed: 
 
 def lpips_or_none(device: str):
     try:
-        from lpips_alex import load_lpips
+        from videosys.eval.lpips import load_lpips
 
         return load_lpips(device=device)
     except (FileNotFoundError, OSError) as err:

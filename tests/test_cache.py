@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from videosys import LatteConfig, LattePipeline
-from videosys.cache import PAB, PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys.cache import PAB, PABConfig, TeaCacheConfig, configs_from_spec
+from videosys.cache.hooks import ModuleHooks
 from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
 
 PROMPT = "a red circle moving to the right"
@@ -144,7 +145,7 @@ def test_teacache_reuse_adds_the_stored_residual():
         first = model(x, torch.tensor(900), text)
         model.cache_step(1, 500.0)
         second = model(x2, torch.tensor(500), text)  # skipped
-        assert model.teacache.stats()["reused_step_indices"] == [1] and len(residuals) == 1
+        assert model.active_cache("teacache").stats()["reused_step_indices"] == [1] and len(residuals) == 1
         model.disable_cache()
         model.run_blocks = lambda h, **kw: h + residuals[0]
         expected = model(x2, torch.tensor(500), text)
@@ -249,7 +250,7 @@ def test_pab_latte_broadcasts_the_gated_outputs_of_the_computing_step():
         for step in range(2):
             pab.set_step(step, pab.timesteps[step])
             x, t_mod = torch.randn(b, f, l, c, generator=g), torch.randn(b, 6 * c, generator=g)
-            out = block(x, t_mod, context, pab=pab)
+            out = block(x, t_mod, context, hooks=ModuleHooks([pab]))  # PAB alone at the module hook points
             after_attn = seen["cross_in"].view(b, f, l, c)
             after_cross = after_attn + seen["cross"].view(b, f, l, c)
             gates = block.modulation(t_mod)
@@ -273,7 +274,7 @@ def test_pab_latte_broadcasts_the_gated_outputs_of_the_computing_step():
 def test_pab_latte_stats_match_the_plan():
     pipe = pipeline(cache="pab")
     out = pipe.generate(PROMPT, num_frames=4, num_inference_steps=50, seed=0)
-    plan = pipe.transformer.pab.broadcast_plan
+    plan = pipe.transformer.active_cache("pab").broadcast_plan
     layers = pipe.transformer.config.num_layers
     for kind in ("spatial", "temporal", "cross"):
         reused = sum(plan[kind]) * layers
@@ -287,8 +288,8 @@ def test_pab_latte_stats_match_the_plan():
 def test_config_switches_and_presets():
     tea = LatteConfig(preset="tiny", enable_teacache=True, teacache_thresh=0.2).cache_configs()
     assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["latte"])]
-    assert cache_configs_from_spec("teacache-fast", "latte", "latte")[0].threshold == 0.2
-    assert cache_configs_from_spec("teacache-slow", "latte", "latte")[0].threshold == 0.1
+    assert configs_from_spec("teacache-fast", "latte")[0].threshold == 0.2
+    assert configs_from_spec("teacache-slow", "latte")[0].threshold == 0.1
     pab = LatteConfig(preset="tiny", enable_pab=True).cache_configs()[0]
     assert pab.spatial == ((100.0, 800.0), 2) and pab.temporal == ((100.0, 800.0), 3)
     assert pab.cross == ((100.0, 800.0), 6) and sorted(pab.mlp) == [400.0, 480.0, 560.0, 640.0, 720.0]
@@ -312,6 +313,6 @@ def test_two_pipelines_do_not_interfere(uncached):
     solo = cached.generate(PROMPT, **RUN).video
     a = cached.generate(PROMPT, **RUN).video
     b = plain.generate(PROMPT, **RUN).video
-    assert plain.transformer.teacache is None and cached.transformer.teacache is not None
+    assert plain.transformer.active_cache("teacache") is None and cached.transformer.active_cache("teacache") is not None
     assert torch.equal(a, solo) and torch.equal(b, uncached)
     assert not torch.equal(a, b)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine, read_video
 from videosys.models.modules.pretrained import CheckpointMismatchError
 from videosys.models.open_sora.pipeline import frame_count, image_size
-from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_rope, t2i_modulate
+from videosys.models.modules.adaln import modulate as t2i_modulate
+from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_rope
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler, timestep_transform
 
@@ -68,7 +69,7 @@ def test_modulation_matches_hand_written_t2i_modulate():
     normed = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
     expected = normed * (1 + scale[:, None, None]) + shift[:, None, None]
     with torch.no_grad():
-        got = block.teacache_indicator(x, t_mlp)
+        got = block.modulated_input(x, block.modulation(t_mlp))
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(t2i_modulate(torch.ones(2), torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])),
                        torch.tensor([5.0, 2.0]))

@@ -287,7 +287,7 @@ def test_pab_computes_on_the_step_edited_frames_join(tiny, clip):
     try:
         for name, strategy in (("hold", "0,0,0,0,5"), ("edit", f"0,0,0,0,5,{(ts[0] + ts[1]) / 2 / 1000}")):
             out = tiny.generate(PROMPT, reference=clip, mask_strategy=strategy, **RUN)
-            plans[name] = (dict(tiny.transformer.pab.broadcast_plan), out.stats["pab"])
+            plans[name] = (dict(tiny.transformer.active_cache("pab").broadcast_plan), out.stats["pab"])
     finally:
         tiny.set_cache(None)
     depth = tiny.transformer.config.depth
@@ -304,8 +304,8 @@ def test_teacache_indicator_uses_each_frames_timestep():
                                 input_sq_size=64)).eval()
     model.enable_cache(TeaCacheConfig(threshold=0.1, coefficients=(1.0,)))
     seen = []
-    skip = model.teacache.skip
-    model.teacache.skip = lambda indicator, **kw: seen.append(indicator) or skip(indicator, **kw)
+    skip = model.active_cache("teacache").skip
+    model.active_cache("teacache").skip = lambda indicator, **kw: seen.append(indicator) or skip(indicator, **kw)
     x, y = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 6, 12)
     x_mask = torch.tensor([[False, True, True]])
     with torch.no_grad():

@@ -359,7 +359,7 @@ def test_scheduler_is_release_euler_ancestral(tiny):
     assert config.model_path == "LanguageBind/Open-Sora-Plan-v1.2.0"
     assert (OpenSoraPlanConfig(transformer_type="93x720p").num_frames, OpenSoraPlanConfig(
         transformer_type="93x720p").width) == (93, 1280)
-    assert config.teacache_model() == "open-sora-plan" and config.pab_model() == "open-sora-plan-v120"
+    assert config.cache_models() == ("open-sora-plan-v120", "open-sora-plan")
 
 
 # ---- pipeline ------------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ def test_pab_compares_timesteps_truncated_as_videosys(tiny, monkeypatch):
     class Planned(Exception):
         pass
 
-    def cache_begin(values):  # what the pipeline hands the caches; no need to run the 100 steps
+    def cache_begin(values, *args, **kwargs):  # what the pipeline hands the caches; no need to run the 100 steps
         handed.append(values)
         raise Planned
 

@@ -17,6 +17,7 @@ _GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inferenc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from videosys.cache import choices
     from videosys.models import FAMILIES  # a name table; no family is imported
 
     parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video with diffusion transformers.")
@@ -36,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", dest="num_inference_steps", type=int, help="alias of --num-inference-steps")
     gen.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
     gen.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    gen.add_argument("--cache", help="none, teacache-slow, teacache-fast, teacache-<threshold> or pab "
-                     "(the published settings of the model)")
+    gen.add_argument("--cache", help=f"{', '.join(choices())} (a registered method, the model's published "
+                     "settings); several: a,b")
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -99,7 +100,7 @@ def make_config(args):
     if not model:
         raise ValueError("name the model family with --model (or `model:` in the --config file)")
     overrides = {"preset": args.preset, "model_path": args.model_path, "dtype": args.dtype, "device": args.device,
-                 "cache": args.cache,
+                 "cache": args.cache.split(",") if args.cache and "," in args.cache else args.cache,
                  **{name: getattr(args, name) for name in _GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
     cls = config_class(model)

@@ -12,15 +12,19 @@ min(x, x_peak), x_peak being that last maximum: identical to the reference up to
 non-decreasing after it (a large change always pushes towards computing).
 
 Three parts, as every cache file here: the config (published defaults), the per-branch
-state, and TeaCache, which the transformer calls at three explicit points:
+state, and TeaCache, which acts at the block-stack hook point (videosys/cache/hooks.py):
     if teacache.skip(indicator): x = teacache.apply_cached(x)
     else: x_in = x; x = blocks(x); teacache.store(x_in, x)
 """
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+
+from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.registry import published, register
 
 # 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the reference code
 # over every step of 70 T2V-CompBench prompts (reference/acceleration.md).
@@ -48,12 +52,20 @@ class TeaCacheConfig:
             raise ValueError("TeaCache needs at least one polynomial coefficient")
 
     @classmethod
-    def for_model(cls, model: str, speed: str | float = "slow") -> "TeaCacheConfig":
-        """The published setting for `model`: speed "slow" (0.1), "fast" (0.2) or a threshold."""
-        if model not in COEFFICIENTS:
-            raise ValueError(f"no published TeaCache coefficients for {model!r}; pass coefficients=")
+    def for_model(cls, models: str | tuple[str, ...], speed: str | float = "slow") -> "TeaCacheConfig":
+        """The published setting for a model (its cache keys, most specific first): speed "slow" (0.1),
+        "fast" (0.2) or a threshold."""
         threshold = THRESHOLDS[speed] if isinstance(speed, str) else float(speed)
-        return cls(threshold=threshold, coefficients=COEFFICIENTS[model])
+        return cls(threshold=threshold, coefficients=published(COEFFICIENTS, models, "TeaCache coefficients"))
+
+    @classmethod
+    def from_name(cls, arg: str, models: tuple[str, ...]) -> "TeaCacheConfig | None":
+        """"slow", "fast" or a threshold ("0.15"), as in "teacache-0.15"; None if it is none of them."""
+        try:
+            speed = arg if arg in THRESHOLDS else float(arg)
+        except ValueError:
+            return None
+        return cls.for_model(models, speed)
 
 
 def rescale(coefficients: tuple[float, ...], x: float) -> float:
@@ -99,7 +111,7 @@ class _BranchState:
 
 
 @dataclass
-class TeaCache:
+class TeaCache(Cache):
     """One per transformer; one state per CFG branch that is run as a separate call."""
 
     config: TeaCacheConfig
@@ -109,11 +121,10 @@ class TeaCache:
     computed: int = 0
     reused: int = 0
     reused_steps: list[int] = field(default_factory=list)
+    refresh_steps: frozenset = frozenset()  # steps that always compute (set per generation by begin)
 
     def __post_init__(self):
         self.x_peak = last_peak(self.config.coefficients)
-
-    refresh_steps: frozenset = frozenset()
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         """Forget everything from the previous generation; compute on `refresh_steps` as on the first and last."""
@@ -165,8 +176,24 @@ class TeaCache:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self.branches[branch].residual = tuple(o - i for i, o in zip(inputs, outputs))
 
+    def stack(self, stack: BlockStack) -> tuple:
+        """The block-stack hook: the cached residuals on a step TeaCache skips, else the stack (and store)."""
+        distance = partial(relative_l1, group=stack.group)
+        if self.skip(stack.indicator(), branch=stack.branch, distance=distance):
+            out = self.apply_cached(*stack.streams, branch=stack.branch)
+            return out if isinstance(out, tuple) else (out,)
+        out = stack.run(*stack.streams)
+        self.store(stack.streams, out, branch=stack.branch)
+        return out
+
     def stats(self) -> dict:
         return {"computed_steps": self.computed, "reused_steps": self.reused, "reused_step_indices": self.reused_steps}
 
     def postfix(self) -> str:
         return f"tea {self.reused}/{self.computed + self.reused} reused"
+
+
+register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
+         names=("teacache-slow", "teacache-fast"),
+         sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
+         syntax="teacache-<threshold>")

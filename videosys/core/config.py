@@ -106,8 +106,8 @@ class BaseConfig:
     progress_bar: bool = True
     # with num_gpus > 1: a worker silent for this long inside a call (stopped, hung) is killed and the call fails
     heartbeat_timeout: float = 10.0
-    # caches: flags (the paper's switches) or `cache` = "teacache-slow" | "teacache-fast" | "pab" | "none",
-    # a TeaCacheConfig / PABConfig, a dict with a "method" key, or a list of these
+    # caches: `cache` = a registered name ("teacache-slow", "pab-357", "none": videosys.cache.choices()),
+    # a method's config, a dict with a "method" key, or a list of these; or the papers' switches below
     enable_teacache: bool = False
     teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
     enable_pab: bool = False
@@ -215,25 +215,21 @@ class BaseConfig:
             raise ValueError(f"{self.model_name}'s sequence parallelism gives each process whole attention heads: "
                              f"its {heads} heads do not divide by sp={sp}{split}")
 
-    def teacache_model(self) -> str:
-        """Which published TeaCache coefficients apply (a family with variants overrides this)."""
-        return self.model_name
-
-    def pab_model(self) -> str:
-        return self.model_name
+    def cache_models(self) -> tuple[str, ...]:
+        """The keys the caches look their published defaults up under, most specific first
+        (a family with variants overrides this: ("cogvideox-5b", "cogvideox"))."""
+        return (self.model_name,)
 
     def cache_configs(self) -> list:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
-        from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
+        from videosys.cache import configs_from_spec
+        from videosys.cache.registry import method_of
 
-        configs = cache_configs_from_spec(self.cache, self.teacache_model(), self.pab_model())
-        if self.enable_teacache:
-            configs.append(TeaCacheConfig.for_model(self.teacache_model(), self.teacache_thresh))
-        if self.enable_pab:
-            configs.append(PABConfig.for_model(self.pab_model()))
-        kinds = [type(c).__name__ for c in configs]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"each cache method can be enabled once, got {kinds}")
+        specs = [self.cache] + [f"teacache-{self.teacache_thresh}"] * self.enable_teacache + ["pab"] * self.enable_pab
+        configs = configs_from_spec(specs, self.cache_models())
+        names = [method_of(c).name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each cache method can be enabled once, got {names}")
         return configs
 
     def torch_device(self) -> torch.device:
@@ -258,10 +254,10 @@ class BaseConfig:
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        from videosys.cache import cache_spec_to_plain
+        from videosys.cache import spec_to_plain
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values["cache"] = cache_spec_to_plain(self.cache)
+        values["cache"] = spec_to_plain(self.cache)
         return values
 
     @classmethod

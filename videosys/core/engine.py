@@ -346,8 +346,8 @@ class VideoSysEngine:
         return self._run("reconstruct", video, **kwargs)
 
     def set_cache(self, cache) -> None:
-        """Switch caches on every rank without reloading weights: a name ("teacache-slow", "pab",
-        "none"), a TeaCacheConfig / PABConfig, or a list."""
+        """Switch caches on every rank without reloading weights: a registered name ("teacache-slow", "pab",
+        "none": videosys.cache.choices()), a method's config, a {"method": ...} dict, or a list."""
         self._run("set_cache", cache)
 
     def save_video(self, video, path: str, fps: int | None = None) -> str:

@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ConfigDict, Field, create_model
 
-from videosys.cache import CACHE_CHOICES
+from videosys.cache import choices, published_names
 from videosys.serve.jobs import DONE, JobRunner, JobStore, QueueFull
 from videosys.utils.video import read_video
 
@@ -53,9 +53,8 @@ def _request_model(config, default_cache: str | None):
               for name, (kind, default) in generation_fields(config).items()}
     return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"),
                         prompt=(str, Field(..., min_length=1, description="what to generate")),
-                        cache=(str | None, Field(default_cache, description=f"one of {list(CACHE_CHOICES)}, "
-                                                 "teacache-<threshold> or pab-<ranges>; none given: the "
-                                                 "server's")),
+                        cache=(str | None, Field(default_cache, description=f"a registered cache: one of {choices()}; "
+                                                 "none given: the server's")),
                         **fields)
 
 
@@ -147,7 +146,7 @@ def create_app(engine, output_dir: str, max_queue: int = 8, model: str | None = 
         fields = [{"name": name, "type": _type_name(kind), "default": default}
                   for name, (kind, default) in generation_fields(config).items()]
         return {"models": [model], "model": model, "preset": config.preset, "model_path": config.model_path,
-                "num_gpus": config.num_gpus, "caches": list(CACHE_CHOICES), "default_cache": default_cache,
+                "num_gpus": config.num_gpus, "caches": ["none", *published_names()], "default_cache": default_cache,
                 "fields": fields, "max_queue": max_queue}
 
     @app.post("/jobs", status_code=202)

@@ -35,10 +35,13 @@ def rope_3d(dims: tuple[int, int, int], pos_t: torch.Tensor, pos_h: torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., L, d) queries or keys by (L, d) tables; computed in fp32, returned in x's dtype."""
+    """Rotate (..., L, d) queries or keys by (L, d) tables, returned in x's dtype.
+
+    Computed in the tables' dtype: fp32 tables give fp32 maths (CogVideoX); tables in the model's dtype
+    give the release's (Open-Sora: rotary_embedding_torch, x * cos + rotate(x) * sin all in that dtype)."""
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (..., L, d/2) each
     rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (..., L, d): the pair turned by 90 degrees
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
 
 
 # ---- split-half layout ----------------------------------------------------------------------------

@@ -314,37 +314,46 @@ class OpenSoraPipeline(VideoSysPipeline):
             latents = torch.randn(shape, generator=noise, dtype=torch.float32).to(self.device)
             plan = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values, noise,  # -- conditioning
                              self.scheduler.num_timesteps)
-            latents = self.denoise(latents, text, mask, timesteps, a, do_cfg, plan)
+            latents = self.denoise_clip(latents, text, mask, timesteps, a, do_cfg, plan)
             if loop_index < cond.loop - 1:  # -- conditioning: the next loop continues this clip
                 clips.append(decode(latents))
                 cond.append_generated(loop_index + 1, clips[-1], self.vae, self.device, self.dtype)
         return self.finish(latents, lambda z: self.to_frames(cond.join(clips + [decode(z)])), start, denoise_start,
                            len(timesteps) * cond.loop)
 
-    def denoise(self, latents: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None, timesteps: torch.Tensor,
-                a: dict, do_cfg: bool, plan: "conditioning.StepPlan | None" = None) -> torch.Tensor:
-        """The sampling loop of one clip; `plan` holds conditioned frames at their latents (conditioning.py)."""
+    def denoise_clip(self, latents: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None,
+                     timesteps: torch.Tensor, a: dict, do_cfg: bool,
+                     plan: "conditioning.StepPlan | None" = None) -> torch.Tensor:
+        """One clip through the shared loop (VideoSysPipeline.denoise); `plan` holds conditioned frames at their
+        latents (conditioning.py): it edits the latents before each step and after it, and gives the x_mask."""
         channels = self.transformer.config.in_channels
-        # CFG parallel: each rank of the cfg group runs one branch ([uncond; cond] halves)
-        split_cfg = do_cfg and self.cfg_parallel
-        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        batch = text.shape[0]
         cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
-        fps_in = torch.full((batch,), float(cond_fps), device=self.device)
-        cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
-        # a frame that starts being edited jumps in timestep: the caches compute on that step
-        refresh = plan.noise_steps if plan is not None else ()
-        x_mask = None
-        for i, _ in self.denoise_steps(cache_timesteps, "open-sora", refresh_steps=refresh):
-            if plan is not None:  # -- conditioning
-                latents, x_mask = plan.before_step(i, latents, self.scheduler)
-                x_mask = torch.cat([x_mask, x_mask]) if do_cfg and not split_cfg else x_mask
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
-            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, x_mask=x_mask, fps=fps_in,
-                                    height=a["height"], width=a["width"])
-            velocity = pred[:, :channels]  # the other half is the unused sigma prediction
-            if do_cfg:
-                velocity = self.guide(self.gather_branches(velocity) if split_cfg else velocity, a["guidance_scale"])
+        fps_by_batch = {}  # built once per batch size (both branches, or one), not per step
+        x_mask = None  # (B, T) this step's, from the plan
+
+        def before_step(i, t, latents):
+            nonlocal x_mask
+            latents, x_mask = plan.before_step(i, latents, self.scheduler)
+            return latents
+
+        def predict(model_in, i, t, text, mask):
+            batch = model_in.shape[0]
+            if batch not in fps_by_batch:
+                fps_by_batch[batch] = torch.full((batch,), float(cond_fps), device=self.device)
+            frames_mask = x_mask
+            if frames_mask is not None and frames_mask.shape[0] != batch:  # both CFG branches in one batch
+                frames_mask = torch.cat([frames_mask] * (batch // frames_mask.shape[0]))
+            pred = self.transformer(model_in, t.expand(batch), text, mask, x_mask=frames_mask,
+                                    fps=fps_by_batch[batch], height=a["height"], width=a["width"])
+            return pred[:, :channels]  # velocity; the other half is the unused sigma prediction
+
+        def step(velocity, i, t, latents):
             stepped = self.scheduler.step(velocity, i, latents)
-            latents = stepped if plan is None else plan.after_step(i, stepped, latents)  # -- conditioning
-        return latents
+            return stepped if plan is None else plan.after_step(i, stepped, latents)  # -- conditioning
+
+        # the caches see the published (bf16-rounded, int) timesteps; the model and scheduler index by step.
+        # A frame that starts being edited jumps in timestep: the caches compute on that step.
+        cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
+        return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                            "open-sora", cache_timesteps, before_step=None if plan is None else before_step,
+                            refresh_steps=plan.noise_steps if plan is not None else ())
