@@ -221,6 +221,7 @@ def our_loop(ours, x, text, config):
     """Ours through the shared denoise loop (VideoSysPipeline.denoise and its CFG hook point)."""
     pipe = VideoSysPipeline.__new__(VideoSysPipeline)
     pipe.transformer, pipe.parallel, pipe.config = ours, ParallelState(), types.SimpleNamespace(progress_bar=False)
+    pipe.device = torch.device("cpu")
     ours.disable_cache()
     ours.enable_cache(config)
 
