@@ -89,3 +89,43 @@ def test_taylorseer_matches_diffusers(models, order):
     got, stats = run_ours(ours, TaylorSeerConfig(interval=2, max_order=order, warmup=3))
     assert stats["taylorseer"]["forecast_step_indices"] == [3, 5, 7, 9]
     assert_close_per_step(got, expected, uncached(ours), reused=[3, 5, 7, 9])
+
+
+# ---- First-Block-Cache --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])  # the tiny random model's first-block residual changes 20-50% a step
+def test_first_block_cache_matches_diffusers(models, threshold):
+    """A CogVideoX unit is one block, so diffusers' head (transformer_blocks.0) is our first unit."""
+    from diffusers.hooks import FirstBlockCacheConfig as Theirs
+
+    from videosys.cache.first_block import FirstBlockCacheConfig
+
+    ref, ours, rope = models
+    expected = run_diffusers(ref, Theirs(threshold=threshold), rope)
+    got, stats = run_ours(ours, FirstBlockCacheConfig(threshold=threshold))
+    reused = stats["fbcache"]["reused_step_indices"]
+    assert reused  # the threshold does skip here
+    assert_close_per_step(got, expected, uncached(ours), reused=reused)
+
+
+# ---- MagCache -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threshold,skips,reused", [(0.06, 3, [2, 3, 5, 6, 8, 9]), (0.3, 3, [2, 3, 4, 6, 7, 8])])
+def test_magcache_matches_diffusers(models, threshold, skips, reused):
+    """Same ratios, threshold, K and retention. diffusers passes the text stream through a skipped stack
+    unchanged where we add its residual too; CogVideoX's output reads only the video tokens (its final
+    LayerNorm is per token), so the outputs agree."""
+    from diffusers.hooks import MagCacheConfig as Theirs
+
+    from videosys.cache.magcache import MagCacheConfig
+
+    ref, ours, rope = models
+    ratios = [1.0] + [0.98] * (STEPS - 1)
+    expected = run_diffusers(ref, Theirs(threshold=threshold, max_skip_steps=skips, retention_ratio=0.2,
+                                         num_inference_steps=STEPS, mag_ratios=ratios), rope)
+    got, stats = run_ours(ours, MagCacheConfig(threshold=threshold, max_skip_steps=skips, retention_ratio=0.2,
+                                               ratios=ratios))
+    # hand-computed: from step 2 (20% of 10) on; the error 0.02 + 0.0396 + 0.0588 passes 0.06 at the third
+    # step of a run, while 0.3 stops at K = 3
+    assert stats["magcache"]["reused_step_indices"] == reused
+    assert_close_per_step(got, expected, uncached(ours), reused=reused)
