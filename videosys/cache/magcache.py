@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 
 from videosys.cache.hooks import BlockStack, Cache
-from videosys.cache.registry import published, register
+from videosys.cache.registry import register
 
 # Magnitude ratios per step (first = 1.0), by our calibration (calibrate_magcache) where no authors' table
 # exists: the MagCache authors publish ratios for Wan 2.1, HunyuanVideo, FLUX, Open-Sora 2.0, none of our
-# families. Filled by scripts/calibrate_magcache.py runs; keys as registry cache keys.
+# families (keys: registry cache keys).
 RATIOS: dict[str, tuple[float, ...]] = {}
 
 
@@ -40,13 +40,16 @@ class MagCacheConfig:
             raise ValueError(f"MagCache needs threshold >= 0, max_skip_steps >= 0, 0 <= retention_ratio <= 1; "
                              f"got {self}")
         self.ratios = tuple(float(r) for r in self.ratios)
-        if not self.ratios:
-            raise ValueError("MagCache needs magnitude ratios: videosys.cache.calibrate.calibrate_magcache(pipeline, "
-                             "prompts) records them for any model (pass ratios=...)")
+        if any(not r > 0 for r in self.ratios):
+            raise ValueError(f"MagCache ratios must be > 0, got {self.ratios}")
 
     @classmethod
     def for_model(cls, models, **overrides) -> "MagCacheConfig":
-        return cls(**{"ratios": published(RATIOS, models, "MagCache ratios"), **overrides})
+        """The published ratios of the first of the model's keys that has them, else none (enabling the cache
+        then asks for a calibration; a spec {"method": "magcache", "ratios": [...]} supplies them)."""
+        models = (models,) if isinstance(models, str) else tuple(models)
+        ratios = next((RATIOS[key] for key in models if key in RATIOS), ())
+        return cls(**{"ratios": ratios, **overrides})
 
     @classmethod
     def from_name(cls, arg: str, models) -> "MagCacheConfig | None":
@@ -76,6 +79,11 @@ class _BranchState:
 
 class MagCache(Cache):
     def __init__(self, config: MagCacheConfig):
+        if not config.ratios:
+            raise ValueError("MagCache needs this model's magnitude ratios (none are published for it): "
+                             "videosys.cache.calibrate.calibrate_magcache(pipeline, prompts) or "
+                             "scripts/calibrate_teacache.py --method magcache records them; pass "
+                             "MagCacheConfig(ratios=...) or {'method': 'magcache', 'ratios': [...]}")
         self.config = config
         self.begin([])
 
