@@ -52,6 +52,7 @@ def test_taylorseer_schedule_is_the_papers():
     # warm-up 3 steps, then every 3rd step from the last warm-up step on (the authors' cal_type counter)
     assert [i for i in range(12) if full_step(i, 3, 3)] == [0, 1, 2, 5, 8, 11]
     assert [i for i in range(8) if full_step(i, 1, 3)] == list(range(8))
+    assert [i for i in range(12) if full_step(i, 3, 3, "diffusers")] == [0, 1, 2, 4, 7, 10]  # diffusers' variant
     pipe = tiny_pipeline("latte")
     pipe.set_cache(TaylorSeerConfig(interval=3, warmup=3))
     out = pipe.generate(PROMPT, seed=0, num_frames=4, num_inference_steps=STEPS)

@@ -73,22 +73,26 @@ def models(request):
 
 # ---- TaylorSeer -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("order", [0, 1, 2])
-def test_taylorseer_matches_diffusers(models, order):
-    """Interval 2, where the paper's schedule and diffusers' coincide (full steps 0, 1, 2, 4, 6, 8). For interval
-    N > 2 they differ: diffusers computes on steps warmup+1 + kN (forecasting step `warmup` right after its
-    warm-up), the authors' code (cal_type) on warmup-1 + kN; we follow the paper (test_cache_methods.py)."""
+@pytest.mark.parametrize("order,interval,schedule,forecast", [
+    (0, 2, "paper", [3, 5, 7, 9]), (1, 2, "paper", [3, 5, 7, 9]), (2, 2, "paper", [3, 5, 7, 9]),
+    (1, 3, "diffusers", [3, 5, 6, 8, 9]), (2, 4, "diffusers", [3, 5, 6, 7, 9])])
+def test_taylorseer_matches_diffusers(models, order, interval, schedule, forecast):
+    """For interval 2 the paper's schedule and diffusers' coincide (full steps 0, 1, 2, 4, 6, 8). For N > 2 they
+    differ: diffusers computes on steps warmup+1 + kN (forecasting step `warmup` right after its warm-up), the
+    authors' code (cal_type) on warmup-1 + kN; we follow the paper by default (test_cache_methods.py) and
+    reproduce diffusers' with schedule="diffusers"."""
     from diffusers.hooks import TaylorSeerCacheConfig as Theirs
 
     from videosys.cache.taylorseer import TaylorSeerConfig
 
     ref, ours, rope = models
-    theirs = Theirs(cache_interval=2, disable_cache_before_step=3, max_order=order, taylor_factors_dtype=torch.float32,
+    theirs = Theirs(cache_interval=interval, disable_cache_before_step=3, max_order=order,
+                    taylor_factors_dtype=torch.float32,
                     cache_identifiers=[r"transformer_blocks\.\d+\.attn1", r"transformer_blocks\.\d+\.ff"])
     expected = run_diffusers(ref, theirs, rope)
-    got, stats = run_ours(ours, TaylorSeerConfig(interval=2, max_order=order, warmup=3))
-    assert stats["taylorseer"]["forecast_step_indices"] == [3, 5, 7, 9]
-    assert_close_per_step(got, expected, uncached(ours), reused=[3, 5, 7, 9])
+    got, stats = run_ours(ours, TaylorSeerConfig(interval=interval, max_order=order, warmup=3, schedule=schedule))
+    assert stats["taylorseer"]["forecast_step_indices"] == forecast
+    assert_close_per_step(got, expected, uncached(ours), reused=forecast)
 
 
 # ---- First-Block-Cache --------------------------------------------------------------------------------

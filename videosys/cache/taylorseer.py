@@ -14,7 +14,7 @@ rank shares, so the ranks agree without talking (a forecast module also skips it
 Schedule. The authors' code (cal_type) computes on steps 0 .. warmup-1 and then whenever the counter of
 forecast steps since the last full step reaches interval-1: full steps warmup-1 + k*interval. diffusers
 computes on steps warmup+1 + k*interval instead (its step warmup is always forecast). We follow the
-paper; both coincide for interval 2 (tests/test_cache_peers.py compares with diffusers there).
+paper; `schedule="diffusers"` gives diffusers' (tests/test_cache_peers.py compares with diffusers under both).
 
 What a site forecasts is what `compute()` returns at it (see pab.py: Latte / Open-Sora gate their outputs
 inside the call, CogVideoX / Open-Sora-Plan v1.2 outside), one state per module instance and CFG branch.
@@ -31,6 +31,7 @@ from videosys.cache.hooks import Cache, Site
 from videosys.cache.registry import register
 
 KINDS = ("spatial", "temporal", "cross", "full", "mlp")
+SCHEDULES = ("paper", "diffusers")
 
 
 @dataclass
@@ -41,11 +42,14 @@ class TaylorSeerConfig:
     max_order: int = 1  # O: order of the expansion (0 = reuse the last output)
     warmup: int = 3  # full steps at the start
     kinds: tuple[str, ...] = KINDS  # the module kinds forecast (the others always compute)
+    schedule: str = "paper"  # "paper" (the authors' cal_type) or "diffusers" (its TaylorSeerCacheHook)
 
     def __post_init__(self):
         if self.interval < 1 or self.max_order < 0 or self.warmup < 1:
             raise ValueError(f"TaylorSeer needs interval >= 1, max_order >= 0, warmup >= 1; got {self}")
         self.kinds = tuple(self.kinds)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TaylorSeer schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"TaylorSeer kinds must be among {KINDS}, got {sorted(unknown)}")
@@ -64,9 +68,10 @@ class TaylorSeerConfig:
         return cls(interval=int(parts[0]), max_order=int(parts[1]) if len(parts) == 2 else cls.max_order)
 
 
-def full_step(index: int, interval: int, warmup: int) -> bool:
-    """The paper's schedule: steps 0 .. warmup-1, then warmup-1 + k * interval."""
-    return index < warmup or (index - (warmup - 1)) % interval == 0
+def full_step(index: int, interval: int, warmup: int, schedule: str = "paper") -> bool:
+    """The paper's schedule: steps 0 .. warmup-1, then warmup-1 + k * interval; diffusers': then warmup+1 + k * interval."""
+    first = warmup - 1 if schedule == "paper" else warmup + 1
+    return index < warmup or (index - first) % interval == 0
 
 
 def update_factors(factors: list[torch.Tensor] | None, output: torch.Tensor, distance: int,
@@ -104,7 +109,7 @@ class TaylorSeer(Cache):
     def set_step(self, index: int, timestep: float) -> None:
         self.step = index
         c = self.config
-        self.full = full_step(index, c.interval, c.warmup) or index in self.refresh_steps
+        self.full = full_step(index, c.interval, c.warmup, c.schedule) or index in self.refresh_steps
         if not self.full:
             self.forecast_steps.append(index)
 
