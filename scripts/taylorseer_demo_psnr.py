@@ -2,7 +2,7 @@
 warm-up 3), next to diffusers' TaylorSeer on Latte's attn1 / attn2 / ff modules (issue 18: 46.7 dB at interval
 2, 39.0 at 3, 28.0 at 5, 24 demo prompts). A fidelity check, not a bench (`videosys bench` times methods).
 
-    python scripts/taylorseer_demo_psnr.py --prompts 8
+    python scripts/taylorseer_demo_psnr.py --prompts 8 [--schedule diffusers]
 """
 
 import argparse
@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--intervals", type=int, nargs="+", default=[2, 3, 5])
+    parser.add_argument("--schedule", choices=("paper", "diffusers"), default="paper",
+                        help="full steps as the authors' code (default) or as diffusers' hook")
     parser.add_argument("--output", default="outputs/taylorseer_demo_psnr.json")
     args = parser.parse_args(argv)
     prompts = prompt_set()[: args.prompts]
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
         engine.set_cache(None)
         plain = [engine.generate(p, seed=0).video[0] for p in prompts]
         for interval in args.intervals:
-            engine.set_cache(TaylorSeerConfig(interval=interval, max_order=1, warmup=3))
+            engine.set_cache(TaylorSeerConfig(interval=interval, max_order=1, warmup=3, schedule=args.schedule))
             scores = []
             for p, ref in zip(prompts, plain):
                 video = engine.generate(p, seed=0).video[0]  # (T, H, W, 3) uint8
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     for r in rows:
         theirs = f"{r['diffusers_psnr']:.1f}" if r["diffusers_psnr"] is not None else "-"
         print(f"{r['interval']:>8} {r['psnr']:>8.2f} {theirs:>13}")
-    write_json(args.output, {"prompts": prompts, "rows": rows})
+    write_json(args.output, {"prompts": prompts, "schedule": args.schedule, "rows": rows})
     return 0
 
 

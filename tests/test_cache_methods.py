@@ -177,3 +177,30 @@ def test_sp2_decides_like_one_process():
                 got, got_stats = rank[name][method]
                 assert got_stats == stats, (name, method)
                 assert (got - latents).abs().max() <= 1e-4 * max(1.0, latents.abs().max().item()), (name, method)
+
+
+@pytest.mark.parametrize("method", ["fbcache", "magcache", "easycache"])
+def test_state_is_per_cfg_branch(method):
+    """A branch seen for the first time (the cond half run alone, as when a CFG cache skipped uncond) computes,
+    whatever the other branch's state says; the other branch keeps reusing."""
+    from videosys.cache.registry import METHODS
+
+    config = REUSING[method][0]
+    cache = METHODS[method].cache_cls(config)
+    cache.begin([0.0] * STEPS)
+    runs = []
+
+    def run(*s, start=0, stop=None):
+        runs.append(start)
+        return tuple(t * 1.001 + 0.001 for t in s)
+
+    seen = {}
+    for i in range(STEPS - 1):
+        cache.set_step(i, 0.0)
+        x = torch.full((1, 4, 3), 1.0 + 1e-4 * i)
+        branches = ("batch", "cond") if i == STEPS - 2 else ("batch",)
+        for branch in branches:
+            before = len(runs)
+            cache.stack(BlockStack((x,), run, 2, branch=branch))
+            seen[(i, branch)] = runs[before:] == ([0] if method == "fbcache" else [])  # reused: the head at most
+    assert seen[(STEPS - 2, "batch")] and not seen[(STEPS - 2, "cond")]  # batch reuses, the new cond branch computes
