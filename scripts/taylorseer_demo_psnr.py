@@ -8,8 +8,6 @@ warm-up 3), next to diffusers' TaylorSeer on Latte's attn1 / attn2 / ff modules 
 import argparse
 import sys
 
-import torch
-
 from videosys import VideoSysEngine
 from videosys.cache.taylorseer import TaylorSeerConfig
 from videosys.eval.demo import prompt_set
@@ -40,7 +38,8 @@ def main(argv=None) -> int:
                 video = engine.generate(p, seed=0).video[0]  # (T, H, W, 3) uint8
                 to01 = lambda v: v.permute(0, 3, 1, 2).double() / 255
                 scores.append(float(psnr_frames(to01(video), to01(ref)).mean()))
-            rows.append({"interval": interval, "psnr": sum(scores) / len(scores), "diffusers_psnr": DIFFUSERS_DB.get(interval)})
+            rows.append({"interval": interval, "psnr": sum(scores) / len(scores),
+                         "diffusers_psnr": DIFFUSERS_DB.get(interval)})
     print(f"{'interval':>8} {'ours dB':>8} {'diffusers dB':>13}")
     for r in rows:
         theirs = f"{r['diffusers_psnr']:.1f}" if r["diffusers_psnr"] is not None else "-"

@@ -117,7 +117,8 @@ def test_magcache_ratios_are_the_stack_residual_norm_ratios(tiny_latte):
     seen = transformer.active_cache("test-residuals").seen
     transformer.disable_cache()
     n = SHORT["num_inference_steps"]
-    expected = [1.0] + [np.mean([float((v[i].norm(dim=-1) / v[i - 1].norm(dim=-1)).mean()) for v in (seen[:n], seen[n:])])
+    per_video = (seen[:n], seen[n:])
+    expected = [1.0] + [np.mean([float((v[i].norm(dim=-1) / v[i - 1].norm(dim=-1)).mean()) for v in per_video])
                         for i in range(1, n)]
     ratios = calibrate_magcache(tiny_latte, PROMPTS, progress=False, **SHORT)
     assert np.allclose(ratios, expected, rtol=1e-5) and len(ratios) == n
@@ -132,7 +133,7 @@ def test_magcache_ratios_are_the_stack_residual_norm_ratios(tiny_latte):
 
 def test_script_records_magcache_ratios(tmp_path):
     out = tmp_path / "ratios.json"
-    assert load_script("calibrate_teacache").main(["--method", "magcache", "--preset", "tiny", "--prompt-set", "builtin",
-                                                  "--prompts", "1", "--steps", "5", "--output", str(out)]) == 0
+    args = ["--method", "magcache", "--preset", "tiny", "--prompt-set", "builtin", "--prompts", "1", "--steps", "5"]
+    assert load_script("calibrate_teacache").main(args + ["--output", str(out)]) == 0
     ratios = json.loads(out.read_text())["ratios"]
     assert len(ratios) == 5 and ratios[0] == 1.0 and all(r > 0 for r in ratios[1:])

@@ -9,12 +9,14 @@ without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model
     result = calibrate(engine.pipeline, prompts, seeds=[0])
     engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=result.coefficients))
 
-or `python scripts/calibrate_teacache.py --model latte --preset demo`. MagCache's magnitude ratios likewise:
-`calibrate_magcache(engine.pipeline, prompts)` (`--method magcache`) records, per step, the mean over
-tokens of |r_i| / |r_{i-1}| for the residual r the whole block stack adds, averaged over the generations. The recorder is a registered
+or `python scripts/calibrate_teacache.py --model latte --preset demo`. The recorder is a registered
 cache method ("teacache-recorder") at the block-stack hook point, so it reads the very indicator
 TeaCache reads. One process, cond and uncond in one batch (as the reference measured); the output
 distance is over the whole batched output (both CFG halves), as the indicator's is.
+
+MagCache's magnitude ratios likewise: `calibrate_magcache(engine.pipeline, prompts)` (`--method magcache`;
+the recorder "magcache-recorder") records, per step, the mean over tokens of |r_i| / |r_{i-1}| for the
+residual r the whole block stack adds, averaged over the generations.
 """
 
 from dataclasses import dataclass, field

@@ -17,7 +17,7 @@ but may differ from one process' when the tokens do not divide).
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

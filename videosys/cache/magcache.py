@@ -14,7 +14,7 @@ code and diffusers do). A Latte / Open-Sora stack unit is a (spatial, temporal) 
 the whole stack, never one block list.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

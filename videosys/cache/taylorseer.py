@@ -22,7 +22,7 @@ inside the call, CogVideoX / Open-Sora-Plan v1.2 outside), one state per module 
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -56,7 +56,7 @@ class TaylorSeerConfig:
 
     @classmethod
     def for_model(cls, models) -> "TaylorSeerConfig":
-        """The published setting: the same for every family (the paper tunes no per-model numbers)."""
+        """One setting for every family: the paper evaluates none of ours (FLUX, HunyuanVideo, DiT)."""
         return cls()
 
     @classmethod
@@ -69,7 +69,8 @@ class TaylorSeerConfig:
 
 
 def full_step(index: int, interval: int, warmup: int, schedule: str = "paper") -> bool:
-    """The paper's schedule: steps 0 .. warmup-1, then warmup-1 + k * interval; diffusers': then warmup+1 + k * interval."""
+    """Full step? The paper's schedule: steps 0 .. warmup-1, then warmup-1 + k * interval;
+    diffusers': then warmup+1 + k * interval."""
     first = warmup - 1 if schedule == "paper" else warmup + 1
     return index < warmup or (index - first) % interval == 0
 
