@@ -17,7 +17,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
     # the trained demo model (LatteConfig(preset="demo")): a few MB of safetensors and configs
-    package_data={"videosys": ["assets/demo-latte/*.json", "assets/demo-latte/*/*"]},
+    package_data={"videosys": ["assets/demo-latte/*.json", "assets/demo-latte/*/*", "serve/page/*"]},
     install_requires=requirements,
     # eval/: plots and multi-node generation. Not listed on purpose: vbench (pins transformers 4.33 and
     # numpy < 2; eval/vbench/setup_env.sh gives it its own environment, `pip install --no-deps vbench`
@@ -25,7 +25,10 @@ setup(
     # read as files: eval/common_metrics/lpips_alex.py).
     extras_require={
         "eval": ["matplotlib", "ray>=2.9"],
-        "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray>=2.9"],
+        "serve": ["fastapi", "uvicorn"],  # `videosys serve`
+        # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt)
+        "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray>=2.9", "fastapi", "uvicorn",
+                 "httpx", "selenium"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

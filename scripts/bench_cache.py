@@ -24,22 +24,15 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "eval", "common_metrics"))
-sys.path.insert(0, os.path.join(HERE, "..", "eval"))
-sys.path.insert(0, HERE)
-import eval_demo  # noqa: E402  (scripts/eval_demo.py)
-from eval import average_per_frame, video_metrics  # noqa: E402  (eval/common_metrics/eval.py)
-from plot_frontier import plot  # noqa: E402  (eval/plot_frontier.py)
+from videosys import VideoSysEngine
+from videosys.cache import METHODS, choices, sweep_names
+from videosys.eval import demo as eval_demo
+from videosys.eval.frontier import plot
+from videosys.eval.metrics import average_per_frame, video_metrics
+from videosys.eval.runs import add_model_args, model_config, prompt_list
+from videosys.utils.files import write_json
 
-from videosys import VideoSysEngine  # noqa: E402
-from videosys.models import config_class  # noqa: E402
-from videosys.utils.files import write_json  # noqa: E402
-
-VARIANTS = ("none", "teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5",
-            "pab-246", "pab-357", "pab-579")
-BUILTIN_PROMPTS = ("a red circle moving to the right", "a blue square moving up on a plain white background",
-                   "a dog running on the beach at sunset")
+VARIANTS = tuple(sweep_names())  # "none" and every registered method's frontier variants
 
 
 def timed_transformer(pipeline):
@@ -62,7 +55,7 @@ def timed_transformer(pipeline):
 
 def lpips_model_or_none(device):
     try:
-        from lpips_alex import load_lpips
+        from videosys.eval.lpips import load_lpips
 
         return load_lpips(device=device)
     except (FileNotFoundError, RuntimeError, OSError) as err:
@@ -77,12 +70,14 @@ def run_variant(engine, jobs) -> tuple[dict, list]:
         out = engine.generate(prompt, seed=seed)
         videos.append(out.video[0].numpy())
         stats = out.stats
-    return {"teacache": stats.get("teacache", {}), "pab": stats.get("pab", {})}, videos
+    return {name: value for name, value in stats.items() if name in METHODS}, videos
 
 
 def cache_spec(variant: str, coefficients=None):
     """A variant name as engine.set_cache takes it; "teacache-cal-<threshold>" is TeaCache with the
-    coefficients of a calibration (scripts/calibrate_teacache.py, --coefficients)."""
+    coefficients of a calibration (scripts/calibrate_teacache.py, --coefficients); "a+b" is both."""
+    if "+" in variant:
+        return [cache_spec(part, coefficients) for part in variant.split("+")]
     if not variant.startswith("teacache-cal-"):
         return variant
     if coefficients is None:
@@ -129,7 +124,7 @@ def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     head += f"{'accuracy':>9}" if with_accuracy else ""
     lines = [head]
     for variant, row in results.items():
-        tea = row["teacache"]
+        tea = row.get("teacache")
         computed = f"{tea['computed_steps']}/{tea['computed_steps'] + tea['reused_steps']}" if tea else "all"
         line = (f"{variant:<15}{row['total_s']:>9.3f}{row['transformer_s']:>10.3f}{row['speedup']:>8.2f}x"
                 f"{computed:>9}{fmt(row.get('psnr'), '.2f'):>8}{fmt(row.get('ssim'), '.4f'):>8}")
@@ -139,43 +134,12 @@ def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     return "\n".join(lines)
 
 
-def add_model_args(parser) -> None:
-    """The model, its prompts and the CPU threads: the options this script shares with calibrate_teacache.py."""
-    parser.add_argument("--model", default="latte")
-    parser.add_argument("--preset", default="demo", help="demo (trained, Latte only), tiny (random weights), ...")
-    parser.add_argument("--model-path")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--prompt-set", choices=("demo", "builtin"), default="demo",
-                        help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
-    parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
-    parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
-    parser.add_argument("--steps", type=int, help="override the number of denoising steps")
-    parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
-
-
-def model_config(args):
-    """The family config the options name (progress bar off); sets the torch threads."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    overrides = {"device": args.device, "progress_bar": False, "preset": args.preset}
-    if args.model_path:
-        overrides["model_path"] = args.model_path
-    if args.steps:
-        overrides["num_inference_steps"] = args.steps
-    return config_class(args.model)(**overrides)
-
-
-def prompt_list(args) -> list[str]:
-    prompts = eval_demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
-    return prompts[: args.prompts]
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
-                        help="cache specs: none, teacache-slow|fast|<threshold>, pab, pab-246|357|579, "
-                             "teacache-cal-<threshold> (with --coefficients)")
+                        help=f"cache specs: {', '.join(choices())}, teacache-cal-<threshold> (with --coefficients); "
+                             "a+b runs two methods at once")
     parser.add_argument("--coefficients", help="JSON of scripts/calibrate_teacache.py: its polynomial for "
                                                "the teacache-cal-<threshold> variants")
     parser.add_argument("--repeats", type=int, default=5,

@@ -10,13 +10,11 @@ table shows how much of a denoising step is communication. Prints a table, write
 
 import argparse
 import os
-import sys
 import time
 
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def _time_collectives(comm, device_type: str) -> dict:

@@ -12,17 +12,13 @@ points, and writes JSON whose "coefficients" go to `TeaCacheConfig(coefficients=
 """
 
 import argparse
-import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from bench_cache import add_model_args, model_config, prompt_list  # noqa: E402  (scripts/bench_cache.py)
-
-from videosys import VideoSysEngine  # noqa: E402
-from videosys.cache.calibrate import calibrate  # noqa: E402
-from videosys.cache.teacache import COEFFICIENTS  # noqa: E402
-from videosys.utils.files import write_json  # noqa: E402
+from videosys import VideoSysEngine
+from videosys.cache.calibrate import calibrate
+from videosys.cache.teacache import COEFFICIENTS
+from videosys.eval.runs import add_model_args, model_config, prompt_list
+from videosys.utils.files import write_json
 
 
 def parse_args(argv=None):
@@ -42,11 +38,11 @@ def main(argv=None) -> int:
     prompts = prompt_list(args)
     with VideoSysEngine(config) as engine:
         result = calibrate(engine.pipeline, prompts, seeds=range(args.seeds), degree=args.degree)
-    published = config.teacache_model()
+    published = next((key for key in config.cache_models() if key in COEFFICIENTS), None)
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path,
               "steps": config.num_inference_steps, "prompts": prompts, "seeds": args.seeds, "degree": args.degree,
               **result.summary(), "published": published,
-              "published_r2": result.r2(COEFFICIENTS[published]) if published in COEFFICIENTS else None,
+              "published_r2": result.r2(COEFFICIENTS[published]) if published is not None else None,
               "x": result.x.tolist(), "y": result.y.tolist()}
     write_json(args.output, report)
     print(f"{report['points']} points from {len(prompts) * args.seeds} videos x {config.num_inference_steps} steps; "

@@ -75,12 +75,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import eval_demo  # noqa: E402  (scripts/eval_demo.py: the tracker scores the VAE's reconstructions)
-
-from videosys.models.latte.pipeline import LatteConfig, LattePipeline, tiny_components  # noqa: E402
-from videosys.utils.demo_data import DemoClips  # noqa: E402
-from videosys.utils.files import write_json  # noqa: E402
+from videosys.eval import demo as eval_demo  # the tracker scores the VAE's reconstructions
+from videosys.models.latte.pipeline import LatteConfig, LattePipeline, tiny_components
+from videosys.utils.demo_data import DemoClips
+from videosys.utils.files import write_json
 
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 

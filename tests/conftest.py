@@ -9,8 +9,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(int(os.environ.get("VIDEOSYS_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
+PROMPT = "a red circle moving to the right"  # the prompt the tests generate (a demo caption)
+
+
+def tiny_config(model: str, **fields):
+    """A family's config (videosys.models name), the `tiny` preset unless `preset` is given, no progress bar."""
+    from videosys.models import config_class
+
+    return config_class(model)(**{"preset": "tiny", "progress_bar": False, **fields})
+
+
+def tiny_pipeline(model: str, **fields):
+    config = tiny_config(model, **fields)
+    return config.pipeline_cls.from_config(config)
+
+
 @pytest.fixture(scope="session")
 def tiny_latte():
-    from videosys import LatteConfig, LattePipeline
-
-    return LattePipeline.from_config(LatteConfig(preset="tiny", progress_bar=False))
+    return tiny_pipeline("latte")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from videosys import LatteConfig, LattePipeline
-from videosys.cache import PAB, PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys.cache import PAB, PABConfig, TeaCacheConfig, configs_from_spec
+from videosys.cache.hooks import ModuleHooks
 from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
 
 PROMPT = "a red circle moving to the right"
@@ -53,6 +54,49 @@ def test_relative_l1_by_hand():
     assert float(relative_l1(current, previous)) == pytest.approx(0.15)
 
 
+FP16_INDICATOR = (2, 16, 256, 1152)  # CFG batch x Latte's 16 frames x 256 patches x width 1152
+
+
+def fp16_indicator(change: float, steps: int) -> list[torch.Tensor]:
+    """An fp16 indicator of Latte-1's size that changes by `change` (relative L1) every step; its L1 sums
+    (~1e7) are far past fp16's largest value, 65504."""
+    base = torch.randn(FP16_INDICATOR, generator=torch.Generator().manual_seed(0))
+    return [(base * (1 + change) ** k).half() for k in range(steps)]
+
+
+def test_relative_l1_of_an_fp16_indicator_is_the_fp64_value():
+    previous, current = fp16_indicator(0.06, 2)
+    exact = float((current.double() - previous.double()).abs().sum() / previous.double().abs().sum())
+    assert exact == pytest.approx(0.06, rel=1e-3)
+    assert float(relative_l1(current, previous)) == pytest.approx(exact, rel=1e-5)
+
+
+def test_teacache_fp16_indicator_computes_the_hand_derived_steps():
+    """poly(x) = x, threshold 0.1, a 6% change per step: 0.06 (reuse), 0.12 (compute), 0.06, 0.12, ...
+    So steps 0, 2, 4, 6 and the last compute. (At 5% two steps sum to the threshold itself, 0.05 + 0.05,
+    and rounding would decide.) Summed in fp16, the distance was inf / inf = nan, `nan >= 0.1` is False,
+    and every middle step was reused."""
+    n = 8
+    cache = TeaCache(TeaCacheConfig(threshold=0.1, coefficients=(1.0, 0.0)))
+    cache.begin([float(1000 - 100 * i) for i in range(n)])
+    for i, indicator in enumerate(fp16_indicator(0.06, n)):
+        cache.set_step(i, 1000.0 - 100 * i)
+        if not cache.skip(indicator):
+            cache.store(indicator, indicator)
+    assert cache.stats()["reused_step_indices"] == [1, 3, 5]
+
+
+def test_a_non_finite_distance_computes():
+    cache = TeaCache(TeaCacheConfig(threshold=1e9, coefficients=(0.0,)))  # would reuse every middle step
+    cache.begin([4.0, 3.0, 2.0, 1.0, 0.0])
+    decisions = []
+    for i, indicator in enumerate([torch.zeros(4), torch.zeros(4), torch.ones(4), torch.ones(4), torch.ones(4)]):
+        cache.set_step(i, 4.0 - i)
+        decisions.append(cache.skip(indicator))  # step 1: 0 / 0 = nan; step 2: 4 / 0 = inf; step 3: 0
+        cache.store(torch.zeros(4), torch.ones(4))
+    assert decisions == [False, False, False, True, False]
+
+
 # ---- TeaCache ----------------------------------------------------------------------------------
 def test_teacache_threshold_zero_is_exact(uncached):
     pipe = pipeline(cache=TeaCacheConfig(threshold=0.0))
@@ -76,22 +120,40 @@ def test_teacache_forced_schedule():
 
 
 def test_teacache_reuse_adds_the_stored_residual():
-    """On a skipped step the output is x + (last block-stack output - last block-stack input)."""
-    pipe = pipeline()
-    model = pipe.transformer
+    """On a skipped step the block stack's output is its input x + (last output - last input) of the stack.
+
+    The skipped call gets other latents and another timestep than the computing one, so "x + residual" and
+    "return the cached output" give different results; the reference is the same forward with the stack
+    replaced by "+ the recorded residual"."""
+    model = pipeline().transformer
     model.enable_cache(TeaCacheConfig(threshold=1e9, coefficients=(0.0,)))
     g = torch.Generator().manual_seed(0)
-    x, text, t = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 5, 32, generator=g), torch.tensor(500)
+    x, x2, text = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 4, 3, 8, 8, generator=g), \
+        torch.randn(2, 5, 32, generator=g)
+    residuals = []
+    run_blocks = model.run_blocks
+
+    def recording_blocks(h, **kw):
+        out = run_blocks(h, **kw)
+        residuals.append(out - h)
+        return out
+
+    model.run_blocks = recording_blocks
     model.cache_begin([900.0, 500.0, 100.0])
     with torch.no_grad():
         model.cache_step(0, 900.0)
-        first = model(x, t, text)
+        first = model(x, torch.tensor(900), text)
         model.cache_step(1, 500.0)
-        second = model(x, t, text)  # same input, skipped: must equal the computed output
+        second = model(x2, torch.tensor(500), text)  # skipped
+        assert model.active_cache("teacache").stats()["reused_step_indices"] == [1] and len(residuals) == 1
         model.disable_cache()
-        direct = model(x, t, text)
-    assert model.teacache is None
-    assert torch.allclose(second, first, atol=1e-6) and torch.allclose(first, direct, atol=1e-6)
+        model.run_blocks = lambda h, **kw: h + residuals[0]
+        expected = model(x2, torch.tensor(500), text)
+        del model.run_blocks
+        direct = model(x2, torch.tensor(500), text)
+    assert residuals[0].abs().max() > 0
+    assert torch.allclose(second, expected, atol=1e-6)
+    assert not torch.allclose(second, first, atol=1e-2) and not torch.allclose(second, direct, atol=1e-2)
 
 
 def test_teacache_state_is_reset_every_generation():
@@ -169,10 +231,50 @@ def test_pab_mlp_schedule():
     assert pab.stats() == {"mlp_computed": 14, "mlp_reused": 4}
 
 
+def test_pab_latte_broadcasts_the_gated_outputs_of_the_computing_step():
+    """The PAB authors' Latte (VideoSys) keeps gate_msa * attention and gate_mlp * MLP: a broadcast step
+    adds the very tensor the computing step added, under the computing step's gate, not the cached
+    attention times its own gate. Checked on a spatial block (self-attention, cross-attention, MLP):
+    what a sub-layer adds is read off the cross-attention's input and output."""
+    block = pipeline().transformer.transformer_blocks[0]
+    pab = PAB(PABConfig(spatial=((0, 1000), 2), temporal=None, cross=None, mlp={900: ((0,), 1)}))
+    pab.begin([900.0, 500.0])  # step 1 broadcasts the attention (odd index) and reuses block 0's MLP
+    seen = {}
+    hooks = [block.attn1.register_forward_hook(lambda m, args, out: seen.__setitem__("attn", out)),
+             block.attn2.register_forward_hook(lambda m, args, out: seen.update(cross_in=args[0], cross=out))]
+    g = torch.Generator().manual_seed(0)
+    b, f, l, c = 2, 3, 4, block.scale_shift_table.shape[1]
+    context = torch.randn(b, 5, c, generator=g)
+    added = []
+    with torch.no_grad():
+        for step in range(2):
+            pab.set_step(step, pab.timesteps[step])
+            x, t_mod = torch.randn(b, f, l, c, generator=g), torch.randn(b, 6 * c, generator=g)
+            out = block(x, t_mod, context, hooks=ModuleHooks([pab]))  # PAB alone at the module hook points
+            after_attn = seen["cross_in"].view(b, f, l, c)
+            after_cross = after_attn + seen["cross"].view(b, f, l, c)
+            gates = block.modulation(t_mod)
+            added.append(dict(attn=after_attn - x, mlp=out - after_cross, gate_msa=gates[2], gate_mlp=gates[5],
+                              computed_attn=None if "attn" not in seen else seen.pop("attn").view(b, f, l, c)))
+    for hook in hooks:
+        hook.remove()
+    computing, broadcast = added
+    assert pab.stats() == {"cross_computed": 2, "mlp_computed": 1, "mlp_reused": 1, "spatial_computed": 1,
+                           "spatial_reused": 1}
+    assert torch.allclose(computing["attn"], computing["gate_msa"] * computing["computed_attn"], atol=1e-6)
+    assert broadcast["computed_attn"] is None  # not recomputed
+    assert torch.allclose(broadcast["attn"], computing["attn"], atol=1e-6)
+    assert torch.allclose(broadcast["mlp"], computing["mlp"], atol=1e-5)
+    # the gates differ between the steps, so "cached output x this step's gate" would not match
+    regated = broadcast["gate_msa"] * computing["computed_attn"]
+    assert (regated - computing["attn"]).abs().max() > 1e-2
+    assert (broadcast["gate_mlp"] - computing["gate_mlp"]).abs().max() > 1e-2
+
+
 def test_pab_latte_stats_match_the_plan():
     pipe = pipeline(cache="pab")
     out = pipe.generate(PROMPT, num_frames=4, num_inference_steps=50, seed=0)
-    plan = pipe.transformer.pab.broadcast_plan
+    plan = pipe.transformer.active_cache("pab").broadcast_plan
     layers = pipe.transformer.config.num_layers
     for kind in ("spatial", "temporal", "cross"):
         reused = sum(plan[kind]) * layers
@@ -186,8 +288,8 @@ def test_pab_latte_stats_match_the_plan():
 def test_config_switches_and_presets():
     tea = LatteConfig(preset="tiny", enable_teacache=True, teacache_thresh=0.2).cache_configs()
     assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["latte"])]
-    assert cache_configs_from_spec("teacache-fast", "latte", "latte")[0].threshold == 0.2
-    assert cache_configs_from_spec("teacache-slow", "latte", "latte")[0].threshold == 0.1
+    assert configs_from_spec("teacache-fast", "latte")[0].threshold == 0.2
+    assert configs_from_spec("teacache-slow", "latte")[0].threshold == 0.1
     pab = LatteConfig(preset="tiny", enable_pab=True).cache_configs()[0]
     assert pab.spatial == ((100.0, 800.0), 2) and pab.temporal == ((100.0, 800.0), 3)
     assert pab.cross == ((100.0, 800.0), 6) and sorted(pab.mlp) == [400.0, 480.0, 560.0, 640.0, 720.0]
@@ -211,6 +313,6 @@ def test_two_pipelines_do_not_interfere(uncached):
     solo = cached.generate(PROMPT, **RUN).video
     a = cached.generate(PROMPT, **RUN).video
     b = plain.generate(PROMPT, **RUN).video
-    assert plain.transformer.teacache is None and cached.transformer.teacache is not None
+    assert plain.transformer.active_cache("teacache") is None and cached.transformer.active_cache("teacache") is not None
     assert torch.equal(a, solo) and torch.equal(b, uncached)
     assert not torch.equal(a, b)

@@ -36,14 +36,14 @@ def test_r2_scores_a_polynomial_as_teacache_evaluates_it():
 def test_calibrate_records_consecutive_changes_and_restores_caches(tiny_latte):
     transformer = tiny_latte.transformer
     transformer.enable_cache(TeaCacheConfig(threshold=0.3))
-    cache_before = transformer.teacache
+    cache_before = transformer.active_cache("teacache")
     outputs = []
     handle = transformer.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))
     try:
         result = calibrate(tiny_latte, PROMPTS, seeds=[0, 1], progress=False, **SHORT)
     finally:
         handle.remove()
-    assert transformer.teacache is cache_before  # put back
+    assert transformer.active_cache("teacache") is cache_before  # put back
     assert len(result.x) == len(result.y) == 4 * (SHORT["num_inference_steps"] - 1)  # 4 videos, no cross-video pair
     per_video = [outputs[i:i + 6] for i in range(0, 24, 6)]
     expected = [float(relative_l1(b, a)) for video in per_video for a, b in zip(video, video[1:])]
@@ -54,7 +54,7 @@ def test_calibrate_records_consecutive_changes_and_restores_caches(tiny_latte):
     # the recorder never skips: the video is the uncached one
     transformer.disable_cache()
     plain = tiny_latte.generate(PROMPTS[0], seed=0, **SHORT)
-    transformer.teacache = None
+    transformer.disable_cache()
     again = calibrate(tiny_latte, PROMPTS[:1], progress=False, **SHORT)
     assert np.allclose(again.y, result.y[:5]) and torch.equal(tiny_latte.generate(PROMPTS[0], seed=0, **SHORT).video,
                                                               plain.video)

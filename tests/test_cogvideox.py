@@ -256,6 +256,25 @@ def test_bad_generation_input(tiny, kwargs, name):
         tiny.generate(**kwargs)
 
 
+def test_auto_dtype_is_the_releases(monkeypatch):
+    """dtype="auto": fp32 on CPU; on CUDA fp16 for 2b (THUDM's and VideoSys's choice; the 2b TeaCache
+    polynomial was fitted so) and bf16 for 5b. An explicit dtype always wins."""
+    from videosys import LatteConfig
+
+    def on_cuda(config):
+        monkeypatch.setattr(config, "torch_device", lambda: torch.device("cuda"))
+        return config
+
+    assert CogVideoXConfig(device="cpu").torch_dtype() == torch.float32
+    assert on_cuda(CogVideoXConfig()).torch_dtype() == torch.float16  # THUDM/CogVideoX-2b
+    assert on_cuda(CogVideoXConfig(preset="tiny")).torch_dtype() == torch.float16
+    assert on_cuda(CogVideoXConfig(model_path="THUDM/CogVideoX-5b")).torch_dtype() == torch.bfloat16
+    assert on_cuda(CogVideoXConfig(preset="tiny-5b")).torch_dtype() == torch.bfloat16
+    assert on_cuda(CogVideoXConfig(dtype="fp32")).torch_dtype() == torch.float32
+    assert on_cuda(CogVideoXConfig(dtype="bf16")).torch_dtype() == torch.bfloat16
+    assert on_cuda(LatteConfig()).torch_dtype() == torch.bfloat16  # the other families keep bf16
+
+
 def test_config_defaults_and_errors():
     config = CogVideoXConfig()
     assert (config.model_path, config.num_frames, config.height, config.width) == ("THUDM/CogVideoX-2b", 49, 480, 720)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eval_helpers import load_script  # tests/eval_helpers.py
+from videosys.eval import demo as eval_demo
 from videosys.utils import demo_data
 from videosys.utils.text import build_tiny_tokenizer
 
@@ -60,11 +61,10 @@ def test_dataset_is_seeded_and_balanced():
     assert not np.array_equal(data.batch(1, n)[0], clips)  # the next pass: new positions and backgrounds
 
 
-# ---- scripts/eval_demo.py: the colour-centroid tracker ---------------------------------------
+# ---- videosys/eval/demo.py (scripts/eval_demo.py): the colour-centroid tracker ------------------
 
 
 def test_tracker_follows_the_centroid():
-    eval_demo = load_script("eval_demo")
     clip = demo_data.make_clip("yellow", "circle", "down", num_frames=6, height=64, width=64, seed=1)
     centroids = eval_demo.track(clip, demo_data.COLOURS["yellow"])
     mask = np.all(clip == demo_data.COLOURS["yellow"], axis=-1)
@@ -78,7 +78,6 @@ def test_tracker_follows_the_centroid():
 
 
 def test_tracker_classifies_every_procedural_clip_and_reversal_flips():
-    eval_demo = load_script("eval_demo")
     data = demo_data.DemoClips(num_frames=16, height=64, width=64, seed=11)
     flip = {"left": "right", "right": "left", "up": "down", "down": "up"}
     for i in range(len(data)):  # every combination once
@@ -95,7 +94,7 @@ def test_tracker_survives_noise_and_h264(tmp_path):
     """Generated videos are blurry and noisy; the tracker must still read a clip through mp4 and noise."""
     from videosys.utils.video import save_video
 
-    eval_demo = load_script("eval_demo")
+    eval_demo_cli = load_script("eval_demo")
     rng = np.random.default_rng(0)
     data = demo_data.DemoClips(num_frames=16, height=64, width=64, seed=2)
     for i in range(4):
@@ -104,7 +103,7 @@ def test_tracker_survives_noise_and_h264(tmp_path):
         save_video(noisy, str(tmp_path / f"{text}-{i}.mp4"))
     save_video(data.item(5)[0][::-1], str(tmp_path / f"{data.item(5)[1]}-5.mp4"))  # played backwards: wrong
     out = tmp_path / "out" / "eval.json"
-    assert eval_demo.main(["--videos", str(tmp_path), "--output", str(out)]) == 0
+    assert eval_demo_cli.main(["--videos", str(tmp_path), "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["accuracy"] == {"n": 5, "colour": 1.0, "direction": 0.8, "both": 0.8}
     wrong = [r for r in result["videos"] if r["expected"]["direction"] != r["predicted"]["direction"]]
@@ -112,7 +111,6 @@ def test_tracker_survives_noise_and_h264(tmp_path):
 
 
 def test_prompt_set_covers_colours_and_directions():
-    eval_demo = load_script("eval_demo")
     prompts = eval_demo.prompt_set()
     parsed = [demo_data.parse_caption(p) for p in prompts]
     assert len(prompts) == 24 and len(set(prompts)) == 24

@@ -6,6 +6,8 @@ import pytest
 
 from eval_helpers import load_eval_module
 
+from videosys.eval import frontier as frontier_lib
+
 frontier = load_eval_module("plot_frontier.py", "videosys_eval_plot_frontier")
 
 
@@ -34,7 +36,7 @@ def test_speedup_and_metrics_per_variant(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr()
     assert "3.00x" in out.out and "pab: skipped" in out.err
-    assert frontier.frontier(str(tmp_path), time_key="denoise_s")[0]["speedup"] == pytest.approx(20.0 / 5.0)
+    assert frontier_lib.frontier(str(tmp_path), time_key="denoise_s")[0]["speedup"] == pytest.approx(20.0 / 5.0)
 
 
 def test_missing_baseline_is_an_error(tmp_path, capsys):

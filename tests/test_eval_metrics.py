@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from eval_helpers import load_eval_module
-from videosys import read_video, save_video
 
-metrics = load_eval_module("common_metrics/eval.py", "videosys_eval_metrics")
-lpips_alex = load_eval_module("common_metrics/lpips_alex.py", "videosys_eval_lpips_alex")
+from videosys import read_video, save_video
+from videosys.eval import lpips as lpips_alex
+from videosys.eval import metrics
+
+metrics_cli = load_eval_module("common_metrics/eval.py", "videosys_eval_metrics")  # its main()
 
 
 def noisy_pair(seed=0, shape=(3, 32, 40, 3), amplitude=20):
@@ -80,7 +82,7 @@ def test_folders_cli_pairs_by_name_and_writes_json(tmp_path, capsys):
         save_video(b, str(gen_dir / name))
     save_video(videos["prompt 0-0.mp4"][0], str(gt_dir / "only in baseline-0.mp4"))
     out = tmp_path / "m.json"
-    assert metrics.main(["--gt_video_dir", str(gt_dir), "--generated_video_dir", str(gen_dir),
+    assert metrics_cli.main(["--gt_video_dir", str(gt_dir), "--generated_video_dir", str(gen_dir),
                          "--output", str(out), "--metrics", "psnr", "ssim", "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert report["videos"] == 2 and sorted(report["per_video"]) == sorted(videos)
@@ -94,7 +96,7 @@ def test_folders_cli_pairs_by_name_and_writes_json(tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out
 
     save_video(np.zeros((4, 16, 16, 3), np.uint8), str(gen_dir / "no baseline-0.mp4"))
-    assert metrics.main(["--gt_video_dir", str(gt_dir), "--generated_video_dir", str(gen_dir),
+    assert metrics_cli.main(["--gt_video_dir", str(gt_dir), "--generated_video_dir", str(gen_dir),
                          "--metrics", "psnr", "--no-progress"]) == 2
     assert "no baseline" in capsys.readouterr().err
 
@@ -102,7 +104,7 @@ def test_folders_cli_pairs_by_name_and_writes_json(tmp_path, capsys):
 def test_folders_cli_rejects_shape_mismatch(tmp_path, capsys):
     save_video(np.zeros((4, 16, 16, 3), np.uint8), str(tmp_path / "a" / "p-0.mp4"))
     save_video(np.zeros((4, 16, 32, 3), np.uint8), str(tmp_path / "b" / "p-0.mp4"))
-    assert metrics.main(["--gt_video_dir", str(tmp_path / "a"), "--generated_video_dir", str(tmp_path / "b"),
+    assert metrics_cli.main(["--gt_video_dir", str(tmp_path / "a"), "--generated_video_dir", str(tmp_path / "b"),
                          "--metrics", "psnr", "--no-progress"]) == 2
     assert "shapes differ" in capsys.readouterr().err
 

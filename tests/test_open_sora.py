@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine, read_video
 from videosys.models.modules.pretrained import CheckpointMismatchError
 from videosys.models.open_sora.pipeline import frame_count, image_size
-from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_rope, t2i_modulate
+from videosys.models.modules.adaln import modulate as t2i_modulate
+from videosys.models.open_sora.transformer import STDiT3, STDiT3Config, apply_rope
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler, timestep_transform
 
@@ -68,7 +69,7 @@ def test_modulation_matches_hand_written_t2i_modulate():
     normed = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
     expected = normed * (1 + scale[:, None, None]) + shift[:, None, None]
     with torch.no_grad():
-        got = block.teacache_indicator(x, t_mlp)
+        got = block.modulated_input(x, block.modulation(t_mlp))
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(t2i_modulate(torch.ones(2), torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])),
                        torch.tensor([5.0, 2.0]))
@@ -114,6 +115,62 @@ def test_rope_tables_follow_loaded_weights():
     after = model.rope.tables(3, torch.device("cpu"), torch.float32)[1]
     assert not torch.allclose(before, after)
     assert torch.allclose(after[1], torch.sin(model.rope.freqs).repeat_interleave(2))  # position 1, new freqs
+
+
+def test_rope_tables_in_bf16_are_built_as_rotary_embedding_torch():
+    """rotary_embedding_torch 0.5.3 (the release's pin), restated for a bf16 model: positions arange(T) in
+    the queries' dtype, cast to the freqs parameter's (bf16), einsum('..., f -> ... f') in bf16, each angle
+    repeated for its pair, cos / sin of the bf16 angles; apply_rotary_emb then rotates in bf16."""
+    model = small_model().to(torch.bfloat16)
+    frames, d = 16, 16
+    freqs = model.rope.freqs
+    assert freqs.dtype == torch.bfloat16
+    pos = torch.arange(frames, dtype=torch.bfloat16)
+    angles = torch.einsum("..., f -> ... f", pos.type(freqs.dtype), freqs).repeat_interleave(2, dim=-1)
+    cos, sin = model.rope.tables(frames, torch.device("cpu"), torch.bfloat16)
+    assert cos.dtype == sin.dtype == torch.bfloat16
+    assert torch.equal(cos, angles.cos()) and torch.equal(sin, angles.sin())
+    # the rounding of the angles shows: exact angles rounded after cos / sin are other tables
+    exact = torch.outer(torch.arange(frames, dtype=torch.float32), freqs.float()).repeat_interleave(2, dim=-1)
+    assert not torch.equal(cos, exact.cos().to(torch.bfloat16))
+    q = torch.randn(3, 2, frames, d).to(torch.bfloat16)  # (B*S, heads, T, head_dim)
+    rotate_half = torch.stack((-q[..., 1::2], q[..., 0::2]), dim=-1).flatten(-2)
+    assert torch.equal(apply_rope(q, cos, sin), q * angles.cos() * 1.0 + rotate_half * angles.sin() * 1.0)
+    # fp32 is the exact maths, as before
+    cos32, _ = small_model().rope.tables(frames, torch.device("cpu"), torch.float32)
+    assert torch.allclose(cos32, torch.outer(torch.arange(frames).float(), small_model().rope.freqs)
+                          .repeat_interleave(2, dim=-1).cos(), atol=1e-6)
+
+
+def test_final_layer_with_x_mask_follows_the_release_order():
+    """T2IFinalLayer (opensora/models/layers/blocks.py at v1.2.0), restated in its (B, T*S, C) layout:
+    x = t2i_modulate(norm_final(x), shift, scale); x_zero = t2i_modulate(norm_final(x), shift_zero,
+    scale_zero) of that modulated x; frames with x_mask False take x_zero; then linear."""
+    layer = small_model().final_layer
+    b, frames, s, c = 2, 3, 4, 32
+    g = torch.Generator().manual_seed(0)
+    x, t, t0 = torch.randn(b, frames, s, c, generator=g), torch.randn(b, c, generator=g), torch.randn(b, c, generator=g)
+    x_mask = torch.tensor([[True, False, True], [False, True, True]])
+
+    def norm_final(h):
+        return (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + 1e-6)
+
+    with torch.no_grad():
+        shift, scale = (layer.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)  # (B, 1, C) each
+        shift0, scale0 = (layer.scale_shift_table[None] + t0[:, None]).chunk(2, dim=1)
+        h = x.reshape(b, frames * s, c)
+        h = norm_final(h) * (1 + scale) + shift
+        h0 = norm_final(h) * (1 + scale0) + shift0
+        mixed = torch.where(x_mask[:, :, None, None], h.view(b, frames, s, c), h0.view(b, frames, s, c))
+        expected = mixed @ layer.linear.weight.T + layer.linear.bias
+        got = layer(x, t, t0, x_mask)
+        # one norm with per-frame shift / scale: what the release does not do
+        at_t = norm_final(x) * (1 + scale[:, None]) + shift[:, None]
+        at_t0 = norm_final(x) * (1 + scale0[:, None]) + shift0[:, None]
+        single = layer.linear(torch.where(x_mask[:, :, None, None], at_t, at_t0))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(got[x_mask], single[x_mask], atol=1e-5)
+    assert (got[~x_mask] - single[~x_mask]).abs().max() > 0.1
 
 
 def test_temporal_self_attention_matches_hand_written():

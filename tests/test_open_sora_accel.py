@@ -1,7 +1,7 @@
 """Open-Sora 1.2 accelerated: TeaCache, PAB, DSP and CFG parallel on STDiT3 and its pipeline.
 
 Exactness where a setting disables a cache, schedules predicted by hand, PAB's plan on the release's
-own 30-step schedule, and the parallel engine (gloo, spawned processes) against one process.
+own 30-step schedule, DSP on one block (the engine against one process: tests/test_parallel_families.py).
 """
 
 import math
@@ -10,15 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videosys import OpenSoraConfig, OpenSoraPipeline, VideoSysEngine
-from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
+from videosys import OpenSoraConfig, OpenSoraPipeline
+from videosys.cache import PABConfig, TeaCacheConfig, configs_from_spec
 from videosys.cache.teacache import COEFFICIENTS
 from videosys.core import comm
 from videosys.models.open_sora.pipeline import published_timestep
-from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
+from videosys.cache import pab as pab_lib
+from videosys.models.open_sora.transformer import STDiT3, STDiT3Block, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
-from distributed import assert_same_as_single, generate_per_cache
+from distributed import generate_per_cache
 
 PROMPT = "a red circle moving to the right"
 # 17 frames -> 5 latent frames and 48x48 px -> a 3x3 patch grid: neither divides by 2, so DSP pads
@@ -60,7 +61,7 @@ def single(tiny):
 # ---- configs --------------------------------------------------------------------------------------
 def test_configs_take_the_published_open_sora_settings():
     config = tiny_config()
-    assert config.pab_model() == config.teacache_model() == "open-sora"
+    assert config.cache_models() == ("open-sora",)
     (tea,) = tiny_config(cache="teacache-fast").cache_configs()
     assert tea.threshold == 0.2 and tea.coefficients == COEFFICIENTS["open-sora"]
     (pab,) = tiny_config(enable_pab=True).cache_configs()
@@ -71,13 +72,13 @@ def test_configs_take_the_published_open_sora_settings():
 
 def test_pab_paper_variants_by_name():
     default = PABConfig.for_model("open-sora")
-    assert cache_configs_from_spec("pab-246", "open-sora", "open-sora") == [default]
+    assert configs_from_spec("pab-246", "open-sora") == [default]
     for name, ranges in (("pab-357", (3, 5, 7)), ("pab-579", (5, 7, 9))):
-        (pab,) = cache_configs_from_spec(name, "open-sora", "open-sora")
+        (pab,) = configs_from_spec(name, "open-sora")
         assert (pab.spatial[1], pab.temporal[1], pab.cross[1]) == ranges
         assert pab.spatial[0] == pab.temporal[0] == pab.cross[0] == (450.0, 930.0) and pab.mlp == default.mlp
     with pytest.raises(ValueError, match="pab-<ranges>"):
-        cache_configs_from_spec("pab-35", "open-sora", "open-sora")
+        configs_from_spec("pab-35", "open-sora")
 
 
 def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
@@ -88,6 +89,56 @@ def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
     assert [keys.index(t) for t in (864, 788, 676)] == [13, 17, 21]
     assert not {676.0, 788.0, 864.0} & set(schedule)
     assert (published_timestep(863.64), published_timestep(674.86), published_timestep(1000.0)) == (864, 676, 1000)
+
+
+def test_pab_cross_broadcast_reuses_each_blocks_own_output(monkeypatch):
+    """Spatial block i and temporal block i both cross-attend, with different weights. VideoSys keeps one
+    cached output per block instance: with only cross-attention broadcast, what every block adds on a
+    broadcast step is that block's own output of the last computing step."""
+    torch.manual_seed(0)
+    model = STDiT3(STDiT3Config(hidden_size=32, depth=2, num_heads=2, caption_channels=12, model_max_length=6,
+                                input_sq_size=64)).eval()
+    model.enable_cache(PABConfig(spatial=None, temporal=None, cross=((0, 1000), 2), mlp={}))
+    running, last_computed, reused = [], {}, []
+    block_forward, module = STDiT3Block.forward, pab_lib.PAB.module
+
+    def forward(self, *args, **kwargs):  # which block instance is running
+        running.append(self)
+        try:
+            return block_forward(self, *args, **kwargs)
+        finally:
+            running.pop()
+
+    def spy_module(pab, site, compute):  # PAB at the module hook point
+        if site.kind != "cross":
+            return module(pab, site, compute)
+        computed = []
+        out = module(pab, site, lambda: computed.append(1) or compute())
+        if computed:
+            last_computed[running[-1]] = out
+        else:
+            reused.append((running[-1], out))
+        return out
+
+    monkeypatch.setattr(STDiT3Block, "forward", forward)
+    monkeypatch.setattr(pab_lib.PAB, "module", spy_module)
+    timesteps = [900.0, 700.0, 500.0, 300.0]  # steps 1 and 3 broadcast
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 6, 12, generator=g)
+    model.cache_begin(timesteps)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            model.cache_step(i, t)
+            model(torch.randn(2, 4, 3, 4, 4, generator=g), torch.full((2,), t), y)
+            if i % 2 == 0:  # a computing step: the two stacks' outputs differ, so a mix-up would show
+                for spatial, temporal in zip(model.spatial_blocks, model.temporal_blocks):
+                    assert (last_computed[spatial] - last_computed[temporal]).abs().max() > 1e-3
+            else:
+                assert len(reused) == 4 * (i // 2 + 1)
+                for block, out in reused[-4:]:
+                    assert torch.equal(out, last_computed[block]), (block.kind, block.index)
+    assert model.active_cache("pab").stats() == {"cross_computed": 8, "cross_reused": 8, "mlp_computed": 16,
+                                 "spatial_computed": 8, "temporal_computed": 8}
 
 
 # ---- exactness and schedules -------------------------------------------------------------------------
@@ -102,7 +153,7 @@ def test_teacache_threshold_zero_and_pab_range_one_are_exact(tiny, single):
     always = ((0, 1001), 1)
     tiny.set_cache(PABConfig.for_model("open-sora", spatial=always, temporal=always, cross=always))
     out = tiny.generate(PROMPT, **RUN)
-    keys = tiny.transformer.pab.timesteps
+    keys = tiny.transformer.active_cache("pab").timesteps
     tiny.set_cache(None)
     assert len(keys) == RUN["num_inference_steps"] and not set(keys) & {676.0, 788.0, 864.0}
     depth, steps = tiny.transformer.config.depth, RUN["num_inference_steps"]
@@ -138,13 +189,13 @@ def test_teacache_indicator_is_the_first_spatial_blocks_modulated_embedding():
     model.cache_begin([1000.0, 500.0])
     model.cache_step(0, 1000.0)
     seen, captured = {}, {}
-    skip = model.teacache.skip
+    skip = model.active_cache("teacache").skip
 
     def spy(indicator, **kw):
         seen["indicator"] = indicator
         return skip(indicator, **kw)
 
-    model.teacache.skip = spy
+    model.active_cache("teacache").skip = spy
     model.x_embedder.register_forward_hook(lambda m, i, o: captured.setdefault("patches", o))
     model.t_block.register_forward_hook(lambda m, i, o: captured.setdefault("t_mlp", o))
     x, y = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 6, 12)
@@ -174,7 +225,7 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
     tiny.set_cache("pab")
     try:
         out = tiny.generate(PROMPT, **run)
-        pab = tiny.transformer.pab
+        pab = tiny.transformer.active_cache("pab")
     finally:
         tiny.set_cache(None)
     keys = pab.timesteps
@@ -196,17 +247,7 @@ def test_pab_plan_on_the_release_schedule(tiny, monkeypatch):
     assert len(calls) == 2 * out.stats["pab"]["temporal_computed"]
 
 
-# ---- parallel engine ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True), (4, True)])
-def test_parallel_matches_single_process(single, num_gpus, cfg_parallel):
-    """sp=2 (DSP), cfg=2 and cfg=2 x sp=2 reach the single-process latents, with the same cache decisions."""
-    with VideoSysEngine(tiny_config(num_gpus=num_gpus, cfg_parallel=cfg_parallel)) as engine:
-        for cache, out in generate_per_cache(engine, CACHES, PROMPT, **RUN).items():
-            assert_same_as_single(out, single[cache], cache)
-    assert single["teacache-fast"].stats["teacache"]["reused_steps"] > 0
-    assert single["pab"].stats["pab"]["spatial_reused"] > 0 and single["pab"].stats["pab"]["temporal_reused"] > 0
-
-
+# ---- DSP (the engine against one process: tests/test_parallel_families.py) -----------------------
 def _dsp_forward(rank, world):
     """On each rank of an sp=2 mesh: the frames a block sees, and the output against the same model unsharded."""
     from videosys.core.parallel import ParallelState, init_parallel

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from videosys import OpenSoraPlanConfig, OpenSoraPlanPipeline, VideoSysEngine, read_video
-from videosys.cache import PABConfig, TeaCacheConfig
+from videosys.cache import PAB, PABConfig, TeaCacheConfig
 from videosys.models.modules.pretrained import CheckpointMismatchError
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 from videosys.models.open_sora_plan.transformer import MASK_BIAS, OpenSoraT2V, OpenSoraT2VConfig
@@ -76,13 +76,14 @@ def test_config_rejects_what_is_not_implemented():
 # ---- maths against the release's formulation -------------------------------------------------------
 def release_rope3d(tokens, t, h, w, scales, base=10000.0):
     """RoPE3D of opensora/models/diffusion/opensora/rope.py (v1.2.0), restated: cos / sin tables per axis
-    looked up by position, head dim chunked in three, rotate_half inside each chunk."""
+    (fp32 angles rounded to the tokens' dtype, cos / sin taken there) looked up by position, head dim
+    chunked in three, rotate_half inside each chunk, all in the tokens' dtype."""
     d = tokens.shape[-1] // 3
     pos = torch.cartesian_prod(torch.arange(t), torch.arange(h), torch.arange(w))  # (N, 3) as (t, y, x)
 
     def table(n, scale):
         inv_freq = 1.0 / base ** (torch.arange(0, d, 2).float() / d)
-        freqs = torch.einsum("i,j->ij", torch.arange(n, dtype=torch.float32) / scale, inv_freq)
+        freqs = torch.einsum("i,j->ij", torch.arange(n, dtype=inv_freq.dtype) / scale, inv_freq).to(tokens.dtype)
         freqs = torch.cat((freqs, freqs), dim=-1)
         return freqs.cos(), freqs.sin()
 
@@ -107,6 +108,35 @@ def test_rope_matches_release_rope3d():
     cos_m, sin_m = model.rotary(t, h, w, torch.device("cpu"))  # the model's scales come from its config
     torch.testing.assert_close(apply_rope_halves(x[..., :12], cos_m, sin_m, parts=3),
                                release_rope3d(x[..., :12], t, h, w, scales), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_in_bf16_matches_release_rope3d(monkeypatch):
+    """A bf16 model's forward: the release rounds its fp32 angles to bf16 before cos / sin and rotates in
+    bf16, so the rotated queries and keys equal the restated RoPE3D on the same bf16 inputs exactly."""
+    import videosys.models.open_sora_plan.transformer as osp
+
+    t, h, w, scales = 3, 6, 8, (1.0, 1.5, 2.0)
+    model = small_model().to(torch.bfloat16)
+    seen = []
+    rotate = osp.apply_rope_halves
+
+    def recording_rotate(x, *args, **kwargs):  # the queries / keys the model rotates, and the result
+        seen.append((x, rotate(x, *args, **kwargs)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(osp, "apply_rope_halves", recording_rotate)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model(torch.randn(1, 4, t, 2 * h, 2 * w, generator=g).to(torch.bfloat16), torch.tensor([500.0]),
+              torch.randn(1, 5, 16, generator=g).to(torch.bfloat16))
+    assert len(seen) == 2 * 2  # q and k of 2 blocks
+    for x, got in seen:
+        assert x.dtype == got.dtype == torch.bfloat16
+        assert torch.equal(got, release_rope3d(x, t, h, w, scales))
+    # the exact (fp32) angles give other values: the rounding is the release's, not noise
+    cos32, sin32 = rope_3d_halves(4, *(torch.arange(n, dtype=torch.float32) / s for n, s in zip((t, h, w), scales)))
+    x, got = seen[0]
+    assert not torch.equal(apply_rope_halves(x, cos32, sin32, parts=3), got)
 
 
 class ReleaseRopeProcessor:
@@ -329,7 +359,7 @@ def test_scheduler_is_release_euler_ancestral(tiny):
     assert config.model_path == "LanguageBind/Open-Sora-Plan-v1.2.0"
     assert (OpenSoraPlanConfig(transformer_type="93x720p").num_frames, OpenSoraPlanConfig(
         transformer_type="93x720p").width) == (93, 1280)
-    assert config.teacache_model() == "open-sora-plan" and config.pab_model() == "open-sora-plan-v120"
+    assert config.cache_models() == ("open-sora-plan-v120", "open-sora-plan")
 
 
 # ---- pipeline ------------------------------------------------------------------------------------------
@@ -385,6 +415,35 @@ def test_teacache_threshold_zero_and_pab_range_one_are_exact(tiny):
     pab1 = run_tiny(tiny, PABConfig(spatial=((0, 1000), 1), temporal=None, cross=((0, 1000), 1)))
     assert torch.equal(pab1.latents, base.latents)
     assert pab1.stats["pab"].get("spatial_reused", 0) == 0 and pab1.stats["pab"]["spatial_computed"] > 0
+
+
+def test_pab_compares_timesteps_truncated_as_videosys(tiny, monkeypatch):
+    """VideoSys's v1.2 PAB decides on int(t) of the Euler timesteps: at the release's 100 steps step 89
+    (t = 100.909) is outside the (100, 850) window, so it computes; compared as a float it would broadcast."""
+    handed = []
+
+    class Planned(Exception):
+        pass
+
+    def cache_begin(values):  # what the pipeline hands the caches; no need to run the 100 steps
+        handed.append(values)
+        raise Planned
+
+    monkeypatch.setattr(tiny.transformer, "cache_begin", cache_begin)
+    with pytest.raises(Planned):
+        tiny.generate(PROMPT, num_inference_steps=100, num_frames=1, height=16, width=16)
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    reference = EulerAncestralDiscreteScheduler()
+    reference.set_timesteps(100)
+    timesteps = reference.timesteps.tolist()
+    assert timesteps[89] == pytest.approx(100.909, abs=1e-3)
+    assert handed == [[float(int(t)) for t in timesteps]]
+    pab = PAB(PABConfig.for_model("open-sora-plan-v120"))
+    pab.begin(handed[0])
+    # VideoSys's rule (pab_mgr.if_broadcast_spatial): count % range != 0 and lo < int(t) < hi
+    expected = [i % 2 != 0 and 100 < int(t) < 850 for i, t in enumerate(timesteps)]
+    assert pab.broadcast_plan["spatial"] == expected and not expected[89]
 
 
 def test_published_cache_settings_reuse(tiny):

@@ -179,7 +179,7 @@ def test_config_defaults_per_version():
     assert config.model_path == "LanguageBind/Open-Sora-Plan-v1.1.0"
     assert config.official_text_encoder_path == "DeepFloyd/t5-v1_1-xxl"
     assert OpenSoraPlanConfig(version="v110", transformer_type="221x512x512").num_frames == 221
-    assert config.teacache_model() == "open-sora-plan" and config.pab_model() == "open-sora-plan-v110"
+    assert config.cache_models() == ("open-sora-plan-v110", "open-sora-plan")
     v12 = OpenSoraPlanConfig()  # v1.2 keeps its own
     assert (v12.num_inference_steps, v12.max_text_length, v12.model_path) == (
         100, 512, "LanguageBind/Open-Sora-Plan-v1.2.0")

@@ -14,6 +14,7 @@ _LAZY = {
     "OpenSoraConfig": "videosys.models.open_sora.pipeline", "OpenSoraPipeline": "videosys.models.open_sora.pipeline",
     "OpenSoraPlanConfig": "videosys.models.open_sora_plan.pipeline",
     "OpenSoraPlanPipeline": "videosys.models.open_sora_plan.pipeline",
+    "CascadeVConfig": "videosys.models.cascadev.pipeline", "CascadeVPipeline": "videosys.models.cascadev.pipeline",
 }
 
 __all__ = ["VideoSysEngine", "VideoSysOutput", "TeaCacheConfig", "PABConfig", "save_video", "read_video", *_LAZY]

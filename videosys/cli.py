@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+from videosys.serve import cli as serve_cli
+
 # CLI flag -> config field, for the generation settings every family shares
 def _frames(value: str):
     """An explicit frame count, or a family's duration name such as Open-Sora's "4s"."""
@@ -15,6 +17,8 @@ _GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inferenc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from videosys.cache import choices
+
     parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video with diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate one video from a prompt")
@@ -32,12 +36,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", dest="num_inference_steps", type=int, help="alias of --num-inference-steps")
     gen.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
     gen.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    gen.add_argument("--cache", help="none, teacache-slow, teacache-fast, teacache-<threshold> or pab "
-                     "(the published settings of the model)")
+    gen.add_argument("--cache", help=f"{', '.join(choices())} (a registered method, the model's published "
+                     "settings); several: a,b")
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    serve_cli.add_parser(sub)
+    _add_reconstruct(sub)
     return parser
+
+
+def _add_reconstruct(sub) -> None:
+    """`videosys reconstruct --input clip.mp4 --output rec.mp4`: a video autoencoder (CascadeV) round trip."""
+    rec = sub.add_parser("reconstruct", help="encode a video to CascadeV's 1x32x32 latent and reconstruct it")
+    rec.add_argument("--input", required=True, help="video file")
+    rec.add_argument("--output", default="reconstruction.mp4", help="mp4 path (written atomically)")
+    rec.add_argument("--model", default="cascadev")
+    for flag in ("--config", "--preset", "--model-path", "--dtype", "--device"):
+        rec.add_argument(flag)
+    rec.add_argument("--seed", type=int, help="default: the config's (42, as the release)")
+    rec.add_argument("--steps", dest="num_inference_steps", type=int)
+    rec.add_argument("--num-frames", type=int, help="reconstruct the first N frames (default: all)")
+    rec.add_argument("--size", type=int, help="resize the short edge to this (0: keep); default: the model's")
+    rec.add_argument("--fps", type=int, help="default: the input's")
+    rec.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    rec.add_argument("--no-progress", action="store_true")
+    rec.set_defaults(cache=None, height=None, width=None, guidance_scale=None)
+
+
+def _reconstruct(args, engine_cls) -> int:
+    import os
+
+    if not os.path.isfile(args.input):  # before loading any weights
+        print(f"videosys: error: no video file at {args.input!r}", file=sys.stderr)
+        return 2
+    if args.size is not None:
+        args.set.append(f"size={args.size}")
+    try:
+        with engine_cls(make_config(args)) as engine:
+            out = engine.reconstruct(args.input, seed=args.seed)
+            path = engine.save_video(out.video[0], args.output, fps=args.fps or round(out.fps))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"videosys: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.stats.items()}}))
+    return 0
 
 
 def _parse_value(raw: str):
@@ -63,7 +106,7 @@ def make_config(args):
     if not model:
         raise ValueError("name the model family with --model (or `model:` in the --config file)")
     overrides = {"preset": args.preset, "model_path": args.model_path, "dtype": args.dtype, "device": args.device,
-                 "cache": args.cache,
+                 "cache": args.cache.split(",") if args.cache and "," in args.cache else args.cache,
                  **{name: getattr(args, name) for name in _GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
     for item in args.set:
@@ -80,7 +123,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from videosys.core.engine import VideoSysEngine
 
+    if args.command == "reconstruct":
+        return _reconstruct(args, VideoSysEngine)
     try:
+        if args.command == "serve":
+            return serve_cli.run(args)
         with VideoSysEngine(make_config(args)) as engine:
             out = engine.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed)
             path = engine.save_video(out.video[0], args.output)

@@ -9,9 +9,9 @@ without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model
     result = calibrate(engine.pipeline, prompts, seeds=[0])
     engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=result.coefficients))
 
-or `python scripts/calibrate_teacache.py --model latte --preset demo`. The indicator is the one the
-model's forward hands to TeaCache (teacache_blocks), so the fit measures exactly what the cache
-will read. One process, cond and uncond in one batch (as the reference measured); the output
+or `python scripts/calibrate_teacache.py --model latte --preset demo`. The recorder is a registered
+cache method ("teacache-recorder") at the block-stack hook point, so it reads the very indicator
+TeaCache reads. One process, cond and uncond in one batch (as the reference measured); the output
 distance is over the whole batched output (both CFG halves), as the indicator's is.
 """
 
@@ -21,34 +21,37 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.registry import register
 from videosys.cache.teacache import last_peak, relative_l1
 
 
 @dataclass
-class TeaCacheRecorder:
-    """Stands where TeaCache stands in a transformer (`transformer.teacache`), never skips, and keeps
-    the indicator's and the output's relative L1 change for every call after a generation's first.
-    The distances stay on the device until `points()`: no host sync per step."""
+class TeaCacheRecorderConfig:
+    """No settings: the recorder never skips."""
 
+
+@dataclass
+class TeaCacheRecorder(Cache):
+    """At the block stack: runs it every step and keeps the indicator's relative L1 change for every call
+    after a generation's first; `record_output` (a forward hook of the transformer, set by `calibrate`)
+    keeps the output's. The distances stay on the device until `points()`: no host sync per step."""
+
+    config: TeaCacheRecorderConfig = field(default_factory=TeaCacheRecorderConfig)
     xs: list = field(default_factory=list)
     ys: list = field(default_factory=list)
     indicator: torch.Tensor | None = None
     output: torch.Tensor | None = None
 
-    def begin(self, timesteps) -> None:
+    def begin(self, timesteps, refresh_steps=()) -> None:  # it computes every step anyway
         self.indicator = self.output = None  # consecutive calls of one generation only
 
-    def set_step(self, index: int, timestep: float) -> None:
-        pass
-
-    def skip(self, indicator: torch.Tensor, branch: str = "batch", distance=relative_l1) -> bool:
+    def stack(self, stack: BlockStack) -> tuple:
+        indicator = stack.indicator().detach()
         if self.indicator is not None:
-            self.xs.append(distance(indicator, self.indicator).detach())
-        self.indicator = indicator.detach()
-        return False
-
-    def store(self, inputs, outputs, branch: str = "batch") -> None:
-        pass
+            self.xs.append(relative_l1(indicator, self.indicator, group=stack.group).detach())
+        self.indicator = indicator
+        return stack.run(*stack.streams)
 
     def record_output(self, output: torch.Tensor) -> None:
         output = output.detach()
@@ -59,7 +62,7 @@ class TeaCacheRecorder:
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if len(self.xs) != len(self.ys):
             raise RuntimeError(f"{len(self.xs)} indicator changes but {len(self.ys)} output changes: the model "
-                               "must call TeaCache once per forward")
+                               "must pass its block-stack hook point once per forward")
         if not self.xs:
             return np.zeros(0), np.zeros(0)
         return (torch.stack(self.xs).double().cpu().numpy(), torch.stack(self.ys).double().cpu().numpy())
@@ -69,6 +72,10 @@ class TeaCacheRecorder:
 
     def postfix(self) -> str:
         return f"calibrating, {len(self.ys)} points"
+
+
+register("teacache-recorder", TeaCacheRecorderConfig, TeaCacheRecorder,
+         for_model=lambda models: TeaCacheRecorderConfig())
 
 
 @dataclass
@@ -107,9 +114,10 @@ def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progres
     if pipeline.parallel.world_size != 1:
         raise ValueError("calibrate runs in one process (num_gpus=1): the distances are those of the whole batch")
     transformer = pipeline.transformer
-    saved = transformer.teacache, transformer.pab
-    recorder = TeaCacheRecorder()
-    transformer.teacache, transformer.pab = recorder, None
+    saved = dict(transformer.caches)
+    transformer.disable_cache()
+    transformer.enable_cache(TeaCacheRecorderConfig())
+    recorder = transformer.active_cache("teacache-recorder")
     handle = transformer.register_forward_hook(
         lambda module, args, out: recorder.record_output(out if torch.is_tensor(out) else out[0]))
     jobs = [(p, s) for p in prompts for s in seeds]
@@ -118,6 +126,7 @@ def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progres
             pipeline.generate(prompt, seed=seed, **generate_kwargs)
     finally:
         handle.remove()
-        transformer.teacache, transformer.pab = saved
+        transformer.disable_cache()
+        transformer.caches.update(saved)
     x, y = recorder.points()
     return Calibration(fit(x, y, degree), x, y)

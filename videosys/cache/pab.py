@@ -7,16 +7,32 @@ listed block computes its MLP and the next `skip` steps reuse it.
 
 Everything is decided from the step index and the timestep value, which every rank of a
 parallel run shares, so ranks agree without talking (and a broadcast attention also skips
-its communication). A model calls, at each attention / MLP:
-    out = pab.attention("spatial", block_index, lambda: self.attn1(h))
-    out = pab.mlp("spatial", block_index, lambda: self.ff(h))
+its communication). PAB acts at the module hook point (videosys/cache/hooks.py); full 3D
+attention (CogVideoX, Open-Sora-Plan v1.2) broadcasts as spatial attention, as in the paper.
+One output is kept per module instance (site kind, block kind, index), as the authors' code keeps
+one per block: Open-Sora's spatial block i and temporal block i both cross-attend, each its own.
+
+What is broadcast follows the PAB authors' code (VideoSys, whose published PAB numbers we
+reproduce), per family: the tensor `compute()` returns is what a later step adds back.
+- Latte, Open-Sora-Plan v1.1 (LatteT2V), Open-Sora 1.2: self-attention and MLP outputs *after*
+  their adaLN gate (gate_msa * attn, gate_mlp * mlp; Open-Sora with the t0 gate on x_mask frames);
+  cross-attention has no gate.
+- Open-Sora-Plan v1.2, CogVideoX: the self-attention output *before* its gate; the current
+  step's gate multiplies the broadcast tensor (neither family broadcasts its MLP).
+Timesteps are compared in the form the authors compare them: the pipelines hand `begin` the
+values VideoSys passes to int() (Open-Sora: rounded to bf16 first; Open-Sora-Plan v1.2's
+fractional Euler timesteps truncated).
 """
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from videosys.cache.hooks import Cache, Site
+from videosys.cache.registry import published, register
 
 ATTENTION_KINDS = ("spatial", "temporal", "cross")
 
@@ -31,7 +47,7 @@ DEFAULTS = {
     "open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
                                 mlp=_OSP11_MLP),
     "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6)),
-    "cogvideox": dict(spatial=((100, 850), 2)),
+    "cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=()),  # published: joint attention only, MLPs left alone
 }
 
 
@@ -43,7 +59,7 @@ class PABConfig:
     temporal: tuple[tuple[float, float], int] | None = ((100, 800), 3)
     cross: tuple[tuple[float, float], int] | None = ((100, 800), 6)
     mlp: dict[float, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # timestep -> (blocks, skip)
-    mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # which blocks' MLPs the mlp table applies to
+    mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # blocks whose MLPs PAB handles (counts, may broadcast)
 
     def __post_init__(self):
         for kind in ATTENTION_KINDS:
@@ -55,26 +71,43 @@ class PABConfig:
                 raise ValueError(f"PAB {kind}: need lo < hi and range >= 1, got window {(lo, hi)} range {every}")
             setattr(self, kind, ((float(lo), float(hi)), int(every)))
         self.mlp = {float(t): (tuple(int(b) for b in blocks), int(skip)) for t, (blocks, skip) in self.mlp.items()}
+        self.mlp_kinds = tuple(self.mlp_kinds)
 
     @classmethod
-    def for_model(cls, model: str, **overrides) -> "PABConfig":
-        if model not in DEFAULTS:
-            raise ValueError(f"no published PAB defaults for {model!r}; choose from {sorted(DEFAULTS)}")
+    def for_model(cls, models: str | tuple[str, ...], **overrides) -> "PABConfig":
         values = {kind: None for kind in ATTENTION_KINDS}
-        values.update(DEFAULTS[model])
+        values.update(published(DEFAULTS, models, "PAB defaults"))
         return cls(**{**values, **overrides})
 
+    @classmethod
+    def from_name(cls, arg: str, models: tuple[str, ...]) -> "PABConfig | None":
+        """The paper's named variants: "246" (of "pab-246") = spatial / temporal / cross ranges."""
+        if len(arg) == 3 and arg.isdigit():
+            return pab_variant(models, *(int(c) for c in arg))
+        return None
 
-class PAB:
+
+def pab_variant(models, spatial: int, temporal: int, cross: int) -> PABConfig:
+    """The PAB paper's named variants ("pab-246", "pab-357", "pab-579": spatial / temporal / cross
+    ranges) in the model's published windows and MLP table; a kind the model does not broadcast stays off."""
+    base = PABConfig.for_model(models)
+    ranges = {"spatial": spatial, "temporal": temporal, "cross": cross}
+    return dataclasses.replace(base, **{kind: (getattr(base, kind)[0], every) for kind, every in ranges.items()
+                                        if getattr(base, kind) is not None})
+
+
+class PAB(Cache):
     """Per-transformer broadcast state: last outputs per (kind, block) and the step's plan."""
 
     def __init__(self, config: PABConfig):
         self.config = config
         self.begin([])
 
-    def begin(self, timesteps: list[float]) -> None:
-        """Plan the whole generation from its timesteps and forget stored outputs."""
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """Plan the whole generation from its timesteps and forget stored outputs; every module computes
+        on `refresh_steps`."""
         self.timesteps = [float(t) for t in timesteps]
+        self.refresh_steps = frozenset(refresh_steps)
         self.step = 0
         self.outputs: dict[tuple, torch.Tensor] = {}
         self.counts: Counter = Counter()
@@ -87,14 +120,15 @@ class PAB:
                 k = self.timesteps.index(t)
                 self.mlp_store[k].update(blocks)
                 for j in range(k + 1, min(k + 1 + skip, n)):
-                    self.mlp_reuse[j].update(blocks)
+                    if j not in self.refresh_steps:
+                        self.mlp_reuse[j].update(blocks)
 
     def _broadcasts(self, kind: str, index: int) -> bool:
         setting = getattr(self.config, kind)
         if setting is None:
             return False
         (lo, hi), every = setting
-        return index % every != 0 and lo < self.timesteps[index] < hi
+        return index % every != 0 and lo < self.timesteps[index] < hi and index not in self.refresh_steps
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step = index
@@ -102,8 +136,11 @@ class PAB:
     def _needed_later(self, kind: str) -> bool:
         return any(self.broadcast_plan[kind][self.step + 1:])
 
-    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (kind, block)
+    def attention(self, kind: str, block: int, compute: Callable[[], torch.Tensor], owner: str | None = None,
+                  branch: str = "batch") -> torch.Tensor:
+        """compute(), or on a broadcast step the last output of this module: `kind` of block `block` (of the
+        stack `owner`, where two stacks have the same kind at the same index), for this CFG branch."""
+        key = (kind, owner, block) if branch == "batch" else (branch, kind, owner, block)
         if self.broadcast_plan[kind][self.step] and key in self.outputs:
             self.counts[f"{kind}_reused"] += 1
             return self.outputs[key]
@@ -115,15 +152,23 @@ class PAB:
             self.outputs.pop(key, None)  # past the window: free the memory
         return out
 
-    def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = ("mlp", kind, block)
-        active = kind in self.config.mlp_kinds
-        if active and block in self.mlp_reuse[self.step] and key in self.outputs:
+    def module(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The module hook: attention by kind, MLPs by the kind of their block; "full" counts as spatial."""
+        if site.kind == "mlp":
+            return self.mlp("spatial" if site.block == "full" else site.block, site.index, compute, site.branch)
+        kind = "spatial" if site.kind == "full" else site.kind
+        return self.attention(kind, site.index, compute, owner=site.block, branch=site.branch)
+
+    def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
+        key = ("mlp", kind, block) if branch == "batch" else (branch, "mlp", kind, block)
+        if kind not in self.config.mlp_kinds:
+            return compute()
+        if block in self.mlp_reuse[self.step] and key in self.outputs:
             self.counts["mlp_reused"] += 1
             return self.outputs[key]
         out = compute()
         self.counts["mlp_computed"] += 1
-        if active and block in self.mlp_store[self.step]:
+        if block in self.mlp_store[self.step]:
             self.outputs[key] = out
         elif key in self.outputs and block not in self.mlp_reuse[self.step]:
             del self.outputs[key]
@@ -138,8 +183,5 @@ class PAB:
         return f"pab {reused}/{total} reused"
 
 
-def run(pab: "PAB | None", kind: str, block: int, compute: Callable[[], torch.Tensor], mlp: bool = False):
-    """compute() without PAB, else through its broadcast decision."""
-    if pab is None:
-        return compute()
-    return (pab.mlp if mlp else pab.attention)(kind, block, compute)
+register("pab", PABConfig, PAB, for_model=PABConfig.for_model, parse=PABConfig.from_name, names=("pab",),
+         sweep=("pab-246", "pab-357", "pab-579"), syntax="pab-<ranges>")

@@ -12,14 +12,19 @@ min(x, x_peak), x_peak being that last maximum: identical to the reference up to
 non-decreasing after it (a large change always pushes towards computing).
 
 Three parts, as every cache file here: the config (published defaults), the per-branch
-state, and TeaCache, which the transformer calls at three explicit points:
+state, and TeaCache, which acts at the block-stack hook point (videosys/cache/hooks.py):
     if teacache.skip(indicator): x = teacache.apply_cached(x)
     else: x_in = x; x = blocks(x); teacache.store(x_in, x)
 """
 
+import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
+
+from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.registry import published, register
 
 # 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the reference code
 # over every step of 70 T2V-CompBench prompts (reference/acceleration.md).
@@ -47,12 +52,20 @@ class TeaCacheConfig:
             raise ValueError("TeaCache needs at least one polynomial coefficient")
 
     @classmethod
-    def for_model(cls, model: str, speed: str | float = "slow") -> "TeaCacheConfig":
-        """The published setting for `model`: speed "slow" (0.1), "fast" (0.2) or a threshold."""
-        if model not in COEFFICIENTS:
-            raise ValueError(f"no published TeaCache coefficients for {model!r}; pass coefficients=")
+    def for_model(cls, models: str | tuple[str, ...], speed: str | float = "slow") -> "TeaCacheConfig":
+        """The published setting for a model (its cache keys, most specific first): speed "slow" (0.1),
+        "fast" (0.2) or a threshold."""
         threshold = THRESHOLDS[speed] if isinstance(speed, str) else float(speed)
-        return cls(threshold=threshold, coefficients=COEFFICIENTS[model])
+        return cls(threshold=threshold, coefficients=published(COEFFICIENTS, models, "TeaCache coefficients"))
+
+    @classmethod
+    def from_name(cls, arg: str, models: tuple[str, ...]) -> "TeaCacheConfig | None":
+        """"slow", "fast" or a threshold ("0.15"), as in "teacache-0.15"; None if it is none of them."""
+        try:
+            speed = arg if arg in THRESHOLDS else float(arg)
+        except ValueError:
+            return None
+        return cls.for_model(models, speed)
 
 
 def rescale(coefficients: tuple[float, ...], x: float) -> float:
@@ -77,11 +90,14 @@ def relative_l1(current: torch.Tensor, previous: torch.Tensor, group=None) -> to
     """mean(|current - previous|) / mean(|previous|) over the whole (batched) tensor.
 
     With a process group the sums run over every rank's part, so a model split over ranks
-    (sequence shards, CFG branches) gets the value of the whole batch.
+    (sequence shards, CFG branches) gets the value of the whole batch. The sums accumulate in fp32
+    whatever the tensors' dtype: an fp16 sum over a Latte-size indicator (millions of values near
+    1) passes 65504 and turns into inf, and inf / inf into nan.
     """
     from videosys.core.comm import all_reduce_sum
 
-    sums = torch.stack([(current - previous).abs().sum(), previous.abs().sum()]).float()
+    sums = torch.stack([torch.sum((current - previous).abs(), dtype=torch.float32),
+                        torch.sum(previous.abs(), dtype=torch.float32)])
     sums = all_reduce_sum(sums, group)
     return sums[0] / sums[1]
 
@@ -95,7 +111,7 @@ class _BranchState:
 
 
 @dataclass
-class TeaCache:
+class TeaCache(Cache):
     """One per transformer; one state per CFG branch that is run as a separate call."""
 
     config: TeaCacheConfig
@@ -105,13 +121,15 @@ class TeaCache:
     computed: int = 0
     reused: int = 0
     reused_steps: list[int] = field(default_factory=list)
+    refresh_steps: frozenset = frozenset()  # steps that always compute (set per generation by begin)
 
     def __post_init__(self):
         self.x_peak = last_peak(self.config.coefficients)
 
-    def begin(self, timesteps: list[float]) -> None:
-        """Forget everything from the previous generation."""
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """Forget everything from the previous generation; compute on `refresh_steps` as on the first and last."""
         self.num_steps, self.step = len(timesteps), 0
+        self.refresh_steps = frozenset(refresh_steps)
         self.branches.clear()
         self.computed = self.reused = 0
         self.reused_steps = []
@@ -126,14 +144,17 @@ class TeaCache:
         rank takes the same decision.
         """
         state = self.branches.setdefault(branch, _BranchState())
-        edge = self.step == 0 or self.step >= self.num_steps - 1
+        edge = self.step == 0 or self.step >= self.num_steps - 1 or self.step in self.refresh_steps
         if edge or state.previous is None or state.residual is None:
             compute = True
         else:
             # one host sync per step: the decision drives Python control flow
             x = float(distance(indicator, state.previous))
-            state.accumulated += rescale(self.config.coefficients, min(x, self.x_peak))
-            compute = state.accumulated >= self.config.threshold
+            if math.isfinite(x):
+                state.accumulated += rescale(self.config.coefficients, min(x, self.x_peak))
+                compute = state.accumulated >= self.config.threshold
+            else:  # an overflowed or undefined distance (0 / 0) says nothing: compute rather than skip on nan
+                compute = True
         if compute:
             state.accumulated = 0.0
         state.previous = indicator
@@ -155,8 +176,24 @@ class TeaCache:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         self.branches[branch].residual = tuple(o - i for i, o in zip(inputs, outputs))
 
+    def stack(self, stack: BlockStack) -> tuple:
+        """The block-stack hook: the cached residuals on a step TeaCache skips, else the stack (and store)."""
+        distance = partial(relative_l1, group=stack.group)
+        if self.skip(stack.indicator(), branch=stack.branch, distance=distance):
+            out = self.apply_cached(*stack.streams, branch=stack.branch)
+            return out if isinstance(out, tuple) else (out,)
+        out = stack.run(*stack.streams)
+        self.store(stack.streams, out, branch=stack.branch)
+        return out
+
     def stats(self) -> dict:
         return {"computed_steps": self.computed, "reused_steps": self.reused, "reused_step_indices": self.reused_steps}
 
     def postfix(self) -> str:
         return f"tea {self.reused}/{self.computed + self.reused} reused"
+
+
+register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
+         names=("teacache-slow", "teacache-fast"),
+         sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
+         syntax="teacache-<threshold>")

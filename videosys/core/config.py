@@ -18,7 +18,7 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float1
 class BaseConfig:
     model_path: str | None = None  # hub id or local folder; None: the family's official checkpoint
     preset: str | None = None  # e.g. "tiny": small architecture, random weights unless model_path is given
-    dtype: str = "auto"  # auto: fp32 on CPU (bf16 is ~100x slower there), bf16 on CUDA
+    dtype: str = "auto"  # auto: fp32 on CPU (bf16 ~100x slower there); CUDA: the family's (bf16; CogVideoX-2b fp16)
     device: str = "auto"
     num_gpus: int = 1  # processes (one GPU each on CUDA); > 1 starts workers (or use torchrun)
     cfg_parallel: bool = False  # with an even num_gpus: cond and uncond on different ranks, sp = num_gpus / 2
@@ -29,8 +29,8 @@ class BaseConfig:
     guidance_scale: float | None = None
     fps: int | None = None
     progress_bar: bool = True
-    # caches: flags (the paper's switches) or `cache` = "teacache-slow" | "teacache-fast" | "pab" | "none",
-    # a TeaCacheConfig / PABConfig, a dict with a "method" key, or a list of these
+    # caches: `cache` = a registered name ("teacache-slow", "pab-357", "none": videosys.cache.choices()),
+    # a method's config, a dict with a "method" key, or a list of these; or the papers' switches below
     enable_teacache: bool = False
     teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
     enable_pab: bool = False
@@ -56,25 +56,21 @@ class BaseConfig:
             raise ValueError(f"num_gpus must be a positive integer, got {self.num_gpus!r}")
         self.cache_configs()  # a bad cache setting fails here, not mid-generation
 
-    def teacache_model(self) -> str:
-        """Which published TeaCache coefficients apply (a family with variants overrides this)."""
-        return self.model_name
-
-    def pab_model(self) -> str:
-        return self.model_name
+    def cache_models(self) -> tuple[str, ...]:
+        """The keys the caches look their published defaults up under, most specific first
+        (a family with variants overrides this: ("cogvideox-5b", "cogvideox"))."""
+        return (self.model_name,)
 
     def cache_configs(self) -> list:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
-        from videosys.cache import PABConfig, TeaCacheConfig, cache_configs_from_spec
+        from videosys.cache import configs_from_spec
+        from videosys.cache.registry import method_of
 
-        configs = cache_configs_from_spec(self.cache, self.teacache_model(), self.pab_model())
-        if self.enable_teacache:
-            configs.append(TeaCacheConfig.for_model(self.teacache_model(), self.teacache_thresh))
-        if self.enable_pab:
-            configs.append(PABConfig.for_model(self.pab_model()))
-        kinds = [type(c).__name__ for c in configs]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"each cache method can be enabled once, got {kinds}")
+        specs = [self.cache] + [f"teacache-{self.teacache_thresh}"] * self.enable_teacache + ["pab"] * self.enable_pab
+        configs = configs_from_spec(specs, self.cache_models())
+        names = [method_of(c).name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each cache method can be enabled once, got {names}")
         return configs
 
     def torch_device(self) -> torch.device:
@@ -88,10 +84,10 @@ class BaseConfig:
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        from videosys.cache import cache_spec_to_plain
+        from videosys.cache import spec_to_plain
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values["cache"] = cache_spec_to_plain(self.cache)
+        values["cache"] = spec_to_plain(self.cache)
         return values
 
     @classmethod

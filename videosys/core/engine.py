@@ -33,6 +33,33 @@ class WorkerError(RuntimeError):
     pass
 
 
+class Cancelled(Exception):
+    """Raised by a generate(progress=...) callback to stop that generation after the current step."""
+
+
+class _StepSync:
+    """The step callback of every rank when several processes run: after each step rank 0 calls the
+    caller's `progress` and broadcasts whether to stop, so every rank leaves the loop at the same step
+    and none is left inside a collective (one small broadcast and host sync per step)."""
+
+    def __init__(self, progress, device: torch.device):
+        self.progress, self.device = progress, device
+
+    def __call__(self, done: int, total: int) -> None:
+        error = None
+        if self.progress is not None:  # rank 0
+            try:
+                self.progress(done, total)
+            except BaseException as err:
+                error = err
+        stop = torch.tensor([error is not None], dtype=torch.int32, device=self.device)
+        dist.broadcast(stop, src=0)
+        if error is not None:
+            raise error
+        if stop.item():
+            raise Cancelled(f"stopped after step {done}/{total} by rank 0")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,8 +101,12 @@ def _worker(rank: int, world: int, port: int, config, commands, results) -> None
             command = commands.get()
             if command is None:
                 break
-            method, args, kwargs = command
-            getattr(pipeline, method)(*args, **kwargs)
+            method, args, kwargs, step_sync = command
+            pipeline.step_callback = step_sync
+            try:
+                getattr(pipeline, method)(*args, **kwargs)
+            except Cancelled:  # every rank stopped at the same step boundary: nothing is mid-collective
+                pass
             results.put((rank, "done", None))
     except BaseException:
         results.put((rank, "error", traceback.format_exc()))
@@ -159,20 +190,32 @@ class VideoSysEngine:
         return None
 
     # ---- running calls on every rank -------------------------------------------------------
-    def _run(self, method: str, *args, **kwargs):
+    def _run(self, method: str, *args, progress=None, **kwargs):
         if self.pipeline is None:
             raise RuntimeError("this engine was shut down")
         if not self.workers:
-            return getattr(self.pipeline, method)(*args, **kwargs)
+            self.pipeline.step_callback = progress
+            try:
+                return getattr(self.pipeline, method)(*args, **kwargs)
+            finally:
+                self.pipeline.step_callback = None
+        step_sync = _StepSync(None, self.pipeline.device) if progress is not None else None
         for commands in self.commands:
-            commands.put((method, args, kwargs))
+            commands.put((method, args, kwargs, step_sync))
+        self.pipeline.step_callback = _StepSync(progress, self.pipeline.device) if progress is not None else None
         try:
             result = getattr(self.pipeline, method)(*args, **kwargs)
             self._collect("done")
+        except Cancelled:
+            self._collect("done")  # the workers stopped at the same step; the engine stays usable
+            raise
         except BaseException as err:
             failure = self._wait_for_failure()
             self.shutdown()
             raise (failure or err) from err
+        finally:
+            if self.pipeline is not None:
+                self.pipeline.step_callback = None
         return result
 
     def _wait_for_failure(self, seconds: float = 5.0) -> WorkerError | None:
@@ -187,12 +230,19 @@ class VideoSysEngine:
             time.sleep(0.1)
         return None
 
-    def generate(self, prompt, **kwargs) -> VideoSysOutput:
-        return self._run("generate", prompt, **kwargs)
+    def generate(self, prompt, progress=None, **kwargs) -> VideoSysOutput:
+        """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
+        raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
+        Under torchrun each rank calls its own `progress`: they must all stop at the same step."""
+        return self._run("generate", prompt, progress=progress, **kwargs)
+
+    def reconstruct(self, video, **kwargs):
+        """Video autoencoders (CascadeV): encode `video` (a path or (T, H, W, 3) uint8 frames) and decode it."""
+        return self._run("reconstruct", video, **kwargs)
 
     def set_cache(self, cache) -> None:
-        """Switch caches on every rank without reloading weights: a name ("teacache-slow", "pab",
-        "none"), a TeaCacheConfig / PABConfig, or a list."""
+        """Switch caches on every rank without reloading weights: a registered name ("teacache-slow", "pab",
+        "none": videosys.cache.choices()), a method's config, a {"method": ...} dict, or a list."""
         self._run("set_cache", cache)
 
     def save_video(self, video, path: str, fps: int | None = None) -> str:
@@ -230,4 +280,4 @@ class VideoSysEngine:
             self.shutdown()
 
 
-__all__ = ["VideoSysEngine", "WorkerError", "ParallelState"]
+__all__ = ["VideoSysEngine", "WorkerError", "Cancelled", "ParallelState"]

@@ -1,9 +1,10 @@
 """VideoSysPipeline: what every family's pipeline shares.
 
 A family pipeline builds its components (official or tiny), encodes prompts, prepares the
-seeded noise, runs the denoising loop and decodes. This base holds the parts that are the
-same everywhere: input checks, prompt batching for CFG, seeded noise, the progress bar,
-the classifier-free-guidance combination and the conversion to uint8 frames.
+seeded noise and decodes; it hands the denoising loop (`denoise`) what differs: how the model
+is called, the scheduler step and the conditioning. This base holds the parts that are the
+same everywhere: input checks, the one denoising / CFG loop (with CFG parallelism and the
+caches' CFG-branch hook point), seeded noise, the progress bar and the conversion to frames.
 """
 
 import json
@@ -14,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
@@ -22,7 +24,7 @@ from videosys.core.parallel import ParallelState
 
 @dataclass
 class VideoSysOutput:
-    video: torch.Tensor  # (B, T, H, W, 3) uint8; out.video[0] is one clip
+    video: torch.Tensor  # (B, T, H, W, 3) uint8; out.video[0] is one clip (empty on ranks > 0: rank 0 decodes)
     stats: dict = field(default_factory=dict)  # timings and, with caches, what was computed / reused
     latents: torch.Tensor | None = None  # the final latents (CPU, fp32), for exact comparisons
 
@@ -30,6 +32,7 @@ class VideoSysOutput:
 class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
+    step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
         self.config = config
@@ -56,10 +59,11 @@ class VideoSysPipeline:
 
     def set_cache(self, cache) -> None:
         """Replace the transformer's caches: a name, a cache config, or a list (see videosys.cache)."""
-        from videosys.cache import cache_configs_from_spec
+        from videosys.cache import configs_from_spec
 
+        configs = configs_from_spec(cache, self.config.cache_models())  # a bad spec fails before anything changes
         self.transformer.disable_cache()
-        for config in cache_configs_from_spec(cache, self.config.teacache_model(), self.config.pab_model()):
+        for config in configs:
             self.transformer.enable_cache(config)
 
     # ---- inputs --------------------------------------------------------------------------
@@ -94,19 +98,22 @@ class VideoSysPipeline:
     def progress(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
 
-    def denoise_steps(self, timesteps: torch.Tensor, desc: str):
+    def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
 
         The caches plan the generation from the whole schedule and learn each step's index and
-        value from here: host-side numbers, so no device sync.
+        value from here: host-side numbers, so no device sync. On `refresh_steps` every cache
+        computes (a conditioned frame's timestep jumps there: Open-Sora's edited reference frames).
         """
         values = [float(t) for t in timesteps]
-        self.transformer.cache_begin(values)
+        self.transformer.cache_begin(values, refresh_steps)
         with self.progress(len(values), desc) as bar:
             for i, t in enumerate(timesteps):
                 self.transformer.cache_step(i, values[i])
                 yield i, t
                 bar.update()
+                if self.step_callback is not None:
+                    self.step_callback(i + 1, len(values))
                 postfix = self.transformer.cache_postfix()
                 if postfix:
                     bar.set_postfix_str(postfix, refresh=False)
@@ -120,6 +127,72 @@ class VideoSysPipeline:
         """CFG on a batch laid out [uncond; cond]."""
         uncond, cond = pred.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
+
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, predict, step, conditioning: tuple = (),
+                do_cfg: bool = False, guidance=1.0, desc: str = "", cache_timesteps: torch.Tensor | None = None,
+                before_step=None, refresh_steps=()):
+        """The denoising loop of every family.
+
+        timesteps: one per step (what predict / step get as t); the caches see the values of the CPU tensor
+        `cache_timesteps` (default: timesteps), the form the methods' published tables use. predict(model_in, i, t, *conditioning)
+        -> the model's prediction for `model_in` (shaped like it); step(pred, i, t, latents) -> the next latents.
+        conditioning: tensors (or None) laid out [uncond; cond] with CFG; guidance: one scale or one per step.
+        before_step(i, t, latents) -> latents, if given, edits the latents before the model sees them (Open-Sora's
+        conditioned frames); on `refresh_steps` every cache computes.
+        With CFG each step is guided (`guided_prediction`); cond and uncond run in one batch, or one per
+        rank of the cfg group with CFG parallelism.
+        """
+        scales = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance] * len(timesteps)
+        split_cfg = do_cfg and self.cfg_parallel
+        local = tuple(self.branch(c) for c in conditioning) if split_cfg else tuple(conditioning)
+        self._pred_dtype = None
+        cache_values = timesteps if cache_timesteps is None else cache_timesteps
+        for i, _ in self.denoise_steps(cache_values, desc, refresh_steps=refresh_steps):
+            t = timesteps[i]
+            if before_step is not None:
+                latents = before_step(i, t, latents)
+            if do_cfg:
+                pred = self.guided_prediction(predict, latents, i, t, conditioning, local, scales[i])
+            else:
+                pred = predict(latents, i, t, *conditioning)
+            latents = step(pred, i, t, latents)
+        return latents
+
+    def guided_prediction(self, predict, latents, i, t, conditioning: tuple, local: tuple, scale: float):
+        """uncond + scale * (cond - uncond), through the caches' CFG-branch hook point: a method may skip the
+        uncond branch on this step and supply it from the cond one (cfg_skip / cfg_supply), and sees both
+        outputs on the steps that compute them (cfg_observe). The decision is taken from host values, alike
+        on every rank; with CFG parallelism the uncond rank then skips its forward (and its sp collectives)."""
+        transformer = self.transformer
+        skipper = transformer.cache_cfg_skipper()
+        if skipper is not None:
+            cond = self.cond_prediction(predict, latents, i, t, conditioning)
+            uncond = skipper.cfg_supply(cond)
+        else:
+            model_in = latents if self.cfg_parallel else torch.cat([latents, latents])
+            pred = predict(model_in, i, t, *local)
+            self._pred_dtype = pred.dtype
+            uncond, cond = self.gather_branches(pred).chunk(2)
+            transformer.cache_cfg_observe(uncond, cond)
+        return uncond + scale * (cond - uncond)
+
+    def cond_prediction(self, predict, latents, i, t, conditioning: tuple) -> torch.Tensor:
+        """The cond branch alone (state kept as the caches' "cond" branch). CFG parallel: the cond rank runs it
+        and every rank of the cfg group receives it through one all-gather that every rank joins."""
+        cond_only = tuple(None if c is None else c.chunk(2)[1] for c in conditioning)
+        self.transformer.cache_branch = "cond"
+        try:
+            if not self.cfg_parallel:
+                return predict(latents, i, t, *cond_only)
+            if self.parallel.cfg_rank == 1:
+                cond = predict(latents, i, t, *cond_only)
+            else:
+                if self._pred_dtype is None:
+                    raise RuntimeError("a CFG cache skipped the uncond branch before any step computed both")
+                cond = torch.zeros(latents.shape, dtype=self._pred_dtype, device=latents.device)
+            return self.gather_branches(cond).chunk(2)[1]
+        finally:
+            self.transformer.cache_branch = "batch"
 
     # ---- CFG parallelism: rank 0 of the cfg group runs uncond, rank 1 cond ----------------------
     @property
@@ -137,11 +210,15 @@ class VideoSysPipeline:
         return comm.gather(pred, 0, self.parallel.cfg_group) if self.cfg_parallel else pred
 
     def finish(self, latents: torch.Tensor, decode, start: float, denoise_start: float, steps: int) -> VideoSysOutput:
-        """Decode and package a generation: timings (one device sync, after the loop) and cache stats."""
+        """Decode (on rank 0 only: every rank holds the same latents) and package a generation: timings (one
+        device sync, after the loop) and cache stats."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         decode_start = time.perf_counter()
-        video = decode(latents)
+        if dist.is_initialized() and dist.get_rank() != 0:
+            video = torch.zeros((latents.shape[0], 0, 0, 0, 3), dtype=torch.uint8)
+        else:
+            video = decode(latents)
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
                  "steps": steps, **self.transformer.cache_stats()}

@@ -9,6 +9,7 @@ FAMILIES = {
     "cogvideox": "videosys.models.cogvideox.pipeline:CogVideoXConfig",
     "open-sora": "videosys.models.open_sora.pipeline:OpenSoraConfig",
     "open-sora-plan": "videosys.models.open_sora_plan.pipeline:OpenSoraPlanConfig",
+    "cascadev": "videosys.models.cascadev.pipeline:CascadeVConfig",
 }
 
 

@@ -30,18 +30,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from videosys.cache import published_names
+
 NUM_SEEDS = 5  # seeds 0..4 per prompt (reference/evaluation.md)
 STATS_FILE = "stats.json"
 
 
-# The papers' variants, as config overrides: each family's published TeaCache coefficients and
-# PAB defaults come with its config (videosys/cache), thresholds 0.1 / 0.2 (reference/acceleration.md)
-CACHE_VARIANTS = {
-    "baseline": {},
-    "teacache-slow": {"cache": "teacache-slow"},
-    "teacache-fast": {"cache": "teacache-fast"},
-    "pab": {"cache": "pab"},
-}
+# The papers' variants, as config overrides: every registered method's published operating points
+# (videosys/cache: "teacache-slow", "teacache-fast", "pab", ...), each family's defaults from its config
+CACHE_VARIANTS = {"baseline": {}, **{name: {"cache": name} for name in published_names()}}
 
 
 @dataclass

@@ -59,12 +59,16 @@ class CogVideoXConfig(BaseConfig):
                     return bool(json.load(f).get("use_rotary_positional_embeddings", False))
         return "5b" in path.lower()
 
-    def teacache_model(self) -> str:
-        """The published TeaCache polynomial differs between 2b and 5b."""
-        return "cogvideox-5b" if self.is_5b() else "cogvideox-2b"
+    def torch_dtype(self) -> torch.dtype:
+        """dtype="auto" on CUDA is the release's: fp16 for 2b, bf16 for 5b (THUDM's model cards and VideoSys;
+        the 2b TeaCache coefficients were fitted in fp16). On CPU it stays fp32."""
+        if self.dtype == "auto" and self.torch_device().type == "cuda":
+            return torch.bfloat16 if self.is_5b() else torch.float16
+        return super().torch_dtype()
 
-    def pab_model(self) -> str:
-        return "cogvideox"  # PAB: spatial (joint) attention only, (100, 850), range 2
+    def cache_models(self) -> tuple[str, ...]:
+        """2b and 5b have their own published TeaCache polynomials; PAB's defaults are CogVideoX's."""
+        return ("cogvideox-5b" if self.is_5b() else "cogvideox-2b", "cogvideox")
 
     @property
     def pipeline_cls(self):
@@ -210,22 +214,21 @@ class CogVideoXPipeline(VideoSysPipeline):
         dpm = self.config.scheduler == "dpm"
         old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
 
-        denoise_start = time.perf_counter()
-        # CFG parallel: each cfg rank runs one branch ([uncond; cond] halves) and the predictions are gathered
-        split_cfg = do_cfg and self.cfg_parallel
-        text = self.branch(text) if split_cfg else text
-        for i, t in self.denoise_steps(timesteps, "cogvideox"):
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
+        def predict(model_in, i, t, text):
             model_in = self.scheduler.scale_model_input(model_in, t)
-            pred = self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
-            if do_cfg:
-                pred = self.guide(self.gather_branches(pred) if split_cfg else pred, scales[i])
+            return self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
+
+        def step(pred, i, t, latents):
+            nonlocal old_x0
             if dpm:
                 t_back = timesteps[i - 1] if i > 0 else None
                 latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
             else:
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-            latents = latents.to(self.dtype)
+            return latents.to(self.dtype)
+
+        denoise_start = time.perf_counter()
+        latents = self.denoise(latents, timesteps, predict, step, (text,), do_cfg, scales, "cogvideox")
         return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -19,8 +19,9 @@ complete positions (so RoPE applies as in one process, and padding is cut off be
 attended to), and switches back; the text output's heads are gathered so every rank keeps the whole
 text stream. The video tokens are gathered before unpatchifying.
 
-Caches: TeaCache's indicator is the timestep embedding `emb`; a skipped step reuses the residuals of
-both streams. PAB broadcasts each block's joint self-attention (kind "spatial"), communication included.
+Caches (videosys/cache/hooks.py): the block stack carries both streams and its indicator is the
+timestep embedding `emb` (a TeaCache-skipped step reuses the residuals of both); each block's joint
+self-attention is the module hook point "full" (PAB broadcasts it, communication included), its MLP "mlp".
 """
 
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videosys.cache import CacheMixin
-from videosys.cache import pab as pab_lib
+from videosys.cache import CacheMixin, module_call
+from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
@@ -119,7 +120,7 @@ class ExpertAdaLayerNormZero(nn.Module):
 class CogVideoXBlock(nn.Module):
     """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP.
 
-    `index` names the block for PAB's broadcast decisions.
+    `index` names the block at the caches' module hook points.
     """
 
     def __init__(self, cfg: CogVideoXTransformerConfig, index: int = 0):
@@ -166,19 +167,20 @@ class CogVideoXBlock(nn.Module):
         return attn.to_out[0](out.reshape(b, out.shape[1], -1))
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None, pab: pab_lib.PAB | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None, hooks: ModuleHooks | None = None,
                 num_tokens: int | None = None, sp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, N_local, C) video, text (B, S, C), emb (B, T_emb), rotary over S + N tokens -> (x, text)."""
         s = text.shape[1]
         x_in, text_in, gate, text_gate = self.norm1(x, text, emb)
-        # a broadcast (PAB) attention skips its compute and, under Ulysses, its all-to-alls
-        out = pab_lib.run(pab, "spatial", self.index, lambda: self.joint_attention(
+        # cache hook points: an attention a cache reuses skips its compute and, under Ulysses, its all-to-alls
+        out = module_call(hooks, "full", self.index, lambda: self.joint_attention(
             text_in, x_in, rotary, num_tokens or x.shape[1], sp_group))  # (B, S + N_local, C)
         x = x + gate * out[:, s:]
         text = text + text_gate * out[:, :s]
 
         x_in, text_in, gate, text_gate = self.norm2(x, text, emb)
-        out = self.ff(torch.cat([text_in, x_in], dim=1))  # (B, S + N_local, C)
+        out = module_call(hooks, "mlp", self.index, lambda: self.ff(torch.cat([text_in, x_in], dim=1)),
+                          block="full")  # (B, S + N_local, C)
         return x + gate * out[:, s:], text + text_gate * out[:, :s]
 
 
@@ -287,12 +289,19 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
         return self._table_cache[key]
 
     def run_blocks(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
-                   rotary: tuple[torch.Tensor, torch.Tensor] | None, num_tokens: int):
-        """The block stack on video (B, N_local, C) and text (B, S, C): the one place the streams change."""
+                   rotary: tuple[torch.Tensor, torch.Tensor] | None, num_tokens: int, start: int = 0,
+                   stop: int | None = None):
+        """Blocks start .. stop-1 on video (B, N_local, C) and text (B, S, C): the one place the streams change."""
         sp_group = self.parallel.sp_group
-        for block in self.transformer_blocks:
-            x, text = block(x, text, emb, rotary, pab=self.pab, num_tokens=num_tokens, sp_group=sp_group)
+        hooks = self.module_hooks()
+        for block in self.transformer_blocks[start:stop]:
+            x, text = block(x, text, emb, rotary, hooks=hooks, num_tokens=num_tokens, sp_group=sp_group)
         return x, text
+
+    @staticmethod
+    def cache_indicator(emb: torch.Tensor) -> torch.Tensor:
+        """TeaCache's indicator: the timestep embedding (B, T_emb), the same on every rank."""
+        return emb
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 timestep: torch.Tensor) -> torch.Tensor:
@@ -317,9 +326,9 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
         x = comm.split(x, 1, sp_group)  # (B, N_local, C): this rank's video tokens (zero-padded to divide)
         blocks = partial(self.run_blocks, emb=emb, rotary=rotary, num_tokens=n)
 
-        # TeaCache: the indicator is the timestep embedding; when it has changed little since the last
-        # computed step, skip every block and reuse the residuals of both streams.
-        x, text = self.teacache_blocks(lambda: emb, blocks, x, text)
+        # the block-stack hook point, both streams: a cache may skip, cut short or reuse the stack
+        x, text = self.cache_stack(blocks, x, text, indicator=lambda: self.cache_indicator(emb),
+                                   num_units=cfg.num_layers)
 
         x = self.proj_out(self.norm_out(self.norm_final(x), emb))  # (B, N_local, p*p*C_out): per token
         x = comm.gather(x, 1, sp_group, size=n)  # (B, N, p*p*C_out)

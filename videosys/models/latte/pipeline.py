@@ -142,17 +142,16 @@ class LattePipeline(VideoSysPipeline):
         timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
         model_timesteps = timesteps.to(self.device)
 
-        denoise_start = time.perf_counter()
-        split_cfg = do_cfg and self.cfg_parallel
-        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        for i, t in self.denoise_steps(timesteps, "latte"):
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
+        def predict(model_in, i, t, text, mask):
             pred = self.transformer(model_in, model_timesteps[i], text, mask,
                                     enable_temporal_attentions=self.config.enable_temporal_attentions)
-            pred = pred[:, :channels]  # epsilon; the other half is the learned variance
-            if do_cfg:
-                pred = self.guide(self.gather_branches(pred) if split_cfg else pred, a["guidance_scale"])
-            latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+            return pred[:, :channels]  # epsilon; the other half is the learned variance
+
+        def step(pred, i, t, latents):
+            return self.scheduler.step(pred, t, latents, return_dict=False)[0]
+
+        denoise_start = time.perf_counter()
+        latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"], "latte")
         return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

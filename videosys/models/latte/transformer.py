@@ -16,10 +16,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from videosys.cache import CacheMixin
-from videosys.cache import pab as pab_lib
+from videosys.cache import CacheMixin, module_call
+from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
+from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
@@ -67,7 +68,7 @@ class LatteTransformerConfig:
 class LatteBlock(nn.Module):
     """adaLN-single transformer block: self-attention, optional text cross-attention, MLP.
 
-    `kind` ("spatial" / "temporal") and `index` name the block for PAB's broadcast decisions.
+    `kind` ("spatial" / "temporal") and `index` name the block at the caches' module hook points.
     """
 
     def __init__(self, cfg: LatteTransformerConfig, kind: str, index: int):
@@ -89,12 +90,11 @@ class LatteBlock(nn.Module):
 
     def modulation(self, t_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 6C) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (B, 1, 1, C)."""
-        b = t_mod.shape[0]
-        return (self.scale_shift_table[None] + t_mod.view(b, 6, -1))[:, :, None, None].unbind(1)
+        return modulation(self.scale_shift_table, t_mod, token_dims=2)
 
     def modulated_input(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """norm1(x) * (1 + scale_msa) + shift_msa: the self-attention input (and TeaCache's indicator)."""
-        return self.norm1(x) * (1 + mod[1]) + mod[0]
+        return modulate(self.norm1(x), mod[0], mod[1])
 
     def self_attention(self, h: torch.Tensor, num_frames: int, sp_group=None) -> torch.Tensor:
         """(B, F_local, L, C) -> (B, F_local, L, C): within frames (spatial) or across them (temporal)."""
@@ -108,22 +108,26 @@ class LatteBlock(nn.Module):
         return comm.all_to_all(out, sp_group, scatter_dim=1, gather_dim=2, gather_size=l)  # (B, F/sp, L, C)
 
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None,
+                context_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None,
                 num_frames: int | None = None, sp_group=None) -> torch.Tensor:
         b, f, l, c = x.shape  # (B, F_local, L, C)
         mod = self.modulation(t_mod)
-        # a broadcast (PAB) attention skips its compute and, under DSP, its all-to-alls
-        attn = pab_lib.run(pab, self.kind, self.index,
-                           lambda: self.self_attention(self.modulated_input(x, mod), num_frames or f, sp_group))
-        x = x + mod[2] * attn
+        # cache hook points, on the gated outputs (gate * attention, gate * MLP: what the PAB authors' Latte and
+        # Open-Sora-Plan v1.1 code broadcasts); an attention a cache reuses skips its compute and, under DSP,
+        # its all-to-alls
+        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
+            self.modulated_input(x, mod), num_frames or f, sp_group))
+        x = x + attn
         if self.attn2 is not None:
             # Every frame of a sample attends to the same text: fold the frames into the query length
             # (B, F * L, C) so text keys are projected once per sample, not once per frame.
-            cross = pab_lib.run(pab, "cross", self.index,
-                                lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c))
+            cross = module_call(hooks, "cross", self.index,
+                                lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c),
+                                block=self.kind)
             x = x + cross
-        mlp = pab_lib.run(pab, self.kind, self.index, lambda: self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]), mlp=True)
-        return x + mod[5] * mlp
+        mlp = module_call(hooks, "mlp", self.index, lambda: mod[5] * self.ff(modulate(self.norm2(x), mod[3], mod[4])),
+                          block=self.kind)
+        return x + mlp
 
 
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):
@@ -165,16 +169,26 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         return self._temp_pos_cache[key]
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
-                   context_mask: torch.Tensor | None, num_frames: int, temporal_attention: bool = True):
-        """The block stack on (B, F_local, L, C) tokens."""
+                   context_mask: torch.Tensor | None, num_frames: int, temporal_attention: bool = True,
+                   start: int = 0, stop: int | None = None):
+        """Units start .. stop-1 of the block stack (a unit: spatial block i, then temporal block i) on
+        (B, F_local, L, C) tokens."""
         sp_group = self.parallel.sp_group
-        for i, (spatial, temporal) in enumerate(zip(self.transformer_blocks, self.temporal_transformer_blocks)):
-            x = spatial(x, t_mod, context, context_mask, pab=self.pab)
+        hooks = self.module_hooks()
+        for i in range(start, self.config.num_layers if stop is None else stop):
+            spatial, temporal = self.transformer_blocks[i], self.temporal_transformer_blocks[i]
+            x = spatial(x, t_mod, context, context_mask, hooks=hooks)
             if temporal_attention:
                 if i == 0 and num_frames > 1:
                     x = x + self.temporal_pos_embed(num_frames, x.device).to(x.dtype)
-                x = temporal(x, t_mod, pab=self.pab, num_frames=num_frames, sp_group=sp_group)
+                x = temporal(x, t_mod, hooks=hooks, num_frames=num_frames, sp_group=sp_group)
         return x
+
+    def cache_indicator(self, x: torch.Tensor, t_mod: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """TeaCache's indicator: the first spatial block's modulated input, this rank's real frames only."""
+        start, stop = comm.shard_range(num_frames, self.parallel.sp_size, self.parallel.sp_rank)
+        first = self.transformer_blocks[0]
+        return first.modulated_input(x[:, : stop - start], first.modulation(t_mod))
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None,
@@ -191,15 +205,13 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
                          num_frames=f, temporal_attention=enable_temporal_attentions)
 
-        # TeaCache: the indicator is the first spatial block's modulated input (real frames only); when it
-        # has changed little since the last computed step, skip every block and reuse their residual.
-        first = self.transformer_blocks[0]
-        start, stop = comm.shard_range(f, self.parallel.sp_size, self.parallel.sp_rank)
-        x = self.teacache_blocks(lambda: first.modulated_input(x[:, : stop - start], first.modulation(t_mod)),
-                                 blocks, x)
+        # the block-stack hook point: a cache may skip, cut short or reuse the stack (TeaCache's indicator:
+        # the first spatial block's modulated input)
+        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(x, t_mod, f),
+                             num_units=self.config.num_layers)
 
-        shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None, None].unbind(1)
-        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, F_local, L, p*p*C_out)
+        shift, scale = modulation(self.scale_shift_table, t_emb, token_dims=2)
+        x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, F_local, L, p*p*C_out)
         x = comm.gather(x, 1, sp_group, size=f)  # (B, F, L, p*p*C_out)
         x = x.view(b, f, h, w, p, p, self.out_channels).permute(0, 6, 1, 2, 4, 3, 5)
         return x.reshape(b, self.out_channels, f, h * p, w * p)

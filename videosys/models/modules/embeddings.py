@@ -32,16 +32,19 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def sincos_2d(dim: int, height: int, width: int, base_size: int, interpolation_scale: float = 1.0) -> torch.Tensor:
-    """(height * width, dim) embedding in row-major token order.
-
-    The first half encodes the column, the second the row (PixArt / diffusers order); positions
-    are rescaled so that a grid of `base_size` spans 0..base_size whatever its real size.
-    """
-    rows = torch.arange(height, dtype=torch.float32) / (height / base_size) / interpolation_scale
-    cols = torch.arange(width, dtype=torch.float32) / (width / base_size) / interpolation_scale
+def sincos_grid(dim: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(H,) row and (W,) column positions -> (H * W, dim) fp32 table in row-major token order; the first
+    half encodes the column, the second the row (PixArt / diffusers / Open-Sora order)."""
     row, col = torch.meshgrid(rows, cols, indexing="ij")  # (H, W) each
     return torch.cat([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], dim=1).float()
+
+
+def sincos_2d(dim: int, height: int, width: int, base_size: int, interpolation_scale: float = 1.0) -> torch.Tensor:
+    """(height * width, dim) embedding in row-major token order (sincos_grid); positions are rescaled so
+    that a grid of `base_size` spans 0..base_size whatever its real size."""
+    rows = torch.arange(height, dtype=torch.float32) / (height / base_size) / interpolation_scale
+    cols = torch.arange(width, dtype=torch.float32) / (width / base_size) / interpolation_scale
+    return sincos_grid(dim, rows, cols)
 
 
 class TimestepEmbedding(nn.Module):

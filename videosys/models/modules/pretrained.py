@@ -85,7 +85,9 @@ class PretrainedModel(nn.Module):
             model = cls(config)
         state = cls.read_checkpoint(folder)
         check_state_dict(model, state, folder)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+        # integer buffers (BatchNorm's num_batches_tracked) keep their dtype
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
+                              strict=True, assign=True)
         return model.to(device=device).eval()
 
     @classmethod

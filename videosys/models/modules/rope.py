@@ -35,10 +35,13 @@ def rope_3d(dims: tuple[int, int, int], pos_t: torch.Tensor, pos_h: torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (..., L, d) queries or keys by (L, d) tables; computed in fp32, returned in x's dtype."""
+    """Rotate (..., L, d) queries or keys by (L, d) tables, returned in x's dtype.
+
+    Computed in the tables' dtype: fp32 tables give fp32 maths (CogVideoX); tables in the model's dtype
+    give the release's (Open-Sora: rotary_embedding_torch, x * cos + rotate(x) * sin all in that dtype)."""
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # (..., L, d/2) each
     rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # (..., L, d): the pair turned by 90 degrees
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)
 
 
 # ---- split-half layout ----------------------------------------------------------------------------
@@ -47,26 +50,31 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # for t, h, w and applies this layout inside each part.
 
 
-def rope_1d_halves(dim: int, pos: torch.Tensor, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M,) positions (may be fractional) -> cos, sin tables (M, dim) in fp32, angles laid out [f | f]."""
+def rope_1d_halves(dim: int, pos: torch.Tensor, theta: float = 10000.0,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) positions (may be fractional) -> cos, sin tables (M, dim) in `dtype`, angles laid out [f | f].
+
+    The angles are computed in fp32 and rounded to `dtype` before cos / sin, which are then taken in
+    `dtype`: the order of Open-Sora-Plan v1.2's RoPE3D.get_cos_sin (einsum in fp32, `.to(dtype)`, cos).
+    """
     if dim % 2:
         raise ValueError(f"rotary embedding needs an even dim, got {dim}")
     freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (dim/2,)
-    angles = torch.outer(pos.float(), freqs)  # (M, dim/2)
+    angles = torch.outer(pos.float(), freqs).to(dtype)  # (M, dim/2)
     angles = torch.cat([angles, angles], dim=1)
     return angles.cos(), angles.sin()
 
 
 def rope_3d_halves(part_dim: int, pos_t: torch.Tensor, pos_h: torch.Tensor, pos_w: torch.Tensor,
-                   theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+                   theta: float = 10000.0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Tables for a (T, H, W) grid in row-major token order, head dim = 3 parts [t | h | w] of `part_dim`.
 
-    Returns cos, sin, each (T * H * W, 3 * part_dim); apply with `apply_rope_halves(x, cos, sin, parts=3)`.
+    Returns cos, sin, each (T * H * W, 3 * part_dim) in `dtype`; apply with
+    `apply_rope_halves(x, cos, sin, parts=3)`.
     """
     t, h, w = len(pos_t), len(pos_h), len(pos_w)
     out = []
-    for tt, hh, ww in zip(rope_1d_halves(part_dim, pos_t, theta), rope_1d_halves(part_dim, pos_h, theta),
-                          rope_1d_halves(part_dim, pos_w, theta)):
+    for tt, hh, ww in zip(*(rope_1d_halves(part_dim, pos, theta, dtype) for pos in (pos_t, pos_h, pos_w))):
         grid = torch.cat([tt[:, None, None].expand(t, h, w, -1), hh[None, :, None].expand(t, h, w, -1),
                           ww[None, None, :].expand(t, h, w, -1)], dim=-1)  # (T, H, W, 3 * part_dim)
         out.append(grid.reshape(t * h * w, -1))
@@ -74,7 +82,10 @@ def rope_3d_halves(part_dim: int, pos_t: torch.Tensor, pos_h: torch.Tensor, pos_
 
 
 def apply_rope_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, parts: int = 1) -> torch.Tensor:
-    """Rotate (..., L, d) by (L, d) tables, rotate_half within each of `parts` equal channel parts."""
+    """Rotate (..., L, d) by (L, d) tables, rotate_half within each of `parts` equal channel parts.
+
+    Computed in the tables' dtype and returned in x's: fp32 tables give fp32 maths; tables in the
+    model's dtype give the release's (x * cos + rotate_half(x) * sin, all in that dtype)."""
     halves = x.unflatten(-1, (parts, 2, -1))  # (..., L, parts, 2, d / parts / 2)
     rotated = torch.stack([-halves[..., 1, :], halves[..., 0, :]], dim=-2).flatten(-3)  # (..., L, d)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return (x.to(cos.dtype) * cos + rotated.to(cos.dtype) * sin).to(x.dtype)

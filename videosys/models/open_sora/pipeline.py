@@ -7,7 +7,8 @@ text_encoder/, tokenizer/, scheduler/, model_index.json) loads too.
 
 Sampling as the release's inference config (configs/opensora-v1-2/inference/sample.py): rectified
 flow, 30 steps, the resolution / length timestep transform, cfg 7.0 against the learned null
-caption, fps 24, prompts suffixed with "aesthetic score: 6.5.".
+caption, fps 24, prompts suffixed with "aesthetic score: 6.5.". Reference images / videos, the mask
+strategy and looping as the release's scripts/inference.py: conditioning.py.
 """
 
 import os
@@ -18,6 +19,7 @@ import torch
 
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.open_sora import conditioning
 from videosys.models.open_sora.transformer import IMAGE_FPS, STDiT3, STDiT3Config
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
@@ -98,6 +100,16 @@ class OpenSoraConfig(BaseConfig):
     text_encoder_path: str | None = None  # None: DeepFloyd/t5-v1_1-xxl (or model_path's text_encoder/)
     max_text_length: int = 300
     aes: float | None = 6.5  # aesthetic score appended to prompts, as the release's inference config
+    flow: float | None = None  # motion score appended ("motion score: 4.0."); the release's config: None
+    camera_motion: str | None = None  # appended as "camera motion: pan right."; the release's config: None
+    # conditioning (conditioning.py), the release's --reference-path / --mask-strategy / --loop / ...;
+    # reference_path and mask_strategy here apply to every prompt of a call that passes none
+    reference_path: str | None = None  # image / video file(s), ";" joins several
+    mask_strategy: str | None = None  # e.g. "0" (image-to-video), "0,0,0,-1,1", "0;0,1,0,-1,1"
+    loop: int = 1  # clips generated one after the other, each conditioned on the end of the previous
+    condition_frame_length: int = 5  # latent frames a loop takes from the previous clip (5 = 17 video frames)
+    condition_frame_edit: float = 0.0  # their edit ratio
+    align: int | None = 5  # mask-strategy starts snap to multiples of this (latent frames), as the release
 
     model_name = "open-sora"
     official_model_path = "hpcai-tech/OpenSora-STDiT-v3"
@@ -115,6 +127,13 @@ class OpenSoraConfig(BaseConfig):
         named = image_size(self.resolution, self.aspect_ratio)  # also checks both names
         if (named_size_given and not size_given) or self.height is None or self.width is None:
             self.height, self.width = named
+        if isinstance(self.mask_strategy, int) and not isinstance(self.mask_strategy, bool):
+            self.mask_strategy = str(self.mask_strategy)  # `--set mask_strategy=0` parses as a number
+        if self.reference_path is not None and not isinstance(self.reference_path, str):
+            raise ValueError(f"reference_path must be a path string (';' joins several), got {self.reference_path!r}")
+        conditioning.parse_mask_strategy(self.mask_strategy)  # a bad string fails here
+        conditioning.check_prompt_flags(self.aes, self.flow, self.camera_motion)
+        conditioning.check_loop(self.loop, self.condition_frame_length, self.condition_frame_edit, float("inf"))
 
     @property
     def pipeline_cls(self):
@@ -185,11 +204,23 @@ class OpenSoraPipeline(VideoSysPipeline):
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
 
     # ---- inputs --------------------------------------------------------------------------------
-    def prepare_prompts(self, prompts: list[str]) -> list[str]:
-        aes = self.config.aes
-        if aes is None:
-            return prompts
-        return [p if "aesthetic score:" in p else f"{p} aesthetic score: {aes:.1f}." for p in prompts]
+    def prepare_conditioning(self, prompt, reference, mask_strategy, loop, condition_frame_length,
+                             condition_frame_edit, aes, flow, camera_motion, height, width,
+                             latent_frames) -> conditioning.Conditioning:
+        """The call's conditioning (else the config's), parsed and checked, references loaded: no compute yet."""
+        c = self.config
+        if reference is None and c.reference_path is not None:
+            reference = c.reference_path if isinstance(prompt, str) else [c.reference_path] * len(prompt)
+        if mask_strategy is None and c.mask_strategy is not None:
+            mask_strategy = c.mask_strategy if isinstance(prompt, str) else [c.mask_strategy] * len(prompt)
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return conditioning.prepare(
+            prompt, reference, mask_strategy, loop=pick(loop, c.loop),
+            condition_frame_length=pick(condition_frame_length, c.condition_frame_length),
+            condition_frame_edit=pick(condition_frame_edit, c.condition_frame_edit), align=c.align,
+            height=height, width=width, latent_frames=latent_frames, vae_latent_frames=self.vae.latent_frames,
+            aes=pick(aes, c.aes), flow=pick(flow, c.flow), camera_motion=pick(camera_motion, c.camera_motion),
+            chunk_frames=self.vae.config.micro_frame_size or MICRO_FRAMES)
 
     def encode_prompt(self, prompts: list[str], negative_prompt: str | None, do_cfg: bool):
         """T5 states laid out [uncond; cond] and the text mask (None when nothing is masked).
@@ -227,14 +258,24 @@ class OpenSoraPipeline(VideoSysPipeline):
     def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | str | None = None,
                  resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None, fps: int | None = None) -> VideoSysOutput:
+                 guidance_scale: float | None = None, fps: int | None = None, reference=None,
+                 mask_strategy: str | list | None = None,
+                 loop: int | None = None, condition_frame_length: int | None = None,
+                 condition_frame_edit: float | None = None, aes: float | None = None, flow: float | None = None,
+                 camera_motion: str | None = None) -> VideoSysOutput:
         """Videos for `prompt` (a string or a list): (B, T, H', W', 3) uint8 in `.video`.
 
         Size: height / width, else resolution / aspect_ratio, else the config's. The VAE floors sizes to
         a multiple of 8 (480p 9:16 = 480x854 comes out 480x848, as in the release). Without a
         negative prompt the uncond branch is the learned null caption, as published.
+
+        Conditioning, as the release (conditioning.py; None takes the config's value): `reference` image /
+        video file(s) or tensor(s), `mask_strategy` where they go ("0": image-to-video), `loop` clips each
+        continuing the last (`condition_frame_length` latent frames, edit ratio `condition_frame_edit`);
+        `aes` / `flow` / `camera_motion` suffix the prompts. With loop, `.latents` and the cache stats are
+        the last clip's.
         """
-        prompts = self.prepare_prompts(self.as_prompt_list(prompt))
+        self.as_prompt_list(prompt)
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
         height, width = self.size_of(resolution, aspect_ratio, height, width)
@@ -243,29 +284,75 @@ class OpenSoraPipeline(VideoSysPipeline):
         if not isinstance(a["fps"], (int, float)) or a["fps"] <= 0:
             raise ValueError(f"fps must be positive, got {a['fps']!r}")
         latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
+        # -- conditioning (conditioning.py): parsed, loaded and checked before any compute
+        cond = self.prepare_conditioning(prompt, reference, mask_strategy, loop, condition_frame_length,
+                                         condition_frame_edit, aes, flow, camera_motion, a["height"], a["width"],
+                                         latent_t)
         start = time.perf_counter()
+        if cond.conditioned:
+            cond.encode(self.vae, seed, self.device, self.dtype)
+            for refs in cond.references:
+                for ref in refs:
+                    if tuple(ref.shape[2:]) != (latent_h, latent_w):
+                        raise ValueError(f"a reference encodes to {tuple(ref.shape[2:])} latents, the video to "
+                                         f"{(latent_h, latent_w)}")
+        # --
         do_cfg = a["guidance_scale"] > 1.0
-        text, mask = self.encode_prompt(prompts, negative_prompt, do_cfg)
-
-        channels = self.transformer.config.in_channels
-        latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)  # fp32
         timesteps = self.scheduler.set_timesteps(a["num_inference_steps"], a["height"], a["width"], a["num_frames"],
                                                  device=self.device)
-        # CFG parallel: each rank of the cfg group runs one branch ([uncond; cond] halves)
-        split_cfg = do_cfg and self.cfg_parallel
-        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        batch = text.shape[0]
-        cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
-        fps_in = torch.full((batch,), float(cond_fps), device=self.device)
+        shape = (len(cond.segments), self.transformer.config.in_channels, latent_t, latent_h, latent_w)
+        noise = torch.Generator("cpu").manual_seed(int(seed))  # the first draw equals seeded_noise(shape, seed)
+        decode = lambda z: self.vae.decode(z, a["num_frames"])  # noqa: E731
+        text_key = cond.prompts(0)
+        text, mask = self.encode_prompt(text_key, negative_prompt, do_cfg)
+        clips, denoise_start = [], time.perf_counter()
+        for loop_index in range(cond.loop):
+            if cond.prompts(loop_index) != text_key:  # a loop prompt ("|0|..|2|..") changes its text
+                text_key = cond.prompts(loop_index)
+                text, mask = self.encode_prompt(text_key, negative_prompt, do_cfg)
+            latents = torch.randn(shape, generator=noise, dtype=torch.float32).to(self.device)
+            plan = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values, noise,  # -- conditioning
+                             self.scheduler.num_timesteps)
+            latents = self.denoise_clip(latents, text, mask, timesteps, a, do_cfg, plan)
+            if loop_index < cond.loop - 1:  # -- conditioning: the next loop continues this clip
+                clips.append(decode(latents))
+                cond.append_generated(loop_index + 1, clips[-1], self.vae, self.device, self.dtype)
+        return self.finish(latents, lambda z: self.to_frames(cond.join(clips + [decode(z)])), start, denoise_start,
+                           len(timesteps) * cond.loop)
 
-        denoise_start = time.perf_counter()
+    def denoise_clip(self, latents: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None,
+                     timesteps: torch.Tensor, a: dict, do_cfg: bool,
+                     plan: "conditioning.StepPlan | None" = None) -> torch.Tensor:
+        """One clip through the shared loop (VideoSysPipeline.denoise); `plan` holds conditioned frames at their
+        latents (conditioning.py): it edits the latents before each step and after it, and gives the x_mask."""
+        channels = self.transformer.config.in_channels
+        cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
+        fps_by_batch = {}  # built once per batch size (both branches, or one), not per step
+        x_mask = None  # (B, T) this step's, from the plan
+
+        def before_step(i, t, latents):
+            nonlocal x_mask
+            latents, x_mask = plan.before_step(i, latents, self.scheduler)
+            return latents
+
+        def predict(model_in, i, t, text, mask):
+            batch = model_in.shape[0]
+            if batch not in fps_by_batch:
+                fps_by_batch[batch] = torch.full((batch,), float(cond_fps), device=self.device)
+            frames_mask = x_mask
+            if frames_mask is not None and frames_mask.shape[0] != batch:  # both CFG branches in one batch
+                frames_mask = torch.cat([frames_mask] * (batch // frames_mask.shape[0]))
+            pred = self.transformer(model_in, t.expand(batch), text, mask, x_mask=frames_mask,
+                                    fps=fps_by_batch[batch], height=a["height"], width=a["width"])
+            return pred[:, :channels]  # velocity; the other half is the unused sigma prediction
+
+        def step(velocity, i, t, latents):
+            stepped = self.scheduler.step(velocity, i, latents)
+            return stepped if plan is None else plan.after_step(i, stepped, latents)  # -- conditioning
+
+        # the caches see the published (bf16-rounded, int) timesteps; the model and scheduler index by step.
+        # A frame that starts being edited jumps in timestep: the caches compute on that step.
         cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
-        for i, _ in self.denoise_steps(cache_timesteps, "open-sora"):
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
-            pred = self.transformer(model_in, timesteps[i].expand(batch), text, mask, fps=fps_in,
-                                    height=a["height"], width=a["width"])
-            velocity = pred[:, :channels]  # the other half is the unused sigma prediction
-            if do_cfg:
-                velocity = self.guide(self.gather_branches(velocity) if split_cfg else velocity, a["guidance_scale"])
-            latents = self.scheduler.step(velocity, i, latents)
-        return self.finish(latents, lambda z: self.to_frames(self.vae.decode(z, a["num_frames"])), start, denoise_start, len(timesteps))
+        return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                            "open-sora", cache_timesteps, before_step=None if plan is None else before_step,
+                            refresh_steps=plan.noise_steps if plan is not None else ())

@@ -20,8 +20,9 @@ only temporal attention needs every frame, so it alone switches the sharded dim 
 all-to-all (the padded frames are cut there, so nothing attends to them; RoPE runs on the full frame
 axis) and back. The frames are gathered before the final layer.
 
-Caches (videosys/cache): TeaCache decides around the block stack in `forward`; PAB decides at
-each block's self-attention ("spatial" / "temporal"), cross-attention ("cross") and MLP.
+Caches (videosys/cache/hooks.py): the block-stack hook point is in `forward` (TeaCache acts there);
+the module hook points are each block's self-attention ("spatial" / "temporal"), cross-attention
+("cross") and MLP ("mlp"), where PAB acts.
 """
 
 import math
@@ -32,12 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videosys.cache import CacheMixin
-from videosys.cache import pab as pab_lib
+from videosys.cache import CacheMixin, module_call
+from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
-from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
+from videosys.models.modules.adaln import modulate, modulation
+from videosys.models.modules.embeddings import sincos_grid, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.rope import apply_rope
 
 IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
 VIDEO_FPS = 24  # the release's sampling fps
@@ -86,9 +89,15 @@ class STDiT3Config:
         return self.in_channels * 2 if self.pred_sigma else self.in_channels
 
 
-def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """PixArt-alpha's modulation: x * (1 + scale) + shift."""
-    return x * (1 + scale) + shift
+def masked_modulation(table: torch.Tensor, emb: torch.Tensor, emb0: torch.Tensor | None,
+                      x_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """adaLN-single on (B, T, S, C) tokens, each (B, 1, 1, C); with x_mask (B, T), frames where it is False
+    (conditioning frames) take the t=0 embedding's instead, each (B, T, 1, C)."""
+    mod = modulation(table, emb, token_dims=2)
+    if x_mask is None:
+        return mod
+    keep = x_mask[:, :, None, None]  # (B, T, 1, 1)
+    return tuple(torch.where(keep, m, m0) for m, m0 in zip(mod, modulation(table, emb0, token_dims=2)))
 
 
 class RMSNorm(nn.Module):
@@ -105,20 +114,14 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): RoPE on interleaved pairs."""
-    pairs = x.unflatten(-1, (-1, 2))
-    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (..., N, d) rotated by position: cos / sin are (N, d), each frequency repeated for its pair."""
-    return (x * cos + rotate_pairs(x) * sin).to(x.dtype)
-
-
 class RotaryEmbedding(nn.Module):
-    """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter.
+    """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter (the
+    checkpoint's key); tables in the interleaved-pair layout of modules/rope.py, applied by its apply_rope.
 
+    The tables are built as the release builds them (rotary_embedding_torch 0.5.3, its pinned
+    version): positions arange(T) in the queries' dtype, times `freqs` in the parameter's dtype
+    (the model's), the product and its cos / sin each rounded to that dtype. In fp32 this is the
+    exact maths; in bf16 the angles carry bf16 rounding, as the release's did.
     The cos / sin tables depend only on the sequence length, so they are cached; loading a state
     dict clears the cache.
     """
@@ -132,10 +135,10 @@ class RotaryEmbedding(nn.Module):
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (length, str(device), dtype)
         if key not in self._cache:
-            pos = torch.arange(length, device=device, dtype=torch.float32)
-            angles = torch.outer(pos, self.freqs.to(device=device, dtype=torch.float32))
+            pos = torch.arange(length, device=device, dtype=dtype)
+            angles = torch.outer(pos, self.freqs.to(device=device, dtype=dtype))  # (N, d/2), rounded to dtype
             angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
-            self._cache = {key: (angles.cos().to(dtype), angles.sin().to(dtype))}
+            self._cache = {key: (angles.cos(), angles.sin())}
         return self._cache[key]
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -205,7 +208,7 @@ class Mlp(nn.Module):
 class STDiT3Block(nn.Module):
     """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation.
 
-    `index` (the block's depth) and the kind ("spatial" / "temporal") name the block for PAB.
+    `index` (the block's depth) and the kind ("spatial" / "temporal") name the block at the module hook points.
     """
 
     def __init__(self, cfg: STDiT3Config, temporal: bool, index: int = 0):
@@ -226,20 +229,11 @@ class STDiT3Block(nn.Module):
 
         With x_mask (B, T), frames where it is False (conditioning frames) take the t=0 modulation.
         """
-        b = t_mlp.shape[0]
-        mod = (self.scale_shift_table[None] + t_mlp.view(b, 6, -1))[:, None]  # (B, 1, 6, C)
-        if x_mask is not None:
-            mod0 = (self.scale_shift_table[None] + t0_mlp.view(b, 6, -1))[:, None]
-            mod = torch.where(x_mask[:, :, None, None], mod, mod0)  # (B, T, 6, C)
-        return mod[:, :, :, None].unbind(2)
+        return masked_modulation(self.scale_shift_table, t_mlp, t0_mlp, x_mask)
 
     def modulated_input(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """t2i_modulate(norm1(x), shift_msa, scale_msa): the self-attention input (TeaCache's indicator)."""
-        return t2i_modulate(self.norm1(x), mod[0], mod[1])
-
-    def teacache_indicator(self, x: torch.Tensor, t_mlp: torch.Tensor, t0_mlp: torch.Tensor | None = None,
-                           x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.modulated_input(x, self.modulation(t_mlp, t0_mlp, x_mask))
+        return modulate(self.norm1(x), mod[0], mod[1])
 
     def self_attention(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, num_frames: int,
                        sp_group=None) -> torch.Tensor:
@@ -256,21 +250,23 @@ class STDiT3Block(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, t0_mlp: torch.Tensor | None = None,
-                x_mask: torch.Tensor | None = None, pab: pab_lib.PAB | None = None, num_frames: int | None = None,
+                x_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None, num_frames: int | None = None,
                 sp_group=None) -> torch.Tensor:
         """x (B, T_local, S, C); x_mask (B, T_local) for this rank's frames; num_frames = T over all ranks."""
         b, t, s, c = x.shape
         mod = self.modulation(t_mlp, t0_mlp, x_mask)
-        # PAB broadcasts the gated outputs, as the published Open-Sora PAB; a broadcast attention also
-        # skips its all-to-alls under DSP
-        attn = pab_lib.run(pab, self.kind, self.index, lambda: mod[2] * self.self_attention(
+        # cache hook points on the gated outputs (what the published Open-Sora PAB broadcasts); an attention
+        # a cache reuses also skips its all-to-alls under DSP
+        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
             self.modulated_input(x, mod), rope, num_frames or t, sp_group))
         x = x + attn
-        cross = pab_lib.run(pab, "cross", self.index,
-                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c))
+        # spatial block i and temporal block i both cross-attend: `block` keeps their outputs apart
+        cross = module_call(hooks, "cross", self.index,
+                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c),
+                            block=self.kind)
         x = x + cross
-        mlp = pab_lib.run(pab, self.kind, self.index,
-                          lambda: mod[5] * self.mlp(t2i_modulate(self.norm2(x), mod[3], mod[4])), mlp=True)
+        mlp = module_call(hooks, "mlp", self.index,
+                          lambda: mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4])), block=self.kind)
         return x + mlp
 
 
@@ -322,13 +318,18 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor | None = None,
                 x_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, S, C), t (B, C) the timestep + fps embedding (before t_block)."""
-        mod = (self.scale_shift_table[None] + t[:, None])[:, None]  # (B, 1, 2, C)
+        """x (B, T, S, C), t (B, C) the timestep + fps embedding (before t_block); x_mask (B, T)."""
+        shift, scale = modulation(self.scale_shift_table, t, token_dims=2)  # (B, 1, 1, C) each
+        x = modulate(self.norm_final(x), shift, scale)
         if x_mask is not None:
-            mod0 = (self.scale_shift_table[None] + t0[:, None])[:, None]
-            mod = torch.where(x_mask[:, :, None, None], mod, mod0)
-        shift, scale = mod[:, :, :, None].unbind(2)
-        return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+            # The release's order (T2IFinalLayer, opensora/models/layers/blocks.py at v1.2.0; VideoSys
+            # keeps it): the t0 branch normalises the *already t-modulated* x again, so conditioning
+            # frames get norm_final, the t modulation, norm_final and the t0 modulation. The checkpoint
+            # was trained with this, so we keep it rather than one norm with per-frame shift / scale.
+            shift0, scale0 = modulation(self.scale_shift_table, t0, token_dims=2)
+            x0 = modulate(self.norm_final(x), shift0, scale0)
+            x = torch.where(x_mask[:, :, None, None], x, x0)
+        return self.linear(x)
 
 
 class STDiT3(PretrainedModel, CacheMixin):
@@ -367,9 +368,7 @@ class STDiT3(PretrainedModel, CacheMixin):
             dim = self.config.hidden_size
             rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
             cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
-            row, col = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
-            table = torch.cat([sincos_1d(dim // 2, col), sincos_1d(dim // 2, row)], dim=1).float()
-            self._pos_cache = {key: table.to(device)}
+            self._pos_cache = {key: sincos_grid(dim, rows, cols).to(device)}
         return self._pos_cache[key]
 
     def embed_timestep(self, timestep: torch.Tensor, fps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -435,12 +434,9 @@ class STDiT3(PretrainedModel, CacheMixin):
         blocks = partial(self.run_blocks, y=y, t_mlp=t_mlp, y_mask=y_mask, rope=rope, t0_mlp=t0_mlp,
                          x_mask=x_mask_local, num_frames=t_)
 
-        # TeaCache: the indicator is the first spatial block's modulated input (t2i_modulate(norm1(x))
-        # with its shift / scale, x = patches + positions, and no x_mask, as published); when it has
-        # changed little since the last computed step, skip every block and add their last residual instead.
-        start, stop = comm.shard_range(t_, self.parallel.sp_size, self.parallel.sp_rank)
-        x = self.teacache_blocks(lambda: self.spatial_blocks[0].teacache_indicator(x[:, : stop - start], t_mlp),
-                                 blocks, x)  # real frames only in the indicator
+        # the block-stack hook point: a cache may skip, cut short or reuse the stack
+        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(x, t_mlp, t_, t0_mlp, x_mask_local),
+                             num_units=self.config.depth)
 
         x = comm.gather(x, 1, sp_group, size=t_)  # (B, T, S, C)
         x = self.final_layer(x, t, t0, x_mask)  # (B, T, S, pt*ph*pw*C_out)
@@ -448,17 +444,29 @@ class STDiT3(PretrainedModel, CacheMixin):
         x = x.reshape(b, self.out_channels, t_ * pt, h_ * ph, w_ * pw)
         return x[:, :, :frames, :lat_h, :lat_w].float()
 
+    def cache_indicator(self, x: torch.Tensor, t_mlp: torch.Tensor, num_frames: int, t0_mlp: torch.Tensor | None = None,
+                        x_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """TeaCache's indicator: the first spatial block's modulated input (t2i_modulate(norm1(x)) with its
+        shift / scale, x = patches + positions, as published), this rank's real frames only. With x_mask each
+        frame is modulated by the timestep the blocks use for it (t = 0 on conditioning frames), which the
+        published indicator (text-to-video only) never needed; without x_mask it is the published one."""
+        start, stop = comm.shard_range(num_frames, self.parallel.sp_size, self.parallel.sp_rank)
+        real = stop - start
+        x_mask = None if x_mask is None else x_mask[:, :real]
+        first = self.spatial_blocks[0]
+        return first.modulated_input(x[:, :real], first.modulation(t_mlp, t0_mlp, x_mask))
+
     def run_blocks(self, x: torch.Tensor, y: torch.Tensor, t_mlp: torch.Tensor, y_mask: torch.Tensor | None,
                    rope: tuple[torch.Tensor, torch.Tensor], t0_mlp: torch.Tensor | None = None,
-                   x_mask: torch.Tensor | None = None, num_frames: int | None = None) -> torch.Tensor:
-        """The block stack on (B, T_local, S, C) tokens; x_mask (B, T_local) is this rank's part.
-
-        TeaCache wraps this call (in forward); PAB decides inside each block.
-        """
+                   x_mask: torch.Tensor | None = None, num_frames: int | None = None, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Units start .. stop-1 of the block stack (a unit: spatial block i, then temporal block i) on
+        (B, T_local, S, C) tokens; x_mask (B, T_local) is this rank's part."""
         sp_group = self.parallel.sp_group
-        for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
-            x = spatial(x, y, t_mlp, y_mask, None, t0_mlp, x_mask, pab=self.pab, num_frames=num_frames,
-                        sp_group=sp_group)
-            x = temporal(x, y, t_mlp, y_mask, rope, t0_mlp, x_mask, pab=self.pab, num_frames=num_frames,
-                         sp_group=sp_group)
+        hooks = self.module_hooks()
+        for i in range(start, self.config.depth if stop is None else stop):
+            x = self.spatial_blocks[i](x, y, t_mlp, y_mask, None, t0_mlp, x_mask, hooks=hooks, num_frames=num_frames,
+                                       sp_group=sp_group)
+            x = self.temporal_blocks[i](x, y, t_mlp, y_mask, rope, t0_mlp, x_mask, hooks=hooks,
+                                        num_frames=num_frames, sp_group=sp_group)
         return x

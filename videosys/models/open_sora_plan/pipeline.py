@@ -115,11 +115,9 @@ class OpenSoraPlanConfig(BaseConfig):
             if getattr(self, name) is None:
                 setattr(self, name, value)
 
-    def teacache_model(self) -> str:
-        return "open-sora-plan"  # the published coefficients (fitted on v1.1 65x512x512)
-
-    def pab_model(self) -> str:
-        return f"open-sora-plan-{self.version}"
+    def cache_models(self) -> tuple[str, ...]:
+        """PAB's defaults differ per version; TeaCache's coefficients (fitted on v1.1 65x512x512) are the family's."""
+        return (f"open-sora-plan-{self.version}", "open-sora-plan")
 
     @property
     def pipeline_cls(self):
@@ -266,15 +264,18 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         if "generator" in inspect.signature(self.scheduler.step).parameters:
             step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
 
-        denoise_start = time.perf_counter()
-        split_cfg = do_cfg and self.cfg_parallel
-        text, mask = (self.branch(text), self.branch(mask)) if split_cfg else (text, mask)
-        for i, t in self.denoise_steps(timesteps, "open-sora-plan"):
-            model_in = torch.cat([latents, latents]) if do_cfg and not split_cfg else latents
+        def predict(model_in, i, t, text, mask):
             model_in = self.scheduler.scale_model_input(model_in, t)
-            pred = self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
-            if do_cfg:
-                pred = self.guide(self.gather_branches(pred) if split_cfg else pred, a["guidance_scale"])
-            latents = self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
+            return self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
+
+        def step(pred, i, t, latents):
+            return self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
+
+        denoise_start = time.perf_counter()
+        # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
+        # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
+        cache_timesteps = torch.tensor([int(t) for t in timesteps])
+        latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                               "open-sora-plan", cache_timesteps)
         decode = lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype)))  # noqa: E731
         return self.finish(latents, decode, start, denoise_start, len(timesteps))

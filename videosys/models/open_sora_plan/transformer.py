@@ -20,10 +20,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from videosys.cache import CacheMixin
-from videosys.cache import pab as pab_lib
+from videosys.cache import CacheMixin, module_call
+from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
+from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection
 from videosys.models.modules.pretrained import PretrainedModel
@@ -146,26 +147,27 @@ class OpenSoraPlanBlock(nn.Module):
 
     def modulation(self, t_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, 6C) -> shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, each (B, 1, C)."""
-        b = t_mod.shape[0]
-        return (self.scale_shift_table[None] + t_mod.view(b, 6, -1))[:, :, None].unbind(1)
+        return modulation(self.scale_shift_table, t_mod, token_dims=1)
 
     def modulated_input(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """norm1(x) * (1 + scale_msa) + shift_msa: the self-attention input (and TeaCache's indicator)."""
-        return self.norm1(x) * (1 + mod[1]) + mod[0]
+        return modulate(self.norm1(x), mod[0], mod[1])
 
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
-                rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int, pab: pab_lib.PAB | None = None,
+                rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int, hooks: ModuleHooks | None = None,
                 sp_group=None) -> torch.Tensor:
         mod = self.modulation(t_mod)
-        # a broadcast (PAB) attention skips its compute and, under Ulysses, its all-to-alls
-        attn = pab_lib.run(pab, "spatial", self.index,
+        # cache hook points: PAB broadcasts the attention output before its gate, as the PAB authors' v1.2 code
+        # (this step's gate multiplies it); an attention a cache reuses skips its compute and, under Ulysses,
+        # its all-to-alls
+        attn = module_call(hooks, "full", self.index,
                            lambda: full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens,
                                                   sp_group))
         x = x + mod[2] * attn
         # as PixArt-alpha / the release: cross-attention reads x itself (no norm, no modulation)
-        x = x + pab_lib.run(pab, "cross", self.index, lambda: self.attn2(x, context, context_mask))
-        mlp = pab_lib.run(pab, "spatial", self.index, lambda: self.ff(self.norm2(x) * (1 + mod[4]) + mod[3]),
-                          mlp=True)
+        x = x + module_call(hooks, "cross", self.index, lambda: self.attn2(x, context, context_mask), block="full")
+        mlp = module_call(hooks, "mlp", self.index, lambda: self.ff(modulate(self.norm2(x), mod[3], mod[4])),
+                          block="full")
         return x + mod[5] * mlp
 
 
@@ -196,24 +198,35 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
                              f"({self.config.num_attention_heads}) divisible by the sp size ({state.sp_size})")
         self.parallel = state
 
-    def rotary(self, frames: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so cached."""
-        key = (frames, height, width, str(device))
+    def rotary(self, frames: int, height: int, width: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so cached.
+
+        In `dtype`, the queries' (the model's): the release's RoPE3D rounds its fp32 angles to the
+        queries' dtype and takes cos / sin there, so a bf16 model's tables carry bf16 angles."""
+        key = (frames, height, width, str(device), dtype)
         if key not in self._rope_cache:
             scale_t, scale_h, scale_w = self.config.interpolation_scales
-            positions = [torch.arange(n, dtype=torch.float32) / s
+            positions = [torch.arange(n, dtype=torch.float32, device=device) / s
                          for n, s in ((frames, scale_t), (height, scale_h), (width, scale_w))]
-            cos, sin = rope_3d_halves(self.config.attention_head_dim // 3, *positions)
-            self._rope_cache[key] = (cos.to(device), sin.to(device))
+            self._rope_cache[key] = rope_3d_halves(self.config.attention_head_dim // 3, *positions, dtype=dtype)
         return self._rope_cache[key]
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
-                   context_mask: torch.Tensor | None, rotary, num_tokens: int) -> torch.Tensor:
-        """The block stack on (B, N_local, C) tokens."""
-        for block in self.transformer_blocks:
-            x = block(x, t_mod, context, context_mask, rotary, num_tokens, pab=self.pab,
+                   context_mask: torch.Tensor | None, rotary, num_tokens: int, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Blocks start .. stop-1 on (B, N_local, C) tokens."""
+        hooks = self.module_hooks()
+        for block in self.transformer_blocks[start:stop]:
+            x = block(x, t_mod, context, context_mask, rotary, num_tokens, hooks=hooks,
                       sp_group=self.parallel.sp_group)
         return x
+
+    def cache_indicator(self, x: torch.Tensor, t_mod: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """TeaCache's indicator: the first block's modulated input, this rank's real tokens only."""
+        start, stop = comm.shard_range(num_tokens, self.parallel.sp_size, self.parallel.sp_rank)
+        first = self.transformer_blocks[0]
+        return first.modulated_input(x[:, : stop - start], first.modulation(t_mod))
 
     @staticmethod
     def text_mask(encoder_attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -250,19 +263,16 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
         context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
         context_mask = self.text_mask(encoder_attention_mask)
-        rotary = self.rotary(frames, h, w, x.device)
+        rotary = self.rotary(frames, h, w, x.device, x.dtype)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=context_mask, rotary=rotary,
                          num_tokens=num_tokens)
 
-        # TeaCache: the indicator is the first block's modulated input (real tokens only); when it has
-        # changed little since the last computed step, skip every block and reuse their residual.
-        first = self.transformer_blocks[0]
-        start, stop = comm.shard_range(num_tokens, self.parallel.sp_size, self.parallel.sp_rank)
-        x = self.teacache_blocks(lambda: first.modulated_input(x[:, : stop - start], first.modulation(t_mod)),
-                                 blocks, x)
+        # the block-stack hook point: a cache may skip, cut short or reuse the stack
+        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(x, t_mod, num_tokens),
+                             num_units=self.config.num_layers)
 
-        shift, scale = (self.scale_shift_table[None] + t_emb[:, None])[:, :, None].unbind(1)  # (B, 1, C) each
-        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, N_local, p*p*C_out)
+        shift, scale = modulation(self.scale_shift_table, t_emb, token_dims=1)  # (B, 1, C) each
+        x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, N_local, p*p*C_out)
         x = comm.gather(x, 1, sp_group, size=num_tokens)  # (B, N, p*p*C_out)
         x = x.view(b, frames, h, w, p, p, self.out_channels).permute(0, 6, 1, 2, 4, 3, 5)
         return x.reshape(b, self.out_channels, frames, height, width)

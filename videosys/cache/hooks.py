@@ -1,0 +1,209 @@
+"""Hook points: where a model and the pipeline hand control to the active cache methods.
+
+Three points, under the same names in every family:
+
+- the block stack (`CacheMixin.cache_stack`, in each transformer's forward): a method gets a
+  `BlockStack` (the streams, the family's indicator, computed lazily, and `run(start, stop)` over
+  the stack's units) and returns the streams after the stack, computed, partly computed or reused.
+  TeaCache, MagCache, EasyCache, First-Block-Cache and Skip-Cache act here.
+- each module call (`module_call`, in each block): a `Site` (kind: "spatial" / "temporal" /
+  "cross" / "full" attention or "mlp"; the block's kind; the block index) and `compute`; a method
+  returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer act here.
+- the CFG branch outputs (`cfg_skip` / `cfg_supply` / `cfg_observe`, in the pipeline's loop): a
+  method may skip the uncond branch on a step and supply its output from the cond one.
+
+A method's state object subclasses `Cache` and defines the hooks where it acts; the others stay
+None and cost nothing. Several methods may be active at once: at one point they nest in the order
+they were enabled (the first is outermost: its `run` / `compute` goes through the next).
+Per generation the pipeline calls `begin(timesteps, refresh_steps)` (on refresh steps a method computes
+everything), per step `set_step(index, timestep)`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+
+class Site(NamedTuple):
+    """One module call: hashable, so a method can key its per-module state by it."""
+
+    kind: str  # "spatial" | "temporal" | "cross" | "full" (attention) | "mlp"
+    block: str  # the kind of the block it sits in: "spatial" | "temporal" | "full"
+    index: int  # the block's depth
+    branch: str = "batch"  # whose state (see BlockStack.branch)
+
+
+class Cache:
+    """Base of a method's per-transformer state. Subclasses define the hooks they act at."""
+
+    method_name = ""  # set by registry.register
+
+    # block stack: stack(self, stack: BlockStack) -> tuple of streams
+    stack: Callable | None = None
+    # module call: module(self, site: Site, compute: () -> Tensor) -> Tensor
+    module: Callable | None = None
+    # CFG: cfg_skip(self) -> bool (skip the uncond branch this step; decided from host values, alike on
+    # every rank); cfg_supply(self, cond) -> uncond; cfg_observe(self, uncond, cond) on computed steps
+    cfg_skip: Callable | None = None
+    cfg_supply: Callable | None = None
+    cfg_observe: Callable | None = None
+
+    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation over these (host-side) timesteps: forget the last one. On `refresh_steps` a method
+        computes everything (some frames' timestep jumps there: Open-Sora's conditioned frames)."""
+
+    def set_step(self, index: int, timestep: float) -> None:
+        """The step about to run."""
+
+    def stats(self) -> dict:
+        return {}
+
+    def postfix(self) -> str:
+        return ""
+
+
+@dataclass
+class BlockStack:
+    """What a model exposes at its block stack for one forward."""
+
+    streams: tuple[torch.Tensor, ...]  # the stack's inputs (CogVideoX: video and text tokens)
+    run: Callable  # run(*streams, start=0, stop=None) -> tuple: units start .. stop-1 (a unit = one loop step)
+    num_units: int  # Latte / STDiT3: a (spatial, temporal) pair; CogVideoX / OSP v1.2: one block
+    group: Any = None  # the world group: reduce distances over it so every rank decides alike
+    branch: str = "batch"  # whose state: "batch" ([uncond; cond] or this rank's half), "cond" when run alone
+    # (a CFG cache skipped uncond); `group` then holds only the ranks that run it
+    indicator_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    _indicator: torch.Tensor | None = field(default=None, repr=False)
+
+    def indicator(self) -> torch.Tensor:
+        """The family's published indicator (TeaCache's; real tokens only), computed on first use."""
+        if self._indicator is None:
+            self._indicator = self.indicator_fn()
+        return self._indicator
+
+    def first(self, *streams) -> tuple:
+        """The first unit only."""
+        return self.run(*streams, start=0, stop=1)
+
+    def rest(self, *streams) -> tuple:
+        """Every unit after the first."""
+        return self.run(*streams, start=1)
+
+
+class ModuleHooks:
+    """The module-call methods of one transformer, outermost first."""
+
+    def __init__(self, methods: list, branch: str = "batch"):
+        self.methods, self.branch = methods, branch
+
+    def __call__(self, site: Site, compute: Callable[[], torch.Tensor], k: int = 0) -> torch.Tensor:
+        if k == len(self.methods) - 1:
+            return self.methods[k].module(site, compute)
+        return self.methods[k].module(site, lambda: self(site, compute, k + 1))
+
+
+def module_call(hooks: ModuleHooks | None, kind: str, index: int, compute: Callable[[], torch.Tensor],
+                block: str | None = None) -> torch.Tensor:
+    """compute(), or what the active methods make of this call. `block` defaults to `kind`."""
+    if hooks is None:
+        return compute()
+    return hooks(Site(kind, block or kind, index, hooks.branch), compute)
+
+
+def _as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+class CacheMixin:
+    """Cache state of a transformer instance: `enable_cache(config)`, `disable_cache()` (the diffusers
+    convention); the model's forward calls `cache_stack` and passes `module_hooks()` to its blocks."""
+
+    cache_branch = "batch"  # set by the pipeline around a call that runs one CFG branch alone
+
+    @property
+    def caches(self) -> dict:
+        """Active methods by name, in the order they were enabled."""
+        if "_caches" not in self.__dict__:
+            self.__dict__["_caches"] = {}
+        return self.__dict__["_caches"]
+
+    def enable_cache(self, config) -> None:
+        """Turn a method on (replacing the same method's earlier state)."""
+        from videosys.cache.registry import method_of
+
+        method = method_of(config)
+        self.caches.pop(method.name, None)
+        self.caches[method.name] = method.cache_cls(config)
+
+    def disable_cache(self) -> None:
+        self.caches.clear()
+
+    def active_cache(self, name: str):
+        """The state of method `name`, None when it is off."""
+        return self.caches.get(name)
+
+    # ---- hook points ----------------------------------------------------------------------------
+    def module_hooks(self) -> ModuleHooks | None:
+        methods = [c for c in self.caches.values() if c.module is not None]
+        return ModuleHooks(methods, self.cache_branch) if methods else None
+
+    def cache_stack(self, run: Callable, *streams: torch.Tensor, indicator: Callable[[], torch.Tensor],
+                    num_units: int):
+        """The block stack through the active stack methods. `run(*streams, start=0, stop=None)` runs
+        units start .. stop-1 and returns the streams (one tensor or a tuple, as given)."""
+        methods = [c for c in self.caches.values() if c.stack is not None]
+        if not methods:
+            return run(*streams)
+        memo = {}
+        # every rank runs this call, except when one CFG branch runs alone: then only the ranks of its sp group
+        group = self.parallel.world_group if self.cache_branch == "batch" else self.parallel.sp_group
+
+        def lazy_indicator():
+            if "value" not in memo:
+                memo["value"] = indicator()
+            return memo["value"]
+
+        def through(k: int, inputs: tuple) -> tuple:
+            if k == len(methods):
+                return _as_tuple(run(*inputs))
+
+            def run_k(*s, start: int = 0, stop: int | None = None) -> tuple:
+                if start == 0 and (stop is None or stop >= num_units):
+                    return through(k + 1, s)  # the whole stack: through the inner methods
+                return _as_tuple(run(*s, start=start, stop=stop))
+
+            stack = BlockStack(inputs, run_k, num_units, group, self.cache_branch, lazy_indicator)
+            return _as_tuple(methods[k].stack(stack))
+
+        out = through(0, streams)
+        return out[0] if len(streams) == 1 else out
+
+    # ---- per generation / step, reporting -------------------------------------------------------
+    def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation; on `refresh_steps` every method computes."""
+        for cache in self.caches.values():
+            cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
+
+    def cache_step(self, index: int, timestep: float) -> None:
+        for cache in self.caches.values():
+            cache.set_step(index, timestep)
+
+    def cache_stats(self) -> dict:
+        return {name: cache.stats() for name, cache in self.caches.items()}
+
+    def cache_postfix(self) -> str:
+        return ", ".join(p for p in (c.postfix() for c in self.caches.values()) if p)
+
+    # ---- CFG branch point (the pipeline's loop) ---------------------------------------------------
+    def cache_cfg_skipper(self):
+        """The first active method that skips the uncond branch this step (it then supplies it), else None."""
+        for cache in self.caches.values():
+            if cache.cfg_skip is not None and cache.cfg_skip():
+                return cache
+        return None
+
+    def cache_cfg_observe(self, uncond: torch.Tensor, cond: torch.Tensor) -> None:
+        for cache in self.caches.values():
+            if cache.cfg_observe is not None:
+                cache.cfg_observe(uncond, cond)

@@ -1,0 +1,44 @@
+"""What the benchmark scripts share: the model options, the config they name, the prompt sets.
+
+scripts/bench_cache.py and scripts/calibrate_teacache.py take the same `--model --preset --model-path
+--device --prompt-set --prompts --seeds --steps --threads`.
+"""
+
+import torch
+
+from videosys.eval import demo
+from videosys.models import config_class
+
+BUILTIN_PROMPTS = ("a red circle moving to the right", "a blue square moving up on a plain white background",
+                   "a dog running on the beach at sunset")
+
+
+def add_model_args(parser) -> None:
+    """The model, its prompts and the CPU threads: the options this script shares with calibrate_teacache.py."""
+    parser.add_argument("--model", default="latte")
+    parser.add_argument("--preset", default="demo", help="demo (trained, Latte only), tiny (random weights), ...")
+    parser.add_argument("--model-path")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--prompt-set", choices=("demo", "builtin"), default="demo",
+                        help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
+    parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
+    parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
+    parser.add_argument("--steps", type=int, help="override the number of denoising steps")
+    parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
+
+
+def model_config(args):
+    """The family config the options name (progress bar off); sets the torch threads."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"device": args.device, "progress_bar": False, "preset": args.preset}
+    if args.model_path:
+        overrides["model_path"] = args.model_path
+    if args.steps:
+        overrides["num_inference_steps"] = args.steps
+    return config_class(args.model)(**overrides)
+
+
+def prompt_list(args) -> list[str]:
+    prompts = demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
+    return prompts[: args.prompts]

@@ -1,0 +1,1 @@
+"""`videosys serve`: a generation service (FastAPI) with a web page, over one loaded engine."""

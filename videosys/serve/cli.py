@@ -1,0 +1,49 @@
+"""`videosys serve --model latte --preset demo [--num-gpus N] [--host 127.0.0.1 --port 8000]`"""
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="an HTTP service and web page that generate with one loaded model")
+    serve.add_argument("--model", help="model family: latte, open-sora, open-sora-plan, cogvideox")
+    serve.add_argument("--config", help="YAML config (its fields override the family's defaults)")
+    serve.add_argument("--preset", help="e.g. demo (latte): the tiny trained model; tiny: random weights")
+    serve.add_argument("--model-path", help="hub id or local folder of the checkpoint")
+    serve.add_argument("--num-gpus", type=int, help="processes (one GPU each on CUDA)")
+    serve.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
+    serve.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    serve.add_argument("--cache", help="the default cache of a request (a registered name: none, teacache-slow, pab, ...)")
+    serve.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="any other config field (repeatable), e.g. --set num_inference_steps=20")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--output-dir", default="videosys-serve", help="job records and videos (kept across restarts)")
+    serve.add_argument("--max-queue", type=int, default=8, help="jobs waiting at most; more get HTTP 429")
+    # make_config reads the generation flags of `generate`; a server takes them per request instead
+    serve.set_defaults(num_frames=None, height=None, width=None, num_inference_steps=None, guidance_scale=None,
+                       fps=None, no_progress=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("videosys: error: `videosys serve` needs fastapi and uvicorn: pip install 'videosys[serve]'",
+              file=sys.stderr)
+        return 2
+
+    from videosys.cli import make_config
+    from videosys.core.engine import VideoSysEngine
+    from videosys.serve.app import create_app
+
+    if args.num_gpus is not None:
+        args.set = [*args.set, f"num_gpus={args.num_gpus}"]
+    config = make_config(args)
+    engine = VideoSysEngine(config)  # the weights, loaded once (and the workers, with num_gpus > 1)
+    app = create_app(engine, args.output_dir, args.max_queue, rebuild_engine=lambda: VideoSysEngine(config))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port)
+    finally:
+        app.state.runner.engine.shutdown()
+    return 0
