@@ -14,9 +14,8 @@ their normalised stop frequencies d_s (space) and d_t (time); the defaults are d
 "Diffuse back" per scheduler family (`diffuse`):
 - DDPM-type schedulers (DDIM, DPM-Solver, PNDM): `scheduler.add_noise` at t = num_train_timesteps - 1,
   as the authors and diffusers do.
-- Euler-ancestral (sigma space, x = x0 + sigma * noise): `add_noise` at the schedule's first timestep
-  (the noise level sampling starts from; its add_noise only takes schedule timesteps), divided by
-  sqrt(sigma^2 + 1). That is the variance-preserving form the filter mixes in: mixing the sigma-scaled
+- Euler-ancestral (sigma space, x = x0 + sigma * noise): x0 + sigma_0 * noise at the schedule's first
+  sigma (the noise level sampling starts from), divided by sqrt(sigma_0^2 + 1). That is the variance-preserving form the filter mixes in: mixing the sigma-scaled
   latent with unit fresh noise, as a literal port of the reference would, gives high frequencies 1/sigma
   of their due. The mixed latent is scaled back by the scheduler's `init_noise_sigma`, like the first noise.
 - Rectified flow (x_t = (1 - s) x0 + s noise): the sampler starts at s = 1, where the clean latent
@@ -108,7 +107,7 @@ def frequency_mix(x: torch.Tensor, noise: torch.Tensor, lpf: torch.Tensor) -> to
     return torch.fft.ifftn(torch.fft.ifftshift(mixed, dim=dims), dim=dims).real
 
 
-def diffuse(scheduler, latents: torch.Tensor, noise: torch.Tensor, first_timestep) -> torch.Tensor:
+def diffuse(scheduler, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The clean `latents` taken back to the noise level sampling starts from (see the module docstring)."""
     from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
@@ -117,17 +116,61 @@ def diffuse(scheduler, latents: torch.Tensor, noise: torch.Tensor, first_timeste
         t = torch.full((b,), FLOW_NOISE_LEVEL * scheduler.num_timesteps, device=latents.device)
         return scheduler.add_noise(latents, noise, t)
     if type(scheduler).__name__.startswith("EulerAncestral"):
-        t = torch.full((b,), float(first_timestep), device=latents.device)
         sigma = float(scheduler.sigmas[0])
-        return scheduler.add_noise(latents, noise, t) / math.sqrt(sigma**2 + 1)
+        return (latents + sigma * noise) / math.sqrt(sigma**2 + 1)
     t = torch.full((b,), scheduler.config.num_train_timesteps - 1, dtype=torch.long, device=latents.device)
     return scheduler.add_noise(latents, noise, t)
 
 
 def reinitialize(latents: torch.Tensor, initial_noise: torch.Tensor, fresh_noise: torch.Tensor, lpf: torch.Tensor,
-                 scheduler, first_timestep, frame_dim: int = 2) -> torch.Tensor:
+                 scheduler, frame_dim: int = 2) -> torch.Tensor:
     """The next run's starting latents from this run's clean latents (frames at `frame_dim`, H, W last)."""
-    z_t = diffuse(scheduler, latents, initial_noise, first_timestep)
+    z_t = diffuse(scheduler, latents, initial_noise)
     # bring (.., T, H, W) last for the FFT (CogVideoX keeps frames before channels), then back
     mixed = frequency_mix(z_t.movedim(frame_dim, -3), fresh_noise.movedim(frame_dim, -3), lpf).movedim(-3, frame_dim)
     return (mixed * float(getattr(scheduler, "init_noise_sigma", 1.0))).to(latents.dtype)
+
+
+def sample(pipeline, latents: torch.Tensor, run, num_steps: int, seed: int, frame_dim: int = 2) -> torch.Tensor:
+    """The family's sampler `run(latents, num_steps) -> clean latents`, once, or FreeInit's `iters` times.
+
+    `latents` are the first run's starting latents (unit noise x the scheduler's init_noise_sigma). Every
+    rank holds the whole latent, and the fresh noise comes from a CPU generator seeded from `seed`, so the
+    re-initialisation is the same on every rank of a parallel run (no gather needed). Each run begins the
+    caches anew (the loop calls cache_begin); with `cache_iters` the caches are off after the first k runs.
+    Per-run timings, steps and cache statistics go to `pipeline.run_stats["freeinit"]`.
+    """
+    import time
+
+    config = pipeline.config.freeinit_config()
+    if config is None:
+        return run(latents, num_steps)
+    transformer, scheduler = pipeline.transformer, pipeline.scheduler
+    initial = latents.float() / float(getattr(scheduler, "init_noise_sigma", 1.0))
+    fresh = torch.Generator("cpu").manual_seed(int(seed) + 1_000_003)  # apart from the seed's own draws
+    t, h, w = (latents.shape[frame_dim], *latents.shape[-2:])
+    lpf = low_pass_filter(t, h, w, config.method, config.order, config.spatial_stop_frequency,
+                          config.temporal_stop_frequency).to(latents.device)
+    caches = dict(transformer.caches)
+    runs = []
+    try:
+        for k in range(config.iters):
+            if k:
+                noise = torch.randn(latents.shape, generator=fresh, dtype=torch.float32).to(latents.device)
+                latents = reinitialize(latents, initial, noise, lpf, scheduler, frame_dim)
+            transformer.caches.clear()
+            if config.caches_on(k):
+                transformer.caches.update(caches)
+            pipeline.progress_label = f"freeinit {k + 1}/{config.iters}"
+            steps = config.steps(k, num_steps)
+            start = time.perf_counter()
+            latents = run(latents, steps)
+            if latents.device.type == "cuda":  # one sync per run, for its timing
+                torch.cuda.synchronize(latents.device)
+            runs.append({"steps": steps, "seconds": time.perf_counter() - start, **transformer.cache_stats()})
+    finally:
+        transformer.caches.clear()
+        transformer.caches.update(caches)
+        pipeline.progress_label = ""
+    pipeline.run_stats["freeinit"] = {"iters": config.iters, "runs": runs}
+    return latents
