@@ -181,7 +181,11 @@ def test_ray_workers_write_the_same_files_as_one_process(prompts_file, tmp_path,
 
 def test_standard_variants_switch_the_published_caches():
     latte = gen.Family("latte")
-    assert sorted(latte.variants) == ["baseline", "pab", "teacache-fast", "teacache-slow"]
+    # the papers' variants, then every registered method's published operating points
+    from videosys.cache import published_names
+
+    assert list(latte.variants)[:4] == ["baseline", "teacache-slow", "teacache-fast", "pab"]
+    assert sorted(latte.variants) == sorted(["baseline", *published_names()])
     assert gen.build_config(latte, "baseline", {"preset": "tiny"}).cache_configs() == []
     fast = gen.build_config(latte, "teacache-fast", {"preset": "tiny"}).cache_configs()
     assert [type(c).__name__ for c in fast] == ["TeaCacheConfig"] and fast[0].threshold == 0.2

@@ -156,7 +156,7 @@ def test_every_scheduler_reinitialises_between_runs(name):
                             pipeline.scheduler, frame_dim)
     assert torch.allclose(second_in, expected, atol=1e-6)
     assert torch.isfinite(out.latents).all() and torch.equal(second_out.float().cpu(), out.latents)
-    assert [r["steps"] for r in out.stats["freeinit"]["runs"]] == [4, 4]
+    assert [r["steps"] for r in out.stats["freeinit"]["runs"]] == [ref.stats["steps"]] * 2  # model steps (PNDM: 13)
 
 
 def test_caches_restart_each_run_and_cache_iters_turns_them_off():

@@ -16,10 +16,11 @@ from videosys.cache.hooks import BlockStack, Cache, CacheMixin, Site, module_cal
 from videosys.cache.registry import (METHODS, choices, configs_from_spec, published_names, register, spec_to_plain,
                                      sweep_names)
 
-# every method file registers itself on import (hooks / registry hold no method)
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("hooks", "registry"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+# every method file registers itself on import (hooks / registry hold no method); the papers' two first, so
+# names, menus and variant tables list TeaCache and PAB before the newer methods
+for _name in ("teacache", "pab", *sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    if _name not in ("hooks", "registry"):
+        importlib.import_module(f"{__name__}.{_name}")
 
 from videosys.cache.fastercache import FasterCache, FasterCacheConfig  # noqa: E402
 from videosys.cache.pab import PAB, PABConfig  # noqa: E402

@@ -167,7 +167,8 @@ def sample(pipeline, latents: torch.Tensor, run, num_steps: int, seed: int, fram
             latents = run(latents, steps)
             if latents.device.type == "cuda":  # one sync per run, for its timing
                 torch.cuda.synchronize(latents.device)
-            runs.append({"steps": steps, "seconds": time.perf_counter() - start, **transformer.cache_stats()})
+            runs.append({"steps": pipeline.denoised_steps, "seconds": time.perf_counter() - start,
+                         **transformer.cache_stats()})
     finally:
         transformer.caches.clear()
         transformer.caches.update(caches)

@@ -43,6 +43,7 @@ class VideoSysPipeline:
     pipeline_class_name = ""  # model_index.json's "_class_name"
     step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
     progress_label = ""  # shown beside the progress bar's name (FreeInit's run)
+    denoised_steps = 0  # steps of the last run of `denoise`
     run_stats: dict = {}  # what the sampler adds to out.stats (FreeInit's runs); replaced, never mutated, here
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
@@ -216,6 +217,7 @@ class VideoSysPipeline:
         With CFG each step is guided (`guided_prediction`); cond and uncond run in one batch, or one per
         rank of the cfg group with CFG parallelism.
         """
+        self.denoised_steps = len(timesteps)  # model steps of this run (PNDM's warm-up makes them more than asked)
         scales = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance] * len(timesteps)
         split_cfg = do_cfg and self.cfg_parallel
         local = tuple(self.branch(c) for c in conditioning) if split_cfg else tuple(conditioning)

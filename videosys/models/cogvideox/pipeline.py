@@ -239,7 +239,7 @@ class CogVideoXPipeline(VideoSysPipeline):
 
         denoise_start = time.perf_counter()
         latents = self.sample(latents, run, a["num_inference_steps"], seed, frame_dim=1)
-        return self.finish(latents, self.decode, start, denoise_start, a["num_inference_steps"])
+        return self.finish(latents, self.decode, start, denoise_start, self.denoised_steps)
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""

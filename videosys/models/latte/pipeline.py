@@ -164,7 +164,7 @@ class LattePipeline(VideoSysPipeline):
 
         denoise_start = time.perf_counter()
         latents = self.sample(latents, run, a["num_inference_steps"], seed)
-        return self.finish(latents, self.decode, start, denoise_start, a["num_inference_steps"])
+        return self.finish(latents, self.decode, start, denoise_start, self.denoised_steps)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""

@@ -293,4 +293,4 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         denoise_start = time.perf_counter()
         latents = self.sample(latents, run, a["num_inference_steps"], seed)
         decode = lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype)))  # noqa: E731
-        return self.finish(latents, decode, start, denoise_start, a["num_inference_steps"])
+        return self.finish(latents, decode, start, denoise_start, self.denoised_steps)
