@@ -56,8 +56,8 @@ class ForecastConfig:
 
     @classmethod
     def from_name(cls, arg: str, models=()) -> "ForecastConfig | None":
-        """"0.2" (adaptive threshold) or "i3" (fixed interval), each optionally followed by "-o<order>"
-        and "-taylor": "forecast-0.3", "forecast-i3-o2", "forecast-i5-o1-taylor"."""
+        """"0.2" (adaptive threshold) or "i3" (fixed interval), optionally followed by "-o<order>",
+        "-w<warmup>", "-m<max_skip>", "-taylor": "forecast-0.3", "forecast-i3-o2", "forecast-0.5-o2-m6-taylor"."""
         fields = {}
         parts = arg.split("-")
         try:
@@ -67,8 +67,8 @@ class ForecastConfig:
             else:
                 fields["threshold"] = float(head)
             for part in parts[1:]:
-                if part.startswith("o"):
-                    fields["order"] = int(part[1:])
+                if part[:1] in ("o", "w", "m"):
+                    fields[{"o": "order", "w": "warmup", "m": "max_skip"}[part[0]]] = int(part[1:])
                 elif part in BASES:
                     fields["basis"] = part
                 else:
