@@ -74,6 +74,10 @@ class DiffusersRunner:
 
         self.pipe = LattePipeline.from_pretrained(path, torch_dtype=torch.float32)
         self.pipe.set_progress_bar_config(disable=True)
+        frames = self.pipe.transformer.config.video_length  # diffusers' Latte: a fixed temporal position table
+        if config.num_frames != frames:
+            raise ValueError(f"diffusers' Latte generates exactly {frames} frames with this checkpoint; "
+                             f"got num_frames={config.num_frames} (--peers needs the checkpoint's frame count)")
         self.config = config
         self.spent = 0.0  # transformer seconds of the last generation
         forward = self.pipe.transformer.forward

@@ -25,6 +25,8 @@ def add_model_args(parser) -> None:
     parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
     parser.add_argument("--steps", type=int, help="override the number of denoising steps")
+    for name in ("num-frames", "height", "width"):
+        parser.add_argument("--" + name, type=int, help="override the config's (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
 
 
@@ -37,6 +39,9 @@ def model_config(args):
         overrides["model_path"] = args.model_path
     if args.steps:
         overrides["num_inference_steps"] = args.steps
+    for name in ("num_frames", "height", "width"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     return config_class(args.model)(**overrides)
 
 
