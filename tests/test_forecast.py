@@ -62,6 +62,8 @@ def test_taylor_basis_is_taylorseers_first_order_and_damped_at_second():
 def test_fixed_schedule():
     outputs, computed = drive(OutputForecast(ForecastConfig(order=1, interval=3, warmup=3)), poly([1.0, 1.0]), 12)
     assert computed == [0, 1, 2, 3, 6, 9, 11]  # warm-up, every 3rd after it, the last step
+    _, computed = drive(OutputForecast(ForecastConfig(order=1, interval=3, warmup=2, tail=3)), poly([1.0]), 12)
+    assert computed == [0, 1, 2, 5, 8, 9, 10, 11]  # the last 3 steps
     cache = OutputForecast(ForecastConfig(order=1, interval=3, warmup=3))
     drive(cache, poly([1.0]), 12)
     assert cache.stats() == {"computed_steps": 7, "reused_steps": 5, "reused_step_indices": [4, 5, 7, 8, 10]}
@@ -75,6 +77,13 @@ def test_adaptive_schedule_accumulates_the_last_terms_size():
     values = poly([1.0, 1.0])
     _, computed = drive(OutputForecast(ForecastConfig(order=1, threshold=0.5, warmup=3)), values, 6)
     assert computed == [0, 1, 2, 4, 5]  # step 3: 0.25 <= 0.5 forecast; step 4: 0.25 + 0.4 > 0.5 compute
+    # with `error`: the size of the second-order term a linear forecast leaves out (0 on a line: max_skip decides)
+    _, computed = drive(OutputForecast(ForecastConfig(order=1, threshold=1e-6, warmup=3, max_skip=2, error=True)),
+                        values, 9)
+    assert computed == [0, 1, 2, 5, 8]
+    _, computed = drive(OutputForecast(ForecastConfig(order=1, threshold=1e-6, warmup=3, max_skip=2, error=True)),
+                        poly([1.0, 1.0, 1.0]), 9)
+    assert computed == list(range(9))  # on a parabola the left-out term is never 0
     nan = lambda s: torch.full((2,), float("nan")) if s == 2 else torch.full((2,), float(s))  # noqa: E731
     _, computed = drive(OutputForecast(ForecastConfig(order=1, threshold=1.0, warmup=3)), nan, 6)
     assert computed == list(range(6))  # a non-finite size computes
@@ -83,8 +92,9 @@ def test_adaptive_schedule_accumulates_the_last_terms_size():
 def test_names_and_bad_settings():
     (config,) = configs_from_spec("forecast-i3-o2", ("latte",))
     assert (config.interval, config.order, config.basis) == (3, 2, "newton")
-    (config,) = configs_from_spec("forecast-0.3-o1-w4-m5-taylor", ("latte",))
-    assert (config.threshold, config.order, config.warmup, config.max_skip, config.basis) == (0.3, 1, 4, 5, "taylor")
+    (config,) = configs_from_spec("forecast-0.3-o1-w4-m5-t2-taylor-err", ("latte",))
+    assert (config.threshold, config.order, config.warmup, config.max_skip, config.tail, config.basis, config.error) == (
+        0.3, 1, 4, 5, 2, "taylor", True)
     for bad in ("forecast-x", "forecast-i3-q2"):
         with pytest.raises(ValueError, match="unknown cache"):
             configs_from_spec(bad, ("latte",))

@@ -16,7 +16,9 @@ Two schedules:
 - adaptive (`interval` 0): a step is forecast while the accumulated relative size of the forecast's
   highest-order term, sum |last term| / sum |forecast| (fp32, summed over the world group like TeaCache's
   relative L1), stays under `threshold`; at most `max_skip` forecasts in a row. One host sync per decision.
-The last step and refresh steps always compute; a non-finite size computes.
+  With `error` ("-err") the size is that of the first term left out (order + 1, from one more computed
+  step): the forecast's own error estimate.
+The last `tail` steps and refresh steps always compute; a non-finite size computes.
 """
 
 import math
@@ -37,11 +39,13 @@ class ForecastConfig:
     threshold: float = 0.2  # adaptive: accumulated relative size of the highest-order term that forces a compute
     warmup: int = 3  # first steps always computed (the prediction changes fastest at high noise)
     max_skip: int = 9  # adaptive: forecasts in a row at most
+    tail: int = 1  # last steps always computed (the final steps set the video's fine detail)
     basis: str = "newton"  # "newton" (exact polynomial extrapolation) or "taylor" (TaylorSeer's factors)
+    error: bool = False  # adaptive: size the first term left out (the forecast's error estimate), not the last one
 
     def __post_init__(self):
-        if self.order < 0 or self.interval < 0 or self.warmup < 1 or self.max_skip < 1:
-            raise ValueError(f"forecast needs order >= 0, interval >= 0, warmup >= 1, max_skip >= 1, got {self}")
+        if self.order < 0 or self.interval < 0 or self.warmup < 1 or self.max_skip < 1 or self.tail < 1:
+            raise ValueError(f"forecast needs order >= 0, interval >= 0, warmup, max_skip, tail >= 1, got {self}")
         if self.threshold < 0:
             raise ValueError(f"forecast threshold must be >= 0, got {self.threshold}")
         if self.interval == 0 and self.order < 1:
@@ -57,7 +61,7 @@ class ForecastConfig:
     @classmethod
     def from_name(cls, arg: str, models=()) -> "ForecastConfig | None":
         """"0.2" (adaptive threshold) or "i3" (fixed interval), optionally followed by "-o<order>",
-        "-w<warmup>", "-m<max_skip>", "-taylor": "forecast-0.3", "forecast-i3-o2", "forecast-0.5-o2-m6-taylor"."""
+        "-w<warmup>", "-m<max_skip>", "-t<tail>", "-err", "-taylor": "forecast-0.3", "forecast-i3-o2", "forecast-0.5-o2-m6-taylor"."""
         fields = {}
         parts = arg.split("-")
         try:
@@ -67,10 +71,12 @@ class ForecastConfig:
             else:
                 fields["threshold"] = float(head)
             for part in parts[1:]:
-                if part[:1] in ("o", "w", "m"):
-                    fields[{"o": "order", "w": "warmup", "m": "max_skip"}[part[0]]] = int(part[1:])
-                elif part in BASES:
+                if part in BASES:
                     fields["basis"] = part
+                elif part == "err":
+                    fields["error"] = True
+                elif part[:1] in ("o", "w", "m", "t"):
+                    fields[{"o": "order", "w": "warmup", "m": "max_skip", "t": "tail"}[part[0]]] = int(part[1:])
                 else:
                     return None
         except ValueError:
@@ -127,24 +133,30 @@ class OutputForecast(Cache):
             weight *= self.step - self.steps[-1 - m]
         return self.terms[j] * weight
 
+    @property
+    def kept(self) -> int:
+        """Terms kept: order + 1, one more when the adaptive criterion sizes the first term left out."""
+        c = self.config
+        return c.order + 1 + (c.error and not c.interval)
+
     def remember(self, out: torch.Tensor) -> None:
         value, self.dtype = out.float(), out.dtype
         if self.config.basis == "taylor":
             factors = [value]
             if self.terms:
                 gap = self.step - self.steps[-1]
-                for j in range(min(self.config.order, len(self.terms))):
+                for j in range(min(self.kept - 1, len(self.terms))):
                     factors.append((factors[j] - self.terms[j]) / gap)
             self.terms = factors
             self.steps, self.values = [self.step], []
             return
-        self.steps = (self.steps + [self.step])[-(self.config.order + 1):]
-        self.values = (self.values + [value])[-(self.config.order + 1):]
+        self.steps = (self.steps + [self.step])[-self.kept:]
+        self.values = (self.values + [value])[-self.kept:]
         self.terms = newton_coefficients(self.steps, self.values)
 
     def must_compute(self) -> bool:
         c = self.config
-        return (self.step < c.warmup or self.step >= self.num_steps - 1 or self.step in self.refresh_steps
+        return (self.step < c.warmup or self.step >= self.num_steps - c.tail or self.step in self.refresh_steps
                 or not self.terms)
 
     def decide(self, terms: list[torch.Tensor], forecast: torch.Tensor) -> bool:
@@ -171,7 +183,8 @@ class OutputForecast(Cache):
         forecast = None
         if not self.must_compute():
             terms = [self.term(j) for j in range(len(self.terms))]
-            forecast = sum(terms[1:], terms[0])
+            used = terms[: self.config.order + 1]  # with `error`, terms[-1] is the first term left out
+            forecast = sum(used[1:], used[0])
             if self.decide(terms, forecast):
                 forecast = None
         if forecast is None:
@@ -194,5 +207,7 @@ class OutputForecast(Cache):
 
 register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.for_model,
          parse=ForecastConfig.from_name, names=("forecast",),
-         sweep=("forecast-i2-o2", "forecast-i3-o2", "forecast-0.1", "forecast-0.2", "forecast-0.3", "forecast-i5-o1"),
-         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>]")
+         # from ~1.5x to ~2.5x on the demo model (README): fixed intervals 2 .. 5 and adaptive thresholds between them
+         sweep=("forecast-i2", "forecast-0.2", "forecast-0.3-m2", "forecast-i3", "forecast-0.5", "forecast-i4",
+                "forecast-0.7", "forecast-i5"),
+         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]")
