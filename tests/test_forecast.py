@@ -20,7 +20,7 @@ def drive(cache: OutputForecast, values, num_steps: int):
     outputs, computed = [], []
     for i in range(num_steps):
         cache.set_step(i, float(1000 - i))
-        outputs.append(cache.output(lambda: computed.append(i) or values(i)))
+        outputs.append(cache.step_output(lambda: computed.append(i) or values(i)))
     return outputs, computed
 
 

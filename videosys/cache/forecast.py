@@ -177,7 +177,7 @@ class OutputForecast(Cache):
         self.accumulated += size
         return self.accumulated > c.threshold
 
-    def output(self, compute, group=None) -> torch.Tensor:
+    def step_output(self, compute, group=None) -> torch.Tensor:
         """The step-output hook: the model's prediction on a computed step, else the forecast."""
         self.group = group
         forecast = None
