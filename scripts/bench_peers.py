@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--output", default="outputs/bench_peers.json")
     args = parser.parse_args(argv)
-    forwarded = ["--variants", "none", "--peers", *args.variants, "--repeats", str(args.repeats), "--output", args.output]
+    forwarded = ["--variants", "none", "--peers", *args.variants, "--repeats", str(args.repeats),
+                 "--output", args.output]
     for flag, value in (("--model-path", args.model_path), ("--prompts", args.prompts), ("--steps", args.steps),
                         ("--threads", args.threads)):
         if value is not None:

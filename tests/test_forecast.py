@@ -93,8 +93,8 @@ def test_names_and_bad_settings():
     (config,) = configs_from_spec("forecast-i3-o2", ("latte",))
     assert (config.interval, config.order, config.basis) == (3, 2, "newton")
     (config,) = configs_from_spec("forecast-0.3-o1-w4-m5-t2-taylor-err", ("latte",))
-    assert (config.threshold, config.order, config.warmup, config.max_skip, config.tail, config.basis, config.error) == (
-        0.3, 1, 4, 5, 2, "taylor", True)
+    fields = (config.threshold, config.order, config.warmup, config.max_skip, config.tail, config.basis, config.error)
+    assert fields == (0.3, 1, 4, 5, 2, "taylor", True)
     for bad in ("forecast-x", "forecast-i3-q2"):
         with pytest.raises(ValueError, match="unknown cache"):
             configs_from_spec(bad, ("latte",))

@@ -61,7 +61,8 @@ class ForecastConfig:
     @classmethod
     def from_name(cls, arg: str, models=()) -> "ForecastConfig | None":
         """"0.2" (adaptive threshold) or "i3" (fixed interval), optionally followed by "-o<order>",
-        "-w<warmup>", "-m<max_skip>", "-t<tail>", "-err", "-taylor": "forecast-0.3", "forecast-i3-o2", "forecast-0.5-o2-m6-taylor"."""
+        "-w<warmup>", "-m<max_skip>", "-t<tail>", "-err", "-taylor": "forecast-0.3", "forecast-i3-o2",
+        "forecast-0.5-o2-m6-taylor"."""
         fields = {}
         parts = arg.split("-")
         try:

@@ -117,8 +117,8 @@ def time_rounds(entries: list[tuple], jobs: list[tuple], rounds: int) -> dict:
             _, total, _ = runner.generate(prompt, seed)
             if r:
                 times[name].append((total, runner.spent))
-    return {name: {"total_s": statistics.median(t for t, _ in runs), "transformer_s": statistics.median(s for _, s in runs)}
-            for name, runs in times.items()}
+    return {name: {"total_s": statistics.median(t for t, _ in runs),
+                   "transformer_s": statistics.median(s for _, s in runs)} for name, runs in times.items()}
 
 
 def lpips_model_or_none(device):
@@ -208,8 +208,8 @@ def frontier_table(results: dict, entries: list[dict]) -> str:
         parts = []
         for metric in ("psnr", "lpips"):
             best = e[metric]
-            cells = [("*" if e[f"{metric}_{f}"] == best and best is not None else " ") + cell(e[f"{metric}_{f}"], metric)
-                     for f in frameworks]
+            winners = [e[f"{metric}_{f}"] for f in frameworks]
+            cells = [("*" if w == best and best is not None else " ") + cell(w, metric) for w in winners]
             parts.append(f"{metric.upper()}: " + " | ".join(cells))
         lines.append(f">= {e['speedup_at_least']:.2f}x  " + "   ".join(parts))
     return f"best at each speed-up ({' | '.join(frameworks)}; * = best overall)\n" + "\n".join(lines)
@@ -223,7 +223,8 @@ def add_arguments(parser) -> None:
 
     add_model_args(parser)
     parser.add_argument("--variants", nargs="+",
-                        help=f"cache specs (default: 'none' and every registered method's sweep): {', '.join(choices())}, "
+                        help="cache specs (default: 'none' and every registered method's sweep): "
+                             f"{', '.join(choices())}, "
                              "teacache-cal-<threshold> (with --coefficients); a+b runs two methods at once")
     parser.add_argument("--peers", nargs="*", metavar="PEER",
                         help="also diffusers' caches on the same Latte checkpoint, timed in the same rounds "
