@@ -70,7 +70,8 @@ def test_scripts_calibrate_then_bench_with_the_coefficients(tmp_path):
     assert report["points"] == 2 * 7 == len(report["x"]) and len(report["coefficients"]) == 5
     assert report["published"] == "latte" and report["published_r2"] is not None
 
-    bench = load_script("bench_cache")
+    from videosys.eval import bench
+
     with pytest.raises(ValueError, match="needs --coefficients"):
         bench.cache_spec("teacache-cal-0.1")
     with pytest.raises(ValueError, match="must be a number"):
@@ -85,7 +86,8 @@ def test_scripts_calibrate_then_bench_with_the_coefficients(tmp_path):
                        "--output", str(frontier)]) == 0
     row = json.loads(frontier.read_text())["results"]["teacache-cal-2.5"]
     # accumulated 1, 2 (reuse), 3 >= 2.5 (compute): steps 0, 3, 6 and the last one computed
-    assert row["teacache"]["computed_steps"] == 4 and row["teacache"]["reused_step_indices"] == [1, 2, 4, 5]
+    tea = row["caches"]["teacache"]
+    assert tea["computed_steps"] == 4 and tea["reused_step_indices"] == [1, 2, 4, 5]
 
 
 def test_magcache_ratios_are_the_stack_residual_norm_ratios(tiny_latte):

@@ -1,5 +1,5 @@
 """The shipped demo model, `LatteConfig(preset="demo")`: a standard checkpoint folder that draws what
-its prompt asks for, and the cache frontier (scripts/bench_cache.py) on it."""
+its prompt asks for, and the cache frontier (`videosys bench`) on it."""
 
 import json
 import os
@@ -64,7 +64,8 @@ def test_demo_follows_colour_and_direction(engine):
 
 
 def test_bench_cache_frontier_on_the_demo(tmp_path):
-    bench = load_script("bench_cache")
+    from videosys.eval import bench
+
     out = tmp_path / "frontier.json"
     assert bench.main(["--variants", "none", "teacache-0.5", "pab-246", "--prompts", "2", "--steps", "30",
                        "--output", str(out)]) == 0
@@ -72,7 +73,7 @@ def test_bench_cache_frontier_on_the_demo(tmp_path):
     results = report["results"]
     assert list(results) == ["none", "teacache-0.5", "pab-246"] and report["preset"] == "demo"
     assert results["none"]["speedup"] == 1.0 and "psnr" not in results["none"]
-    tea = results["teacache-0.5"]["teacache"]
+    tea = results["teacache-0.5"]["caches"]["teacache"]
     assert tea["computed_steps"] + tea["reused_steps"] == 30 and tea["reused_steps"] > 0
     for variant in ("teacache-0.5", "pab-246"):
         row = results[variant]

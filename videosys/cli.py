@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     serve_cli.add_parser(sub)
     _add_reconstruct(sub)
+    from videosys.eval import bench
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -122,6 +125,10 @@ def main(argv=None) -> int:
 
     if args.command == "reconstruct":
         return _reconstruct(args, VideoSysEngine)
+    if args.command == "bench":
+        from videosys.eval import bench
+
+        return bench.run_args(args)
     try:
         if args.command == "serve":
             return serve_cli.run(args)

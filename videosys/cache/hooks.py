@@ -11,6 +11,9 @@ Three points, under the same names in every family:
   returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer act here.
 - the CFG branch outputs (`cfg_skip` / `cfg_supply` / `cfg_observe`, in the pipeline's loop): a
   method may skip the uncond branch on a step and supply its output from the cond one.
+- the step's model output (`step_output`, in the pipeline's loop around the model call(s) of a step): a
+  method returns compute() (the prediction, guided with CFG) or supplies it without calling the model
+  (a forecast). Whole-model forecasting acts here.
 
 A method's state object subclasses `Cache` and defines the hooks where it acts; the others stay
 None and cost nothing. Several methods may be active at once: at one point they nest in the order
@@ -48,6 +51,9 @@ class Cache:
     cfg_skip: Callable | None = None
     cfg_supply: Callable | None = None
     cfg_observe: Callable | None = None
+    # step output: step_output(self, compute: () -> Tensor, group) -> Tensor (the step's prediction, guided with
+    # CFG, whole on every rank; group: the world group); skip compute() to supply it without the model
+    step_output: Callable | None = None
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         """A new generation over these (host-side) timesteps: forget the last one. On `refresh_steps` a method
@@ -194,6 +200,17 @@ class CacheMixin:
 
     def cache_postfix(self) -> str:
         return ", ".join(p for p in (c.postfix() for c in self.caches.values()) if p)
+
+    # ---- step output point (the pipeline's loop) --------------------------------------------------
+    def cache_output(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """compute() through the active output methods, the first enabled outermost."""
+        methods = [c for c in self.caches.values() if c.step_output is not None]
+        group = self.parallel.world_group
+
+        def through(k: int) -> torch.Tensor:
+            return compute() if k == len(methods) else methods[k].step_output(lambda: through(k + 1), group)
+
+        return through(0)
 
     # ---- CFG branch point (the pipeline's loop) ---------------------------------------------------
     def cache_cfg_skipper(self):

@@ -17,6 +17,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -228,9 +229,10 @@ class VideoSysPipeline:
             if before_step is not None:
                 latents = before_step(i, t, latents)
             if do_cfg:
-                pred = self.guided_prediction(predict, latents, i, t, conditioning, local, scales[i])
+                compute = partial(self.guided_prediction, predict, latents, i, t, conditioning, local, scales[i])
             else:
-                pred = predict(latents, i, t, *conditioning)
+                compute = partial(predict, latents, i, t, *conditioning)
+            pred = self.transformer.cache_output(compute)  # a cache may supply it without the model (a forecast)
             latents = step(pred, i, t, latents)
         return latents
 

@@ -69,7 +69,8 @@ OPTIONAL_PANELS = (("ssim", "SSIM vs baseline", "higher is better"), ("vbench", 
                    ("accuracy", "prompt accuracy (tracker)", "higher is better"))
 
 
-COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+           "tab:olive", "tab:cyan"]
 
 
 def method_of(variant: str) -> str:
@@ -94,9 +95,10 @@ def plot(points: list[dict], output: str, title: str, baseline_vbench: float | N
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (metric, label, better) in zip(axes, panels):
         shown = sorted((p for p in points if p.get(metric) is not None), key=lambda p: p["speedup"])
-        methods = sorted({method_of(p["variant"]) for p in shown})
+        line_of = lambda p: p.get("method") or method_of(p["variant"])  # noqa: E731  (a point may name its method)
+        methods = sorted({line_of(p) for p in shown})
         for colour, method in zip(COLOURS * len(methods), methods):  # one line per method (its thresholds/presets)
-            mine = [p for p in shown if method_of(p["variant"]) == method]
+            mine = [p for p in shown if line_of(p) == method]
             ax.plot([p["speedup"] for p in mine], [p[metric] for p in mine], color=colour, alpha=0.4)
             ax.scatter([p["speedup"] for p in mine], [p[metric] for p in mine], color=colour, zorder=3, label=method)
         if len(methods) > 1:

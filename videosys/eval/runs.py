@@ -21,9 +21,12 @@ def add_model_args(parser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--prompt-set", choices=("demo", "builtin"), default="demo",
                         help="demo: eval_demo's 24 prompts, scored by its tracker; builtin: a few generic prompts")
+    parser.add_argument("--prompt-file", help="one prompt a line (replaces --prompt-set; no prompt accuracy)")
     parser.add_argument("--prompts", type=int, help="only the first N prompts of the set")
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
     parser.add_argument("--steps", type=int, help="override the number of denoising steps")
+    for name in ("num-frames", "height", "width"):
+        parser.add_argument("--" + name, type=int, help="override the config's (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch threads on CPU (default: torch's choice)")
 
 
@@ -36,9 +39,18 @@ def model_config(args):
         overrides["model_path"] = args.model_path
     if args.steps:
         overrides["num_inference_steps"] = args.steps
+    for name in ("num_frames", "height", "width"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     return config_class(args.model)(**overrides)
 
 
 def prompt_list(args) -> list[str]:
+    if getattr(args, "prompt_file", None):
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+        if not prompts:
+            raise ValueError(f"no prompts in {args.prompt_file!r}")
+        return prompts[: args.prompts]
     prompts = demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
     return prompts[: args.prompts]

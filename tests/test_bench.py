@@ -1,0 +1,104 @@
+"""`videosys bench` (videosys/eval/bench.py): the command on the tiny preset, its checks before any weight load,
+the frontier table, and diffusers' caches drawn in the same run (--peers)."""
+
+import argparse
+import json
+
+import pytest
+
+from videosys import cli
+from videosys.cache import sweep_names
+from videosys.eval import bench
+from videosys.models import config_class
+
+SMALL = ["--prompts", "2", "--steps", "4", "--num-frames", "4", "--height", "48", "--width", "48", "--repeats", "1"]
+
+
+def parsed(*argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_bench_command_on_the_tiny_preset(tmp_path, capsys):
+    out = tmp_path / "frontier.json"
+    assert cli.main(["bench", "--model", "latte", "--preset", "tiny", "--prompt-set", "builtin", *SMALL,
+                     "--variants", "none", "teacache-1.0", "forecast-i2-o1-w1", "pab-246", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert list(results) == ["none", "teacache-1.0", "forecast-i2-o1-w1", "pab-246"] and report["steps"] == 4
+    assert results["none"]["speedup"] == 1.0 and "psnr" not in results["none"]
+    forecast = results["forecast-i2-o1-w1"]["caches"]["forecast"]
+    assert forecast["reused_step_indices"] == [2]  # 4 steps: step 0 (warm-up), 1 (interval), 3 (the last) compute
+    tea = results["teacache-1.0"]["caches"]["teacache"]
+    assert tea["computed_steps"] + tea["reused_steps"] == 4
+    for variant in ("teacache-1.0", "forecast-i2-o1-w1", "pab-246"):
+        row = results[variant]
+        assert row["framework"] == "videosys" and row["speedup"] > 0 and 0 < row["ssim"] <= 1
+        assert row["method"] == variant.split("-")[0]
+    assert "accuracy" not in results["pab-246"]  # builtin prompts: no tracker score
+    assert [e["speedup_at_least"] for e in report["frontier"]] == list(bench.TARGETS)
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "best at each speed-up" in printed and "forecast-i2-o1-w1" in printed
+
+
+def test_default_variants_are_every_registered_sweep():
+    config = config_class("latte")(preset="tiny")
+    variants = bench.check(parsed(), config)
+    assert variants == sweep_names() and variants[0] == "none"
+    assert any(v.startswith("forecast-") for v in variants) and any(v.startswith("teacache-") for v in variants)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--variants", "teacache-slow"], "must include none"),
+    (["--variants", "none", "nosuchcache-3"], "unknown cache"),
+    (["--model", "cogvideox", "--peers"], "only with --model latte"),
+    (["--peers", "taylorseer-x"], "unknown peer variant"),
+    (["--repeats", "0"], "--repeats must be"),
+])
+def test_bad_input_fails_before_any_weight_load(argv, message, capsys, monkeypatch):
+    from videosys.core import engine
+
+    monkeypatch.setattr(engine.VideoSysEngine, "__init__", lambda *a, **k: pytest.fail("built an engine"))
+    assert bench.main(["--preset", "tiny", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_frontier_picks_the_best_at_or_above_each_speedup():
+    results = {
+        "none": dict(framework="videosys", speedup=1.0),
+        "a": dict(framework="videosys", speedup=1.4, psnr=40.0, lpips=0.01),
+        "b": dict(framework="videosys", speedup=1.9, psnr=30.0, lpips=0.03),
+        "diffusers:none": dict(framework="diffusers", speedup=1.0),
+        "diffusers:c": dict(framework="diffusers", speedup=1.5, psnr=35.0, lpips=0.005),
+    }
+    by_target = {e["speedup_at_least"]: e for e in bench.frontier(results, (1.35, 1.45, 1.8, 2.0))}
+    assert by_target[1.35]["psnr"] == "a" and by_target[1.35]["lpips"] == "diffusers:c"
+    assert by_target[1.45]["psnr"] == "diffusers:c" and by_target[1.45]["psnr_videosys"] == "b"
+    assert by_target[1.8]["psnr"] == "b" and by_target[1.8]["psnr_diffusers"] is None
+    assert by_target[2.0]["psnr"] is None
+    text = bench.frontier_table(results, list(by_target.values()))
+    assert ">= 1.45x" in text and "*diffusers:c 35.00 @1.50x" in text
+
+
+def test_peers_run_in_the_same_rounds(tmp_path):
+    """diffusers' LattePipeline on the demo folder with its TaylorSeer lite: fidelity against its own uncached run."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "peers.json"
+    small = ["--prompts", "2", "--steps", "4", "--repeats", "1"]  # diffusers' Latte: the checkpoint's 16 frames
+    assert bench.main(["--preset", "demo", *small, "--variants", "none", "forecast-i2-o1-w1",
+                       "--peers", "taylorseer-lite-2", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["none", "forecast-i2-o1-w1", "diffusers:none", "diffusers:taylorseer-lite-2"]
+    peer = results["diffusers:taylorseer-lite-2"]
+    assert peer["framework"] == "diffusers" and peer["method"] == "diffusers:taylorseer-lite"
+    assert results["diffusers:none"]["speedup"] == 1.0 and 10 < peer["psnr"] < 100
+    assert 0 <= peer["accuracy"] <= 1 and peer["accuracy_detail"]["n"] == 2
+
+
+def test_old_script_names_are_the_command():
+    from eval_helpers import load_script
+
+    assert load_script("bench_cache").main is bench.main
+    assert load_script("bench_cache").cache_spec is bench.cache_spec

@@ -1,0 +1,355 @@
+"""`videosys bench`: every registered cache at several settings on one model, against no cache, and the peers'.
+
+    videosys bench                                          # the demo model, every method's registered sweep
+    videosys bench --peers --threads 1                      # and diffusers' caches on the same checkpoint
+    videosys bench --model latte --preset tiny --prompt-set builtin --variants none pab forecast-0.2
+    videosys bench --model cogvideox --model-path THUDM/CogVideoX-2b --device cuda --prompt-file prompts.txt
+
+One engine is built; the caches are switched on it between runs (no weight reloads). Per variant: end-to-end
+and transformer seconds per video, speed-up over no cache (a peer's over its own framework's uncached run),
+the steps computed, PSNR / SSIM / LPIPS of each video against the uncached video of the same prompt and seed
+in the same framework (frames in [0, 1], averaged per frame: eval/common_metrics' protocol; LPIPS when its
+weights are available) and, with the demo prompts, the colour-and-direction accuracy of the demo tracker.
+Times are medians over --repeats rounds that each generate one video with every variant in turn (ours and
+the peers' interleaved, the order rotated each round, after a warm-up round), so drift of the machine hits
+every variant alike. Writes JSON, a PNG of speed-up vs PSNR and vs LPIPS, and prints the table and the
+frontier: the best variant at each speed-up.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from videosys.eval import demo as eval_demo
+from videosys.eval import peers as peer_caches
+from videosys.eval.metrics import average_per_frame, video_metrics
+from videosys.eval.runs import add_model_args, model_config, prompt_list
+from videosys.utils.files import write_json
+
+TARGETS = (1.2, 1.35, 1.6, 1.8, 2.0, 2.2, 2.5)  # speed-ups the frontier table reads (issue 18's comparison points)
+
+
+# ---------------------------------------------------------------- variants
+
+
+def cache_spec(variant: str, coefficients=None):
+    """A variant name as engine.set_cache takes it; "teacache-cal-<threshold>" is TeaCache with the
+    coefficients of a calibration (scripts/calibrate_teacache.py, --coefficients); "a+b" is both."""
+    if "+" in variant:
+        return [cache_spec(part, coefficients) for part in variant.split("+")]
+    if not variant.startswith("teacache-cal-"):
+        return variant
+    if coefficients is None:
+        raise ValueError(f"{variant} needs --coefficients (a scripts/calibrate_teacache.py JSON)")
+    try:
+        threshold = float(variant[len("teacache-cal-"):])
+    except ValueError:
+        raise ValueError(f"{variant}: the threshold after teacache-cal- must be a number") from None
+    return {"method": "teacache", "threshold": threshold, "coefficients": coefficients}
+
+
+def method_of(variant: str) -> str:
+    """The method a variant belongs to (its points share a line in the plot): "teacache-0.3" -> "teacache",
+    "forecast-i3-o2" -> "forecast", "diffusers:taylorseer-lite-3" -> "diffusers:taylorseer-lite"."""
+    from videosys.cache.registry import _method_for_name
+
+    if variant.startswith(peer_caches.PREFIX):
+        return peer_caches.PREFIX + peer_caches.method_of(variant[len(peer_caches.PREFIX):])
+    if "+" in variant:
+        return "+".join(method_of(part) for part in variant.split("+"))
+    if variant.startswith("teacache-cal-"):
+        return "teacache-cal"
+    try:
+        return _method_for_name(variant)[0].name
+    except ValueError:
+        return variant
+
+
+# ---------------------------------------------------------------- runners: ours and diffusers'
+
+
+class EngineRunner:
+    """Our engine, one cache variant at a time; sums the transformer's wall time per generation."""
+
+    def __init__(self, engine, coefficients=None):
+        from videosys.cache import METHODS
+
+        self.engine, self.coefficients, self.methods = engine, coefficients, METHODS
+        self.spent = 0.0
+        transformer = engine.pipeline.transformer
+        forward = transformer.forward
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = forward(*args, **kwargs)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)
+            self.spent += time.perf_counter() - start
+            return out
+
+        transformer.forward = timed
+
+    def set_cache(self, variant: str) -> None:
+        self.engine.set_cache(cache_spec(variant, self.coefficients))
+
+    def generate(self, prompt: str, seed: int):
+        self.spent = 0.0
+        out = self.engine.generate(prompt, seed=seed)
+        stats = {name: value for name, value in out.stats.items() if name in self.methods}
+        return out.video[0].numpy(), out.stats["total_s"], stats
+
+
+def time_rounds(entries: list[tuple], jobs: list[tuple], rounds: int) -> dict:
+    """Median end-to-end and transformer seconds per video of each (name, runner, variant), timed in
+    interleaved rounds: every entry once per round, the order rotated each round, round r on job r.
+    Round 0 warms every entry up and is not counted."""
+    times = {name: [] for name, _, _ in entries}
+    for r in range(rounds + 1):
+        prompt, seed = jobs[r % len(jobs)]
+        shift = r % len(entries)
+        for name, runner, variant in entries[shift:] + entries[:shift]:
+            runner.set_cache(variant)
+            _, total, _ = runner.generate(prompt, seed)
+            if r:
+                times[name].append((total, runner.spent))
+    return {name: {"total_s": statistics.median(t for t, _ in runs),
+                   "transformer_s": statistics.median(s for _, s in runs)} for name, runs in times.items()}
+
+
+def lpips_model_or_none(device):
+    try:
+        from videosys.eval.lpips import load_lpips
+
+        return load_lpips(device=device)
+    except (FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"(LPIPS skipped: {str(err).splitlines()[0]})")
+        return None
+
+
+def fidelity(baseline: list, videos: list, lpips, device) -> dict:
+    """PSNR / SSIM / LPIPS of each video against the baseline video of the same job, averaged per frame."""
+    names = ("psnr", "ssim", "lpips") if lpips is not None else ("psnr", "ssim")
+    curves = {name: [] for name in names}
+    for ref, video in zip(baseline, videos):
+        for name, values in video_metrics(ref, video, names, lpips, device=device).items():
+            curves[name].append(values)
+    return {name: average_per_frame(values)[0] for name, values in curves.items()}
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def computed_of(row: dict) -> str:
+    """"23/50": the steps a step-level method computed in the last video; "all" when none skips steps."""
+    for stats in row.get("caches", {}).values():
+        if isinstance(stats, dict) and "computed_steps" in stats:
+            return f"{stats['computed_steps']}/{stats['computed_steps'] + stats['reused_steps']}"
+    return "all" if row.get("framework") == "videosys" else "-"
+
+
+def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    width = max([15] + [len(v) + 2 for v in results])
+    head = f"{'variant':<{width}}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'PSNR':>8}{'SSIM':>8}"
+    head += f"{'LPIPS':>8}" if with_lpips else ""
+    head += f"{'accuracy':>9}" if with_accuracy else ""
+    lines = [head]
+    for variant, row in results.items():
+        line = (f"{variant:<{width}}{row['total_s']:>9.3f}{row['transformer_s']:>10.3f}{row['speedup']:>8.2f}x"
+                f"{computed_of(row):>9}{fmt(row.get('psnr'), '.2f'):>8}{fmt(row.get('ssim'), '.4f'):>8}")
+        line += f"{fmt(row.get('lpips'), '.4f'):>8}" if with_lpips else ""
+        line += f"{fmt(row.get('accuracy'), '.3f'):>9}" if with_accuracy else ""
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def best_at(results: dict, target: float, metric: str, framework: str | None = None) -> str | None:
+    """The variant with the best `metric` among those at least `target` times faster than their baseline
+    (PSNR: highest, LPIPS: lowest), of one framework or of all; None if none is that fast."""
+    rows = [(v, r) for v, r in results.items() if r.get(metric) is not None and r["speedup"] >= target
+            and (framework is None or r["framework"] == framework)]
+    if not rows:
+        return None
+    sign = -1 if metric == "lpips" else 1
+    return max(rows, key=lambda vr: sign * vr[1][metric])[0]
+
+
+def frontier(results: dict, targets=TARGETS) -> list[dict]:
+    """Per target speed-up: the best variant overall on PSNR and on LPIPS, and the best of each framework."""
+    frameworks = sorted({r["framework"] for r in results.values()})
+    out = []
+    for target in targets:
+        entry = {"speedup_at_least": target}
+        for metric in ("psnr", "lpips"):
+            entry[metric] = best_at(results, target, metric)
+            for framework in frameworks:
+                entry[f"{metric}_{framework}"] = best_at(results, target, metric, framework)
+        out.append(entry)
+    return out
+
+
+def frontier_table(results: dict, entries: list[dict]) -> str:
+    """One line per target speed-up: the best PSNR and the best LPIPS there (with the framework's best if another
+    framework's variant wins), '*' marking the overall best."""
+    def cell(variant, metric):
+        if variant is None:
+            return "-"
+        row = results[variant]
+        return f"{variant} {row[metric]:.{2 if metric == 'psnr' else 4}f} @{row['speedup']:.2f}x"
+
+    frameworks = sorted({r["framework"] for r in results.values()})
+    lines = []
+    for e in entries:
+        parts = []
+        for metric in ("psnr", "lpips"):
+            best = e[metric]
+            winners = [e[f"{metric}_{f}"] for f in frameworks]
+            cells = [("*" if w == best and best is not None else " ") + cell(w, metric) for w in winners]
+            parts.append(f"{metric.upper()}: " + " | ".join(cells))
+        lines.append(f">= {e['speedup_at_least']:.2f}x  " + "   ".join(parts))
+    return f"best at each speed-up ({' | '.join(frameworks)}; * = best overall)\n" + "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def add_arguments(parser) -> None:
+    from videosys.cache import choices
+
+    add_model_args(parser)
+    parser.add_argument("--variants", nargs="+",
+                        help="cache specs (default: 'none' and every registered method's sweep): "
+                             f"{', '.join(choices())}, "
+                             "teacache-cal-<threshold> (with --coefficients); a+b runs two methods at once")
+    parser.add_argument("--peers", nargs="*", metavar="PEER",
+                        help="also diffusers' caches on the same Latte checkpoint, timed in the same rounds "
+                             f"(no names: {' '.join(peer_caches.VARIANTS)})")
+    parser.add_argument("--coefficients", help="JSON of scripts/calibrate_teacache.py: its polynomial for "
+                                               "the teacache-cal-<threshold> variants")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds: each times every variant once, interleaved (median per variant)")
+    parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
+
+
+def check(args, config) -> list[str]:
+    """Our variants, 'none' first; every name and option checked before any weight load."""
+    from videosys.cache import configs_from_spec, sweep_names
+
+    variants = list(args.variants) if args.variants else sweep_names()
+    if "none" not in variants:
+        raise ValueError("--variants must include none (the baseline every other variant is compared with)")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    coefficients = [0.0] if args.coefficients else None  # the names only; the file is read later
+    for variant in variants:
+        configs_from_spec(cache_spec(variant, coefficients), config.cache_models())
+    if args.peers is not None:
+        if args.model != "latte":
+            raise ValueError("--peers runs diffusers' LattePipeline: only with --model latte")
+        for peer in args.peers:
+            peer_caches.cache_config(peer)
+    return ["none"] + [v for v in variants if v != "none"]
+
+
+def run(args) -> int:
+    config = model_config(args)
+    variants = check(args, config)
+    prompts = prompt_list(args)
+    jobs = [(prompt, seed) for prompt in prompts for seed in range(args.seeds)]
+    with_accuracy = args.prompt_set == "demo" and not getattr(args, "prompt_file", None)
+    device = config.torch_device()
+    coefficients = None
+    if args.coefficients:
+        with open(args.coefficients) as f:
+            coefficients = json.load(f)["coefficients"]
+    peers = None if args.peers is None else ["none"] + [p for p in (args.peers or peer_caches.VARIANTS) if p != "none"]
+    if peers is not None and config.checkpoint() is None:
+        raise ValueError("--peers needs a checkpoint folder diffusers can load (the demo preset or --model-path)")
+    lpips = lpips_model_or_none(device)
+
+    from videosys import VideoSysEngine
+
+    with VideoSysEngine(config) as engine:
+        ours = EngineRunner(engine, coefficients)
+        entries = [(v, ours, v) for v in variants]
+        if peers is not None:
+            theirs = peer_caches.DiffusersRunner(config.checkpoint(), config)
+            entries += [(peer_caches.PREFIX + p, theirs, p) for p in peers]
+        timings = time_rounds(entries, jobs, args.repeats)
+        results, baselines = {}, {}
+        for name, runner, variant in entries:
+            framework = "videosys" if runner is ours else "diffusers"
+            runner.set_cache(variant)
+            videos, stats = [], {}
+            for prompt, seed in jobs:
+                video, _, stats = runner.generate(prompt, seed)
+                videos.append(video)
+            row = {"framework": framework, "variant": variant, "method": method_of(name), "caches": stats,
+                   **timings[name]}
+            if variant == "none":
+                baselines[framework] = (name, videos)
+            else:
+                row.update(fidelity(baselines[framework][1], videos, lpips, device))
+            if with_accuracy:
+                rows = [eval_demo.row(f"{p}-{s}", p, v) for (p, s), v in zip(jobs, videos)]
+                row["accuracy_detail"] = eval_demo.score(rows)
+                row["accuracy"] = row["accuracy_detail"]["both"]
+            results[name] = row
+            print(f"{name}: {row['total_s']:.3f} s/video", flush=True)
+
+    for row in results.values():
+        base = results[baselines[row["framework"]][0]]
+        row["speedup"] = base["total_s"] / row["total_s"]
+        row["transformer_speedup"] = base["transformer_s"] / row["transformer_s"]
+        row["speedup_vs_videosys"] = results["none"]["total_s"] / row["total_s"]
+    name = args.model_path or args.preset
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(f"{args.model} ({name}) on {device}, {config.num_inference_steps} steps, {config.num_frames}x{config.height}x"
+          f"{config.width}, {len(jobs)} videos per variant, times: median of {args.repeats} interleaved rounds "
+          f"({torch.get_num_threads()} threads, load average {load})")
+    print(table(results, lpips is not None, with_accuracy))
+    entries_frontier = frontier(results)
+    print(frontier_table(results, entries_frontier))
+
+    report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "device": str(device),
+              "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
+              "seeds": args.seeds, "repeats": args.repeats, "threads": torch.get_num_threads(), "load_average": load,
+              "results": results, "frontier": entries_frontier}
+    write_json(args.output, report)
+    png = os.path.splitext(args.output)[0] + ".png"
+    from videosys.eval.frontier import plot
+
+    points = [{**row, "variant": v} for v, row in results.items() if row["variant"] != "none"]
+    plot(points, png, f"{args.model} ({os.path.basename(os.path.normpath(str(name)))}): speed / fidelity",
+         baselines={"accuracy": results["none"].get("accuracy"), "ssim": 1.0}, optional=("ssim", "accuracy"))
+    print(f"wrote {args.output} and {png}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="every registered cache (and optionally the peers') on one model: "
+                                         "speed-up vs fidelity, JSON + PNG + table",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(bench)
+
+
+def main(argv=None) -> int:
+    """`videosys bench` as a function (scripts/bench_cache.py)."""
+    parser = argparse.ArgumentParser(prog="videosys bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))
+
+
+def run_args(args) -> int:
+    """run(args), a bad input said in one line (exit status 2) rather than a traceback."""
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"videosys bench: error: {err}", file=sys.stderr)
+        return 2
