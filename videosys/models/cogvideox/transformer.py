@@ -148,8 +148,8 @@ class CogVideoXBlock(nn.Module):
         heads = attn.heads // sp
         joint = torch.cat([text, x], dim=1)  # (B, S + N_local, C)
         qkv = []
-        for proj in (attn.to_q, attn.to_k, attn.to_v):
-            t = proj(joint).view(b, joint.shape[1], attn.heads, attn.head_dim)  # (B, S + N_local, H, d)
+        for t in attn.project_qkv(joint):
+            t = t.view(b, joint.shape[1], attn.heads, attn.head_dim)  # (B, S + N_local, H, d)
             if sp > 1:
                 text_part = t[:, :s, rank * heads:(rank + 1) * heads]  # (B, S, H/sp, d): replicated, take our heads
                 video = comm.all_to_all(t[:, s:], sp_group, scatter_dim=2, gather_dim=1, gather_size=num_tokens)

@@ -24,6 +24,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 
 
 @dataclass
@@ -152,6 +153,7 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         self.adaln_single = AdaLNSingle(dim)
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self._temp_pos_cache: dict = {}
+        self.text_memo = TextMemo()  # the caption projection, once per generation
         self.parallel = ParallelState()
 
     def set_parallel(self, state: ParallelState) -> None:
@@ -201,7 +203,7 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         sp_group = self.parallel.sp_group
         x = comm.split(x.view(b, f, h * w, -1), 1, sp_group)  # (B, F_local, L, C)
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
-        context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
+        context = self.text_memo(encoder_hidden_states, self.caption_projection)  # (B, S, C)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
                          num_frames=f, temporal_attention=enable_temporal_attentions)
 

@@ -40,6 +40,7 @@ from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.embeddings import sincos_grid, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope
 
 IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
@@ -182,12 +183,19 @@ class CrossAttention(nn.Module):
         self.q_linear = nn.Linear(dim, dim)
         self.kv_linear = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
+        self.kv_memo = TextMemo()
+
+    def context_kv(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the text y (B, L, C), each (B, heads, L, d): once per text tensor (text_memo.py)."""
+        b = y.shape[0]
+        return self.kv_memo(y, lambda y: self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim)
+                            .permute(2, 0, 3, 1, 4).unbind(0))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None."""
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = self.context_kv(y)
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -353,6 +361,7 @@ class STDiT3(PretrainedModel, CacheMixin):
         self.final_layer = FinalLayer(dim, math.prod(config.patch_size), self.out_channels)
         self._pos_cache: dict = {}
         self.parallel = ParallelState()
+        self.text_memo = TextMemo()
 
     def set_parallel(self, state: ParallelState) -> None:
         self.parallel = state
@@ -414,7 +423,7 @@ class STDiT3(PretrainedModel, CacheMixin):
         y = y.to(dtype)
         if y.dim() == 4:
             y = y.squeeze(1)
-        y = self.y_embedder(y)  # (B, L, C)
+        y = self.text_memo(y, self.y_embedder)  # (B, L, C): once per generation
         y_mask = None
         if mask is not None:
             y_mask = mask.bool()

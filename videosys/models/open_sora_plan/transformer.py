@@ -28,6 +28,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 
 MASK_BIAS = -10000.0  # the release's additive bias for masked text tokens (not -inf)
@@ -115,7 +116,7 @@ def full_attention(attn: Attention, x: torch.Tensor, rotary: tuple[torch.Tensor,
     (padding tokens dropped, so they are never attended to), and the output back.
     """
     b, n_local, _ = x.shape
-    q, k, v = (p(x).view(b, n_local, attn.heads, attn.head_dim) for p in (attn.to_q, attn.to_k, attn.to_v))
+    q, k, v = (t.view(b, n_local, attn.heads, attn.head_dim) for t in attn.project_qkv(x))
     q, k, v = (comm.all_to_all(t, sp_group, scatter_dim=2, gather_dim=1, gather_size=num_tokens) for t in (q, k, v))
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads_local, N, d)
     q, k = apply_rope_halves(q, *rotary, parts=3), apply_rope_halves(k, *rotary, parts=3)
@@ -191,6 +192,7 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self._rope_cache: dict = {}
         self.parallel = ParallelState()
+        self.text_memo = TextMemo()
 
     def set_parallel(self, state: ParallelState) -> None:
         if state.sp_size > 1 and self.config.num_attention_heads % state.sp_size:
@@ -261,7 +263,7 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         sp_group = self.parallel.sp_group
         x = comm.split(x, 1, sp_group)  # (B, N_local, C)
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
-        context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
+        context = self.text_memo(encoder_hidden_states, self.caption_projection)  # (B, S, C): once per generation
         context_mask = self.text_mask(encoder_attention_mask)
         rotary = self.rotary(frames, h, w, x.device, x.dtype)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=context_mask, rotary=rotary,
