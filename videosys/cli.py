@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (compile=true)")
     serve_cli.add_parser(sub)
     _add_reconstruct(sub)
     return parser
@@ -116,6 +117,8 @@ def make_config(args):
         values[field.strip()] = _parse_value(raw.strip())
     if args.no_progress:
         values["progress_bar"] = False
+    if getattr(args, "compile", False):
+        values["compile"] = True
     return config_class(model).from_dict(values)
 
 

@@ -35,6 +35,7 @@ class BaseConfig:
     teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
     enable_pab: bool = False
     cache: Any = None
+    compile: bool = False  # torch.compile the transformer blocks' branch computations (models/modules/compile.py)
 
     model_name: ClassVar[str] = ""
     official_model_path: ClassVar[str] = ""
@@ -52,6 +53,8 @@ class BaseConfig:
                 setattr(self, name, value)
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
         if not isinstance(self.num_gpus, int) or self.num_gpus < 1:
             raise ValueError(f"num_gpus must be a positive integer, got {self.num_gpus!r}")
         self.cache_configs()  # a bad cache setting fails here, not mid-generation

@@ -191,11 +191,12 @@ class CrossAttention(nn.Module):
         return self.kv_memo(y, lambda y: self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim)
                             .permute(2, 0, 3, 1, 4).unbind(0))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None; `kv`: context_kv(y) if given."""
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.context_kv(y)
+        k, v = self.context_kv(y) if kv is None else kv
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -217,7 +218,11 @@ class STDiT3Block(nn.Module):
     """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation.
 
     `index` (the block's depth) and the kind ("spatial" / "temporal") name the block at the module hook points.
+    The branches' computations are methods (`compiled_methods`: what compile=True compiles); the cache
+    hooks around them stay eager.
     """
+
+    compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: STDiT3Config, temporal: bool, index: int = 0):
         super().__init__()
@@ -261,21 +266,29 @@ class STDiT3Block(nn.Module):
                 x_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None, num_frames: int | None = None,
                 sp_group=None) -> torch.Tensor:
         """x (B, T_local, S, C); x_mask (B, T_local) for this rank's frames; num_frames = T over all ranks."""
-        b, t, s, c = x.shape
+        t = x.shape[1]
         mod = self.modulation(t_mlp, t0_mlp, x_mask)
         # cache hook points on the gated outputs (what the published Open-Sora PAB broadcasts); an attention
         # a cache reuses also skips its all-to-alls under DSP
-        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
-            self.modulated_input(x, mod), rope, num_frames or t, sp_group))
-        x = x + attn
+        x = x + module_call(hooks, self.kind, self.index,
+                            lambda: self.attn_branch(x, mod, rope, num_frames or t, sp_group))
+        kv = self.cross_attn.context_kv(y)  # once per text (text_memo.py), outside any compiled region
         # spatial block i and temporal block i both cross-attend: `block` keeps their outputs apart
-        cross = module_call(hooks, "cross", self.index,
-                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c),
-                            block=self.kind)
-        x = x + cross
-        mlp = module_call(hooks, "mlp", self.index,
-                          lambda: mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4])), block=self.kind)
-        return x + mlp
+        x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, y_mask), block=self.kind)
+        return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
+
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], rope, num_frames: int,
+                    sp_group=None) -> torch.Tensor:
+        return mod[2] * self.self_attention(self.modulated_input(x, mod), rope, num_frames, sp_group)
+
+    def cross_branch(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     y_mask: torch.Tensor | None) -> torch.Tensor:
+        """Every frame attends to the same text: frames fold into the query length, (B, T * S, C)."""
+        b, t, s, c = x.shape
+        return self.cross_attn(x.reshape(b, t * s, c), None, y_mask, kv=kv).view(b, t, s, c)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
 
 
 class PatchEmbed3D(nn.Module):

@@ -129,8 +129,11 @@ class OpenSoraPlanBlock(nn.Module):
     """adaLN-single block: full 3D self-attention (RoPE), text cross-attention (unmodulated input), MLP.
 
     Keys as the release's BasicTransformerBlock: norm1 / attn1 / norm2 / attn2 / ff / scale_shift_table
-    (the norms have no weights, norm_elementwise_affine=False).
+    (the norms have no weights, norm_elementwise_affine=False). The branches' computations are methods
+    (`compiled_methods`: what compile=True compiles); the cache hooks around them stay eager.
     """
+
+    compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: OpenSoraT2VConfig, index: int):
         super().__init__()
@@ -161,15 +164,24 @@ class OpenSoraPlanBlock(nn.Module):
         # cache hook points: PAB broadcasts the attention output before its gate, as the PAB authors' v1.2 code
         # (this step's gate multiplies it); an attention a cache reuses skips its compute and, under Ulysses,
         # its all-to-alls
-        attn = module_call(hooks, "full", self.index,
-                           lambda: full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens,
-                                                  sp_group))
+        attn = module_call(hooks, "full", self.index, lambda: self.attn_branch(x, mod, rotary, num_tokens, sp_group))
         x = x + mod[2] * attn
+        kv = self.attn2.context_kv(context)  # once per text (text_memo.py), outside any compiled region
         # as PixArt-alpha / the release: cross-attention reads x itself (no norm, no modulation)
-        x = x + module_call(hooks, "cross", self.index, lambda: self.attn2(x, context, context_mask), block="full")
-        mlp = module_call(hooks, "mlp", self.index, lambda: self.ff(modulate(self.norm2(x), mod[3], mod[4])),
-                          block="full")
+        x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, context_mask), block="full")
+        mlp = module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block="full")
         return x + mod[5] * mlp
+
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], rotary, num_tokens: int,
+                    sp_group=None) -> torch.Tensor:
+        return full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens, sp_group)
+
+    def cross_branch(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     context_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.attn2(x, mask=context_mask, kv=kv)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.ff(modulate(self.norm2(x), mod[3], mod[4]))
 
 
 class OpenSoraT2V(PretrainedModel, CacheMixin):
