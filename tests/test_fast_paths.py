@@ -1,5 +1,8 @@
 """Eager fast paths, same maths: fused q/k/v GEMM (official keys kept) and text K/V once per generation."""
 
+import copy
+import pickle
+
 import torch
 
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
@@ -31,6 +34,12 @@ def test_fused_qkv_keeps_official_keys_and_round_trips():
         assert a.to_v.weight.data_ptr() == a.qkv_fused[0][64:].data_ptr()
         for k, v in model.state_dict().items():
             torch.testing.assert_close(other.state_dict()[k], v.double(), rtol=0, atol=0)
+    # a deepcopy or pickle round trip stays fused: editing the copy's parameters reaches its GEMM
+    for clone in (copy.deepcopy(attn), pickle.loads(pickle.dumps(attn))):
+        assert clone.to_q.weight.data_ptr() == clone.qkv_fused[0].data_ptr() != weight.data_ptr()
+        with torch.no_grad():
+            clone.to_v.weight.add_(1.0)
+        assert torch.equal(clone.qkv_fused[0][64:], clone.to_v.weight)
     # one GEMM (autograd off) equals the three separate ones (autograd on)
     x = torch.randn(2, 5, 32)
     with torch.no_grad():

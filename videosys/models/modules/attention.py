@@ -13,6 +13,12 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _fuse_after_load(module: "Attention", incompatible_keys) -> None:
+    """load_state_dict(assign=True) gave the q / k / v parameters new tensors: fuse them again (a module-level
+    function, not a lambda, so the module still pickles)."""
+    module.fuse_qkv()
+
+
 class Attention(nn.Module):
     """Multi-head attention: to_q / to_k / to_v / to_out.0, self- or cross-attention.
 
@@ -45,7 +51,7 @@ class Attention(nn.Module):
         self.qkv_fused: tuple[torch.Tensor, torch.Tensor | None] | None = None
         if cross_attention_dim is None:
             self.fuse_qkv()
-            self.register_load_state_dict_post_hook(lambda module, _: module.fuse_qkv())
+            self.register_load_state_dict_post_hook(_fuse_after_load)
 
     @torch.no_grad()
     def fuse_qkv(self) -> None:
@@ -53,14 +59,19 @@ class Attention(nn.Module):
         its rows (the Parameter objects stay: optimizers and the state dict see no change)."""
         with torch.inference_mode(False):
             projs = (self.to_q, self.to_k, self.to_v)
-            weight = torch.cat([p.weight for p in projs])
-            bias = torch.cat([p.bias for p in projs]) if projs[0].bias is not None else None
+            weight = torch.cat([p.weight.detach() for p in projs])
+            bias = torch.cat([p.bias.detach() for p in projs]) if projs[0].bias is not None else None
             for n, p in enumerate(projs):
                 rows = slice(n * p.out_features, (n + 1) * p.out_features)
                 p.weight.data = weight[rows]
                 if bias is not None:
                     p.bias.data = bias[rows]
         self.qkv_fused = (weight, bias)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if self.qkv_fused is not None:  # a deepcopy / unpickle copies the buffer and the parameters apart
+            self.fuse_qkv()
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
