@@ -43,6 +43,9 @@ class TextMemo:
     def clear(self) -> None:
         self.entries = []
 
+    def __getstate__(self) -> dict:
+        return {"size": self.size, "entries": []}  # a saved or copied model carries no generation's text
+
     def __call__(self, key: torch.Tensor, compute: Callable[[torch.Tensor], object]):
         if torch.is_grad_enabled():
             return compute(key)
