@@ -1,84 +1,177 @@
-"""Our Latte transformer vs diffusers' LatteTransformer3DModel: same weights, same inputs.
+"""Our transformers vs diffusers' on the same weights and inputs: eager and compiled, interleaved.
 
-    python scripts/bench_vs_diffusers.py                       # CPU-sized default
-    python scripts/bench_vs_diffusers.py --layers 28 --heads 16 --head-dim 72 --frames 16 --size 64 --device cuda --dtype bf16
+    python scripts/bench_vs_diffusers.py                                  # Latte + CogVideoX, two CPU sizes
+    python scripts/bench_vs_diffusers.py --families latte --sizes small --no-compile
+    python scripts/bench_vs_diffusers.py --device cuda --dtype bf16
 
-Prints a table (ms per transformer forward, CFG batch of 2) and writes JSON.
+Four variants per case: ours eager, ours compiled (compile=True: regional, the blocks' branches),
+diffusers eager, diffusers compiled (torch.compile of the whole model). Each times a transformer
+forward on a CFG batch of 2 with the same text every call, as the steps of one generation (ours
+projects the text's keys and values once: text_memo.py). Compile time is spent in the warm-up,
+outside the timing. Prints one table (median ms; each ratio against diffusers eager / compiled)
+and writes JSON.
 """
 
 import argparse
 import dataclasses
+import statistics
 import time
 
 import torch
 
-from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
+from videosys.models.modules.compile import compile_regions
 from videosys.utils.files import write_json
 
+# (layers, heads, head_dim, frames, latent size, text tokens); "issue": the config of issue 24's measurement
+SIZES = {"small": (2, 4, 32, 8, 16, 20), "issue": (4, 8, 32, 16, 32, 32)}
 
-def timed_pair(fns, device, repeats: int) -> list[float]:
-    """Median ms per call of each function, calls interleaved so drifts in machine load hit both alike."""
-    import statistics
 
-    times = [[] for _ in fns]
-    for fn in fns:
-        fn()  # warm-up
+def seeded_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every weight drawn (none left at zero init, so no branch is trivially skipped)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def latte_case(size, device, dtype):
+    from diffusers import LatteTransformer3DModel as Theirs
+
+    from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
+
+    layers, heads, head_dim, frames, res, tokens = size
+    dim = heads * head_dim
+    config = LatteTransformerConfig(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+                                    cross_attention_dim=dim, caption_channels=dim, sample_size=res,
+                                    video_length=frames)
+    theirs = Theirs(**dataclasses.asdict(config))
+    seeded_(theirs)
+    models = [LatteTransformer3DModel(config), LatteTransformer3DModel(config), theirs]
+    for m in models[:2]:
+        m.load_state_dict(theirs.state_dict())
+    models = [m.to(device, dtype).eval() for m in models]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, frames, res, res, generator=g).to(device, dtype)
+    text = torch.randn(2, tokens, dim, generator=g).to(device, dtype)
+    t = torch.tensor([500, 500], device=device)
+    ours = lambda m: (lambda: m(x, t, text))  # noqa: E731
+    theirs_fn = lambda m: (lambda: m(x, timestep=t, encoder_hidden_states=text, return_dict=False)[0])  # noqa: E731
+    desc = f"{layers}L x {dim}, {frames}x{res}x{res} latents ({frames * (res // 2) ** 2} tokens), {tokens} text"
+    return models, ours, theirs_fn, desc
+
+
+def cogvideox_case(size, device, dtype):
+    from diffusers import CogVideoXTransformer3DModel as Theirs
+
+    from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel, CogVideoXTransformerConfig
+
+    layers, heads, head_dim, frames, res, tokens = size
+    frames = max(frames // 4, 1)  # CogVideoX's VAE compresses time 4x: fewer latent frames for the same clip
+    config = CogVideoXTransformerConfig(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
+                                        in_channels=4, out_channels=4, text_embed_dim=64, time_embed_dim=64,
+                                        sample_height=res, sample_width=res, sample_frames=4 * (frames - 1) + 1,
+                                        max_text_seq_length=tokens)
+    theirs = Theirs(**dataclasses.asdict(config))
+    seeded_(theirs)
+    models = [CogVideoXTransformer3DModel(config), CogVideoXTransformer3DModel(config), theirs]
+    for m in models[:2]:
+        m.load_state_dict(theirs.state_dict())
+    models = [m.to(device, dtype).eval() for m in models]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, frames, 4, res, res, generator=g).to(device, dtype)
+    text = torch.randn(2, tokens, 64, generator=g).to(device, dtype)
+    t = torch.tensor([500, 500], device=device)
+    ours = lambda m: (lambda: m(x, text, t))  # noqa: E731
+    theirs_fn = lambda m: (lambda: m(x, encoder_hidden_states=text, timestep=t, return_dict=False)[0])  # noqa: E731
+    desc = f"{layers}L x {heads * head_dim}, {frames}x{res}x{res} latents ({frames * (res // 2) ** 2} tokens), {tokens} text"
+    return models, ours, theirs_fn, desc
+
+
+CASES = {"latte": latte_case, "cogvideox": cogvideox_case}
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, device, repeats: int) -> dict:
+    """Median ms per call of each function, calls interleaved so drifts in machine load hit all alike."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+        for name, fn in fns.items():
+            sync(device)
             start = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[i].append((time.perf_counter() - start) * 1000)
-    return [statistics.median(t) for t in times]
+            sync(device)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main():
+def run_case(family: str, size_name: str, args, device, dtype) -> dict:
+    models, ours, theirs, desc = CASES[family](SIZES[size_name], device, dtype)
+    ours_eager, ours_compiled, theirs_eager = models
+    fns = {"ours eager": ours(ours_eager), "diffusers eager": theirs(theirs_eager)}
+    if args.compile:
+        compile_regions(ours_compiled)
+        fns["ours compiled"] = ours(ours_compiled)
+        fns["diffusers compiled"] = theirs(torch.compile(theirs_eager))
+    compile_s, outputs = {}, {}
+    with torch.inference_mode():
+        for name, fn in fns.items():  # warm-up: compiles here
+            start = time.perf_counter()
+            outputs[name] = fn().float()
+            fn()
+            compile_s[name] = time.perf_counter() - start
+        ms = interleaved(fns, device, args.repeats)
+    ref = outputs["diffusers eager"]
+    diffs = {name: (out - ref).abs().max().item() for name, out in outputs.items()}
+    return {"family": family, "size": size_name, "desc": desc, "ms": ms, "warmup_s": compile_s,
+            "max_abs_diff_vs_diffusers_eager": diffs}
+
+
+def table(results: list[dict], header: str) -> str:
+    lines = [header, f"{'case':<22}{'variant':<20}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
+    for r in results:
+        for name, ms in r["ms"].items():
+            eager = ms / r["ms"]["diffusers eager"]
+            comp = f"{ms / r['ms']['diffusers compiled']:.3f}" if "diffusers compiled" in r["ms"] else "-"
+            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<20}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
+                         f"{r['max_abs_diff_vs_diffusers_eager'][name]:>11.1e}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=32, help="latent height = width")
-    parser.add_argument("--text-tokens", type=int, default=20)
+    parser.add_argument("--families", default="latte,cogvideox")
+    parser.add_argument("--sizes", default="small,issue", help=f"from {sorted(SIZES)}")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="eager variants only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--output", default="outputs/bench_vs_diffusers.json")
-    args = parser.parse_args()
-
-    from diffusers import LatteTransformer3DModel as DiffusersLatte
-
+    args = parser.parse_args(argv)
+    families, sizes = args.families.split(","), args.sizes.split(",")
+    bad = [f for f in families if f not in CASES] + [s for s in sizes if s not in SIZES]
+    if bad:
+        parser.error(f"unknown family or size: {bad}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    dim = args.heads * args.head_dim
-    config = LatteTransformerConfig(num_attention_heads=args.heads, attention_head_dim=args.head_dim,
-                                    num_layers=args.layers, cross_attention_dim=dim, caption_channels=dim,
-                                    sample_size=args.size, video_length=args.frames)
-    theirs = DiffusersLatte(**dataclasses.asdict(config)).to(device, dtype).eval()
-    ours = LatteTransformer3DModel(config).to(device, dtype).eval()
-    ours.load_state_dict(theirs.state_dict())
+    import os
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, args.frames, args.size, args.size, generator=g).to(device, dtype)
-    text = torch.randn(2, args.text_tokens, dim, generator=g).to(device, dtype)
-    t = torch.tensor([500, 500], device=device)
-    with torch.inference_mode():
-        ms_ours, ms_theirs = timed_pair(
-            [lambda: ours(x, t, text),
-             lambda: theirs(x, timestep=t, encoder_hidden_states=text, return_dict=False)], device, args.repeats)
-        diff = (ours(x, t, text).float() - theirs(x, timestep=t, encoder_hidden_states=text,
-                                                  return_dict=False)[0].float()).abs().max().item()
-    tokens = args.frames * (args.size // 2) ** 2
-    result = {"config": vars(args), "tokens_per_sample": tokens, "ours_ms": ms_ours, "diffusers_ms": ms_theirs,
-              "speedup": ms_theirs / ms_ours, "max_abs_diff": diff}
-    print(f"Latte {args.layers}L x {dim} | {tokens} tokens x 2 (CFG) | {args.device} {args.dtype}")
-    print(f"{'implementation':<16}{'ms / forward':>14}")
-    print(f"{'diffusers':<16}{ms_theirs:>14.1f}")
-    print(f"{'videosys':<16}{ms_ours:>14.1f}   ({result['speedup']:.2f}x, max |diff| {diff:.2e})")
-    write_json(args.output, result)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    results = [run_case(f, s, args, device, dtype) for f in families for s in sizes]
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    header = (f"{args.device} {args.dtype}, {torch.get_num_threads()} threads, CFG batch 2, median of {args.repeats}"
+              f" interleaved; load average {load and round(load[0], 2)} -> {load_after and round(load_after[0], 2)}")
+    print(table(results, header))
+    for r in results:
+        print(f"  {r['family']} {r['size']}: {r['desc']}")
+    write_json(args.output, {"config": vars(args), "load_average": [load, load_after], "torch": torch.__version__,
+                             "results": results})
 
 
 if __name__ == "__main__":

@@ -187,7 +187,10 @@ class CacheMixin:
 
     # ---- per generation / step, reporting -------------------------------------------------------
     def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
-        """A new generation; on `refresh_steps` every method computes."""
+        """A new generation; on `refresh_steps` every method computes. The last generation's text memos go."""
+        from videosys.models.modules.text_memo import clear_text_memos
+
+        clear_text_memos(self)
         for cache in self.caches.values():
             cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
 

@@ -57,12 +57,17 @@ class VideoSysPipeline:
 
     @classmethod
     def assemble(cls, config, transformer, vae, text_encoder, tokenizer, scheduler):
-        """The pipeline from built components: modules on the config's device and dtype, caches on."""
+        """The pipeline from built components: modules on the config's device and dtype, caches on, the
+        transformer's blocks compiled with compile=True."""
         device, dtype = config.torch_device(), config.torch_dtype()
         modules = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                    for m in (transformer, vae, text_encoder)]
         pipeline = cls(config, *modules, tokenizer, scheduler)
         pipeline.enable_configured_caches()
+        if config.compile:
+            from videosys.models.modules.compile import compile_regions
+
+            compile_regions(pipeline.transformer)
         return pipeline
 
     def set_parallel(self, state: ParallelState) -> None:

@@ -104,6 +104,8 @@ class ExpertAdaLayerNormZero(nn.Module):
     Keys `linear` and `norm` (diffusers' CogVideoXLayerNormZero).
     """
 
+    compiled_methods = ("forward",)  # compile=True (models/modules/compile.py)
+
     def __init__(self, time_embed_dim: int, dim: int, elementwise_affine: bool, eps: float):
         super().__init__()
         self.linear = nn.Linear(time_embed_dim, 6 * dim)
@@ -120,8 +122,11 @@ class ExpertAdaLayerNormZero(nn.Module):
 class CogVideoXBlock(nn.Module):
     """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP.
 
-    `index` names the block at the caches' module hook points.
+    `index` names the block at the caches' module hook points. The branches' computations are methods
+    (`compiled_methods`: what compile=True compiles); the cache hooks around them stay eager.
     """
+
+    compiled_methods = ("joint_attention", "mlp_branch")
 
     def __init__(self, cfg: CogVideoXTransformerConfig, index: int = 0):
         super().__init__()
@@ -148,8 +153,8 @@ class CogVideoXBlock(nn.Module):
         heads = attn.heads // sp
         joint = torch.cat([text, x], dim=1)  # (B, S + N_local, C)
         qkv = []
-        for proj in (attn.to_q, attn.to_k, attn.to_v):
-            t = proj(joint).view(b, joint.shape[1], attn.heads, attn.head_dim)  # (B, S + N_local, H, d)
+        for t in attn.project_qkv(joint):
+            t = t.view(b, joint.shape[1], attn.heads, attn.head_dim)  # (B, S + N_local, H, d)
             if sp > 1:
                 text_part = t[:, :s, rank * heads:(rank + 1) * heads]  # (B, S, H/sp, d): replicated, take our heads
                 video = comm.all_to_all(t[:, s:], sp_group, scatter_dim=2, gather_dim=1, gather_size=num_tokens)
@@ -166,6 +171,9 @@ class CogVideoXBlock(nn.Module):
             out = torch.cat([text_out, video_out], dim=1)
         return attn.to_out[0](out.reshape(b, out.shape[1], -1))
 
+    def mlp_branch(self, text: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(torch.cat([text, x], dim=1))  # (B, S + N_local, C)
+
     def forward(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None, hooks: ModuleHooks | None = None,
                 num_tokens: int | None = None, sp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +187,7 @@ class CogVideoXBlock(nn.Module):
         text = text + text_gate * out[:, :s]
 
         x_in, text_in, gate, text_gate = self.norm2(x, text, emb)
-        out = module_call(hooks, "mlp", self.index, lambda: self.ff(torch.cat([text_in, x_in], dim=1)),
+        out = module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(text_in, x_in),
                           block="full")  # (B, S + N_local, C)
         return x + gate * out[:, s:], text + text_gate * out[:, :s]
 

@@ -24,6 +24,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 
 
 @dataclass
@@ -69,7 +70,11 @@ class LatteBlock(nn.Module):
     """adaLN-single transformer block: self-attention, optional text cross-attention, MLP.
 
     `kind` ("spatial" / "temporal") and `index` name the block at the caches' module hook points.
+    The branches' computations are methods (`compiled_methods`: what compile=True compiles); the cache
+    hooks around them stay eager.
     """
+
+    compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: LatteTransformerConfig, kind: str, index: int):
         super().__init__()
@@ -107,27 +112,35 @@ class LatteBlock(nn.Module):
         out = out.view(b, lp, num_frames, c).transpose(1, 2)
         return comm.all_to_all(out, sp_group, scatter_dim=1, gather_dim=2, gather_size=l)  # (B, F/sp, L, C)
 
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], num_frames: int,
+                    sp_group=None) -> torch.Tensor:
+        """gate_msa * self-attention(modulated x)."""
+        return mod[2] * self.self_attention(self.modulated_input(x, mod), num_frames, sp_group)
+
+    def cross_branch(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     context_mask: torch.Tensor | None) -> torch.Tensor:
+        """Cross-attention to the text's keys and values. Every frame of a sample attends to the same text:
+        the frames fold into the query length, (B, F * L, C)."""
+        b, f, l, c = x.shape
+        return self.attn2(x.reshape(b, f * l, c), mask=context_mask, kv=kv).view(b, f, l, c)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return mod[5] * self.ff(modulate(self.norm2(x), mod[3], mod[4]))
+
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None,
                 num_frames: int | None = None, sp_group=None) -> torch.Tensor:
-        b, f, l, c = x.shape  # (B, F_local, L, C)
+        f = x.shape[1]  # (B, F_local, L, C)
         mod = self.modulation(t_mod)
         # cache hook points, on the gated outputs (gate * attention, gate * MLP: what the PAB authors' Latte and
         # Open-Sora-Plan v1.1 code broadcasts); an attention a cache reuses skips its compute and, under DSP,
         # its all-to-alls
-        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
-            self.modulated_input(x, mod), num_frames or f, sp_group))
-        x = x + attn
+        x = x + module_call(hooks, self.kind, self.index, lambda: self.attn_branch(x, mod, num_frames or f, sp_group))
         if self.attn2 is not None:
-            # Every frame of a sample attends to the same text: fold the frames into the query length
-            # (B, F * L, C) so text keys are projected once per sample, not once per frame.
-            cross = module_call(hooks, "cross", self.index,
-                                lambda: self.attn2(x.reshape(b, f * l, c), context, context_mask).view(b, f, l, c),
+            kv = self.attn2.context_kv(context)  # once per text (text_memo.py), outside any compiled region
+            x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, context_mask),
                                 block=self.kind)
-            x = x + cross
-        mlp = module_call(hooks, "mlp", self.index, lambda: mod[5] * self.ff(modulate(self.norm2(x), mod[3], mod[4])),
-                          block=self.kind)
-        return x + mlp
+        return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
 
 
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):
@@ -152,6 +165,7 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         self.adaln_single = AdaLNSingle(dim)
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self._temp_pos_cache: dict = {}
+        self.text_memo = TextMemo()  # the caption projection, once per generation
         self.parallel = ParallelState()
 
     def set_parallel(self, state: ParallelState) -> None:
@@ -201,7 +215,7 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         sp_group = self.parallel.sp_group
         x = comm.split(x.view(b, f, h * w, -1), 1, sp_group)  # (B, F_local, L, C)
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
-        context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
+        context = self.text_memo(encoder_hidden_states, self.caption_projection)  # (B, S, C)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
                          num_frames=f, temporal_attention=enable_temporal_attentions)
 

@@ -40,6 +40,7 @@ from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.embeddings import sincos_grid, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope
 
 IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
@@ -182,12 +183,20 @@ class CrossAttention(nn.Module):
         self.q_linear = nn.Linear(dim, dim)
         self.kv_linear = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
+        self.kv_memo = TextMemo()
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None."""
+    def context_kv(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the text y (B, L, C), each (B, heads, L, d): once per text tensor (text_memo.py)."""
+        b = y.shape[0]
+        return self.kv_memo(y, lambda y: self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim)
+                            .permute(2, 0, 3, 1, 4).unbind(0))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, N, C), y (B, L, C), mask (B, L) bool (True = attend) or None; `kv`: context_kv(y) if given."""
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = self.context_kv(y) if kv is None else kv
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -209,7 +218,11 @@ class STDiT3Block(nn.Module):
     """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation.
 
     `index` (the block's depth) and the kind ("spatial" / "temporal") name the block at the module hook points.
+    The branches' computations are methods (`compiled_methods`: what compile=True compiles); the cache
+    hooks around them stay eager.
     """
+
+    compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: STDiT3Config, temporal: bool, index: int = 0):
         super().__init__()
@@ -253,21 +266,29 @@ class STDiT3Block(nn.Module):
                 x_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None, num_frames: int | None = None,
                 sp_group=None) -> torch.Tensor:
         """x (B, T_local, S, C); x_mask (B, T_local) for this rank's frames; num_frames = T over all ranks."""
-        b, t, s, c = x.shape
+        t = x.shape[1]
         mod = self.modulation(t_mlp, t0_mlp, x_mask)
         # cache hook points on the gated outputs (what the published Open-Sora PAB broadcasts); an attention
         # a cache reuses also skips its all-to-alls under DSP
-        attn = module_call(hooks, self.kind, self.index, lambda: mod[2] * self.self_attention(
-            self.modulated_input(x, mod), rope, num_frames or t, sp_group))
-        x = x + attn
+        x = x + module_call(hooks, self.kind, self.index,
+                            lambda: self.attn_branch(x, mod, rope, num_frames or t, sp_group))
+        kv = self.cross_attn.context_kv(y)  # once per text (text_memo.py), outside any compiled region
         # spatial block i and temporal block i both cross-attend: `block` keeps their outputs apart
-        cross = module_call(hooks, "cross", self.index,
-                            lambda: self.cross_attn(x.reshape(b, t * s, c), y, y_mask).view(b, t, s, c),
-                            block=self.kind)
-        x = x + cross
-        mlp = module_call(hooks, "mlp", self.index,
-                          lambda: mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4])), block=self.kind)
-        return x + mlp
+        x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, y_mask), block=self.kind)
+        return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
+
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], rope, num_frames: int,
+                    sp_group=None) -> torch.Tensor:
+        return mod[2] * self.self_attention(self.modulated_input(x, mod), rope, num_frames, sp_group)
+
+    def cross_branch(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     y_mask: torch.Tensor | None) -> torch.Tensor:
+        """Every frame attends to the same text: frames fold into the query length, (B, T * S, C)."""
+        b, t, s, c = x.shape
+        return self.cross_attn(x.reshape(b, t * s, c), None, y_mask, kv=kv).view(b, t, s, c)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return mod[5] * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
 
 
 class PatchEmbed3D(nn.Module):
@@ -353,6 +374,7 @@ class STDiT3(PretrainedModel, CacheMixin):
         self.final_layer = FinalLayer(dim, math.prod(config.patch_size), self.out_channels)
         self._pos_cache: dict = {}
         self.parallel = ParallelState()
+        self.text_memo = TextMemo()
 
     def set_parallel(self, state: ParallelState) -> None:
         self.parallel = state
@@ -414,7 +436,7 @@ class STDiT3(PretrainedModel, CacheMixin):
         y = y.to(dtype)
         if y.dim() == 4:
             y = y.squeeze(1)
-        y = self.y_embedder(y)  # (B, L, C)
+        y = self.text_memo(y, self.y_embedder)  # (B, L, C): once per generation
         y_mask = None
         if mask is not None:
             y_mask = mask.bool()

@@ -28,6 +28,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection
 from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 
 MASK_BIAS = -10000.0  # the release's additive bias for masked text tokens (not -inf)
@@ -115,7 +116,7 @@ def full_attention(attn: Attention, x: torch.Tensor, rotary: tuple[torch.Tensor,
     (padding tokens dropped, so they are never attended to), and the output back.
     """
     b, n_local, _ = x.shape
-    q, k, v = (p(x).view(b, n_local, attn.heads, attn.head_dim) for p in (attn.to_q, attn.to_k, attn.to_v))
+    q, k, v = (t.view(b, n_local, attn.heads, attn.head_dim) for t in attn.project_qkv(x))
     q, k, v = (comm.all_to_all(t, sp_group, scatter_dim=2, gather_dim=1, gather_size=num_tokens) for t in (q, k, v))
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads_local, N, d)
     q, k = apply_rope_halves(q, *rotary, parts=3), apply_rope_halves(k, *rotary, parts=3)
@@ -128,8 +129,11 @@ class OpenSoraPlanBlock(nn.Module):
     """adaLN-single block: full 3D self-attention (RoPE), text cross-attention (unmodulated input), MLP.
 
     Keys as the release's BasicTransformerBlock: norm1 / attn1 / norm2 / attn2 / ff / scale_shift_table
-    (the norms have no weights, norm_elementwise_affine=False).
+    (the norms have no weights, norm_elementwise_affine=False). The branches' computations are methods
+    (`compiled_methods`: what compile=True compiles); the cache hooks around them stay eager.
     """
+
+    compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: OpenSoraT2VConfig, index: int):
         super().__init__()
@@ -160,15 +164,24 @@ class OpenSoraPlanBlock(nn.Module):
         # cache hook points: PAB broadcasts the attention output before its gate, as the PAB authors' v1.2 code
         # (this step's gate multiplies it); an attention a cache reuses skips its compute and, under Ulysses,
         # its all-to-alls
-        attn = module_call(hooks, "full", self.index,
-                           lambda: full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens,
-                                                  sp_group))
+        attn = module_call(hooks, "full", self.index, lambda: self.attn_branch(x, mod, rotary, num_tokens, sp_group))
         x = x + mod[2] * attn
+        kv = self.attn2.context_kv(context)  # once per text (text_memo.py), outside any compiled region
         # as PixArt-alpha / the release: cross-attention reads x itself (no norm, no modulation)
-        x = x + module_call(hooks, "cross", self.index, lambda: self.attn2(x, context, context_mask), block="full")
-        mlp = module_call(hooks, "mlp", self.index, lambda: self.ff(modulate(self.norm2(x), mod[3], mod[4])),
-                          block="full")
+        x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, context_mask), block="full")
+        mlp = module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block="full")
         return x + mod[5] * mlp
+
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], rotary, num_tokens: int,
+                    sp_group=None) -> torch.Tensor:
+        return full_attention(self.attn1, self.modulated_input(x, mod), rotary, num_tokens, sp_group)
+
+    def cross_branch(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     context_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.attn2(x, mask=context_mask, kv=kv)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.ff(modulate(self.norm2(x), mod[3], mod[4]))
 
 
 class OpenSoraT2V(PretrainedModel, CacheMixin):
@@ -191,6 +204,7 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
         self._rope_cache: dict = {}
         self.parallel = ParallelState()
+        self.text_memo = TextMemo()
 
     def set_parallel(self, state: ParallelState) -> None:
         if state.sp_size > 1 and self.config.num_attention_heads % state.sp_size:
@@ -261,7 +275,7 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         sp_group = self.parallel.sp_group
         x = comm.split(x, 1, sp_group)  # (B, N_local, C)
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
-        context = self.caption_projection(encoder_hidden_states)  # (B, S, C)
+        context = self.text_memo(encoder_hidden_states, self.caption_projection)  # (B, S, C): once per generation
         context_mask = self.text_mask(encoder_attention_mask)
         rotary = self.rotary(frames, h, w, x.device, x.dtype)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=context_mask, rotary=rotary,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU benchmark of issue 24 in one go: install, then every family at its published resolution (bf16,
+# random weights): step time, peak memory, ours vs diffusers, eager vs compiled, each cache, sp = 2/4/8.
+# Writes outputs/bench_gpu.json and prints a table; sized for ~10 minutes on one H100 / H200.
+#
+#   bash scripts/bench_gpu.sh                      # installs videosys + diffusers from the registry
+#   bash scripts/bench_gpu.sh --wheels /path/dir   # ... or offline from the wheels in that folder
+#   bash scripts/bench_gpu.sh --dry-run            # CPU, tiny sizes, no install: checks the script
+# Any other argument goes to scripts/bench_gpu.py (e.g. --families latte,cogvideox --no-compile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheels="" dry=0 args=()
+while (($#)); do
+    case "$1" in
+        --wheels) wheels="$2"; shift 2 ;;
+        --dry-run) dry=1; args+=("--dry-run"); shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+python="${PYTHON:-python}"
+if ((!dry)); then
+    "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || { echo "bench_gpu.sh: needs a CUDA build of torch and a GPU (or --dry-run)" >&2; exit 1; }
+    # torch is kept as installed (a CUDA build): only what videosys and the diffusers comparison add
+    if [[ -n "$wheels" ]]; then
+        "$python" -m pip install -q --no-index --find-links "$wheels" -e . diffusers
+    else
+        "$python" -m pip install -q -e . diffusers
+    fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec timeout 900 "$python" scripts/bench_gpu.py "${args[@]}"

@@ -1,0 +1,36 @@
+"""scripts/bench_gpu.sh's CPU dry run: every family, ours against diffusers on the same weights, the caches."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_writes_every_family(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/bench_gpu.sh"), "--dry-run", "--no-compile", "--repeats", "1",
+                           "--cache-steps", "2", "--sp", "--output", str(out)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    families = {r["family"]: r for r in result["families"]}
+    assert set(families) == {"latte", "open-sora", "open-sora-plan", "cogvideox"}
+    assert result["dry_run"] and result["sp_scaling"] == {}
+    for family, row in families.items():
+        assert row["ms"]["ours eager"] > 0
+        assert {"teacache-slow", "pab", "none"} <= set(row["caches"]), family
+        assert all(c["step_ms"] > 0 for c in row["caches"].values() if "step_ms" in c)
+    for family in ("latte", "cogvideox"):  # diffusers has these two: same weights, same outputs
+        assert families[family]["ms"]["diffusers eager"] > 0
+        assert families[family]["max_abs_diff_vs_diffusers"] < 1e-4
+    assert "ours eager" in proc.stdout and "caches:" in proc.stdout  # the table
+
+
+def test_refuses_without_cuda_unless_dry(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench_gpu.py"), "--families", "latte"],
+                          capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    assert proc.returncode != 0 and "--dry-run" in proc.stderr
