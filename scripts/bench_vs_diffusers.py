@@ -7,7 +7,6 @@ Prints a table (ms per transformer forward, CFG batch of 2) and writes JSON.
 """
 
 import argparse
-import dataclasses
 import time
 
 import torch
@@ -57,7 +56,7 @@ def main():
     config = LatteTransformerConfig(num_attention_heads=args.heads, attention_head_dim=args.head_dim,
                                     num_layers=args.layers, cross_attention_dim=dim, caption_channels=dim,
                                     sample_size=args.size, video_length=args.frames)
-    theirs = DiffusersLatte(**dataclasses.asdict(config)).to(device, dtype).eval()
+    theirs = DiffusersLatte(**config.diffusers_kwargs()).to(device, dtype).eval()
     ours = LatteTransformer3DModel(config).to(device, dtype).eval()
     ours.load_state_dict(theirs.state_dict())
 
