@@ -145,3 +145,22 @@ def test_save_load_roundtrip(tmp_path):
     x, t, text = inputs()
     with torch.no_grad():
         assert (again(x, t, text) - model(x, t, text)).abs().max() <= 1e-6
+
+
+def test_pipeline_takes_the_transformer_from_a_skip_dit_checkpoint(tmp_path):
+    """LatteConfig(model_path=<Latte folder>, skip_dit_checkpoint=<Latte-skip.pt>): the authors' sampling setup."""
+    import dataclasses
+
+    from videosys import LatteConfig, LattePipeline
+
+    base = LattePipeline.from_config(LatteConfig(preset="tiny", progress_bar=False))
+    base.save_pretrained(str(tmp_path / "latte"))
+    skip = LatteTransformer3DModel(dataclasses.replace(base.transformer.config, skip_connections=True))
+    torch.save({"ema": skip.state_dict()}, tmp_path / "Latte-skip.pt")
+    config = LatteConfig(model_path=str(tmp_path / "latte"), preset="tiny", progress_bar=False,
+                         skip_dit_checkpoint=str(tmp_path / "Latte-skip.pt"), cache="skipcache")
+    pipe = LattePipeline.from_config(config)
+    assert pipe.transformer.config.skip_connections
+    assert torch.equal(pipe.transformer.skip_linears[0].linear.weight, skip.skip_linears[0].linear.weight)
+    out = pipe.generate("a red circle moving to the right", num_frames=2, height=32, width=32, num_inference_steps=6)
+    assert out.stats["skipcache"]["reused_steps"] > 0

@@ -38,6 +38,9 @@ class LatteConfig(BaseConfig):
     mask_feature: bool = True  # published: text tokens cut to the prompt's length, no cross-attn mask
     decode_chunk_size: int = 16  # frames per VAE decode call
     enable_temporal_attentions: bool = True
+    # Skip-DiT: the transformer from a training checkpoint (Latte-skip.pt) instead of model_path's transformer/,
+    # the rest (VAE, text, scheduler) from model_path, as the authors' sampling configs (pretrained + Latte-0)
+    skip_dit_checkpoint: str | None = None
 
     model_name = "latte"
     official_model_path = "maxin-cn/Latte-1"
@@ -79,6 +82,21 @@ def tiny_components(seed: int = 0, skip_connections: bool = False):
     return transformer.eval(), vae.eval(), text_encoder, tokenizer
 
 
+def load_transformer(path: str, skip_dit_checkpoint: str | None, dtype: torch.dtype) -> LatteTransformer3DModel:
+    """path's transformer/, or its architecture with skip branches and the weights of a Skip-DiT checkpoint."""
+    if skip_dit_checkpoint is None:
+        return LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+    import dataclasses
+    import json
+
+    from videosys.models.modules.pretrained import config_from_dict
+
+    with open(os.path.join(resolve_dir(path, "transformer"), "config.json")) as f:
+        base = config_from_dict(LatteTransformerConfig, json.load(f))
+    return LatteTransformer3DModel.from_skip_dit(skip_dit_checkpoint, dataclasses.replace(base, skip_connections=True),
+                                                 dtype=dtype)
+
+
 class LattePipeline(VideoSysPipeline):
     pipeline_class_name = "LattePipeline"
 
@@ -94,7 +112,7 @@ class LattePipeline(VideoSysPipeline):
             transformer, vae, text_encoder, tokenizer = tiny_components(skip_connections=config.preset == "tiny-skip")
             scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
         else:
-            transformer = LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+            transformer = load_transformer(path, config.skip_dit_checkpoint, dtype)
             vae = AutoencoderKL.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
