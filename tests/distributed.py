@@ -52,3 +52,24 @@ def assert_same_as_single(out, ref, label: str = "") -> None:
     assert (out.video.float() - ref.video.float()).abs().max() <= 1.0, label
     for key in ("teacache", "pab", "skipcache"):
         assert out.stats.get(key) == ref.stats.get(key), label
+
+
+def _explode(message: str):
+    raise RuntimeError(message)
+
+
+class SeedLostInTransit(int):
+    """A seed rank 0 uses as the int it is, but whose unpickling (in a worker, from the command queue) raises."""
+
+    def __reduce__(self):
+        return _explode, ("this seed cannot reach the worker",)
+
+
+class SeedRank0Refuses:
+    """A seed that reaches the workers as 1 but that rank 0 itself cannot use (int() raises)."""
+
+    def __int__(self):
+        raise RuntimeError("rank 0's own failure")
+
+    def __reduce__(self):
+        return int, (1,)

@@ -2,6 +2,7 @@
 family's block stack and module calls (single process and sp=2), parses by name everywhere, and nests with
 the shipped methods."""
 
+import multiprocessing
 from collections import Counter
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from videosys.cache import Cache, choices, configs_from_spec, register, spec_to_plain, sweep_names
+from videosys.cache.registry import unregister
 from videosys.models import config_class
 
 from distributed import run_distributed
@@ -74,8 +76,6 @@ def counting_from_name(arg, models):
     return CountingConfig(split_stack=arg == "split") if arg in ("split", "whole") else None
 
 
-register("counting", CountingConfig, Counting, for_model=lambda models: CountingConfig(),
-         parse=counting_from_name, names=("counting",), sweep=("counting-whole",), syntax="counting-<split|whole>")
 
 
 def build(name: str):
@@ -117,6 +117,7 @@ def _sp2(rank, world, names):
 
     from videosys.core.parallel import init_parallel
 
+    register_test_methods()  # this spawned rank's registry
     torch.manual_seed(0)
     state = init_parallel(False, "cpu")
     out = {}
@@ -243,7 +244,28 @@ class UncondReuse(Cache):
         return dict(self.counts)
 
 
-register("uncond-reuse", UncondReuseConfig, UncondReuse, for_model=lambda models: UncondReuseConfig())
+
+
+def register_test_methods():
+    """The one registration call per method (here two methods, so two calls)."""
+    register("counting", CountingConfig, Counting, for_model=lambda models: CountingConfig(),
+             parse=counting_from_name, names=("counting",), sweep=("counting-whole",), syntax="counting-<split|whole>")
+    register("uncond-reuse", UncondReuseConfig, UncondReuse, for_model=lambda models: UncondReuseConfig())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered_methods():
+    """Registered while this module's tests run only, so other tests see the shipped methods alone."""
+    register_test_methods()
+    yield
+    unregister("counting")
+    unregister("uncond-reuse")
+
+
+# Spawned processes (engine workers, run_distributed ranks) import this module to unpickle its configs and
+# functions: they register on import.
+if multiprocessing.parent_process() is not None:
+    register_test_methods()
 
 CFG_RUN = dict(seed=0, num_frames=4, num_inference_steps=6)
 

@@ -10,6 +10,7 @@ import torch
 from eval_helpers import load_script  # tests/eval_helpers.py
 
 from videosys import LatteConfig, VideoSysEngine
+from videosys.eval import demo as demo_tracker
 from videosys.models.latte import pipeline as latte_pipeline
 
 
@@ -47,17 +48,15 @@ def test_missing_demo_checkpoint_says_how_to_get_it(monkeypatch, tmp_path):
 
 
 def test_demo_draws_the_readme_prompt(engine):
-    eval_demo = load_script("eval_demo")
     video = engine.generate("a red circle moving to the right", seed=0).video[0].numpy()
     assert video.shape == (16, 64, 64, 3)
-    assert eval_demo.classify(video) == ("red", "right")
+    assert demo_tracker.classify(video) == ("red", "right")
 
 
 def test_demo_follows_colour_and_direction(engine):
-    eval_demo = load_script("eval_demo")
-    prompts = eval_demo.prompt_set()  # 24 prompts: every colour x direction
-    rows = [eval_demo.row(p, p, engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
-    accuracy = eval_demo.score(rows)
+    prompts = demo_tracker.prompt_set()  # 24 prompts: every colour x direction
+    rows = [demo_tracker.row(p, p, engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
+    accuracy = demo_tracker.score(rows)
     assert accuracy["both"] >= 0.75, accuracy  # measured 20/24 (README); chance is 1/24
     # the text matters: the same noise with another prompt gives another video
     a, b = (engine.generate(p, seed=1).video[0].numpy().astype(np.int16) for p in prompts[:2])

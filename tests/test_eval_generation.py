@@ -187,3 +187,48 @@ def test_standard_variants_switch_the_published_caches():
     assert [type(c).__name__ for c in fast] == ["TeaCacheConfig"] and fast[0].threshold == 0.2
     pab = gen.build_config(latte, "pab", {"preset": "tiny"}).cache_configs()
     assert pab[0].spatial == ((100.0, 800.0), 2)
+
+
+def test_stats_are_rebuilt_from_the_videos_on_disk_after_a_kill(prompts_file, tmp_path, monkeypatch, kept_engines):
+    out = tmp_path / "samples"
+    argv = ["--prompts-file", prompts_file, "--num-prompts", "1", "--num-seeds", "2", "--output-dir", str(out), *FAST]
+    real_add = gen.StatsFile.add
+    added = []
+
+    def add_killed_on_second_video(self, name, stats):  # the kill lands after the second save, before its stats
+        if added:
+            raise KeyboardInterrupt
+        added.append(name)
+        real_add(self, name, stats)
+
+    monkeypatch.setattr(gen.StatsFile, "add", add_killed_on_second_video)
+    with pytest.raises(KeyboardInterrupt):
+        gen.main(family(), argv)
+    folder = out / "baseline"
+    videos = sorted(n for n in os.listdir(folder) if n.endswith(".mp4"))
+    assert len(videos) == 2 and len(json.loads((folder / "stats.json").read_text())["videos"]) == 1
+    monkeypatch.setattr(gen.StatsFile, "add", real_add)
+    gen.main(family(), argv)  # nothing left to generate: stats.json still catches up
+    stats = json.loads((folder / "stats.json").read_text())["videos"]
+    assert sorted(stats) == videos
+    assert stats[added[0]]["steps"] == 2 and "recovered" not in stats[added[0]]
+    assert [stats[n] for n in videos if n != added[0]] == [{"recovered": True}]  # no timings to report
+
+
+def test_ray_actors_get_their_share_of_the_cores(prompts_file, tmp_path, kept_engines):
+    pytest.importorskip("ray")
+    import torch
+
+    from videosys.core.config import available_cores
+
+    share = max(1, available_cores() // 2)
+    driver = torch.get_num_threads()
+    torch.set_num_threads(share + 1)  # an actor that inherited the driver's count would report this
+    try:
+        gen.main(family(), ["--prompts-file", prompts_file, "--num-prompts", "1", "--num-seeds", "2", "--preset",
+                            "tiny", "--num-frames", "4", "--num-inference-steps", "2", "--ray-workers", "2",
+                            "--output-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(driver)
+    stats = json.loads((tmp_path / "baseline" / "stats.json").read_text())["videos"]
+    assert len(stats) == 2 and all(v["threads"] == share for v in stats.values())

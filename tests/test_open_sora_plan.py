@@ -425,7 +425,7 @@ def test_pab_compares_timesteps_truncated_as_videosys(tiny, monkeypatch):
     class Planned(Exception):
         pass
 
-    def cache_begin(values):  # what the pipeline hands the caches; no need to run the 100 steps
+    def cache_begin(values, *args, **kwargs):  # what the pipeline hands the caches; no need to run the 100 steps
         handed.append(values)
         raise Planned
 

@@ -61,3 +61,16 @@ def test_torchrun_example(tmp_path, single):
     assert frames.shape == (4, 64, 64, 3) and fps == 8
     one = VideoSysEngine(tiny()).generate(PROMPT, seed=0, num_frames=4, num_inference_steps=3).video[0]
     assert abs(frames.astype(float) - one.numpy().astype(float)).mean() < 12  # same clip through H.264
+
+
+@pytest.mark.timeout(120)
+def test_worker_error_carries_the_workers_traceback():
+    from distributed import SeedLostInTransit
+
+    engine = VideoSysEngine(tiny(num_gpus=2))
+    with pytest.raises(WorkerError, match="rank 1") as caught:
+        engine.generate(PROMPT, **{**RUN, "seed": SeedLostInTransit(1)})  # only rank 1 fails (unpickling the call)
+    message = str(caught.value)
+    assert "Traceback (most recent call last)" in message and "_explode" in message
+    assert "RuntimeError: this seed cannot reach the worker" in message
+    assert not engine.workers

@@ -75,7 +75,7 @@ def test_bad_requests_name_the_field(engine, tmp_path):
             assert response.status_code == 422, response.text
             return {tuple(d["loc"][1:]): d["msg"] for d in response.json()["detail"]}
 
-        assert "num_frames must be a positive integer" in error(num_frames=0)[("num_frames",)]
+        assert "num_frames must be >= 1" in error(num_frames=0)[("num_frames",)]
         assert "guidance_scale" in error(guidance_scale=-1.0)[("guidance_scale",)]
         assert "unknown cache 'slow'" in error(cache="slow")[("cache",)]
         assert ("colour",) in error(colour="red")

@@ -18,11 +18,12 @@ _GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inferenc
 
 def build_parser() -> argparse.ArgumentParser:
     from videosys.cache import choices
+    from videosys.models import FAMILIES  # a name table; no family is imported
 
     parser = argparse.ArgumentParser(prog="videosys", description="Text-to-video with diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate one video from a prompt")
-    gen.add_argument("--model", help="model family: latte, open-sora, cogvideox (or `model:` in --config)")
+    gen.add_argument("--model", help=f"model family: {', '.join(FAMILIES)} (or `model:` in --config)")
     gen.add_argument("--config", help="YAML config (its fields override the family's defaults)")
     gen.add_argument("--preset", help="e.g. tiny: a small random-weight model that runs offline; "
                      "demo (latte): the tiny model trained on moving shapes")
@@ -73,6 +74,9 @@ def _reconstruct(args, engine_cls) -> int:
     if args.size is not None:
         args.set.append(f"size={args.size}")
     try:
+        from videosys.utils.video import check_video_path
+
+        check_video_path(args.output)  # before any weight loads or compute
         with engine_cls(make_config(args)) as engine:
             out = engine.reconstruct(args.input, seed=args.seed)
             path = engine.save_video(out.video[0], args.output, fps=args.fps or round(out.fps))
@@ -81,16 +85,6 @@ def _reconstruct(args, engine_cls) -> int:
         return 2
     print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.stats.items()}}))
     return 0
-
-
-def _parse_value(raw: str):
-    """7 -> int, 0.5 -> float, true / false / none -> bool / None; anything else (9:16, 720p) stays a string."""
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None, "null": None}.get(raw.lower(), raw)
 
 
 def make_config(args):
@@ -109,31 +103,38 @@ def make_config(args):
                  "cache": args.cache.split(",") if args.cache and "," in args.cache else args.cache,
                  **{name: getattr(args, name) for name in _GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    cls = config_class(model)
     for item in args.set:
         field, sep, raw = item.partition("=")
         if not sep or not field:
             raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        values[field.strip()] = _parse_value(raw.strip())
+        values[field.strip()] = cls.parse_field(field.strip(), raw.strip())  # "high" for a float field: an error
     if args.no_progress:
         values["progress_bar"] = False
-    return config_class(model).from_dict(values)
+    return cls.from_dict(values)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from videosys.core.engine import VideoSysEngine
+    from videosys.core.pipeline import NonFiniteError
+    from videosys.utils.video import check_video_path
 
     if args.command == "reconstruct":
         return _reconstruct(args, VideoSysEngine)
     try:
         if args.command == "serve":
             return serve_cli.run(args)
+        check_video_path(args.output)  # before any weight loads or compute
         with VideoSysEngine(make_config(args)) as engine:
             out = engine.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed)
             path = engine.save_video(out.video[0], args.output)
     except (ValueError, FileNotFoundError) as err:  # bad input or missing weights: say it, no traceback
         print(f"videosys: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:  # NaN weights, fp16 overflow: no (black) video written
+        print(f"videosys: error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v
                                           for k, v in out.stats.items()}}))
     return 0

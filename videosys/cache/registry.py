@@ -46,6 +46,11 @@ def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, 
     return method
 
 
+def unregister(name: str) -> None:
+    """Forget a method (a test's own, after its tests)."""
+    METHODS.pop(name, None)
+
+
 def published(table: dict, models: tuple[str, ...] | str, what: str):
     """table[key] for the first of the model's cache keys that `table` has."""
     models = (models,) if isinstance(models, str) else tuple(models)

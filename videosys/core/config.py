@@ -2,9 +2,20 @@
 
 Generation fields left as None take the family's published default, or the preset's.
 Configs are plain dataclasses; YAML goes through omegaconf.
+
+Every field is checked when the config is built, whatever the entry point (API, YAML, CLI):
+its value against the field's annotation (an int field refuses a bool or "ten", a bool field
+refuses 1) and, for the fields in RANGES, against its range; the message names the field.
+What depends on the machine (devices, cores, the model's heads) is checked by `check_launch`,
+which the engine calls before any process starts or weight loads.
 """
 
 import dataclasses
+import json
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,6 +23,70 @@ import torch
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_DEVICE_TYPES = ("cpu", "cuda")
+# Set to 1 to start more CPU processes than this machine has cores (each then gets one thread).
+OVERSUBSCRIBE_ENV = "VIDEOSYS_ALLOW_OVERSUBSCRIBE"
+
+# field name -> (what it must be, test); shared by every family that has a field of that name
+RANGES = {
+    "num_gpus": (">= 1", lambda v: v >= 1),
+    "num_frames": (">= 1", lambda v: v >= 1),  # Open-Sora's duration names ("4s") are checked by the family
+    "height": (">= 1", lambda v: v >= 1),
+    "width": (">= 1", lambda v: v >= 1),
+    "num_inference_steps": (">= 1", lambda v: v >= 1),
+    "guidance_scale": (">= 0", lambda v: v >= 0),
+    "fps": ("> 0", lambda v: v > 0),
+    "teacache_thresh": (">= 0", lambda v: v >= 0),
+    "heartbeat_timeout": ("> 0", lambda v: v > 0),
+    "max_text_length": (">= 1", lambda v: v >= 1),
+    "decode_chunk_size": (">= 1", lambda v: v >= 1),
+    "beta_start": ("> 0", lambda v: v > 0),
+    "beta_end": ("> 0", lambda v: v > 0),
+    "tile_overlap_factor": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+
+
+def _allowed_types(annotation) -> tuple | None:
+    """The plain types a field annotation allows (`int | None` -> (int, NoneType)); None: anything."""
+    if annotation is Any or isinstance(annotation, str):
+        return None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,) if isinstance(annotation, type) else None
+
+
+def check_value(name: str, annotation, value):
+    """`value` as the field allows it (an int for a float field becomes a float), or a ValueError naming the field."""
+    allowed = _allowed_types(annotation)
+    if allowed is None:
+        return value
+    if value is None and type(None) in allowed:
+        return value
+    if isinstance(value, bool):  # bool is an int subclass: num_gpus=True is not 1
+        ok = bool in allowed
+    elif isinstance(value, int):
+        ok = int in allowed or float in allowed
+        if ok and int not in allowed:
+            value = float(value)
+    else:
+        ok = any(kind not in (bool, int) and isinstance(value, kind) for kind in allowed)
+    if not ok:
+        kinds = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in allowed)
+        raise ValueError(f"{name} must be {kinds}, got {value!r}")
+    if name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        text, test = RANGES[name]
+        if not math.isfinite(value) or not test(value):
+            raise ValueError(f"{name} must be {'finite and ' if not math.isfinite(value) else ''}{text}, got {value!r}")
+    return value
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -29,6 +104,8 @@ class BaseConfig:
     guidance_scale: float | None = None
     fps: int | None = None
     progress_bar: bool = True
+    # with num_gpus > 1: a worker silent for this long inside a call (stopped, hung) is killed and the call fails
+    heartbeat_timeout: float = 10.0
     # caches: `cache` = a registered name ("teacache-slow", "pab-357", "none": videosys.cache.choices()),
     # a method's config, a dict with a "method" key, or a list of these; or the papers' switches below
     enable_teacache: bool = False
@@ -42,6 +119,7 @@ class BaseConfig:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> generation defaults
 
     def __post_init__(self):
+        self.check_fields()
         if self.preset is not None and self.preset not in self.presets:
             raise ValueError(f"unknown preset {self.preset!r} for {self.model_name}; choose from {sorted(self.presets)}")
         if self.model_path is None and self.preset is None:
@@ -52,9 +130,90 @@ class BaseConfig:
                 setattr(self, name, value)
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.num_gpus, int) or self.num_gpus < 1:
-            raise ValueError(f"num_gpus must be a positive integer, got {self.num_gpus!r}")
+        if self.cfg_parallel and self.num_gpus > 1 and self.num_gpus % 2:
+            raise ValueError(f"cfg_parallel splits the processes into a cond and an uncond half: num_gpus must be "
+                             f"even, got {self.num_gpus}")
+        self.check_device_name()
         self.cache_configs()  # a bad cache setting fails here, not mid-generation
+
+    def check_fields(self) -> None:
+        """Each field's value against its annotation and range (a family calls this first if its own
+        __post_init__ reads fields before BaseConfig's runs)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value(f.name, f.type, getattr(self, f.name)))
+
+    @classmethod
+    def parse_field(cls, name: str, raw: str):
+        """A command-line string (`--set name=raw`) as the field's type: "7" for an int field is 7,
+        "true" for a bool field is True, "none" for an optional field is None; "high" for a float field
+        is an error naming the field. A field without a plain type (`cache`) gets the value's own type."""
+        annotation = {f.name: f.type for f in dataclasses.fields(cls)}.get(name)
+        allowed = _allowed_types(annotation) if annotation is not None else None
+        if allowed is None:
+            return _guess_value(raw)
+        if raw.lower() in ("none", "null") and type(None) in allowed:
+            return None
+        if bool in allowed and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        for kind in (int, float):
+            if kind in allowed:
+                try:
+                    return kind(raw)
+                except ValueError:
+                    pass
+        if str in allowed:
+            return raw
+        kinds = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in allowed)
+        raise ValueError(f"{name} must be {kinds}, got {raw!r}")
+
+    def check_device_name(self) -> None:
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in _DEVICE_TYPES:
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {self.device!r}")
+
+    def prompt_vocabulary(self) -> frozenset[str] | None:
+        """The only words the model understands (a demo model trained on a fixed set of captions), else None;
+        a prompt with other words gets a warning."""
+        return None
+
+    def sp_heads(self) -> int | None:
+        """Attention heads the sequence-parallel size must divide (Ulysses shards heads), or None when the
+        family's sequence parallelism has no such limit. A family with Ulysses overrides this."""
+        return None
+
+    def transformer_config_value(self, key: str, folder: str | None = None):
+        """`key` of the checkpoint's transformer config.json, read without loading weights; None when the
+        checkpoint is not a local folder (a hub id not downloaded yet)."""
+        folder = folder or self.model_path
+        if not folder or not os.path.isdir(folder):
+            return None
+        for candidate in (os.path.join(folder, "transformer", "config.json"), os.path.join(folder, "config.json")):
+            if os.path.isfile(candidate):
+                with open(candidate) as f:
+                    return json.load(f).get(key)
+        return None
+
+    def check_launch(self, world: int, spawning: bool) -> None:
+        """What the machine and the model must allow for `world` processes, checked before any process starts
+        or weight loads: the device, the cores (when the engine spawns CPU workers), the cfg split, the heads."""
+        device = self.torch_device()
+        if spawning and device.type == "cpu" and world > available_cores() and os.environ.get(OVERSUBSCRIBE_ENV) != "1":
+            raise ValueError(f"num_gpus={world} CPU processes but this machine gives this process "
+                             f"{available_cores()} cores: each would get a fraction of a core. Use at most "
+                             f"{available_cores()}, or set {OVERSUBSCRIBE_ENV}=1 if you mean it")
+        from videosys.core.parallel import mesh_shape
+
+        _, sp = mesh_shape(world, self.cfg_parallel)
+        heads = self.sp_heads()
+        if sp > 1 and heads and heads % sp:
+            split = f" (num_gpus={world} with cfg_parallel leaves sp={sp})" if self.cfg_parallel else ""
+            raise ValueError(f"{self.model_name}'s sequence parallelism gives each process whole attention heads: "
+                             f"its {heads} heads do not divide by sp={sp}{split}")
 
     def cache_models(self) -> tuple[str, ...]:
         """The keys the caches look their published defaults up under, most specific first
@@ -74,9 +233,20 @@ class BaseConfig:
         return configs
 
     def torch_device(self) -> torch.device:
+        """The device to run on; a CUDA device that is not there is an error here, before any weight loads."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        self.check_device_name()
+        device = torch.device(self.device)
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ValueError(f"device={self.device!r} but no CUDA GPU is visible here; use device='cpu' "
+                                 "(or 'auto', which picks the GPU when there is one)")
+            if device.index is not None and device.index >= count:
+                raise ValueError(f"device={self.device!r} but only {count} CUDA device(s) are visible "
+                                 f"(cuda:0..cuda:{count - 1})")
+        return device
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
@@ -114,3 +284,13 @@ class BaseConfig:
     @property
     def pipeline_cls(self):
         raise NotImplementedError
+
+
+def _guess_value(raw: str):
+    """7 -> int, 0.5 -> float, true / false / none -> bool / None; anything else (9:16, 720p) stays a string."""
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None, "null": None}.get(raw.lower(), raw)

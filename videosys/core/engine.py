@@ -8,7 +8,10 @@ With `num_gpus=N` the caller is rank 0 and the engine spawns ranks 1..N-1; every
 builds the same pipeline from the config and runs every call, and rank 0 returns the
 result. Under `torchrun` the engine uses the processes torchrun made instead (every rank
 runs the script; only rank 0 writes files). CUDA ranks use nccl, one GPU each; CPU ranks
-use gloo. A worker that fails or dies ends the call with an error naming its rank.
+use gloo. A worker that fails or dies ends the call with an error naming its rank and carrying
+its traceback; one that stops responding (no heartbeat for `config.heartbeat_timeout` s) is
+killed and named the same way; workers exit by themselves when rank 0 dies. One multi-process
+engine per process at a time (torch has one default process group).
 """
 
 import dataclasses
@@ -16,17 +19,28 @@ import datetime
 import os
 import queue
 import socket
+import sys
+import threading
+import time
 import traceback
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from videosys.core.config import available_cores
 from videosys.core.parallel import ParallelState, init_parallel
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import save_video
 
-_TIMEOUT = datetime.timedelta(minutes=30)
+_TIMEOUT = datetime.timedelta(minutes=30)  # the process group's own; the heartbeat ends a hung call long before
+# Set in every spawned worker: an engine built there means the user's script re-ran on import (no __main__ guard).
+_WORKER_ENV = "VIDEOSYS_WORKER_RANK"
+_EXIT_UNGUARDED, _EXIT_ORPHANED = 86, 87  # worker exit codes rank 0 can name
+_FAILURE_GRACE_S = 1.0  # after rank 0 fails: how long a dying worker has to be seen (it dies within ms)
+_UNGUARDED = ("the script that builds the VideoSysEngine re-ran in a spawned worker: a spawned process imports "
+              "the main script again, so everything at its top level runs once per worker. Put the script's "
+              "work under `if __name__ == \"__main__\":` (see the README's \"Several processes\")")
 
 
 class WorkerError(RuntimeError):
@@ -88,12 +102,29 @@ def _build(config, rank: int, local_rank: int | None = None):
     return pipeline
 
 
-def _worker(rank: int, world: int, port: int, config, commands, results) -> None:
+def _heartbeat(rank: int, parent_pid: int, beats, interval: float) -> None:
+    """A worker's daemon thread: stamp the shared heartbeat, and exit the moment rank 0 is gone.
+
+    The worker holds the command queue's write end itself, so a blocking get() never sees rank 0 die;
+    a re-parented process (os.getppid() changes) does. Stopped with the worker (SIGSTOP), the stamps stop:
+    that is what rank 0 watches for.
+    """
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(_EXIT_ORPHANED)
+        beats[rank] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
+        time.sleep(interval)
+
+
+def _worker(rank: int, world: int, port: int, config, commands, results, beats, parent_pid: int) -> None:
     """Ranks 1..N-1: build the pipeline, then run what rank 0 runs, call for call."""
+    threading.Thread(target=_heartbeat, args=(rank, parent_pid, beats, min(0.5, config.heartbeat_timeout / 4)),
+                     daemon=True, name="videosys-heartbeat").start()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if config.torch_device().type == "cpu":  # N processes share the cores: don't oversubscribe them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, available_cores() // world))
     try:
+        results.put((rank, "alive", None))
         _init_process_group(rank, world, config.torch_device().type)
         pipeline = _build(config, rank)
         results.put((rank, "ready", None))
@@ -110,22 +141,71 @@ def _worker(rank: int, world: int, port: int, config, commands, results) -> None
             results.put((rank, "done", None))
     except BaseException:
         results.put((rank, "error", traceback.format_exc()))
+        # the queue writes from a feeder thread: flush it, or os._exit drops the traceback
+        results.close()
+        results.join_thread()
         # leaving the process group at once makes the other ranks' collectives fail fast instead of hanging
         os._exit(1)
     dist.destroy_process_group()
 
 
+class _Watchdog:
+    """Rank 0's thread while a call runs: a worker whose heartbeat is older than `timeout` (stopped, hung)
+    is killed, which makes rank 0's blocked collective fail at once (on nccl the group is aborted too);
+    the failure names the rank."""
+
+    def __init__(self, workers, beats, timeout: float, device_type: str):
+        self.workers, self.beats, self.timeout, self.device_type = workers, beats, timeout, device_type
+        self.failure: WorkerError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="videosys-watchdog")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.2, self.timeout / 4)):
+            now = time.monotonic()
+            for rank, process in enumerate(self.workers, start=1):
+                silent = now - self.beats[rank]
+                if process.is_alive() and silent > self.timeout:
+                    self.failure = WorkerError(
+                        f"rank {rank} stopped responding: no heartbeat for {silent:.1f} s (heartbeat_timeout="
+                        f"{self.timeout} s; the process was stopped, hung or starved), so it was killed and the "
+                        "call ended")
+                    process.kill()
+                    if self.device_type == "cuda":  # nccl does not notice a dead peer by itself
+                        try:
+                            dist.distributed_c10d._abort_process_group()
+                        except Exception:
+                            pass
+                    return
+
+
 class VideoSysEngine:
     def __init__(self, config):
+        if os.environ.get(_WORKER_ENV):  # we are a worker re-importing the user's script: stop it here
+            print(f"videosys: error (rank {os.environ[_WORKER_ENV]}): {_UNGUARDED}", flush=True,
+                  file=sys.stderr)
+            os._exit(_EXIT_UNGUARDED)
         self.config = config
         self.workers: list = []
         self.commands: list = []
+        self.pipeline = None
         self.rank, self.world = 0, 1
         if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            config.check_launch(int(os.environ["WORLD_SIZE"]), spawning=False)
             self._init_torchrun()
         elif config.num_gpus > 1:
+            config.check_launch(config.num_gpus, spawning=True)
             self._spawn_workers()
         else:
+            config.torch_device()  # a missing GPU is an error before any weight loads
             self.pipeline = config.pipeline_cls.from_config(config)
 
     # ---- process set-up ------------------------------------------------------------------
@@ -137,6 +217,10 @@ class VideoSysEngine:
         self.pipeline = _build(self.config, self.rank, local_rank)
 
     def _spawn_workers(self) -> None:
+        if dist.is_initialized():  # torch has one default group per process; a second engine would replace it
+            raise RuntimeError("a multi-process VideoSysEngine (or another torch.distributed process group) is "
+                               "already running in this process; shut it down first (engine.shutdown() or a "
+                               "`with` block), or reuse it: engine.set_cache() switches caches without reloading")
         self.world = self.config.num_gpus
         device_type = self.config.torch_device().type
         if device_type == "cuda" and torch.cuda.device_count() < self.world:
@@ -145,39 +229,54 @@ class VideoSysEngine:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
-        for rank in range(1, self.world):
-            commands = ctx.Queue()
-            process = ctx.Process(target=_worker, args=(rank, self.world, port, self.config, commands, self.results),
-                                  daemon=True, name=f"videosys-rank{rank}")
-            process.start()
-            self.workers.append(process)
-            self.commands.append(commands)
+        self.beats = ctx.RawArray("d", self.world)  # each worker's last heartbeat (time.monotonic())
         try:
+            for rank in range(1, self.world):
+                commands = ctx.Queue()
+                process = ctx.Process(target=_worker, args=(rank, self.world, port, self.config, commands,
+                                                            self.results, self.beats, os.getpid()),
+                                      daemon=True, name=f"videosys-rank{rank}")
+                os.environ[_WORKER_ENV] = str(rank)  # the child's environment is copied at start
+                try:
+                    process.start()
+                finally:
+                    del os.environ[_WORKER_ENV]
+                self.workers.append(process)
+                self.commands.append(commands)
+            self._collect("alive")  # a worker that dies while starting would leave rank 0 waiting for it below
             _init_process_group(0, self.world, device_type)
             self.pipeline = _build(self.config, 0)
             self._collect("ready")
         except BaseException as err:
-            self.shutdown()
-            raise self._worker_failure() or err
+            failure = None if isinstance(err, (KeyboardInterrupt, WorkerError)) else self._wait_for_failure()
+            self.shutdown(timeout=0.5)
+            if failure is None:
+                raise
+            raise failure from err
 
-    def _collect(self, status: str) -> None:
-        """Wait for every worker to report `status`; a worker error or death raises, naming the rank."""
+    def _collect(self, status: str, watchdog: "_Watchdog | None" = None) -> None:
+        """Wait for every worker to report `status`; a worker error, death or stall raises, naming the rank."""
         pending = set(range(1, self.world))
         while pending:
             try:
-                rank, got, detail = self.results.get(timeout=0.5)
+                rank, got, detail = self.results.get(timeout=0.1)
             except queue.Empty:
-                failure = self._worker_failure()
+                failure = self._worker_failure(watchdog)
                 if failure:
                     raise failure
                 continue
             if got == "error":
                 raise WorkerError(f"rank {rank} failed:\n{detail}")
-            pending.discard(rank)
+            if got == status:
+                pending.discard(rank)
 
-    def _worker_failure(self) -> WorkerError | None:
+    def _worker_failure(self, watchdog: "_Watchdog | None" = None) -> WorkerError | None:
+        if watchdog is not None and watchdog.failure is not None:
+            return watchdog.failure
         for rank, process in enumerate(self.workers, start=1):
             if not process.is_alive() and process.exitcode not in (0, None):
+                if process.exitcode == _EXIT_UNGUARDED:
+                    return WorkerError(f"rank {rank} stopped: {_UNGUARDED}")
                 detail = ""
                 try:
                     while True:
@@ -203,32 +302,38 @@ class VideoSysEngine:
         for commands in self.commands:
             commands.put((method, args, kwargs, step_sync))
         self.pipeline.step_callback = _StepSync(progress, self.pipeline.device) if progress is not None else None
+        watchdog = _Watchdog(self.workers, self.beats, self.config.heartbeat_timeout, self.config.torch_device().type)
         try:
-            result = getattr(self.pipeline, method)(*args, **kwargs)
-            self._collect("done")
+            with watchdog:
+                try:
+                    result = getattr(self.pipeline, method)(*args, **kwargs)
+                except Cancelled:
+                    self._collect("done", watchdog)  # the workers stopped at the same step; the engine stays usable
+                    raise
+                self._collect("done", watchdog)
         except Cancelled:
-            self._collect("done")  # the workers stopped at the same step; the engine stays usable
             raise
         except BaseException as err:
-            failure = self._wait_for_failure()
-            self.shutdown()
-            raise (failure or err) from err
+            # Ctrl-C reaches every process of the terminal: the workers' deaths are its echo, not the cause
+            failure = (None if isinstance(err, (KeyboardInterrupt, WorkerError))
+                       else self._wait_for_failure(watchdog=watchdog))
+            self.shutdown(timeout=0.5)  # workers still inside the call wait on rank 0's collectives: no use waiting
+            if failure is None:
+                raise
+            raise failure from err
         finally:
             if self.pipeline is not None:
                 self.pipeline.step_callback = None
         return result
 
-    def _wait_for_failure(self, seconds: float = 5.0) -> WorkerError | None:
-        """After rank 0 failed in a collective, give a dying worker a moment to be seen."""
-        import time
-
+    def _wait_for_failure(self, seconds: float = _FAILURE_GRACE_S, watchdog: "_Watchdog | None" = None):
+        """After rank 0 failed (a collective broke, or its own error): give a dying worker a moment to be seen."""
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            failure = self._worker_failure()
-            if failure:
+        while True:
+            failure = self._worker_failure(watchdog)
+            if failure or time.monotonic() >= end:
                 return failure
-            time.sleep(0.1)
-        return None
+            time.sleep(0.05)
 
     def generate(self, prompt, progress=None, **kwargs) -> VideoSysOutput:
         """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
@@ -251,22 +356,27 @@ class VideoSysEngine:
             return path
         return save_video(video, path, fps=fps or self.config.fps)
 
-    def shutdown(self) -> None:
-        """Stop the workers and leave the process group; safe to call twice."""
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the workers (killed if they have not exited within `timeout` s) and leave the process group;
+        safe to call twice."""
         for commands in self.commands:
             try:
                 commands.put(None)
             except (OSError, ValueError):
                 pass
+        end = time.monotonic() + timeout
         for process in self.workers:
-            process.join(timeout=10)
+            process.join(timeout=max(0.0, end - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
         spawned = bool(self.workers)
         self.workers, self.commands = [], []
         if spawned and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a group the watchdog aborted (nccl): it is gone either way
+                pass
         self.pipeline = None
 
     def __enter__(self):

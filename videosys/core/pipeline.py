@@ -7,11 +7,15 @@ same everywhere: input checks, the one denoising / CFG loop (with CFG parallelis
 caches' CFG-branch hook point), seeded noise, the progress bar and the conversion to frames.
 """
 
+import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +23,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
+from videosys.core.config import check_value
 from videosys.core.parallel import ParallelState
+
+
+class NonFiniteError(RuntimeError):
+    """The denoising produced NaN / inf: the video would come out black (or garbage), so none is made."""
 
 
 @dataclass
@@ -67,16 +76,26 @@ class VideoSysPipeline:
             self.transformer.enable_cache(config)
 
     # ---- inputs --------------------------------------------------------------------------
-    @staticmethod
-    def as_prompt_list(prompt, name: str = "prompt") -> list[str]:
+    def as_prompt_list(self, prompt, name: str = "prompt") -> list[str]:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
             raise ValueError(f"{name} must be a non-empty string or a list of non-empty strings, got {prompt!r}")
+        vocabulary = self.config.prompt_vocabulary()
+        unknown = sorted({w for p in prompts for w in re.findall(r"[a-z]+", p.lower())} - vocabulary) if vocabulary \
+            else []
+        if unknown:
+            warnings.warn(f"this model knows only the words of its training captions ({', '.join(sorted(vocabulary))}),"
+                          f" not {', '.join(map(repr, unknown))}: the video follows the known words alone (try e.g. "
+                          "\"a red circle moving to the right\")", stacklevel=3)
         return prompts
 
     def resolve(self, **kwargs) -> dict:
         """Generation arguments: the call's values, else the config's (published or preset defaults)."""
         out = {k: getattr(self.config, k) if v is None else v for k, v in kwargs.items()}
+        fields = {f.name: f.type for f in dataclasses.fields(self.config)}
+        for name, value in out.items():  # a call's values get the config's type and range checks
+            if name in fields and value is not None:
+                out[name] = check_value(name, fields[name], value)
         for name in ("num_frames", "height", "width", "num_inference_steps"):
             if name in out and (not isinstance(out[name], int) or out[name] <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {out[name]!r}")
@@ -107,8 +126,10 @@ class VideoSysPipeline:
         """
         values = [float(t) for t in timesteps]
         self.transformer.cache_begin(values, refresh_steps)
-        with self.progress(len(values), desc) as bar:
+        watch = self.watch_finite(len(values))
+        with self.progress(len(values), desc) as bar, watch as step:
             for i, t in enumerate(timesteps):
+                step[0] = i
                 self.transformer.cache_step(i, values[i])
                 yield i, t
                 bar.update()
@@ -117,6 +138,42 @@ class VideoSysPipeline:
                 postfix = self.transformer.cache_postfix()
                 if postfix:
                     bar.set_postfix_str(postfix, refresh=False)
+
+    @contextlib.contextmanager
+    def watch_finite(self, steps: int):
+        """Record, on the device, the first step whose transformer output holds NaN / inf (read once, in finish).
+
+        A forward hook adds one isfinite-all reduction per call and a device-side `where`; nothing goes to
+        the host inside the loop. Yields a one-item list the loop keeps at the current step index.
+        """
+        step = [0]
+        indices = torch.arange(steps, device=self.device)
+        self.first_non_finite = torch.full((), -1, dtype=indices.dtype, device=self.device)
+        self.non_finite_of = steps
+
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(out, torch.Tensor):
+                first = self.first_non_finite
+                self.first_non_finite = torch.where((first < 0) & ~torch.isfinite(out).all(), indices[step[0]], first)
+
+        handle = self.transformer.register_forward_hook(hook)
+        try:
+            yield step
+        finally:
+            handle.remove()
+
+    def check_finite(self, latents: torch.Tensor) -> None:
+        """Raise NonFiniteError naming the first step with NaN / inf (one host read, after the loop)."""
+        first = getattr(self, "first_non_finite", None)
+        bad_step = -1 if first is None else int(first)
+        if bad_step < 0 and bool(torch.isfinite(latents).all()):
+            return
+        where = (f"the transformer's output at denoising step {bad_step} (of {self.non_finite_of}, counting from 0)"
+                 if bad_step >= 0 else "the final latents (a scheduler step made them)")
+        raise NonFiniteError(f"non-finite values (NaN / inf) first appear in {where}; the video would be black, so "
+                             "none was written. Likely causes: NaN weights in the checkpoint, or fp16 overflowing "
+                             "(try dtype='bf16' or 'fp32')")
 
     def enable_configured_caches(self) -> None:
         for cache in self.config.cache_configs():
@@ -214,6 +271,7 @@ class VideoSysPipeline:
         device sync, after the loop) and cache stats."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        self.check_finite(latents)
         decode_start = time.perf_counter()
         if dist.is_initialized() and dist.get_rank() != 0:
             video = torch.zeros((latents.shape[0], 0, 0, 0, 3), dtype=torch.uint8)

@@ -47,7 +47,9 @@ def frontier(family_dir: str, baseline: str = "baseline", time_key: str = "total
         if stats is None or metrics is None:
             print(f"{variant}: skipped (needs {STATS_FILE} and {METRICS_FILE})", file=sys.stderr)
             continue
-        common = sorted(set(stats["videos"]) & set(base_stats["videos"]))
+        # a video a killed run saved without its stats ("recovered") has no timings
+        common = sorted(n for n in set(stats["videos"]) & set(base_stats["videos"])
+                        if time_key in stats["videos"][n] and time_key in base_stats["videos"][n])
         warm = [n for n in common if not (stats["videos"][n].get("first_of_engine")
                                           or base_stats["videos"][n].get("first_of_engine"))]
         common = warm or common  # an engine's first video pays its warm-up: timed only when nothing else is

@@ -56,6 +56,11 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     return colour, shape, direction
 
 
+def caption_words() -> frozenset[str]:
+    """Every word the demo captions use: all the demo model was trained to understand."""
+    return frozenset(word for combo in combinations() for word in caption(*combo).split())
+
+
 def combinations() -> list[tuple[str, str, str]]:
     """Every (colour, shape, direction), in a fixed order."""
     return list(itertools.product(COLOURS, SHAPES, DIRECTIONS))

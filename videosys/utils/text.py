@@ -64,10 +64,11 @@ def load_text_stack(path: str, dtype: torch.dtype, device):
     """The official text encoder and tokenizer from `path`'s text_encoder/ and tokenizer/ folders."""
     from transformers import AutoTokenizer, T5EncoderModel
 
+    from videosys.models.modules.pretrained import load_pretrained
     from videosys.utils.hub import resolve_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_dir(path, "tokenizer"))
-    encoder = T5EncoderModel.from_pretrained(resolve_dir(path, "text_encoder"), dtype=dtype).to(device).eval()
+    tokenizer = load_pretrained(AutoTokenizer, resolve_dir(path, "tokenizer"))
+    encoder = load_pretrained(T5EncoderModel, resolve_dir(path, "text_encoder"), dtype=dtype).to(device).eval()
     return tokenizer, encoder
 
 

@@ -1,5 +1,7 @@
 """Video files: written whole or not at all (temporary file, then rename), read back as uint8."""
 
+import os
+
 import numpy as np
 import torch
 
@@ -19,10 +21,32 @@ def to_uint8_frames(video) -> np.ndarray:
     return np.ascontiguousarray(video)
 
 
+def check_video_path(path) -> str:
+    """`path` as a str if save_video can write there, else a ValueError naming it: checked before generating,
+    so a bad output name costs no compute. It must end in .mp4 (the one format written), must not be a folder,
+    and the nearest existing folder above it must be a writable folder (missing ones are created)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"the output path must be a file name ending in .mp4, got {path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"output {path!r} is a folder; name a file in it, e.g. {os.path.join(path, 'out.mp4')!r}")
+    if os.path.splitext(path)[1].lower() != ".mp4":
+        raise ValueError(f"output {path!r}: videos are written as H.264 .mp4 only; use a name ending in .mp4")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"output {path!r}: {folder!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"output {path!r}: no permission to write in {folder!r}")
+    return path
+
+
 def save_video(video, path: str, fps: int = 8) -> str:
     """Write (T, H, W, 3) frames as H.264 mp4 at `path`; a failure leaves no file behind."""
     import imageio_ffmpeg
 
+    path = check_video_path(path)
     frames = to_uint8_frames(video)
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:

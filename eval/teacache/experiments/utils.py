@@ -4,8 +4,8 @@ A family's script (latte.py, opensora.py, ...) names the family and its variant 
 calls `main(family)`. Each variant is a dict of config overrides on top of the command
 line's config; `baseline` is the model as published, with no cache:
 
-    python experiments/latte.py --preset tiny --num-prompts 4                  # baseline
-    python experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
+    python eval/teacache/experiments/latte.py --preset tiny --num-prompts 4                  # baseline
+    python eval/teacache/experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
 
 Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (reference/evaluation.md), plus
 `stats.json` there: per-video timing and cache statistics, for the speed / quality plot.
@@ -170,6 +170,8 @@ class Generator:
     def __init__(self, config_cls_name: str, config: dict[str, Any], threads: int | None = None):
         import torch
 
+        if not threads and _ray_actor_cpus():  # an actor otherwise keeps the driver's count, on a share of the cores
+            threads = _ray_actor_cpus()
         if threads:
             torch.set_num_threads(threads)
         from videosys.core.engine import VideoSysEngine
@@ -187,6 +189,7 @@ class Generator:
         self.engine.save_video(out.video[0], job.path)
         stats = {k: _json_value(v) for k, v in (out.stats or {}).items()}
         stats["wall_s"] = round(time.perf_counter() - start, 6)
+        stats["threads"] = torch_threads()  # timings on a CPU depend on it
         stats["first_of_engine"] = self.generated == 0  # pays the warm-up; plot_frontier leaves these out
         self.generated += 1
         return stats
@@ -195,8 +198,33 @@ class Generator:
         self.engine.shutdown()
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _ray_actor_cpus() -> int | None:
+    """The CPUs Ray gave this actor, inside a Ray actor; else None."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is None:
+            return None
+        return max(1, int(context.get_assigned_resources().get("CPU", 1)))
+    except Exception:  # not in a worker process of a Ray job
+        return None
+
+
 class StatsFile:
-    """`stats.json` beside the videos: run settings and per-video stats, rewritten atomically after each video."""
+    """`stats.json` beside the videos: run settings and per-video stats, rewritten atomically after each video.
+
+    Opened on a folder a killed run left, it is rebuilt from the videos on disk: a video saved just before the
+    kill (its stats never written) gets an entry marked "recovered" (no timings), and an entry whose video is
+    gone is dropped, so the file always lists exactly the videos there.
+    """
 
     def __init__(self, folder: str, meta: dict[str, Any]):
         self.path = os.path.join(folder, STATS_FILE)
@@ -204,7 +232,12 @@ class StatsFile:
         if os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
-        self.data = {"meta": meta, "videos": data.get("videos", {})}
+        on_disk = {name for name in os.listdir(folder) if name.endswith(".mp4") and not name.startswith(".")}
+        videos = {name: stats for name, stats in data.get("videos", {}).items() if name in on_disk}
+        for name in sorted(on_disk - set(videos)):
+            videos[name] = {"recovered": True}  # saved, then killed before its stats were: timings lost
+        self.changed = videos != data.get("videos", {})
+        self.data = {"meta": meta, "videos": videos}
 
     def add(self, name: str, stats: dict[str, Any]) -> None:
         self.data["videos"][name] = stats
@@ -239,10 +272,6 @@ def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str 
     source_root = os.path.dirname(os.path.dirname(os.path.abspath(videosys.__file__)))
     python_path = os.pathsep.join(p for p in (source_root, os.environ.get("PYTHONPATH")) if p)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if threads is None and not address:
-        import torch
-
-        threads = torch.get_num_threads()  # as a run in this process would: CPU results depend on it
     started_here = not ray.is_initialized()
     if started_here:
         runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
@@ -257,6 +286,10 @@ def run_ray(config, jobs: list[Job], on_done, workers: int | None, address: str 
             total = ray.cluster_resources().get("GPU" if use_gpus else "CPU", 1)
             workers = max(1, int(total // (config.num_gpus if use_gpus else 1)))
         workers = max(1, min(workers, len(jobs)))
+        if threads is None and not address:  # local actors share this machine's cores (a cluster's get theirs)
+            from videosys.core.config import available_cores
+
+            threads = max(1, available_cores() // workers)
         actor_cls = ray.remote(**per_actor)(Generator)
         actors = [actor_cls.remote(config.model_name, config.to_dict(), threads) for _ in range(workers)]
         queue, in_flight = list(jobs), {}
@@ -306,10 +339,12 @@ def generate_variant(family: Family, variant: str, args) -> dict[str, Any]:
     print(f"{family.name} / {variant}: {len(jobs)} videos, {len(jobs) - len(todo)} already there, "
           f"{len(todo)} to generate -> {folder}", flush=True)
     summary = {"variant": variant, "folder": folder, "videos": len(jobs), "generated": 0}
-    if not todo:
-        return summary
     stats_file = StatsFile(folder, {"family": family.name, "variant": variant, "config": config.to_dict(),
                                     **run_environment(args)})
+    if not todo:
+        if stats_file.changed:  # a run killed after its last video: stats.json catches up with the folder
+            stats_file.write()
+        return summary
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"{family.name}/{variant}", unit="video")
 
     def on_done(job: Job, stats: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
 from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel, CogVideoXTransformerConfig
 from videosys.utils import text as text_stack
+from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
 TINY_TEXT_DIM = 32
@@ -65,6 +66,12 @@ class CogVideoXConfig(BaseConfig):
         if self.dtype == "auto" and self.torch_device().type == "cuda":
             return torch.bfloat16 if self.is_5b() else torch.float16
         return super().torch_dtype()
+
+    def sp_heads(self) -> int | None:
+        """Ulysses shards the heads over the sp group."""
+        if self.model_path is None:
+            return tiny_transformer_config(self.preset == "tiny-5b").num_attention_heads
+        return self.transformer_config_value("num_attention_heads")
 
     def cache_models(self) -> tuple[str, ...]:
         """2b and 5b have their own published TeaCache polynomials; PAB's defaults are CogVideoX's."""
@@ -134,7 +141,7 @@ class CogVideoXPipeline(VideoSysPipeline):
         else:
             path = config.model_path
             transformer = CogVideoXTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
-            vae = AutoencoderKLCogVideoX.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
+            vae = load_pretrained(AutoencoderKLCogVideoX, resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler_config = CogVideoXDDIMScheduler.load_config(resolve_dir(path, "scheduler"))
         scheduler = build_scheduler(config.scheduler, dict(scheduler_config))

@@ -14,6 +14,7 @@ from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
 from videosys.utils import text as text_stack
+from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
 TINY_TEXT_DIM = 32
@@ -57,6 +58,13 @@ class LatteConfig(BaseConfig):
                                         "train it: python scripts/train_demo.py --output <folder>)")
             return DEMO_PATH
         return self.model_path
+
+    def prompt_vocabulary(self) -> frozenset[str] | None:
+        if self.model_path is None and self.preset == "demo":
+            from videosys.utils.demo_data import caption_words
+
+            return caption_words()
+        return None
 
     @property
     def pipeline_cls(self):
@@ -113,7 +121,7 @@ class LattePipeline(VideoSysPipeline):
             scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
         else:
             transformer = load_transformer(path, config.skip_dit_checkpoint, dtype)
-            vae = AutoencoderKL.from_pretrained(resolve_dir(path, "vae"), torch_dtype=dtype)
+            vae = load_pretrained(AutoencoderKL, resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)

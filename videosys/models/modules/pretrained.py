@@ -13,13 +13,32 @@ import os
 import torch
 from torch import nn
 
-from videosys.utils.hub import read_state_dict, resolve_dir
+from videosys.utils.hub import CheckpointError, quiet_loading, read_state_dict, resolve_dir
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     pass
+
+
+def load_pretrained(cls, folder: str, **kwargs):
+    """`cls.from_pretrained(folder, **kwargs)` for a diffusers or transformers class, quietly (no accelerate
+    notice, no per-load progress bars), with a checkpoint that does not fit the class (shapes, truncated
+    files, a broken config) raised as CheckpointMismatchError naming the folder."""
+    from diffusers import ModelMixin
+    from diffusers.utils import is_accelerate_available
+
+    if issubclass(cls, ModelMixin):  # its default (True) needs accelerate, and says so on every load without it
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
+    with quiet_loading():
+        try:
+            return cls.from_pretrained(folder, **kwargs)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as err:
+            raise CheckpointMismatchError(f"checkpoint {folder!r} does not load into {cls.__name__}: "
+                                          f"{type(err).__name__}: {err}") from err
 
 
 def _names(keys, limit: int = 12) -> str:

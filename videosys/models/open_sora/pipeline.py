@@ -24,6 +24,7 @@ from videosys.models.open_sora.transformer import IMAGE_FPS, STDiT3, STDiT3Confi
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 from videosys.utils import text as text_stack
+from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
 # Published size tables (opensora/datasets/aspect.py at v1.2.0): aspect ratio "H:W" -> its key,
@@ -178,7 +179,7 @@ def load_t5(path: str, dtype: torch.dtype):
     from transformers import AutoTokenizer, T5EncoderModel
 
     folder = resolve_dir(path)
-    return AutoTokenizer.from_pretrained(folder), T5EncoderModel.from_pretrained(folder, dtype=dtype).eval()
+    return load_pretrained(AutoTokenizer, folder), load_pretrained(T5EncoderModel, folder, dtype=dtype).eval()
 
 
 class OpenSoraPipeline(VideoSysPipeline):

@@ -29,6 +29,7 @@ from videosys.models.open_sora_plan.latte_t2v import LatteT2V, LatteT2VConfig
 from videosys.models.open_sora_plan.transformer import OpenSoraT2V, OpenSoraT2VConfig
 from videosys.models.open_sora_plan.vae import CAUSALVAE_V110, CausalVAE, CausalVAEConfig
 from videosys.utils import text as text_stack
+from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
 # opensora/sample/sample_t2v.py at v1.2.0 (whitespace as the release writes it)
@@ -90,6 +91,7 @@ class OpenSoraPlanConfig(BaseConfig):
     presets = {"tiny": dict(TINY, **VERSIONS["v120"]["defaults"])}
 
     def __post_init__(self):
+        self.check_fields()  # types first: the version's values are read before BaseConfig's checks run
         if self.version not in VERSIONS:
             raise ValueError(f"unknown version {self.version!r}; choose from {sorted(VERSIONS)} "
                              f"(Open-Sora-Plan v1.1, v1.2)")
@@ -114,6 +116,15 @@ class OpenSoraPlanConfig(BaseConfig):
         for name, value in zip(("num_frames", "height", "width"), types[self.transformer_type]):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+
+    def sp_heads(self) -> int | None:
+        """v1.2's full attention runs Ulysses (heads sharded); v1.1 (Latte's DSP) has no limit."""
+        if self.version != "v120":
+            return None
+        if self.model_path is None:
+            return 4  # tiny_components' OpenSoraT2V (tests/test_config_checks.py keeps the two equal)
+        stage = os.path.join(self.model_path, self.transformer_type)  # the release's layout, else a pipeline folder
+        return self.transformer_config_value("num_attention_heads", stage if os.path.isdir(stage) else None)
 
     def cache_models(self) -> tuple[str, ...]:
         """PAB's defaults differ per version; TeaCache's coefficients (fitted on v1.1 65x512x512) are the family's."""
@@ -152,12 +163,12 @@ def load_text_encoder(path: str, version: str, dtype: torch.dtype):
 
     encoder_cls = T5EncoderModel if version == "v110" else MT5EncoderModel
     if os.path.isdir(os.path.join(path, "text_encoder")):
-        tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
+        tokenizer = load_pretrained(AutoTokenizer, os.path.join(path, "tokenizer"))
         encoder_dir = os.path.join(path, "text_encoder")
     else:
         folder = resolve_dir(path)
-        tokenizer, encoder_dir = AutoTokenizer.from_pretrained(folder), folder
-    return tokenizer, encoder_cls.from_pretrained(encoder_dir, dtype=dtype).eval()
+        tokenizer, encoder_dir = load_pretrained(AutoTokenizer, folder), folder
+    return tokenizer, load_pretrained(encoder_cls, encoder_dir, dtype=dtype).eval()
 
 
 def _is_pipeline_folder(path: str) -> bool:
