@@ -79,3 +79,16 @@ def test_stage_one_needs_skip_branches(capsys):
     with pytest.raises(SystemExit):
         train_demo.parse_args(["--output", "x", "--skip-stage1-steps", "3"])
     assert "--skip-connections" in capsys.readouterr().err
+
+
+def test_compare_script_scores_both_models(tmp_path, capsys):
+    import json
+
+    compare = load_script("compare_skip_dit")
+    out = tmp_path / "compare.json"
+    assert compare.main(["--base", DEMO_PATH, "--skip", DEMO_PATH, "--prompts", "1", "--steps", "2",
+                         "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["base_accuracy"] == report["skip_accuracy"] and report["base_accuracy"]["n"] == 1
+    assert report["ssim"] == pytest.approx(1.0)  # the same model: the same video
+    assert "PSNR" in capsys.readouterr().out
