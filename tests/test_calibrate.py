@@ -2,6 +2,7 @@
 are the distances between consecutive calls, the fit is numpy's, and the result drives TeaCache."""
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -85,3 +86,54 @@ def test_scripts_calibrate_then_bench_with_the_coefficients(tmp_path):
     row = json.loads(frontier.read_text())["results"]["teacache-cal-2.5"]
     # accumulated 1, 2 (reuse), 3 >= 2.5 (compute): steps 0, 3, 6 and the last one computed
     assert row["teacache"]["computed_steps"] == 4 and row["teacache"]["reused_step_indices"] == [1, 2, 4, 5]
+
+
+def test_magcache_ratios_are_the_stack_residual_norm_ratios(tiny_latte):
+    """calibrate_magcache: per step, mean over tokens of |r_i| / |r_{i-1}| of the whole stack's residual,
+    averaged over the videos; checked against residuals recorded independently at the same hook point."""
+    from videosys.cache import Cache, register
+    from videosys.cache.calibrate import calibrate_magcache
+    from videosys.cache.magcache import MagCacheConfig
+
+    @dataclass
+    class ResidualsConfig:
+        pass
+
+    class Residuals(Cache):
+        def __init__(self, config):
+            self.seen = []
+
+        def stack(self, stack):
+            out = stack.run(*stack.streams)
+            self.seen.append(out[0] - stack.streams[0])
+            return out
+
+    register("test-residuals", ResidualsConfig, Residuals, for_model=lambda models: ResidualsConfig())
+    transformer = tiny_latte.transformer
+    transformer.disable_cache()
+    transformer.enable_cache(ResidualsConfig())
+    for prompt in PROMPTS:
+        tiny_latte.generate(prompt, seed=0, **SHORT)
+    seen = transformer.active_cache("test-residuals").seen
+    transformer.disable_cache()
+    n = SHORT["num_inference_steps"]
+    per_video = (seen[:n], seen[n:])
+    expected = [1.0] + [np.mean([float((v[i].norm(dim=-1) / v[i - 1].norm(dim=-1)).mean()) for v in per_video])
+                        for i in range(1, n)]
+    ratios = calibrate_magcache(tiny_latte, PROMPTS, progress=False, **SHORT)
+    assert np.allclose(ratios, expected, rtol=1e-5) and len(ratios) == n
+    assert not transformer.caches  # put back (none were on)
+    # the ratios drive MagCache on this model (a budget large enough to skip on the tiny random model)
+    tiny_latte.set_cache(MagCacheConfig(ratios=ratios, threshold=10.0, max_skip_steps=1))
+    out = tiny_latte.generate(PROMPTS[0], seed=0, **SHORT)
+    # retention round(0.2 * 6) = 1 computed step, then K = 1: every other step reused
+    assert out.stats["magcache"]["reused_step_indices"] == [1, 3, 5]
+    tiny_latte.set_cache(None)
+
+
+def test_script_records_magcache_ratios(tmp_path):
+    out = tmp_path / "ratios.json"
+    args = ["--method", "magcache", "--preset", "tiny", "--prompt-set", "builtin", "--prompts", "1", "--steps", "5"]
+    assert load_script("calibrate_teacache").main(args + ["--output", str(out)]) == 0
+    ratios = json.loads(out.read_text())["ratios"]
+    assert len(ratios) == 5 and ratios[0] == 1.0 and all(r > 0 for r in ratios[1:])

@@ -21,9 +21,10 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("hooks", "registry"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
+from videosys.cache.fastercache import FasterCache, FasterCacheConfig  # noqa: E402
 from videosys.cache.pab import PAB, PABConfig  # noqa: E402
 from videosys.cache.teacache import TeaCache, TeaCacheConfig, relative_l1  # noqa: E402
 
-__all__ = ["BlockStack", "Cache", "CacheMixin", "METHODS", "PAB", "PABConfig", "Site", "TeaCache", "TeaCacheConfig",
+__all__ = ["BlockStack", "Cache", "CacheMixin", "FasterCache", "FasterCacheConfig", "METHODS", "PAB", "PABConfig", "Site", "TeaCache", "TeaCacheConfig",
            "choices", "configs_from_spec", "module_call", "published_names", "register", "relative_l1",
            "spec_to_plain", "sweep_names"]

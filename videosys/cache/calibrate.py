@@ -13,6 +13,10 @@ or `python scripts/calibrate_teacache.py --model latte --preset demo`. The recor
 cache method ("teacache-recorder") at the block-stack hook point, so it reads the very indicator
 TeaCache reads. One process, cond and uncond in one batch (as the reference measured); the output
 distance is over the whole batched output (both CFG halves), as the indicator's is.
+
+MagCache's magnitude ratios likewise: `calibrate_magcache(engine.pipeline, prompts)` (`--method magcache`;
+the recorder "magcache-recorder") records, per step, the mean over tokens of |r_i| / |r_{i-1}| for the
+residual r the whole block stack adds, averaged over the generations.
 """
 
 from dataclasses import dataclass, field
@@ -107,26 +111,96 @@ def fit(x, y, degree: int = 4) -> tuple[float, ...]:
     return tuple(float(c) for c in np.polyfit(x, y, degree))
 
 
-def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True,
-              **generate_kwargs) -> Calibration:
-    """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
-    put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...)."""
+def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generate_kwargs, output_hook=None):
+    """Generate every (prompt, seed) uncached with recorder `config` on; the recorder. Caches are put back."""
     if pipeline.parallel.world_size != 1:
         raise ValueError("calibrate runs in one process (num_gpus=1): the distances are those of the whole batch")
     transformer = pipeline.transformer
     saved = dict(transformer.caches)
     transformer.disable_cache()
-    transformer.enable_cache(TeaCacheRecorderConfig())
-    recorder = transformer.active_cache("teacache-recorder")
-    handle = transformer.register_forward_hook(
-        lambda module, args, out: recorder.record_output(out if torch.is_tensor(out) else out[0]))
+    transformer.enable_cache(config)
+    recorder = transformer.active_cache(name)
+    handle = None
+    if output_hook is not None:
+        handle = transformer.register_forward_hook(
+            lambda module, args, out: output_hook(recorder, out if torch.is_tensor(out) else out[0]))
     jobs = [(p, s) for p in prompts for s in seeds]
     try:
         for prompt, seed in tqdm(jobs, desc="calibrating", disable=not progress):
             pipeline.generate(prompt, seed=seed, **generate_kwargs)
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
         transformer.disable_cache()
         transformer.caches.update(saved)
+    return recorder
+
+
+def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True,
+              **generate_kwargs) -> Calibration:
+    """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
+    put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...)."""
+    recorder = _record(pipeline, TeaCacheRecorderConfig(), "teacache-recorder", prompts, seeds, progress,
+                       generate_kwargs, output_hook=lambda rec, out: rec.record_output(out))
     x, y = recorder.points()
     return Calibration(fit(x, y, degree), x, y)
+
+
+# ---- MagCache -------------------------------------------------------------------------------------
+
+@dataclass
+class MagCacheRecorderConfig:
+    """No settings: the recorder never skips."""
+
+
+def magnitude_ratio(residual: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """mean over tokens of |r| / |r_prev| (L2 over the last dim, in fp32), as the MagCache authors measure it."""
+    return (residual.float().norm(dim=-1) / previous.float().norm(dim=-1).clamp_min(1e-8)).mean()
+
+
+@dataclass
+class MagCacheRecorder(Cache):
+    """At the block stack: runs it every step and keeps, per step index, the magnitude ratio of the residual
+    the stack adds (first stream) against the previous step's. On the device until `ratios()`."""
+
+    config: MagCacheRecorderConfig = field(default_factory=MagCacheRecorderConfig)
+    per_step: dict = field(default_factory=dict)  # step index -> [ratio tensors, one per generation]
+    residual: torch.Tensor | None = None
+    step: int = 0
+
+    def begin(self, timesteps, refresh_steps=()) -> None:
+        self.residual = None
+
+    def set_step(self, index: int, timestep: float) -> None:
+        self.step = index
+
+    def stack(self, stack: BlockStack) -> tuple:
+        out = stack.run(*stack.streams)
+        residual = (out[0] - stack.streams[0]).detach()
+        if self.residual is not None and self.residual.shape == residual.shape:
+            self.per_step.setdefault(self.step, []).append(magnitude_ratio(residual, self.residual))
+        self.residual = residual
+        return out
+
+    def ratios(self) -> tuple[float, ...]:
+        """1.0 for step 0, then the mean ratio of each step over the generations."""
+        steps = sorted(self.per_step)
+        if not steps:
+            raise RuntimeError("no magnitude ratios recorded: the model never passed its block-stack hook twice")
+        means = torch.stack([torch.stack(self.per_step[i]).mean() for i in steps]).double().cpu().tolist()
+        return (1.0, *means) if steps[0] == 1 else tuple(means)
+
+    def stats(self) -> dict:
+        return {"calibration_steps": len(self.per_step)}
+
+
+register("magcache-recorder", MagCacheRecorderConfig, MagCacheRecorder,
+         for_model=lambda models: MagCacheRecorderConfig())
+
+
+def calibrate_magcache(pipeline, prompts: list[str], seeds=(0,), progress: bool = True,
+                       **generate_kwargs) -> tuple[float, ...]:
+    """MagCache's magnitude ratios for this model and step count (MagCacheConfig(ratios=...))."""
+    recorder = _record(pipeline, MagCacheRecorderConfig(), "magcache-recorder", prompts, seeds, progress,
+                       generate_kwargs)
+    return recorder.ratios()

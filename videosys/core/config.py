@@ -112,6 +112,16 @@ class BaseConfig:
     teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
     enable_pab: bool = False
     cache: Any = None
+    # FreeInit (core/freeinit.py; defaults: diffusers' enable_free_init): runs of the sampler (1 = off), the
+    # low-pass filter (butterworth | gaussian | ideal | box), its order and stop frequencies d_s / d_t,
+    # coarse-to-fine step counts, and in how many of the first runs the caches stay on (None: all)
+    freeinit_iters: int = 1
+    freeinit_method: str = "butterworth"
+    freeinit_order: int = 4
+    freeinit_spatial_stop: float = 0.25
+    freeinit_temporal_stop: float = 0.25
+    freeinit_fast_sampling: bool = False
+    freeinit_cache_iters: int | None = None
 
     model_name: ClassVar[str] = ""
     official_model_path: ClassVar[str] = ""
@@ -135,6 +145,7 @@ class BaseConfig:
                              f"even, got {self.num_gpus}")
         self.check_device_name()
         self.cache_configs()  # a bad cache setting fails here, not mid-generation
+        self.freeinit_config()  # likewise FreeInit's settings
 
     def check_fields(self) -> None:
         """Each field's value against its annotation and range (a family calls this first if its own
@@ -231,6 +242,16 @@ class BaseConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"each cache method can be enabled once, got {names}")
         return configs
+
+    def freeinit_config(self):
+        """The FreeInit settings (core/freeinit.FreeInitConfig), None when it is off (freeinit_iters == 1)."""
+        from videosys.core.freeinit import FreeInitConfig
+
+        config = FreeInitConfig(iters=self.freeinit_iters, method=self.freeinit_method, order=self.freeinit_order,
+                                spatial_stop_frequency=self.freeinit_spatial_stop,
+                                temporal_stop_frequency=self.freeinit_temporal_stop,
+                                fast_sampling=self.freeinit_fast_sampling, cache_iters=self.freeinit_cache_iters)
+        return None if config.iters == 1 else config
 
     def torch_device(self) -> torch.device:
         """The device to run on; a CUDA device that is not there is an error here, before any weight loads."""

@@ -42,6 +42,8 @@ class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
     step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
+    progress_label = ""  # shown beside the progress bar's name (FreeInit's run)
+    run_stats: dict = {}  # what the sampler adds to out.stats (FreeInit's runs); replaced, never mutated, here
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
         self.config = config
@@ -115,7 +117,22 @@ class VideoSysPipeline:
         return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
     def progress(self, total: int, desc: str):
+        desc = f"{desc} ({self.progress_label})" if self.progress_label else desc
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
+
+    def sample(self, latents: torch.Tensor, run, num_steps: int, seed: int, frame_dim: int = 2) -> torch.Tensor:
+        """The family's sampler, `run(latents, num_steps) -> clean latents`, with the config's FreeInit
+        (core/freeinit.py: the sampler runs several times, the noise's low frequencies re-initialised
+        between runs) or once. `frame_dim`: where the latents keep their frames ((B, C, T, H, W): 2)."""
+        from videosys.core import freeinit
+
+        self.run_stats = {}
+        return freeinit.sample(self, latents, run, num_steps, seed, frame_dim)
+
+    def fewest_run_steps(self, num_steps: int) -> int:
+        """The steps of the shortest sampling run (FreeInit's coarse-to-fine runs start with fewer)."""
+        config = self.config.freeinit_config()
+        return num_steps if config is None else config.steps(0, num_steps)
 
     def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
@@ -279,7 +296,7 @@ class VideoSysPipeline:
             video = decode(latents)
         end = time.perf_counter()
         stats = {"denoise_s": decode_start - denoise_start, "decode_s": end - decode_start, "total_s": end - start,
-                 "steps": steps, **self.transformer.cache_stats()}
+                 "steps": steps, **self.transformer.cache_stats(), **self.run_stats}
         return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
 
     @staticmethod

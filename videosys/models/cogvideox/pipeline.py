@@ -212,31 +212,34 @@ class CogVideoXPipeline(VideoSysPipeline):
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         latents = (latents * self.scheduler.init_noise_sigma).to(self.dtype)
 
-        self.scheduler.set_timesteps(a["num_inference_steps"])
-        timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-        model_timesteps = timesteps.to(self.device)  # what the transformer sees, copied once
-        scales = [a["guidance_scale"]] * len(timesteps)
-        if self.config.use_dynamic_cfg:
-            scales = dynamic_guidance_scales(a["guidance_scale"], timesteps.tolist(), len(timesteps))
-        dpm = self.config.scheduler == "dpm"
-        old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
+        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
+            self.scheduler.set_timesteps(num_steps)
+            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+            model_timesteps = timesteps.to(self.device)  # what the transformer sees, copied once
+            scales = [a["guidance_scale"]] * len(timesteps)
+            if self.config.use_dynamic_cfg:
+                scales = dynamic_guidance_scales(a["guidance_scale"], timesteps.tolist(), len(timesteps))
+            dpm = self.config.scheduler == "dpm"
+            old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
 
-        def predict(model_in, i, t, text):
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            return self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
+            def predict(model_in, i, t, text):
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                return self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
 
-        def step(pred, i, t, latents):
-            nonlocal old_x0
-            if dpm:
-                t_back = timesteps[i - 1] if i > 0 else None
-                latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
-            else:
-                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-            return latents.to(self.dtype)
+            def step(pred, i, t, latents):
+                nonlocal old_x0
+                if dpm:
+                    t_back = timesteps[i - 1] if i > 0 else None
+                    latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
+                else:
+                    latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+                return latents.to(self.dtype)
+
+            return self.denoise(latents, timesteps, predict, step, (text,), do_cfg, scales, "cogvideox")
 
         denoise_start = time.perf_counter()
-        latents = self.denoise(latents, timesteps, predict, step, (text,), do_cfg, scales, "cogvideox")
-        return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
+        latents = self.sample(latents, run, a["num_inference_steps"], seed, frame_dim=1)
+        return self.finish(latents, self.decode, start, denoise_start, a["num_inference_steps"])
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""

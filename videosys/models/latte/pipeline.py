@@ -168,21 +168,25 @@ class LattePipeline(VideoSysPipeline):
                  a["width"] // self.vae_scale_factor)
         latents = self.seeded_noise(shape, seed) * self.scheduler.init_noise_sigma
         latents = latents.to(self.dtype)
-        self.scheduler.set_timesteps(a["num_inference_steps"])
-        timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-        model_timesteps = timesteps.to(self.device)
 
-        def predict(model_in, i, t, text, mask):
-            pred = self.transformer(model_in, model_timesteps[i], text, mask,
-                                    enable_temporal_attentions=self.config.enable_temporal_attentions)
-            return pred[:, :channels]  # epsilon; the other half is the learned variance
+        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
+            self.scheduler.set_timesteps(num_steps)
+            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+            model_timesteps = timesteps.to(self.device)
 
-        def step(pred, i, t, latents):
-            return self.scheduler.step(pred, t, latents, return_dict=False)[0]
+            def predict(model_in, i, t, text, mask):
+                pred = self.transformer(model_in, model_timesteps[i], text, mask,
+                                        enable_temporal_attentions=self.config.enable_temporal_attentions)
+                return pred[:, :channels]  # epsilon; the other half is the learned variance
+
+            def step(pred, i, t, latents):
+                return self.scheduler.step(pred, t, latents, return_dict=False)[0]
+
+            return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"], "latte")
 
         denoise_start = time.perf_counter()
-        latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"], "latte")
-        return self.finish(latents, self.decode, start, denoise_start, len(timesteps))
+        latents = self.sample(latents, run, a["num_inference_steps"], seed)
+        return self.finish(latents, self.decode, start, denoise_start, a["num_inference_steps"])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""

@@ -289,6 +289,8 @@ class OpenSoraPipeline(VideoSysPipeline):
         cond = self.prepare_conditioning(prompt, reference, mask_strategy, loop, condition_frame_length,
                                          condition_frame_edit, aes, flow, camera_motion, a["height"], a["width"],
                                          latent_t)
+        if (cond.conditioned or cond.loop > 1) and self.config.freeinit_config() is not None:
+            raise ValueError("freeinit_iters > 1 does not combine with reference conditioning or loop yet")
         start = time.perf_counter()
         if cond.conditioned:
             cond.encode(self.vae, seed, self.device, self.dtype)
@@ -314,7 +316,15 @@ class OpenSoraPipeline(VideoSysPipeline):
             latents = torch.randn(shape, generator=noise, dtype=torch.float32).to(self.device)
             plan = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values, noise,  # -- conditioning
                              self.scheduler.num_timesteps)
-            latents = self.denoise_clip(latents, text, mask, timesteps, a, do_cfg, plan)
+            if plan is None:  # FreeInit (core/freeinit.py) re-runs the sampler; each run sets its schedule
+                def run(z, num_steps):
+                    steps = self.scheduler.set_timesteps(num_steps, a["height"], a["width"], a["num_frames"],
+                                                         device=self.device)
+                    return self.denoise_clip(z, text, mask, steps, a, do_cfg)
+
+                latents = self.sample(latents, run, a["num_inference_steps"], seed)
+            else:
+                latents = self.denoise_clip(latents, text, mask, timesteps, a, do_cfg, plan)
             if loop_index < cond.loop - 1:  # -- conditioning: the next loop continues this clip
                 clips.append(decode(latents))
                 cond.append_generated(loop_index + 1, clips[-1], self.vae, self.device, self.dtype)

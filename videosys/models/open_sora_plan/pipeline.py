@@ -256,7 +256,7 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         self.check_spatial(a["height"], a["width"], self.vae.config.spatial_ratio * self.transformer.config.patch_size)
         prk = not getattr(self.scheduler.config, "skip_prk_steps", True)  # v1.1's PNDM (diffusers fails below)
         warm_up = getattr(self.scheduler, "pndm_order", 0) if prk else 0
-        if a["num_inference_steps"] < warm_up:
+        if self.fewest_run_steps(a["num_inference_steps"]) < warm_up:  # FreeInit's coarse runs have fewer
             raise ValueError(f"num_inference_steps={a['num_inference_steps']}: PNDM's Runge-Kutta warm-up needs at "
                              f"least {warm_up} steps")
         latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
@@ -267,26 +267,30 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         channels = self.transformer.config.in_channels
         latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)
         latents = (latents * self.scheduler.init_noise_sigma).to(self.dtype)
-        self.scheduler.set_timesteps(a["num_inference_steps"])
-        timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-        model_timesteps = timesteps.to(self.device)
-        # the ancestral sampler's (v1.2) per-step noise, drawn on the CPU from the seed like the initial noise
-        step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
-            step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
 
-        def predict(model_in, i, t, text, mask):
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            return self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
+        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
+            self.scheduler.set_timesteps(num_steps)
+            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+            model_timesteps = timesteps.to(self.device)
+            # the ancestral sampler's (v1.2) per-step noise, drawn on the CPU from the seed like the initial noise
+            step_kwargs = {}
+            if "generator" in inspect.signature(self.scheduler.step).parameters:
+                step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
 
-        def step(pred, i, t, latents):
-            return self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
+            def predict(model_in, i, t, text, mask):
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                return self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
+
+            def step(pred, i, t, latents):
+                return self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
+
+            # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
+            # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
+            cache_timesteps = torch.tensor([int(t) for t in timesteps])
+            return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
+                                "open-sora-plan", cache_timesteps)
 
         denoise_start = time.perf_counter()
-        # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
-        # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
-        cache_timesteps = torch.tensor([int(t) for t in timesteps])
-        latents = self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
-                               "open-sora-plan", cache_timesteps)
+        latents = self.sample(latents, run, a["num_inference_steps"], seed)
         decode = lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype)))  # noqa: E731
-        return self.finish(latents, decode, start, denoise_start, len(timesteps))
+        return self.finish(latents, decode, start, denoise_start, a["num_inference_steps"])

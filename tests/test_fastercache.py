@@ -1,0 +1,327 @@
+"""FasterCache: windows, weight schedule and frequency split against hand-computed values; the forced
+schedule's transformer calls; diffusers' FasterCache on diffusers' CogVideoX against ours on the same weights
+(equal where both follow the paper, the differences shown where diffusers does not); CFG / sequence parallel
+against one process; stats and the progress bar."""
+
+import math
+import types
+
+import pytest
+import torch
+
+from videosys import VideoSysEngine
+from videosys.cache import configs_from_spec
+from videosys.cache.fastercache import (FasterCache, FasterCacheConfig, from_spectrum, low_pass_mask, ramp_weight,
+                                        spectrum, split_frequencies)
+from videosys.cache.hooks import Site
+from videosys.core.parallel import ParallelState
+from videosys.core.pipeline import VideoSysPipeline
+
+from conftest import PROMPT, tiny_config, tiny_pipeline
+from test_cogvideox import TEXT_DIM, TEXT_LEN, pair
+
+ALWAYS = (-1, 2000)  # a window holding every timestep
+
+
+# ---- windows, weights, frequencies ------------------------------------------------------------------
+
+def test_published_defaults_and_names():
+    for models in (("latte",), ("open-sora",), ("open-sora-plan-v110", "open-sora-plan"),
+                   ("cogvideox-5b", "cogvideox")):
+        c = configs_from_spec("fastercache", models)[0]
+        # diffusers 0.42.1 FasterCacheConfig defaults
+        assert (c.spatial, c.temporal, c.uncond) == (((-1.0, 681.0), 2), None, ((-1.0, 641.0), 5))
+        assert (c.alpha_low, c.alpha_high, c.low_window, c.high_window) == (1.1, 1.1, (99.0, 901.0), (-1.0, 301.0))
+        assert c.weight is None and not c.compound
+    c = configs_from_spec("fastercache-3-4t", ("latte",))[0]
+    assert c.spatial == ((-1.0, 681.0), 3) == c.temporal and c.uncond == ((-1.0, 641.0), 4)
+    assert configs_from_spec("fastercache-4", ("latte",))[0].uncond[1] == 5
+    for bad in ("fastercache-0", "fastercache-x", "fastercache-1-2-3"):
+        with pytest.raises(ValueError, match="unknown cache"):
+            configs_from_spec(bad, ("latte",))
+    with pytest.raises(ValueError, match="lo < hi"):
+        FasterCacheConfig(uncond=((500, 100), 2))
+
+
+def test_window_boundaries_are_strict_and_the_plan_follows_index_and_timestep():
+    timesteps = [999, 900, 681, 680, 641, 640, 300, 99, 10, -1]
+    fc = FasterCache(FasterCacheConfig())  # spatial every 2 in (-1, 681), uncond every 5 in (-1, 641)
+    fc.begin(timesteps)
+    # attention: odd indices strictly inside (-1, 681): 3 (680), 5 (640), 7 (99); 681 (index 2) and -1 are outside
+    assert [i for i in range(len(timesteps)) if fc.reuses("spatial", i)] == [3, 5, 7]
+    # uncond skipped: index % 5 != 0 strictly inside (-1, 641): 5 (640) is a multiple of 5, 4 (641) is on the edge
+    assert [i for i, s in enumerate(fc.uncond_plan) if s] == [6, 7, 8]
+    assert not any(fc.reuses("temporal", i) for i in range(len(timesteps)))  # temporal off by default
+    fc.begin(timesteps, refresh_steps=(7,))
+    assert [i for i in range(len(timesteps)) if fc.reuses("spatial", i)] == [3, 5]
+    assert [i for i, s in enumerate(fc.uncond_plan) if s] == [6, 8]
+    # frequency weights: alpha_low strictly inside (99, 901), alpha_high strictly inside (-1, 301)
+    expected = {999: (1, 1), 901: (1, 1), 900: (1.1, 1), 301: (1.1, 1), 300: (1.1, 1.1), 99: (1, 1.1), -1: (1, 1)}
+    for t, weights in expected.items():
+        fc.set_step(0, t)
+        assert fc.frequency_weights() == weights, t
+
+
+def test_weight_ramp_and_extrapolation_from_the_last_two_computed():
+    assert [ramp_weight(i, 5) for i in range(5)] == [0, 0.25, 0.5, 0.75, 1]
+    assert ramp_weight(0, 1) == 0
+    fc = FasterCache(FasterCacheConfig(spatial=(ALWAYS, 2)))
+    n = 7
+    fc.begin([900 - 100 * i for i in range(n)])
+    outputs, seen = [torch.full((2, 3), float(i * i)) for i in range(n)], []
+    for i in range(n):
+        fc.set_step(i, fc.timesteps[i])
+        seen.append(fc.module(Site("spatial", "spatial", 0), lambda: outputs[i]))
+    # steps 0-2 compute (step 1 has one computed output only); 3 and 5 extrapolate from (1, 2) and (2, 4)
+    assert [torch.equal(seen[i], outputs[i]) for i in range(n)] == [True, True, True, False, True, False, True]
+    assert torch.allclose(seen[3], outputs[2] + 0.5 * (outputs[2] - outputs[1]))  # w(3 of 7) = 0.5
+    assert torch.allclose(seen[5], outputs[4] + (5 / 6) * (outputs[4] - outputs[2]))  # not from the extrapolated 3
+    assert fc.stats() == {"spatial_computed": 5, "spatial_reused": 2}
+    # cross-attention and MLPs are never touched
+    assert fc.module(Site("cross", "spatial", 0), lambda: outputs[0]) is outputs[0]
+    assert fc.module(Site("mlp", "spatial", 0), lambda: outputs[0]) is outputs[0]
+
+
+def test_cond_only_calls_extrapolate_from_the_cond_half_of_full_batches():
+    fc = FasterCache(FasterCacheConfig(spatial=(ALWAYS, 2), weight=1.0))
+    fc.begin([900, 800, 700, 600])
+    full = [torch.cat([torch.full((1, 2), -1.0 - i), torch.full((1, 2), float(i))]) for i in range(4)]  # [uncond; cond]
+    site_batch, site_cond = Site("full", "full", 0), Site("full", "full", 0, "cond")
+    fc.set_step(0, 900)
+    fc.module(site_batch, lambda: full[0])
+    fc.set_step(1, 800)  # a cond-only step with one computed output: computes, learns the 2:1 row ratio
+    assert torch.equal(fc.module(site_cond, lambda: full[1][1:]), full[1][1:]) and fc.cond_ratio == 2
+    fc.set_step(2, 700)
+    fc.module(site_batch, lambda: full[2])
+    fc.set_step(3, 600)  # extrapolated from the cond row of step 2's batch and the cond output of step 1
+    got = fc.module(site_cond, lambda: pytest.fail("must not compute"))
+    assert torch.equal(got, torch.full((1, 2), 2.0 + (2.0 - 1.0)))
+    fc.set_step(3, 600)  # a full batch cannot be extrapolated from a cond-only output: computes
+    assert torch.equal(fc.module(site_batch, lambda: full[3]), full[3])
+
+
+def test_frequency_split_against_hand_computed_values():
+    mask = low_pass_mask(10, 12, "cpu")  # radius min(10, 12) // 5 = 2 around (x, y) = (6, 5)
+    hand = torch.tensor([[(x - 6) ** 2 + (y - 5) ** 2 <= 4 for x in range(12)] for y in range(10)])
+    assert torch.equal(mask, hand) and int(mask.sum()) == 13
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 10, 12, generator=g)
+    low, high = split_frequencies(x)
+    assert torch.allclose(from_spectrum(low + high), x, atol=1e-5)
+    constant = torch.full((1, 10, 12), 3.0)  # all energy at DC, the centre: low only
+    low, high = split_frequencies(constant)
+    assert high.abs().max() < 1e-4 and abs(low[0, 5, 6].real - 3.0 * 120) < 1e-3
+    checker = torch.tensor([[(-1.0) ** (x + y) for x in range(12)] for y in range(10)])[None]  # Nyquist: high only
+    low, high = split_frequencies(checker)
+    assert low.abs().max() < 1e-4 and abs(high[0, 0, 0].real - 120) < 1e-3
+    # a smooth wave (1 cycle) is low, a fast one (5 cycles across 12) high, matching the mask by hand
+    y, xs = torch.meshgrid(torch.arange(10.0), torch.arange(12.0), indexing="ij")
+    slow, fast = torch.cos(2 * math.pi * xs / 12)[None], torch.cos(2 * math.pi * 5 * xs / 12)[None]
+    assert torch.allclose(from_spectrum(split_frequencies(slow)[0]), slow, atol=1e-5)
+    assert torch.allclose(from_spectrum(split_frequencies(fast)[1]), fast, atol=1e-5)
+
+
+def test_cfg_supply_rebuilds_uncond_with_weighted_deltas():
+    g = torch.Generator().manual_seed(1)
+    uncond, cond, later = (torch.randn(1, 2, 3, 10, 10, generator=g) for _ in range(3))
+    for compound in (False, True):
+        fc = FasterCache(FasterCacheConfig(uncond=(ALWAYS, 3), alpha_low=1.5, alpha_high=0.5, low_window=(500, 2000),
+                                           high_window=(-1, 500), compound=compound))
+        fc.begin([900, 800, 700, 400])
+        fc.cfg_observe(uncond, cond)
+        (d_low, d_high), delta = fc.deltas, uncond - cond
+        d_low_x, d_high_x = from_spectrum(d_low), from_spectrum(d_high)
+        assert torch.allclose(d_low_x + d_high_x, delta, atol=1e-5)
+        fc.set_step(1, 800)  # low window: uncond = cond + 1.5 low + 1.0 high
+        assert torch.allclose(fc.cfg_supply(later), later + 1.5 * d_low_x + d_high_x, atol=1e-5)
+        fc.set_step(2, 700)  # the paper: weights on the stored deltas; diffusers: they compound (1.5 ** 2)
+        k = 2.25 if compound else 1.5
+        assert torch.allclose(fc.cfg_supply(later), later + k * d_low_x + d_high_x, atol=1e-5)
+
+
+# ---- the loop: which calls run -----------------------------------------------------------------------
+
+def count_calls(pipe) -> list:
+    calls, forward = [], pipe.transformer.forward
+
+    def counted(x, *a, **k):
+        calls.append(x.shape[0])
+        return forward(x, *a, **k)
+    pipe.transformer.forward = counted
+    return calls
+
+
+def test_forced_schedule_skips_exactly_the_predicted_uncond_calls():
+    pipe = tiny_pipeline("cogvideox")
+    steps = 10
+    pipe.set_cache({"method": "fastercache", "spatial": None, "uncond": ((-1, 700), 3)})
+    calls = count_calls(pipe)
+    out = pipe.generate(PROMPT, seed=0, num_inference_steps=steps)
+    ts = [float(t) for t in pipe.scheduler.timesteps]
+    predicted = [i for i in range(1, steps) if i % 3 and -1 < ts[i] < 700]
+    assert predicted and len(predicted) < steps - 1
+    assert calls == [1 if i in predicted else 2 for i in range(steps)]  # cond alone on the predicted steps
+    assert out.stats["fastercache"] == {"uncond_computed": steps - len(predicted), "uncond_skipped": len(predicted)}
+
+
+def test_stats_and_progress_bar(monkeypatch):
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache({"method": "fastercache", "spatial": (ALWAYS, 2), "temporal": (ALWAYS, 2), "uncond": (ALWAYS, 2)})
+    postfixes = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self):
+            pass
+
+        def set_postfix_str(self, text, refresh=True):
+            postfixes.append(text)
+    monkeypatch.setattr(pipe, "progress", lambda total, desc: Bar())
+    out = pipe.generate(PROMPT, seed=0, num_inference_steps=8, num_frames=4)
+    s, layers = out.stats["fastercache"], len(pipe.transformer.transformer_blocks)
+    assert s["uncond_skipped"] == 4 and s["uncond_computed"] == 4  # odd steps run cond alone
+    assert s["spatial_reused"] > 0 and s["spatial_reused"] + s["spatial_computed"] == 8 * layers
+    assert s["temporal_reused"] == s["spatial_reused"]
+    reused = s["spatial_reused"] + s["temporal_reused"]
+    assert postfixes[-1] == f"fastercache attn {reused}/{16 * layers} reused, uncond 4/8 skipped"
+    assert len(postfixes) == 8
+
+
+# ---- against diffusers' FasterCache on diffusers' CogVideoX -------------------------------------------
+
+TIMESTEPS = torch.tensor([999, 899, 799, 699, 599, 499, 399, 299, 199, 99])
+SCALE, STEP = 10.0, 0.3
+
+
+def diffusers_loop(ref, x, text, **settings):
+    """diffusers' hooks on its transformer (none without settings), driven as CogVideoXPipeline drives them
+    (current_timestep, cache_context "cond_uncond", [uncond; cond] batch); a plain Euler-like update."""
+    from diffusers import FasterCacheConfig as DiffusersConfig, apply_faster_cache
+
+    now = {}
+    if settings:
+        apply_faster_cache(ref, DiffusersConfig(current_timestep_callback=lambda: now["t"], tensor_format="BFCHW",
+                                                **settings))
+    for t in TIMESTEPS:
+        now["t"] = t
+        with ref.cache_context("cond_uncond"), torch.no_grad():
+            pred = ref(hidden_states=torch.cat([x, x]), encoder_hidden_states=text, timestep=t.expand(2),
+                       return_dict=False)[0].float()
+        uncond, cond = pred.chunk(2)
+        x = x - STEP * (uncond + SCALE * (cond - uncond))
+    return x
+
+
+def our_loop(ours, x, text, config):
+    """Ours through the shared denoise loop (VideoSysPipeline.denoise and its CFG hook point)."""
+    pipe = VideoSysPipeline.__new__(VideoSysPipeline)
+    pipe.transformer, pipe.parallel, pipe.config = ours, ParallelState(), types.SimpleNamespace(progress_bar=False)
+    pipe.device = torch.device("cpu")
+    ours.disable_cache()
+    ours.enable_cache(config)
+
+    def predict(model_in, i, t, text):
+        return ours(model_in, text, t.expand(model_in.shape[0])).float()
+    with torch.no_grad():
+        out = pipe.denoise(x, TIMESTEPS, predict, lambda pred, i, t, lat: lat - STEP * pred, (text,), True, SCALE)
+    return out, ours.active_cache("fastercache").stats()
+
+
+def reference_case(ours_settings: dict, diffusers_settings: dict):
+    """|ours - diffusers| over what diffusers' cache changes (|diffusers cached - uncached|): near 0 = the
+    same method; the tiny random model's cond and uncond differ little, so a raw latent difference would hide
+    a wrong delta."""
+    ref, ours, g = pair(rotary=False, seed=3)
+    with torch.no_grad():  # larger attention outputs: the text (all that tells cond from uncond) matters more
+        for name, p in ref.named_parameters():
+            if ".to_v." in name or ".to_out." in name or "proj_out" in name:
+                p.mul_(4)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 4, 8, 12, generator=g)
+    text = torch.randn(2, TEXT_LEN, TEXT_DIM, generator=g)  # [uncond; cond]
+    uncached = diffusers_loop(ref, x, text)
+    expected = diffusers_loop(ref, x, text, **diffusers_settings)
+    got, stats = our_loop(ours, x, text, FasterCacheConfig(**ours_settings))
+    effect = (expected - uncached).abs().max()
+    assert effect > 5e-4 * uncached.abs().max()  # the cache does change the result (well above fp32 noise)
+    return (got - expected).abs().max() / effect, stats
+
+
+CFG_ONLY = dict(spatial_attention_block_skip_range=None, unconditional_batch_skip_range=3,
+                unconditional_batch_timestep_skip_range=(-1, 1000))  # low window (99, 901), high (-1, 301)
+
+
+def test_cfg_cache_matches_diffusers_and_the_paper_weights_differ_from_its_compounding():
+    diff, stats = reference_case(dict(spatial=None, uncond=((-1, 1000), 3), compound=True), CFG_ONLY)
+    assert stats == {"uncond_computed": 4, "uncond_skipped": 6}  # steps 1 2 4 5 7 8 run cond alone
+    assert diff < 1e-4
+    # the paper's weights (not compounding over consecutive skipped steps): ~20% of the cache's effect
+    diff, _ = reference_case(dict(spatial=None, uncond=((-1, 1000), 3)), CFG_ONLY)
+    assert diff > 0.05
+
+
+def test_attention_reuse_matches_diffusers_where_both_agree_and_differs_where_it_extrapolates_an_extrapolation():
+    # uncond every 2nd step, attention every 2nd step from t < 750: diffusers skips attention on cond-only steps
+    # only, which here are exactly our reused steps; with weight 0 both copy the last computed cond output
+    ours = dict(spatial=((-1, 750), 2), uncond=((-1, 1000), 2), weight=0.0, compound=True)
+    theirs = dict(spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 750),
+                  unconditional_batch_skip_range=2, unconditional_batch_timestep_skip_range=(-1, 1000),
+                  attention_weight_callback=lambda _: 0.0)
+    diff, stats = reference_case(ours, theirs)
+    assert stats["spatial_reused"] == 4 * 2 and stats["uncond_skipped"] == 5  # steps 3 5 7 9 (t < 750, odd) x 2 layers
+    assert diff < 1e-4
+    # weight 0.3: diffusers extrapolates from its last two calls (the previous one an extrapolation itself),
+    # the paper (and ours) from the last two computed outputs
+    diff, _ = reference_case({**ours, "weight": 0.3}, {**theirs, "attention_weight_callback": lambda _: 0.3})
+    assert diff > 0.05
+
+
+# ---- parallel: CFG ranks and sequence shards against one process ---------------------------------------
+
+RUNS = {"latte": dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=8),
+        # 3 latent frames of 3x5 patches: 45 video tokens, so sp=2 pads the last shard
+        "cogvideox": dict(seed=1, num_frames=9, height=48, width=80, num_inference_steps=8)}
+SPEC = {"method": "fastercache", "spatial": (ALWAYS, 2), "temporal": (ALWAYS, 2), "uncond": (ALWAYS, 3)}
+_one_process = {}
+
+
+def one_process(family: str):
+    if family not in _one_process:
+        pipe = tiny_pipeline(family)
+        pipe.set_cache(SPEC)
+        blocks = pipe.transformer.transformer_blocks
+        _one_process[family] = pipe.generate(PROMPT, **RUNS[family]), len(blocks)
+    return _one_process[family]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("family,cfg_parallel", [("latte", True), ("latte", False), ("cogvideox", True),
+                                                 ("cogvideox", False)],
+                         ids=["latte-cfg2", "latte-sp2", "cogvideox-cfg2", "cogvideox-sp2"])
+def test_parallel_matches_one_process(family, cfg_parallel, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, layers = one_process(family)
+    finally:
+        torch.set_num_threads(threads)
+    skipped = ref.stats["fastercache"]["uncond_skipped"]
+    assert skipped == 5 and ref.stats["fastercache"]["spatial_reused"] > 0
+    with VideoSysEngine(tiny_config(family, num_gpus=2, cfg_parallel=cfg_parallel)) as engine:
+        engine.set_cache(SPEC)
+        out = engine.generate(PROMPT, **RUNS[family])  # a rank waiting on a skipped collective would hang here
+    scale = max(1.0, float(ref.latents.abs().max()))
+    assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale
+    assert (out.video.float() - ref.video.float()).abs().max() <= 1.0
+    stats = out.stats["fastercache"]  # rank 0's
+    assert (stats["uncond_skipped"], stats["uncond_computed"]) == (skipped, 8 - skipped)
+    if cfg_parallel:  # rank 0 runs uncond: its attention ran (computed or reused) on the full steps only
+        assert stats["spatial_computed"] + stats.get("spatial_reused", 0) == (8 - skipped) * layers
+    else:
+        assert stats == ref.stats["fastercache"]
