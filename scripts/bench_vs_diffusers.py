@@ -44,7 +44,7 @@ def latte_case(size, device, dtype):
     config = LatteTransformerConfig(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=layers,
                                     cross_attention_dim=dim, caption_channels=dim, sample_size=res,
                                     video_length=frames)
-    theirs = Theirs(**dataclasses.asdict(config))
+    theirs = Theirs(**config.diffusers_kwargs())
     seeded_(theirs)
     models = [LatteTransformer3DModel(config), LatteTransformer3DModel(config), theirs]
     for m in models[:2]:

@@ -3,6 +3,8 @@
     python scripts/train_demo.py --output demo-latte                     # the full run (~60 min, see below)
     python scripts/train_demo.py --output demo-b --vae-from demo-latte   # stage 2 only, reusing a trained VAE
     python scripts/train_demo.py --output /tmp/toy --vae-steps 20 --steps 20 --num-frames 4 --height 32 --width 32
+    python scripts/train_demo.py --output demo-skip --vae-from demo-latte --init-from demo-latte \
+        --skip-connections --num-layers 4 --skip-stage1-steps 300 --steps 900 --latent-pool 512 --lr 5e-4
 
 The result is a standard checkpoint folder (model_index.json, transformer/, vae/, text_encoder/,
 tokenizer/, scheduler/, safetensors), loaded by `LatteConfig(model_path=folder, preset="tiny")`,
@@ -60,6 +62,16 @@ What got there, measured on the same stage 1:
 - v-prediction, lr 1e-3, `--timestep-power 0.5` (timestep T * u**0.5: half the steps above t = 707,
   instead of 30%), 12,000 steps from scratch: the defaults, above. Direction appears after ~4,000 steps.
 
+Skip-DiT (arXiv 2411.17616): `--skip-connections` gives the transformer long skip branches (unit i to
+unit L-1-i, videosys/models/latte/transformer.py); the authors fine-tune them onto a trained Latte in two
+stages (train_skip_dit.py: `freeze: True`, only skip_linears / skip_norms trained, then the whole model),
+here `--skip-stage1-steps` steps of the branches alone, then `--steps` of everything. With `--init-from`
+a plain Latte of fewer units (the 2-unit demo), its units are copied to the same relative depth (4 units:
+0, 0, 1, 1), so Skip-Cache has middle units to skip. Measured on the shared 2-core machine (5 other jobs),
+the command above: 785 s (0.62 s per step of everything), validation loss 2.14 -> 0.337 (the demo: 0.323),
+prompt accuracy 14/24 against the demo's 20/24 (scripts/compare_skip_dit.py): too short to ship. A longer
+second stage (thousands of steps, as the demo's own 12,000) is what a demo-skip preset would need.
+
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
 """
@@ -83,19 +95,21 @@ from videosys.utils.files import write_json
 VALIDATION_SEED = 10_000  # validation clips come from a dataset seed training never uses
 
 
-def build_pipeline(seed: int, prediction_type: str = "epsilon", num_layers: int = 2) -> LattePipeline:
-    """The `tiny` preset's components (with `num_layers` spatial + temporal block pairs), initialised from
-    `seed`; the scheduler says what the model predicts."""
+def build_pipeline(seed: int, prediction_type: str = "epsilon", num_layers: int = 2,
+                   skip_connections: bool = False) -> LattePipeline:
+    """The `tiny` preset's components (with `num_layers` spatial + temporal block pairs, Skip-DiT skip branches
+    if asked), initialised from `seed`; the scheduler says what the model predicts."""
     from diffusers import DDIMScheduler
 
     config = LatteConfig(preset="tiny", progress_bar=False)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
                               beta_schedule=config.beta_schedule, clip_sample=False, prediction_type=prediction_type)
     transformer, *rest = tiny_components(seed)
-    if num_layers != transformer.config.num_layers:
+    if num_layers != transformer.config.num_layers or skip_connections:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            transformer = type(transformer)(dataclasses.replace(transformer.config, num_layers=num_layers)).eval()
+            transformer = type(transformer)(dataclasses.replace(transformer.config, num_layers=num_layers,
+                                                                skip_connections=skip_connections)).eval()
     return LattePipeline.assemble(config, transformer, *rest, scheduler)
 
 
@@ -258,40 +272,80 @@ def latent_pool(vae, args, scale: float, log) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(latents), captions
 
 
+def skip_parameters(transformer) -> list:
+    """The Skip-DiT branches' parameters (skip_norms, skip_linears): stage 1 of the authors' recipe trains
+    only these (train_skip_dit.py --freeze: every name without skip_linear / skip_norm frozen)."""
+    return [p for name, p in transformer.named_parameters() if name.startswith(("skip_norms.", "skip_linears."))]
+
+
 def train_transformer(pipeline, args, scale: float, log) -> dict:
+    """The transformer stage; with `--skip-stage1-steps`, Skip-DiT's two stages: the skip branches alone (the
+    rest frozen), then everything for `--steps`. One generator and one shuffled order run through both."""
     transformer = pipeline.transformer.train()
     pool, pool_captions = latent_pool(pipeline.vae, args, scale, log)
     val = validation_batch(pipeline, args, scale)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed + 3)
     before = transformer_validation(pipeline, val)
-    losses, start, order = [], time.perf_counter(), torch.empty(0, dtype=torch.long)
-    for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup)
-        if len(order) < args.batch_size:  # a new shuffled pass over the pool
-            order = torch.cat([order, torch.randperm(len(pool), generator=generator)])
-        picked, order = order[: args.batch_size], order[args.batch_size:]
-        latents, captions = pool[picked], [pool_captions[i] for i in picked.tolist()]
-        drop = torch.rand(len(captions), generator=generator) < args.uncond_prob
-        states, mask = text_states(pipeline, captions, drop)
-        loss = denoise_loss(pipeline, latents, states, mask, generator, timestep_power=args.timestep_power)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % args.log_every == 0 or step == args.steps - 1:
-            recent = losses[-args.log_every:]
-            log(f"transformer step {step:5d}  loss {sum(recent) / len(recent):.4f}")
-        if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < args.steps:
-            folder = os.path.join(args.output + "-snapshots", f"step-{step + 1}")
-            pipeline.save_pretrained(folder)  # for scripts/eval_demo.py while training goes on
-            log(f"snapshot {folder}")
-    seconds = time.perf_counter() - start
+    stages = [("skip branches", skip_parameters(transformer), args.skip_stage1_steps)] if args.skip_stage1_steps else []
+    stages.append(("all", list(transformer.parameters()), args.steps))
+    order, report = torch.empty(0, dtype=torch.long), {"val_loss_before": before}
+    for name, params, steps in stages:
+        trainable = {id(p) for p in params}
+        for p in transformer.parameters():
+            p.requires_grad_(id(p) in trainable)
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        losses, start = [], time.perf_counter()
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args.lr, args.warmup)
+            if len(order) < args.batch_size:  # a new shuffled pass over the pool
+                order = torch.cat([order, torch.randperm(len(pool), generator=generator)])
+            picked, order = order[: args.batch_size], order[args.batch_size:]
+            latents, captions = pool[picked], [pool_captions[i] for i in picked.tolist()]
+            drop = torch.rand(len(captions), generator=generator) < args.uncond_prob
+            states, mask = text_states(pipeline, captions, drop)
+            loss = denoise_loss(pipeline, latents, states, mask, generator, timestep_power=args.timestep_power)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            if step % args.log_every == 0 or step == steps - 1:
+                recent = losses[-args.log_every:]
+                log(f"transformer ({name}) step {step:5d}  loss {sum(recent) / len(recent):.4f}")
+            if args.snapshot_every and (step + 1) % args.snapshot_every == 0 and step + 1 < steps:
+                tag = "step" if name == "all" else "skip-step"
+                folder = os.path.join(args.output + "-snapshots", f"{tag}-{step + 1}")
+                pipeline.save_pretrained(folder)  # for scripts/eval_demo.py while training goes on
+                log(f"snapshot {folder}")
+        stage = {"losses": losses, "s_per_step": (time.perf_counter() - start) / max(steps, 1),
+                 "val_loss_after": transformer_validation(pipeline, val)}
+        if name == "all":
+            report.update(stage)
+        else:
+            report["skip_stage"] = {**stage, "steps": steps, "parameters": sum(p.numel() for p in params)}
+    for p in transformer.parameters():
+        p.requires_grad_(True)
     transformer.eval()
-    return {"val_loss_before": before, "val_loss_after": transformer_validation(pipeline, val), "losses": losses,
-            "s_per_step": seconds / max(args.steps, 1)}
+    return report
+
+
+def grown_state(trained: dict, num_layers: int, trained_layers: int) -> dict:
+    """A trained Latte's weights for a deeper (or equal) stack: unit i copies the trained unit at the same
+    relative depth, round(i * (n - 1) / (L - 1)), so the first and last units are the trained first and last;
+    everything else (the skip branches) keeps its init."""
+    out = {}
+    for key, value in trained.items():
+        head, _, rest = key.partition(".")
+        if head in ("transformer_blocks", "temporal_transformer_blocks"):
+            continue
+        out[key] = value
+    for i in range(num_layers):
+        src = round(i * (trained_layers - 1) / max(num_layers - 1, 1))
+        for head in ("transformer_blocks", "temporal_transformer_blocks"):
+            prefix = f"{head}.{src}."
+            out.update({f"{head}.{i}.{k[len(prefix):]}": v for k, v in trained.items() if k.startswith(prefix)})
+    return out
 
 
 def train(args, log=print) -> tuple[LattePipeline, dict]:
@@ -309,7 +363,7 @@ def train(args, log=print) -> tuple[LattePipeline, dict]:
 
 
 def _train(args, log) -> tuple[LattePipeline, dict]:
-    pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers)
+    pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers, args.skip_connections)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
     if args.vae_from:  # stage 1 done before: its VAE weights (and its scaling_factor) from a checkpoint folder
@@ -332,7 +386,14 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
         from videosys.models.latte.transformer import LatteTransformer3DModel
 
         trained = LatteTransformer3DModel.from_pretrained(args.init_from, "transformer")
-        pipeline.transformer.load_state_dict(trained.state_dict())
+        if args.skip_connections and not trained.config.skip_connections:  # Skip-DiT from a plain Latte
+            state = grown_state(trained.state_dict(), args.num_layers, trained.config.num_layers)
+            missing, unexpected = pipeline.transformer.load_state_dict(state, strict=False)
+            if unexpected or any(not k.startswith(("skip_norms.", "skip_linears.")) for k in missing):
+                raise ValueError(f"--init-from {args.init_from}: cannot grow it into this model "
+                                 f"(missing {missing}, unexpected {unexpected})")
+        else:
+            pipeline.transformer.load_state_dict(trained.state_dict())
     log(f"latent scaling_factor {scale:.4f}")
     transformer = train_transformer(pipeline, args, scale, log)
     report = {"args": vars(args), "vae": vae, "scaling_factor": scale, "transformer": transformer,
@@ -358,6 +419,12 @@ def parse_args(argv=None):
     parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="v_prediction")
     parser.add_argument("--num-layers", type=int, default=2, help="spatial + temporal block pairs (tiny: 2)")
+    parser.add_argument("--skip-connections", action="store_true",
+                        help="Skip-DiT skip branches (unit i to unit L-1-i); with --init-from a plain Latte, its units "
+                             "are copied to the same relative depth")
+    parser.add_argument("--skip-stage1-steps", type=int, default=0,
+                        help="Skip-DiT's first stage: steps training only the skip branches (rest frozen), "
+                             "before --steps training everything")
     parser.add_argument("--timestep-power", type=float, default=0.5,
                         help="training timesteps T * u**power: below 1 favours high noise, where motion is decided")
     parser.add_argument("--steps", type=int, default=12000)
@@ -378,7 +445,10 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be divisible by 16 (VAE 8x down x patch 2)")
     if args.latent_pool < args.batch_size:
         parser.error("--latent-pool must hold at least one batch")
-    if args.num_frames < 1 or args.steps < 0 or args.vae_steps < 0 or not math.isfinite(args.lr):
+    if args.skip_stage1_steps and not args.skip_connections:
+        parser.error("--skip-stage1-steps trains skip branches: add --skip-connections")
+    if args.skip_stage1_steps < 0 or args.num_frames < 1 or args.steps < 0 or args.vae_steps < 0 \
+            or not math.isfinite(args.lr):
         parser.error("need --num-frames >= 1 and non-negative step counts")
     return args
 

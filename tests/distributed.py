@@ -50,7 +50,7 @@ def assert_same_as_single(out, ref, label: str = "") -> None:
     scale = max(1.0, float(ref.latents.abs().max()))
     assert (out.latents - ref.latents).abs().max() <= 1e-4 * scale, label
     assert (out.video.float() - ref.video.float()).abs().max() <= 1.0, label
-    for key in ("teacache", "pab"):
+    for key in ("teacache", "pab", "skipcache"):
         assert out.stats.get(key) == ref.stats.get(key), label
 
 

@@ -1,6 +1,5 @@
 """Our Latte transformer against diffusers' LatteTransformer3DModel on the same weights."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ def pair(num_frames: int, seed: int = 0):
     from diffusers import LatteTransformer3DModel as DiffusersLatte
 
     config = LatteTransformerConfig(**CFG, video_length=num_frames)
-    ref = DiffusersLatte(**dataclasses.asdict(config)).eval()
+    ref = DiffusersLatte(**config.diffusers_kwargs()).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in ref.parameters():

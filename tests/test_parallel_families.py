@@ -18,6 +18,10 @@ CASES = {
     "latte": ("latte", {}, dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=10),
               ("none", "teacache-fast", "pab"), (SP2, CFG2, CFG2_SP2),
               (("teacache-fast", "teacache", "reused_steps"), ("pab", "pab", "spatial_reused"))),
+    # Skip-DiT's tiny Latte (4 units, skip branches): Skip-Cache's cached steps run units 0 and 3 on every rank
+    "latte-skip": ("latte", dict(preset="tiny-skip"), dict(seed=1, num_frames=5, height=48, width=80,
+                                                            num_inference_steps=10),
+                   ("none", "skipcache"), (SP2, CFG2), (("skipcache", "skipcache", "reused_steps"),)),
     # 17 frames -> 5 latent frames and 48x48 px -> a 3x3 patch grid: DSP pads the frames it shards and the
     # patches temporal attention shards
     "open-sora": ("open-sora", {}, dict(seed=1, num_frames=17, height=48, width=48, num_inference_steps=8),

@@ -55,6 +55,9 @@ class Cache:
     # CFG, whole on every rank; group: the world group); skip compute() to supply it without the model
     step_output: Callable | None = None
 
+    def check_model(self, model) -> None:
+        """Called by `enable_cache`: raise for a model the method cannot act on (before any compute)."""
+
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         """A new generation over these (host-side) timesteps: forget the last one. On `refresh_steps` a method
         computes everything (some frames' timestep jumps there: Open-Sora's conditioned frames)."""
@@ -139,8 +142,10 @@ class CacheMixin:
         from videosys.cache.registry import method_of
 
         method = method_of(config)
+        state = method.cache_cls(config)
+        state.check_model(self)
         self.caches.pop(method.name, None)
-        self.caches[method.name] = method.cache_cls(config)
+        self.caches[method.name] = state
 
     def disable_cache(self) -> None:
         self.caches.clear()

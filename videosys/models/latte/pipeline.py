@@ -27,6 +27,7 @@ DEMO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 class LatteConfig(BaseConfig):
     """Latte generation config. `LatteConfig()` is Latte-1 (16x512x512, 50 DDIM steps, cfg 7.5, 8 fps);
     `LatteConfig(preset="tiny")` is a small random model that runs on a CPU in seconds;
+    `LatteConfig(preset="tiny-skip")` is a random 4-unit model with Skip-DiT skip branches (Skip-Cache runs);
     `LatteConfig(preset="demo")` is the same architecture trained on coloured shapes moving across
     plain backgrounds ("a red circle moving to the right"), shipped in videosys/assets/demo-latte."""
 
@@ -38,11 +39,15 @@ class LatteConfig(BaseConfig):
     mask_feature: bool = True  # published: text tokens cut to the prompt's length, no cross-attn mask
     decode_chunk_size: int = 16  # frames per VAE decode call
     enable_temporal_attentions: bool = True
+    # Skip-DiT: the transformer from a training checkpoint (Latte-skip.pt) instead of model_path's transformer/,
+    # the rest (VAE, text, scheduler) from model_path, as the authors' sampling configs (pretrained + Latte-0)
+    skip_dit_checkpoint: str | None = None
 
     model_name = "latte"
     official_model_path = "maxin-cn/Latte-1"
     defaults = dict(num_frames=16, height=512, width=512, num_inference_steps=50, guidance_scale=7.5, fps=8)
     presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
+               "tiny-skip": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
                "demo": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8)}
 
     def checkpoint(self) -> str | None:
@@ -66,8 +71,9 @@ class LatteConfig(BaseConfig):
         return LattePipeline
 
 
-def tiny_components(seed: int = 0):
-    """Transformer, VAE and text stack of the `tiny` preset: Latte's classes, small widths, random weights."""
+def tiny_components(seed: int = 0, skip_connections: bool = False):
+    """Transformer, VAE and text stack of the `tiny` preset: Latte's classes, small widths, random weights.
+    `skip_connections`: the `tiny-skip` preset, 4 units with Skip-DiT branches (a cached step runs 2 of them)."""
     from diffusers import AutoencoderKL
 
     tokenizer = text_stack.build_tiny_tokenizer(LatteConfig.max_text_length)
@@ -75,12 +81,28 @@ def tiny_components(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = LatteTransformer3DModel(LatteTransformerConfig(
-            num_attention_heads=4, attention_head_dim=16, num_layers=2, cross_attention_dim=64,
-            caption_channels=TINY_TEXT_DIM, sample_size=8, video_length=16))
+            num_attention_heads=4, attention_head_dim=16, num_layers=4 if skip_connections else 2,
+            cross_attention_dim=64, caption_channels=TINY_TEXT_DIM, sample_size=8, video_length=16,
+            skip_connections=skip_connections))
         vae = AutoencoderKL(
             block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64)
     return transformer.eval(), vae.eval(), text_encoder, tokenizer
+
+
+def load_transformer(path: str, skip_dit_checkpoint: str | None, dtype: torch.dtype) -> LatteTransformer3DModel:
+    """path's transformer/, or its architecture with skip branches and the weights of a Skip-DiT checkpoint."""
+    if skip_dit_checkpoint is None:
+        return LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+    import dataclasses
+    import json
+
+    from videosys.models.modules.pretrained import config_from_dict
+
+    with open(os.path.join(resolve_dir(path, "transformer"), "config.json")) as f:
+        base = config_from_dict(LatteTransformerConfig, json.load(f))
+    return LatteTransformer3DModel.from_skip_dit(skip_dit_checkpoint, dataclasses.replace(base, skip_connections=True),
+                                                 dtype=dtype)
 
 
 class LattePipeline(VideoSysPipeline):
@@ -95,10 +117,10 @@ class LattePipeline(VideoSysPipeline):
                         clip_sample=False)
         path = config.checkpoint()
         if path is None:  # tiny preset, random weights
-            transformer, vae, text_encoder, tokenizer = tiny_components()
+            transformer, vae, text_encoder, tokenizer = tiny_components(skip_connections=config.preset == "tiny-skip")
             scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
         else:
-            transformer = LatteTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
+            transformer = load_transformer(path, config.skip_dit_checkpoint, dtype)
             vae = load_pretrained(AutoencoderKL, resolve_dir(path, "vae"), torch_dtype=dtype)
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)

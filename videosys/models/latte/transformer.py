@@ -8,12 +8,20 @@ spatial blocks attend within a frame (and cross-attend to the text), temporal bl
 frames at one position. With sequence parallelism (DSP) the frames are sharded over the sp
 group, (B, F/sp, L, C); only temporal attention needs every frame, so it alone switches the
 sharded dim to L with an all-to-all and back. Everything else is per frame or per token.
+
+Skip-DiT (arXiv 2411.17616, `skip_connections=True`): long skip branches join unit i (spatial block i,
+then temporal block i) to unit L-1-i. Before each deep unit i >= L - L//2 its input is replaced by
+Linear(LayerNorm_fp32(cat[h, out_{L-1-i}])), out_j being unit j's output; the layout and key names
+(skip_norms.j, skip_linears.j.linear) of the authors' LatteT2V_skip, so Latte-skip.pt loads as is.
 """
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from videosys.cache import CacheMixin, module_call
@@ -23,7 +31,7 @@ from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
-from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
 from videosys.models.modules.text_memo import TextMemo
 
 
@@ -48,12 +56,25 @@ class LatteTransformerConfig:
     norm_eps: float = 1e-6
     caption_channels: int = 4096
     video_length: int = 16
+    skip_connections: bool = False  # Skip-DiT's long skip branches (not a diffusers field)
 
     def __post_init__(self):
         if self.norm_type != "ada_norm_single":
             raise ValueError(f"Latte uses norm_type='ada_norm_single', got {self.norm_type!r}")
         if self.activation_fn not in ("gelu-approximate", "gelu"):
             raise ValueError(f"unsupported activation_fn {self.activation_fn!r} (Latte uses 'gelu-approximate')")
+
+    def diffusers_kwargs(self) -> dict:
+        """The fields diffusers' LatteTransformer3DModel takes (it has no skip branches)."""
+        if self.skip_connections:
+            raise ValueError("diffusers' LatteTransformer3DModel has no Skip-DiT skip branches")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "skip_connections"}
+
+    @property
+    def first_skip_unit(self) -> int:
+        """The first deep unit with a skip branch: units below L//2 feed units from L - L//2 on (an odd
+        depth's middle unit has none), as the authors' `i >= 14` / `i < 14` for L = 28."""
+        return self.num_layers - self.num_layers // 2
 
     @property
     def base_sample_size(self) -> int:
@@ -143,6 +164,36 @@ class LatteBlock(nn.Module):
         return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
 
 
+def fp32_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm` computed in fp32 whatever the model's dtype (the authors' FP32_Layernorm)."""
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
+
+
+class SkipLinear(nn.Module):
+    """The Linear of one Skip-DiT branch, (B, ..., 2C) -> (B, ..., C); wrapped to keep the authors' key names
+    (skip_linears.j.linear.*).
+
+    Init: the authors' t2v training class (LatteT2V_skip) keeps nn.Linear's default init (its zero init is
+    commented out; only the inference class, whose weights a checkpoint overwrites, zeroes it). The fused value
+    *replaces* h, so zeros would feed the deep half zeros; we keep the default init and fine-tune the branches
+    (scripts/train_demo.py --skip)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * dim, dim)
+
+    def forward(self, cat: torch.Tensor) -> torch.Tensor:
+        return self.linear(cat)
+
+
+def skip_dit_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The transformer weights of a Skip-DiT checkpoint: "ema", else "model", else the dict itself."""
+    for key in ("ema", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):
     config_class = LatteTransformerConfig
     class_name = "LatteTransformer3DModel"
@@ -164,12 +215,35 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         self.proj_out = nn.Linear(dim, p * p * self.out_channels)
         self.adaln_single = AdaLNSingle(dim)
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
+        if config.skip_connections:  # one branch per deep unit, j = i - first_skip_unit
+            self.skip_norms = nn.ModuleList(nn.LayerNorm(2 * dim, eps=1e-6) for _ in range(config.num_layers // 2))
+            self.skip_linears = nn.ModuleList(SkipLinear(dim) for _ in range(config.num_layers // 2))
         self._temp_pos_cache: dict = {}
         self.text_memo = TextMemo()  # the caption projection, once per generation
         self.parallel = ParallelState()
 
     def set_parallel(self, state: ParallelState) -> None:
         self.parallel = state
+
+    @classmethod
+    def from_skip_dit(cls, checkpoint: str, config: LatteTransformerConfig | None = None,
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        """A published Skip-DiT training checkpoint (Latte-skip.pt: torch.save({"ema": ..., "model": ...})).
+
+        Its names are ours (diffusers' Latte keys plus skip_norms / skip_linears), so this only unwraps: the
+        "ema" weights when present, else "model", as the authors' sample_t2v.py. `config` defaults to Latte-1's
+        with skip branches (the architecture the authors fine-tuned)."""
+        config = config or LatteTransformerConfig(skip_connections=True)
+        if not config.skip_connections:
+            raise ValueError("from_skip_dit needs a config with skip_connections=True")
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"no Skip-DiT checkpoint at {checkpoint!r}")
+        with torch.device("meta"):
+            model = cls(config)
+        state = skip_dit_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        check_state_dict(model, state, checkpoint)
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+        return model.to(device=device).eval()
 
     def temporal_pos_embed(self, num_frames: int, device: torch.device) -> torch.Tensor:
         """(F_local, 1, C) sin-cos embedding of this rank's frames; fixed per generation, so cached."""
@@ -182,20 +256,38 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
             self._temp_pos_cache[key] = table.chunk(sp_size)[sp_rank][:, None].to(device)
         return self._temp_pos_cache[key]
 
+    def fuse_skip(self, i: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Deep unit i's input from h and unit L-1-i's output: Linear(LayerNorm_fp32(cat[h, skip]))."""
+        j = i - self.config.first_skip_unit
+        return self.skip_linears[j](fp32_layer_norm(self.skip_norms[j], torch.cat([h, skip], dim=-1)))
+
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
                    context_mask: torch.Tensor | None, num_frames: int, temporal_attention: bool = True,
-                   start: int = 0, stop: int | None = None):
+                   start: int = 0, stop: int | None = None, skips: dict | None = None):
         """Units start .. stop-1 of the block stack (a unit: spatial block i, then temporal block i) on
-        (B, F_local, L, C) tokens."""
+        (B, F_local, L, C) tokens.
+
+        With skip branches, `skips` (one dict per forward) holds the shallow units' outputs by index, so
+        partial runs of one forward compose: run(0, k) then run(k) equals run(0, L), and a deep unit's
+        given input is fused with the skip an earlier run of the same forward stored (Skip-Cache)."""
         sp_group = self.parallel.sp_group
         hooks = self.module_hooks()
-        for i in range(start, self.config.num_layers if stop is None else stop):
+        num_layers, first_skip = self.config.num_layers, self.config.first_skip_unit
+        for i in range(start, num_layers if stop is None else stop):
+            if skips is not None and i >= first_skip:
+                partner = num_layers - 1 - i
+                if partner not in skips:
+                    raise RuntimeError(f"unit {i}'s skip branch needs unit {partner}'s output from this forward; "
+                                       "run the shallow units first")
+                x = self.fuse_skip(i, x, skips[partner])
             spatial, temporal = self.transformer_blocks[i], self.temporal_transformer_blocks[i]
             x = spatial(x, t_mod, context, context_mask, hooks=hooks)
             if temporal_attention:
                 if i == 0 and num_frames > 1:
                     x = x + self.temporal_pos_embed(num_frames, x.device).to(x.dtype)
                 x = temporal(x, t_mod, hooks=hooks, num_frames=num_frames, sp_group=sp_group)
+            if skips is not None and i < num_layers // 2:
+                skips[i] = x
         return x
 
     def cache_indicator(self, x: torch.Tensor, t_mod: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -217,7 +309,8 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         t_mod, t_emb = self.adaln_single(timestep.expand(b), x.dtype)
         context = self.text_memo(encoder_hidden_states, self.caption_projection)  # (B, S, C)
         blocks = partial(self.run_blocks, t_mod=t_mod, context=context, context_mask=encoder_attention_mask,
-                         num_frames=f, temporal_attention=enable_temporal_attentions)
+                         num_frames=f, temporal_attention=enable_temporal_attentions,
+                         skips={} if self.config.skip_connections else None)
 
         # the block-stack hook point: a cache may skip, cut short or reuse the stack (TeaCache's indicator:
         # the first spatial block's modulated input)
