@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import register
 
 
@@ -63,7 +63,7 @@ class _BranchState:
     accumulated: float = 0.0
 
 
-class EasyCache(Cache):
+class EasyCache(StepCache):
     def __init__(self, config: EasyCacheConfig):
         self.config = config
         self.begin([])
@@ -107,13 +107,6 @@ class EasyCache(Cache):
         state.computed_in, state.computed_out = x, out[0]
         self.computed += 1
         return out
-
-    def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": len(self.reused_steps),
-                "reused_step_indices": list(self.reused_steps)}
-
-    def postfix(self) -> str:
-        return f"easycache {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} reused"
 
 
 register("easycache", EasyCacheConfig, EasyCache, for_model=EasyCacheConfig.for_model,

@@ -34,7 +34,6 @@ from typing import Callable
 
 import torch
 
-import videosys.cache.pab  # noqa: F401  registered first: the menus (serve's cache list) keep teacache, pab first
 from videosys.cache.hooks import Cache, Site
 from videosys.cache.registry import published, register
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import register
 from videosys.cache.teacache import relative_l1
 
@@ -53,7 +53,7 @@ class _BranchState:
     tail: tuple[torch.Tensor, ...] | None = None  # what the rest of the stack added then, per stream
 
 
-class FirstBlockCache(Cache):
+class FirstBlockCache(StepCache):
     def __init__(self, config: FirstBlockCacheConfig):
         self.config = config
         self.begin([])
@@ -87,13 +87,6 @@ class FirstBlockCache(Cache):
         state.tail = tuple(o - h for o, h in zip(out, head))
         self.computed += 1
         return out
-
-    def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": len(self.reused_steps),
-                "reused_step_indices": list(self.reused_steps)}
-
-    def postfix(self) -> str:
-        return f"fbcache {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} reused"
 
 
 register("fbcache", FirstBlockCacheConfig, FirstBlockCache, for_model=FirstBlockCacheConfig.for_model,

@@ -72,6 +72,21 @@ class Cache:
         return ""
 
 
+class StepCache(Cache):
+    """A method that computes or reuses whole steps: `computed` and `reused_steps` (step indices) give its
+    statistics and progress-bar postfix."""
+
+    computed: int = 0
+    reused_steps: list | tuple = ()  # a list per generation, from the method's begin()
+
+    def stats(self) -> dict:
+        return {"computed_steps": self.computed, "reused_steps": len(self.reused_steps),
+                "reused_step_indices": list(self.reused_steps)}
+
+    def postfix(self) -> str:
+        return f"{self.method_name} {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} reused"
+
+
 @dataclass
 class BlockStack:
     """What a model exposes at its block stack for one forward."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import register
 
 # Magnitude ratios per step (first = 1.0), by our calibration (calibrate_magcache) where no authors' table
@@ -77,7 +77,7 @@ class _BranchState:
     skipped: int = 0
 
 
-class MagCache(Cache):
+class MagCache(StepCache):
     def __init__(self, config: MagCacheConfig):
         if not config.ratios:
             raise ValueError("MagCache needs this model's magnitude ratios (none are published for it): "
@@ -123,13 +123,6 @@ class MagCache(Cache):
         state.residual = tuple(o - s for o, s in zip(out, stack.streams))
         self.computed += 1
         return out
-
-    def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": len(self.reused_steps),
-                "reused_step_indices": list(self.reused_steps)}
-
-    def postfix(self) -> str:
-        return f"magcache {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} reused"
 
 
 register("magcache", MagCacheConfig, MagCache, for_model=MagCacheConfig.for_model, parse=MagCacheConfig.from_name,
