@@ -46,7 +46,7 @@ def build(family: str, dry: bool):
 
         from videosys.models.latte.transformer import LatteTransformer3DModel as Ours, LatteTransformerConfig as C
         cfg = C(**small, cross_attention_dim=32, caption_channels=24, sample_size=8, video_length=4) if dry else C()
-        theirs = Theirs(**dataclasses.asdict(cfg))
+        theirs = Theirs(**cfg.diffusers_kwargs())  # diffusers' Latte has no skip_connections field
         return Ours(cfg), theirs, lambda m, x, t, y: m(x, t, y), LatteConfig
     if family == "cogvideox":
         from diffusers import CogVideoXTransformer3DModel as Theirs
