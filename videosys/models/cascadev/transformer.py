@@ -32,7 +32,7 @@ from videosys.cache import CacheMixin
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import sdpa
-from videosys.models.modules.embeddings import sincos_1d, timestep_embedding
+from videosys.models.modules.embeddings import TimestepEmbedder, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.utils.hub import read_state_dict
 
@@ -162,18 +162,6 @@ class PatchEmbed(nn.Module):
     def __init__(self, patch: int, c_in: int, dim: int):
         super().__init__()
         self.proj = nn.Conv2d(c_in, dim, patch, patch)
-
-
-class TimestepEmbedder(nn.Module):
-    """PixArt's: 256-dim [cos | sin] embedding -> Linear -> SiLU -> Linear (keys mlp.0, mlp.2)."""
-
-    def __init__(self, dim: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim, flip_sin_to_cos=True).to(dtype))
 
 
 class FinalLayer(nn.Module):

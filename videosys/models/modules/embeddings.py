@@ -60,6 +60,19 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+class TimestepEmbedder(nn.Module):
+    """PixArt / DiT's: the [cos | sin] sinusoidal embedding (256 channels) -> Linear -> SiLU -> Linear, with the
+    original key names mlp.0 / mlp.2 (Open-Sora's STDiT3, CascadeV's DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim, flip_sin_to_cos=True).to(dtype))
+
+
 class _TimestepEmbedder(nn.Module):
     """Holds `timestep_embedder` so keys read `adaln_single.emb.timestep_embedder.*`."""
 

@@ -38,7 +38,7 @@ from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
-from videosys.models.modules.embeddings import sincos_grid, timestep_embedding
+from videosys.models.modules.embeddings import TimestepEmbedder, sincos_grid
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope
@@ -304,18 +304,6 @@ class PatchEmbed3D(nn.Module):
             x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
         x = self.proj(x)  # (B, dim, T', H', W')
         return x.flatten(3).permute(0, 2, 3, 1)
-
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding ([cos | sin], 256 channels) -> Linear -> SiLU -> Linear (keys mlp.0, mlp.2)."""
-
-    def __init__(self, dim: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim, flip_sin_to_cos=True).to(dtype))
 
 
 class CaptionEmbedder(nn.Module):
