@@ -29,3 +29,15 @@ def tiny_pipeline(model: str, **fields):
 @pytest.fixture(scope="session")
 def tiny_latte():
     return tiny_pipeline("latte")
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_rank():
+    """One intra-op thread per process (spawned ranks read the variable): with several ranks, or other jobs,
+    on a few cores, spinning thread pools make a step ~10x slower. Modules with spawned ranks use it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)

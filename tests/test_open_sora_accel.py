@@ -29,16 +29,7 @@ CACHES = ("none", "teacache-fast", "pab")
 RELEASE = dict(height=480, width=854, num_frames=51)  # the release's default video (480p 9:16, "2s")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_rank():
-    """One intra-op thread per process (spawned ranks read the variable): with several ranks, or other jobs,
-    on a few cores, spinning thread pools make a step ~10x slower."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_rank")  # conftest: one thread per spawned rank
 
 
 def tiny_config(**kw):

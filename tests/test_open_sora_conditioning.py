@@ -26,14 +26,7 @@ PROMPT = "a red circle moving to the right"
 RUN = dict(seed=3, num_frames=34, height=48, width=48, num_inference_steps=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_rank():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_rank")  # conftest: one thread per spawned rank
 
 
 def tiny_config(**kw):

@@ -3,7 +3,6 @@ process, caches included (same latents within float tolerance, same frames, the 
 
 
 import pytest
-import torch
 
 from videosys import VideoSysEngine
 from videosys.core import comm
@@ -61,16 +60,7 @@ PARAMS = [(name, *setup) for name, case in CASES.items() for setup in case[4]]
 _single = {}  # one process's outputs per case, computed once
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_per_rank():
-    """One intra-op thread per process (spawned ranks read the variable at start): with several ranks, or other
-    jobs, on a few cores, spinning thread pools make a step ~10x slower."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_rank")  # conftest: one thread per spawned rank
 
 
 def single(name: str) -> dict:

@@ -64,20 +64,6 @@ class _BranchState:
 
 
 class EasyCache(StepCache):
-    def __init__(self, config: EasyCacheConfig):
-        self.config = config
-        self.begin([])
-
-    def begin(self, timesteps, refresh_steps=()) -> None:
-        self.num_steps = len(timesteps)
-        self.refresh_steps = frozenset(refresh_steps)
-        self.step = 0
-        self.branches: dict[str, _BranchState] = {}
-        self.computed, self.reused_steps = 0, []
-
-    def set_step(self, index: int, timestep: float) -> None:
-        self.step = index
-
     def skip(self, state: _BranchState, x: torch.Tensor, group) -> bool:
         edge = self.step < self.config.warmup or self.step >= self.num_steps - 1 or self.step in self.refresh_steps
         if edge or state.rate is None or state.residual is None or state.previous_in.shape != x.shape:

@@ -54,19 +54,6 @@ class _BranchState:
 
 
 class FirstBlockCache(StepCache):
-    def __init__(self, config: FirstBlockCacheConfig):
-        self.config = config
-        self.begin([])
-
-    def begin(self, timesteps, refresh_steps=()) -> None:
-        self.refresh_steps = frozenset(refresh_steps)
-        self.step = 0
-        self.branches: dict[str, _BranchState] = {}
-        self.computed, self.reused_steps = 0, []
-
-    def set_step(self, index: int, timestep: float) -> None:
-        self.step = index
-
     def skip(self, state: _BranchState, residual: torch.Tensor, group) -> bool:
         if state.head_residual is None or state.tail is None or self.step in self.refresh_steps:
             return False

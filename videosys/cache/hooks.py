@@ -76,8 +76,20 @@ class StepCache(Cache):
     """A method that computes or reuses whole steps: `computed` and `reused_steps` (step indices) give its
     statistics and progress-bar postfix."""
 
-    computed: int = 0
-    reused_steps: list | tuple = ()  # a list per generation, from the method's begin()
+    def __init__(self, config):
+        self.config = config
+        self.begin([])
+
+    def begin(self, timesteps, refresh_steps=()) -> None:
+        """Forget the last generation: per-branch state, counts, the step; methods extend it."""
+        self.num_steps = len(timesteps)
+        self.refresh_steps = frozenset(refresh_steps)
+        self.step = 0
+        self.branches: dict = {}
+        self.computed, self.reused_steps = 0, []
+
+    def set_step(self, index: int, timestep: float) -> None:
+        self.step = index
 
     def stats(self) -> dict:
         return {"computed_steps": self.computed, "reused_steps": len(self.reused_steps),

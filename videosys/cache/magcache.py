@@ -84,20 +84,13 @@ class MagCache(StepCache):
                              "videosys.cache.calibrate.calibrate_magcache(pipeline, prompts) or "
                              "scripts/calibrate_teacache.py --method magcache records them; pass "
                              "MagCacheConfig(ratios=...) or {'method': 'magcache', 'ratios': [...]}")
-        self.config = config
-        self.begin([])
+        super().__init__(config)
 
     def begin(self, timesteps, refresh_steps=()) -> None:
+        super().begin(timesteps, refresh_steps)
         n = len(timesteps)
         self.ratios = nearest_interp(self.config.ratios, n) if n else []
         self.retention = int(self.config.retention_ratio * n + 0.5)
-        self.refresh_steps = frozenset(refresh_steps)
-        self.step = 0
-        self.branches: dict[str, _BranchState] = {}
-        self.computed, self.reused_steps = 0, []
-
-    def set_step(self, index: int, timestep: float) -> None:
-        self.step = index
 
     def skip(self, state: _BranchState, streams: tuple) -> bool:
         """Decide for this step (and advance the accumulators): True = add the kept residual."""
