@@ -1,5 +1,6 @@
-"""FasterCache: windows, weight schedule and frequency split against hand-computed values; the forced
-schedule's transformer calls; diffusers' FasterCache on diffusers' CogVideoX against ours on the same weights
+"""FasterCache: the per-family defaults against the authors' rules (transcribed from their scripts) at their step
+counts and scaled to shorter runs, and the calls each family's pipeline then runs; windows, weight schedule and
+frequency split against hand-computed values; the forced schedule's transformer calls; diffusers' FasterCache on diffusers' CogVideoX against ours on the same weights
 (equal where both follow the paper, the differences shown where diffusers does not); CFG / sequence parallel
 against one process; stats and the progress bar."""
 
@@ -278,7 +279,11 @@ SHORT = {"latte": ("latte", {}, dict(num_frames=4, num_inference_steps=10), 10, 
          "open-sora": ("open-sora", {}, dict(num_inference_steps=10), 10, [4, 6, 8, 10], [4, 6, 7, 8, 9]),
          "open-sora-plan-v110": ("open-sora-plan", dict(version="v110"), dict(num_inference_steps=6), 15,
                                  [5, 7, 8, 10, 11, 13, 14], [4, 5, 7, 8, 9, 10, 11, 13, 14, 15]),
-         "cogvideox": ("cogvideox", {}, dict(num_inference_steps=10), 10, [4, 5, 7, 8, 10], [4, 6, 7, 8, 9])}
+         "cogvideox": ("cogvideox", {}, dict(num_inference_steps=10), 10, [4, 5, 7, 8, 10], [4, 6, 7, 8, 9]),
+         # the authors' own step count: their rules as transcribed above
+         "latte-50": ("latte", {}, dict(num_frames=4, num_inference_steps=50), 50,
+                      [c for c in range(1, 51) if AUTHORS_RULES[("latte",)][1](c)],
+                      [c for c in range(1, 51) if AUTHORS_RULES[("latte",)][2](c)])}
 
 
 @pytest.mark.parametrize("name", list(SHORT))

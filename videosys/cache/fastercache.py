@@ -106,9 +106,10 @@ class Ramp:
 #     divisible by 6; low x1.1 on calls <= 130, `elif counter>=100` high x1.2: so on calls > 130 only.
 #   cogvideox (2b and 5b share the script; 50 steps): full attention on calls >= 18 not divisible by 3, weight 0.3;
 #     uncond skipped on calls >= 18 not divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.
-# compound=True: the paper's formula weights the stored deltas once, but every script multiplies them in place
-# on each skipped call (alpha ** k on the k-th in a row), and the paper's results were measured with those
-# scripts: alpha 1.1 without compounding is an operating point nobody published (compound=False: the formula).
+# compound=True: the paper's formula weights the stored deltas once, but every one of the authors' released
+# scripts (their published settings) multiplies them in place on each skipped call (alpha ** k on the k-th in
+# a row, reset at each full call): alpha 1.1 without compounding is another operating point than theirs, milder
+# (compound=False: the formula; tests/test_fastercache.py shows the difference).
 # Where the newest computed output lacks the rows a call needs (a full call after a cond-only one) ours
 # computes, as the Latte / Open-Sora-Plan / CogVideoX scripts do (their shape check); their Open-Sora script has
 # no check and broadcasts the cond rows to both branches there (calls 20 and 30). The multi-device scripts differ
