@@ -1,8 +1,8 @@
 """FasterCache: the per-family defaults against the authors' rules (transcribed from their scripts) at their step
 counts and scaled to shorter runs, and the calls each family's pipeline then runs; windows, weight schedule and
-frequency split against hand-computed values; the forced schedule's transformer calls; diffusers' FasterCache on diffusers' CogVideoX against ours on the same weights
-(equal where both follow the paper, the differences shown where diffusers does not); CFG / sequence parallel
-against one process; stats and the progress bar."""
+frequency split against hand-computed values; the forced schedule's transformer calls; diffusers' FasterCache on
+diffusers' CogVideoX against ours on the same weights (equal where both follow the paper, the differences shown
+where diffusers does not); CFG / sequence parallel against one process; stats and the progress bar."""
 
 import math
 import types
@@ -13,7 +13,7 @@ import torch
 from videosys import VideoSysEngine
 from videosys.cache import configs_from_spec
 from videosys.cache.fastercache import (Calls, FasterCache, FasterCacheConfig, Ramp, from_spectrum, low_pass_mask,
-                                        ramp_weight, spectrum, split_frequencies)
+                                        ramp_weight, split_frequencies)
 from videosys.cache.hooks import Site
 from videosys.core.parallel import ParallelState
 from videosys.core.pipeline import VideoSysPipeline

@@ -37,13 +37,14 @@ authors' defaults are in calls. Decisions come from the step index, the timestep
 (host values alike on every rank), so CFG-parallel and sequence-parallel ranks agree without
 talking; the skipped uncond rank runs no forward and so joins none of its collectives.
 
-Where diffusers 0.42.1 differs (tests/test_fastercache.py shows each difference):
+Where diffusers 0.42.1 differs from the paper (tests/test_fastercache.py shows each difference):
 - it multiplies its stored deltas by the weight in place on every skipped step, so the weight
-  compounds (alpha ** k on the k-th skipped step in a row); `compound=True` reproduces that (so does
-  the authors' code, and their defaults below keep it);
+  compounds (alpha ** k on the k-th skipped step in a row); `compound=True` reproduces that (the
+  authors' code does it too; their defaults and `fastercache-diffusers` keep it);
 - it skips attention only on cond-only steps (a full [uncond; cond] batch always computes), and
-  extrapolates from the last two *calls*, one of which may be an extrapolation itself;
-- its default attention weight is a constant 0.5.
+  extrapolates from the last two *calls*, one of which may be an extrapolation itself (not reproduced:
+  the only differences `fastercache-diffusers` keeps from diffusers' FasterCache);
+- its default attention weight is a constant 0.5 (the paper: a ramp).
 """
 
 from collections import Counter
@@ -72,7 +73,8 @@ class Calls:
         if self.first < 1 or (self.last is not None and self.last < self.first):
             raise ValueError(f"FasterCache Calls: need 1 <= first <= last, got {self.first}..{self.last}")
         if self.every is not None and not 0 <= self.phase < self.every:
-            raise ValueError(f"FasterCache Calls: need every >= 1 and 0 <= phase < every, got {self.every}, {self.phase}")
+            raise ValueError(f"FasterCache Calls: need every >= 1 and 0 <= phase < every, got every {self.every}, "
+                             f"phase {self.phase}")
 
     def acts(self, call: int, scaled: tuple[int, int]) -> bool:
         """Whether the part acts on this 1-based call; scaled = (calls of the authors' generation, of this one)."""
