@@ -57,6 +57,9 @@ SELF_ATTENTION = {"spatial": "spatial", "full": "spatial", "temporal": "temporal
 _DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, uncond=((-1, 641), 5), alpha_low=1.1, alpha_high=1.1,
                   low_window=(99, 901), high_window=(-1, 301))
 DEFAULTS = {key: _DIFFUSERS for key in ("latte", "open-sora", "open-sora-plan", "cogvideox")}
+# CascadeV's sampler runs no CFG (one DiT call per step, on the condition-concatenated latents): diffusers'
+# attention reuse alone, the CFG-Cache part off (check_model refuses it on a model without CFG branches)
+DEFAULTS["cascadev"] = dict(_DIFFUSERS, uncond=None)
 
 
 def _window_every(name: str, setting):
@@ -106,6 +109,9 @@ class FasterCacheConfig:
             return None
         base = cls.for_model(models)
         spatial = (base.spatial[0], int(parts[0]))
+        if len(parts) == 2 and base.uncond is None:
+            raise ValueError(f"fastercache-{arg}: {models[0]} runs no classifier-free guidance, so CFG-Cache (the "
+                             f"uncond interval {parts[1]}) does not apply; use fastercache-{parts[0]}")
         uncond = base.uncond if len(parts) == 1 else (base.uncond[0], int(parts[1]))
         return cls.for_model(models, spatial=spatial, uncond=uncond, temporal=spatial if temporal else None)
 
@@ -155,6 +161,12 @@ class FasterCache(Cache):
     def __init__(self, config: FasterCacheConfig):
         self.config = config
         self.begin([])
+
+    def check_model(self, model) -> None:
+        if self.config.uncond is not None and not getattr(model, "guided", True):
+            raise ValueError(f"FasterCache's CFG-Cache (uncond={self.config.uncond}) needs classifier-free guidance; "
+                             f"{type(model).__name__}'s pipeline runs none, so it would never act: set uncond=None "
+                             "(its attention reuse alone, the default for this model)")
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         self.timesteps = [float(t) for t in timesteps]

@@ -196,4 +196,4 @@ class TeaCache(Cache):
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
          names=("teacache-slow", "teacache-fast"),
          sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
-         syntax="teacache-<threshold>")
+         syntax="teacache-<threshold>", needs=("coefficients",))
