@@ -175,6 +175,70 @@ def test_one_state_per_window_and_tile(tiny, calls):
     assert not torch.equal(out.latents, ref.latents) and torch.isfinite(out.latents).all()
 
 
+# ---- calibration: TeaCache's polynomial and MagCache's ratios for a model without published ones -------------
+def test_calibrate_pairs_each_call_with_the_same_part(tiny):
+    import numpy as np
+
+    from videosys.cache.calibrate import calibrate
+    from videosys.cache.teacache import relative_l1
+
+    video = make_clip("blue", "square", "up", num_frames=12, height=64, width=96, seed=1)
+    wide = cv.CascadeVPipeline(cv.CascadeVConfig(preset="tiny", square=False, progress_bar=False), tiny.transformer,
+                               tiny.encoder, tiny.vae, cv.make_scheduler("euler-a"))
+    seen = []
+    handle = wide.transformer.register_forward_hook(
+        lambda m, a, out: seen.append((wide.transformer.cache_state, out.detach().clone())))
+    try:
+        result = calibrate(wide, [video], seeds=[0], progress=False, size=0, num_inference_steps=4)
+    finally:
+        handle.remove()
+    assert len(seen) == 4 * 4 and len(result.x) == len(result.y) == 4 * 3  # 4 parts x 3 step pairs
+    last, expected = {}, []
+    for state, out in seen:  # each call against the same part's call one step earlier
+        if state in last:
+            expected.append(float(relative_l1(out, last[state])))
+        last[state] = out
+    assert np.allclose(result.y, expected, rtol=1e-6) and np.all(result.x > 0)
+    out = run(wide, video, {"method": "teacache", "threshold": 0.5, "coefficients": list(result.coefficients)},
+              size=0, num_inference_steps=4)
+    assert out.stats["teacache"]["computed_steps"] + out.stats["teacache"]["reused_steps"] == 4 * 4
+
+
+def test_calibrate_script_on_cascadev(tmp_path):
+    import json
+
+    from tests.eval_helpers import load_script
+
+    calib, path = load_script("calibrate_teacache"), tmp_path / "cal.json"
+    common = ["--model", "cascadev", "--preset", "tiny", "--prompts", "2", "--steps", "4", "--threads", "1"]
+    assert calib.main(common + ["--output", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["points"] == 2 * 2 * 3 and len(report["coefficients"]) == 5  # 2 clips x 2 windows x 3 pairs
+    assert report["published"] is None and report["prompts"][0].startswith("demo clip")
+    assert calib.main(common + ["--method", "magcache", "--output", str(path)]) == 0
+    ratios = json.loads(path.read_text())["ratios"]
+    assert len(ratios) == 4 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    config = cv.CascadeVConfig(preset="tiny", cache={"method": "magcache", "ratios": ratios}, progress_bar=False)
+    assert cv.CascadeVPipeline.from_config(config).transformer.active_cache("magcache") is not None
+
+
+def test_eval_script_compares_caches(tmp_path):
+    import json
+
+    from tests.eval_helpers import load_script
+
+    out = tmp_path / "eval.json"
+    assert load_script("eval_cascadev").main([
+        "--demo-clips", "1", "--demo-frames", "8", "--clips", str(tmp_path / "clips"), "--preset", "tiny",
+        "--steps", "4", "--caches", "fbcache-1e9,pab-111", "--threads", "1", "--output", str(out)]) == 0
+    rows = {r["cache"]: r for r in json.loads(out.read_text())["caches"]}
+    assert list(rows) == ["none", "fbcache-1e9", "pab-111"] and rows["none"]["speedup"] == 1.0
+    assert rows["fbcache-1e9"]["stats"]["fbcache"]["reused_steps"] == 3 and rows["fbcache-1e9"]["psnr_uncached"] < 99
+    assert rows["pab-111"]["psnr_uncached"] >= 99 and rows["pab-111"]["latent_rel_error"] == 0  # the uncached run
+    assert rows["fbcache-1e9"]["latent_rel_error"] > 0
+    assert rows["pab-111"]["psnr_input"] == pytest.approx(rows["none"]["psnr_input"])
+
+
 # ---- refusals: before any compute ---------------------------------------------------------------------
 @pytest.mark.parametrize("spec, message", [
     ("teacache", "no published TeaCache coefficients for cascadev"),

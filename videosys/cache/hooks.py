@@ -28,7 +28,6 @@ another; its counts are then per call.
 """
 
 import contextlib
-
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 

@@ -16,7 +16,7 @@ whole block, as the release does, gives the same result.
 Positions: fixed sin-cos, [frame (C/3) | column (C/3) | row (C/3)]; the spatial grid positions
 are divided by `pe_interpolation` (2 for the 1024px model), frames are not.
 
-Caches (videosys/cache/hooks.py): the 28 blocks are one block stack (a unit = one block; TeaCache's
+Caches (videosys/cache/hooks.py): the blocks (28 in the release) are one block stack (a unit = one block; TeaCache's
 indicator is block 0's modulated input, as for every PixArt-style DiT here); each block's attention is a
 module site of kind "full" (3D), "temporal" (grid groups keeping every frame: (1, xs), attention along time
 within a patch) or "spatial" (grid groups cutting the frames: (ts, 1), (ts, xs), attention within a few
@@ -277,7 +277,7 @@ class CascadeVTransformer(PretrainedModel, CacheMixin):
         # rank's tokens are all real)
         first = self.blocks[0]
         tokens = self.cache_stack(blocks, tokens, num_units=len(self.blocks),
-                                  indicator=lambda: first.modulated_input(tokens, first.modulation(t_mod)))
+                                  indicator=lambda x=tokens: first.modulated_input(x, first.modulation(t_mod)))
         out = comm.gather(self.final_layer(tokens, t_emb), 1, sp_group)  # (B, L, p*p*C_out)
         c_out = self.config.out_channels
         out = out.view(b, f, h, w, p, p, c_out).permute(0, 6, 1, 2, 4, 3, 5)  # (B, C_out, T, h, p, w, p)
