@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from videosys.cache import Cache, register
+from videosys.cache import Cache, TeaCacheConfig, register
 from videosys.cache.registry import unregister
 from videosys.models.cascadev import pipeline as cv
 from videosys.models.cascadev.transformer import Mlp, SelfAttention, attention_kind
@@ -123,6 +123,9 @@ def test_method_reuses_and_changes_the_reconstruction(tiny, clip, uncached, name
     key, check = REUSING[name]
     out = run(tiny, clip, SPECS.get(name, name))
     assert check(out.stats[key]), out.stats[key]
+    if name == "teacache":  # a config object with this model's coefficients is taken as given
+        spec = TeaCacheConfig(threshold=1e9, coefficients=(0.0,))
+        assert torch.equal(run(tiny, clip, spec).latents, out.latents)
     assert torch.isfinite(out.latents).all() and not torch.equal(out.latents, uncached.latents)
     assert out.video.shape == uncached.video.shape
 
@@ -245,6 +248,7 @@ def test_eval_script_compares_caches(tmp_path):
     ("teacache-fast", "no published TeaCache coefficients for cascadev"),
     ({"method": "teacache", "threshold": 0.1}, "must give coefficients"),
     ("fastercache-2-3", "runs no classifier-free guidance"),
+    (TeaCacheConfig(threshold=0.1), "default coefficients .* cannot stand in"),  # Latte's polynomial
 ])
 def test_config_refuses(spec, message):
     with pytest.raises(ValueError, match=message):

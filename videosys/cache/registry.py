@@ -146,6 +146,16 @@ def configs_from_spec(spec, models: tuple[str, ...] | str) -> list:
         return [dataclasses.replace(base, **values)]
     if not any(type(spec) is m.config_cls for m in METHODS.values()):
         raise ValueError(f"unknown cache {spec!r}; choose from {', '.join(choices())} or a registered config")
+    method = method_of(spec)
+    if method.needs:  # a config object left at a default that is another model's published setting
+        try:
+            method.for_model(models)
+        except ValueError as err:
+            defaults = method.config_cls()
+            kept = [f for f in method.needs if getattr(spec, f) == getattr(defaults, f)]
+            if kept:
+                raise ValueError(f"{err}; {type(spec).__name__}'s default {', '.join(kept)} (another model's) "
+                                 "cannot stand in: give this model's") from None
     return [spec]
 
 
