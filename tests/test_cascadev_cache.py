@@ -270,20 +270,22 @@ def test_pipeline_refuses_before_compute(tiny, spec, message, monkeypatch):
 
 # ---- entry points: engine (sp=2) and CLI ----------------------------------------------------------------
 def test_sequence_parallel_cache_equals_single(tiny, clip):
-    """sp=2 (a spawned gloo worker): data-dependent decisions (First-Block-Cache's L1 over both ranks' tokens),
-    module forecasts and the output forecast match one process."""
+    """sp=2 (a spawned gloo worker): data-dependent decisions (First-Block-Cache's and TeaCache's L1 over both
+    ranks' tokens), module reuse and forecasts, and the output forecast match one process."""
     from videosys import CascadeVConfig, VideoSysEngine
 
-    specs = ["fbcache-0.4", "taylorseer-2", "forecast"]
+    specs = ["fbcache-0.4", {"method": "teacache", "threshold": 0.3, "coefficients": TEA_ONE}, "pab",
+             "taylorseer-2", "forecast"]
     refs = [run(tiny, clip, spec, num_inference_steps=6) for spec in specs]
-    assert refs[0].stats["fbcache"]["reused_steps"] and refs[0].stats["fbcache"]["computed_steps"] > 1
+    for ref, name in zip(refs[:2], ("fbcache", "teacache")):  # decisions both ways
+        assert ref.stats[name]["reused_steps"] and ref.stats[name]["computed_steps"] > 2
     with VideoSysEngine(CascadeVConfig(preset="tiny", num_gpus=2, progress_bar=False, cache=specs[0])) as engine:
         outs = [engine.reconstruct(clip, num_inference_steps=6)]
         for spec in specs[1:]:
             engine.set_cache(spec)
             outs.append(engine.reconstruct(clip, num_inference_steps=6))
     for spec, out, ref in zip(specs, outs, refs):
-        name = spec.split("-")[0]
+        name = spec["method"] if isinstance(spec, dict) else spec.split("-")[0]
         assert out.stats[name] == ref.stats[name], spec
         assert (out.latents - ref.latents).abs().max() <= 1e-4 * max(1.0, float(ref.latents.abs().max())), spec
 
