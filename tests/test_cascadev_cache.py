@@ -1,5 +1,5 @@
 """The registered caches on CascadeV's DiT (tiny preset, 8 Euler-ancestral steps): its hook points (one
-28-block stack, attention sites "full" / "temporal" / "spatial", MLP sites, the step output), what each
+block stack, attention sites "full" / "temporal" / "spatial", MLP sites, the step output), what each
 method reuses, equality with the uncached run where a method reuses nothing, exact forced schedules, one
 state per frame window x tile, sp=2 against one process, and the methods that refuse it."""
 
