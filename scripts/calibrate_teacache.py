@@ -12,9 +12,15 @@ points, and writes JSON whose "coefficients" go to `TeaCacheConfig(coefficients=
 
 `--method magcache` records MagCache's magnitude ratios instead (one per step; JSON "ratios", for
 `MagCacheConfig(ratios=...)` or `{"method": "magcache", "ratios": [...]}`).
+
+A reconstruction model (`--model cascadev`) calibrates on videos: the mp4 files of `--clips FOLDER`, else
+`--prompts N` (default 4) demo clips (videosys/utils/demo_data.py) of `--num-frames` (default 12) frames at
+the DiT's tile size.
 """
 
 import argparse
+import glob
+import os
 import sys
 
 from videosys import VideoSysEngine
@@ -31,30 +37,50 @@ def parse_args(argv=None):
                         help="teacache: fit the rescaling polynomial; magcache: record the magnitude ratios")
     parser.add_argument("--degree", type=int, default=4, help="polynomial degree (the reference: 4)")
     parser.add_argument("--output", default="outputs/teacache_coefficients.json")
+    parser.add_argument("--clips", help="a reconstruction model (cascadev): calibrate on this folder's mp4 files")
     args = parser.parse_args(argv)
     if args.degree < 1 or args.seeds < 1 or (args.prompts is not None and args.prompts < 1):
         parser.error("--degree, --seeds and --prompts must be positive")
     return args
 
 
+def clip_list(args, pipeline) -> tuple[list, list[str]]:
+    """A reconstruction model's inputs and their names: the videos of --clips, else --prompts (default 4) demo
+    clips."""
+    if args.clips:
+        paths = sorted(glob.glob(os.path.join(args.clips, "*.mp4")))[: args.prompts]
+        if not paths:
+            raise ValueError(f"no mp4 files in {args.clips!r}")
+        return paths, paths
+    from videosys.utils.demo_data import DemoClips
+
+    side = pipeline.transformer.config.input_size * pipeline.vae_factor  # one DiT tile
+    clips = DemoClips(num_frames=args.num_frames or 12, height=side, width=side, seed=0)
+    items = [clips.item(i) for i in range(args.prompts or 4)]
+    return [clip for clip, _, _ in items], [f"demo clip: {text}" for _, text, _ in items]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = model_config(args)
-    prompts = prompt_list(args)
+    reconstructs = hasattr(config.pipeline_cls, "reconstruct")
+    prompts = names = None if reconstructs else prompt_list(args)
     if args.method == "magcache":
         with VideoSysEngine(config) as engine:
+            prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)
             ratios = calibrate_magcache(engine.pipeline, prompts, seeds=range(args.seeds))
         write_json(args.output, {"model": args.model, "preset": args.preset, "model_path": args.model_path,
-                                 "steps": config.num_inference_steps, "prompts": prompts, "seeds": args.seeds,
+                                 "steps": config.num_inference_steps, "prompts": names, "seeds": args.seeds,
                                  "ratios": list(ratios)})
         print("magnitude ratios per step: [" + ", ".join(f"{r:.5f}" for r in ratios) + "]")
         print(f"wrote {args.output}")
         return 0
     with VideoSysEngine(config) as engine:
+        prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)
         result = calibrate(engine.pipeline, prompts, seeds=range(args.seeds), degree=args.degree)
     published = next((key for key in config.cache_models() if key in COEFFICIENTS), None)
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path,
-              "steps": config.num_inference_steps, "prompts": prompts, "seeds": args.seeds, "degree": args.degree,
+              "steps": config.num_inference_steps, "prompts": names, "seeds": args.seeds, "degree": args.degree,
               **result.summary(), "published": published,
               "published_r2": result.r2(COEFFICIENTS[published]) if published is not None else None,
               "x": result.x.tolist(), "y": result.y.tolist()}

@@ -12,7 +12,9 @@ without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model
 or `python scripts/calibrate_teacache.py --model latte --preset demo`. The recorder is a registered
 cache method ("teacache-recorder") at the block-stack hook point, so it reads the very indicator
 TeaCache reads. One process, cond and uncond in one batch (as the reference measured); the output
-distance is over the whole batched output (both CFG halves), as the indicator's is.
+distance is over the whole batched output (both CFG halves), as the indicator's is. A reconstruction
+pipeline (CascadeV) takes videos instead of prompts; where a step runs several DiT calls (its frame
+windows x tiles), each call is paired with the same part's call one step earlier (hooks.py: per-part state).
 
 MagCache's magnitude ratios likewise: `calibrate_magcache(engine.pipeline, prompts)` (`--method magcache`;
 the recorder "magcache-recorder") records, per step, the mean over tokens of |r_i| / |r_{i-1}| for the
@@ -44,24 +46,24 @@ class TeaCacheRecorder(Cache):
     config: TeaCacheRecorderConfig = field(default_factory=TeaCacheRecorderConfig)
     xs: list = field(default_factory=list)
     ys: list = field(default_factory=list)
-    indicator: torch.Tensor | None = None
-    output: torch.Tensor | None = None
+    indicators: dict = field(default_factory=dict)  # the last call's indicator, per state (branch / part)
+    outputs: dict = field(default_factory=dict)  # its output
 
     def begin(self, timesteps, refresh_steps=()) -> None:  # it computes every step anyway
-        self.indicator = self.output = None  # consecutive calls of one generation only
+        self.indicators, self.outputs = {}, {}  # consecutive calls of one generation only
 
     def stack(self, stack: BlockStack) -> tuple:
         indicator = stack.indicator().detach()
-        if self.indicator is not None:
-            self.xs.append(relative_l1(indicator, self.indicator, group=stack.group).detach())
-        self.indicator = indicator
+        if stack.branch in self.indicators:
+            self.xs.append(relative_l1(indicator, self.indicators[stack.branch], group=stack.group).detach())
+        self.indicators[stack.branch] = indicator
         return stack.run(*stack.streams)
 
-    def record_output(self, output: torch.Tensor) -> None:
+    def record_output(self, output: torch.Tensor, state: str = "batch") -> None:
         output = output.detach()
-        if self.output is not None:
-            self.ys.append(relative_l1(output, self.output))
-        self.output = output
+        if state in self.outputs:
+            self.ys.append(relative_l1(output, self.outputs[state]))
+        self.outputs[state] = output
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         if len(self.xs) != len(self.ys):
@@ -112,7 +114,8 @@ def fit(x, y, degree: int = 4) -> tuple[float, ...]:
 
 
 def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generate_kwargs, output_hook=None):
-    """Generate every (prompt, seed) uncached with recorder `config` on; the recorder. Caches are put back."""
+    """Generate every (prompt, seed) uncached with recorder `config` on (a reconstruction pipeline: reconstruct
+    every (video, seed)); the recorder. Caches are put back."""
     if pipeline.parallel.world_size != 1:
         raise ValueError("calibrate runs in one process (num_gpus=1): the distances are those of the whole batch")
     transformer = pipeline.transformer
@@ -123,11 +126,13 @@ def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generat
     handle = None
     if output_hook is not None:
         handle = transformer.register_forward_hook(
-            lambda module, args, out: output_hook(recorder, out if torch.is_tensor(out) else out[0]))
+            lambda module, args, out: output_hook(recorder, out if torch.is_tensor(out) else out[0],
+                                                  transformer.cache_state))
     jobs = [(p, s) for p in prompts for s in seeds]
+    run = pipeline.reconstruct if hasattr(pipeline, "reconstruct") else pipeline.generate
     try:
         for prompt, seed in tqdm(jobs, desc="calibrating", disable=not progress):
-            pipeline.generate(prompt, seed=seed, **generate_kwargs)
+            run(prompt, seed=seed, **generate_kwargs)
     finally:
         if handle is not None:
             handle.remove()
@@ -139,9 +144,10 @@ def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generat
 def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True,
               **generate_kwargs) -> Calibration:
     """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
-    put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...)."""
+    put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...); a reconstruction
+    pipeline (CascadeV) takes videos as `prompts` and `pipeline.reconstruct` gets them."""
     recorder = _record(pipeline, TeaCacheRecorderConfig(), "teacache-recorder", prompts, seeds, progress,
-                       generate_kwargs, output_hook=lambda rec, out: rec.record_output(out))
+                       generate_kwargs, output_hook=lambda rec, out, state: rec.record_output(out, state))
     x, y = recorder.points()
     return Calibration(fit(x, y, degree), x, y)
 
@@ -164,12 +170,12 @@ class MagCacheRecorder(Cache):
     the stack adds (first stream) against the previous step's. On the device until `ratios()`."""
 
     config: MagCacheRecorderConfig = field(default_factory=MagCacheRecorderConfig)
-    per_step: dict = field(default_factory=dict)  # step index -> [ratio tensors, one per generation]
-    residual: torch.Tensor | None = None
+    per_step: dict = field(default_factory=dict)  # step index -> [ratio tensors, one per generation and part]
+    residuals: dict = field(default_factory=dict)  # the last call's residual, per state (branch / part)
     step: int = 0
 
     def begin(self, timesteps, refresh_steps=()) -> None:
-        self.residual = None
+        self.residuals = {}
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step = index
@@ -177,9 +183,10 @@ class MagCacheRecorder(Cache):
     def stack(self, stack: BlockStack) -> tuple:
         out = stack.run(*stack.streams)
         residual = (out[0] - stack.streams[0]).detach()
-        if self.residual is not None and self.residual.shape == residual.shape:
-            self.per_step.setdefault(self.step, []).append(magnitude_ratio(residual, self.residual))
-        self.residual = residual
+        previous = self.residuals.get(stack.branch)
+        if previous is not None and previous.shape == residual.shape:
+            self.per_step.setdefault(self.step, []).append(magnitude_ratio(residual, previous))
+        self.residuals[stack.branch] = residual
         return out
 
     def ratios(self) -> tuple[float, ...]:

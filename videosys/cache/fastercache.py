@@ -139,6 +139,9 @@ AUTHORS = {
 DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, weight=0.5, uncond=((-1, 641), 5), alpha_low=1.1,
                  alpha_high=1.1, low_window=(99, 901), high_window=(-1, 301), compound=True, calls=None)
 DEFAULTS = {**AUTHORS, "open-sora-plan": DIFFUSERS}
+# CascadeV's sampler runs no CFG (one DiT call per step, on the condition-concatenated latents): diffusers'
+# attention reuse alone, the CFG-Cache part off (check_model refuses it on a model without CFG branches)
+DEFAULTS["cascadev"] = dict(DIFFUSERS, uncond=None)
 
 
 def _schedule(name: str, setting):
@@ -211,6 +214,9 @@ class FasterCacheConfig:
             return None
         base = cls.for_model(models)
         spatial = _every(base.spatial, int(parts[0]))
+        if len(parts) == 2 and base.uncond is None:
+            raise ValueError(f"fastercache-{arg}: {models[0]} runs no classifier-free guidance, so CFG-Cache (the "
+                             f"uncond interval {parts[1]}) does not apply; use fastercache-{parts[0]}")
         uncond = base.uncond if len(parts) == 1 else _every(base.uncond, int(parts[1]))
         return cls.for_model(models, spatial=spatial, uncond=uncond,
                              temporal=spatial if temporal else _every(base.temporal, int(parts[0])))
@@ -270,6 +276,12 @@ class FasterCache(Cache):
     def __init__(self, config: FasterCacheConfig):
         self.config = config
         self.begin([])
+
+    def check_model(self, model) -> None:
+        if self.config.uncond is not None and not getattr(model, "guided", True):
+            raise ValueError(f"FasterCache's CFG-Cache (uncond={self.config.uncond}) needs classifier-free guidance; "
+                             f"{type(model).__name__}'s pipeline runs none, so it would never act: set uncond=None "
+                             "(its attention reuse alone, the default for this model)")
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         self.timesteps = [float(t) for t in timesteps]

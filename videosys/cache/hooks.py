@@ -20,8 +20,14 @@ None and cost nothing. Several methods may be active at once: at one point they 
 they were enabled (the first is outermost: its `run` / `compute` goes through the next).
 Per generation the pipeline calls `begin(timesteps, refresh_steps)` (on refresh steps a method computes
 everything), per step `set_step(index, timestep)`.
+
+Whose state a call uses (`Site.branch`, `BlockStack.branch`): the CFG branch ("batch" or "cond"), and, where a
+pipeline runs one step as several transformer calls over parts of its input (CascadeV: frame windows x latent
+tiles), the part too (`with transformer.cache_part(name):`), so a method never adds one part's residual to
+another; its counts are then per call.
 """
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -34,7 +40,7 @@ class Site(NamedTuple):
     kind: str  # "spatial" | "temporal" | "cross" | "full" (attention) | "mlp"
     block: str  # the kind of the block it sits in: "spatial" | "temporal" | "full"
     index: int  # the block's depth
-    branch: str = "batch"  # whose state (see BlockStack.branch)
+    branch: str = "batch"  # whose state (see BlockStack.branch and the module docstring)
 
 
 class Cache:
@@ -156,6 +162,8 @@ class CacheMixin:
     convention); the model's forward calls `cache_stack` and passes `module_hooks()` to its blocks."""
 
     cache_branch = "batch"  # set by the pipeline around a call that runs one CFG branch alone
+    cache_part_name = ""  # set by `cache_part` around a call that runs one part of a step's input
+    guided = True  # False: its pipeline runs no CFG branches, so the CFG-branch hooks never fire (check_model refuses)
 
     @property
     def caches(self) -> dict:
@@ -181,10 +189,24 @@ class CacheMixin:
         """The state of method `name`, None when it is off."""
         return self.caches.get(name)
 
+    @contextlib.contextmanager
+    def cache_part(self, name: str):
+        """Calls inside use the state of part `name` of the step's input (one of several calls per step)."""
+        self.cache_part_name = name
+        try:
+            yield
+        finally:
+            self.cache_part_name = ""
+
+    @property
+    def cache_state(self) -> str:
+        """The state key of the current call: the CFG branch, prefixed by the part where one is named."""
+        return f"{self.cache_part_name}/{self.cache_branch}" if self.cache_part_name else self.cache_branch
+
     # ---- hook points ----------------------------------------------------------------------------
     def module_hooks(self) -> ModuleHooks | None:
         methods = [c for c in self.caches.values() if c.module is not None]
-        return ModuleHooks(methods, self.cache_branch) if methods else None
+        return ModuleHooks(methods, self.cache_state) if methods else None
 
     def cache_stack(self, run: Callable, *streams: torch.Tensor, indicator: Callable[[], torch.Tensor],
                     num_units: int):
@@ -211,7 +233,7 @@ class CacheMixin:
                     return through(k + 1, s)  # the whole stack: through the inner methods
                 return _as_tuple(run(*s, start=start, stop=stop))
 
-            stack = BlockStack(inputs, run_k, num_units, group, self.cache_branch, lazy_indicator)
+            stack = BlockStack(inputs, run_k, num_units, group, self.cache_state, lazy_indicator)
             return _as_tuple(methods[k].stack(stack))
 
         out = through(0, streams)

@@ -48,6 +48,11 @@ DEFAULTS = {
                                 mlp=_OSP11_MLP),
     "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6)),
     "cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=()),  # published: joint attention only, MLPs left alone
+    # not published (the PAB paper has no CascadeV): Latte's window and ranges, its nearest relative (a 28-block
+    # adaLN-single DiT on the same 1000-step DDPM schedule, its attention spatial / temporal; CascadeV's 3D
+    # attention counts as spatial, as the paper does for full attention); no MLP broadcast (Latte's table
+    # names Latte's blocks). Untuned: no trained CascadeV runs here
+    "cascadev": dict(spatial=((100, 800), 2), temporal=((100, 800), 3)),
 }
 
 

@@ -26,13 +26,16 @@ class CacheMethod:
     names: tuple[str, ...] = ()  # published operating points ("teacache-slow"): CLI help, eval variants
     sweep: tuple[str, ...] = ()  # what a speed / quality frontier runs (scripts/bench_cache.py)
     syntax: str = ""  # the parametrised form for help and errors, e.g. "teacache-<threshold>"
+    # fields a {"method": ...} spec must give for a model with no published setting (TeaCache: "coefficients");
+    # empty: such a model's dict spec fails as its name does
+    needs: tuple[str, ...] = ()
 
 
 METHODS: dict[str, CacheMethod] = {}
 
 
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
-             names=(), sweep=(), syntax: str = "") -> CacheMethod:
+             names=(), sweep=(), syntax: str = "", needs=()) -> CacheMethod:
     """Make a method reachable by name. Registering the same name again replaces it only with the same
     config class (a module imported twice); another class under a taken name is an error."""
     old = METHODS.get(name)
@@ -40,7 +43,8 @@ def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, 
         raise ValueError(f"cache method {name!r} is already registered (by {old.config_cls.__qualname__})")
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: the config must be a dataclass, got {config_cls!r}")
-    method = CacheMethod(name, config_cls, cache_cls, for_model, parse, tuple(names), tuple(sweep), syntax)
+    method = CacheMethod(name, config_cls, cache_cls, for_model, parse, tuple(names), tuple(sweep), syntax,
+                         tuple(needs))
     METHODS[name] = method
     cache_cls.method_name = name
     return method
@@ -128,9 +132,30 @@ def configs_from_spec(spec, models: tuple[str, ...] | str) -> list:
         name = values.pop("method", None)
         if name not in METHODS:
             raise ValueError(f"a cache dict needs a registered 'method' ({', '.join(sorted(METHODS))}), got {name!r}")
-        return [dataclasses.replace(METHODS[name].for_model(models), **values)]
+        method = METHODS[name]
+        try:
+            base = method.for_model(models)
+        except ValueError as err:  # nothing published for this model: the dict's own settings, if it gives them
+            missing = [f for f in method.needs if f not in values]
+            if not method.needs:
+                raise
+            if missing:
+                raise ValueError(f"{err}; a {{'method': '{name}', ...}} spec for it must give "
+                                 f"{', '.join(missing)}") from None
+            return [method.config_cls(**values)]
+        return [dataclasses.replace(base, **values)]
     if not any(type(spec) is m.config_cls for m in METHODS.values()):
         raise ValueError(f"unknown cache {spec!r}; choose from {', '.join(choices())} or a registered config")
+    method = method_of(spec)
+    if method.needs:  # a config object left at a default that is another model's published setting
+        try:
+            method.for_model(models)
+        except ValueError as err:
+            defaults = method.config_cls()
+            kept = [f for f in method.needs if getattr(spec, f) == getattr(defaults, f)]
+            if kept:
+                raise ValueError(f"{err}; {type(spec).__name__}'s default {', '.join(kept)} (another model's) "
+                                 "cannot stand in: give this model's") from None
     return [spec]
 
 

@@ -56,7 +56,12 @@ class TeaCacheConfig:
         """The published setting for a model (its cache keys, most specific first): speed "slow" (0.1),
         "fast" (0.2) or a threshold."""
         threshold = THRESHOLDS[speed] if isinstance(speed, str) else float(speed)
-        return cls(threshold=threshold, coefficients=published(COEFFICIENTS, models, "TeaCache coefficients"))
+        try:
+            coefficients = published(COEFFICIENTS, models, "TeaCache coefficients")
+        except ValueError as err:
+            raise ValueError(f"{err}: fit them (scripts/calibrate_teacache.py, videosys.cache.calibrate.calibrate) "
+                             "and pass {'method': 'teacache', 'threshold': ..., 'coefficients': [...]}") from None
+        return cls(threshold=threshold, coefficients=coefficients)
 
     @classmethod
     def from_name(cls, arg: str, models: tuple[str, ...]) -> "TeaCacheConfig | None":
@@ -196,4 +201,4 @@ class TeaCache(Cache):
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
          names=("teacache-slow", "teacache-fast"),
          sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
-         syntax="teacache-<threshold>")
+         syntax="teacache-<threshold>", needs=("coefficients",))

@@ -79,12 +79,6 @@ class CascadeVConfig(BaseConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def cache_configs(self) -> list:
-        if self.enable_teacache or self.enable_pab or self.cache not in (None, "", "none"):
-            # nothing published or wired for this DiT yet: see the README's CascadeV section
-            raise ValueError("CascadeV has no cache support yet (no published TeaCache / PAB settings for its DiT)")
-        return []
-
     @property
     def pipeline_cls(self):
         return CascadeVPipeline
@@ -240,7 +234,9 @@ class CascadeVPipeline(VideoSysPipeline):
         device = config.torch_device()
         modules = [m.to(device) if m.dtype == dtype else m.to(device=device, dtype=dtype)
                    for m in (transformer, encoder, vae)]
-        return cls(config, *modules, make_scheduler(config.scheduler))
+        pipeline = cls(config, *modules, make_scheduler(config.scheduler))
+        pipeline.enable_configured_caches()  # a method that cannot act on this DiT refuses here, before any compute
+        return pipeline
 
     # ---- inputs ------------------------------------------------------------------------------
     @property
@@ -338,7 +334,8 @@ class CascadeVPipeline(VideoSysPipeline):
             eps = torch.empty((window, c_lat, h, w), dtype=self.dtype, device=latents.device)
             for r in rows:
                 for c in cols:
-                    pred = self.transformer(chunk[..., r:r + tile, c:c + tile], t)  # (1, 8, window, tile, tile)
+                    with self.transformer.cache_part(f"frames {beg} tile {r},{c}"):  # each call its own cache state
+                        pred = self.transformer(chunk[..., r:r + tile, c:c + tile], t)  # (1, 8, window, tile, tile)
                     eps[:, :, r:r + tile, c:c + tile] = pred[0, :c_lat].transpose(0, 1)  # epsilon half
             if weights is None:
                 out[beg:beg + window] = eps
@@ -384,11 +381,16 @@ class CascadeVPipeline(VideoSysPipeline):
         latents = latents * self.scheduler.init_noise_sigma
         plan = self.window_plan(t)
         extra = {"generator": generator} if self.config.scheduler == "euler-a" else {}  # its ancestral noise
+
+        def predict(x, i, step_t):  # the DiT over every window and tile of this step
+            return self.predict(self.scheduler.scale_model_input(x, step_t), cond, model_timesteps[i:i + 1], plan)
+
+        def step(eps, i, step_t, x):
+            return self.scheduler.step(eps.float(), step_t, x, return_dict=False, **extra)[0]
+
         denoise_start = time.perf_counter()
-        for i, step_t in self.denoise_steps(timesteps, "cascadev"):
-            model_in = self.scheduler.scale_model_input(latents, step_t)
-            eps = self.predict(model_in, cond, model_timesteps[i:i + 1], plan)
-            latents = self.scheduler.step(eps.float(), step_t, latents, return_dict=False, **extra)[0]
+        # the shared loop: the caches' per-step hooks and the step-output point (a forecast may skip the DiT)
+        latents = self.denoise(latents, timesteps, predict, step, desc="cascadev")
         out = self.finish(latents, self.decode, start, denoise_start, len(timesteps))
         reference = self.to_frames(frames.transpose(0, 1)[None])
         return ReconstructionOutput(video=out.video, stats=out.stats, latents=out.latents, input_video=reference,

@@ -16,6 +16,13 @@ whole block, as the release does, gives the same result.
 Positions: fixed sin-cos, [frame (C/3) | column (C/3) | row (C/3)]; the spatial grid positions
 are divided by `pe_interpolation` (2 for the 1024px model), frames are not.
 
+Caches (videosys/cache/hooks.py): the blocks (28 in the release) are one block stack (a unit = one block; TeaCache's
+indicator is block 0's modulated input, as for every PixArt-style DiT here); each block's attention is a
+module site of kind "full" (3D), "temporal" (grid groups keeping every frame: (1, xs), attention along time
+within a patch) or "spatial" (grid groups cutting the frames: (ts, 1), (ts, xs), attention within a few
+frames), its MLP an "mlp" site; a site's output is gated (gate * attention, gate * MLP), as in the other
+adaLN-single families (Latte, Open-Sora). There is no cross-attention (no text) and no CFG.
+
 Sequence parallel (Ulysses): the L tokens are sharded over the sp group; around attention an
 all-to-all trades the token shard for a head shard, so each rank attends over all tokens (and
 any grid grouping) for heads/sp heads. L and the heads must divide by sp.
@@ -24,11 +31,12 @@ any grid grouping) for heads/sp heads. L and the heads must divide by sp.
 import glob
 import os
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
-from videosys.cache import CacheMixin
+from videosys.cache import CacheMixin, module_call
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import sdpa
@@ -96,6 +104,14 @@ def from_groups(x: torch.Tensor, batch: int, frames: int, height: int, width: in
     return x.reshape(batch, frames * height * width, *rest)
 
 
+def attention_kind(strides: tuple[int, int] | None) -> str:
+    """The cache site kind of an attention with these grid strides: "full" (3D, or a 1 x 1 grid), "temporal"
+    (groups keep every frame and cut space), "spatial" (groups cut the frames)."""
+    if strides is None or strides == (1, 1):
+        return "full"
+    return "temporal" if strides[0] == 1 else "spatial"
+
+
 class SelfAttention(nn.Module):
     """Fused qkv self-attention (PixArt's AttentionKVCompress without compression): keys qkv, proj."""
 
@@ -142,20 +158,29 @@ class CascadeVBlock(nn.Module):
         super().__init__()
         dim = cfg.hidden_size
         self.index, self.strides = index, cfg.strides(index)
+        self.kind = attention_kind(self.strides)  # its attention's cache site kind
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, cfg.num_heads, cfg.fp32_attention)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
+    def modulation(self, t_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each (B, 1, C)."""
+        return (self.scale_shift_table[None] + t_mod.view(t_mod.shape[0], 6, -1)).chunk(6, dim=1)
+
+    def modulated_input(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The attention's input: norm1(x) modulated (TeaCache's indicator on block 0)."""
+        return self.norm1(x) * (1 + mod[1]) + mod[0]
+
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, layout: tuple[int, int, int], num_tokens: int,
-                sp_group=None) -> torch.Tensor:
-        b = x.shape[0]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + t_mod.view(b, 6, -1)).chunk(6, dim=1)  # each (B, 1, C)
-        h = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = x + gate_msa * self.attn(h, layout, self.strides, num_tokens, sp_group)
-        return x + gate_mlp * self.mlp(self.norm2(x) * (1 + scale_mlp) + shift_mlp)
+                sp_group=None, hooks=None) -> torch.Tensor:
+        mod = self.modulation(t_mod)
+        # cache hook points on the gated outputs; an attention a cache reuses also skips its all-to-alls
+        x = x + module_call(hooks, self.kind, self.index, lambda: mod[2] * self.attn(
+            self.modulated_input(x, mod), layout, self.strides, num_tokens, sp_group))
+        return x + module_call(hooks, "mlp", self.index,
+                               lambda: mod[5] * self.mlp(self.norm2(x) * (1 + mod[4]) + mod[3]), block=self.kind)
 
 
 class PatchEmbed(nn.Module):
@@ -192,6 +217,7 @@ def position_table(dim: int, frames: int, height: int, width: int, pe_interpolat
 class CascadeVTransformer(PretrainedModel, CacheMixin):
     config_class = CascadeVTransformerConfig
     class_name = "CascadeVTransformer"
+    guided = False  # one DiT call per step on the condition-concatenated input: no CFG branches
 
     def __init__(self, config: CascadeVTransformerConfig):
         super().__init__()
@@ -246,12 +272,25 @@ class CascadeVTransformer(PretrainedModel, CacheMixin):
         tokens = tokens + self.pos_embed(f, h, w, x.device).to(tokens.dtype)
         t_emb = self.t_embedder(timestep.expand(b), tokens.dtype)  # (B, C)
         t_mod = self.t_block(t_emb)  # (B, 6C)
-        for block in self.blocks:
-            tokens = block(tokens, t_mod, (f, h, w), f * h * w, sp_group)
+        blocks = partial(self.run_blocks, t_mod=t_mod, layout=(f, h, w))
+        # the block-stack hook point (TeaCache's indicator: block 0's modulated input; L divides by sp, so this
+        # rank's tokens are all real)
+        first = self.blocks[0]
+        tokens = self.cache_stack(blocks, tokens, num_units=len(self.blocks),
+                                  indicator=lambda x=tokens: first.modulated_input(x, first.modulation(t_mod)))
         out = comm.gather(self.final_layer(tokens, t_emb), 1, sp_group)  # (B, L, p*p*C_out)
         c_out = self.config.out_channels
         out = out.view(b, f, h, w, p, p, c_out).permute(0, 6, 1, 2, 4, 3, 5)  # (B, C_out, T, h, p, w, p)
         return out.reshape(b, c_out, f, height, width)
+
+    def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, layout: tuple[int, int, int], start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Blocks start .. stop-1 on (B, L_local, C) tokens of a (T, h, w) token grid."""
+        hooks, sp_group = self.module_hooks(), self.parallel.sp_group
+        num_tokens = layout[0] * layout[1] * layout[2]
+        for block in self.blocks[start:stop]:
+            x = block(x, t_mod, layout, num_tokens, sp_group, hooks=hooks)
+        return x
 
     @classmethod
     def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
