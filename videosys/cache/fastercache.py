@@ -99,7 +99,15 @@ class FasterCacheConfig:
     @classmethod
     def from_name(cls, arg: str, models: tuple[str, ...]) -> "FasterCacheConfig | None":
         """"N" (of "fastercache-3"): attention every N-th step; "N-U": and uncond every U-th step; a
-        trailing "t" ("3t", "3-4t") reuses temporal attention too, with the spatial window."""
+        trailing "t" ("3t", "3-4t") reuses temporal attention too, with the spatial window. "cfg" / "cfg-U":
+        the CFG-Cache part alone (attention always computed), to combine with a step or module method."""
+        if arg == "cfg" or arg.startswith("cfg-"):
+            every = arg[4:] or None
+            if every is not None and not (every.isdigit() and int(every) >= 1):
+                return None
+            base = cls.for_model(models)
+            uncond = base.uncond if every is None else (base.uncond[0], int(every))
+            return cls.for_model(models, spatial=None, temporal=None, uncond=uncond)
         temporal = arg.endswith("t")
         parts = (arg[:-1] if temporal else arg).split("-")
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
@@ -155,6 +163,12 @@ class FasterCache(Cache):
     def __init__(self, config: FasterCacheConfig):
         self.config = config
         self.begin([])
+
+    @classmethod
+    def acts_at(cls, config: FasterCacheConfig) -> frozenset:
+        """Module calls where attention reuse is on, the CFG point where CFG-Cache is."""
+        return frozenset(["module"] * (config.spatial is not None or config.temporal is not None)
+                         + ["cfg"] * (config.uncond is not None))
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         self.timesteps = [float(t) for t in timesteps]
@@ -265,4 +279,4 @@ class FasterCache(Cache):
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
          parse=FasterCacheConfig.from_name, names=("fastercache",),
          sweep=("fastercache", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
-         syntax="fastercache-<N>[-<U>][t]")
+         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]")

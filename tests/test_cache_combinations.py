@@ -1,0 +1,79 @@
+"""Several cache methods at once (registry.check_combination, Cache.acts_at): methods at different hook points
+both act, each as it does alone; two at the same point are refused before any compute, on every surface."""
+
+import pytest
+import torch
+
+from videosys import LatteConfig
+from videosys.cache import configs_from_spec
+from videosys.cache.fastercache import FasterCacheConfig
+from videosys.cache.taylorseer import TaylorSeerConfig
+
+from conftest import PROMPT, tiny_pipeline
+
+RUN = dict(seed=0, num_frames=4, num_inference_steps=12)
+
+
+def test_fastercache_cfg_part_alone_acts_at_the_cfg_point_only():
+    (cfg,) = configs_from_spec("fastercache-cfg", ("latte",))
+    assert cfg.spatial is None and cfg.temporal is None and cfg.uncond == ((-1.0, 641.0), 5)
+    assert configs_from_spec("fastercache-cfg-3", ("latte",))[0].uncond[1] == 3
+    from videosys.cache.fastercache import FasterCache
+
+    assert FasterCache.acts_at(cfg) == {"cfg"}
+    assert FasterCache.acts_at(FasterCacheConfig()) == {"module", "cfg"}
+    with pytest.raises(ValueError, match="unknown cache"):
+        configs_from_spec("fastercache-cfg-0", ("latte",))
+
+
+@pytest.mark.parametrize("module_method", ["taylorseer-3", "foca-3"])
+def test_a_module_method_and_a_cfg_method_both_act(module_method):
+    """Each keeps its own decisions: the CFG part skips the same uncond branches as alone, the module method
+    forecasts on the same steps; together the output is neither one's."""
+    pipe = tiny_pipeline("latte")
+    alone = {}
+    for spec in (module_method, "fastercache-cfg"):
+        pipe.set_cache(spec)
+        alone[spec] = pipe.generate(PROMPT, **RUN)
+    pipe.set_cache(f"{module_method}+fastercache-cfg")
+    both = pipe.generate(PROMPT, **RUN)
+    name = module_method.split("-")[0]
+    cfg_stats = both.stats["fastercache"]
+    assert cfg_stats == alone["fastercache-cfg"].stats["fastercache"] and cfg_stats["uncond_skipped"] > 0
+    assert both.stats[name]["forecast_step_indices"] == alone[module_method].stats[name]["forecast_step_indices"]
+    assert both.stats[name]["forecast_modules"] > 0
+    for out in alone.values():
+        assert not torch.equal(both.latents, out.latents)
+    assert torch.isfinite(both.latents).all()
+    postfix = pipe.transformer.cache_postfix()
+    assert name in postfix and "uncond" in postfix
+
+
+def test_a_step_method_and_a_cfg_method_both_act():
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache(["forecast-i2", "fastercache-cfg"])
+    out = pipe.generate(PROMPT, **RUN)
+    assert out.stats["forecast"]["reused_steps"] > 0 and out.stats["fastercache"]["uncond_skipped"] > 0
+
+
+@pytest.mark.parametrize("spec, point", [
+    ("taylorseer-3+fastercache", "module"),  # FasterCache's attention reuse is on by default
+    ("foca-3+pab", "module"),
+    ("teacache-fast+fbcache", "stack"),
+    (["forecast-i2", {"method": "forecast", "interval": 3}], None),  # the same method twice
+])
+def test_two_methods_at_one_point_are_refused_before_any_compute(spec, point):
+    match = f"both act at the '{point}' hook point" if point else "enabled once"
+    with pytest.raises(ValueError, match=match):
+        configs_from_spec(spec, ("latte",))
+    with pytest.raises(ValueError, match=match):
+        LatteConfig(preset="tiny", cache=spec)  # the config refuses it when built
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache("teacache-slow")
+    with pytest.raises(ValueError, match=match):
+        pipe.set_cache(spec)
+    assert list(pipe.transformer.caches) == ["teacache"]  # nothing changed
+    with pytest.raises(ValueError, match="both act at the 'stack'"):  # enabling one at a time: refused too
+        pipe.transformer.enable_cache(configs_from_spec("fbcache", ("latte",))[0])
+    pipe.transformer.enable_cache(TaylorSeerConfig(interval=3))  # a different point: joins
+    assert list(pipe.transformer.caches) == ["teacache", "taylorseer"]
