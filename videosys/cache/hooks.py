@@ -8,7 +8,7 @@ Three points, under the same names in every family:
   TeaCache, MagCache, EasyCache, First-Block-Cache and Skip-Cache act here.
 - each module call (`module_call`, in each block): a `Site` (kind: "spatial" / "temporal" /
   "cross" / "full" attention or "mlp"; the block's kind; the block index) and `compute`; a method
-  returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer act here.
+  returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer, FoCa act here.
 - the CFG branch outputs (`cfg_skip` / `cfg_supply` / `cfg_observe`, in the pipeline's loop): a
   method may skip the uncond branch on a step and supply its output from the cond one.
 - the step's model output (`step_output`, in the pipeline's loop around the model call(s) of a step): a
