@@ -56,6 +56,9 @@ def test_a_line_is_forecast_exactly_and_a_short_history_falls_back():
     line = {s: 3.0 + 2.0 * s for s in range(12)}
     outs, computed, _ = run_module(FoCaConfig(interval=4, warmup=2), 12, line)
     assert computed == [0, 1, 5, 9] and outs == [line[s] for s in range(12)]
+    raw, _, _ = run_module(FoCaConfig(interval=4, warmup=2, normalise=False), 7, line)
+    # anchors 1 and 5: d_full = 8 unnormalised, d_curr = 2: 2*13 - 11 + 0.5 (8 - 2) = 18, (4 - 1) / 2 slopes over 15
+    assert raw[2:5] == outs[2:5] and raw[6] == 18.0
     # warm-up 1: step 1 has one value (reused), step 2 a flat window and one anchor (BDF2 alone: the same value)
     outs, computed, _ = run_module(FoCaConfig(interval=3, warmup=1), 4)
     assert computed == [0, 3] and outs == [0.0, 0.0, 0.0, 9.0]

@@ -22,12 +22,13 @@ an ODE, both are slopes: we divide every difference by its step gap (d_full by t
 window's) and scale the step by the gap h to the step forecast,
     F = F_k + h (d_curr / h_k + d_full / h_full) / 2,
 which is cache-dit's wherever the anchors are one step apart (right after the warm-up) and keeps the
-trapezoid's meaning for every N (a line is forecast exactly; unnormalised, it overshoots by (N - 1) / 2 slopes). `normalise=False` ("foca-<N>-raw") is cache-dit's literal h = 1 form.
+trapezoid's meaning for every N: a line is forecast exactly, where the unnormalised form overshoots it by
+(N - 1) / 2 slopes per step. `normalise=False` ("foca-<N>-raw") is cache-dit's literal h = 1 form.
 
 Schedule, warm-up, kinds, state per module instance and CFG branch, statistics: TaylorSeer's
 (taylorseer.ModuleForecast), decided from the step index alone, so every rank agrees without talking. FoCa's
-own interval and warm-up are not known to us (paper not reachable): the defaults are TaylorSeer's published ones
-(interval 5, warm-up 3, the paper's schedule).
+own interval and warm-up are not known to us (paper not reachable): the defaults are our TaylorSeer's
+(interval 5, warm-up 3: diffusers' TaylorSeerCacheConfig; the paper's schedule).
 """
 
 from dataclasses import dataclass
