@@ -49,11 +49,22 @@ def test_a_module_method_and_a_cfg_method_both_act(module_method):
     assert name in postfix and "uncond" in postfix
 
 
-def test_a_step_method_and_a_cfg_method_both_act():
+def test_a_step_method_and_a_cfg_method_both_act_and_cfg_cache_counts_model_calls():
+    """forecast-i2 runs the model on steps 0-3, then odd steps and the last; CFG-Cache's uncond every 2nd *call*
+    keeps running uncond among them (by step index it would run on even steps only: never after step 2)."""
     pipe = tiny_pipeline("latte")
-    pipe.set_cache(["forecast-i2", "fastercache-cfg"])
+    batches = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    cfg_every_2 = FasterCacheConfig(spatial=None, uncond=((-1, 1000), 2))  # every timestep inside the window
+    pipe.set_cache(cfg_every_2)
+    alone = pipe.generate(PROMPT, **RUN)
+    assert alone.stats["fastercache"] == {"uncond_computed": 6, "uncond_skipped": 6}  # calls = steps
+    batches.clear()
+    pipe.set_cache(["forecast-i2", cfg_every_2])
     out = pipe.generate(PROMPT, **RUN)
-    assert out.stats["forecast"]["reused_steps"] > 0 and out.stats["fastercache"]["uncond_skipped"] > 0
+    assert out.stats["forecast"]["reused_step_indices"] == [4, 6, 8, 10]
+    assert batches == [2, 1, 2, 1, 2, 1, 2, 1]  # steps 0 1 2 3 5 7 9 11: uncond on every 2nd call
+    assert out.stats["fastercache"] == {"uncond_computed": 4, "uncond_skipped": 4}
 
 
 @pytest.mark.parametrize("spec, point", [

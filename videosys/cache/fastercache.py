@@ -9,9 +9,12 @@ as inference progresses"; a constant `weight` overrides it). A module with fewer
 computed outputs computes. Spatial, temporal and full (3D) self-attention; cross-attention and
 MLPs are left alone (as in the paper and diffusers).
 
-CFG-Cache (CFG branch hook point). Inside its window, the uncond branch runs only on steps whose
-index is a multiple of `every` (and on step 0); on those full steps the difference
-(uncond - cond) is split with a 2D FFT over the last two (H, W) axes and a circular low-pass mask
+CFG-Cache (CFG branch hook point). Inside its window, the uncond branch runs only on model calls whose
+count (0-based, per generation) is a multiple of `every` (and on the first): the step index when every step
+calls the model. Counting calls (as the authors' scripts do) keeps the deltas refreshed every N-th call next to
+a method that skips whole steps (after its warm-up forecast-i2 runs the model on odd steps only: by step
+index, "uncond on even steps" would never run it again). On those full steps the difference (uncond - cond)
+is split with a 2D FFT over the last two (H, W) axes and a circular low-pass mask
 (radius min(H, W) // 5 around the shifted spectrum's centre) into a low- and a high-frequency
 delta. On cond-only steps uncond = IFFT(FFT(cond) + w_low * d_low + w_high * d_high), w_low =
 alpha_low inside the low window (else 1), w_high = alpha_high inside the high window (else 1):
@@ -178,11 +181,13 @@ class FasterCache(Cache):
         self.deltas: tuple[torch.Tensor, torch.Tensor] | None = None  # (low, high) spectra of uncond - cond
         self.counts: Counter = Counter()
         self.cond_ratio: int | None = None  # rows of a full-batch attention output per row of a cond-only one
-        self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]
+        self.calls = 0  # model calls through the CFG point so far
+        self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]  # with a call every step
         # the last step that may extrapolate, per kind: after it the stored outputs are dropped (memory)
         self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.reuses(kind, i)), default=-1)
                            for kind in ("spatial", "temporal")}
-        self.last_skip = max((i for i, s in enumerate(self.uncond_plan) if s), default=-1)
+        # the last step that may run cond-only, whatever the call count (call 1: any every > 1 skips there)
+        self.last_skip = max((i for i in range(len(self.timesteps)) if self._skips_uncond(i, call=1)), default=-1)
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step, self.t = index, float(timestep)
@@ -232,15 +237,19 @@ class FasterCache(Cache):
         return None
 
     # ---- CFG-Cache -------------------------------------------------------------------------------
-    def _skips_uncond(self, index: int) -> bool:
-        if self.config.uncond is None or index == 0 or index in self.refresh_steps:
+    def _skips_uncond(self, index: int, call: int | None = None) -> bool:
+        """Cond-only at step `index` as model call `call` (default: the index)?"""
+        call = index if call is None else call
+        if self.config.uncond is None or call == 0 or index in self.refresh_steps:
             return False
         window, every = self.config.uncond
-        return index % every != 0 and in_window(window, self.timesteps[index])
+        return call % every != 0 and in_window(window, self.timesteps[index])
 
     def cfg_skip(self) -> bool:
         # deltas exist once any full step observed both branches: a host-side fact, alike on every rank
-        skip = self.deltas is not None and self.step < len(self.uncond_plan) and self.uncond_plan[self.step]
+        skip = (self.deltas is not None and self.step < len(self.timesteps)
+                and self._skips_uncond(self.step, self.calls))
+        self.calls += 1
         self.counts["uncond_skipped" if skip else "uncond_computed"] += 1
         return skip
 
