@@ -2,30 +2,50 @@
 
     python scripts/ablate_fastercache.py [--prompts 8] [--threads 1] [--output docs/fastercache_ablation_demo.json]
 
-Each row changes one setting of `fastercache` (attention every 2nd step for t < 681, uncond every 5th step
-for t < 641) or `fastercache-2-3` (uncond every 3rd): the frequency weights (alpha 1.1, the published ones,
-or 1.0), diffusers' compounding of them, the extrapolation weight (the ramp, a constant, 0 = plain copy),
-and each part alone. Fidelity only (speed: scripts/bench_cache.py); mean PSNR over the demo prompts, seed 0.
+Two bases. `fastercache`, Latte's default: the authors' schedule (attention, spatial and temporal, reused on even
+calls >= 16 with weight 0.5; uncond skipped on calls >= 18 not divisible by 5; alpha 1.1, compounding); each
+"authors'" row changes one thing. The "paper on diffusers' windows" rows are FasterCacheConfig()'s (attention every
+2nd step for t < 681, uncond every 5th for t < 641, the ramp weight, no compounding; `-2-3`: uncond every 3rd)
+with one setting changed: the frequency weights, diffusers' compounding, the extrapolation weight, each part
+alone. Fidelity only (speed: `videosys bench`); mean PSNR over the demo prompts, seed 0.
 """
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
 
 WINDOW = (-1, 641)  # diffusers' uncond window
-VARIANTS = {
-    "fastercache (published)": {},
-    "alpha 1.0": {"alpha_low": 1.0, "alpha_high": 1.0},
-    "attention off": {"spatial": None},
-    "cfg-cache off": {"uncond": None},
-    "2-3": {"uncond": (WINDOW, 3)},
-    "2-3, alpha 1.0": {"uncond": (WINDOW, 3), "alpha_low": 1.0, "alpha_high": 1.0},
-    "2-3, compound (diffusers)": {"uncond": (WINDOW, 3), "compound": True},
-    "2-3, weight 0.5": {"uncond": (WINDOW, 3), "weight": 0.5},
-    "2-3, weight 0 (copy)": {"uncond": (WINDOW, 3), "weight": 0.0},
-    "2-3, attention off": {"uncond": (WINDOW, 3), "spatial": None},
-}
+
+
+def variants() -> dict:
+    """name -> the fields set on Latte's default config (the authors')."""
+    from videosys.cache.fastercache import DIFFUSERS, FasterCacheConfig
+
+    paper = dataclasses.asdict(FasterCacheConfig())  # every field: replaces the authors' schedule whole
+    p23 = {**paper, "uncond": (WINDOW, 3)}
+    return {
+        "authors' (default)": {},
+        "authors', no compounding": {"compound": False},
+        "authors', alpha 1.0": {"alpha_low": 1.0, "alpha_high": 1.0},
+        "authors', ramp weight": {"weight": None},
+        "authors', weight 0 (copy)": {"weight": 0.0},
+        "authors', attention only": {"uncond": None},
+        "authors', cfg-cache only": {"spatial": None, "temporal": None},
+        "authors', spatial only": {"temporal": None, "uncond": None},
+        "diffusers' defaults": dict(DIFFUSERS),
+        "paper on diffusers' windows": paper,
+        "paper, alpha 1.0": {**paper, "alpha_low": 1.0, "alpha_high": 1.0},
+        "paper, attention off": {**paper, "spatial": None},
+        "paper, cfg-cache off": {**paper, "uncond": None},
+        "paper-2-3": p23,
+        "paper-2-3, alpha 1.0": {**p23, "alpha_low": 1.0, "alpha_high": 1.0},
+        "paper-2-3, compound (diffusers)": {**p23, "compound": True},
+        "paper-2-3, weight 0.5": {**p23, "weight": 0.5},
+        "paper-2-3, weight 0 (copy)": {**p23, "weight": 0.0},
+        "paper-2-3, attention off": {**p23, "spatial": None},
+    }
 
 
 def main(argv=None) -> int:
@@ -46,8 +66,8 @@ def main(argv=None) -> int:
     pipe.set_cache(None)
     base = [pipe.generate(prompt, seed=0).video[0].numpy() for prompt in prompts]
     rows = []
-    print(f"{'variant':28s} {'PSNR':>6s}  uncond skipped  attention reused")
-    for name, fields in VARIANTS.items():
+    print(f"{'variant':34s} {'PSNR':>6s}  uncond skipped  spatial reused  temporal reused")
+    for name, fields in variants().items():
         pipe.set_cache({"method": "fastercache", **fields})
         psnr, stats = [], {}
         for prompt, ref in zip(prompts, base):
@@ -55,12 +75,13 @@ def main(argv=None) -> int:
             psnr.append(float(np.mean(video_metrics(ref, out.video[0].numpy(), metrics=("psnr",))["psnr"])))
             stats = out.stats["fastercache"]
         row = {"variant": name, "fields": {k: v for k, v in fields.items()}, "psnr": float(np.mean(psnr)),
-               "uncond_skipped": stats.get("uncond_skipped", 0), "spatial_reused": stats.get("spatial_reused", 0),
-               "spatial_computed": stats.get("spatial_computed", 0)}
+               **{k: stats.get(k, 0) for k in ("uncond_skipped", "uncond_computed", "spatial_reused",
+                                                 "spatial_computed", "temporal_reused", "temporal_computed")}}
         rows.append(row)
-        attention = row["spatial_reused"] + row["spatial_computed"]
-        print(f"{name:28s} {row['psnr']:6.2f}  {row['uncond_skipped']:>6d}/50       "
-              f"{row['spatial_reused']:>4d}/{attention}", flush=True)
+        steps = row["uncond_skipped"] + row["uncond_computed"]
+        spatial, temporal = (row[f"{k}_reused"] + row[f"{k}_computed"] for k in ("spatial", "temporal"))
+        print(f"{name:34s} {row['psnr']:6.2f}  {row['uncond_skipped']:>6d}/{steps:<6d}  "
+              f"{row['spatial_reused']:>6d}/{spatial:<6d}  {row['temporal_reused']:>6d}/{temporal}", flush=True)
     write_json(args.output, {"prompts": len(prompts), "seed": 0, "rows": rows})
     print(f"wrote {args.output}")
     return 0

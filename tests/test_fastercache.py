@@ -1,7 +1,8 @@
-"""FasterCache: windows, weight schedule and frequency split against hand-computed values; the forced
-schedule's transformer calls; diffusers' FasterCache on diffusers' CogVideoX against ours on the same weights
-(equal where both follow the paper, the differences shown where diffusers does not); CFG / sequence parallel
-against one process; stats and the progress bar."""
+"""FasterCache: the per-family defaults against the authors' rules (transcribed from their scripts) at their step
+counts and scaled to shorter runs, and the calls each family's pipeline then runs; windows, weight schedule and
+frequency split against hand-computed values; the forced schedule's transformer calls; diffusers' FasterCache on
+diffusers' CogVideoX against ours on the same weights (equal where both follow the paper, the differences shown
+where diffusers does not); CFG / sequence parallel against one process; stats and the progress bar."""
 
 import math
 import types
@@ -11,8 +12,8 @@ import torch
 
 from videosys import VideoSysEngine
 from videosys.cache import configs_from_spec
-from videosys.cache.fastercache import (FasterCache, FasterCacheConfig, from_spectrum, low_pass_mask, ramp_weight,
-                                        spectrum, split_frequencies)
+from videosys.cache.fastercache import (Calls, FasterCache, FasterCacheConfig, Ramp, from_spectrum, low_pass_mask,
+                                        ramp_weight, split_frequencies)
 from videosys.cache.hooks import Site
 from videosys.core.parallel import ParallelState
 from videosys.core.pipeline import VideoSysPipeline
@@ -25,22 +26,117 @@ ALWAYS = (-1, 2000)  # a window holding every timestep
 
 # ---- windows, weights, frequencies ------------------------------------------------------------------
 
-def test_published_defaults_and_names():
-    for models in (("latte",), ("open-sora",), ("open-sora-plan-v110", "open-sora-plan"),
-                   ("cogvideox-5b", "cogvideox")):
-        c = configs_from_spec("fastercache", models)[0]
-        # diffusers 0.42.1 FasterCacheConfig defaults
+# The authors' rules, transcribed from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py as they
+# test their 1-based `counter` c (one call per step), independently of fastercache.py's Calls:
+# family keys -> (their calls, attention reused, uncond skipped, low x alpha, high x alpha, weight at c, alphas)
+AUTHORS_RULES = {
+    ("latte",): (50, lambda c: c >= 16 and c % 2 == 0, lambda c: c >= 18 and c % 5 != 0,
+                 lambda c: c < 45, lambda c: not c < 45 and c > 35, lambda c: 0.5, (1.1, 1.1)),
+    ("open-sora",): (30, lambda c: c > 7 and c % 2 == 0, lambda c: c % 5 != 0 and c > 11,
+                     lambda c: c <= 25, lambda c: c >= 20, lambda c: (c - 7) / 20.0 * 0.9, (1.15, 1.15)),
+    ("open-sora-plan-v110", "open-sora-plan"): (159, lambda c: c >= 45 and c % 3 != 0, lambda c: c >= 40 and c % 6 != 0,
+                                                lambda c: c <= 130, lambda c: not c <= 130 and c >= 100, lambda c: 0.3,
+                                                (1.1, 1.2)),
+    ("cogvideox-2b", "cogvideox"): (50, lambda c: c >= 18 and c % 3 != 0, lambda c: c >= 18 and c % 5 != 0,
+                                    lambda c: c <= 40, lambda c: c >= 30, lambda c: 0.3, (1.1, 1.1)),
+}
+
+
+def plan(fc: FasterCache, steps: int) -> dict:
+    """What a FasterCache state decides at each 1-based call of a `steps`-step generation."""
+    fc.begin([999 - 999 * i / steps for i in range(steps)])
+    out = {"spatial": [], "temporal": [], "uncond": [], "low": [], "high": [], "weight": {}}
+    for i in range(steps):
+        fc.set_step(i, fc.timesteps[i])
+        low, high = fc.frequency_weights()
+        for key, acts in (("spatial", fc.reuses("spatial")), ("temporal", fc.reuses("temporal")),
+                          ("uncond", fc.uncond_plan[i]), ("low", low != 1.0), ("high", high != 1.0)):
+            if acts:
+                out[key].append(i + 1)
+        if fc.reuses("spatial"):
+            out["weight"][i + 1] = fc.weight()
+    return out
+
+
+@pytest.mark.parametrize("models", list(AUTHORS_RULES), ids=lambda m: m[0])
+def test_defaults_are_the_authors_schedules_at_their_step_counts(models):
+    calls, attention, uncond, low, high, weight, alphas = AUTHORS_RULES[models]
+    config = configs_from_spec("fastercache", models)[0]
+    assert config.compound and (config.alpha_low, config.alpha_high) == alphas and config.calls == calls
+    got = plan(FasterCache(config), calls)
+    every = range(1, calls + 1)
+    assert got["spatial"] == [c for c in every if attention(c)]
+    assert got["temporal"] == ([] if models[0].startswith("cogvideox") else got["spatial"])  # 3D attention only
+    assert got["uncond"] == [c for c in every if uncond(c)]
+    assert got["low"] == [c for c in every if low(c)] and got["high"] == [c for c in every if high(c)]
+    assert got["weight"] == pytest.approx({c: weight(c) for c in every if attention(c)})
+
+
+def test_other_step_counts_scale_the_authors_bounds_and_keep_their_periods():
+    # our call c of n ends at progress c / n; their calls first..last of N span ((first - 1) / N, last / N]
+    latte = FasterCache(configs_from_spec("fastercache", ("latte",))[0])
+    # 10 steps for their 50: attention from their call 16 (c > 15 / 5), uncond from 18 (c > 17 / 5), low on their
+    # calls <= 44 (c <= 8.8), high from 45 (c > 8.8: no gap); the periods (even calls, not divisible by 5) are ours
+    assert plan(latte, 10) == {"spatial": [4, 6, 8, 10], "temporal": [4, 6, 8, 10], "uncond": [4, 6, 7, 8, 9],
+                               "low": [1, 2, 3, 4, 5, 6, 7, 8], "high": [9, 10],
+                               "weight": {4: 0.5, 6: 0.5, 8: 0.5, 10: 0.5}}
+    at_100 = plan(latte, 100)  # c > 30, even; low to 88, high from 89
+    assert at_100["spatial"][:3] == [32, 34, 36] and (at_100["low"][-1], at_100["high"][0]) == (88, 89)
+    open_sora = plan(FasterCache(configs_from_spec("fastercache", ("open-sora",))[0]), 10)
+    # c stands for their 3c: attention on even c > 7 / 3, uncond from c > 11 / 3, low c <= 25 / 3, high c > 19 / 3;
+    # the ramp 0.9 (call - 7) / 20 read at their call 3c
+    assert open_sora["spatial"] == [4, 6, 8, 10] and open_sora["uncond"] == [4, 6, 7, 8, 9]
+    assert open_sora["low"] == list(range(1, 9)) and open_sora["high"] == [7, 8, 9, 10]
+    assert open_sora["weight"] == pytest.approx({c: 0.9 * (3 * c - 7) / 20 for c in (4, 6, 8, 10)})
+    # Open-Sora-Plan v1.1: 6 PNDM steps are 15 calls, for their 159 (150 steps): attention c > 44 * 15 / 159 = 4.15,
+    # uncond c > 39 * 15 / 159 = 3.68, low c <= 130 * 15 / 159 = 12.26
+    osp = plan(FasterCache(configs_from_spec("fastercache", ("open-sora-plan-v110", "open-sora-plan"))[0]), 15)
+    assert osp["spatial"] == [5, 7, 8, 10, 11, 13, 14] and osp["uncond"] == [4, 5, 7, 8, 9, 10, 11, 13, 14, 15]
+    assert osp["low"] == list(range(1, 13)) and osp["high"] == [13, 14, 15]
+    cog = plan(FasterCache(configs_from_spec("fastercache", ("cogvideox-5b", "cogvideox"))[0]), 10)
+    assert cog["spatial"] == [4, 5, 7, 8, 10] and cog["temporal"] == [] and cog["uncond"] == [4, 6, 7, 8, 9]
+    assert cog["low"] == list(range(1, 9)) and cog["high"] == [6, 7, 8, 9, 10]  # c <= 40 / 5, c > 29 / 5
+
+
+def test_diffusers_defaults_names_and_calls():
+    for models in (("latte",), ("open-sora-plan-v120", "open-sora-plan"), ("cogvideox-5b", "cogvideox")):
+        c = configs_from_spec("fastercache-diffusers", models)[0]
+        # diffusers 0.42.1 FasterCacheConfig defaults; Open-Sora-Plan v1.2 (no authors' settings) has them by default
         assert (c.spatial, c.temporal, c.uncond) == (((-1.0, 681.0), 2), None, ((-1.0, 641.0), 5))
         assert (c.alpha_low, c.alpha_high, c.low_window, c.high_window) == (1.1, 1.1, (99.0, 901.0), (-1.0, 301.0))
-        assert c.weight is None and not c.compound
-    c = configs_from_spec("fastercache-3-4t", ("latte",))[0]
+        assert c.weight == 0.5 and c.compound and c.calls is None
+    assert configs_from_spec("fastercache", ("open-sora-plan-v120", "open-sora-plan"))[0] == c
+    plain = FasterCacheConfig()  # the class: diffusers' windows, the paper's formula
+    assert plain.weight is None and not plain.compound and plain.spatial == ((-1.0, 681.0), 2)
+    c = configs_from_spec("fastercache-3-4t", ("cogvideox-2b", "cogvideox"))[0]  # the authors' bounds, other periods
+    assert c.spatial == Calls(18, every=3) == c.temporal and c.uncond == Calls(18, every=4) and c.weight == 0.3
+    c = configs_from_spec("fastercache-3", ("latte",))[0]  # Latte computes on odd calls: the phase modulo 3
+    assert c.spatial == Calls(16, every=3, phase=1) == c.temporal and c.uncond == Calls(18, every=5)
+    c = configs_from_spec("fastercache-3-4t", ("open-sora-plan-v120", "open-sora-plan"))[0]
     assert c.spatial == ((-1.0, 681.0), 3) == c.temporal and c.uncond == ((-1.0, 641.0), 4)
-    assert configs_from_spec("fastercache-4", ("latte",))[0].uncond[1] == 5
     for bad in ("fastercache-0", "fastercache-x", "fastercache-1-2-3"):
         with pytest.raises(ValueError, match="unknown cache"):
             configs_from_spec(bad, ("latte",))
     with pytest.raises(ValueError, match="lo < hi"):
         FasterCacheConfig(uncond=((500, 100), 2))
+    with pytest.raises(ValueError, match="first <= last"):
+        FasterCacheConfig(uncond=Calls(10, 5))
+    with pytest.raises(ValueError, match="phase < every"):
+        FasterCacheConfig(uncond=Calls(10, every=2, phase=2))
+    with pytest.raises(ValueError, match="no period"):
+        FasterCacheConfig(low_window=Calls(1, 40, every=2))
+    # a schedule from YAML / a dict: Calls and Ramp written as mappings
+    c = FasterCacheConfig(spatial={"first": 8, "every": 2, "phase": 1}, weight={"zero": 7, "span": 20, "scale": 0.9},
+                          low_window={"first": 1, "last": 25}, calls=30)
+    assert (c.spatial, c.weight, c.low_window) == (Calls(8, every=2, phase=1), Ramp(7, 20, 0.9), Calls(1, 25))
+
+
+def test_authors_config_round_trips_through_yaml(tmp_path):
+    from videosys.models import config_class
+
+    config = config_class("latte")(preset="tiny", cache=[configs_from_spec("fastercache", ("latte",))[0]])
+    config.to_yaml(tmp_path / "c.yaml")
+    assert type(config).from_yaml(str(tmp_path / "c.yaml")).cache_configs() == config.cache_configs()
 
 
 def test_window_boundaries_are_strict_and_the_plan_follows_index_and_timestep():
@@ -60,6 +156,20 @@ def test_window_boundaries_are_strict_and_the_plan_follows_index_and_timestep():
     for t, weights in expected.items():
         fc.set_step(0, t)
         assert fc.frequency_weights() == weights, t
+
+
+def test_uncond_period_counts_model_calls_and_the_window_follows_the_step():
+    # Calls 1..6 of 10 (calls=None: this generation's), uncond skipped on even 1-based calls (phase 1 computes)
+    fc = FasterCache(FasterCacheConfig(spatial=None, uncond=Calls(1, 6, every=2, phase=1)))
+    fc.begin([999 - 99 * i for i in range(10)])
+    assert [i for i, s in enumerate(fc.uncond_plan) if s] == [1, 3, 5]  # a call every step: call = index + 1
+    # a step method left steps 1-2 uncalled: step 3 is the 2nd call (even: skips), step 4 the 3rd (computes);
+    # step 6 is outside the window whatever the call count
+    assert [fc._skips_uncond(i, call) for i, call in ((3, 1), (4, 2), (6, 3), (0, 0))] == [True, False, False, False]
+    assert fc.last_skip == 5  # the last step that may skip for some count (not only at the step's own count)
+    timestep = FasterCache(FasterCacheConfig(spatial=None, uncond=(ALWAYS, 3)))  # diffusers' form: 0-based count
+    timestep.begin([999 - 99 * i for i in range(10)])
+    assert [timestep._skips_uncond(7, call) for call in (3, 4, 5)] == [False, True, True]
 
 
 def test_weight_ramp_and_extrapolation_from_the_last_two_computed():
@@ -162,6 +272,49 @@ def test_forced_schedule_skips_exactly_the_predicted_uncond_calls():
     assert predicted and len(predicted) < steps - 1
     assert calls == [1 if i in predicted else 2 for i in range(steps)]  # cond alone on the predicted steps
     assert out.stats["fastercache"] == {"uncond_computed": steps - len(predicted), "uncond_skipped": len(predicted)}
+
+
+def usable_reuses(attention: list, skipped: list, calls: int) -> list:
+    """The calls of `attention` that extrapolate: those whose last two computed outputs the call can read (a
+    cond-only call reads a full batch's cond rows; a full call cannot read a cond-only output: it computes)."""
+    computed, reused = [], []
+    for c in range(1, calls + 1):
+        branch = "cond" if c in skipped else "batch"
+        if c in attention and len(computed) >= 2 and all(b in (branch, "batch") for b in computed[-2:]):
+            reused.append(c)
+        else:
+            computed.append(branch)
+    return reused
+
+
+# family, config fields, generate kwargs, model calls, the authors' attention / uncond calls at that count (scaled
+# as test_other_step_counts_scale_the_authors_bounds_and_keep_their_periods lists them)
+SHORT = {"latte": ("latte", {}, dict(num_frames=4, num_inference_steps=10), 10, [4, 6, 8, 10], [4, 6, 7, 8, 9]),
+         "open-sora": ("open-sora", {}, dict(num_inference_steps=10), 10, [4, 6, 8, 10], [4, 6, 7, 8, 9]),
+         "open-sora-plan-v110": ("open-sora-plan", dict(version="v110"), dict(num_inference_steps=6), 15,
+                                 [5, 7, 8, 10, 11, 13, 14], [4, 5, 7, 8, 9, 10, 11, 13, 14, 15]),
+         "cogvideox": ("cogvideox", {}, dict(num_inference_steps=10), 10, [4, 5, 7, 8, 10], [4, 6, 7, 8, 9]),
+         # the authors' own step count: their rules as transcribed above
+         "latte-50": ("latte", {}, dict(num_frames=4, num_inference_steps=50), 50,
+                      [c for c in range(1, 51) if AUTHORS_RULES[("latte",)][1](c)],
+                      [c for c in range(1, 51) if AUTHORS_RULES[("latte",)][2](c)])}
+
+
+@pytest.mark.parametrize("name", list(SHORT))
+def test_default_schedule_runs_the_predicted_calls_in_every_family(name):
+    family, fields, kwargs, calls, attention, skipped = SHORT[name]
+    pipe = tiny_pipeline(family, **fields)
+    pipe.set_cache("fastercache")
+    batches = count_calls(pipe)
+    stats = pipe.generate(PROMPT, seed=0, **kwargs).stats["fastercache"]
+    assert batches == [1 if c in skipped else 2 for c in range(1, calls + 1)]  # one call per step: call = step + 1
+    assert (stats["uncond_skipped"], stats["uncond_computed"]) == (len(skipped), calls - len(skipped))
+    reused = usable_reuses(attention, skipped, calls)
+    assert reused  # the planned calls, less any full call right after a cond-only one (it computes)
+    for kind in ("spatial",) if family == "cogvideox" else ("spatial", "temporal"):
+        total = stats[f"{kind}_reused"] + stats[f"{kind}_computed"]
+        assert total % calls == 0 and stats[f"{kind}_reused"] == len(reused) * (total // calls), kind
+    assert family != "cogvideox" or "temporal_computed" not in stats
 
 
 def test_stats_and_progress_bar(monkeypatch):

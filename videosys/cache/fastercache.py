@@ -1,38 +1,59 @@
 """FasterCache (arXiv 2410.19355): dynamic feature reuse and CFG-Cache.
 
-Dynamic feature reuse (module hook point). Inside a timestep window (lo < t < hi, strict) a
-self-attention computes only on steps whose index is a multiple of `every`; between, its output
-is extrapolated from its last two *computed* outputs A1 (newest) and A2:
+Dynamic feature reuse (module hook point). On the steps its schedule names a self-attention is not
+computed; its output is extrapolated from its last two *computed* outputs A1 (newest) and A2:
     A_t = A1 + w(t) * (A1 - A2),
 w ramping from 0 at the first step to 1 at the last (the paper: w "gradually increases from 0 to 1
-as inference progresses"; a constant `weight` overrides it). A module with fewer than two usable
-computed outputs computes. Spatial, temporal and full (3D) self-attention; cross-attention and
-MLPs are left alone (as in the paper and diffusers).
+as inference progresses"), a constant `weight`, or the authors' per-model ramp (`Ramp`). A module with
+fewer than two usable computed outputs computes. Spatial, temporal and full (3D) self-attention;
+cross-attention and MLPs are left alone (as in the paper, the authors' code and diffusers).
 
-CFG-Cache (CFG branch hook point). Inside its window, the uncond branch runs only on model calls whose
-count (0-based, per generation) is a multiple of `every` (and on the first): the step index when every step
-calls the model. Counting calls (as the authors' scripts do) keeps the deltas refreshed every N-th call next to
-a method that skips whole steps (after its warm-up forecast-i2 runs the model on odd steps only: by step
-index, "uncond on even steps" would never run it again). On those full steps the difference (uncond - cond)
-is split with a 2D FFT over the last two (H, W) axes and a circular low-pass mask
-(radius min(H, W) // 5 around the shifted spectrum's centre) into a low- and a high-frequency
-delta. On cond-only steps uncond = IFFT(FFT(cond) + w_low * d_low + w_high * d_high), w_low =
-alpha_low inside the low window (else 1), w_high = alpha_high inside the high window (else 1):
-early steps amplify the low-frequency (structure) bias, late steps the high-frequency (detail) one.
+CFG-Cache (CFG branch hook point). On the model calls its schedule names (never the first) the uncond
+branch does not run; its period counts the model calls of the generation (as the authors' `counter` does),
+its window follows the step: alone (a call every step) the same as the step index, and next to a method that
+skips whole steps the deltas keep being refreshed every N-th call (after its warm-up forecast-i2 runs the
+model on odd steps only: by step index, "uncond on even steps" would never run it again). On the full
+calls the difference (uncond - cond) is split with a 2D FFT over the last two (H, W) axes and a circular
+low-pass mask (radius min(H, W) // 5 around the shifted spectrum's centre) into a low- and a high-frequency
+delta. On cond-only steps uncond = IFFT(FFT(cond) + w_low * d_low + w_high * d_high), w_low = alpha_low
+inside the low window (else 1), w_high = alpha_high inside the high window (else 1): early steps amplify the
+low-frequency (structure) bias, late steps the high-frequency (detail) one.
 
-Where diffusers 0.42.1 differs (tests/test_fastercache.py shows each difference):
+Two ways to write a schedule (each part on its own):
+- timesteps, diffusers' form: ((lo, hi), every): acts strictly inside lo < t < hi on steps whose 0-based
+  index (uncond: 0-based model call) is not a multiple of `every`; frequency windows (lo, hi);
+- model calls, the authors' form (`Calls`): their scripts count 1-based transformer calls (a `counter`
+  +1 on every call; all four pipelines call the transformer once per step with the [uncond; cond]
+  batch, so call = step index + 1; Open-Sora-Plan v1.1's PNDM makes 159 calls for its 150 steps, the 9
+  PRK warm-up calls included) and act on calls first..last except where call % every == phase. Our "call"
+  is the step index + 1 (every step calls the model); for uncond the period reads the 1-based model call
+  count instead (the same alone; less than the step next to a step-skipping method), the bounds the step.
+  The bounds (and a `Ramp`) count the authors' generation of `calls` model calls; a generation of
+  another length n scales them by progress: our call c (ending at c / n of the run) is inside when
+  c / n lies in ((first - 1) / calls, last / calls] (adjacent windows leave no gap); a Ramp is read at
+  their call c * calls / n. At their step counts the schedule is theirs exactly. Scaled, not absolute:
+  the bounds mark where on the trajectory features settle (structure early, details late), a
+  fraction of the denoising; kept absolute, a 10-step run would never reach call 16 (nothing cached)
+  and a 100-step one would start reusing 16% into it. The period (every / phase) counts this
+  generation's calls: it is how many calls in a row are extrapolated, and the trajectory a call spans
+  already grows when there are fewer.
+Open-Sora's timesteps depend on the resolution (its shifted rflow schedule), another reason the
+authors' defaults are in calls. Decisions come from the step index, the model call count, the timestep and
+tensor shapes (host values alike on every rank), so CFG-parallel and sequence-parallel ranks agree without
+talking; the skipped uncond rank runs no forward and so joins none of its collectives.
+
+Where diffusers 0.42.1 differs from the paper (tests/test_fastercache.py shows each difference):
 - it multiplies its stored deltas by the weight in place on every skipped step, so the weight
-  compounds (alpha ** k on the k-th skipped step in a row); `compound=True` reproduces that;
+  compounds (alpha ** k on the k-th skipped step in a row); `compound=True` reproduces that (the
+  authors' code does it too; their defaults and `fastercache-diffusers` keep it);
 - it skips attention only on cond-only steps (a full [uncond; cond] batch always computes), and
-  extrapolates from the last two *calls*, one of which may be an extrapolation itself;
-- its default attention weight is a constant 0.5.
-Decisions come from the step index, the timestep and tensor shapes (host values alike on every
-rank), so CFG-parallel and sequence-parallel ranks agree without talking; the skipped uncond
-rank runs no forward and so joins none of its collectives.
+  extrapolates from the last two *calls*, one of which may be an extrapolation itself (not reproduced:
+  the only differences `fastercache-diffusers` keeps from diffusers' FasterCache);
+- its default attention weight is a constant 0.5 (the paper: a ramp).
 """
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -42,58 +63,146 @@ from videosys.cache.registry import published, register
 
 SELF_ATTENTION = {"spatial": "spatial", "full": "spatial", "temporal": "temporal"}  # site kind -> setting
 
-# Defaults: diffusers 0.42.1 FasterCacheConfig (hooks/faster_cache.py; reference/acceleration.md) for every
-# family: spatial skip 2 in (-1, 681), temporal off, uncond every 5 in (-1, 641), alpha 1.1 / 1.1 in
-# (99, 901) / (-1, 301). diffusers' 681 / 641 are the authors' Latte / CogVideoX start steps (16 / 18 of 50
-# DDIM steps) as timesteps. The authors' scripts (Vchitect/FasterCache scripts/<model>/fastercache_sample_*.py)
-# count 1-based model calls, with a phase per model, and compound their alphas (see `compound`):
-#   Latte (50 DDIM):  attention (spatial + temporal) reused on even calls >= 16, weight 0.5; uncond skipped on
-#                     calls >= 18 not divisible by 5; low x1.1 on calls < 45, high x1.1 after.
-#   Open-Sora (30 rflow): attention on even calls > 7, weight 0.9 (call - 7) / 20 (a ramp); uncond skipped on
-#                     calls > 11 not divisible by 5; low x1.15 on calls <= 25, high x1.15 on calls >= 20.
-#   Open-Sora-Plan (150): attention on calls >= 45 not divisible by 3, weight 0.3; uncond skipped on calls
-#                     >= 40 not divisible by 6; low x1.1 on calls <= 130, high x1.2 on calls >= 100.
-#   CogVideoX (50):   attention on calls >= 18 not divisible by 3, weight 0.3; uncond skipped on calls >= 18 not
-#                     divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.
-# Those phases (and "not divisible by 3" = two of three reused) are not this config's "every N-th step from
-# step 0" form, so every family ships diffusers' defaults; `weight=` / the windows reproduce the rest.
-_DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, uncond=((-1, 641), 5), alpha_low=1.1, alpha_high=1.1,
-                  low_window=(99, 901), high_window=(-1, 301))
-DEFAULTS = {key: _DIFFUSERS for key in ("latte", "open-sora", "open-sora-plan", "cogvideox")}
+
+@dataclass(frozen=True)
+class Calls:
+    """Model calls first..last (1-based, inclusive; last None: to the end) of the authors' generation; with
+    `every`, minus the calls with call % every == phase (those compute). See the module docstring."""
+
+    first: int = 1
+    last: int | None = None
+    every: int | None = None
+    phase: int = 0
+
+    def __post_init__(self):
+        if self.first < 1 or (self.last is not None and self.last < self.first):
+            raise ValueError(f"FasterCache Calls: need 1 <= first <= last, got {self.first}..{self.last}")
+        if self.every is not None and not 0 <= self.phase < self.every:
+            raise ValueError(f"FasterCache Calls: need every >= 1 and 0 <= phase < every, got every {self.every}, "
+                             f"phase {self.phase}")
+
+    def acts(self, call: int, scaled: tuple[int, int], count: int | None = None) -> bool:
+        """Whether the part acts on this 1-based call (its place in the run: the bounds); scaled = (calls of the
+        authors' generation, of this one); count: the 1-based model call the period reads (default `call`)."""
+        count = call if count is None else count
+        return self.inside(call, scaled) and (self.every is None or count % self.every != self.phase)
+
+    def inside(self, call: int, scaled: tuple[int, int]) -> bool:
+        """Whether this 1-based call lies within first..last, scaled by progress."""
+        theirs, ours = scaled  # progress: our call c ends at c / ours, their calls first..last span
+        end = call * theirs  # ((first - 1) / theirs, last / theirs]; compared in integers (x theirs * ours), exactly
+        return (self.first - 1) * ours < end and (self.last is None or end <= self.last * ours)
 
 
-def _window_every(name: str, setting):
-    if setting is None:
-        return None
+@dataclass(frozen=True)
+class Ramp:
+    """An extrapolation weight that grows with the call: scale * (call - zero) / span (authors' calls)."""
+
+    zero: float
+    span: float
+    scale: float
+
+    def at(self, call: float) -> float:
+        return self.scale * (call - self.zero) / self.span
+
+
+# Per-family defaults: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
+# (single-device scripts; counts are their 1-based `counter`, one [uncond; cond] call per step):
+#   latte (50 DDIM, configs/latte/fastercache_sample.yaml): spatial + temporal attention reused on even calls >= 16
+#     (`counter>=16 and counter%2==0`), weight 0.5; uncond skipped on calls >= 18 not divisible by 5; delta_lf x1.1 on
+#     calls < 45, `elif counter>35` delta_hf x1.1: so high on calls >= 45 only.
+#   open-sora (1.2, 30 rflow steps): spatial + temporal (STDiT3 blocks) on even calls > 7, weight 0.9 (call - 7) / 20;
+#     uncond skipped on calls > 11 not divisible by 5; high x1.15 on calls >= 20, low x1.15 on calls <= 25 (both ifs).
+#   open-sora-plan-v110 (configs/opensora_plan/fastercache_sample.yaml: v1.1.0 65x512x512, 150 PNDM steps = 159
+#     calls): spatial + temporal on calls >= 45 not divisible by 3, weight 0.3; uncond skipped on calls >= 40 not
+#     divisible by 6; low x1.1 on calls <= 130, `elif counter>=100` high x1.2: so on calls > 130 only.
+#   cogvideox (2b and 5b share the script; 50 steps): full attention on calls >= 18 not divisible by 3, weight 0.3;
+#     uncond skipped on calls >= 18 not divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.
+# compound=True: the paper's formula weights the stored deltas once, but every one of the authors' released
+# scripts (their published settings) multiplies them in place on each skipped call (alpha ** k on the k-th in
+# a row, reset at each full call): alpha 1.1 without compounding is another operating point than theirs, milder
+# (compound=False: the formula; tests/test_fastercache.py shows the difference).
+# Where the newest computed output lacks the rows a call needs (a full call after a cond-only one) ours
+# computes, as the Latte / Open-Sora-Plan / CogVideoX scripts do (their shape check); their Open-Sora script has
+# no check and broadcasts the cond rows to both branches there (calls 20 and 30). The multi-device scripts differ
+# (Open-Sora-Plan: temporal weight 0.5, spatial (call - 45) / 300; Open-Sora: MLP reuse in blocks 14-42); the
+# single-device ones are the reference. Open-Sora-Plan v1.2 (no authors' settings) gets diffusers'.
+_EVEN_FROM = dict(every=2, phase=1)  # acts on even calls: computes on odd ones
+AUTHORS = {
+    "latte": dict(spatial=Calls(16, **_EVEN_FROM), temporal=Calls(16, **_EVEN_FROM), weight=0.5,
+                  uncond=Calls(18, every=5), alpha_low=1.1, alpha_high=1.1, low_window=Calls(1, 44),
+                  high_window=Calls(45), compound=True, calls=50),
+    "open-sora": dict(spatial=Calls(8, **_EVEN_FROM), temporal=Calls(8, **_EVEN_FROM), weight=Ramp(7, 20, 0.9),
+                      uncond=Calls(12, every=5), alpha_low=1.15, alpha_high=1.15, low_window=Calls(1, 25),
+                      high_window=Calls(20), compound=True, calls=30),
+    "open-sora-plan-v110": dict(spatial=Calls(45, every=3), temporal=Calls(45, every=3), weight=0.3,
+                                uncond=Calls(40, every=6), alpha_low=1.1, alpha_high=1.2, low_window=Calls(1, 130),
+                                high_window=Calls(131), compound=True, calls=159),
+    "cogvideox": dict(spatial=Calls(18, every=3), temporal=None, weight=0.3, uncond=Calls(18, every=5),
+                      alpha_low=1.1, alpha_high=1.1, low_window=Calls(1, 40), high_window=Calls(30), compound=True,
+                      calls=50),
+}
+# diffusers 0.42.1 FasterCacheConfig (hooks/faster_cache.py; reference/acceleration.md): spatial skip 2 in
+# (-1, 681), temporal off, uncond every 5 in (-1, 641), alpha 1.1 / 1.1 in (99, 901) / (-1, 301), attention weight
+# 0.5, deltas updated in place (compounding). 681 / 641 are the authors' Latte / CogVideoX start calls 16 / 18 of 50
+# DDIM steps as timesteps. `fastercache-diffusers` in every family.
+DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, weight=0.5, uncond=((-1, 641), 5), alpha_low=1.1,
+                 alpha_high=1.1, low_window=(99, 901), high_window=(-1, 301), compound=True, calls=None)
+DEFAULTS = {**AUTHORS, "open-sora-plan": DIFFUSERS}
+
+
+def _schedule(name: str, setting):
+    """A part's schedule: None, Calls (or its dict, from YAML) or ((lo, hi), every) in timesteps."""
+    if setting is None or isinstance(setting, Calls):
+        return setting
+    if isinstance(setting, dict):
+        return Calls(**setting)
     (lo, hi), every = setting
     if int(every) < 1 or lo >= hi:
         raise ValueError(f"FasterCache {name}: need lo < hi and every >= 1, got window {(lo, hi)} every {every}")
     return (float(lo), float(hi)), int(every)
 
 
+def _window(name: str, window):
+    """A frequency window: Calls (every unset) or (lo, hi) in timesteps."""
+    window = Calls(**window) if isinstance(window, dict) else window
+    if isinstance(window, Calls):
+        if window.every is not None:
+            raise ValueError(f"FasterCache {name}: a frequency window has no period, got {window}")
+        return window
+    return tuple(float(v) for v in window)
+
+
 @dataclass
 class FasterCacheConfig:
-    """Windows are (lo, hi) in timestep values, strict on both ends; None = that part off."""
+    """A schedule is ((lo, hi), every) in timesteps (strict on both ends) or `Calls`; None = that part off.
+    The class defaults are diffusers' windows with the paper's formula (the ramp weight, no compounding);
+    `for_model` gives the family's published ones (DEFAULTS)."""
 
-    spatial: tuple[tuple[float, float], int] | None = ((-1, 681), 2)  # spatial and full 3D self-attention
-    temporal: tuple[tuple[float, float], int] | None = None
-    weight: float | None = None  # extrapolation weight; None: the paper's ramp 0 -> 1 over the steps
-    uncond: tuple[tuple[float, float], int] | None = ((-1, 641), 5)  # CFG-Cache: run uncond every N-th step
+    spatial: tuple[tuple[float, float], int] | Calls | None = ((-1, 681), 2)  # spatial and full 3D self-attention
+    temporal: tuple[tuple[float, float], int] | Calls | None = None
+    weight: float | Ramp | None = None  # extrapolation weight; None: the paper's ramp 0 -> 1 over the steps
+    uncond: tuple[tuple[float, float], int] | Calls | None = ((-1, 641), 5)  # CFG-Cache: the steps uncond is skipped
     alpha_low: float = 1.1
     alpha_high: float = 1.1
-    low_window: tuple[float, float] = (99, 901)
-    high_window: tuple[float, float] = (-1, 301)
-    compound: bool = False  # diffusers' in-place update: the weight compounds over consecutive skipped steps
+    low_window: tuple[float, float] | Calls = (99, 901)
+    high_window: tuple[float, float] | Calls = (-1, 301)
+    compound: bool = False  # the weights compound over consecutive skipped steps (the authors' code, diffusers)
+    calls: int | None = None  # the authors' generation length Calls / Ramp count in; None: this generation's
 
     def __post_init__(self):
-        self.spatial = _window_every("spatial", self.spatial)
-        self.temporal = _window_every("temporal", self.temporal)
-        self.uncond = _window_every("uncond", self.uncond)
-        self.low_window = tuple(float(v) for v in self.low_window)
-        self.high_window = tuple(float(v) for v in self.high_window)
-        if self.weight is not None:
+        self.spatial = _schedule("spatial", self.spatial)
+        self.temporal = _schedule("temporal", self.temporal)
+        self.uncond = _schedule("uncond", self.uncond)
+        self.low_window = _window("low_window", self.low_window)
+        self.high_window = _window("high_window", self.high_window)
+        if isinstance(self.weight, dict):
+            self.weight = Ramp(**self.weight)
+        elif self.weight is not None and not isinstance(self.weight, Ramp):
             self.weight = float(self.weight)
         self.alpha_low, self.alpha_high = float(self.alpha_low), float(self.alpha_high)
+        if self.calls is not None and int(self.calls) < 1:
+            raise ValueError(f"FasterCache calls: need a positive number of model calls, got {self.calls}")
 
     @classmethod
     def for_model(cls, models: str | tuple[str, ...], **overrides) -> "FasterCacheConfig":
@@ -101,24 +210,37 @@ class FasterCacheConfig:
 
     @classmethod
     def from_name(cls, arg: str, models: tuple[str, ...]) -> "FasterCacheConfig | None":
-        """"N" (of "fastercache-3"): attention every N-th step; "N-U": and uncond every U-th step; a
-        trailing "t" ("3t", "3-4t") reuses temporal attention too, with the spatial window. "cfg" / "cfg-U":
-        the CFG-Cache part alone (attention always computed), to combine with a step or module method."""
+        """"diffusers": diffusers' defaults. "N" (of "fastercache-3"): attention (spatial, and temporal where the
+        defaults reuse it) computed every N-th step; "N-U": and uncond every U-th; a trailing "t" ("3t", "3-4t")
+        reuses temporal attention with the spatial schedule. "cfg" / "cfg-U": the CFG-Cache part alone (attention
+        always computed; the defaults' uncond schedule, with period U), to combine with a step or module method."""
+        if arg == "diffusers":
+            return cls(**DIFFUSERS)
         if arg == "cfg" or arg.startswith("cfg-"):
             every = arg[4:] or None
             if every is not None and not (every.isdigit() and int(every) >= 1):
                 return None
             base = cls.for_model(models)
-            uncond = base.uncond if every is None else (base.uncond[0], int(every))
+            uncond = base.uncond if every is None else _every(base.uncond, int(every))
             return cls.for_model(models, spatial=None, temporal=None, uncond=uncond)
         temporal = arg.endswith("t")
         parts = (arg[:-1] if temporal else arg).split("-")
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
             return None
         base = cls.for_model(models)
-        spatial = (base.spatial[0], int(parts[0]))
-        uncond = base.uncond if len(parts) == 1 else (base.uncond[0], int(parts[1]))
-        return cls.for_model(models, spatial=spatial, uncond=uncond, temporal=spatial if temporal else None)
+        spatial = _every(base.spatial, int(parts[0]))
+        uncond = base.uncond if len(parts) == 1 else _every(base.uncond, int(parts[1]))
+        return cls.for_model(models, spatial=spatial, uncond=uncond,
+                             temporal=spatial if temporal else _every(base.temporal, int(parts[0])))
+
+
+def _every(setting, every: int):
+    """The schedule with another period (Calls keep their phase modulo it)."""
+    if setting is None:
+        return None
+    if isinstance(setting, Calls):
+        return replace(setting, every=every, phase=setting.phase % every)
+    return setting[0], every
 
 
 def in_window(window: tuple[float, float], t: float) -> bool:
@@ -169,41 +291,69 @@ class FasterCache(Cache):
 
     @classmethod
     def acts_at(cls, config: FasterCacheConfig) -> frozenset:
-        """Module calls where attention reuse is on, the CFG point where CFG-Cache is."""
+        """Module calls where attention reuse is on, the CFG point where CFG-Cache is. Not "stack": that hook only
+        observes the batch rows (it replaces nothing), so a stack method (TeaCache, ...) may join."""
         return frozenset(["module"] * (config.spatial is not None or config.temporal is not None)
                          + ["cfg"] * (config.uncond is not None))
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         self.timesteps = [float(t) for t in timesteps]
         self.refresh_steps = frozenset(refresh_steps)
+        n = max(len(self.timesteps), 1)
+        self.scaled = (self.config.calls or n, n)  # (the authors' calls, this generation's): Calls' scaling
         self.step, self.t = 0, self.timesteps[0] if self.timesteps else 0.0
         self.history: dict[tuple, list] = {}  # module -> [older, newer] computed (output, branch)
         self.deltas: tuple[torch.Tensor, torch.Tensor] | None = None  # (low, high) spectra of uncond - cond
         self.counts: Counter = Counter()
         self.cond_ratio: int | None = None  # rows of a full-batch attention output per row of a cond-only one
-        self.calls = 0  # model calls through the CFG point so far
+        self.rows: dict[str, int] = {}  # branch -> the block stack's batch rows (streams[0].shape[0])
+        self.calls = 0  # model calls through the CFG point so far: CFG-Cache's period counts them
         self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]  # with a call every step
         # the last step that may extrapolate, per kind: after it the stored outputs are dropped (memory)
         self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.reuses(kind, i)), default=-1)
                            for kind in ("spatial", "temporal")}
-        # the last step that may run cond-only, whatever the call count (call 1: any every > 1 skips there)
-        self.last_skip = max((i for i in range(len(self.timesteps)) if self._skips_uncond(i, call=1)), default=-1)
+        # the last step that may run cond-only, whatever the call count there
+        self.last_skip = max((i for i in range(len(self.timesteps)) if self._may_skip_uncond(i)), default=-1)
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step, self.t = index, float(timestep)
 
+    def acts(self, setting, index: int, call: int | None = None) -> bool:
+        """Whether a part's schedule (Calls or ((lo, hi), every) in timesteps) acts at step `index` as the 0-based
+        model call `call` of the generation (default: the index, every step calling the model): the window
+        follows the step, the period the call."""
+        call = index if call is None else call
+        if isinstance(setting, Calls):  # the authors count 1-based calls
+            return setting.acts(index + 1, self.scaled, count=call + 1)
+        window, every = setting
+        return call % every != 0 and in_window(window, self.timesteps[index])
+
     # ---- dynamic feature reuse -------------------------------------------------------------------
+    def stack(self, stack) -> tuple:
+        """Observe only: the stack's batch rows per branch give the full-to-cond row ratio (2, or 1 on a CFG-parallel
+        cond rank) before the first cond-only call's attention, so that call may extrapolate from full batches."""
+        self.rows[stack.branch] = stack.streams[0].shape[0]
+        if self.cond_ratio is None and len(self.rows) == 2:
+            self.cond_ratio = self.rows["batch"] // self.rows["cond"]
+        return stack.run(*stack.streams)
+
     def reuses(self, kind: str, index: int | None = None) -> bool:
         """Whether attention of this setting kind ("spatial" / "temporal") is extrapolated at step `index`."""
         index = self.step if index is None else index
         setting = getattr(self.config, kind)
         if setting is None or index in self.refresh_steps:
             return False
-        window, every = setting
-        return index % every != 0 and in_window(window, self.timesteps[index])
+        return self.acts(setting, index)
 
-    def weight(self) -> float:
-        return self.config.weight if self.config.weight is not None else ramp_weight(self.step, len(self.timesteps))
+    def weight(self, index: int | None = None) -> float:
+        index = self.step if index is None else index
+        w = self.config.weight
+        if w is None:
+            return ramp_weight(index, len(self.timesteps))
+        if isinstance(w, Ramp):
+            theirs, ours = self.scaled
+            return w.at((index + 1) * theirs / ours)  # at the authors' call this step stands for
+        return w
 
     def module(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         kind = SELF_ATTENTION.get(site.kind)
@@ -219,7 +369,7 @@ class FasterCache(Cache):
         out = compute()
         self.counts[f"{kind}_computed"] += 1
         if self.cond_ratio is None and site.branch == "cond" and past and past[-1][1] == "batch":
-            self.cond_ratio = past[-1][0].shape[0] // out.shape[0]  # 2, or 1 on a CFG-parallel cond rank
+            self.cond_ratio = past[-1][0].shape[0] // out.shape[0]  # as stack() learns it, for a model without one
         if self.step < self.last_reuse[kind]:
             self.history[key] = (past + [(out, site.branch)])[-2:]
         else:
@@ -238,15 +388,24 @@ class FasterCache(Cache):
 
     # ---- CFG-Cache -------------------------------------------------------------------------------
     def _skips_uncond(self, index: int, call: int | None = None) -> bool:
-        """Cond-only at step `index` as model call `call` (default: the index)?"""
+        """Cond-only at step `index` as the 0-based model call `call` (default: the index)?"""
         call = index if call is None else call
         if self.config.uncond is None or call == 0 or index in self.refresh_steps:
             return False
-        window, every = self.config.uncond
-        return call % every != 0 and in_window(window, self.timesteps[index])
+        return self.acts(self.config.uncond, index, call)
+
+    def _may_skip_uncond(self, index: int) -> bool:
+        """Cond-only at step `index` for some call count: inside the window, with a period that skips."""
+        uncond = self.config.uncond
+        if uncond is None or index in self.refresh_steps:
+            return False
+        if isinstance(uncond, Calls):
+            return uncond.inside(index + 1, self.scaled) and uncond.every != 1
+        window, every = uncond
+        return every > 1 and in_window(window, self.timesteps[index])
 
     def cfg_skip(self) -> bool:
-        # deltas exist once any full step observed both branches: a host-side fact, alike on every rank
+        # deltas exist once any full call observed both branches: a host-side fact, alike on every rank
         skip = (self.deltas is not None and self.step < len(self.timesteps)
                 and self._skips_uncond(self.step, self.calls))
         self.calls += 1
@@ -263,8 +422,13 @@ class FasterCache(Cache):
 
     def frequency_weights(self) -> tuple[float, float]:
         c = self.config
-        return (c.alpha_low if in_window(c.low_window, self.t) else 1.0,
-                c.alpha_high if in_window(c.high_window, self.t) else 1.0)
+        return (c.alpha_low if self._in_window(c.low_window) else 1.0,
+                c.alpha_high if self._in_window(c.high_window) else 1.0)
+
+    def _in_window(self, window) -> bool:
+        if isinstance(window, Calls):
+            return window.acts(self.step + 1, self.scaled)
+        return in_window(window, self.t)
 
     def cfg_supply(self, cond: torch.Tensor) -> torch.Tensor:
         w_low, w_high = self.frequency_weights()
@@ -286,6 +450,6 @@ class FasterCache(Cache):
 
 
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
-         parse=FasterCacheConfig.from_name, names=("fastercache",),
-         sweep=("fastercache", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
+         parse=FasterCacheConfig.from_name, names=("fastercache", "fastercache-diffusers"),
+         sweep=("fastercache", "fastercache-diffusers", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
          syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]")
