@@ -53,6 +53,7 @@ def test_default_variants_are_every_registered_sweep():
 @pytest.mark.parametrize("argv,message", [
     (["--variants", "teacache-slow"], "must include none"),
     (["--variants", "none", "nosuchcache-3"], "unknown cache"),
+    (["--variants", "none", "foca-3+pab"], "both act at the 'module' hook point"),  # a combination at one point
     (["--model", "cogvideox", "--peers"], "only with --model latte"),
     (["--peers", "taylorseer-x"], "unknown peer variant"),
     (["--repeats", "0"], "--repeats must be"),

@@ -1,12 +1,14 @@
 """TaylorSeer, First-Block-Cache, MagCache, EasyCache (videosys/cache/): hand-computed maths and schedules,
 settings that never reuse give the uncached output exactly, every family runs them and reuses, sp=2 decides
-like one process. (Against diffusers' own hooks: tests/test_cache_peers.py.)"""
+like one process (FoCa too, in the tables; its maths: tests/test_foca.py). (Against diffusers' own hooks:
+tests/test_cache_peers.py.)"""
 
 import pytest
 import torch
 
 from videosys.cache.easycache import EasyCacheConfig
 from videosys.cache.first_block import FirstBlockCacheConfig
+from videosys.cache.foca import FoCaConfig
 from videosys.cache.hooks import BlockStack
 from videosys.cache.magcache import MagCacheConfig
 from videosys.cache.registry import config_from_name, configs_from_spec
@@ -104,12 +106,14 @@ def test_easycache_accumulates_the_predicted_change():
 
 NEVER = {  # settings under which nothing is reused
     "taylorseer": TaylorSeerConfig(interval=1),
+    "foca": FoCaConfig(interval=1),
     "fbcache": FirstBlockCacheConfig(threshold=0.0),
     "magcache": MagCacheConfig(ratios=ONES, max_skip_steps=0),
     "easycache": EasyCacheConfig(threshold=0.0),
 }
 REUSING = {  # settings that reuse on the tiny random models (their features change by 20-100% a step)
     "taylorseer": (TaylorSeerConfig(interval=3, max_order=1), "forecast_modules"),
+    "foca": (FoCaConfig(interval=3), "forecast_modules"),
     "fbcache": (FirstBlockCacheConfig(threshold=2.0), "reused_steps"),
     "magcache": (MagCacheConfig(ratios=ONES, threshold=1.0, max_skip_steps=2), "reused_steps"),
     "easycache": (EasyCacheConfig(threshold=5.0, warmup=2), "reused_steps"),

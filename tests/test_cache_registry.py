@@ -50,6 +50,10 @@ class Counting(Cache):
         self.config = config
         self.begin([])
 
+    @classmethod
+    def acts_at(cls, config):  # an observer: it replaces nothing, so it may join any point
+        return frozenset()
+
     def begin(self, timesteps, refresh_steps=()):
         self.counts, self.steps, self.indicators = Counter(), [], []
 
@@ -218,6 +222,10 @@ class UncondReuse(Cache):
     def __init__(self, config: UncondReuseConfig):
         self.config = config
         self.begin([])
+
+    @classmethod
+    def acts_at(cls, config):  # its stack hook only counts
+        return frozenset({"cfg"})
 
     def begin(self, timesteps, refresh_steps=()):
         self.step, self.delta, self.counts = 0, None, Counter()

@@ -158,6 +158,20 @@ def test_window_boundaries_are_strict_and_the_plan_follows_index_and_timestep():
         assert fc.frequency_weights() == weights, t
 
 
+def test_uncond_period_counts_model_calls_and_the_window_follows_the_step():
+    # Calls 1..6 of 10 (calls=None: this generation's), uncond skipped on even 1-based calls (phase 1 computes)
+    fc = FasterCache(FasterCacheConfig(spatial=None, uncond=Calls(1, 6, every=2, phase=1)))
+    fc.begin([999 - 99 * i for i in range(10)])
+    assert [i for i, s in enumerate(fc.uncond_plan) if s] == [1, 3, 5]  # a call every step: call = index + 1
+    # a step method left steps 1-2 uncalled: step 3 is the 2nd call (even: skips), step 4 the 3rd (computes);
+    # step 6 is outside the window whatever the call count
+    assert [fc._skips_uncond(i, call) for i, call in ((3, 1), (4, 2), (6, 3), (0, 0))] == [True, False, False, False]
+    assert fc.last_skip == 5  # the last step that may skip for some count (not only at the step's own count)
+    timestep = FasterCache(FasterCacheConfig(spatial=None, uncond=(ALWAYS, 3)))  # diffusers' form: 0-based count
+    timestep.begin([999 - 99 * i for i in range(10)])
+    assert [timestep._skips_uncond(7, call) for call in (3, 4, 5)] == [False, True, True]
+
+
 def test_weight_ramp_and_extrapolation_from_the_last_two_computed():
     assert [ramp_weight(i, 5) for i in range(5)] == [0, 0.25, 0.5, 0.75, 1]
     assert ramp_weight(0, 1) == 0

@@ -8,21 +8,26 @@ as inference progresses"), a constant `weight`, or the authors' per-model ramp (
 fewer than two usable computed outputs computes. Spatial, temporal and full (3D) self-attention;
 cross-attention and MLPs are left alone (as in the paper, the authors' code and diffusers).
 
-CFG-Cache (CFG branch hook point). On the steps its schedule names (never step 0) the uncond branch
-does not run; on the full steps the difference (uncond - cond) is split with a 2D FFT over the last
-two (H, W) axes and a circular low-pass mask (radius min(H, W) // 5 around the shifted spectrum's
-centre) into a low- and a high-frequency delta. On cond-only steps uncond = IFFT(FFT(cond) + w_low *
-d_low + w_high * d_high), w_low = alpha_low inside the low window (else 1), w_high = alpha_high inside
-the high window (else 1): early steps amplify the low-frequency (structure) bias, late steps the
-high-frequency (detail) one.
+CFG-Cache (CFG branch hook point). On the model calls its schedule names (never the first) the uncond
+branch does not run; its period counts the model calls of the generation (as the authors' `counter` does),
+its window follows the step: alone (a call every step) the same as the step index, and next to a method that
+skips whole steps the deltas keep being refreshed every N-th call (after its warm-up forecast-i2 runs the
+model on odd steps only: by step index, "uncond on even steps" would never run it again). On the full
+calls the difference (uncond - cond) is split with a 2D FFT over the last two (H, W) axes and a circular
+low-pass mask (radius min(H, W) // 5 around the shifted spectrum's centre) into a low- and a high-frequency
+delta. On cond-only steps uncond = IFFT(FFT(cond) + w_low * d_low + w_high * d_high), w_low = alpha_low
+inside the low window (else 1), w_high = alpha_high inside the high window (else 1): early steps amplify the
+low-frequency (structure) bias, late steps the high-frequency (detail) one.
 
 Two ways to write a schedule (each part on its own):
 - timesteps, diffusers' form: ((lo, hi), every): acts strictly inside lo < t < hi on steps whose 0-based
-  index is not a multiple of `every`; frequency windows (lo, hi);
+  index (uncond: 0-based model call) is not a multiple of `every`; frequency windows (lo, hi);
 - model calls, the authors' form (`Calls`): their scripts count 1-based transformer calls (a `counter`
   +1 on every call; all four pipelines call the transformer once per step with the [uncond; cond]
   batch, so call = step index + 1; Open-Sora-Plan v1.1's PNDM makes 159 calls for its 150 steps, the 9
-  PRK warm-up calls included) and act on calls first..last except where call % every == phase.
+  PRK warm-up calls included) and act on calls first..last except where call % every == phase. Our "call"
+  is the step index + 1 (every step calls the model); for uncond the period reads the 1-based model call
+  count instead (the same alone; less than the step next to a step-skipping method), the bounds the step.
   The bounds (and a `Ramp`) count the authors' generation of `calls` model calls; a generation of
   another length n scales them by progress: our call c (ending at c / n of the run) is inside when
   c / n lies in ((first - 1) / calls, last / calls] (adjacent windows leave no gap); a Ramp is read at
@@ -33,8 +38,8 @@ Two ways to write a schedule (each part on its own):
   generation's calls: it is how many calls in a row are extrapolated, and the trajectory a call spans
   already grows when there are fewer.
 Open-Sora's timesteps depend on the resolution (its shifted rflow schedule), another reason the
-authors' defaults are in calls. Decisions come from the step index, the timestep and tensor shapes
-(host values alike on every rank), so CFG-parallel and sequence-parallel ranks agree without
+authors' defaults are in calls. Decisions come from the step index, the model call count, the timestep and
+tensor shapes (host values alike on every rank), so CFG-parallel and sequence-parallel ranks agree without
 talking; the skipped uncond rank runs no forward and so joins none of its collectives.
 
 Where diffusers 0.42.1 differs from the paper (tests/test_fastercache.py shows each difference):
@@ -76,12 +81,17 @@ class Calls:
             raise ValueError(f"FasterCache Calls: need every >= 1 and 0 <= phase < every, got every {self.every}, "
                              f"phase {self.phase}")
 
-    def acts(self, call: int, scaled: tuple[int, int]) -> bool:
-        """Whether the part acts on this 1-based call; scaled = (calls of the authors' generation, of this one)."""
+    def acts(self, call: int, scaled: tuple[int, int], count: int | None = None) -> bool:
+        """Whether the part acts on this 1-based call (its place in the run: the bounds); scaled = (calls of the
+        authors' generation, of this one); count: the 1-based model call the period reads (default `call`)."""
+        count = call if count is None else count
+        return self.inside(call, scaled) and (self.every is None or count % self.every != self.phase)
+
+    def inside(self, call: int, scaled: tuple[int, int]) -> bool:
+        """Whether this 1-based call lies within first..last, scaled by progress."""
         theirs, ours = scaled  # progress: our call c ends at c / ours, their calls first..last span
         end = call * theirs  # ((first - 1) / theirs, last / theirs]; compared in integers (x theirs * ours), exactly
-        inside = (self.first - 1) * ours < end and (self.last is None or end <= self.last * ours)
-        return inside and (self.every is None or call % self.every != self.phase)
+        return (self.first - 1) * ours < end and (self.last is None or end <= self.last * ours)
 
 
 @dataclass(frozen=True)
@@ -205,9 +215,17 @@ class FasterCacheConfig:
     def from_name(cls, arg: str, models: tuple[str, ...]) -> "FasterCacheConfig | None":
         """"diffusers": diffusers' defaults. "N" (of "fastercache-3"): attention (spatial, and temporal where the
         defaults reuse it) computed every N-th step; "N-U": and uncond every U-th; a trailing "t" ("3t", "3-4t")
-        reuses temporal attention with the spatial schedule."""
+        reuses temporal attention with the spatial schedule. "cfg" / "cfg-U": the CFG-Cache part alone (attention
+        always computed; the defaults' uncond schedule, with period U), to combine with a step or module method."""
         if arg == "diffusers":
             return cls(**DIFFUSERS)
+        if arg == "cfg" or arg.startswith("cfg-"):
+            every = arg[4:] or None
+            if every is not None and not (every.isdigit() and int(every) >= 1):
+                return None
+            base = cls.for_model(models)
+            uncond = base.uncond if every is None else _every(base.uncond, int(every))
+            return cls.for_model(models, spatial=None, temporal=None, uncond=uncond)
         temporal = arg.endswith("t")
         parts = (arg[:-1] if temporal else arg).split("-")
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
@@ -283,6 +301,13 @@ class FasterCache(Cache):
                              f"{type(model).__name__}'s pipeline runs none, so it would never act: set uncond=None "
                              "(its attention reuse alone, the default for this model)")
 
+    @classmethod
+    def acts_at(cls, config: FasterCacheConfig) -> frozenset:
+        """Module calls where attention reuse is on, the CFG point where CFG-Cache is. Not "stack": that hook only
+        observes the batch rows (it replaces nothing), so a stack method (TeaCache, ...) may join."""
+        return frozenset(["module"] * (config.spatial is not None or config.temporal is not None)
+                         + ["cfg"] * (config.uncond is not None))
+
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         self.timesteps = [float(t) for t in timesteps]
         self.refresh_steps = frozenset(refresh_steps)
@@ -294,21 +319,26 @@ class FasterCache(Cache):
         self.counts: Counter = Counter()
         self.cond_ratio: int | None = None  # rows of a full-batch attention output per row of a cond-only one
         self.rows: dict[str, int] = {}  # branch -> the block stack's batch rows (streams[0].shape[0])
-        self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]
+        self.calls = 0  # model calls through the CFG point so far: CFG-Cache's period counts them
+        self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]  # with a call every step
         # the last step that may extrapolate, per kind: after it the stored outputs are dropped (memory)
         self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.reuses(kind, i)), default=-1)
                            for kind in ("spatial", "temporal")}
-        self.last_skip = max((i for i, s in enumerate(self.uncond_plan) if s), default=-1)
+        # the last step that may run cond-only, whatever the call count there
+        self.last_skip = max((i for i in range(len(self.timesteps)) if self._may_skip_uncond(i)), default=-1)
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step, self.t = index, float(timestep)
 
-    def acts(self, setting, index: int) -> bool:
-        """Whether a part's schedule (Calls or ((lo, hi), every) in timesteps) acts at step `index`."""
-        if isinstance(setting, Calls):
-            return setting.acts(index + 1, self.scaled)  # the authors count 1-based calls: one per step
+    def acts(self, setting, index: int, call: int | None = None) -> bool:
+        """Whether a part's schedule (Calls or ((lo, hi), every) in timesteps) acts at step `index` as the 0-based
+        model call `call` of the generation (default: the index, every step calling the model): the window
+        follows the step, the period the call."""
+        call = index if call is None else call
+        if isinstance(setting, Calls):  # the authors count 1-based calls
+            return setting.acts(index + 1, self.scaled, count=call + 1)
         window, every = setting
-        return index % every != 0 and in_window(window, self.timesteps[index])
+        return call % every != 0 and in_window(window, self.timesteps[index])
 
     # ---- dynamic feature reuse -------------------------------------------------------------------
     def stack(self, stack) -> tuple:
@@ -369,14 +399,28 @@ class FasterCache(Cache):
         return None
 
     # ---- CFG-Cache -------------------------------------------------------------------------------
-    def _skips_uncond(self, index: int) -> bool:
-        if self.config.uncond is None or index == 0 or index in self.refresh_steps:
+    def _skips_uncond(self, index: int, call: int | None = None) -> bool:
+        """Cond-only at step `index` as the 0-based model call `call` (default: the index)?"""
+        call = index if call is None else call
+        if self.config.uncond is None or call == 0 or index in self.refresh_steps:
             return False
-        return self.acts(self.config.uncond, index)
+        return self.acts(self.config.uncond, index, call)
+
+    def _may_skip_uncond(self, index: int) -> bool:
+        """Cond-only at step `index` for some call count: inside the window, with a period that skips."""
+        uncond = self.config.uncond
+        if uncond is None or index in self.refresh_steps:
+            return False
+        if isinstance(uncond, Calls):
+            return uncond.inside(index + 1, self.scaled) and uncond.every != 1
+        window, every = uncond
+        return every > 1 and in_window(window, self.timesteps[index])
 
     def cfg_skip(self) -> bool:
-        # deltas exist once any full step observed both branches: a host-side fact, alike on every rank
-        skip = self.deltas is not None and self.step < len(self.uncond_plan) and self.uncond_plan[self.step]
+        # deltas exist once any full call observed both branches: a host-side fact, alike on every rank
+        skip = (self.deltas is not None and self.step < len(self.timesteps)
+                and self._skips_uncond(self.step, self.calls))
+        self.calls += 1
         self.counts["uncond_skipped" if skip else "uncond_computed"] += 1
         return skip
 
@@ -420,4 +464,4 @@ class FasterCache(Cache):
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
          parse=FasterCacheConfig.from_name, names=("fastercache", "fastercache-diffusers"),
          sweep=("fastercache", "fastercache-diffusers", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
-         syntax="fastercache-<N>[-<U>][t]")
+         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]")

@@ -8,7 +8,7 @@ Three points, under the same names in every family:
   TeaCache, MagCache, EasyCache, First-Block-Cache and Skip-Cache act here.
 - each module call (`module_call`, in each block): a `Site` (kind: "spatial" / "temporal" /
   "cross" / "full" attention or "mlp"; the block's kind; the block index) and `compute`; a method
-  returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer act here.
+  returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer, FoCa act here.
 - the CFG branch outputs (`cfg_skip` / `cfg_supply` / `cfg_observe`, in the pipeline's loop): a
   method may skip the uncond branch on a step and supply its output from the cond one.
 - the step's model output (`step_output`, in the pipeline's loop around the model call(s) of a step): a
@@ -16,8 +16,10 @@ Three points, under the same names in every family:
   (a forecast). Whole-model forecasting acts here.
 
 A method's state object subclasses `Cache` and defines the hooks where it acts; the others stay
-None and cost nothing. Several methods may be active at once: at one point they nest in the order
-they were enabled (the first is outermost: its `run` / `compute` goes through the next).
+None and cost nothing. Several methods may be active at once if they act at different points
+(`Cache.acts_at`; two that would both replace what one point computes are refused before any compute,
+registry.check_combination); observers (acting nowhere) may join any point. At one point the methods
+nest in the order they were enabled (the first is outermost: its `run` / `compute` goes through the next).
 Per generation the pipeline calls `begin(timesteps, refresh_steps)` (on refresh steps a method computes
 everything), per step `set_step(index, timestep)`.
 
@@ -60,6 +62,14 @@ class Cache:
     # step output: step_output(self, compute: () -> Tensor, group) -> Tensor (the step's prediction, guided with
     # CFG, whole on every rank; group: the world group); skip compute() to supply it without the model
     step_output: Callable | None = None
+
+    @classmethod
+    def acts_at(cls, config) -> frozenset:
+        """The hook points ("stack", "module", "cfg", "step_output") where this method, with this config, may
+        replace what is computed: by default every point it defines a hook for. A method whose config turns a
+        part off narrows it (FasterCache's CFG part alone acts at "cfg" only); an observer returns frozenset()."""
+        hooks = {"stack": cls.stack, "module": cls.module, "cfg": cls.cfg_skip, "step_output": cls.step_output}
+        return frozenset(point for point, hook in hooks.items() if hook is not None)
 
     def check_model(self, model) -> None:
         """Called by `enable_cache`: raise for a model the method cannot act on (before any compute)."""
@@ -174,9 +184,10 @@ class CacheMixin:
 
     def enable_cache(self, config) -> None:
         """Turn a method on (replacing the same method's earlier state)."""
-        from videosys.cache.registry import method_of
+        from videosys.cache.registry import check_combination, method_of
 
         method = method_of(config)
+        check_combination([c.config for n, c in self.caches.items() if n != method.name] + [config])
         state = method.cache_cls(config)
         state.check_model(self)
         self.caches.pop(method.name, None)

@@ -117,13 +117,38 @@ def config_from_name(name: str, models: tuple[str, ...]):
 
 
 def configs_from_spec(spec, models: tuple[str, ...] | str) -> list:
-    """Cache configs from a name, a dict with a "method" key (the published config with its fields
-    replaced), a registered config object, or a list of these."""
+    """Cache configs from a name ("a+b": both), a dict with a "method" key (the published config with its
+    fields replaced), a registered config object, or a list of these; a combination that cannot run together
+    (check_combination) is refused here, before anything is enabled."""
     models = (models,) if isinstance(models, str) else tuple(models)
+    configs = _configs(spec, models)
+    check_combination(configs)
+    return configs
+
+
+def check_combination(configs: list) -> None:
+    """Raise unless the methods can be active together: each at most once, and no two acting at the same hook
+    point (each would replace what the other computes there: `Cache.acts_at`)."""
+    names = [method_of(c).name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each cache method can be enabled once, got {names}")
+    owner = {}
+    for name, config in zip(names, configs):
+        for point in sorted(method_of(config).cache_cls.acts_at(config)):
+            if point in owner:
+                raise ValueError(f"cache methods {owner[point]} and {name} both act at the {point!r} hook point; "
+                                 "combine methods that act at different points (stack, module, cfg, step_output), "
+                                 "e.g. taylorseer-3+fastercache-cfg")
+            owner[point] = name
+
+
+def _configs(spec, models: tuple[str, ...]) -> list:
     if spec is None:
         return []
     if isinstance(spec, (list, tuple)):
-        return [c for s in spec for c in configs_from_spec(s, models)]
+        return [c for s in spec for c in _configs(s, models)]
+    if isinstance(spec, str) and "+" in spec:
+        return _configs(spec.split("+"), models)
     if isinstance(spec, str):
         config = config_from_name(spec, models)
         return [] if config is None else [config]

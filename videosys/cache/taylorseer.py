@@ -45,14 +45,9 @@ class TaylorSeerConfig:
     schedule: str = "paper"  # "paper" (the authors' cal_type) or "diffusers" (its TaylorSeerCacheHook)
 
     def __post_init__(self):
-        if self.interval < 1 or self.max_order < 0 or self.warmup < 1:
-            raise ValueError(f"TaylorSeer needs interval >= 1, max_order >= 0, warmup >= 1; got {self}")
-        self.kinds = tuple(self.kinds)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TaylorSeer schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        unknown = set(self.kinds) - set(KINDS)
-        if unknown:
-            raise ValueError(f"TaylorSeer kinds must be among {KINDS}, got {sorted(unknown)}")
+        if self.max_order < 0:
+            raise ValueError(f"TaylorSeer needs max_order >= 0; got {self}")
+        self.kinds = check_schedule("TaylorSeer", self)
 
     @classmethod
     def for_model(cls, models) -> "TaylorSeerConfig":
@@ -66,6 +61,18 @@ class TaylorSeerConfig:
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):
             return None
         return cls(interval=int(parts[0]), max_order=int(parts[1]) if len(parts) == 2 else cls.max_order)
+
+
+def check_schedule(name: str, config) -> tuple[str, ...]:
+    """Raise for a bad interval / warm-up / schedule / kinds of a module forecaster's config; its kinds as a tuple."""
+    if config.interval < 1 or config.warmup < 1:
+        raise ValueError(f"{name} needs interval >= 1 and warmup >= 1; got {config}")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"{name} schedule must be one of {SCHEDULES}, got {config.schedule!r}")
+    unknown = set(config.kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"{name} kinds must be among {KINDS}, got {sorted(unknown)}")
+    return tuple(config.kinds)
 
 
 def full_step(index: int, interval: int, warmup: int, schedule: str = "paper") -> bool:
@@ -94,16 +101,20 @@ def forecast(factors: list[torch.Tensor], offset: int) -> torch.Tensor:
     return out
 
 
-class TaylorSeer(Cache):
-    def __init__(self, config: TaylorSeerConfig):
+class ModuleForecast(Cache):
+    """A module-level forecaster on TaylorSeer's schedule (config: interval, warmup, kinds, schedule): on full
+    steps (and refresh steps) every module of `kinds` computes and `remember`s its output; on the steps between
+    a module with a state returns `predict(site)`. State per Site (module instance and CFG branch) in
+    `self.state`; subclasses define `remember` and `predict`. FoCa (foca.py) shares it."""
+
+    def __init__(self, config):
         self.config = config
         self.begin([])
 
     def begin(self, timesteps, refresh_steps=()) -> None:
         self.refresh_steps = frozenset(refresh_steps)
         self.step, self.full = 0, True
-        self.factors: dict[Site, list[torch.Tensor]] = {}
-        self.updated: dict[Site, int] = {}  # the step of each module's last full compute
+        self.state: dict[Site, object] = {}
         self.counts: Counter = Counter()
         self.forecast_steps: list[int] = []
 
@@ -117,17 +128,19 @@ class TaylorSeer(Cache):
     def module(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if site.kind not in self.config.kinds:
             return compute()
-        if not self.full and site in self.factors:
+        if not self.full and site in self.state:
             self.counts["forecast"] += 1
-            return forecast(self.factors[site], self.step - self.updated[site])
+            return self.predict(site)
         out = compute()
         self.counts["computed"] += 1
-        previous = self.updated.get(site)
-        distance = self.step - previous if previous is not None else 1
-        if distance > 0:  # the same module twice in one step (never in our families) keeps its first factors
-            self.factors[site] = update_factors(self.factors.get(site), out, distance, self.config.max_order)
-            self.updated[site] = self.step
+        self.remember(site, out)
         return out
+
+    def remember(self, site: Site, out: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def predict(self, site: Site) -> torch.Tensor:
+        raise NotImplementedError
 
     def stats(self) -> dict:
         return {"computed_modules": self.counts["computed"], "forecast_modules": self.counts["forecast"],
@@ -135,7 +148,21 @@ class TaylorSeer(Cache):
 
     def postfix(self) -> str:
         total = self.counts["computed"] + self.counts["forecast"]
-        return f"taylorseer {self.counts['forecast']}/{total} forecast"
+        return f"{self.method_name} {self.counts['forecast']}/{total} forecast"
+
+
+class TaylorSeer(ModuleForecast):
+    """state[site] = (Taylor factors, the step of the module's last full compute)."""
+
+    def remember(self, site: Site, out: torch.Tensor) -> None:
+        factors, previous = self.state.get(site, (None, None))
+        distance = self.step - previous if previous is not None else 1
+        if distance > 0:  # the same module twice in one step (never in our families) keeps its first factors
+            self.state[site] = (update_factors(factors, out, distance, self.config.max_order), self.step)
+
+    def predict(self, site: Site) -> torch.Tensor:
+        factors, updated = self.state[site]
+        return forecast(factors, self.step - updated)
 
 
 register("taylorseer", TaylorSeerConfig, TaylorSeer, for_model=TaylorSeerConfig.for_model,

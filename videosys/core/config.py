@@ -235,14 +235,9 @@ class BaseConfig:
     def cache_configs(self) -> list:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
         from videosys.cache import configs_from_spec
-        from videosys.cache.registry import method_of
 
         specs = [self.cache] + [f"teacache-{self.teacache_thresh}"] * self.enable_teacache + ["pab"] * self.enable_pab
-        configs = configs_from_spec(specs, self.cache_models())
-        names = [method_of(c).name for c in configs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"each cache method can be enabled once, got {names}")
-        return configs
+        return configs_from_spec(specs, self.cache_models())  # checks the combination too
 
     def freeinit_config(self):
         """The FreeInit settings (core/freeinit.FreeInitConfig), None when it is off (freeinit_iters == 1)."""

@@ -1,0 +1,132 @@
+"""Several cache methods at once (registry.check_combination, Cache.acts_at): methods at different hook points
+both act, each as it does alone; two at the same point are refused before any compute, on every surface."""
+
+import pytest
+import torch
+
+from videosys import LatteConfig
+from videosys.cache import configs_from_spec
+from videosys.cache.fastercache import Calls, FasterCache, FasterCacheConfig
+from videosys.cache.hooks import Cache
+from videosys.cache.taylorseer import TaylorSeerConfig
+
+from conftest import PROMPT, tiny_pipeline
+
+RUN = dict(seed=0, num_frames=4, num_inference_steps=12)
+
+
+def test_fastercache_cfg_part_alone_acts_at_the_cfg_point_only():
+    (cfg,) = configs_from_spec("fastercache-cfg", ("latte",))
+    default = FasterCacheConfig.for_model(("latte",))  # the authors' Latte schedule, uncond and windows kept
+    assert cfg.spatial is None and cfg.temporal is None and cfg.uncond == default.uncond == Calls(18, every=5)
+    assert (cfg.low_window, cfg.high_window, cfg.calls, cfg.compound) == (Calls(1, 44), Calls(45), 50, True)
+    assert configs_from_spec("fastercache-cfg-3", ("latte",))[0].uncond == Calls(18, every=3)
+    osp = ("open-sora-plan-v120", "open-sora-plan")  # no authors' settings: diffusers' window
+    assert configs_from_spec("fastercache-cfg-3", osp)[0].uncond == ((-1.0, 641.0), 3)
+    assert FasterCache.acts_at(cfg) == {"cfg"}
+    assert FasterCache.acts_at(FasterCacheConfig()) == {"module", "cfg"}
+    assert FasterCache.acts_at(FasterCacheConfig(uncond=None)) == {"module"}
+    # its stack hook only reads the batch rows: by the default rule (every hook defined) it would claim "stack"
+    assert FasterCache.stack is not None and "stack" in Cache.acts_at.__func__(FasterCache, default)
+    with pytest.raises(ValueError, match="unknown cache"):
+        configs_from_spec("fastercache-cfg-0", ("latte",))
+
+
+@pytest.mark.parametrize("spec", ["teacache-fast+fastercache", "fbcache+fastercache-cfg", "forecast-i2+fastercache-cfg",
+                                  "forecast-i2+fastercache", "taylorseer-3+fastercache-cfg", "pab+fastercache-cfg"])
+def test_fastercache_joins_methods_at_other_points(spec):
+    names = [type(c).__name__ for c in configs_from_spec(spec, ("latte",))]
+    assert len(names) == 2 and "FasterCacheConfig" in names
+
+
+def test_a_stack_method_and_fastercache_both_act():
+    """TeaCache (stack) beside the whole FasterCache (module + cfg, its stack hook observing): all three act."""
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache("teacache-2.0+fastercache")  # a high threshold: reuses on the tiny random model
+    out = pipe.generate(PROMPT, **RUN)
+    tea, faster = out.stats["teacache"], out.stats["fastercache"]
+    assert tea["reused_steps"] > 0 and faster["uncond_skipped"] > 0 and faster["spatial_reused"] > 0
+    assert torch.isfinite(out.latents).all()
+
+
+@pytest.mark.parametrize("module_method", ["taylorseer-3", "foca-3"])
+def test_a_module_method_and_a_cfg_method_both_act(module_method):
+    """Each keeps its own decisions: the CFG part skips the same uncond branches as alone, the module method
+    forecasts on the same steps; together the output is neither one's."""
+    pipe = tiny_pipeline("latte")
+    alone = {}
+    for spec in (module_method, "fastercache-cfg"):
+        pipe.set_cache(spec)
+        alone[spec] = pipe.generate(PROMPT, **RUN)
+    pipe.set_cache(f"{module_method}+fastercache-cfg")
+    both = pipe.generate(PROMPT, **RUN)
+    name = module_method.split("-")[0]
+    cfg_stats = both.stats["fastercache"]
+    assert cfg_stats == alone["fastercache-cfg"].stats["fastercache"] and cfg_stats["uncond_skipped"] > 0
+    assert both.stats[name]["forecast_step_indices"] == alone[module_method].stats[name]["forecast_step_indices"]
+    assert both.stats[name]["forecast_modules"] > 0
+    for out in alone.values():
+        assert not torch.equal(both.latents, out.latents)
+    assert torch.isfinite(both.latents).all()
+    postfix = pipe.transformer.cache_postfix()
+    assert name in postfix and "uncond" in postfix
+
+
+def test_a_step_method_and_a_cfg_method_both_act_and_cfg_cache_counts_model_calls():
+    """forecast-i2 runs the model on steps 0-3, then odd steps and the last; CFG-Cache's uncond every 2nd *call*
+    keeps running uncond among them (by step index it would run on even steps only: never after step 2)."""
+    pipe = tiny_pipeline("latte")
+    batches = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    cfg_every_2 = FasterCacheConfig(spatial=None, uncond=((-1, 1000), 2))  # every timestep inside the window
+    pipe.set_cache(cfg_every_2)
+    alone = pipe.generate(PROMPT, **RUN)
+    assert alone.stats["fastercache"] == {"uncond_computed": 6, "uncond_skipped": 6}  # calls = steps
+    batches.clear()
+    pipe.set_cache(["forecast-i2", cfg_every_2])
+    out = pipe.generate(PROMPT, **RUN)
+    assert out.stats["forecast"]["reused_step_indices"] == [4, 6, 8, 10]
+    assert batches == [2, 1, 2, 1, 2, 1, 2, 1]  # steps 0 1 2 3 5 7 9 11: uncond on every 2nd call
+    assert out.stats["fastercache"] == {"uncond_computed": 4, "uncond_skipped": 4}
+
+
+def test_the_authors_uncond_period_counts_model_calls_next_to_a_step_method():
+    """fastercache-cfg-2 (Latte: Calls(18, every=2) of their 50, here from step 5 of 12): alone it skips uncond on
+    the odd 1-based steps 5-11; beside forecast-i2 (model on steps 0-3, 5, 7, 9, 11: calls 1-8) on the odd calls
+    5 and 7 (steps 5 and 9). Their "call" read as the step (6, 8, 10, 12: all even) would skip none."""
+    pipe = tiny_pipeline("latte")
+    batches = []
+    pipe.transformer.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    pipe.set_cache("fastercache-cfg-2")
+    alone = pipe.generate(PROMPT, **RUN)
+    assert batches == [2, 2, 2, 2, 1, 2, 1, 2, 1, 2, 1, 2]  # steps 4, 6, 8, 10 = calls 5, 7, 9, 11
+    assert alone.stats["fastercache"] == {"uncond_computed": 8, "uncond_skipped": 4}
+    batches.clear()
+    pipe.set_cache("forecast-i2+fastercache-cfg-2")
+    out = pipe.generate(PROMPT, **RUN)
+    assert out.stats["forecast"]["reused_step_indices"] == [4, 6, 8, 10]
+    assert batches == [2, 2, 2, 2, 1, 2, 1, 2]
+    assert out.stats["fastercache"] == {"uncond_computed": 6, "uncond_skipped": 2}
+
+
+@pytest.mark.parametrize("spec, point", [
+    ("taylorseer-3+fastercache", "module"),  # FasterCache's attention reuse is on by default
+    ("foca-3+pab", "module"),
+    ("teacache-fast+fbcache", "stack"),
+    (["forecast-i2", {"method": "forecast", "interval": 3}], None),  # the same method twice
+])
+def test_two_methods_at_one_point_are_refused_before_any_compute(spec, point):
+    match = f"both act at the '{point}' hook point" if point else "enabled once"
+    with pytest.raises(ValueError, match=match):
+        configs_from_spec(spec, ("latte",))
+    with pytest.raises(ValueError, match=match):
+        LatteConfig(preset="tiny", cache=spec)  # the config refuses it when built
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache("teacache-slow")
+    with pytest.raises(ValueError, match=match):
+        pipe.set_cache(spec)
+    assert list(pipe.transformer.caches) == ["teacache"]  # nothing changed
+    with pytest.raises(ValueError, match="both act at the 'stack'"):  # enabling one at a time: refused too
+        pipe.transformer.enable_cache(configs_from_spec("fbcache", ("latte",))[0])
+    pipe.transformer.enable_cache(TaylorSeerConfig(interval=3))  # a different point: joins
+    assert list(pipe.transformer.caches) == ["teacache", "taylorseer"]
