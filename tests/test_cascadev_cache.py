@@ -107,13 +107,14 @@ REUSING = {  # spec -> (stats key, what it reused)
     "fbcache-1e9": ("fbcache", lambda s: s["reused_step_indices"] == list(range(1, 8))),
     "easycache-1e9": ("easycache", lambda s: s["reused_step_indices"] == [5, 6]),  # warm-up 5, the last computes
     "taylorseer": ("taylorseer", lambda s: s["forecast_step_indices"] == [3, 4, 5, 6]),  # full 0-2, then 2 + 5k
+    "foca": ("foca", lambda s: s["forecast_step_indices"] == [3, 4, 5, 6]),  # TaylorSeer's schedule
     "forecast-i3": ("forecast", lambda s: s["reused_step_indices"] == [4, 5]),  # warm-up 3, every 3rd, last
     "magcache-1e9": ("magcache", lambda s: s["reused_step_indices"] == [2, 3, 4, 6, 7]),  # 20% = 2 steps; K = 3
     "teacache": ("teacache", lambda s: s["reused_step_indices"] == list(range(1, 7))),
 }
 SPECS = {"magcache-1e9": {"method": "magcache", "threshold": 1e9, "ratios": [1.0] * 8},
          "teacache": {"method": "teacache", "threshold": 1e9, "coefficients": [0.0]}}
-EQUAL = ["pab-111", "fastercache-1", "fbcache-0", "easycache-0", "taylorseer-1", "forecast-i1",
+EQUAL = ["pab-111", "fastercache-1", "fbcache-0", "easycache-0", "taylorseer-1", "foca-1", "forecast-i1",
          {"method": "magcache", "ratios": [0.9] * 8, "max_skip_steps": 0},
          {"method": "teacache", "threshold": 0.0, "coefficients": TEA_ONE}]
 
