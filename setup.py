@@ -16,8 +16,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
-    # the trained demo model (LatteConfig(preset="demo")): a few MB of safetensors and configs
-    package_data={"videosys": ["assets/demo-latte/*.json", "assets/demo-latte/*/*", "serve/page/*"]},
+    # the trained demo models (LatteConfig(preset="demo" / "demo-skip")): a few MB of safetensors and configs
+    package_data={"videosys": [f"assets/{demo}/{files}" for demo in ("demo-latte", "demo-latte-skip")
+                               for files in ("*.json", "*/*")] + ["serve/page/*"]},
     install_requires=requirements,
     # eval/: plots and multi-node generation. Not listed on purpose: vbench (pins transformers 4.33 and
     # numpy < 2; eval/vbench/setup_env.sh gives it its own environment, `pip install --no-deps vbench`

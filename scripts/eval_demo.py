@@ -1,6 +1,7 @@
 """Does a generated video show what its prompt asked for? Colour of the moving object and direction of motion.
 
     python scripts/eval_demo.py --demo --seeds 2                      # the shipped demo model (LatteConfig preset "demo")
+    python scripts/eval_demo.py --demo demo-skip --threads 1          # its Skip-DiT fine-tune (preset "demo-skip")
     python scripts/eval_demo.py --videos samples/                    # mp4s named by their prompt
     python scripts/eval_demo.py --model-path demo-latte --seeds 2     # generate the fixed prompt set, then score
     python scripts/eval_demo.py --model-path demo-latte --cache teacache-fast --save-dir samples/
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--videos", help="folder of mp4s named by their prompt")
     source.add_argument("--model-path", help="checkpoint folder to generate the fixed prompt set with")
-    source.add_argument("--demo", action="store_true", help="generate with the shipped demo model (preset demo)")
+    source.add_argument("--demo", nargs="?", const="demo", choices=("demo", "demo-skip"),
+                        help="generate with a shipped demo model: its preset, demo (default) or demo-skip")
     source.add_argument("--random-weights", action="store_true", help="generate with the random `tiny` preset")
     source.add_argument("--procedural", action="store_true", help="score the procedural training clips")
     parser.add_argument("--model", default="latte")
@@ -73,11 +75,17 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the fixed set")
     parser.add_argument("--data-seed", type=int, default=0, help="--procedural: the dataset seed")
     parser.add_argument("--save-dir", default=None, help="also write the generated mp4s here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads on CPU (default: torch's; 1 on a busy machine, see train_demo.py)")
     parser.add_argument("--output", default="outputs/eval_demo.json")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.demo:
-        args.preset = "demo"
+        args.preset = args.demo
     if args.videos:
         rows = rows_from_folder(args.videos)
     elif args.procedural:

@@ -224,3 +224,12 @@ def test_stage_two_reuses_a_trained_vae(toy_checkpoint, tmp_path):
     assert "_name_or_path" not in written
     assert {k: v for k, v in written.items() if k != "_diffusers_version"} == \
         {k: v for k, v in source.items() if k != "_diffusers_version"}
+
+
+def test_eval_generates_with_a_shipped_demo_preset(tmp_path):
+    eval_demo = load_script("eval_demo")
+    out = tmp_path / "eval.json"
+    assert eval_demo.main(["--demo", "demo-skip", "--limit", "1", "--num-inference-steps", "2",
+                           "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["args"]["preset"] == "demo-skip" and result["accuracy"]["n"] == 1

@@ -13,6 +13,8 @@ from videosys import LatteConfig, VideoSysEngine
 from videosys.eval import demo as demo_tracker
 from videosys.models.latte import pipeline as latte_pipeline
 
+MIN_SKIP_ACCURACY = 0.75  # demo-skip: 22/24 at seed 0, 66/72 over seeds 0-2 (README, Skip-DiT)
+
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,9 @@ def engine():
         yield engine
 
 
-def test_demo_checkpoint_is_a_small_standard_folder():
-    folder = latte_pipeline.DEMO_PATH
+@pytest.mark.parametrize("name", ["DEMO_PATH", "DEMO_SKIP_PATH"])
+def test_demo_checkpoint_is_a_small_standard_folder(name):
+    folder = getattr(latte_pipeline, name)
     index = json.load(open(os.path.join(folder, "model_index.json")))
     assert index["_class_name"] == "LattePipeline"
     for part in ("transformer", "vae", "text_encoder"):
@@ -41,10 +44,11 @@ def test_demo_preset_is_the_shipped_folder(engine):
     assert engine.pipeline.vae.config.scaling_factor == from_folder.vae.config.scaling_factor != 0.18215
 
 
-def test_missing_demo_checkpoint_says_how_to_get_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(latte_pipeline, "DEMO_PATH", str(tmp_path / "absent"))
-    with pytest.raises(FileNotFoundError, match="train_demo.py"):
-        latte_pipeline.LattePipeline.from_config(LatteConfig(preset="demo"))
+@pytest.mark.parametrize("preset,name", [("demo", "DEMO_PATH"), ("demo-skip", "DEMO_SKIP_PATH")])
+def test_missing_demo_checkpoint_says_how_to_get_it(monkeypatch, tmp_path, preset, name):
+    monkeypatch.setattr(latte_pipeline, name, str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=f"the {preset} checkpoint .*train_demo.py"):
+        latte_pipeline.LattePipeline.from_config(LatteConfig(preset=preset))
 
 
 def test_demo_draws_the_readme_prompt(engine):
@@ -80,3 +84,41 @@ def test_bench_cache_frontier_on_the_demo(tmp_path):
         assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1  # lossy on a trained model, but close
         assert 0 <= row["accuracy"] <= 1 and row["accuracy_detail"]["n"] == 2
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def skip_engine():
+    with VideoSysEngine(LatteConfig(preset="demo-skip", progress_bar=False)) as engine:
+        yield engine
+
+
+def test_demo_skip_is_the_demo_grown_to_four_units_with_skip_branches(skip_engine):
+    transformer = skip_engine.pipeline.transformer
+    assert transformer.config.skip_connections and transformer.config.num_layers == 4
+    demo = LatteConfig(preset="demo")
+    assert skip_engine.config.prompt_vocabulary() == demo.prompt_vocabulary() is not None
+    base = latte_pipeline.LattePipeline.from_config(LatteConfig(preset="demo", progress_bar=False))
+    for name, value in base.vae.state_dict().items():  # the demo's frozen VAE (--vae-from)
+        assert torch.equal(skip_engine.pipeline.vae.state_dict()[name], value), name
+
+
+def test_demo_skip_follows_colour_and_direction(skip_engine):
+    prompts = demo_tracker.prompt_set()
+    rows = [demo_tracker.row(p, p, skip_engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
+    accuracy = demo_tracker.score(rows)
+    assert accuracy["both"] >= MIN_SKIP_ACCURACY, accuracy
+
+
+def test_skip_cache_on_demo_skip_runs_two_of_four_units_on_cached_steps(skip_engine):
+    prompt = "a red circle moving to the right"
+    full = skip_engine.generate(prompt, seed=0).video[0].numpy()
+    skip_engine.set_cache("skipcache")
+    try:
+        out = skip_engine.generate(prompt, seed=0)
+    finally:
+        skip_engine.set_cache(None)
+    stats = out.stats["skipcache"]
+    assert stats["reused_steps"] > 0 and stats["units_run"] < 4 * 50, stats
+    video = out.video[0].numpy()
+    assert demo_tracker.classify(video) == demo_tracker.classify(full)
+    assert 0 < np.abs(video.astype(np.int16) - full.astype(np.int16)).mean() < 3  # close, not identical

@@ -15,7 +15,7 @@ from videosys import LatteConfig, VideoSysEngine
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", help="Latte-1 hub id or local folder; omitted: --preset")
-    parser.add_argument("--preset", default="demo", choices=("demo", "tiny"),
+    parser.add_argument("--preset", default="demo", choices=("demo", "demo-skip", "tiny"),
                         help="without --model-path: demo (trained on moving shapes) or tiny (random weights)")
     parser.add_argument("--prompt", default="a red circle moving to the right")
     parser.add_argument("--seed", type=int, default=0)

@@ -18,9 +18,11 @@ from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
 TINY_TEXT_DIM = 32
+_ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "assets")
 # the trained demo model (scripts/train_demo.py): the tiny architecture, trained on procedural clips
-DEMO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                         "assets", "demo-latte")
+DEMO_PATH = os.path.join(_ASSETS, "demo-latte")
+# its Skip-DiT fine-tune (4 units with skip branches, scripts/train_demo.py --skip-connections): Skip-Cache runs
+DEMO_SKIP_PATH = os.path.join(_ASSETS, "demo-latte-skip")
 
 
 @dataclass
@@ -29,7 +31,9 @@ class LatteConfig(BaseConfig):
     `LatteConfig(preset="tiny")` is a small random model that runs on a CPU in seconds;
     `LatteConfig(preset="tiny-skip")` is a random 4-unit model with Skip-DiT skip branches (Skip-Cache runs);
     `LatteConfig(preset="demo")` is the same architecture trained on coloured shapes moving across
-    plain backgrounds ("a red circle moving to the right"), shipped in videosys/assets/demo-latte."""
+    plain backgrounds ("a red circle moving to the right"), shipped in videosys/assets/demo-latte;
+    `LatteConfig(preset="demo-skip")` is its Skip-DiT fine-tune (4 units, skip branches), shipped in
+    videosys/assets/demo-latte-skip."""
 
     # DDIM with Latte's training noise schedule (linear betas 1e-4..0.02)
     beta_start: float = 1e-4
@@ -48,19 +52,28 @@ class LatteConfig(BaseConfig):
     defaults = dict(num_frames=16, height=512, width=512, num_inference_steps=50, guidance_scale=7.5, fps=8)
     presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
                "tiny-skip": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
-               "demo": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8)}
+               "demo": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
+               "demo-skip": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5,
+                                 fps=8)}
+
+    def _demo_path(self) -> str | None:
+        """The shipped folder of a trained preset ("demo", "demo-skip") when no model_path overrides it."""
+        if self.model_path is not None:
+            return None
+        return {"demo": DEMO_PATH, "demo-skip": DEMO_SKIP_PATH}.get(self.preset)
 
     def checkpoint(self) -> str | None:
-        """The folder or hub id to load; None for the random `tiny` preset."""
-        if self.model_path is None and self.preset == "demo":
-            if not os.path.isdir(DEMO_PATH):
-                raise FileNotFoundError(f"the demo checkpoint is missing from {DEMO_PATH} (reinstall videosys, or "
-                                        "train it: python scripts/train_demo.py --output <folder>)")
-            return DEMO_PATH
-        return self.model_path
+        """The folder or hub id to load; None for the random `tiny` presets."""
+        folder = self._demo_path()
+        if folder is None:
+            return self.model_path
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"the {self.preset} checkpoint is missing from {folder} (reinstall videosys, "
+                                    "or train it: python scripts/train_demo.py --output <folder>, see its docstring)")
+        return folder
 
     def prompt_vocabulary(self) -> frozenset[str] | None:
-        if self.model_path is None and self.preset == "demo":
+        if self._demo_path() is not None:
             from videosys.utils.demo_data import caption_words
 
             return caption_words()
