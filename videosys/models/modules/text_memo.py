@@ -46,6 +46,7 @@ class TextMemo:
     def __getstate__(self) -> dict:
         return {"size": self.size, "entries": []}  # a saved or copied model carries no generation's text
 
+    @torch.compiler.disable  # a lookup by tensor identity: eager between compiled pieces (compile.py)
     def __call__(self, key: torch.Tensor, compute: Callable[[torch.Tensor], object]):
         if torch.is_grad_enabled():
             return compute(key)
