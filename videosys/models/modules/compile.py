@@ -2,7 +2,7 @@
 
 A transformer class may name `compiled_forward` (its forward): with no stack or module-hook cache
 method on, the whole forward is compiled (patch embedding, timestep embedding, every block, output
-layer: one graph but for the text memos' lookups, which run eagerly between compiled pieces).
+layer: one graph; the text work is computed in it each step, text_memo.py).
 A block class names its pure tensor work twice:
 - `compiled_block`: the method that runs the whole block on the residual stream (modulation, the
   branches, gates, residual adds), taking the cache's module hooks as `hooks=`. Called with
