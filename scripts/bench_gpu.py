@@ -4,7 +4,7 @@
     python scripts/bench_gpu.py --dry-run     # tiny sizes on CPU in seconds: checks the script, measures nothing
 
 Per family, CFG batch 2 in bf16 (fp32 in the dry run): transformer step ms and peak memory, eager and
-compiled (compile=True's regional compile), diffusers' model on the same weights where diffusers has it
+compiled (compile=True: models/modules/compile.py), diffusers' model on the same weights where diffusers has it
 (Latte, CogVideoX; eager and its compile_repeated_blocks), each cache method's mean step time over a
 short schedule against no cache, and sp = 2 / 4 / 8 step times (torchrun, when that many GPUs exist).
 Prints one table and writes one JSON.

@@ -4,10 +4,12 @@
     python scripts/bench_vs_diffusers.py --families latte --sizes small --no-compile
     python scripts/bench_vs_diffusers.py --device cuda --dtype bf16
 
-Four variants per case: ours eager, ours compiled (compile=True: regional, the blocks' branches),
-diffusers eager, diffusers compiled (torch.compile of the whole model). Each times a transformer
-forward on a CFG batch of 2 with the same text every call, as the steps of one generation (ours
-projects the text's keys and values once: text_memo.py). Compile time is spent in the warm-up,
+Five variants per case: ours eager, ours compiled (compile=True, no cache: the whole forward compiled),
+ours compiled blocks (compile=True's path while a stack cache such as TeaCache is on: each block's
+residual stream compiled, the forward around them eager), diffusers eager, diffusers compiled
+(torch.compile of the whole model). Each times a transformer forward on a CFG batch of 2 with the
+same text every call, as the steps of one generation (ours eager and blocks project the text's keys
+and values once: text_memo.py; compiled whole, it is computed in the graph). Compile time is spent in the warm-up,
 outside the timing. Prints one table (median ms; each ratio against diffusers eager / compiled)
 and writes JSON.
 """
@@ -46,8 +48,8 @@ def latte_case(size, device, dtype):
                                     video_length=frames)
     theirs = Theirs(**config.diffusers_kwargs())
     seeded_(theirs)
-    models = [LatteTransformer3DModel(config), LatteTransformer3DModel(config), theirs]
-    for m in models[:2]:
+    models = [LatteTransformer3DModel(config) for _ in range(3)] + [theirs]
+    for m in models[:3]:
         m.load_state_dict(theirs.state_dict())
     models = [m.to(device, dtype).eval() for m in models]
     g = torch.Generator().manual_seed(1)
@@ -73,8 +75,8 @@ def cogvideox_case(size, device, dtype):
                                         max_text_seq_length=tokens)
     theirs = Theirs(**dataclasses.asdict(config))
     seeded_(theirs)
-    models = [CogVideoXTransformer3DModel(config), CogVideoXTransformer3DModel(config), theirs]
-    for m in models[:2]:
+    models = [CogVideoXTransformer3DModel(config) for _ in range(3)] + [theirs]
+    for m in models[:3]:
         m.load_state_dict(theirs.state_dict())
     models = [m.to(device, dtype).eval() for m in models]
     g = torch.Generator().manual_seed(1)
@@ -110,11 +112,14 @@ def interleaved(fns: dict, device, repeats: int) -> dict:
 
 def run_case(family: str, size_name: str, args, device, dtype) -> dict:
     models, ours, theirs, desc = CASES[family](SIZES[size_name], device, dtype)
-    ours_eager, ours_compiled, theirs_eager = models
+    ours_eager, ours_compiled, ours_blocks, theirs_eager = models
     fns = {"ours eager": ours(ours_eager), "diffusers eager": theirs(theirs_eager)}
     if args.compile:
         compile_regions(ours_compiled)
+        compile_regions(ours_blocks)
+        del ours_blocks.forward  # the forward eager, as while a stack cache is on (models/modules/compile.py)
         fns["ours compiled"] = ours(ours_compiled)
+        fns["ours compiled blocks"] = ours(ours_blocks)
         fns["diffusers compiled"] = theirs(torch.compile(theirs_eager))
     compile_s, outputs = {}, {}
     with torch.inference_mode():
@@ -131,12 +136,13 @@ def run_case(family: str, size_name: str, args, device, dtype) -> dict:
 
 
 def table(results: list[dict], header: str) -> str:
-    lines = [header, f"{'case':<22}{'variant':<20}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
+    lines = [header,
+             f"{'case':<22}{'variant':<22}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
     for r in results:
         for name, ms in r["ms"].items():
             eager = ms / r["ms"]["diffusers eager"]
             comp = f"{ms / r['ms']['diffusers compiled']:.3f}" if "diffusers compiled" in r["ms"] else "-"
-            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<20}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
+            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<22}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
                          f"{r['max_abs_diff_vs_diffusers_eager'][name]:>11.1e}")
     return "\n".join(lines)
 

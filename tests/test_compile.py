@@ -1,12 +1,24 @@
-"""compile=True: the tiny Latte's blocks compiled (branches only), with a module-hook cache and CFG on."""
+"""compile=True: the whole forward with no cache, whole blocks with a stack cache, their branches with a module-hook
+cache (tiny models).
+
+Compiling on CPU is slow: few tests, each reusing its compiled pipeline across caches."""
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 from torch._dynamo.utils import counters
 
-from videosys import LatteConfig, LattePipeline
+from videosys import LatteConfig, LattePipeline, VideoSysEngine
+from videosys.models.latte.transformer import LatteBlock, LatteTransformer3DModel
+
+from distributed import assert_same_as_single, generate_per_cache
 
 RUN = dict(num_frames=4, num_inference_steps=4, seed=1)
+
+
+def compiled_entries(fn) -> int:
+    """How many compiled graphs dynamo holds for this function's code."""
+    return len(_debug_get_cache_entry_list(fn.__code__))
 
 
 def test_compiled_equals_eager_and_never_recompiles():
@@ -22,6 +34,7 @@ def test_compiled_equals_eager_and_never_recompiles():
     first = compiled.generate("a red circle", **RUN)
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 3  # the branches did compile (one graph per branch kind, shared by every block)
+    assert compiled_entries(LatteBlock.attn_branch) and not compiled_entries(LatteBlock.residual_stream)
     torch.testing.assert_close(first.latents, expected.latents, rtol=1e-4, atol=1e-4)
     for name in ("pab", "teacache"):  # the same cache decisions
         assert first.stats[name] == expected.stats[name]
@@ -31,6 +44,64 @@ def test_compiled_equals_eager_and_never_recompiles():
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(second.latents, eager.generate("a blue square", **{**RUN, "seed": 2}).latents,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_path_follows_the_cache_and_switching_compiles_once():
+    """No cache: the whole forward is compiled. A stack cache (TeaCache): each block's residual stream, whole.
+    A module-hook method (PAB): the branches, its hooks between them. set_cache between generations switches
+    the path; once each was compiled, switching back and forth compiles nothing."""
+    eager = LattePipeline.from_config(LatteConfig(preset="tiny", progress_bar=False))
+    compiled = LattePipeline.from_config(LatteConfig(preset="tiny", progress_bar=False, compile=True))
+    torch._dynamo.reset()
+    counters.clear()
+    rounds = []
+    for _ in range(2):
+        for cache in ("teacache-slow", "pab", "none"):
+            eager.set_cache(cache)
+            compiled.set_cache(cache)
+            got, expected = compiled.generate("a red circle", **RUN), eager.generate("a red circle", **RUN)
+            torch.testing.assert_close(got.latents, expected.latents, rtol=1e-4, atol=1e-4)
+            name = cache.split("-")[0]
+            assert got.stats.get(name) == expected.stats.get(name), cache  # the same cache decisions
+            if not rounds and cache == "teacache-slow":  # whole blocks: neither the forward nor a branch alone
+                assert compiled_entries(LatteBlock.residual_stream)
+                assert not compiled_entries(LatteBlock.attn_branch)
+                assert not compiled_entries(LatteTransformer3DModel.forward)
+            if not rounds and cache == "pab":
+                assert got.stats["pab"]["spatial_reused"] > 0
+                assert compiled_entries(LatteBlock.attn_branch)  # PAB's hooks sit between the compiled branches
+                assert not compiled_entries(LatteTransformer3DModel.forward)
+        assert compiled_entries(LatteTransformer3DModel.forward)  # no cache: the whole forward
+        rounds.append(counters["stats"]["unique_graphs"])
+    assert rounds[1] == rounds[0]  # the second round compiled nothing
+
+
+@pytest.mark.timeout(600)
+def test_sequence_parallel_compiled_equals_single_eager():
+    """sp=2, compiled, whole blocks (no cache) and branches (PAB): the all-to-alls inside the temporal blocks
+    run between compiled pieces; the output equals the single-process eager one."""
+    run = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=4)  # 5 frames: sp=2 pads
+    tiny = dict(preset="tiny", progress_bar=False)
+    single = generate_per_cache(VideoSysEngine(LatteConfig(**tiny)), ("none", "pab"), "a red circle", **run)
+    engine = VideoSysEngine(LatteConfig(**tiny, num_gpus=2, compile=True))
+    try:
+        parallel = generate_per_cache(engine, ("none", "pab"), "a red circle", **run)
+    finally:
+        engine.shutdown()
+    for cache in ("none", "pab"):
+        assert_same_as_single(parallel[cache], single[cache], cache)
+
+
+def test_cascadev_honours_compile():
+    from videosys.models.cascadev import pipeline as cv
+    from videosys.utils.demo_data import make_clip
+
+    clip = make_clip("red", "circle", "right", num_frames=12, height=64, width=64, seed=3)
+    eager = cv.CascadeVPipeline.from_config(cv.CascadeVConfig(preset="tiny", progress_bar=False))
+    compiled = cv.CascadeVPipeline.from_config(cv.CascadeVConfig(preset="tiny", progress_bar=False, compile=True))
+    assert all("forward" in vars(block) and "attn_branch" in vars(block) for block in compiled.transformer.blocks)
+    got, expected = compiled.reconstruct(clip, num_inference_steps=2), eager.reconstruct(clip, num_inference_steps=2)
+    torch.testing.assert_close(got.latents, expected.latents, rtol=1e-4, atol=1e-4)
 
 
 def test_compile_flag_is_validated():

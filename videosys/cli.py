@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (compile=true)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile=true)")
     serve_cli.add_parser(sub)
     _add_reconstruct(sub)
     from videosys.eval import bench

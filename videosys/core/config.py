@@ -112,7 +112,7 @@ class BaseConfig:
     teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
     enable_pab: bool = False
     cache: Any = None
-    compile: bool = False  # torch.compile the transformer blocks' branch computations (models/modules/compile.py)
+    compile: bool = False  # torch.compile the transformer, as the active caches allow (models/modules/compile.py)
     # FreeInit (core/freeinit.py; defaults: diffusers' enable_free_init): runs of the sampler (1 = off), the
     # low-pass filter (butterworth | gaussian | ideal | box), its order and stop frequencies d_s / d_t,
     # coarse-to-fine step counts, and in how many of the first runs the caches stay on (None: all)

@@ -236,6 +236,10 @@ class CascadeVPipeline(VideoSysPipeline):
                    for m in (transformer, encoder, vae)]
         pipeline = cls(config, *modules, make_scheduler(config.scheduler))
         pipeline.enable_configured_caches()  # a method that cannot act on this DiT refuses here, before any compute
+        if config.compile:
+            from videosys.models.modules.compile import compile_regions
+
+            compile_regions(pipeline.transformer)
         return pipeline
 
     # ---- inputs ------------------------------------------------------------------------------

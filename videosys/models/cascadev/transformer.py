@@ -152,7 +152,14 @@ class Mlp(nn.Module):
 
 
 class CascadeVBlock(nn.Module):
-    """PixArt block (adaLN-single): modulated self-attention (3D or grid) and MLP, no cross-attention."""
+    """PixArt block (adaLN-single): modulated self-attention (3D or grid) and MLP, no cross-attention.
+
+    compile=True (models/modules/compile.py) compiles `forward` whole when no module hook is active, else the
+    branch methods (`compiled_methods`) with the cache hooks eager around them.
+    """
+
+    compiled_block = "forward"
+    compiled_methods = ("attn_branch", "mlp_branch")
 
     def __init__(self, cfg: CascadeVTransformerConfig, index: int):
         super().__init__()
@@ -177,10 +184,16 @@ class CascadeVBlock(nn.Module):
                 sp_group=None, hooks=None) -> torch.Tensor:
         mod = self.modulation(t_mod)
         # cache hook points on the gated outputs; an attention a cache reuses also skips its all-to-alls
-        x = x + module_call(hooks, self.kind, self.index, lambda: mod[2] * self.attn(
-            self.modulated_input(x, mod), layout, self.strides, num_tokens, sp_group))
-        return x + module_call(hooks, "mlp", self.index,
-                               lambda: mod[5] * self.mlp(self.norm2(x) * (1 + mod[4]) + mod[3]), block=self.kind)
+        x = x + module_call(hooks, self.kind, self.index,
+                            lambda: self.attn_branch(x, mod, layout, num_tokens, sp_group))
+        return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
+
+    def attn_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], layout: tuple[int, int, int],
+                    num_tokens: int, sp_group=None) -> torch.Tensor:
+        return mod[2] * self.attn(self.modulated_input(x, mod), layout, self.strides, num_tokens, sp_group)
+
+    def mlp_branch(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return mod[5] * self.mlp(self.norm2(x) * (1 + mod[4]) + mod[3])
 
 
 class PatchEmbed(nn.Module):

@@ -122,10 +122,12 @@ class ExpertAdaLayerNormZero(nn.Module):
 class CogVideoXBlock(nn.Module):
     """Expert adaLN -> joint self-attention (qk LayerNorm, optional RoPE) -> expert adaLN -> joint MLP.
 
-    `index` names the block at the caches' module hook points. The branches' computations are methods
-    (`compiled_methods`: what compile=True compiles); the cache hooks around them stay eager.
+    `index` names the block at the caches' module hook points. compile=True (models/modules/compile.py)
+    compiles `forward` whole when no module hook is active, else the branch methods (`compiled_methods`) with
+    the cache hooks eager around them.
     """
 
+    compiled_block = "forward"
     compiled_methods = ("joint_attention", "mlp_branch")
 
     def __init__(self, cfg: CogVideoXTransformerConfig, index: int = 0):
@@ -238,6 +240,7 @@ def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tupl
 class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
     config_class = CogVideoXTransformerConfig
     class_name = "CogVideoXTransformer3DModel"
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
 
     def __init__(self, config: CogVideoXTransformerConfig):
         super().__init__()

@@ -91,10 +91,11 @@ class LatteBlock(nn.Module):
     """adaLN-single transformer block: self-attention, optional text cross-attention, MLP.
 
     `kind` ("spatial" / "temporal") and `index` name the block at the caches' module hook points.
-    The branches' computations are methods (`compiled_methods`: what compile=True compiles); the cache
-    hooks around them stay eager.
+    compile=True (models/modules/compile.py) compiles `residual_stream` whole when no module hook is active,
+    else the branch methods (`compiled_methods`) with the cache hooks eager around them.
     """
 
+    compiled_block = "residual_stream"
     compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: LatteTransformerConfig, kind: str, index: int):
@@ -151,14 +152,21 @@ class LatteBlock(nn.Module):
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None,
                 num_frames: int | None = None, sp_group=None) -> torch.Tensor:
-        f = x.shape[1]  # (B, F_local, L, C)
+        # the text's keys and values: once per text (text_memo.py), eagerly, outside any compiled region
+        kv = None if self.attn2 is None else self.attn2.context_kv(context)
+        return self.residual_stream(x, t_mod, kv, context_mask, num_frames, sp_group, hooks=hooks)
+
+    def residual_stream(self, x: torch.Tensor, t_mod: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None,
+                        context_mask: torch.Tensor | None, num_frames: int | None, sp_group=None,
+                        hooks: ModuleHooks | None = None) -> torch.Tensor:
+        """The block on (B, F_local, L, C) tokens (`compiled_block`: compiled whole when hooks is None)."""
+        f = x.shape[1]
         mod = self.modulation(t_mod)
         # cache hook points, on the gated outputs (gate * attention, gate * MLP: what the PAB authors' Latte and
         # Open-Sora-Plan v1.1 code broadcasts); an attention a cache reuses skips its compute and, under DSP,
         # its all-to-alls
         x = x + module_call(hooks, self.kind, self.index, lambda: self.attn_branch(x, mod, num_frames or f, sp_group))
-        if self.attn2 is not None:
-            kv = self.attn2.context_kv(context)  # once per text (text_memo.py), outside any compiled region
+        if kv is not None:
             x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, context_mask),
                                 block=self.kind)
         return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
@@ -197,6 +205,7 @@ def skip_dit_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
 class LatteTransformer3DModel(PretrainedModel, CacheMixin):
     config_class = LatteTransformerConfig
     class_name = "LatteTransformer3DModel"
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
 
     def __init__(self, config: LatteTransformerConfig):
         super().__init__()

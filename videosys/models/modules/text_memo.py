@@ -5,7 +5,7 @@ the caption projection nor the keys and values every cross-attention projects fr
 Open-Sora, Open-Sora-Plan; diffusers recomputes them every step). A `TextMemo` keeps what was
 computed from a text tensor while the same tensor comes back: exact, since the result is a pure
 function of that tensor. It is cleared per generation (CacheMixin.cache_begin), and only used with
-autograd off (training needs the graph of each step).
+autograd off (training needs the graph of each step) and outside compiled graphs.
 """
 
 from typing import Callable
@@ -47,7 +47,10 @@ class TextMemo:
         return {"size": self.size, "entries": []}  # a saved or copied model carries no generation's text
 
     def __call__(self, key: torch.Tensor, compute: Callable[[torch.Tensor], object]):
-        if torch.is_grad_enabled():
+        # inside a compiled graph (compile=True's whole forward) the text work is recomputed in the graph: a
+        # lookup by tensor identity would be a graph break, measured 6% slower on the tiny Latte than the few
+        # GEMMs it saves (README, "Speed")
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute(key)
         for n, (stored, value) in enumerate(self.entries):
             if same_tensor(stored, key):

@@ -218,10 +218,11 @@ class STDiT3Block(nn.Module):
     """Self-attention (spatial or temporal), cross-attention to text, MLP; adaLN-single modulation.
 
     `index` (the block's depth) and the kind ("spatial" / "temporal") name the block at the module hook points.
-    The branches' computations are methods (`compiled_methods`: what compile=True compiles); the cache
-    hooks around them stay eager.
+    compile=True (models/modules/compile.py) compiles `residual_stream` whole when no module hook is active,
+    else the branch methods (`compiled_methods`) with the cache hooks eager around them.
     """
 
+    compiled_block = "residual_stream"
     compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: STDiT3Config, temporal: bool, index: int = 0):
@@ -266,13 +267,19 @@ class STDiT3Block(nn.Module):
                 x_mask: torch.Tensor | None = None, hooks: ModuleHooks | None = None, num_frames: int | None = None,
                 sp_group=None) -> torch.Tensor:
         """x (B, T_local, S, C); x_mask (B, T_local) for this rank's frames; num_frames = T over all ranks."""
+        kv = self.cross_attn.context_kv(y)  # once per text (text_memo.py), eagerly, outside any compiled region
+        return self.residual_stream(x, kv, t_mlp, y_mask, rope, t0_mlp, x_mask, num_frames, sp_group, hooks=hooks)
+
+    def residual_stream(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], t_mlp: torch.Tensor,
+                        y_mask: torch.Tensor | None, rope, t0_mlp: torch.Tensor | None, x_mask: torch.Tensor | None,
+                        num_frames: int | None, sp_group=None, hooks: ModuleHooks | None = None) -> torch.Tensor:
+        """The block on the text's keys and values (`compiled_block`: compiled whole when hooks is None)."""
         t = x.shape[1]
         mod = self.modulation(t_mlp, t0_mlp, x_mask)
         # cache hook points on the gated outputs (what the published Open-Sora PAB broadcasts); an attention
         # a cache reuses also skips its all-to-alls under DSP
         x = x + module_call(hooks, self.kind, self.index,
                             lambda: self.attn_branch(x, mod, rope, num_frames or t, sp_group))
-        kv = self.cross_attn.context_kv(y)  # once per text (text_memo.py), outside any compiled region
         # spatial block i and temporal block i both cross-attend: `block` keeps their outputs apart
         x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, y_mask), block=self.kind)
         return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)

@@ -129,10 +129,12 @@ class OpenSoraPlanBlock(nn.Module):
     """adaLN-single block: full 3D self-attention (RoPE), text cross-attention (unmodulated input), MLP.
 
     Keys as the release's BasicTransformerBlock: norm1 / attn1 / norm2 / attn2 / ff / scale_shift_table
-    (the norms have no weights, norm_elementwise_affine=False). The branches' computations are methods
-    (`compiled_methods`: what compile=True compiles); the cache hooks around them stay eager.
+    (the norms have no weights, norm_elementwise_affine=False). compile=True (models/modules/compile.py)
+    compiles `residual_stream` whole when no module hook is active, else the branch methods (`compiled_methods`)
+    with the cache hooks eager around them.
     """
 
+    compiled_block = "residual_stream"
     compiled_methods = ("attn_branch", "cross_branch", "mlp_branch")
 
     def __init__(self, cfg: OpenSoraT2VConfig, index: int):
@@ -160,13 +162,19 @@ class OpenSoraPlanBlock(nn.Module):
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int, hooks: ModuleHooks | None = None,
                 sp_group=None) -> torch.Tensor:
+        kv = self.attn2.context_kv(context)  # once per text (text_memo.py), eagerly, outside any compiled region
+        return self.residual_stream(x, t_mod, kv, context_mask, rotary, num_tokens, sp_group, hooks=hooks)
+
+    def residual_stream(self, x: torch.Tensor, t_mod: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                        context_mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int,
+                        sp_group=None, hooks: ModuleHooks | None = None) -> torch.Tensor:
+        """The block on the text's keys and values (`compiled_block`: compiled whole when hooks is None)."""
         mod = self.modulation(t_mod)
         # cache hook points: PAB broadcasts the attention output before its gate, as the PAB authors' v1.2 code
         # (this step's gate multiplies it); an attention a cache reuses skips its compute and, under Ulysses,
         # its all-to-alls
         attn = module_call(hooks, "full", self.index, lambda: self.attn_branch(x, mod, rotary, num_tokens, sp_group))
         x = x + mod[2] * attn
-        kv = self.attn2.context_kv(context)  # once per text (text_memo.py), outside any compiled region
         # as PixArt-alpha / the release: cross-attention reads x itself (no norm, no modulation)
         x = x + module_call(hooks, "cross", self.index, lambda: self.cross_branch(x, kv, context_mask), block="full")
         mlp = module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block="full")
