@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from videosys.cache.hooks import BlockStack, StepCache
-from videosys.cache.registry import register
+from videosys.cache.registry import OneThreshold, register
 
 
 @dataclass
-class EasyCacheConfig:
+class EasyCacheConfig(OneThreshold):
     # the authors' HunyuanVideo script (EasyCache4HunyuanVideo/easycache_sample_video.py): thresh 0.025, ret_steps 5
     threshold: float = 0.025
     warmup: int = 5  # steps that always compute at the start (the authors' ret_steps)
@@ -32,18 +32,6 @@ class EasyCacheConfig:
     def __post_init__(self):
         if not self.threshold >= 0 or self.warmup < 1:
             raise ValueError(f"EasyCache needs threshold >= 0 and warmup >= 1, got {self}")
-
-    @classmethod
-    def for_model(cls, models) -> "EasyCacheConfig":
-        return cls()
-
-    @classmethod
-    def from_name(cls, arg: str, models) -> "EasyCacheConfig | None":
-        """A threshold, as in "easycache-0.05"."""
-        try:
-            return cls(threshold=float(arg))
-        except ValueError:
-            return None
 
 
 def abs_sums(tensors, group) -> torch.Tensor:

@@ -22,29 +22,17 @@ from dataclasses import dataclass
 import torch
 
 from videosys.cache.hooks import BlockStack, StepCache
-from videosys.cache.registry import register
+from videosys.cache.registry import OneThreshold, register
 from videosys.cache.teacache import relative_l1
 
 
 @dataclass
-class FirstBlockCacheConfig:
+class FirstBlockCacheConfig(OneThreshold):
     threshold: float = 0.05  # diffusers' FirstBlockCacheConfig default (ParaAttention suggests 0.05-0.12 per model)
 
     def __post_init__(self):
         if not self.threshold >= 0:
             raise ValueError(f"First-Block-Cache threshold must be >= 0, got {self.threshold}")
-
-    @classmethod
-    def for_model(cls, models) -> "FirstBlockCacheConfig":
-        return cls()
-
-    @classmethod
-    def from_name(cls, arg: str, models) -> "FirstBlockCacheConfig | None":
-        """A threshold, as in "fbcache-0.1"."""
-        try:
-            return cls(threshold=float(arg))
-        except ValueError:
-            return None
 
 
 @dataclass

@@ -34,6 +34,22 @@ class CacheMethod:
 METHODS: dict[str, CacheMethod] = {}
 
 
+class OneThreshold:
+    """Config mixin of a method with one setting for every family whose name gives a threshold
+    ("fbcache-0.1", "easycache-0.05")."""
+
+    @classmethod
+    def for_model(cls, models):
+        return cls()
+
+    @classmethod
+    def from_name(cls, arg: str, models):
+        try:
+            return cls(threshold=float(arg))
+        except ValueError:
+            return None
+
+
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
              names=(), sweep=(), syntax: str = "", needs=()) -> CacheMethod:
     """Make a method reachable by name. Registering the same name again replaces it only with the same
