@@ -107,3 +107,46 @@ def test_cascadev_honours_compile():
 def test_compile_flag_is_validated():
     with pytest.raises(ValueError, match="compile must be true or false"):
         LatteConfig(preset="tiny", compile="yes")
+
+
+def _mlp(x, w1, b1, w2, b2, gate, r):
+    """An adaLN MLP branch: r + gate * fc2(gelu_tanh(fc1(x))), and a projection whose use is a reduction."""
+    h = torch.nn.functional.gelu(torch.nn.functional.linear(x, w1, b1), approximate="tanh")
+    out = r + gate * torch.nn.functional.linear(h, w2, b2)
+    return out, torch.nn.functional.linear(x, w1, b1).softmax(-1), torch.tanh(x)
+
+
+def _mlp_inputs():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 16, 8), (32, 8), (32,), (8, 32), (8,), (2, 1, 8), (2, 16, 8)]
+    return [torch.randn(s, generator=g) * 3 for s in shapes]
+
+
+def test_cpu_rewrites_change_the_work_not_the_values():
+    """inductor_passes.CPU_REWRITES on the decomposed aten graph: 1 + tanh(u) of the GELU becomes 2 sigmoid(2u)
+    (a bare tanh stays), a bias whose uses are all pointwise leaves its addmm (the one feeding softmax keeps it);
+    the rewritten graph and compile=True's options give eager's values."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from videosys.models.modules.compile import COMPILE_OPTIONS
+    from videosys.models.modules.inductor_passes import CPU_REWRITES
+
+    inputs = _mlp_inputs()
+    gm = make_fx(_mlp, decomposition_table=select_decomp_table(), tracing_mode="fake")(*inputs)
+    ops = lambda: [n.target for n in gm.graph.nodes if n.op == "call_function"]  # noqa: E731
+    aten = torch.ops.aten
+    before = ops()
+    assert before.count(aten.tanh.default) == 2 and before.count(aten.addmm.default) == 3
+    CPU_REWRITES(gm.graph)
+    gm.graph.lint()
+    gm.recompile()
+    after = ops()
+    assert after.count(aten.tanh.default) == 1 and after.count(aten.sigmoid.default) == 1
+    assert after.count(aten.addmm.default) == 1 and after.count(aten.mm.default) == 2
+    expected = _mlp(*inputs)
+    for got, want in zip(gm(*inputs), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    compiled = torch.compile(_mlp, options=COMPILE_OPTIONS)
+    for got, want in zip(compiled(*inputs), expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

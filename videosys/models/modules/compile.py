@@ -26,14 +26,17 @@ import types
 import torch
 from torch import nn
 
+from videosys.models.modules.inductor_passes import CPU_REWRITES
+
 _compiled: dict[tuple[type, str], object] = {}
+COMPILE_OPTIONS = {"post_grad_custom_post_pass": CPU_REWRITES}  # same maths, less work on CPU (inductor_passes.py)
 
 
 def compiled_function(cls: type, name: str):
     """torch.compile of cls.name, one per (class, method) for the process."""
     key = (cls, name)
     if key not in _compiled:
-        _compiled[key] = torch.compile(getattr(cls, name))
+        _compiled[key] = torch.compile(getattr(cls, name), options=COMPILE_OPTIONS)
     return _compiled[key]
 
 
