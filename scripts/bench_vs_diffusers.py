@@ -12,11 +12,22 @@ same text every call, as the steps of one generation (ours eager and blocks proj
 and values once: text_memo.py; compiled whole, it is computed in the graph). Compile time is spent in the warm-up,
 outside the timing. Prints one table (median ms; each ratio against diffusers eager / compiled)
 and writes JSON.
+
+Each case runs in a fresh process (as a user's generation does): on CPU the ratios depend on the allocator's
+state, which a case run before leaves behind (CogVideoX at the issue size measured 0.76x of diffusers eager on
+its own and 0.87x after the Latte cases in the same process: glibc's mmap threshold had risen to 32 MB, and
+diffusers' eager temporaries then reuse heap memory). `--one-process` runs them all in this one.
 """
 
 import argparse
+import copy
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -121,6 +132,10 @@ def run_case(family: str, size_name: str, args, device, dtype) -> dict:
         fns["ours compiled"] = ours(ours_compiled)
         fns["ours compiled blocks"] = ours(ours_blocks)
         fns["diffusers compiled"] = theirs(torch.compile(theirs_eager))
+        if args.ablate_rewrites:  # the whole forward compiled as compile=True does, less the CPU rewrites
+            plain = copy.deepcopy(ours_eager)
+            plain.forward = torch.compile(plain.forward)
+            fns["ours compiled, no CPU rewrites"] = ours(plain)
     compile_s, outputs = {}, {}
     with torch.inference_mode():
         for name, fn in fns.items():  # warm-up: compiles here
@@ -135,14 +150,27 @@ def run_case(family: str, size_name: str, args, device, dtype) -> dict:
             "max_abs_diff_vs_diffusers_eager": diffs}
 
 
+def case_in_fresh_process(family: str, size: str, argv: list[str]) -> dict:
+    """One case run by this script in a child process (--families / --sizes / --output replaced)."""
+    drop = {"--families", "--sizes", "--output"}
+    kept = [a for i, a in enumerate(argv)
+            if a.split("=")[0] not in drop and (i == 0 or argv[i - 1] not in drop)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "case.json")
+        subprocess.run([sys.executable, os.path.abspath(__file__), *kept, "--families", family, "--sizes", size,
+                        "--output", out], check=True, stdout=subprocess.DEVNULL)
+        with open(out, encoding="utf-8") as f:
+            return json.load(f)["results"][0]
+
+
 def table(results: list[dict], header: str) -> str:
     lines = [header,
-             f"{'case':<22}{'variant':<22}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
+             f"{'case':<22}{'variant':<32}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
     for r in results:
         for name, ms in r["ms"].items():
             eager = ms / r["ms"]["diffusers eager"]
             comp = f"{ms / r['ms']['diffusers compiled']:.3f}" if "diffusers compiled" in r["ms"] else "-"
-            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<22}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
+            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<32}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
                          f"{r['max_abs_diff_vs_diffusers_eager'][name]:>11.1e}")
     return "\n".join(lines)
 
@@ -156,6 +184,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--ablate-rewrites", action="store_true",
+                        help="also ours compiled without the CPU graph rewrites (models/modules/inductor_passes.py)")
+    parser.add_argument("--one-process", action="store_true", help="every case in this process, one after another")
     parser.add_argument("--output", default="outputs/bench_vs_diffusers.json")
     args = parser.parse_args(argv)
     families, sizes = args.families.split(","), args.sizes.split(",")
@@ -166,10 +197,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    import os
-
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    results = [run_case(f, s, args, device, dtype) for f in families for s in sizes]
+    cases = [(f, s) for f in families for s in sizes]
+    if args.one_process or len(cases) == 1:
+        results = [run_case(f, s, args, device, dtype) for f, s in cases]
+    else:
+        results = [case_in_fresh_process(f, s, argv if argv is not None else sys.argv[1:]) for f, s in cases]
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     header = (f"{args.device} {args.dtype}, {torch.get_num_threads()} threads, CFG batch 2, median of {args.repeats}"
               f" interleaved; load average {load and round(load[0], 2)} -> {load_after and round(load_after[0], 2)}")

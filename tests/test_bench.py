@@ -103,3 +103,24 @@ def test_old_script_names_are_the_command():
 
     assert load_script("bench_cache").main is bench.main
     assert load_script("bench_cache").cache_spec is bench.cache_spec
+
+
+def test_bench_vs_diffusers_runs_each_case_in_a_fresh_process(tmp_path):
+    """scripts/bench_vs_diffusers.py (eager variants, small sizes): one child process per case, merged into one
+    JSON; ours and diffusers' transformers on the same weights give the same output."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench_vs_diffusers.py")
+    spec = importlib.util.spec_from_file_location("bench_vs_diffusers", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "vs.json"
+    script.main(["--no-compile", "--sizes", "small", "--repeats", "1", "--threads", "1", "--output", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [(r["family"], r["size"]) for r in results] == [("latte", "small"), ("cogvideox", "small")]
+    for r in results:
+        assert set(r["ms"]) == {"ours eager", "diffusers eager"} and all(ms > 0 for ms in r["ms"].values())
+        assert r["max_abs_diff_vs_diffusers_eager"]["ours eager"] < 1e-4
+    with pytest.raises(SystemExit):
+        script.main(["--families", "hunyuan", "--output", str(out)])

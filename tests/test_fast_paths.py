@@ -1,4 +1,5 @@
-"""Eager fast paths, same maths: fused q/k/v GEMM (official keys kept) and text K/V once per generation."""
+"""Eager fast paths, same maths: fused q/k/v GEMM (official keys kept), text K/V once per generation, the GELU of
+a fresh projection in place."""
 
 import copy
 import pickle
@@ -6,7 +7,7 @@ import pickle
 import torch
 
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
-from videosys.models.modules.attention import Attention
+from videosys.models.modules.attention import Attention, FeedForward, Mlp
 from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
 
 CFG = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, cross_attention_dim=32,
@@ -96,3 +97,24 @@ def test_open_sora_cross_kv_memo_matches_recompute():
     with torch.enable_grad():
         torch.testing.assert_close(second, model(x * 0.5, t, y).detach(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(first, second)
+
+
+def test_gelu_in_place_only_on_fresh_outputs_and_never_under_autograd():
+    """FeedForward / Mlp with autograd off run the GELU in place on their fc1 output: the values of F.gelu, the
+    input untouched; with autograd on the GELU is out of place and gradients flow."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16) * 3
+    kept = x.clone()
+    for layer in (FeedForward(16), Mlp(16, 48)):
+        fc1, fc2 = (layer.net[0].proj, layer.net[2]) if isinstance(layer, FeedForward) else (layer.fc1, layer.fc2)
+        expected = fc2(torch.nn.functional.gelu(fc1(x), approximate="tanh"))
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+        assert torch.equal(x, kept)
+        x_grad = x.clone().requires_grad_()
+        layer(x_grad).sum().backward()
+        expected_grad = torch.autograd.grad(
+            fc2(torch.nn.functional.gelu(fc1(x_grad), approximate="tanh")).sum(), x_grad)[0]
+        torch.testing.assert_close(x_grad.grad, expected_grad)

@@ -39,7 +39,7 @@ from torch import nn
 from videosys.cache import CacheMixin, module_call
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
-from videosys.models.modules.attention import sdpa
+from videosys.models.modules.attention import Mlp, sdpa
 from videosys.models.modules.embeddings import TimestepEmbedder, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.utils.hub import read_state_dict
@@ -137,18 +137,6 @@ class SelfAttention(nn.Module):
             out = from_groups(out, b, *layout, *strides)  # (B, L, heads/sp, d)
         out = comm.all_to_all(out, sp_group, scatter_dim=1, gather_dim=2)  # (B, L_local, heads, d)
         return self.proj(out.reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    """timm's Mlp with tanh GELU: keys fc1, fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(nn.functional.gelu(self.fc1(x), approximate="tanh"))
 
 
 class CascadeVBlock(nn.Module):

@@ -38,6 +38,7 @@ from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
+from videosys.models.modules.attention import Mlp
 from videosys.models.modules.embeddings import TimestepEmbedder, sincos_grid
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
@@ -200,18 +201,6 @@ class CrossAttention(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU(tanh) -> fc2 (timm's Mlp, the original's key names)."""
-
-    def __init__(self, dim: int, hidden: int, out: int | None = None):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class STDiT3Block(nn.Module):
