@@ -250,13 +250,15 @@ def main(argv=None):
         parser.error("no CUDA device: run with --dry-run to check the script on CPU")
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.float32 if args.dry_run else torch.bfloat16
-    rows = [bench_family(f, args, device, dtype) for f in args.families.split(",")]
+    report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype), "dry_run": args.dry_run,
+              "torch": torch.__version__, "families": [], "sp_scaling": {}, "complete": False}
+    for family in args.families.split(","):  # the JSON after each family: a run stopped early keeps its figures
+        report["families"].append(bench_family(family, args, device, dtype))
+        write_json(args.output, {**report, "load_average": os.getloadavg()})
     gpus = torch.cuda.device_count() if cuda else (max(args.sp, default=0) if args.dry_run else 0)  # dry: gloo
-    sp = sp_scaling(args, gpus) if args.sp else {}
-    print(table(rows, sp))
-    write_json(args.output, {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype),
-                             "dry_run": args.dry_run, "torch": torch.__version__, "families": rows,
-                             "sp_scaling": sp, "load_average": os.getloadavg()})
+    report["sp_scaling"] = sp_scaling(args, gpus) if args.sp else {}
+    print(table(report["families"], report["sp_scaling"]))
+    write_json(args.output, {**report, "complete": True, "load_average": os.getloadavg()})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_dry_run_writes_every_family(tmp_path):
     result = json.loads(out.read_text())
     families = {r["family"]: r for r in result["families"]}
     assert set(families) == {"latte", "open-sora", "open-sora-plan", "cogvideox"}
-    assert result["dry_run"] and result["sp_scaling"] == {}
+    assert result["dry_run"] and result["sp_scaling"] == {} and result["complete"]
     for family, row in families.items():
         assert row["ms"]["ours eager"] > 0
         assert {"teacache-slow", "pab", "none"} <= set(row["caches"]), family
@@ -34,3 +34,22 @@ def test_refuses_without_cuda_unless_dry(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench_gpu.py"), "--families", "latte"],
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
     assert proc.returncode != 0 and "--dry-run" in proc.stderr
+
+
+def test_offline_wheels_go_to_their_own_folder_without_the_index(tmp_path):
+    """--wheels DIR (a lent GPU machine reaches no registry): pip installs exactly those wheels, no index, no
+    dependency resolution, into /tmp/site, and the run then starts. A fake python records the calls."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {log}\n")
+    fake.chmod(0o755)
+    (tmp_path / "whl").mkdir()
+    (tmp_path / "whl" / "diffusers-0.42.1-py3-none-any.whl").write_text("")
+    proc = subprocess.run(["bash", str(ROOT / "scripts/bench_gpu.sh"), "--wheels", str(tmp_path / "whl"),
+                           "--families", "latte"], env={**os.environ, "PYTHON": str(fake)}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert calls[1].startswith("-m pip install") and "--no-index" in calls[1] and "--no-deps" in calls[1]
+    assert "--target /tmp/site" in calls[1] and calls[1].endswith("diffusers-0.42.1-py3-none-any.whl")
+    assert calls[2].endswith("scripts/bench_gpu.py --families latte")

@@ -29,7 +29,8 @@ from torch import nn
 from videosys.models.modules.inductor_passes import CPU_REWRITES
 
 _compiled: dict[tuple[type, str], object] = {}
-COMPILE_OPTIONS = {"post_grad_custom_post_pass": CPU_REWRITES}  # same maths, less work on CPU (inductor_passes.py)
+# same maths, less work on CPU (inductor_passes.py; none on torch < 2.6)
+COMPILE_OPTIONS = {"post_grad_custom_post_pass": CPU_REWRITES} if CPU_REWRITES is not None else {}
 
 
 def compiled_function(cls: type, name: str):

@@ -11,8 +11,12 @@ Tensors on other devices are left alone. Outputs equal eager within fp32 roundin
 """
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-from torch._inductor.utils import is_pointwise_use
+
+try:  # inductor's custom-pass interface (torch >= 2.6); older torch compiles without these rewrites
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+    from torch._inductor.utils import is_pointwise_use
+except ImportError:  # pragma: no cover - torch < 2.6
+    CustomGraphPass = None
 
 aten = torch.ops.aten
 
@@ -58,7 +62,7 @@ def _unfuse_bias(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
     return True
 
 
-class CPURewrites(CustomGraphPass):
+class CPURewrites(CustomGraphPass or object):
     rewrites = {aten.add.Tensor: _one_plus_tanh_as_sigmoid, aten.addmm.default: _unfuse_bias}
 
     def __call__(self, graph: torch.fx.Graph) -> None:
@@ -71,4 +75,4 @@ class CPURewrites(CustomGraphPass):
         return get_hash_for_files((__file__,))
 
 
-CPU_REWRITES = CPURewrites()
+CPU_REWRITES = CPURewrites() if CustomGraphPass is not None else None
