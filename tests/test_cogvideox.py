@@ -65,14 +65,17 @@ def test_position_tables_are_built_once_per_grid():
     for rotary in (False, True):
         _, ours, g = pair(rotary)
         x, text = torch.randn(1, 2, 4, 8, 12, generator=g), torch.randn(1, TEXT_LEN, TEXT_DIM, generator=g)
+        grid = (2, 4, 6)  # latent frames, rows, columns after the 2x2 patches
+        table = (lambda: ours.rotary_table(TEXT_LEN, *grid, x.device)) if rotary else (
+            lambda: ours.sincos_table(*grid, x.device, x.dtype))
         with torch.no_grad():
             first = ours(x, text, torch.tensor([900]))
-            tables = dict(ours._table_cache)
+            built = table()
             second = ours(x, text, torch.tensor([900]))
-        assert len(tables) == 1 and torch.equal(first, second)
-        assert all(ours._table_cache[k] is v for k, v in tables.items())  # reused, not rebuilt
+        assert torch.equal(first, second)
+        assert table() is built  # reused, not rebuilt
         if rotary:
-            cos, sin = next(iter(tables.values()))
+            cos, sin = built
             assert cos.shape == sin.shape == (TEXT_LEN + 2 * 4 * 6, 16)
             assert torch.equal(cos[:TEXT_LEN], torch.ones(TEXT_LEN, 16)) and not sin[:TEXT_LEN].any()  # text unrotated
 

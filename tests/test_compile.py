@@ -150,3 +150,31 @@ def test_cpu_rewrites_change_the_work_not_the_values():
     compiled = torch.compile(_mlp, options=COMPILE_OPTIONS)
     for got, want in zip(compiled(*inputs), expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_forward_compiles_once_and_each_model_gets_its_own_tables():
+    """The position tables (constant_table) are constants of the compiled graph, guarded on their arguments: no
+    second compile at the second call, and two models of one class whose tables differ (another base grid) each
+    get theirs from the shared compiled forward."""
+    from videosys.models.latte.transformer import LatteTransformerConfig
+    from videosys.models.modules.compile import compile_regions
+
+    small = dict(num_attention_heads=2, attention_head_dim=16, num_layers=1, cross_attention_dim=32,
+                 caption_channels=24, video_length=3)
+    models = []
+    for size in (8, 16):  # the same 8x8 latents on a base grid of 4 or 8 patches: other position tables
+        torch.manual_seed(0)
+        models.append(LatteTransformer3DModel(LatteTransformerConfig(**small, sample_size=size)).eval())
+    g = torch.Generator().manual_seed(1)
+    x, text, t = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 5, 24, generator=g), torch.tensor([500, 500])
+    with torch.inference_mode():
+        eager = [m(x, t, text) for m in models]
+        assert (eager[0] - eager[1]).abs().max() > 1e-3  # the tables matter
+        torch._dynamo.reset()
+        counters.clear()
+        for m in models:
+            compile_regions(m)
+        for step in range(2):
+            for m, expected in zip(models, eager):
+                torch.testing.assert_close(m(x, t, text), expected, rtol=1e-4, atol=1e-4)
+            assert counters["stats"]["unique_graphs"] == 2  # one per model's tables, none at the second step

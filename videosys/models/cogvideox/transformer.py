@@ -36,7 +36,8 @@ from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
-from videosys.models.modules.embeddings import TimestepEmbedding, sincos_3d, timestep_embedding
+from videosys.models.modules.embeddings import (TimestepEmbedding, built_once, constant_table, sincos_3d,
+                                               timestep_embedding)
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
 
@@ -226,6 +227,29 @@ class FinalAdaLayerNorm(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 
+@constant_table
+def video_sincos_table(dim: int, frames: int, h: int, w: int, spatial_scale: float, temporal_scale: float,
+                       device: str, dtype: torch.dtype) -> torch.Tensor:
+    return built_once(("cogvideox_sincos", dim, frames, h, w, spatial_scale, temporal_scale, device, dtype),
+                      lambda: sincos_3d(dim, frames, h, w, spatial_scale, temporal_scale).to(device=device, dtype=dtype))
+
+
+@constant_table
+def joint_rotary_table(d: int, text_len: int, frames: int, h: int, w: int, base: tuple[int, int],
+                       device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def make():
+        (top, left), (bottom, right) = rope_crop_region((h, w), base)
+        pos_t = torch.arange(frames, dtype=torch.float32)
+        pos_h = torch.linspace(top, bottom * (h - 1) / h, h, dtype=torch.float32)
+        pos_w = torch.linspace(left, right * (w - 1) / w, w, dtype=torch.float32)
+        cos, sin = rope_3d((d // 4, d // 8 * 3, d // 8 * 3), pos_t, pos_h, pos_w)  # (N, d) each
+        cos = torch.cat([torch.ones(text_len, d), cos])
+        sin = torch.cat([torch.zeros(text_len, d), sin])
+        return cos.to(device), sin.to(device)
+
+    return built_once(("cogvideox_rope", d, text_len, frames, h, w, base, device), make)
+
+
 def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Where a (h, w) grid sits, resized to keep its aspect, centred in the (H, W) grid trained on.
 
@@ -257,7 +281,6 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
         self.norm_final = nn.LayerNorm(dim, **norm)
         self.norm_out = FinalAdaLayerNorm(config.time_embed_dim, dim, **norm)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * self.out_channels)
-        self._table_cache: dict = {}
         self.parallel = ParallelState()
 
     def set_parallel(self, state: ParallelState) -> None:
@@ -268,16 +291,12 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
                              f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
         self.parallel = state
 
-    # ---- fixed position tables, cached per latent grid ----------------------------------------
+    # ---- fixed position tables, built once per latent grid (constant_table) ---------------------
     def sincos_table(self, frames: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(F * h * w, C) sin-cos table added to the video tokens (2b), in the activations' dtype."""
-        key = ("sincos", frames, h, w, str(device), dtype)
-        if key not in self._table_cache:
-            cfg = self.config
-            dim = cfg.num_attention_heads * cfg.attention_head_dim
-            table = sincos_3d(dim, frames, h, w, cfg.spatial_interpolation_scale, cfg.temporal_interpolation_scale)
-            self._table_cache[key] = table.to(device=device, dtype=dtype)
-        return self._table_cache[key]
+        cfg = self.config
+        return video_sincos_table(cfg.num_attention_heads * cfg.attention_head_dim, frames, h, w,
+                                  cfg.spatial_interpolation_scale, cfg.temporal_interpolation_scale, str(device), dtype)
 
     def rotary_table(self, text_len: int, frames: int, h: int, w: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,20 +306,9 @@ class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
         sequence while only video tokens move. Video positions: frames 0..F-1; rows and columns
         span the region the grid covers in the base grid of the training resolution.
         """
-        key = ("rope", text_len, frames, h, w, str(device))
-        if key not in self._table_cache:
-            cfg = self.config
-            d = cfg.attention_head_dim
-            base = (cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
-            (top, left), (bottom, right) = rope_crop_region((h, w), base)
-            pos_t = torch.arange(frames, dtype=torch.float32)
-            pos_h = torch.linspace(top, bottom * (h - 1) / h, h, dtype=torch.float32)
-            pos_w = torch.linspace(left, right * (w - 1) / w, w, dtype=torch.float32)
-            cos, sin = rope_3d((d // 4, d // 8 * 3, d // 8 * 3), pos_t, pos_h, pos_w)  # (N, d) each
-            cos = torch.cat([torch.ones(text_len, d), cos])
-            sin = torch.cat([torch.zeros(text_len, d), sin])
-            self._table_cache[key] = (cos.to(device), sin.to(device))
-        return self._table_cache[key]
+        cfg = self.config
+        base = (cfg.sample_height // cfg.patch_size, cfg.sample_width // cfg.patch_size)
+        return joint_rotary_table(cfg.attention_head_dim, text_len, frames, h, w, base, str(device))
 
     def run_blocks(self, x: torch.Tensor, text: torch.Tensor, emb: torch.Tensor,
                    rotary: tuple[torch.Tensor, torch.Tensor] | None, num_tokens: int, start: int = 0,

@@ -30,7 +30,8 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
-from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, PatchEmbed2D, sincos_1d
+from videosys.models.modules.embeddings import (AdaLNSingle, CaptionProjection, PatchEmbed2D, built_once,
+                                               constant_table, sincos_1d)
 from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
 from videosys.models.modules.text_memo import TextMemo
 
@@ -172,6 +173,16 @@ class LatteBlock(nn.Module):
         return x + module_call(hooks, "mlp", self.index, lambda: self.mlp_branch(x, mod), block=self.kind)
 
 
+@constant_table
+def temporal_pos_table(dim: int, num_frames: int, scale: float, sp_size: int, sp_rank: int,
+                       device: str) -> torch.Tensor:
+    def make():
+        positions = torch.arange(comm.padded_size(num_frames, sp_size)) / scale
+        return sincos_1d(dim, positions).float().chunk(sp_size)[sp_rank][:, None].to(device)
+
+    return built_once(("latte_temporal_pos", dim, num_frames, scale, sp_size, sp_rank, device), make)
+
+
 def fp32_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """`norm` computed in fp32 whatever the model's dtype (the authors' FP32_Layernorm)."""
     return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
@@ -227,7 +238,6 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         if config.skip_connections:  # one branch per deep unit, j = i - first_skip_unit
             self.skip_norms = nn.ModuleList(nn.LayerNorm(2 * dim, eps=1e-6) for _ in range(config.num_layers // 2))
             self.skip_linears = nn.ModuleList(SkipLinear(dim) for _ in range(config.num_layers // 2))
-        self._temp_pos_cache: dict = {}
         self.text_memo = TextMemo()  # the caption projection, once per generation
         self.parallel = ParallelState()
 
@@ -255,15 +265,9 @@ class LatteTransformer3DModel(PretrainedModel, CacheMixin):
         return model.to(device=device).eval()
 
     def temporal_pos_embed(self, num_frames: int, device: torch.device) -> torch.Tensor:
-        """(F_local, 1, C) sin-cos embedding of this rank's frames; fixed per generation, so cached."""
-        sp_size, sp_rank = self.parallel.sp_size, self.parallel.sp_rank
-        key = (num_frames, sp_size, sp_rank, str(device))
-        if key not in self._temp_pos_cache:
-            dim = self.scale_shift_table.shape[1]
-            positions = torch.arange(comm.padded_size(num_frames, sp_size)) / self.config.temporal_interpolation_scale
-            table = sincos_1d(dim, positions).float()
-            self._temp_pos_cache[key] = table.chunk(sp_size)[sp_rank][:, None].to(device)
-        return self._temp_pos_cache[key]
+        """(F_local, 1, C) sin-cos embedding of this rank's frames; fixed per generation, so built once."""
+        return temporal_pos_table(self.scale_shift_table.shape[1], num_frames, self.config.temporal_interpolation_scale,
+                                  self.parallel.sp_size, self.parallel.sp_rank, str(device))
 
     def fuse_skip(self, i: int, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """Deep unit i's input from h and unit L-1-i's output: Linear(LayerNorm_fp32(cat[h, skip]))."""

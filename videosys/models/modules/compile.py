@@ -37,7 +37,9 @@ def compiled_function(cls: type, name: str):
     """torch.compile of cls.name, one per (class, method) for the process."""
     key = (cls, name)
     if key not in _compiled:
-        _compiled[key] = torch.compile(getattr(cls, name), options=COMPILE_OPTIONS)
+        # static shapes: a new resolution or batch compiles its own graph once (a dynamic one would break at the
+        # position tables, embeddings.constant_table, whose arguments must be Python numbers)
+        _compiled[key] = torch.compile(getattr(cls, name), dynamic=False, options=COMPILE_OPTIONS)
     return _compiled[key]
 
 

@@ -9,6 +9,28 @@ import torch
 from torch import nn
 
 
+_TABLES: dict = {}
+
+
+def built_once(key: tuple, make):
+    """make()'s value for `key`, built once per process (the oldest of 64 dropped: a long-lived server seeing many
+    grids). Position tables use it: fixed by their arguments, never written to."""
+    if key not in _TABLES:
+        if len(_TABLES) >= 64:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = make()
+    return _TABLES[key]
+
+
+def constant_table(fn):
+    """A position table function of Python numbers and strings (grid, scales, the device's name, a dtype) that
+    returns built_once(...). Under torch.compile the call is not traced: dynamo guards on the arguments and takes
+    the table as a constant of the graph (a cache lookup traced in the graph made the whole-forward compile compile
+    again at its second call, once the key was found). Dynamo names the constant after the function, so each such
+    function may be called once per compiled graph."""
+    return torch.compiler.assume_constant_result(fn)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
                        max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (B,) timesteps -> (B, dim) in fp32 (DDPM / diffusers `Timesteps`)."""
@@ -116,11 +138,18 @@ class CaptionProjection(nn.Module):
         return self.linear_2(self.act_1(self.linear_1(x)))
 
 
+@constant_table
+def patch_pos_table(dim: int, height: int, width: int, base_size: int, interpolation_scale: float,
+                    device: str) -> torch.Tensor:
+    return built_once(("patch_pos", dim, height, width, base_size, interpolation_scale, device),
+                      lambda: sincos_2d(dim, height, width, base_size, interpolation_scale)[None].to(device))
+
+
 class PatchEmbed2D(nn.Module):
     """(N, C, H, W) -> (N, H/p * W/p, dim) tokens plus the fixed 2D sin-cos position embedding.
 
-    The position table is a pure function of the grid, so it is cached per (grid, device)
-    instead of being rebuilt every denoising step.
+    The position table is a pure function of the grid, so it is built once per (grid, device)
+    (`constant_table`) instead of every denoising step.
     """
 
     def __init__(self, patch_size: int, in_channels: int, dim: int, base_size: int, interpolation_scale: float = 1.0):
@@ -129,14 +158,11 @@ class PatchEmbed2D(nn.Module):
         self.base_size = base_size
         self.interpolation_scale = interpolation_scale
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        self._pos_cache: dict = {}
 
     def pos_embed(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device))
-        if key not in self._pos_cache:
-            dim = self.proj.out_channels
-            self._pos_cache[key] = sincos_2d(dim, height, width, self.base_size, self.interpolation_scale)[None].to(device)
-        return self._pos_cache[key]
+        """(1, height * width, dim) fp32."""
+        return patch_pos_table(self.proj.out_channels, height, width, self.base_size, self.interpolation_scale,
+                               str(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
