@@ -7,7 +7,7 @@ import pickle
 import torch
 
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
-from videosys.models.modules.attention import Attention, FeedForward, Mlp
+from videosys.models.modules.attention import FeedForward, Mlp
 from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
 
 CFG = dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, cross_attention_dim=32,
