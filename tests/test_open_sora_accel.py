@@ -192,7 +192,7 @@ def test_teacache_indicator_is_the_first_spatial_blocks_modulated_embedding():
     x, y = torch.randn(2, 4, 3, 8, 8), torch.randn(2, 6, 12)
     with torch.no_grad():
         model(x, torch.tensor([700.0, 700.0]), y, fps=24, height=64, width=64)
-    (pos,) = model._pos_cache.values()
+    pos = model.pos_embed(4, 4, 64 / model.config.input_sq_size, 4, x.device)  # the 4 x 4 patch grid of 64 px
     h = captured["patches"] + pos  # (B, T, S, C)
     c = 32
     t_mlp, table = captured["t_mlp"], model.spatial_blocks[0].scale_shift_table

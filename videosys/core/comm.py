@@ -43,11 +43,15 @@ def shard_range(size: int, parts: int, rank: int) -> tuple[int, int]:
 
 def split(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     """This rank's chunk of `dim` (padded to a multiple of the group size first)."""
-    parts = group_size(group)
+    return shard(x, dim, group_size(group), group_rank(group))
+
+
+def shard(x: torch.Tensor, dim: int, parts: int, rank: int) -> torch.Tensor:
+    """Chunk `rank` of `parts` along `dim` (padded to a multiple of `parts` first): split without a group."""
     if parts == 1:
         return x
     x = pad_dim(x, dim, padded_size(x.shape[dim], parts))
-    return x.chunk(parts, dim=dim)[group_rank(group)].contiguous()
+    return x.chunk(parts, dim=dim)[rank].contiguous()
 
 
 def gather(x: torch.Tensor, dim: int, group, size: int | None = None) -> torch.Tensor:

@@ -40,7 +40,7 @@ from videosys.cache import CacheMixin, module_call
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Mlp, sdpa
-from videosys.models.modules.embeddings import TimestepEmbedder, sincos_1d
+from videosys.models.modules.embeddings import TimestepEmbedder, built_once, constant_table, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.utils.hub import read_state_dict
 
@@ -215,9 +215,19 @@ def position_table(dim: int, frames: int, height: int, width: int, pe_interpolat
     return table.reshape(frames * height * width, dim)
 
 
+@constant_table
+def dit_pos_table(dim: int, frames: int, h: int, w: int, pe_interpolation: float, sp_size: int, sp_rank: int,
+                  device: str) -> torch.Tensor:
+    def make():
+        return comm.shard(position_table(dim, frames, h, w, pe_interpolation), 0, sp_size, sp_rank).to(device)
+
+    return built_once(("cascadev_pos", dim, frames, h, w, pe_interpolation, sp_size, sp_rank, device), make)
+
+
 class CascadeVTransformer(PretrainedModel, CacheMixin):
     config_class = CascadeVTransformerConfig
     class_name = "CascadeVTransformer"
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
     guided = False  # one DiT call per step on the condition-concatenated input: no CFG branches
 
     def __init__(self, config: CascadeVTransformerConfig):
@@ -230,7 +240,6 @@ class CascadeVTransformer(PretrainedModel, CacheMixin):
         self.blocks = nn.ModuleList(CascadeVBlock(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(dim, p, config.out_channels)
         self.parallel = ParallelState()
-        self._pos_cache: dict = {}
 
     def set_parallel(self, state: ParallelState) -> None:
         self.parallel = state
@@ -253,12 +262,10 @@ class CascadeVTransformer(PretrainedModel, CacheMixin):
                              f"the tokens per window ({frames * h * w}) divisible by {sp}")
 
     def pos_embed(self, frames: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """This rank's (L_local, C) share of the position table; fixed per tile size, so cached."""
-        key = (frames, h, w, self.parallel.sp_size, self.parallel.sp_rank, str(device))
-        if key not in self._pos_cache:
-            table = position_table(self.config.hidden_size, frames, h, w, self.config.pe_interpolation)
-            self._pos_cache[key] = comm.split(table, 0, self.parallel.sp_group).to(device)
-        return self._pos_cache[key]
+        """This rank's (L_local, C) share of the position table; fixed per tile size, so built once
+        (constant_table)."""
+        return dit_pos_table(self.config.hidden_size, frames, h, w, float(self.config.pe_interpolation),
+                             self.parallel.sp_size, self.parallel.sp_rank, str(device))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """(B, C_in, T, H, W) latents (noisy + condition), (B,) timesteps -> (B, C_out, T, H, W)."""

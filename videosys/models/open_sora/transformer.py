@@ -39,7 +39,7 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Mlp
-from videosys.models.modules.embeddings import TimestepEmbedder, sincos_grid
+from videosys.models.modules.embeddings import TimestepEmbedder, built_once, constant_table, sincos_grid
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope
@@ -116,6 +116,16 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+@constant_table
+def stdit_pos_table(dim: int, h: int, w: int, scale: float, base_size: int, device: str) -> torch.Tensor:
+    def make():
+        rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
+        cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
+        return sincos_grid(dim, rows, cols).to(device)
+
+    return built_once(("stdit_pos", dim, h, w, scale, base_size, device), make)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE frequencies as rotary_embedding_torch keeps them: `freqs` is a (head_dim / 2,) parameter (the
     checkpoint's key); tables in the interleaved-pair layout of modules/rope.py, applied by its apply_rope.
@@ -135,13 +145,18 @@ class RotaryEmbedding(nn.Module):
         self._cache: dict = {}
 
     def tables(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # inside compile=True's whole forward: T x d values, built in the graph
+            return self.build(length, device, dtype)  # (a lookup traced there would compile again at call 2)
         key = (length, str(device), dtype)
         if key not in self._cache:
-            pos = torch.arange(length, device=device, dtype=dtype)
-            angles = torch.outer(pos, self.freqs.to(device=device, dtype=dtype))  # (N, d/2), rounded to dtype
-            angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
-            self._cache = {key: (angles.cos(), angles.sin())}
+            self._cache = {key: self.build(length, device, dtype)}
         return self._cache[key]
+
+    def build(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(length, device=device, dtype=dtype)
+        angles = torch.outer(pos, self.freqs.to(device=device, dtype=dtype))  # (N, d/2), rounded to dtype
+        angles = angles.repeat_interleave(2, dim=-1)  # (N, d): one angle per interleaved pair
+        return angles.cos(), angles.sin()
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._cache = {}
@@ -341,6 +356,7 @@ class STDiT3(PretrainedModel, CacheMixin):
     config_class = STDiT3Config
     class_name = "STDiT3"
     weights_name = "model.safetensors"  # what hpcai-tech/OpenSora-STDiT-v3 ships
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
 
     def __init__(self, config: STDiT3Config):
         super().__init__()
@@ -356,7 +372,6 @@ class STDiT3(PretrainedModel, CacheMixin):
         self.spatial_blocks = nn.ModuleList(STDiT3Block(config, temporal=False, index=i) for i in range(config.depth))
         self.temporal_blocks = nn.ModuleList(STDiT3Block(config, temporal=True, index=i) for i in range(config.depth))
         self.final_layer = FinalLayer(dim, math.prod(config.patch_size), self.out_channels)
-        self._pos_cache: dict = {}
         self.parallel = ParallelState()
         self.text_memo = TextMemo()
 
@@ -367,15 +382,10 @@ class STDiT3(PretrainedModel, CacheMixin):
         """(h * w, C) 2D sin-cos table, row-major; first half encodes the column, second the row.
 
         Positions are stretched so a grid spans `base_size` cells and divided by `scale`
-        (resolution / input_sq_size), as the original's PositionEmbedding2D. Fixed per generation: cached.
+        (resolution / input_sq_size), as the original's PositionEmbedding2D. Fixed per generation: built once
+        (constant_table).
         """
-        key = (h, w, float(scale), base_size, str(device))
-        if key not in self._pos_cache:
-            dim = self.config.hidden_size
-            rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
-            cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
-            self._pos_cache = {key: sincos_grid(dim, rows, cols).to(device)}
-        return self._pos_cache[key]
+        return stdit_pos_table(self.config.hidden_size, h, w, float(scale), base_size, str(device))
 
     def embed_timestep(self, timestep: torch.Tensor, fps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """t_embedder(t) + fps_embedder(fps): (B, C), the input of t_block and of the final layer."""

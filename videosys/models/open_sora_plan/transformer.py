@@ -26,7 +26,7 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
-from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection
+from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, built_once, constant_table
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
@@ -192,9 +192,21 @@ class OpenSoraPlanBlock(nn.Module):
         return self.ff(modulate(self.norm2(x), mod[3], mod[4]))
 
 
+@constant_table
+def osp_rope_table(part: int, frames: int, height: int, width: int, scales: tuple[float, float, float], device: str,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def make():
+        positions = [torch.arange(n, dtype=torch.float32, device=device) / s
+                     for n, s in zip((frames, height, width), scales)]
+        return rope_3d_halves(part, *positions, dtype=dtype)
+
+    return built_once(("osp_rope", part, frames, height, width, scales, device, dtype), make)
+
+
 class OpenSoraT2V(PretrainedModel, CacheMixin):
     config_class = OpenSoraT2VConfig
     class_name = "OpenSoraT2V"
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
 
     def __init__(self, config: OpenSoraT2VConfig):
         super().__init__()
@@ -210,7 +222,6 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
         self.proj_out = nn.Linear(dim, config.patch_size_t * p * p * self.out_channels)
         self.adaln_single = AdaLNSingle(dim)
         self.caption_projection = CaptionProjection(config.caption_channels, dim)
-        self._rope_cache: dict = {}
         self.parallel = ParallelState()
         self.text_memo = TextMemo()
 
@@ -222,17 +233,13 @@ class OpenSoraT2V(PretrainedModel, CacheMixin):
 
     def rotary(self, frames: int, height: int, width: int, device: torch.device,
                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so cached.
+        """(N, head_dim) cos / sin for a (frames, height, width) token grid; fixed per size, so built once
+        (constant_table).
 
         In `dtype`, the queries' (the model's): the release's RoPE3D rounds its fp32 angles to the
         queries' dtype and takes cos / sin there, so a bf16 model's tables carry bf16 angles."""
-        key = (frames, height, width, str(device), dtype)
-        if key not in self._rope_cache:
-            scale_t, scale_h, scale_w = self.config.interpolation_scales
-            positions = [torch.arange(n, dtype=torch.float32, device=device) / s
-                         for n, s in ((frames, scale_t), (height, scale_h), (width, scale_w))]
-            self._rope_cache[key] = rope_3d_halves(self.config.attention_head_dim // 3, *positions, dtype=dtype)
-        return self._rope_cache[key]
+        return osp_rope_table(self.config.attention_head_dim // 3, frames, height, width,
+                              tuple(float(s) for s in self.config.interpolation_scales), str(device), dtype)
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
                    context_mask: torch.Tensor | None, rotary, num_tokens: int, start: int = 0,
