@@ -40,7 +40,7 @@ from videosys.cache import CacheMixin, module_call
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Mlp, sdpa
-from videosys.models.modules.embeddings import TimestepEmbedder, built_once, constant_table, sincos_1d
+from videosys.models.modules.embeddings import TimestepEmbedder, constant_table, sincos_1d
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.utils.hub import read_state_dict
 
@@ -218,10 +218,7 @@ def position_table(dim: int, frames: int, height: int, width: int, pe_interpolat
 @constant_table
 def dit_pos_table(dim: int, frames: int, h: int, w: int, pe_interpolation: float, sp_size: int, sp_rank: int,
                   device: str) -> torch.Tensor:
-    def make():
-        return comm.shard(position_table(dim, frames, h, w, pe_interpolation), 0, sp_size, sp_rank).to(device)
-
-    return built_once(("cascadev_pos", dim, frames, h, w, pe_interpolation, sp_size, sp_rank, device), make)
+    return comm.shard(position_table(dim, frames, h, w, pe_interpolation), 0, sp_size, sp_rank).to(device)
 
 
 class CascadeVTransformer(PretrainedModel, CacheMixin):

@@ -36,8 +36,7 @@ from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
-from videosys.models.modules.embeddings import (TimestepEmbedding, built_once, constant_table, sincos_3d,
-                                               timestep_embedding)
+from videosys.models.modules.embeddings import TimestepEmbedding, constant_table, sincos_3d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
 
@@ -230,24 +229,20 @@ class FinalAdaLayerNorm(nn.Module):
 @constant_table
 def video_sincos_table(dim: int, frames: int, h: int, w: int, spatial_scale: float, temporal_scale: float,
                        device: str, dtype: torch.dtype) -> torch.Tensor:
-    return built_once(("cogvideox_sincos", dim, frames, h, w, spatial_scale, temporal_scale, device, dtype),
-                      lambda: sincos_3d(dim, frames, h, w, spatial_scale, temporal_scale).to(device=device, dtype=dtype))
+    return sincos_3d(dim, frames, h, w, spatial_scale, temporal_scale).to(device=device, dtype=dtype)
 
 
 @constant_table
 def joint_rotary_table(d: int, text_len: int, frames: int, h: int, w: int, base: tuple[int, int],
                        device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    def make():
-        (top, left), (bottom, right) = rope_crop_region((h, w), base)
-        pos_t = torch.arange(frames, dtype=torch.float32)
-        pos_h = torch.linspace(top, bottom * (h - 1) / h, h, dtype=torch.float32)
-        pos_w = torch.linspace(left, right * (w - 1) / w, w, dtype=torch.float32)
-        cos, sin = rope_3d((d // 4, d // 8 * 3, d // 8 * 3), pos_t, pos_h, pos_w)  # (N, d) each
-        cos = torch.cat([torch.ones(text_len, d), cos])
-        sin = torch.cat([torch.zeros(text_len, d), sin])
-        return cos.to(device), sin.to(device)
-
-    return built_once(("cogvideox_rope", d, text_len, frames, h, w, base, device), make)
+    (top, left), (bottom, right) = rope_crop_region((h, w), base)
+    pos_t = torch.arange(frames, dtype=torch.float32)
+    pos_h = torch.linspace(top, bottom * (h - 1) / h, h, dtype=torch.float32)
+    pos_w = torch.linspace(left, right * (w - 1) / w, w, dtype=torch.float32)
+    cos, sin = rope_3d((d // 4, d // 8 * 3, d // 8 * 3), pos_t, pos_h, pos_w)  # (N, d) each
+    cos = torch.cat([torch.ones(text_len, d), cos])
+    sin = torch.cat([torch.zeros(text_len, d), sin])
+    return cos.to(device), sin.to(device)
 
 
 def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -30,8 +30,8 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
-from videosys.models.modules.embeddings import (AdaLNSingle, CaptionProjection, PatchEmbed2D, built_once,
-                                               constant_table, sincos_1d)
+from videosys.models.modules.embeddings import (AdaLNSingle, CaptionProjection, PatchEmbed2D, constant_table,
+                                               sincos_1d)
 from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
 from videosys.models.modules.text_memo import TextMemo
 
@@ -176,11 +176,8 @@ class LatteBlock(nn.Module):
 @constant_table
 def temporal_pos_table(dim: int, num_frames: int, scale: float, sp_size: int, sp_rank: int,
                        device: str) -> torch.Tensor:
-    def make():
-        positions = torch.arange(comm.padded_size(num_frames, sp_size)) / scale
-        return sincos_1d(dim, positions).float().chunk(sp_size)[sp_rank][:, None].to(device)
-
-    return built_once(("latte_temporal_pos", dim, num_frames, scale, sp_size, sp_rank, device), make)
+    positions = torch.arange(comm.padded_size(num_frames, sp_size)) / scale
+    return sincos_1d(dim, positions).float().chunk(sp_size)[sp_rank][:, None].to(device)
 
 
 def fp32_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

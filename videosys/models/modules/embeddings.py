@@ -3,6 +3,7 @@
 Parameter names follow diffusers' layout so the official checkpoints load unchanged.
 """
 
+import functools
 import math
 
 import torch
@@ -12,23 +13,24 @@ from torch import nn
 _TABLES: dict = {}
 
 
-def built_once(key: tuple, make):
-    """make()'s value for `key`, built once per process (the oldest of 64 dropped: a long-lived server seeing many
-    grids). Position tables use it: fixed by their arguments, never written to."""
-    if key not in _TABLES:
-        if len(_TABLES) >= 64:
-            _TABLES.pop(next(iter(_TABLES)))
-        _TABLES[key] = make()
-    return _TABLES[key]
+def constant_table(build):
+    """A position table builder of Python numbers and strings (grid, scales, the device's name, a dtype) made a
+    table lookup: built once per process and argument set (the oldest of 64 dropped: a long-lived server seeing
+    many grids), shared, never written to. Under torch.compile the call is not traced: dynamo guards on the
+    arguments and takes the table as a constant of the graph (a cache lookup traced in the graph made the
+    whole-forward compile compile again at its second call, once the key was found). Dynamo names the constant
+    after the function, so each table may be looked up once per compiled graph."""
 
+    def table(*args):
+        key = (build, *args)
+        if key not in _TABLES:
+            if len(_TABLES) >= 64:
+                _TABLES.pop(next(iter(_TABLES)))
+            _TABLES[key] = build(*args)
+        return _TABLES[key]
 
-def constant_table(fn):
-    """A position table function of Python numbers and strings (grid, scales, the device's name, a dtype) that
-    returns built_once(...). Under torch.compile the call is not traced: dynamo guards on the arguments and takes
-    the table as a constant of the graph (a cache lookup traced in the graph made the whole-forward compile compile
-    again at its second call, once the key was found). Dynamo names the constant after the function, so each such
-    function may be called once per compiled graph."""
-    return torch.compiler.assume_constant_result(fn)
+    table.__code__ = table.__code__.replace(co_name=build.__name__)  # the constant's name: one per table
+    return torch.compiler.assume_constant_result(functools.wraps(build)(table))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
@@ -141,8 +143,7 @@ class CaptionProjection(nn.Module):
 @constant_table
 def patch_pos_table(dim: int, height: int, width: int, base_size: int, interpolation_scale: float,
                     device: str) -> torch.Tensor:
-    return built_once(("patch_pos", dim, height, width, base_size, interpolation_scale, device),
-                      lambda: sincos_2d(dim, height, width, base_size, interpolation_scale)[None].to(device))
+    return sincos_2d(dim, height, width, base_size, interpolation_scale)[None].to(device)
 
 
 class PatchEmbed2D(nn.Module):

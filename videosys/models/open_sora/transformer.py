@@ -39,7 +39,7 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Mlp
-from videosys.models.modules.embeddings import TimestepEmbedder, built_once, constant_table, sincos_grid
+from videosys.models.modules.embeddings import TimestepEmbedder, constant_table, sincos_grid
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope
@@ -118,12 +118,9 @@ class RMSNorm(nn.Module):
 
 @constant_table
 def stdit_pos_table(dim: int, h: int, w: int, scale: float, base_size: int, device: str) -> torch.Tensor:
-    def make():
-        rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
-        cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
-        return sincos_grid(dim, rows, cols).to(device)
-
-    return built_once(("stdit_pos", dim, h, w, scale, base_size, device), make)
+    rows = torch.arange(h, dtype=torch.float32) / scale * (base_size / h)
+    cols = torch.arange(w, dtype=torch.float32) / scale * (base_size / w)
+    return sincos_grid(dim, rows, cols).to(device)
 
 
 class RotaryEmbedding(nn.Module):

@@ -26,7 +26,7 @@ from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
-from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, built_once, constant_table
+from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, constant_table
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
@@ -195,12 +195,9 @@ class OpenSoraPlanBlock(nn.Module):
 @constant_table
 def osp_rope_table(part: int, frames: int, height: int, width: int, scales: tuple[float, float, float], device: str,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    def make():
-        positions = [torch.arange(n, dtype=torch.float32, device=device) / s
-                     for n, s in zip((frames, height, width), scales)]
-        return rope_3d_halves(part, *positions, dtype=dtype)
-
-    return built_once(("osp_rope", part, frames, height, width, scales, device, dtype), make)
+    positions = [torch.arange(n, dtype=torch.float32, device=device) / s
+                 for n, s in zip((frames, height, width), scales)]
+    return rope_3d_halves(part, *positions, dtype=dtype)
 
 
 class OpenSoraT2V(PretrainedModel, CacheMixin):
