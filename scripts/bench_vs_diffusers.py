@@ -33,6 +33,7 @@ import time
 import torch
 
 from videosys.models.modules.compile import compile_regions
+from videosys.models.modules.inductor_passes import CPURewrites
 from videosys.utils.files import write_json
 
 # (layers, heads, head_dim, frames, latent size, text tokens); "issue": the config of issue 24's measurement
@@ -132,10 +133,13 @@ def run_case(family: str, size_name: str, args, device, dtype) -> dict:
         fns["ours compiled"] = ours(ours_compiled)
         fns["ours compiled blocks"] = ours(ours_blocks)
         fns["diffusers compiled"] = theirs(torch.compile(theirs_eager))
-        if args.ablate_rewrites:  # the whole forward compiled as compile=True does, less the CPU rewrites
-            plain = copy.deepcopy(ours_eager)
-            plain.forward = torch.compile(plain.forward)
-            fns["ours compiled, no CPU rewrites"] = ours(plain)
+        if args.ablate_rewrites:  # the whole forward compiled as compile=True does, with fewer CPU rewrites
+            for label, only in (("no CPU rewrites", ()), ("GELU rewrite only", ("gelu",)),
+                                ("bias rewrite only", ("bias",))):
+                model = copy.deepcopy(ours_eager)
+                model.forward = torch.compile(model.forward, dynamic=False,
+                                              options={"post_grad_custom_post_pass": CPURewrites(only)})
+                fns[f"ours compiled, {label}"] = ours(model)
     compile_s, outputs = {}, {}
     with torch.inference_mode():
         for name, fn in fns.items():  # warm-up: compiles here
@@ -165,12 +169,12 @@ def case_in_fresh_process(family: str, size: str, argv: list[str]) -> dict:
 
 def table(results: list[dict], header: str) -> str:
     lines = [header,
-             f"{'case':<22}{'variant':<32}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
+             f"{'case':<22}{'variant':<36}{'ms':>10}{'/ diff eager':>14}{'/ diff compiled':>17}{'max|diff|':>11}"]
     for r in results:
         for name, ms in r["ms"].items():
             eager = ms / r["ms"]["diffusers eager"]
             comp = f"{ms / r['ms']['diffusers compiled']:.3f}" if "diffusers compiled" in r["ms"] else "-"
-            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<32}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
+            lines.append(f"{r['family'] + ' ' + r['size']:<22}{name:<36}{ms:>10.1f}{eager:>14.3f}{comp:>17}"
                          f"{r['max_abs_diff_vs_diffusers_eager'][name]:>11.1e}")
     return "\n".join(lines)
 
@@ -185,7 +189,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--ablate-rewrites", action="store_true",
-                        help="also ours compiled without the CPU graph rewrites (models/modules/inductor_passes.py)")
+                        help="also ours compiled with none / one of the CPU graph rewrites "
+                             "(models/modules/inductor_passes.py)")
     parser.add_argument("--one-process", action="store_true", help="every case in this process, one after another")
     parser.add_argument("--output", default="outputs/bench_vs_diffusers.json")
     args = parser.parse_args(argv)

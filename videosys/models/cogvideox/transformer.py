@@ -164,7 +164,7 @@ class CogVideoXBlock(nn.Module):
             qkv.append(t.transpose(1, 2))  # (B, H_local, S + N, d)
         q, k, v = qkv
         # q and k leave their norms (B, H, L, d)-contiguous; v too (one 2 MB copy at 1,056 tokens) makes the CPU flash
-        # kernel ~4% faster (23.6 -> 22.8 ms at (2, 8, 1056, 32), median of 16: all three in one layout)
+        # kernel faster (21.9 -> 20.9 ms at (2, 8, 1056, 32): scripts/bench_cpu_kernels.py)
         v = v.contiguous()
         q, k = attn.norm_q(q), attn.norm_k(k)
         if rotary is not None:  # positions are complete here: the table covers S + N

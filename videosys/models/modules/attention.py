@@ -120,8 +120,9 @@ class Attention(nn.Module):
 
 def gelu_fresh(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
     """GELU of a tensor nothing else holds (a projection's fresh output): in place with autograd off, so no
-    second buffer is allocated (an 8192 x 1024 fc1 + GELU: 61 -> 51 ms on one CPU core, its fresh 33 MB output
-    page-faulted in at every call otherwise); out of place with autograd on or under torch.compile."""
+    second buffer is allocated (an 8192 x 256 -> 1024 fc1 + GELU: 66.9 -> 54.3 ms on one CPU core, its fresh 33 MB
+    output page-faulted in at every call otherwise; scripts/bench_cpu_kernels.py); out of place with autograd on or
+    under torch.compile."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return F.gelu(x, approximate=approximate)
     return torch.ops.aten.gelu_(x, approximate=approximate)

@@ -2,8 +2,8 @@
 
 Run as inductor's post-grad custom pass (compile.py), on the aten graph after autograd and decompositions:
 - 1 + tanh(y) -> 2 sigmoid(2y) (tanh GELU decomposes to 0.5 x (1 + tanh u)): an identity, and inductor's
-  vectorised CPU sigmoid is much cheaper than its tanh (an 8192 x 1024 GELU: 22 ms vs 40 ms on one core;
-  diffusers' eager ATen GELU 28 ms); the GELU was ~12% of a compiled Latte forward.
+  vectorised CPU sigmoid is cheaper than its tanh (an 8192 x 1024 GELU on one core: 38.8 -> 26.8 ms; ATen eager
+  27.7; scripts/bench_cpu_kernels.py); the GELU was ~12% of a compiled Latte forward.
 - addmm(bias, x, W) whose every use is pointwise -> mm(x, W) + bias: ATen's CPU addmm first copies the
   broadcast bias into its output (a full write, then the GEMM reads it back); unfused, the bias add joins the
   pointwise kernel that follows anyway (GELU, gate * out + residual). Inductor does this on GPUs only.
@@ -62,8 +62,15 @@ def _unfuse_bias(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
     return True
 
 
+REWRITES = {"gelu": (aten.add.Tensor, _one_plus_tanh_as_sigmoid), "bias": (aten.addmm.default, _unfuse_bias)}
+
+
 class CPURewrites(CustomGraphPass or object):
-    rewrites = {aten.add.Tensor: _one_plus_tanh_as_sigmoid, aten.addmm.default: _unfuse_bias}
+    """The rewrites named in `only` (default: all; a subset for scripts/bench_vs_diffusers.py --ablate-rewrites)."""
+
+    def __init__(self, only: tuple[str, ...] = tuple(REWRITES)):
+        self.only = tuple(only)
+        self.rewrites = dict(REWRITES[name] for name in self.only)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.nodes):
@@ -71,8 +78,8 @@ class CPURewrites(CustomGraphPass or object):
             if rewrite is not None and _on_cpu(node):
                 rewrite(graph, node)
 
-    def uuid(self) -> bytes:  # inductor's FX-graph cache key: this file's contents
-        return get_hash_for_files((__file__,))
+    def uuid(self) -> bytes:  # inductor's FX-graph cache key: this file's contents and the rewrites chosen
+        return get_hash_for_files((__file__,)) + ",".join(self.only).encode()
 
 
 CPU_REWRITES = CPURewrites() if CustomGraphPass is not None else None
