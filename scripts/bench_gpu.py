@@ -98,7 +98,7 @@ def cache_step_ms(model, call, x, t, y, spec, config_cls, steps: int, device) ->
     from videosys.cache import configs_from_spec
 
     model.disable_cache()
-    for c in configs_from_spec(spec, config_cls(preset="tiny").cache_models()) if spec else []:
+    for c in configs_from_spec(spec, config_cls(preset="tiny").published_cache_settings()) if spec else []:
         model.enable_cache(c)
     timesteps = torch.linspace(999, 0, steps)
     model.cache_begin([float(v) for v in timesteps])

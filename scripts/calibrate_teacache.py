@@ -25,7 +25,6 @@ import sys
 
 from videosys import VideoSysEngine
 from videosys.cache.calibrate import calibrate, calibrate_magcache
-from videosys.cache.teacache import COEFFICIENTS
 from videosys.eval.runs import add_model_args, model_config, prompt_list
 from videosys.utils.files import write_json
 
@@ -78,11 +77,12 @@ def main(argv=None) -> int:
     with VideoSysEngine(config) as engine:
         prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)
         result = calibrate(engine.pipeline, prompts, seeds=range(args.seeds), degree=args.degree)
-    published = next((key for key in config.cache_models() if key in COEFFICIENTS), None)
+    table = config.cache_settings.get("teacache", {})  # the family's published polynomials, by cache key
+    published = next((key for key in config.cache_models() if key in table), None)
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path,
               "steps": config.num_inference_steps, "prompts": names, "seeds": args.seeds, "degree": args.degree,
               **result.summary(), "published": published,
-              "published_r2": result.r2(COEFFICIENTS[published]) if published is not None else None,
+              "published_r2": result.r2(table[published]["coefficients"]) if published is not None else None,
               "x": result.x.tolist(), "y": result.y.tolist()}
     write_json(args.output, report)
     print(f"{report['points']} points from {len(prompts) * args.seeds} videos x {config.num_inference_steps} steps; "

@@ -41,3 +41,18 @@ def one_thread_per_rank():
         torch.set_num_threads(1)
         yield
         torch.set_num_threads(threads)
+
+
+
+def published(*keys: str) -> dict:
+    """The published cache settings (method name -> fields) of the checkpoint with these cache keys (most specific
+    first, e.g. "cogvideox-5b", "cogvideox"), from the family that publishes under them: what that checkpoint's
+    BaseConfig.published_cache_settings() gives."""
+    from videosys.cache.registry import settings_for
+    from videosys.models import FAMILIES, config_class
+
+    for family in FAMILIES:
+        found = settings_for(config_class(family).cache_settings, keys)
+        if found:
+            return found
+    return {}

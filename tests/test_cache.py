@@ -7,8 +7,11 @@ import torch
 from videosys import LatteConfig, LattePipeline
 from videosys.cache import PAB, PABConfig, TeaCacheConfig, configs_from_spec
 from videosys.cache.hooks import ModuleHooks
-from videosys.cache.teacache import COEFFICIENTS, TeaCache, relative_l1, rescale
+from videosys.cache.teacache import TeaCache, relative_l1, rescale
 
+from conftest import published
+
+LATTE_COEFFICIENTS = published("latte")["teacache"]["coefficients"]
 PROMPT = "a red circle moving to the right"
 RUN = dict(seed=0, num_frames=4, num_inference_steps=12)
 
@@ -24,7 +27,7 @@ def uncached():
 
 # ---- maths ------------------------------------------------------------------------------------
 def test_rescale_is_numpy_poly1d():
-    for coefficients in (COEFFICIENTS["latte"], COEFFICIENTS["open-sora"], (1.0, 2.0, 3.0)):
+    for coefficients in (LATTE_COEFFICIENTS, published("open-sora")["teacache"]["coefficients"], (1.0, 2.0, 3.0)):
         for x in (0.0, 0.013, 0.07, 0.3):
             assert rescale(coefficients, x) == pytest.approx(float(np.poly1d(coefficients)(x)), rel=1e-12, abs=1e-12)
     assert rescale((1.0, 2.0, 3.0), 2.0) == 11.0  # 4 + 4 + 3
@@ -33,17 +36,17 @@ def test_rescale_is_numpy_poly1d():
 def test_polynomial_is_not_trusted_past_its_last_peak():
     from videosys.cache.teacache import last_peak
 
-    peak = last_peak(COEFFICIENTS["latte"])
+    peak = last_peak(LATTE_COEFFICIENTS)
     assert peak == pytest.approx(0.1741, abs=1e-3)  # -2464x^4 + ... has its last maximum there
-    assert last_peak(COEFFICIENTS["open-sora"]) == float("inf")  # rises for ever
-    cache = TeaCache(TeaCacheConfig(threshold=1.0, coefficients=COEFFICIENTS["latte"]))
+    assert last_peak(published("open-sora")["teacache"]["coefficients"]) == float("inf")  # rises for ever
+    cache = TeaCache(TeaCacheConfig(threshold=1.0, coefficients=LATTE_COEFFICIENTS))
     cache.begin([3.0, 2.0, 1.0, 0.0])
     cache.set_step(0, 3.0)
     cache.skip(torch.ones(4))
     cache.store(torch.zeros(4), torch.ones(4))
     cache.set_step(1, 2.0)
     # a 100% change: the raw polynomial gives -2.1e3 (skip!), the clamped one 1.2 >= 1.0 (compute)
-    assert rescale(COEFFICIENTS["latte"], 1.0) < 0
+    assert rescale(LATTE_COEFFICIENTS, 1.0) < 0
     assert not cache.skip(torch.full((4,), 2.0))
 
 
@@ -99,7 +102,7 @@ def test_a_non_finite_distance_computes():
 
 # ---- TeaCache ----------------------------------------------------------------------------------
 def test_teacache_threshold_zero_is_exact(uncached):
-    pipe = pipeline(cache=TeaCacheConfig(threshold=0.0))
+    pipe = pipeline(cache=TeaCacheConfig(threshold=0.0, coefficients=LATTE_COEFFICIENTS))
     out = pipe.generate(PROMPT, **RUN)
     assert out.stats["teacache"]["reused_steps"] == 0
     assert torch.equal(out.video, uncached)
@@ -164,7 +167,7 @@ def test_teacache_state_is_reset_every_generation():
 
 
 def test_teacache_first_and_last_steps_always_compute():
-    cache = TeaCache(TeaCacheConfig(threshold=1e9))
+    cache = TeaCache(TeaCacheConfig(threshold=1e9, coefficients=LATTE_COEFFICIENTS))
     cache.begin([float(t) for t in range(5)])
     decisions = []
     for i in range(5):
@@ -287,9 +290,9 @@ def test_pab_latte_stats_match_the_plan():
 # ---- configuration and isolation ---------------------------------------------------------------
 def test_config_switches_and_presets():
     tea = LatteConfig(preset="tiny", enable_teacache=True, teacache_thresh=0.2).cache_configs()
-    assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["latte"])]
-    assert configs_from_spec("teacache-fast", "latte")[0].threshold == 0.2
-    assert configs_from_spec("teacache-slow", "latte")[0].threshold == 0.1
+    assert tea == [TeaCacheConfig(threshold=0.2, coefficients=LATTE_COEFFICIENTS)]
+    assert configs_from_spec("teacache-fast", published("latte"))[0].threshold == 0.2
+    assert configs_from_spec("teacache-slow", published("latte"))[0].threshold == 0.1
     pab = LatteConfig(preset="tiny", enable_pab=True).cache_configs()[0]
     assert pab.spatial == ((100.0, 800.0), 2) and pab.temporal == ((100.0, 800.0), 3)
     assert pab.cross == ((100.0, 800.0), 6) and sorted(pab.mlp) == [400.0, 480.0, 560.0, 640.0, 720.0]
@@ -299,10 +302,12 @@ def test_config_switches_and_presets():
         LatteConfig(cache="pab", enable_pab=True)
     with pytest.raises(ValueError, match="threshold"):
         TeaCacheConfig(threshold=-1)
+    with pytest.raises(ValueError, match="needs the model's polynomial coefficients"):  # no default: no other
+        TeaCacheConfig(threshold=0.1)  # model's polynomial stands in
 
 
 def test_yaml_keeps_cache(tmp_path):
-    config = LatteConfig(preset="tiny", cache=[TeaCacheConfig(threshold=0.15), "pab"])
+    config = LatteConfig(preset="tiny", cache=[TeaCacheConfig(threshold=0.15, coefficients=LATTE_COEFFICIENTS), "pab"])
     config.to_yaml(tmp_path / "c.yaml")
     again = LatteConfig.from_yaml(str(tmp_path / "c.yaml"))
     assert again.cache_configs() == config.cache_configs()

@@ -10,18 +10,19 @@ from videosys.cache.fastercache import Calls, FasterCache, FasterCacheConfig
 from videosys.cache.hooks import Cache
 from videosys.cache.taylorseer import TaylorSeerConfig
 
-from conftest import PROMPT, tiny_pipeline
+from conftest import PROMPT, published, tiny_pipeline
 
 RUN = dict(seed=0, num_frames=4, num_inference_steps=12)
 
 
 def test_fastercache_cfg_part_alone_acts_at_the_cfg_point_only():
-    (cfg,) = configs_from_spec("fastercache-cfg", ("latte",))
-    default = FasterCacheConfig.for_model(("latte",))  # the authors' Latte schedule, uncond and windows kept
+    (cfg,) = configs_from_spec("fastercache-cfg", published("latte"))
+    # the authors' Latte schedule, uncond and windows kept
+    default = FasterCacheConfig.for_model(published("latte")["fastercache"])
     assert cfg.spatial is None and cfg.temporal is None and cfg.uncond == default.uncond == Calls(18, every=5)
     assert (cfg.low_window, cfg.high_window, cfg.calls, cfg.compound) == (Calls(1, 44), Calls(45), 50, True)
-    assert configs_from_spec("fastercache-cfg-3", ("latte",))[0].uncond == Calls(18, every=3)
-    osp = ("open-sora-plan-v120", "open-sora-plan")  # no authors' settings: diffusers' window
+    assert configs_from_spec("fastercache-cfg-3", published("latte"))[0].uncond == Calls(18, every=3)
+    osp = published("open-sora-plan-v120", "open-sora-plan")  # no authors' settings: diffusers' window
     assert configs_from_spec("fastercache-cfg-3", osp)[0].uncond == ((-1.0, 641.0), 3)
     assert FasterCache.acts_at(cfg) == {"cfg"}
     assert FasterCache.acts_at(FasterCacheConfig()) == {"module", "cfg"}
@@ -29,13 +30,13 @@ def test_fastercache_cfg_part_alone_acts_at_the_cfg_point_only():
     # its stack hook only reads the batch rows: by the default rule (every hook defined) it would claim "stack"
     assert FasterCache.stack is not None and "stack" in Cache.acts_at.__func__(FasterCache, default)
     with pytest.raises(ValueError, match="unknown cache"):
-        configs_from_spec("fastercache-cfg-0", ("latte",))
+        configs_from_spec("fastercache-cfg-0", published("latte"))
 
 
 @pytest.mark.parametrize("spec", ["teacache-fast+fastercache", "fbcache+fastercache-cfg", "forecast-i2+fastercache-cfg",
                                   "forecast-i2+fastercache", "taylorseer-3+fastercache-cfg", "pab+fastercache-cfg"])
 def test_fastercache_joins_methods_at_other_points(spec):
-    names = [type(c).__name__ for c in configs_from_spec(spec, ("latte",))]
+    names = [type(c).__name__ for c in configs_from_spec(spec, published("latte"))]
     assert len(names) == 2 and "FasterCacheConfig" in names
 
 
@@ -118,7 +119,7 @@ def test_the_authors_uncond_period_counts_model_calls_next_to_a_step_method():
 def test_two_methods_at_one_point_are_refused_before_any_compute(spec, point):
     match = f"both act at the '{point}' hook point" if point else "enabled once"
     with pytest.raises(ValueError, match=match):
-        configs_from_spec(spec, ("latte",))
+        configs_from_spec(spec, published("latte"))
     with pytest.raises(ValueError, match=match):
         LatteConfig(preset="tiny", cache=spec)  # the config refuses it when built
     pipe = tiny_pipeline("latte")
@@ -127,6 +128,6 @@ def test_two_methods_at_one_point_are_refused_before_any_compute(spec, point):
         pipe.set_cache(spec)
     assert list(pipe.transformer.caches) == ["teacache"]  # nothing changed
     with pytest.raises(ValueError, match="both act at the 'stack'"):  # enabling one at a time: refused too
-        pipe.transformer.enable_cache(configs_from_spec("fbcache", ("latte",))[0])
+        pipe.transformer.enable_cache(configs_from_spec("fbcache", published("latte"))[0])
     pipe.transformer.enable_cache(TaylorSeerConfig(interval=3))  # a different point: joins
     assert list(pipe.transformer.caches) == ["teacache", "taylorseer"]

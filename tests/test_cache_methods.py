@@ -14,7 +14,7 @@ from videosys.cache.magcache import MagCacheConfig
 from videosys.cache.registry import config_from_name, configs_from_spec
 from videosys.cache.taylorseer import TaylorSeerConfig, forecast, full_step, update_factors
 
-from conftest import PROMPT, tiny_pipeline
+from conftest import PROMPT, published, tiny_pipeline
 from distributed import run_distributed
 from test_cache_registry import FAMILIES, build
 
@@ -65,12 +65,12 @@ def test_taylorseer_schedule_is_the_papers():
 
 
 def test_names_parse_to_the_published_settings():
-    models = ("latte",)
-    assert config_from_name("taylorseer", models) == TaylorSeerConfig(interval=5, max_order=1, warmup=3)
-    assert config_from_name("taylorseer-3-2", models) == TaylorSeerConfig(interval=3, max_order=2)
-    assert config_from_name("fbcache", models) == FirstBlockCacheConfig(threshold=0.05)
-    assert config_from_name("easycache-0.1", models) == EasyCacheConfig(threshold=0.1, warmup=5)
-    assert configs_from_spec({"method": "magcache", "ratios": [1.0, 0.9]}, models) == [
+    latte = published("latte")  # the published settings of Latte
+    assert config_from_name("taylorseer", latte) == TaylorSeerConfig(interval=5, max_order=1, warmup=3)
+    assert config_from_name("taylorseer-3-2", latte) == TaylorSeerConfig(interval=3, max_order=2)
+    assert config_from_name("fbcache", latte) == FirstBlockCacheConfig(threshold=0.05)
+    assert config_from_name("easycache-0.1", latte) == EasyCacheConfig(threshold=0.1, warmup=5)
+    assert configs_from_spec({"method": "magcache", "ratios": [1.0, 0.9]}, latte) == [
         MagCacheConfig(ratios=(1.0, 0.9))]
     pipe = tiny_pipeline("latte")
     with pytest.raises(ValueError, match="magnitude ratios"):  # none published for Latte: asks for a calibration

@@ -13,6 +13,7 @@ from videosys.cache import Cache, choices, configs_from_spec, register, spec_to_
 from videosys.cache.registry import unregister
 from videosys.models import config_class
 
+from conftest import published
 from distributed import run_distributed
 
 PROMPT = "a red circle moving to the right"
@@ -159,10 +160,10 @@ def test_names_parse_everywhere_from_the_registration(tmp_path, capsys):
 
     assert "counting" in choices() and "counting-<split|whole>" in choices()
     assert "counting-whole" in sweep_names()
-    assert configs_from_spec("counting-whole", ("latte",)) == [CountingConfig(split_stack=False)]
-    assert configs_from_spec({"method": "counting", "split_stack": False}, "latte") == [CountingConfig(False)]
+    assert configs_from_spec("counting-whole", published("latte")) == [CountingConfig(split_stack=False)]
+    assert configs_from_spec({"method": "counting", "split_stack": False}, published("latte")) == [CountingConfig(False)]
     with pytest.raises(ValueError, match="counting-<split|whole>"):
-        configs_from_spec("counting-sideways", "latte")
+        configs_from_spec("counting-sideways", published("latte"))
     config = LatteConfig(preset="tiny", cache=[CountingConfig(split_stack=False), "pab"])
     assert spec_to_plain(config.cache)[0] == {"method": "counting", "split_stack": False}
     config.to_yaml(tmp_path / "c.yaml")

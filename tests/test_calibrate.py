@@ -36,7 +36,7 @@ def test_r2_scores_a_polynomial_as_teacache_evaluates_it():
 
 def test_calibrate_records_consecutive_changes_and_restores_caches(tiny_latte):
     transformer = tiny_latte.transformer
-    transformer.enable_cache(TeaCacheConfig(threshold=0.3))
+    transformer.enable_cache(TeaCacheConfig(threshold=0.3, coefficients=(1.0,)))
     cache_before = transformer.active_cache("teacache")
     outputs = []
     handle = transformer.register_forward_hook(lambda m, a, out: outputs.append(out.detach().clone()))

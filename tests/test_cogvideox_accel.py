@@ -12,10 +12,11 @@ import torch
 
 from videosys import CogVideoXConfig, CogVideoXPipeline
 from videosys.cache import PABConfig, TeaCacheConfig
-from videosys.cache.teacache import COEFFICIENTS
 from videosys.core.parallel import ParallelState
 from videosys.models.cogvideox.pipeline import tiny_transformer_config
 from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel
+
+from conftest import published
 
 PROMPT = "a red circle moving to the right"
 # 9 frames -> 3 latent frames of 3x5 patches (48x80 px): 45 video tokens, so sp=2 pads the last shard
@@ -45,8 +46,8 @@ def test_published_cache_settings(tmp_path):
     assert CogVideoXConfig(model_path="THUDM/CogVideoX-5b").cache_models()[0] == "cogvideox-5b"
     assert tiny().cache_models()[1] == "cogvideox"
     tea = tiny(preset="tiny-5b", cache="teacache-fast").cache_configs()
-    assert tea == [TeaCacheConfig(threshold=0.2, coefficients=COEFFICIENTS["cogvideox-5b"])]
-    assert tiny(enable_teacache=True).cache_configs()[0].coefficients == COEFFICIENTS["cogvideox-2b"]
+    assert tea == [TeaCacheConfig(threshold=0.2, coefficients=published("cogvideox-5b")["teacache"]["coefficients"])]
+    assert tiny(enable_teacache=True).cache_configs()[0].coefficients == published("cogvideox-2b")["teacache"]["coefficients"]
     pab = tiny(enable_pab=True).cache_configs()[0]
     assert pab.spatial == ((100.0, 850.0), 2) and pab.temporal is None and pab.cross is None and pab.mlp == {}
     # a local folder: its transformer config (RoPE or not) decides, whatever the folder is called
@@ -69,7 +70,7 @@ def test_heads_must_divide_by_sp():
 # ---- TeaCache -----------------------------------------------------------------------------------
 
 def test_teacache_threshold_zero_is_exact(pipe, uncached):
-    pipe.set_cache(TeaCacheConfig(threshold=0.0, coefficients=COEFFICIENTS["cogvideox-2b"]))
+    pipe.set_cache(TeaCacheConfig(threshold=0.0, coefficients=published("cogvideox-2b")["teacache"]["coefficients"]))
     out = pipe.generate(PROMPT, **RUN)
     assert out.stats["teacache"] == {"computed_steps": 10, "reused_steps": 0, "reused_step_indices": []}
     assert torch.equal(out.latents, uncached.latents) and torch.equal(out.video, uncached.video)
@@ -154,7 +155,7 @@ def test_teacache_reuse_adds_both_residuals_to_new_inputs():
 # ---- PAB ----------------------------------------------------------------------------------------
 
 def test_pab_range_one_is_exact(pipe, uncached):
-    pipe.set_cache(PABConfig.for_model("cogvideox", spatial=((-1, 2000), 1)))
+    pipe.set_cache(PABConfig.for_model(published("cogvideox")["pab"], spatial=((-1, 2000), 1)))
     out = pipe.generate(PROMPT, **RUN)
     layers = pipe.transformer.config.num_layers
     assert out.stats["pab"] == {"spatial_computed": 10 * layers}

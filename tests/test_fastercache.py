@@ -18,7 +18,7 @@ from videosys.cache.hooks import Site
 from videosys.core.parallel import ParallelState
 from videosys.core.pipeline import VideoSysPipeline
 
-from conftest import PROMPT, tiny_config, tiny_pipeline
+from conftest import PROMPT, published, tiny_config, tiny_pipeline
 from test_cogvideox import TEXT_DIM, TEXT_LEN, pair
 
 ALWAYS = (-1, 2000)  # a window holding every timestep
@@ -61,7 +61,7 @@ def plan(fc: FasterCache, steps: int) -> dict:
 @pytest.mark.parametrize("models", list(AUTHORS_RULES), ids=lambda m: m[0])
 def test_defaults_are_the_authors_schedules_at_their_step_counts(models):
     calls, attention, uncond, low, high, weight, alphas = AUTHORS_RULES[models]
-    config = configs_from_spec("fastercache", models)[0]
+    config = configs_from_spec("fastercache", published(*models))[0]
     assert config.compound and (config.alpha_low, config.alpha_high) == alphas and config.calls == calls
     got = plan(FasterCache(config), calls)
     every = range(1, calls + 1)
@@ -74,7 +74,7 @@ def test_defaults_are_the_authors_schedules_at_their_step_counts(models):
 
 def test_other_step_counts_scale_the_authors_bounds_and_keep_their_periods():
     # our call c of n ends at progress c / n; their calls first..last of N span ((first - 1) / N, last / N]
-    latte = FasterCache(configs_from_spec("fastercache", ("latte",))[0])
+    latte = FasterCache(configs_from_spec("fastercache", published("latte"))[0])
     # 10 steps for their 50: attention from their call 16 (c > 15 / 5), uncond from 18 (c > 17 / 5), low on their
     # calls <= 44 (c <= 8.8), high from 45 (c > 8.8: no gap); the periods (even calls, not divisible by 5) are ours
     assert plan(latte, 10) == {"spatial": [4, 6, 8, 10], "temporal": [4, 6, 8, 10], "uncond": [4, 6, 7, 8, 9],
@@ -82,7 +82,7 @@ def test_other_step_counts_scale_the_authors_bounds_and_keep_their_periods():
                                "weight": {4: 0.5, 6: 0.5, 8: 0.5, 10: 0.5}}
     at_100 = plan(latte, 100)  # c > 30, even; low to 88, high from 89
     assert at_100["spatial"][:3] == [32, 34, 36] and (at_100["low"][-1], at_100["high"][0]) == (88, 89)
-    open_sora = plan(FasterCache(configs_from_spec("fastercache", ("open-sora",))[0]), 10)
+    open_sora = plan(FasterCache(configs_from_spec("fastercache", published("open-sora"))[0]), 10)
     # c stands for their 3c: attention on even c > 7 / 3, uncond from c > 11 / 3, low c <= 25 / 3, high c > 19 / 3;
     # the ramp 0.9 (call - 7) / 20 read at their call 3c
     assert open_sora["spatial"] == [4, 6, 8, 10] and open_sora["uncond"] == [4, 6, 7, 8, 9]
@@ -90,33 +90,33 @@ def test_other_step_counts_scale_the_authors_bounds_and_keep_their_periods():
     assert open_sora["weight"] == pytest.approx({c: 0.9 * (3 * c - 7) / 20 for c in (4, 6, 8, 10)})
     # Open-Sora-Plan v1.1: 6 PNDM steps are 15 calls, for their 159 (150 steps): attention c > 44 * 15 / 159 = 4.15,
     # uncond c > 39 * 15 / 159 = 3.68, low c <= 130 * 15 / 159 = 12.26
-    osp = plan(FasterCache(configs_from_spec("fastercache", ("open-sora-plan-v110", "open-sora-plan"))[0]), 15)
+    osp = plan(FasterCache(configs_from_spec("fastercache", published("open-sora-plan-v110", "open-sora-plan"))[0]), 15)
     assert osp["spatial"] == [5, 7, 8, 10, 11, 13, 14] and osp["uncond"] == [4, 5, 7, 8, 9, 10, 11, 13, 14, 15]
     assert osp["low"] == list(range(1, 13)) and osp["high"] == [13, 14, 15]
-    cog = plan(FasterCache(configs_from_spec("fastercache", ("cogvideox-5b", "cogvideox"))[0]), 10)
+    cog = plan(FasterCache(configs_from_spec("fastercache", published("cogvideox-5b", "cogvideox"))[0]), 10)
     assert cog["spatial"] == [4, 5, 7, 8, 10] and cog["temporal"] == [] and cog["uncond"] == [4, 6, 7, 8, 9]
     assert cog["low"] == list(range(1, 9)) and cog["high"] == [6, 7, 8, 9, 10]  # c <= 40 / 5, c > 29 / 5
 
 
 def test_diffusers_defaults_names_and_calls():
     for models in (("latte",), ("open-sora-plan-v120", "open-sora-plan"), ("cogvideox-5b", "cogvideox")):
-        c = configs_from_spec("fastercache-diffusers", models)[0]
+        c = configs_from_spec("fastercache-diffusers", published(*models))[0]
         # diffusers 0.42.1 FasterCacheConfig defaults; Open-Sora-Plan v1.2 (no authors' settings) has them by default
         assert (c.spatial, c.temporal, c.uncond) == (((-1.0, 681.0), 2), None, ((-1.0, 641.0), 5))
         assert (c.alpha_low, c.alpha_high, c.low_window, c.high_window) == (1.1, 1.1, (99.0, 901.0), (-1.0, 301.0))
         assert c.weight == 0.5 and c.compound and c.calls is None
-    assert configs_from_spec("fastercache", ("open-sora-plan-v120", "open-sora-plan"))[0] == c
+    assert configs_from_spec("fastercache", published("open-sora-plan-v120", "open-sora-plan"))[0] == c
     plain = FasterCacheConfig()  # the class: diffusers' windows, the paper's formula
     assert plain.weight is None and not plain.compound and plain.spatial == ((-1.0, 681.0), 2)
-    c = configs_from_spec("fastercache-3-4t", ("cogvideox-2b", "cogvideox"))[0]  # the authors' bounds, other periods
+    c = configs_from_spec("fastercache-3-4t", published("cogvideox-2b", "cogvideox"))[0]  # the authors' bounds, other periods
     assert c.spatial == Calls(18, every=3) == c.temporal and c.uncond == Calls(18, every=4) and c.weight == 0.3
-    c = configs_from_spec("fastercache-3", ("latte",))[0]  # Latte computes on odd calls: the phase modulo 3
+    c = configs_from_spec("fastercache-3", published("latte"))[0]  # Latte computes on odd calls: the phase modulo 3
     assert c.spatial == Calls(16, every=3, phase=1) == c.temporal and c.uncond == Calls(18, every=5)
-    c = configs_from_spec("fastercache-3-4t", ("open-sora-plan-v120", "open-sora-plan"))[0]
+    c = configs_from_spec("fastercache-3-4t", published("open-sora-plan-v120", "open-sora-plan"))[0]
     assert c.spatial == ((-1.0, 681.0), 3) == c.temporal and c.uncond == ((-1.0, 641.0), 4)
     for bad in ("fastercache-0", "fastercache-x", "fastercache-1-2-3"):
         with pytest.raises(ValueError, match="unknown cache"):
-            configs_from_spec(bad, ("latte",))
+            configs_from_spec(bad, published("latte"))
     with pytest.raises(ValueError, match="lo < hi"):
         FasterCacheConfig(uncond=((500, 100), 2))
     with pytest.raises(ValueError, match="first <= last"):
@@ -134,7 +134,7 @@ def test_diffusers_defaults_names_and_calls():
 def test_authors_config_round_trips_through_yaml(tmp_path):
     from videosys.models import config_class
 
-    config = config_class("latte")(preset="tiny", cache=[configs_from_spec("fastercache", ("latte",))[0]])
+    config = config_class("latte")(preset="tiny", cache=[configs_from_spec("fastercache", published("latte"))[0]])
     config.to_yaml(tmp_path / "c.yaml")
     assert type(config).from_yaml(str(tmp_path / "c.yaml")).cache_configs() == config.cache_configs()
 

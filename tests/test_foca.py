@@ -9,7 +9,7 @@ from videosys.cache.foca import FoCa, FoCaConfig, Track, predict
 from videosys.cache.hooks import Site
 from videosys.cache.registry import choices, config_from_name, configs_from_spec, sweep_names
 
-from conftest import PROMPT, tiny_pipeline
+from conftest import PROMPT, published, tiny_pipeline
 
 SQUARES = {s: float(s * s) for s in range(10)}  # F(s) = s^2: not a line, so the corrector matters
 
@@ -87,15 +87,15 @@ def test_schedule_on_a_model_forecasts_exactly_the_scheduled_steps():
 
 
 def test_names_parse():
-    models = ("latte",)
-    assert config_from_name("foca", models) == FoCaConfig(interval=5, warmup=3)  # TaylorSeer's published defaults
-    assert config_from_name("foca-3", models) == FoCaConfig(interval=3)
-    assert config_from_name("foca-4-w2-raw", models) == FoCaConfig(interval=4, warmup=2, normalise=False)
-    assert configs_from_spec({"method": "foca", "interval": 6}, models) == [FoCaConfig(interval=6)]
+    latte = published("latte")  # the published settings of Latte
+    assert config_from_name("foca", latte) == FoCaConfig(interval=5, warmup=3)  # TaylorSeer's published defaults
+    assert config_from_name("foca-3", latte) == FoCaConfig(interval=3)
+    assert config_from_name("foca-4-w2-raw", latte) == FoCaConfig(interval=4, warmup=2, normalise=False)
+    assert configs_from_spec({"method": "foca", "interval": 6}, latte) == [FoCaConfig(interval=6)]
     assert "foca-<interval>[-w<warmup>][-raw]" in choices() and "foca-3" in sweep_names()
     for bad in ("foca-x", "foca-3-q", "foca-0", "foca-3-w0"):
         with pytest.raises(ValueError):
-            config_from_name(bad, models)
+            config_from_name(bad, latte)
     with pytest.raises(ValueError, match="schedule"):
         FoCaConfig(schedule="sometimes")
     from videosys.cli import build_parser, make_config

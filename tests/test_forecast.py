@@ -8,7 +8,7 @@ from videosys import VideoSysEngine
 from videosys.cache import configs_from_spec
 from videosys.cache.forecast import ForecastConfig, OutputForecast, newton_coefficients
 
-from conftest import PROMPT, tiny_config, tiny_pipeline
+from conftest import PROMPT, published, tiny_config, tiny_pipeline
 from distributed import assert_same_as_single
 
 RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=10)
@@ -90,14 +90,14 @@ def test_adaptive_schedule_accumulates_the_last_terms_size():
 
 
 def test_names_and_bad_settings():
-    (config,) = configs_from_spec("forecast-i3-o2", ("latte",))
+    (config,) = configs_from_spec("forecast-i3-o2", published("latte"))
     assert (config.interval, config.order, config.basis) == (3, 2, "newton")
-    (config,) = configs_from_spec("forecast-0.3-o1-w4-m5-t2-taylor-err", ("latte",))
+    (config,) = configs_from_spec("forecast-0.3-o1-w4-m5-t2-taylor-err", published("latte"))
     fields = (config.threshold, config.order, config.warmup, config.max_skip, config.tail, config.basis, config.error)
     assert fields == (0.3, 1, 4, 5, 2, "taylor", True)
     for bad in ("forecast-x", "forecast-i3-q2"):
         with pytest.raises(ValueError, match="unknown cache"):
-            configs_from_spec(bad, ("latte",))
+            configs_from_spec(bad, published("latte"))
     with pytest.raises(ValueError, match="needs order >= 1"):
         ForecastConfig(order=0, interval=0)
     with pytest.raises(ValueError, match="basis"):

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from videosys import OpenSoraConfig, OpenSoraPipeline
 from videosys.cache import PABConfig, TeaCacheConfig, configs_from_spec
-from videosys.cache.teacache import COEFFICIENTS
 from videosys.core import comm
 from videosys.models.open_sora.pipeline import published_timestep
 from videosys.cache import pab as pab_lib
 from videosys.models.open_sora.transformer import STDiT3, STDiT3Block, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 
+from conftest import published
 from distributed import generate_per_cache
 
 PROMPT = "a red circle moving to the right"
@@ -54,7 +54,7 @@ def test_configs_take_the_published_open_sora_settings():
     config = tiny_config()
     assert config.cache_models() == ("open-sora",)
     (tea,) = tiny_config(cache="teacache-fast").cache_configs()
-    assert tea.threshold == 0.2 and tea.coefficients == COEFFICIENTS["open-sora"]
+    assert tea.threshold == 0.2 and tea.coefficients == published("open-sora")["teacache"]["coefficients"]
     (pab,) = tiny_config(enable_pab=True).cache_configs()
     window = (450.0, 930.0)
     assert (pab.spatial, pab.temporal, pab.cross) == ((window, 2), (window, 4), (window, 6))
@@ -62,14 +62,14 @@ def test_configs_take_the_published_open_sora_settings():
 
 
 def test_pab_paper_variants_by_name():
-    default = PABConfig.for_model("open-sora")
-    assert configs_from_spec("pab-246", "open-sora") == [default]
+    default = PABConfig.for_model(published("open-sora")["pab"])
+    assert configs_from_spec("pab-246", published("open-sora")) == [default]
     for name, ranges in (("pab-357", (3, 5, 7)), ("pab-579", (5, 7, 9))):
-        (pab,) = configs_from_spec(name, "open-sora")
+        (pab,) = configs_from_spec(name, published("open-sora"))
         assert (pab.spatial[1], pab.temporal[1], pab.cross[1]) == ranges
         assert pab.spatial[0] == pab.temporal[0] == pab.cross[0] == (450.0, 930.0) and pab.mlp == default.mlp
     with pytest.raises(ValueError, match="pab-<ranges>"):
-        configs_from_spec("pab-35", "open-sora")
+        configs_from_spec("pab-35", published("open-sora"))
 
 
 def test_mlp_timesteps_are_steps_of_the_release_schedule_in_published_form():
@@ -135,14 +135,14 @@ def test_pab_cross_broadcast_reuses_each_blocks_own_output(monkeypatch):
 # ---- exactness and schedules -------------------------------------------------------------------------
 def test_teacache_threshold_zero_and_pab_range_one_are_exact(tiny, single):
     uncached = single["none"]
-    tiny.set_cache(TeaCacheConfig(threshold=0.0, coefficients=COEFFICIENTS["open-sora"]))
+    tiny.set_cache(TeaCacheConfig(threshold=0.0, coefficients=published("open-sora")["teacache"]["coefficients"]))
     out = tiny.generate(PROMPT, **RUN)
     assert out.stats["teacache"]["reused_steps"] == 0
     assert torch.equal(out.latents, uncached.latents) and torch.equal(out.video, uncached.video)
 
     # range 1 recomputes every step, whatever the window; the tiny schedule visits none of the MLP timesteps
     always = ((0, 1001), 1)
-    tiny.set_cache(PABConfig.for_model("open-sora", spatial=always, temporal=always, cross=always))
+    tiny.set_cache(PABConfig.for_model(published("open-sora")["pab"], spatial=always, temporal=always, cross=always))
     out = tiny.generate(PROMPT, **RUN)
     keys = tiny.transformer.active_cache("pab").timesteps
     tiny.set_cache(None)
@@ -176,7 +176,7 @@ def test_teacache_indicator_is_the_first_spatial_blocks_modulated_embedding():
     torch.manual_seed(0)
     model = STDiT3(STDiT3Config(hidden_size=32, depth=2, num_heads=2, caption_channels=12, model_max_length=6,
                                 input_sq_size=64)).eval()
-    model.enable_cache(TeaCacheConfig(threshold=0.1, coefficients=COEFFICIENTS["open-sora"]))
+    model.enable_cache(TeaCacheConfig(threshold=0.1, coefficients=published("open-sora")["teacache"]["coefficients"]))
     model.cache_begin([1000.0, 500.0])
     model.cache_step(0, 1000.0)
     seen, captured = {}, {}

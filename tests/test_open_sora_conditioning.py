@@ -19,6 +19,7 @@ from videosys.models.open_sora.transformer import STDiT3, STDiT3Config
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 from videosys.utils.video import save_video
 
+from conftest import published
 from distributed import assert_same_as_single, generate_per_cache
 
 PROMPT = "a red circle moving to the right"
@@ -276,7 +277,7 @@ def test_pab_computes_on_the_step_edited_frames_join(tiny, clip):
     ts = RectifiedFlowScheduler().timesteps(4, 48, 48, 34)
     every_other = ((0, 1001), 2)
     plans = {}
-    tiny.set_cache(PABConfig.for_model("open-sora", spatial=every_other, temporal=every_other, cross=every_other))
+    tiny.set_cache(PABConfig.for_model(published("open-sora")["pab"], spatial=every_other, temporal=every_other, cross=every_other))
     try:
         for name, strategy in (("hold", "0,0,0,0,5"), ("edit", f"0,0,0,0,5,{(ts[0] + ts[1]) / 2 / 1000}")):
             out = tiny.generate(PROMPT, reference=clip, mask_strategy=strategy, **RUN)

@@ -13,6 +13,7 @@ from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 from videosys.models.open_sora_plan.transformer import MASK_BIAS, OpenSoraT2V, OpenSoraT2VConfig
 from videosys.models.open_sora_plan.vae import CausalVAE, CausalVAEConfig
 
+from conftest import published
 from layout import assert_same_layout, reference_keys  # tests/layout.py
 
 PROMPT = "a red circle moving to the right"
@@ -408,7 +409,7 @@ def test_bad_inputs(tiny):
 # ---- caches --------------------------------------------------------------------------------------------
 def test_teacache_threshold_zero_and_pab_range_one_are_exact(tiny):
     base = run_tiny(tiny)
-    coefficients = TeaCacheConfig.for_model("open-sora-plan").coefficients
+    coefficients = published("open-sora-plan")["teacache"]["coefficients"]
     tea0 = run_tiny(tiny, TeaCacheConfig(threshold=0.0, coefficients=coefficients))
     assert torch.equal(tea0.latents, base.latents)
     assert tea0.stats["teacache"]["reused_steps"] == 0
@@ -439,7 +440,7 @@ def test_pab_compares_timesteps_truncated_as_videosys(tiny, monkeypatch):
     timesteps = reference.timesteps.tolist()
     assert timesteps[89] == pytest.approx(100.909, abs=1e-3)
     assert handed == [[float(int(t)) for t in timesteps]]
-    pab = PAB(PABConfig.for_model("open-sora-plan-v120"))
+    pab = PAB(PABConfig.for_model(published("open-sora-plan-v120")["pab"]))
     pab.begin(handed[0])
     # VideoSys's rule (pab_mgr.if_broadcast_spatial): count % range != 0 and lo < int(t) < hi
     expected = [i % 2 != 0 and 100 < int(t) < 850 for i, t in enumerate(timesteps)]

@@ -14,6 +14,7 @@ from videosys.models.open_sora_plan.latte_t2v import LatteT2V, LatteT2VConfig
 from videosys.models.open_sora_plan.vae import (CAUSALVAE_V110, CausalVAE, CausalVAEConfig, TimeDownsampleRes2x,
                                                 TimeUpsampleRes2x)
 
+from conftest import published
 from layout import assert_same_layout, reference_keys  # tests/layout.py
 
 PROMPT = "a red circle moving to the right"
@@ -270,7 +271,7 @@ def test_folder_round_trip_and_release_layout(tiny, base, tmp_path):
 
 # ---- caches --------------------------------------------------------------------------------------------
 def test_caches(tiny, base):
-    coefficients = TeaCacheConfig.for_model("open-sora-plan").coefficients
+    coefficients = published("open-sora-plan")["teacache"]["coefficients"]
     tea0 = run_tiny(tiny, TeaCacheConfig(threshold=0.0, coefficients=coefficients))
     assert torch.equal(tea0.latents, base.latents) and tea0.stats["teacache"]["reused_steps"] == 0
     pab1 = run_tiny(tiny, PABConfig(spatial=((0, 1000), 1), temporal=((0, 1000), 1), cross=((0, 1000), 1)))

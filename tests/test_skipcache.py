@@ -4,7 +4,7 @@ and refusing a model without skip branches. sp=2 against one process: tests/test
 import pytest
 import torch
 
-from conftest import PROMPT, tiny_pipeline
+from conftest import PROMPT, published, tiny_pipeline
 from videosys.cache import configs_from_spec
 from videosys.cache.skipcache import SkipCacheConfig
 
@@ -105,11 +105,11 @@ def test_refuses_a_model_without_skip_branches(tiny_latte):
 
 
 def test_names_and_settings():
-    (config,) = configs_from_spec("skipcache", ("latte",))
+    (config,) = configs_from_spec("skipcache", published("latte"))
     assert (config.interval, config.start_timestep, config.stop_timestep, config.branch) == (2, 700, 50, 1)
-    assert configs_from_spec("skipcache-4", ("latte",))[0].interval == 4
+    assert configs_from_spec("skipcache-4", published("latte"))[0].interval == 4
     with pytest.raises(ValueError, match="unknown cache"):
-        configs_from_spec("skipcache-fast", ("latte",))
+        configs_from_spec("skipcache-fast", published("latte"))
     with pytest.raises(ValueError, match="interval"):
         SkipCacheConfig(interval=0)
     with pytest.raises(ValueError, match="stop_timestep"):

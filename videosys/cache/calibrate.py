@@ -1,20 +1,20 @@
 """TeaCache coefficients for any model: record uncached generations, fit the rescaling polynomial.
 
-The published polynomials (teacache.COEFFICIENTS) were fitted by the reference over every step
+The published polynomials (the families' cache_settings.py) were fitted by the reference over every step
 of a prompt set: x = relative L1 change of the model's indicator between consecutive transformer
 calls, y = relative L1 change of the transformer's output, `numpy.polyfit(x, y, 4)`. A model
-without published coefficients (a fine-tune, Open-Sora-Plan v1.2, the demo model) gets its own:
+without published coefficients (a fine-tune, a new family, the demo model) gets its own:
 
     from videosys.cache.calibrate import calibrate
     result = calibrate(engine.pipeline, prompts, seeds=[0])
     engine.set_cache(TeaCacheConfig(threshold=0.1, coefficients=result.coefficients))
 
-or `python scripts/calibrate_teacache.py --model latte --preset demo`. The recorder is a registered
+or `python scripts/calibrate_teacache.py --model <family> --preset demo`. The recorder is a registered
 cache method ("teacache-recorder") at the block-stack hook point, so it reads the very indicator
 TeaCache reads. One process, cond and uncond in one batch (as the reference measured); the output
 distance is over the whole batched output (both CFG halves), as the indicator's is. A reconstruction
-pipeline (CascadeV) takes videos instead of prompts; where a step runs several DiT calls (its frame
-windows x tiles), each call is paired with the same part's call one step earlier (hooks.py: per-part state).
+pipeline takes videos instead of prompts; where a step runs several DiT calls (frame windows x tiles),
+each call is paired with the same part's call one step earlier (hooks.py: per-part state).
 
 MagCache's magnitude ratios likewise: `calibrate_magcache(engine.pipeline, prompts)` (`--method magcache`;
 the recorder "magcache-recorder") records, per step, the mean over tokens of |r_i| / |r_{i-1}| for the
@@ -81,7 +81,7 @@ class TeaCacheRecorder(Cache):
 
 
 register("teacache-recorder", TeaCacheRecorderConfig, TeaCacheRecorder,
-         for_model=lambda models: TeaCacheRecorderConfig())
+         for_model=lambda setting=None: TeaCacheRecorderConfig())
 
 
 @dataclass
@@ -145,7 +145,7 @@ def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progres
               **generate_kwargs) -> Calibration:
     """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
     put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...); a reconstruction
-    pipeline (CascadeV) takes videos as `prompts` and `pipeline.reconstruct` gets them."""
+    pipeline takes videos as `prompts` and `pipeline.reconstruct` gets them."""
     recorder = _record(pipeline, TeaCacheRecorderConfig(), "teacache-recorder", prompts, seeds, progress,
                        generate_kwargs, output_hook=lambda rec, out, state: rec.record_output(out, state))
     x, y = recorder.points()
@@ -202,7 +202,7 @@ class MagCacheRecorder(Cache):
 
 
 register("magcache-recorder", MagCacheRecorderConfig, MagCacheRecorder,
-         for_model=lambda models: MagCacheRecorderConfig())
+         for_model=lambda setting=None: MagCacheRecorderConfig())
 
 
 def calibrate_magcache(pipeline, prompts: list[str], seeds=(0,), progress: bool = True,

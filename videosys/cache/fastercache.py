@@ -59,7 +59,7 @@ from typing import Callable
 import torch
 
 from videosys.cache.hooks import Cache, Site
-from videosys.cache.registry import published, register
+from videosys.cache.registry import register
 
 SELF_ATTENTION = {"spatial": "spatial", "full": "spatial", "temporal": "temporal"}  # site kind -> setting
 
@@ -106,52 +106,23 @@ class Ramp:
         return self.scale * (call - self.zero) / self.span
 
 
-# Per-family defaults: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
-# (single-device scripts; counts are their 1-based `counter`, one [uncond; cond] call per step):
-#   latte (50 DDIM, configs/latte/fastercache_sample.yaml): spatial + temporal attention reused on even calls >= 16
-#     (`counter>=16 and counter%2==0`), weight 0.5; uncond skipped on calls >= 18 not divisible by 5; delta_lf x1.1 on
-#     calls < 45, `elif counter>35` delta_hf x1.1: so high on calls >= 45 only.
-#   open-sora (1.2, 30 rflow steps): spatial + temporal (STDiT3 blocks) on even calls > 7, weight 0.9 (call - 7) / 20;
-#     uncond skipped on calls > 11 not divisible by 5; high x1.15 on calls >= 20, low x1.15 on calls <= 25 (both ifs).
-#   open-sora-plan-v110 (configs/opensora_plan/fastercache_sample.yaml: v1.1.0 65x512x512, 150 PNDM steps = 159
-#     calls): spatial + temporal on calls >= 45 not divisible by 3, weight 0.3; uncond skipped on calls >= 40 not
-#     divisible by 6; low x1.1 on calls <= 130, `elif counter>=100` high x1.2: so on calls > 130 only.
-#   cogvideox (2b and 5b share the script; 50 steps): full attention on calls >= 18 not divisible by 3, weight 0.3;
-#     uncond skipped on calls >= 18 not divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.
+# The families' published settings live with each family (videosys/models/<family>/cache_settings.py): the authors'
+# settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py (single-device scripts; counts
+# are their 1-based `counter`, one [uncond; cond] call per step). Common to them:
 # compound=True: the paper's formula weights the stored deltas once, but every one of the authors' released
 # scripts (their published settings) multiplies them in place on each skipped call (alpha ** k on the k-th in
 # a row, reset at each full call): alpha 1.1 without compounding is another operating point than theirs, milder
 # (compound=False: the formula; tests/test_fastercache.py shows the difference).
 # Where the newest computed output lacks the rows a call needs (a full call after a cond-only one) ours
-# computes, as the Latte / Open-Sora-Plan / CogVideoX scripts do (their shape check); their Open-Sora script has
-# no check and broadcasts the cond rows to both branches there (calls 20 and 30). The multi-device scripts differ
-# (Open-Sora-Plan: temporal weight 0.5, spatial (call - 45) / 300; Open-Sora: MLP reuse in blocks 14-42); the
-# single-device ones are the reference. Open-Sora-Plan v1.2 (no authors' settings) gets diffusers'.
-_EVEN_FROM = dict(every=2, phase=1)  # acts on even calls: computes on odd ones
-AUTHORS = {
-    "latte": dict(spatial=Calls(16, **_EVEN_FROM), temporal=Calls(16, **_EVEN_FROM), weight=0.5,
-                  uncond=Calls(18, every=5), alpha_low=1.1, alpha_high=1.1, low_window=Calls(1, 44),
-                  high_window=Calls(45), compound=True, calls=50),
-    "open-sora": dict(spatial=Calls(8, **_EVEN_FROM), temporal=Calls(8, **_EVEN_FROM), weight=Ramp(7, 20, 0.9),
-                      uncond=Calls(12, every=5), alpha_low=1.15, alpha_high=1.15, low_window=Calls(1, 25),
-                      high_window=Calls(20), compound=True, calls=30),
-    "open-sora-plan-v110": dict(spatial=Calls(45, every=3), temporal=Calls(45, every=3), weight=0.3,
-                                uncond=Calls(40, every=6), alpha_low=1.1, alpha_high=1.2, low_window=Calls(1, 130),
-                                high_window=Calls(131), compound=True, calls=159),
-    "cogvideox": dict(spatial=Calls(18, every=3), temporal=None, weight=0.3, uncond=Calls(18, every=5),
-                      alpha_low=1.1, alpha_high=1.1, low_window=Calls(1, 40), high_window=Calls(30), compound=True,
-                      calls=50),
-}
+# computes, as the authors' scripts with a shape check do. The multi-device scripts differ; the single-device
+# ones are the reference. A model without the authors' settings gets diffusers' (DIFFUSERS).
+#
 # diffusers 0.42.1 FasterCacheConfig (hooks/faster_cache.py; reference/acceleration.md): spatial skip 2 in
 # (-1, 681), temporal off, uncond every 5 in (-1, 641), alpha 1.1 / 1.1 in (99, 901) / (-1, 301), attention weight
 # 0.5, deltas updated in place (compounding). 681 / 641 are the authors' Latte / CogVideoX start calls 16 / 18 of 50
 # DDIM steps as timesteps. `fastercache-diffusers` in every family.
 DIFFUSERS = dict(spatial=((-1, 681), 2), temporal=None, weight=0.5, uncond=((-1, 641), 5), alpha_low=1.1,
                  alpha_high=1.1, low_window=(99, 901), high_window=(-1, 301), compound=True, calls=None)
-DEFAULTS = {**AUTHORS, "open-sora-plan": DIFFUSERS}
-# CascadeV's sampler runs no CFG (one DiT call per step, on the condition-concatenated latents): diffusers'
-# attention reuse alone, the CFG-Cache part off (check_model refuses it on a model without CFG branches)
-DEFAULTS["cascadev"] = dict(DIFFUSERS, uncond=None)
 
 
 def _schedule(name: str, setting):
@@ -180,7 +151,7 @@ def _window(name: str, window):
 class FasterCacheConfig:
     """A schedule is ((lo, hi), every) in timesteps (strict on both ends) or `Calls`; None = that part off.
     The class defaults are diffusers' windows with the paper's formula (the ramp weight, no compounding);
-    `for_model` gives the family's published ones (DEFAULTS)."""
+    `for_model` gives the family's published ones (BaseConfig.cache_settings)."""
 
     spatial: tuple[tuple[float, float], int] | Calls | None = ((-1, 681), 2)  # spatial and full 3D self-attention
     temporal: tuple[tuple[float, float], int] | Calls | None = None
@@ -208,11 +179,16 @@ class FasterCacheConfig:
             raise ValueError(f"FasterCache calls: need a positive number of model calls, got {self.calls}")
 
     @classmethod
-    def for_model(cls, models: str | tuple[str, ...], **overrides) -> "FasterCacheConfig":
-        return cls(**{**published(DEFAULTS, models, "FasterCache defaults"), **overrides})
+    def for_model(cls, setting: dict | None, **overrides) -> "FasterCacheConfig":
+        """The family's published setting (its fields), with `overrides`; none published: an error (a model
+        without the authors' settings publishes diffusers', DIFFUSERS, in its cache_settings.py)."""
+        if setting is None:
+            raise ValueError("no published FasterCache defaults for this model (pass the settings explicitly, e.g. "
+                             "fastercache-diffusers)")
+        return cls(**{**setting, **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models: tuple[str, ...]) -> "FasterCacheConfig | None":
+    def from_name(cls, arg: str, setting: dict | None) -> "FasterCacheConfig | None":
         """"diffusers": diffusers' defaults. "N" (of "fastercache-3"): attention (spatial, and temporal where the
         defaults reuse it) computed every N-th step; "N-U": and uncond every U-th; a trailing "t" ("3t", "3-4t")
         reuses temporal attention with the spatial schedule. "cfg" / "cfg-U": the CFG-Cache part alone (attention
@@ -223,20 +199,20 @@ class FasterCacheConfig:
             every = arg[4:] or None
             if every is not None and not (every.isdigit() and int(every) >= 1):
                 return None
-            base = cls.for_model(models)
+            base = cls.for_model(setting)
             uncond = base.uncond if every is None else _every(base.uncond, int(every))
-            return cls.for_model(models, spatial=None, temporal=None, uncond=uncond)
+            return cls.for_model(setting, spatial=None, temporal=None, uncond=uncond)
         temporal = arg.endswith("t")
         parts = (arg[:-1] if temporal else arg).split("-")
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
             return None
-        base = cls.for_model(models)
+        base = cls.for_model(setting)
         spatial = _every(base.spatial, int(parts[0]))
         if len(parts) == 2 and base.uncond is None:
-            raise ValueError(f"fastercache-{arg}: {models[0]} runs no classifier-free guidance, so CFG-Cache (the "
+            raise ValueError(f"fastercache-{arg}: this model runs no classifier-free guidance, so CFG-Cache (the "
                              f"uncond interval {parts[1]}) does not apply; use fastercache-{parts[0]}")
         uncond = base.uncond if len(parts) == 1 else _every(base.uncond, int(parts[1]))
-        return cls.for_model(models, spatial=spatial, uncond=uncond,
+        return cls.for_model(setting, spatial=spatial, uncond=uncond,
                              temporal=spatial if temporal else _every(base.temporal, int(parts[0])))
 
 

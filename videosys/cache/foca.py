@@ -53,12 +53,12 @@ class FoCaConfig:
         self.kinds = check_schedule("FoCa", self)
 
     @classmethod
-    def for_model(cls, models=()) -> "FoCaConfig":
-        """One setting for every family (none published for ours)."""
-        return cls()
+    def for_model(cls, setting: dict | None = None, **overrides) -> "FoCaConfig":
+        """These defaults for every family (none published for ours), or a family's published fields."""
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models=()) -> "FoCaConfig | None":
+    def from_name(cls, arg: str, setting: dict | None = None) -> "FoCaConfig | None":
         """"3" (interval 3), optionally "-w<warmup>" and "-raw" (cache-dit's h = 1): "foca-3", "foca-4-w2-raw"."""
         parts = arg.split("-")
         if not parts[0].isdigit():

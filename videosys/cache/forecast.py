@@ -54,12 +54,13 @@ class ForecastConfig:
             raise ValueError(f"forecast basis must be one of {BASES}, got {self.basis!r}")
 
     @classmethod
-    def for_model(cls, models=()) -> "ForecastConfig":
-        """Ours, not published: the same defaults for every family (measured on the demo model, README)."""
-        return cls()
+    def for_model(cls, setting: dict | None = None, **overrides) -> "ForecastConfig":
+        """Ours, not published: the same defaults for every family (measured on the demo model, README), or a
+        family's own fields where it has some."""
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models=()) -> "ForecastConfig | None":
+    def from_name(cls, arg: str, setting: dict | None = None) -> "ForecastConfig | None":
         """"0.2" (adaptive threshold) or "i3" (fixed interval), optionally followed by "-o<order>",
         "-w<warmup>", "-m<max_skip>", "-t<tail>", "-err", "-taylor": "forecast-0.3", "forecast-i3-o2",
         "forecast-0.5-o2-m6-taylor"."""

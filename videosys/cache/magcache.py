@@ -21,10 +21,9 @@ import torch
 from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import register
 
-# Magnitude ratios per step (first = 1.0), by our calibration (calibrate_magcache) where no authors' table
-# exists: the MagCache authors publish ratios for Wan 2.1, HunyuanVideo, FLUX, Open-Sora 2.0, none of our
-# families (keys: registry cache keys).
-RATIOS: dict[str, tuple[float, ...]] = {}
+# Magnitude ratios per step (first = 1.0) are per model: a family publishes them in its cache_settings.py
+# ("magcache": ratios), by our calibration (calibrate_magcache) where no authors' table exists: the MagCache
+# authors publish ratios for Wan 2.1, HunyuanVideo, FLUX, Open-Sora 2.0, none of our families (none published).
 
 
 @dataclass
@@ -44,21 +43,19 @@ class MagCacheConfig:
             raise ValueError(f"MagCache ratios must be > 0, got {self.ratios}")
 
     @classmethod
-    def for_model(cls, models, **overrides) -> "MagCacheConfig":
-        """The published ratios of the first of the model's keys that has them, else none (enabling the cache
-        then asks for a calibration; a spec {"method": "magcache", "ratios": [...]} supplies them)."""
-        models = (models,) if isinstance(models, str) else tuple(models)
-        ratios = next((RATIOS[key] for key in models if key in RATIOS), ())
-        return cls(**{"ratios": ratios, **overrides})
+    def for_model(cls, setting: dict | None = None, **overrides) -> "MagCacheConfig":
+        """The family's published setting (its ratios), else none (enabling the cache then asks for a
+        calibration; a spec {"method": "magcache", "ratios": [...]} supplies them)."""
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models) -> "MagCacheConfig | None":
+    def from_name(cls, arg: str, setting: dict | None = None) -> "MagCacheConfig | None":
         """A threshold, as in "magcache-0.1"."""
         try:
             threshold = float(arg)
         except ValueError:
             return None
-        return cls.for_model(models, threshold=threshold)
+        return cls.for_model(setting, threshold=threshold)
 
 
 def nearest_interp(values: tuple[float, ...], length: int) -> list[float]:

@@ -32,28 +32,12 @@ from typing import Callable
 import torch
 
 from videosys.cache.hooks import Cache, Site
-from videosys.cache.registry import published, register
+from videosys.cache.registry import register
 
 ATTENTION_KINDS = ("spatial", "temporal", "cross")
 
-# Published per-family defaults (reference/acceleration.md): window (lo, hi) and range per
-# attention kind; MLP: {timestep: (blocks, skip)} for spatial and temporal blocks.
-_OSP11_MLP = {t: (tuple(range(7)), 2) for t in range(738, 425, -24)}  # 14 timesteps 738 .. 426
-DEFAULTS = {
-    "latte": dict(spatial=((100, 800), 2), temporal=((100, 800), 3), cross=((100, 800), 6),
-                  mlp={t: (tuple(range(5)), 2) for t in (720, 640, 560, 480, 400)}),
-    "open-sora": dict(spatial=((450, 930), 2), temporal=((450, 930), 4), cross=((450, 930), 6),
-                      mlp={t: (tuple(range(5)), 2) for t in (676, 788, 864)}),
-    "open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
-                                mlp=_OSP11_MLP),
-    "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6)),
-    "cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=()),  # published: joint attention only, MLPs left alone
-    # not published (the PAB paper has no CascadeV): Latte's window and ranges, its nearest relative (a 28-block
-    # adaLN-single DiT on the same 1000-step DDPM schedule, its attention spatial / temporal; CascadeV's 3D
-    # attention counts as spatial, as the paper does for full attention); no MLP broadcast (Latte's table
-    # names Latte's blocks). Untuned: no trained CascadeV runs here
-    "cascadev": dict(spatial=((100, 800), 2), temporal=((100, 800), 3)),
-}
+# The published settings are per family (videosys/models/<family>/cache_settings.py, "pab"): window (lo, hi) and
+# range per attention kind, a kind the family leaves out never broadcasts; MLP: {timestep: (blocks, skip)}.
 
 
 @dataclass
@@ -79,23 +63,24 @@ class PABConfig:
         self.mlp_kinds = tuple(self.mlp_kinds)
 
     @classmethod
-    def for_model(cls, models: str | tuple[str, ...], **overrides) -> "PABConfig":
-        values = {kind: None for kind in ATTENTION_KINDS}
-        values.update(published(DEFAULTS, models, "PAB defaults"))
-        return cls(**{**values, **overrides})
+    def for_model(cls, setting: dict | None, **overrides) -> "PABConfig":
+        """The family's published setting (a kind it leaves out is off) with `overrides`."""
+        if setting is None:
+            raise ValueError("no published PAB defaults for this model (pass the settings explicitly)")
+        return cls(**{**{kind: None for kind in ATTENTION_KINDS}, **setting, **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models: tuple[str, ...]) -> "PABConfig | None":
+    def from_name(cls, arg: str, setting: dict | None) -> "PABConfig | None":
         """The paper's named variants: "246" (of "pab-246") = spatial / temporal / cross ranges."""
         if len(arg) == 3 and arg.isdigit():
-            return pab_variant(models, *(int(c) for c in arg))
+            return pab_variant(setting, *(int(c) for c in arg))
         return None
 
 
-def pab_variant(models, spatial: int, temporal: int, cross: int) -> PABConfig:
+def pab_variant(setting: dict | None, spatial: int, temporal: int, cross: int) -> PABConfig:
     """The PAB paper's named variants ("pab-246", "pab-357", "pab-579": spatial / temporal / cross
     ranges) in the model's published windows and MLP table; a kind the model does not broadcast stays off."""
-    base = PABConfig.for_model(models)
+    base = PABConfig.for_model(setting)
     ranges = {"spatial": spatial, "temporal": temporal, "cross": cross}
     return dataclasses.replace(base, **{kind: (getattr(base, kind)[0], every) for kind, every in ranges.items()
                                         if getattr(base, kind) is not None})

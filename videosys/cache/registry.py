@@ -4,9 +4,21 @@
 config field `cache=`, `--cache`, YAML, `engine.set_cache` and the bench / eval variant tables,
 and keys its statistics in `out.stats` and the progress bar. Everything here reads `METHODS`.
 
-Family keys. A config names its model for the caches with `cache_models()`, most specific first
-(("cogvideox-5b", "cogvideox"), ("open-sora-plan-v110", "open-sora-plan"), ("latte",)); a method
-looks up its published defaults under the first key it knows (`published`).
+Published settings belong to the families, never to a method file. A family config's
+`cache_settings` maps method name -> cache key -> that method's published config fields, its
+`cache_models()` names the checkpoint's keys, most specific first (("cogvideox-5b", "cogvideox")),
+and `published_cache_settings()` (via `settings_for`) picks, per method, the first key the method's
+table has: `published`, a dict method name -> fields, a method without any absent. Everything here
+that builds configs takes that dict:
+
+    config_from_name(name, published)            # "teacache-fast" -> TeaCacheConfig, "none" -> None
+    configs_from_spec(spec, published) -> list   # names, "a+b", {"method": ...} dicts, config objects, lists
+    method_for_name(name) -> (CacheMethod, arg)  # "teacache-0.2" -> (teacache's entry, "0.2")
+
+and a method's `for_model(setting, **overrides)` (setting = published.get(name), None when the family
+publishes nothing for it) builds its config from the family's fields, or its generic defaults, or
+raises a ValueError saying what the model must supply (TeaCache's coefficients); `parse(arg, setting)`
+likewise for "<name>-<arg>".
 """
 
 import dataclasses
@@ -21,8 +33,8 @@ class CacheMethod:
     name: str  # the spec prefix ("teacache", "teacache-0.2"), the key in out.stats and transformer.caches
     config_cls: type  # a dataclass: the method's settings
     cache_cls: type  # cache_cls(config): the per-transformer state, a videosys.cache.hooks.Cache
-    for_model: Callable[[tuple[str, ...]], Any]  # the published config for a model's cache keys
-    parse: Callable[[str, tuple[str, ...]], Any] | None = None  # "0.2" of "teacache-0.2" -> config (None: unknown)
+    for_model: Callable[[dict | None], Any]  # the config from a family's published fields (None: it has none)
+    parse: Callable[[str, dict | None], Any] | None = None  # "0.2" of "teacache-0.2", fields -> config (None: unknown)
     names: tuple[str, ...] = ()  # published operating points ("teacache-slow"): CLI help, eval variants
     sweep: tuple[str, ...] = ()  # what a speed / quality frontier runs (scripts/bench_cache.py)
     syntax: str = ""  # the parametrised form for help and errors, e.g. "teacache-<threshold>"
@@ -39,15 +51,16 @@ class OneThreshold:
     ("fbcache-0.1", "easycache-0.05")."""
 
     @classmethod
-    def for_model(cls, models):
-        return cls()
+    def for_model(cls, setting: dict | None = None, **overrides):
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models):
+    def from_name(cls, arg: str, setting: dict | None = None):
         try:
-            return cls(threshold=float(arg))
+            threshold = float(arg)
         except ValueError:
             return None
+        return cls.for_model(setting, threshold=threshold)
 
 
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
@@ -71,14 +84,15 @@ def unregister(name: str) -> None:
     METHODS.pop(name, None)
 
 
-def published(table: dict, models: tuple[str, ...] | str, what: str):
-    """table[key] for the first of the model's cache keys that `table` has."""
-    models = (models,) if isinstance(models, str) else tuple(models)
-    for key in models:
-        if key in table:
-            return table[key]
-    raise ValueError(f"no published {what} for {models[0] if len(models) == 1 else models}; "
-                     f"known: {sorted(table)} (pass the settings explicitly)")
+def settings_for(cache_settings: dict[str, dict[str, dict]], keys: tuple[str, ...]) -> dict[str, dict]:
+    """Method name -> the fields published under the first of `keys` (a checkpoint's cache keys, most specific
+    first) that the method's table has; a method with none of them is absent."""
+    published = {}
+    for method, table in cache_settings.items():
+        key = next((k for k in keys if k in table), None)
+        if key is not None:
+            published[method] = table[key]
+    return published
 
 
 def method_of(config) -> CacheMethod:
@@ -106,7 +120,7 @@ def sweep_names() -> list[str]:
     return ["none"] + [name for method in METHODS.values() for name in method.sweep]
 
 
-def _method_for_name(name: str) -> tuple[CacheMethod, str | None]:
+def method_for_name(name: str) -> tuple[CacheMethod, str | None]:
     """The method a name belongs to and the argument after "<method>-" (None for the bare name)."""
     best = None
     for method in METHODS.values():
@@ -118,26 +132,27 @@ def _method_for_name(name: str) -> tuple[CacheMethod, str | None]:
     return best, (name[len(best.name) + 1:] if name != best.name else None)
 
 
-def config_from_name(name: str, models: tuple[str, ...]):
-    """A config from a name ("teacache-fast", "pab-357", "teacache"), None for "none"."""
+def config_from_name(name: str, published: dict[str, dict]):
+    """A config from a name ("teacache-fast", "pab-357", "teacache") and a model's published settings (method
+    name -> fields), None for "none"."""
     key = name.strip().lower()
     if key in NONE_NAMES:
         return None
-    method, arg = _method_for_name(key)
+    method, arg = method_for_name(key)
     if arg is None:
-        return method.for_model(models)
-    config = method.parse(arg, models) if method.parse is not None else None
+        return method.for_model(published.get(method.name))
+    config = method.parse(arg, published.get(method.name)) if method.parse is not None else None
     if config is None:
         raise ValueError(f"unknown cache {name!r}; choose from {', '.join(choices())}")
     return config
 
 
-def configs_from_spec(spec, models: tuple[str, ...] | str) -> list:
+def configs_from_spec(spec, published: dict[str, dict]) -> list:
     """Cache configs from a name ("a+b": both), a dict with a "method" key (the published config with its
-    fields replaced), a registered config object, or a list of these; a combination that cannot run together
+    fields replaced), a registered config object, or a list of these, for a model with these published settings
+    (method name -> fields: BaseConfig.published_cache_settings()); a combination that cannot run together
     (check_combination) is refused here, before anything is enabled."""
-    models = (models,) if isinstance(models, str) else tuple(models)
-    configs = _configs(spec, models)
+    configs = _configs(spec, published)
     check_combination(configs)
     return configs
 
@@ -158,15 +173,15 @@ def check_combination(configs: list) -> None:
             owner[point] = name
 
 
-def _configs(spec, models: tuple[str, ...]) -> list:
+def _configs(spec, published: dict[str, dict]) -> list:
     if spec is None:
         return []
     if isinstance(spec, (list, tuple)):
-        return [c for s in spec for c in _configs(s, models)]
+        return [c for s in spec for c in _configs(s, published)]
     if isinstance(spec, str) and "+" in spec:
-        return _configs(spec.split("+"), models)
+        return _configs(spec.split("+"), published)
     if isinstance(spec, str):
-        config = config_from_name(spec, models)
+        config = config_from_name(spec, published)
         return [] if config is None else [config]
     if isinstance(spec, dict):
         values = dict(spec)
@@ -175,7 +190,7 @@ def _configs(spec, models: tuple[str, ...]) -> list:
             raise ValueError(f"a cache dict needs a registered 'method' ({', '.join(sorted(METHODS))}), got {name!r}")
         method = METHODS[name]
         try:
-            base = method.for_model(models)
+            base = method.for_model(published.get(name))
         except ValueError as err:  # nothing published for this model: the dict's own settings, if it gives them
             missing = [f for f in method.needs if f not in values]
             if not method.needs:
@@ -187,17 +202,7 @@ def _configs(spec, models: tuple[str, ...]) -> list:
         return [dataclasses.replace(base, **values)]
     if not any(type(spec) is m.config_cls for m in METHODS.values()):
         raise ValueError(f"unknown cache {spec!r}; choose from {', '.join(choices())} or a registered config")
-    method = method_of(spec)
-    if method.needs:  # a config object left at a default that is another model's published setting
-        try:
-            method.for_model(models)
-        except ValueError as err:
-            defaults = method.config_cls()
-            kept = [f for f in method.needs if getattr(spec, f) == getattr(defaults, f)]
-            if kept:
-                raise ValueError(f"{err}; {type(spec).__name__}'s default {', '.join(kept)} (another model's) "
-                                 "cannot stand in: give this model's") from None
-    return [spec]
+    return [spec]  # a config object carries its own settings (TeaCache's coefficients have no default)
 
 
 def spec_to_plain(spec):

@@ -44,12 +44,13 @@ class SkipCacheConfig:
         self.start_timestep, self.stop_timestep = float(self.start_timestep), float(self.stop_timestep)
 
     @classmethod
-    def for_model(cls, models=(), **overrides) -> "SkipCacheConfig":
-        """The paper's setting; Latte is the only text-to-video model the authors trained skip branches for."""
-        return cls(**overrides)
+    def for_model(cls, setting: dict | None = None, **overrides) -> "SkipCacheConfig":
+        """The paper's setting (for the one text-to-video model the authors trained skip branches for), or a
+        family's published fields."""
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models=()) -> "SkipCacheConfig | None":
+    def from_name(cls, arg: str, setting: dict | None = None) -> "SkipCacheConfig | None":
         """"3" of "skipcache-3": the interval; None if it is not an integer."""
         return cls(interval=int(arg)) if arg.isdigit() and int(arg) >= 1 else None
 
@@ -78,7 +79,7 @@ class SkipCache(Cache):
         config = getattr(model, "config", None)
         if not getattr(config, "skip_connections", False):
             raise ValueError(f"Skip-Cache needs a model with Skip-DiT skip branches; {type(model).__name__} has "
-                             "none (Latte with skip_connections=True, e.g. LatteConfig(preset='tiny-skip'))")
+                             "none (a model trained with skip_connections=True, e.g. a family's Skip-DiT preset)")
         if 2 * self.config.branch > config.num_layers:
             raise ValueError(f"Skip-Cache branch={self.config.branch} needs at least {2 * self.config.branch} "
                              f"units, the model has {config.num_layers}")

@@ -50,12 +50,13 @@ class TaylorSeerConfig:
         self.kinds = check_schedule("TaylorSeer", self)
 
     @classmethod
-    def for_model(cls, models) -> "TaylorSeerConfig":
-        """One setting for every family: the paper evaluates none of ours (FLUX, HunyuanVideo, DiT)."""
-        return cls()
+    def for_model(cls, setting: dict | None = None, **overrides) -> "TaylorSeerConfig":
+        """These defaults for every family (the paper evaluates none of ours: FLUX, HunyuanVideo, DiT), or a
+        family's published fields where it has some."""
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models) -> "TaylorSeerConfig | None":
+    def from_name(cls, arg: str, setting: dict | None = None) -> "TaylorSeerConfig | None":
         """"3" (interval 3) or "3-2" (interval 3, order 2), as in "taylorseer-3-2"."""
         parts = arg.split("-")
         if not 1 <= len(parts) <= 2 or not all(p.isdigit() for p in parts):

@@ -24,53 +24,47 @@ from functools import partial
 import torch
 
 from videosys.cache.hooks import BlockStack, Cache
-from videosys.cache.registry import published, register
+from videosys.cache.registry import register
 
-# 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the reference code
-# over every step of 70 T2V-CompBench prompts (reference/acceleration.md).
-COEFFICIENTS = {
-    "open-sora": (2.17546007e02, -1.18329252e02, 2.68662585e01, -4.59364272e-02, 4.84426240e-02),
-    "latte": (-2.46434137e03, 3.08044764e02, 8.07447667e01, -4.11385132e00, 1.11001402e-01),
-    "open-sora-plan": (2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00, 2.39658469e-03),
-    "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
-    "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
-    "cogvideox1.5-5b": (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02),
-}
+# The rescaling polynomials are per model: each family publishes its own (videosys/models/<family>/
+# cache_settings.py, "teacache": coefficients); a model without one fits it (videosys.cache.calibrate).
 THRESHOLDS = {"slow": 0.1, "fast": 0.2}  # the paper's two operating points, all four models
 
 
 @dataclass
 class TeaCacheConfig:
     threshold: float = 0.1
-    coefficients: tuple[float, ...] = COEFFICIENTS["latte"]  # rescaling polynomial, highest power first
+    # the model's rescaling polynomial, highest power first: no default, it is the model's own (a family's
+    # published one through for_model / a cache name, or a calibration's)
+    coefficients: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.threshold < 0:
             raise ValueError(f"TeaCache threshold must be >= 0, got {self.threshold}")
         self.coefficients = tuple(float(c) for c in self.coefficients)
         if not self.coefficients:
-            raise ValueError("TeaCache needs at least one polynomial coefficient")
+            raise ValueError("TeaCache needs the model's polynomial coefficients: give coefficients=... (the family's "
+                             "published ones: a cache name such as 'teacache-slow', or fit them: "
+                             "videosys.cache.calibrate.calibrate)")
 
     @classmethod
-    def for_model(cls, models: str | tuple[str, ...], speed: str | float = "slow") -> "TeaCacheConfig":
-        """The published setting for a model (its cache keys, most specific first): speed "slow" (0.1),
-        "fast" (0.2) or a threshold."""
-        threshold = THRESHOLDS[speed] if isinstance(speed, str) else float(speed)
-        try:
-            coefficients = published(COEFFICIENTS, models, "TeaCache coefficients")
-        except ValueError as err:
-            raise ValueError(f"{err}: fit them (scripts/calibrate_teacache.py, videosys.cache.calibrate.calibrate) "
-                             "and pass {'method': 'teacache', 'threshold': ..., 'coefficients': [...]}") from None
-        return cls(threshold=threshold, coefficients=coefficients)
+    def for_model(cls, setting: dict | None, **overrides) -> "TeaCacheConfig":
+        """The family's published setting (its coefficients) with `overrides` (threshold 0.1, the paper's "slow",
+        unless given)."""
+        if setting is None and "coefficients" not in overrides:
+            raise ValueError("no published TeaCache coefficients for this model (pass the settings explicitly): "
+                             "fit them (scripts/calibrate_teacache.py, videosys.cache.calibrate.calibrate) and pass "
+                             "{'method': 'teacache', 'threshold': ..., 'coefficients': [...]}")
+        return cls(**{**(setting or {}), **overrides})
 
     @classmethod
-    def from_name(cls, arg: str, models: tuple[str, ...]) -> "TeaCacheConfig | None":
+    def from_name(cls, arg: str, setting: dict | None) -> "TeaCacheConfig | None":
         """"slow", "fast" or a threshold ("0.15"), as in "teacache-0.15"; None if it is none of them."""
         try:
-            speed = arg if arg in THRESHOLDS else float(arg)
+            threshold = THRESHOLDS[arg] if arg in THRESHOLDS else float(arg)
         except ValueError:
             return None
-        return cls.for_model(models, speed)
+        return cls.for_model(setting, threshold=threshold)
 
 
 def rescale(coefficients: tuple[float, ...], x: float) -> float:

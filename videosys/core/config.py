@@ -128,6 +128,9 @@ class BaseConfig:
     official_model_path: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}  # published generation defaults
     presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset name -> generation defaults
+    # published cache settings: method name -> cache key (cache_models) -> that method's config fields; a family
+    # sets it from its own cache_settings.py (the methods in videosys/cache/ hold no family's numbers)
+    cache_settings: ClassVar[dict[str, dict[str, dict]]] = {}
 
     def __post_init__(self):
         self.check_fields()
@@ -232,12 +235,19 @@ class BaseConfig:
         (a family with variants overrides this: ("cogvideox-5b", "cogvideox"))."""
         return (self.model_name,)
 
+    def published_cache_settings(self) -> dict[str, dict]:
+        """Method name -> this checkpoint's published fields (the first of `cache_models()` the method's table in
+        `cache_settings` has); methods without an entry are absent."""
+        from videosys.cache.registry import settings_for
+
+        return settings_for(self.cache_settings, self.cache_models())
+
     def cache_configs(self) -> list:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
         from videosys.cache import configs_from_spec
 
         specs = [self.cache] + [f"teacache-{self.teacache_thresh}"] * self.enable_teacache + ["pab"] * self.enable_pab
-        return configs_from_spec(specs, self.cache_models())  # checks the combination too
+        return configs_from_spec(specs, self.published_cache_settings())  # checks the combination too
 
     def freeinit_config(self):
         """The FreeInit settings (core/freeinit.FreeInitConfig), None when it is off (freeinit_iters == 1)."""

@@ -56,7 +56,7 @@ def cache_spec(variant: str, coefficients=None):
 def method_of(variant: str) -> str:
     """The method a variant belongs to (its points share a line in the plot): "teacache-0.3" -> "teacache",
     "forecast-i3-o2" -> "forecast", "diffusers:taylorseer-lite-3" -> "diffusers:taylorseer-lite"."""
-    from videosys.cache.registry import _method_for_name
+    from videosys.cache.registry import method_for_name
 
     if variant.startswith(peer_caches.PREFIX):
         return peer_caches.PREFIX + peer_caches.method_of(variant[len(peer_caches.PREFIX):])
@@ -65,7 +65,7 @@ def method_of(variant: str) -> str:
     if variant.startswith("teacache-cal-"):
         return "teacache-cal"
     try:
-        return _method_for_name(variant)[0].name
+        return method_for_name(variant)[0].name
     except ValueError:
         return variant
 
@@ -247,7 +247,7 @@ def check(args, config) -> list[str]:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     coefficients = [0.0] if args.coefficients else None  # the names only; the file is read later
     for variant in variants:
-        configs_from_spec(cache_spec(variant, coefficients), config.cache_models())
+        configs_from_spec(cache_spec(variant, coefficients), config.published_cache_settings())
     if args.peers is not None:
         if args.model != "latte":
             raise ValueError("--peers runs diffusers' LattePipeline: only with --model latte")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.cascadev.cache_settings import CACHE_SETTINGS
 from videosys.models.cascadev.encoder import EfficientNetEncoder, EfficientNetEncoderConfig
 from videosys.models.cascadev.transformer import (RELEASE_CHECKPOINT, CascadeVTransformer, CascadeVTransformerConfig,
                                                   release_state_dict)
@@ -62,6 +63,7 @@ class CascadeVConfig(BaseConfig):
     decode_chunk_size: int = 4  # frames per temporal-decoder call (lat2vid.py's slice_size)
 
     model_name = "cascadev"
+    cache_settings = CACHE_SETTINGS  # cache_settings.py: the published settings of each cache method
     official_model_path = "ByteDance/CascadeV"
     defaults = dict(num_inference_steps=8, fps=8)
     presets = {"tiny": dict(num_inference_steps=8, fps=8)}

@@ -15,6 +15,7 @@ import torch
 
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.cogvideox.cache_settings import CACHE_SETTINGS
 from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel, CogVideoXTransformerConfig
 from videosys.utils import text as text_stack
 from videosys.models.modules.pretrained import load_pretrained
@@ -37,6 +38,7 @@ class CogVideoXConfig(BaseConfig):
     vae_slicing: bool = True  # decode one video of a batch at a time
 
     model_name = "cogvideox"
+    cache_settings = CACHE_SETTINGS  # cache_settings.py: the published settings of each cache method
     official_model_path = "THUDM/CogVideoX-2b"
     defaults = dict(num_frames=49, height=480, width=720, num_inference_steps=50, guidance_scale=6.0, fps=8)
     presets = {

@@ -12,6 +12,7 @@ import torch
 
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.latte.cache_settings import CACHE_SETTINGS
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
 from videosys.utils import text as text_stack
 from videosys.models.modules.pretrained import load_pretrained
@@ -48,6 +49,7 @@ class LatteConfig(BaseConfig):
     skip_dit_checkpoint: str | None = None
 
     model_name = "latte"
+    cache_settings = CACHE_SETTINGS  # cache_settings.py: the published settings of each cache method
     official_model_path = "maxin-cn/Latte-1"
     defaults = dict(num_frames=16, height=512, width=512, num_inference_steps=50, guidance_scale=7.5, fps=8)
     presets = {"tiny": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),

@@ -20,6 +20,7 @@ import torch
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
 from videosys.models.open_sora import conditioning
+from videosys.models.open_sora.cache_settings import CACHE_SETTINGS
 from videosys.models.open_sora.transformer import IMAGE_FPS, STDiT3, STDiT3Config
 from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
@@ -113,6 +114,7 @@ class OpenSoraConfig(BaseConfig):
     align: int | None = 5  # mask-strategy starts snap to multiples of this (latent frames), as the release
 
     model_name = "open-sora"
+    cache_settings = CACHE_SETTINGS  # cache_settings.py: the published settings of each cache method
     official_model_path = "hpcai-tech/OpenSora-STDiT-v3"
     official_vae_path = "hpcai-tech/OpenSora-VAE-v1.2"
     official_text_encoder_path = "DeepFloyd/t5-v1_1-xxl"

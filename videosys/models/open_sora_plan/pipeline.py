@@ -25,6 +25,7 @@ import torch
 
 from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.models.open_sora_plan.cache_settings import CACHE_SETTINGS
 from videosys.models.open_sora_plan.latte_t2v import LatteT2V, LatteT2VConfig
 from videosys.models.open_sora_plan.transformer import OpenSoraT2V, OpenSoraT2VConfig
 from videosys.models.open_sora_plan.vae import CAUSALVAE_V110, CausalVAE, CausalVAEConfig
@@ -85,6 +86,7 @@ class OpenSoraPlanConfig(BaseConfig):
     tile_overlap_factor: float | None = None
 
     model_name = "open-sora-plan"
+    cache_settings = CACHE_SETTINGS  # cache_settings.py: the published settings of each cache method
     official_model_path = VERSIONS["v120"]["model_path"]
     official_text_encoder_path = VERSIONS["v120"]["text_encoder_path"]
     defaults = VERSIONS["v120"]["defaults"]
