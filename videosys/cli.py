@@ -4,16 +4,8 @@ import argparse
 import json
 import sys
 
-from videosys.serve import cli as serve_cli
-
-# CLI flag -> config field, for the generation settings every family shares
-def _frames(value: str):
-    """An explicit frame count, or a family's duration name such as Open-Sora's "4s"."""
-    return int(value) if value.isdigit() else value
-
-
-_GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inference_steps": int,
-               "guidance_scale": float, "fps": int}
+from videosys.cli_common import GENERATION, make_config
+from videosys.serve import cli as serve_cli  # one way: serve.cli takes what it shares from cli_common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--output", default="output.mp4", help="mp4 path (written atomically)")
-    for name, kind in _GENERATION.items():
+    for name, kind in GENERATION.items():
         gen.add_argument("--" + name.replace("_", "-"), type=kind)
     gen.add_argument("--steps", dest="num_inference_steps", type=int, help="alias of --num-inference-steps")
     gen.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
@@ -91,35 +83,6 @@ def _reconstruct(args, engine_cls) -> int:
         return 2
     print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v for k, v in out.stats.items()}}))
     return 0
-
-
-def make_config(args):
-    from omegaconf import OmegaConf
-
-    from videosys.models import config_class
-
-    values = {}
-    if args.config:
-        values = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True) or {}
-    model = args.model or values.pop("model", None)
-    values.pop("model", None)
-    if not model:
-        raise ValueError("name the model family with --model (or `model:` in the --config file)")
-    overrides = {"preset": args.preset, "model_path": args.model_path, "dtype": args.dtype, "device": args.device,
-                 "cache": args.cache.split(",") if args.cache and "," in args.cache else args.cache,
-                 **{name: getattr(args, name) for name in _GENERATION}}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cls = config_class(model)
-    for item in args.set:
-        field, sep, raw = item.partition("=")
-        if not sep or not field:
-            raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
-        values[field.strip()] = cls.parse_field(field.strip(), raw.strip())  # "high" for a float field: an error
-    if args.no_progress:
-        values["progress_bar"] = False
-    if getattr(args, "compile", False):
-        values["compile"] = True
-    return cls.from_dict(values)
 
 
 def main(argv=None) -> int:

@@ -251,11 +251,13 @@ class CacheMixin:
         return out[0] if len(streams) == 1 else out
 
     # ---- per generation / step, reporting -------------------------------------------------------
-    def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
-        """A new generation; on `refresh_steps` every method computes. The last generation's text memos go."""
-        from videosys.models.modules.text_memo import clear_text_memos
+    def begin_generation(self) -> None:
+        """The model's own per-generation hook (cache_begin calls it first): a model that keeps state across the
+        steps of one generation forgets it here (models/modules/text_memo.TextMemoMixin: the text memos)."""
 
-        clear_text_memos(self)
+    def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
+        """A new generation; on `refresh_steps` every method computes. The model's begin_generation runs first."""
+        self.begin_generation()
         for cache in self.caches.values():
             cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
-    from videosys.cli import make_config
+    from videosys.cli_common import make_config
     from videosys.core.engine import VideoSysEngine
     from videosys.serve.app import create_app
 

@@ -39,6 +39,7 @@ from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import TimestepEmbedding, constant_table, sincos_3d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
+from videosys.models.modules.text_memo import TextMemoMixin
 
 
 @dataclass
@@ -259,7 +260,7 @@ def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tupl
     return (top, left), (top + resize_h, left + resize_w)
 
 
-class CogVideoXTransformer3DModel(PretrainedModel, CacheMixin):
+class CogVideoXTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = CogVideoXTransformerConfig
     class_name = "CogVideoXTransformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)

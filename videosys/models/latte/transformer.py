@@ -33,7 +33,7 @@ from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import (AdaLNSingle, CaptionProjection, PatchEmbed2D, constant_table,
                                                sincos_1d)
 from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
-from videosys.models.modules.text_memo import TextMemo
+from videosys.models.modules.text_memo import TextMemo, TextMemoMixin
 
 
 @dataclass
@@ -210,7 +210,7 @@ def skip_dit_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-class LatteTransformer3DModel(PretrainedModel, CacheMixin):
+class LatteTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = LatteTransformerConfig
     class_name = "LatteTransformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)

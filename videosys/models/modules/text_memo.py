@@ -4,7 +4,8 @@ The text conditioning does not change between the denoising steps of a generatio
 the caption projection nor the keys and values every cross-attention projects from it (Latte,
 Open-Sora, Open-Sora-Plan; diffusers recomputes them every step). A `TextMemo` keeps what was
 computed from a text tensor while the same tensor comes back: exact, since the result is a pure
-function of that tensor. It is cleared per generation (CacheMixin.cache_begin), and only used with
+function of that tensor. It is cleared per generation (TextMemoMixin.begin_generation, which the cache
+hooks call first in CacheMixin.cache_begin), and only used with
 autograd off (training needs the graph of each step) and outside compiled graphs.
 """
 
@@ -67,3 +68,12 @@ def clear_text_memos(model: nn.Module) -> None:
         for value in vars(module).values():
             if isinstance(value, TextMemo):
                 value.clear()
+
+
+class TextMemoMixin:
+    """A transformer whose modules keep TextMemos (listed before CacheMixin among its bases): its per-generation
+    hook forgets them."""
+
+    def begin_generation(self) -> None:
+        clear_text_memos(self)
+        super().begin_generation()

@@ -41,7 +41,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Mlp
 from videosys.models.modules.embeddings import TimestepEmbedder, constant_table, sincos_grid
 from videosys.models.modules.pretrained import PretrainedModel
-from videosys.models.modules.text_memo import TextMemo
+from videosys.models.modules.text_memo import TextMemo, TextMemoMixin
 from videosys.models.modules.rope import apply_rope
 
 IMAGE_FPS = 120  # the fps the original conditions single images on (opensora/datasets IMG_FPS)
@@ -349,7 +349,7 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
-class STDiT3(PretrainedModel, CacheMixin):
+class STDiT3(PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = STDiT3Config
     class_name = "STDiT3"
     weights_name = "model.safetensors"  # what hpcai-tech/OpenSora-STDiT-v3 ships

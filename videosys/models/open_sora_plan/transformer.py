@@ -28,7 +28,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward, sdpa
 from videosys.models.modules.embeddings import AdaLNSingle, CaptionProjection, constant_table
 from videosys.models.modules.pretrained import PretrainedModel
-from videosys.models.modules.text_memo import TextMemo
+from videosys.models.modules.text_memo import TextMemo, TextMemoMixin
 from videosys.models.modules.rope import apply_rope_halves, rope_3d_halves
 
 MASK_BIAS = -10000.0  # the release's additive bias for masked text tokens (not -inf)
@@ -200,7 +200,7 @@ def osp_rope_table(part: int, frames: int, height: int, width: int, scales: tupl
     return rope_3d_halves(part, *positions, dtype=dtype)
 
 
-class OpenSoraT2V(PretrainedModel, CacheMixin):
+class OpenSoraT2V(PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = OpenSoraT2VConfig
     class_name = "OpenSoraT2V"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
