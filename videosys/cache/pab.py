@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from videosys.cache.hooks import Cache, Site
-from videosys.cache.registry import register
+from videosys.cache.registry import LegacyFlags, register
 
 ATTENTION_KINDS = ("spatial", "temporal", "cross")
 
@@ -174,4 +174,7 @@ class PAB(Cache):
 
 
 register("pab", PABConfig, PAB, for_model=PABConfig.for_model, parse=PABConfig.from_name, names=("pab",),
-         sweep=("pab-246", "pab-357", "pab-579"), syntax="pab-<ranges>")
+         sweep=("pab-246", "pab-357", "pab-579"), syntax="pab-<ranges>",
+         # a module may broadcast on the last step too, where the model's window covers its timestep
+         reuses_last_step=True,
+         legacy_flags=LegacyFlags("enable_pab", lambda config: "pab"))  # the paper's switch: enable_pab=True

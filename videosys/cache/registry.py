@@ -19,6 +19,14 @@ and a method's `for_model(setting, **overrides)` (setting = published.get(name),
 publishes nothing for it) builds its config from the family's fields, or its generic defaults, or
 raises a ValueError saying what the model must supply (TeaCache's coefficients); `parse(arg, setting)`
 likewise for "<name>-<arg>".
+
+Legacy switches. A method may declare config fields its users already set (TeaCache: enable_teacache,
+teacache_thresh; PAB: enable_pab) with `register(..., legacy_flags=LegacyFlags(...))`: the field names,
+types, defaults and ranges, and the spec a switched-on flag stands for. core.config.BaseConfig inherits
+them from `legacy_flags_class()` (so they parse in configs, YAML, `--set` and the server) and turns them
+into specs with `legacy_specs(config)`; `legacy_ranges()` gives their ranges, `legacy_switches()` the
+switches (a request naming its own cache turns them off). Only methods registered when videosys.cache is
+imported can declare them (BaseConfig's fields are fixed when core.config is imported).
 """
 
 import dataclasses
@@ -26,6 +34,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 NONE_NAMES = ("", "none")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A config field of a method's legacy switches."""
+
+    name: str
+    type: type
+    default: Any
+    range: tuple[str, Callable[[Any], bool]] | None = None  # (what it must be, test), as core.config.RANGES
+
+
+@dataclass(frozen=True)
+class LegacyFlags:
+    """A method's legacy config switches: the bool field `switch` (default False) turns it on, as the cache spec
+    `spec(config)` (which may read the `settings` fields) would."""
+
+    switch: str
+    spec: Callable[[Any], Any]
+    settings: tuple[Flag, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +69,10 @@ class CacheMethod:
     # fields a {"method": ...} spec must give for a model with no published setting (TeaCache: "coefficients");
     # empty: such a model's dict spec fails as its name does
     needs: tuple[str, ...] = ()
+    # whether the method may skip or reuse the generation's last step (its output sets the video's fine detail):
+    # False only where the method always computes that step (TeaCache, EasyCache, the output forecast)
+    reuses_last_step: bool = True
+    legacy_flags: LegacyFlags | None = None  # config switches its users already set (module docstring)
 
 
 METHODS: dict[str, CacheMethod] = {}
@@ -64,7 +96,8 @@ class OneThreshold:
 
 
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
-             names=(), sweep=(), syntax: str = "", needs=()) -> CacheMethod:
+             names=(), sweep=(), syntax: str = "", needs=(), reuses_last_step: bool = True,
+             legacy_flags: LegacyFlags | None = None) -> CacheMethod:
     """Make a method reachable by name. Registering the same name again replaces it only with the same
     config class (a module imported twice); another class under a taken name is an error."""
     old = METHODS.get(name)
@@ -73,7 +106,7 @@ def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, 
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: the config must be a dataclass, got {config_cls!r}")
     method = CacheMethod(name, config_cls, cache_cls, for_model, parse, tuple(names), tuple(sweep), syntax,
-                         tuple(needs))
+                         tuple(needs), reuses_last_step, legacy_flags)
     METHODS[name] = method
     cache_cls.method_name = name
     return method
@@ -212,3 +245,33 @@ def spec_to_plain(spec):
     if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
         return {"method": method_of(spec).name, **dataclasses.asdict(spec)}
     return spec
+
+
+# ---- legacy switches (the module docstring) ----------------------------------------------------------
+
+def _legacy() -> list[LegacyFlags]:
+    return [m.legacy_flags for m in METHODS.values() if m.legacy_flags is not None]
+
+
+def legacy_flags_class() -> type:
+    """A dataclass of every registered method's legacy fields (in registration order), for a config to inherit."""
+    fields = []
+    for flags in _legacy():
+        fields.append((flags.switch, bool, dataclasses.field(default=False)))
+        fields += [(f.name, f.type, dataclasses.field(default=f.default)) for f in flags.settings]
+    return dataclasses.make_dataclass("LegacyCacheFlags", fields)
+
+
+def legacy_ranges() -> dict[str, tuple[str, Callable[[Any], bool]]]:
+    """Field name -> (what it must be, test) of the legacy fields that have a range."""
+    return {f.name: f.range for flags in _legacy() for f in flags.settings if f.range is not None}
+
+
+def legacy_switches() -> list[str]:
+    """The switch fields ("enable_teacache", ...)."""
+    return [flags.switch for flags in _legacy()]
+
+
+def legacy_specs(config) -> list:
+    """The cache specs of the switches that are on in `config` (registration order: TeaCache's before PAB's)."""
+    return [flags.spec(config) for flags in _legacy() if getattr(config, flags.switch)]

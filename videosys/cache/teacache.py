@@ -24,7 +24,7 @@ from functools import partial
 import torch
 
 from videosys.cache.hooks import BlockStack, Cache
-from videosys.cache.registry import register
+from videosys.cache.registry import Flag, LegacyFlags, register
 
 # The rescaling polynomials are per model: each family publishes its own (videosys/models/<family>/
 # cache_settings.py, "teacache": coefficients); a model without one fits it (videosys.cache.calibrate).
@@ -195,4 +195,7 @@ class TeaCache(Cache):
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
          names=("teacache-slow", "teacache-fast"),
          sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
-         syntax="teacache-<threshold>", needs=("coefficients",))
+         syntax="teacache-<threshold>", needs=("coefficients",), reuses_last_step=False,  # the last step computes
+         # the paper's switches: enable_teacache=True with teacache_thresh (0.1 = the paper's "slow", 0.2 = "fast")
+         legacy_flags=LegacyFlags("enable_teacache", lambda config: f"teacache-{config.teacache_thresh}",
+                                  (Flag("teacache_thresh", float, 0.1, (">= 0", lambda v: v >= 0)),)))

@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 
 import torch
 
+import videosys.cache  # noqa: F401 - every cache method registers on import, its legacy config switches with it
+from videosys.cache.registry import legacy_flags_class, legacy_ranges, legacy_specs
+
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 _DEVICE_TYPES = ("cpu", "cuda")
@@ -36,13 +39,13 @@ RANGES = {
     "num_inference_steps": (">= 1", lambda v: v >= 1),
     "guidance_scale": (">= 0", lambda v: v >= 0),
     "fps": ("> 0", lambda v: v > 0),
-    "teacache_thresh": (">= 0", lambda v: v >= 0),
     "heartbeat_timeout": ("> 0", lambda v: v > 0),
     "max_text_length": (">= 1", lambda v: v >= 1),
     "decode_chunk_size": (">= 1", lambda v: v >= 1),
     "beta_start": ("> 0", lambda v: v > 0),
     "beta_end": ("> 0", lambda v: v > 0),
     "tile_overlap_factor": ("in [0, 1)", lambda v: 0 <= v < 1),
+    **legacy_ranges(),  # the cache methods' legacy switches' (teacache_thresh >= 0)
 }
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "None"}
 
@@ -90,7 +93,10 @@ def available_cores() -> int:
 
 
 @dataclass
-class BaseConfig:
+class BaseConfig(legacy_flags_class()):
+    """The fields every family shares. Inherited first: the cache methods' legacy switches (enable_teacache,
+    teacache_thresh, enable_pab; each declared by its method file: registry.LegacyFlags)."""
+
     model_path: str | None = None  # hub id or local folder; None: the family's official checkpoint
     preset: str | None = None  # e.g. "tiny": small architecture, random weights unless model_path is given
     dtype: str = "auto"  # auto: fp32 on CPU (bf16 ~100x slower there); CUDA: the family's (bf16; CogVideoX-2b fp16)
@@ -107,10 +113,8 @@ class BaseConfig:
     # with num_gpus > 1: a worker silent for this long inside a call (stopped, hung) is killed and the call fails
     heartbeat_timeout: float = 10.0
     # caches: `cache` = a registered name ("teacache-slow", "pab-357", "none": videosys.cache.choices()),
-    # a method's config, a dict with a "method" key, or a list of these; or the papers' switches below
-    enable_teacache: bool = False
-    teacache_thresh: float = 0.1  # 0.1 = the paper's "slow", 0.2 = "fast"
-    enable_pab: bool = False
+    # a method's config, a dict with a "method" key, or a list of these; or the methods' legacy switches
+    # (enable_teacache, teacache_thresh, enable_pab: inherited, see the class docstring)
     cache: Any = None
     compile: bool = False  # torch.compile the transformer, as the active caches allow (models/modules/compile.py)
     # FreeInit (core/freeinit.py; defaults: diffusers' enable_free_init): runs of the sampler (1 = off), the
@@ -246,7 +250,7 @@ class BaseConfig:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
         from videosys.cache import configs_from_spec
 
-        specs = [self.cache] + [f"teacache-{self.teacache_thresh}"] * self.enable_teacache + ["pab"] * self.enable_pab
+        specs = [self.cache] + legacy_specs(self)
         return configs_from_spec(specs, self.published_cache_settings())  # checks the combination too
 
     def freeinit_config(self):

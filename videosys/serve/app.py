@@ -28,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ConfigDict, Field, create_model
 
 from videosys.cache import choices, published_names
+from videosys.cache.registry import legacy_specs, legacy_switches
 from videosys.serve.jobs import DONE, JobRunner, JobStore, QueueFull
 from videosys.utils.video import read_video
 
@@ -66,15 +67,13 @@ def _type_name(kind) -> str:
 
 def _cache_name(config) -> str | None:
     """The server's configured caches as one cache name, or None where no name says it (a list, a
-    config object, both enable_* flags): a request without `cache` then runs what the server was given."""
+    config object, several legacy switches): a request without `cache` then runs what the server was given."""
+    switched = legacy_specs(config)  # the methods' legacy switches (enable_teacache, ...) as specs
     if config.cache is not None:
-        return config.cache if isinstance(config.cache, str) and not (config.enable_teacache or config.enable_pab) \
-            else None
-    if config.enable_teacache and config.enable_pab:
+        return config.cache if isinstance(config.cache, str) and not switched else None
+    if len(switched) > 1:
         return None
-    if config.enable_teacache:
-        return f"teacache-{config.teacache_thresh}"
-    return "pab" if config.enable_pab else "none"
+    return switched[0] if switched else "none"
 
 
 def validate_request(config, pipeline, values: dict) -> None:
@@ -86,7 +85,7 @@ def validate_request(config, pipeline, values: dict) -> None:
         if name not in config_names:
             continue
         # a request's cache replaces the server's (flags included), as engine.set_cache does
-        changes = {name: value, **({"enable_teacache": False, "enable_pab": False} if name == "cache" else {})}
+        changes = {name: value, **({switch: False for switch in legacy_switches()} if name == "cache" else {})}
         try:
             checked = dataclasses.replace(config, **changes)
             if name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale"):
