@@ -1,6 +1,14 @@
 """videosys: fast text-to-video generation with diffusion transformers.
 
 Family classes are imported on first use, so `import videosys` stays light.
+
+Process-wide state (everything else lives in a pipeline, a transformer or a cache instance):
+- videosys.cache.registry.METHODS: the registered cache methods (one entry per method, set on import);
+- videosys.models.modules.embeddings.constant_table's store (_TABLES): position tables, the last 64 kept;
+- videosys.models.modules.compile._compiled: one torch.compile wrapper per (class, method), and torch's own
+  compile caches behind them (a graph per shape, up to torch's recompile limit);
+- videosys.cache.fastercache._low_pass_mask: FasterCache's frequency masks, an lru_cache of the last 8
+  (shape, device).
 """
 
 from videosys.cache import PABConfig, TeaCacheConfig

@@ -81,7 +81,7 @@ class TeaCacheRecorder(Cache):
 
 
 register("teacache-recorder", TeaCacheRecorderConfig, TeaCacheRecorder,
-         for_model=lambda setting=None: TeaCacheRecorderConfig())
+         for_model=lambda setting=None: TeaCacheRecorderConfig(), reuses_last_step=False)  # never skips
 
 
 @dataclass
@@ -202,7 +202,7 @@ class MagCacheRecorder(Cache):
 
 
 register("magcache-recorder", MagCacheRecorderConfig, MagCacheRecorder,
-         for_model=lambda setting=None: MagCacheRecorderConfig())
+         for_model=lambda setting=None: MagCacheRecorderConfig(), reuses_last_step=False)  # never skips
 
 
 def calibrate_magcache(pipeline, prompts: list[str], seeds=(0,), progress: bool = True,

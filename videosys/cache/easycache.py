@@ -86,4 +86,4 @@ class EasyCache(StepCache):
 register("easycache", EasyCacheConfig, EasyCache, for_model=EasyCacheConfig.for_model,
          parse=EasyCacheConfig.from_name, names=("easycache",),
          sweep=("easycache-0.01", "easycache-0.025", "easycache-0.05", "easycache-0.1", "easycache-0.2"),
-         syntax="easycache-<threshold>")
+         syntax="easycache-<threshold>", reuses_last_step=False)  # its last step always computes (as the authors')

@@ -52,6 +52,7 @@ Where diffusers 0.42.1 differs from the paper (tests/test_fastercache.py shows e
 - its default attention weight is a constant 0.5 (the paper: a ramp).
 """
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -234,18 +235,18 @@ def ramp_weight(index: int, num_steps: int) -> float:
     return index / (num_steps - 1) if num_steps > 1 else 0.0
 
 
-_MASKS: dict[tuple, torch.Tensor] = {}
-
-
 def low_pass_mask(height: int, width: int, device) -> torch.Tensor:
     """(H, W) bool: the disc of radius min(H, W) // 5 around the centre (W // 2, H // 2) of an fftshift-ed
-    spectrum (the FasterCache authors' and diffusers' mask). Built once per shape and device."""
-    key = (height, width, str(device))
-    if key not in _MASKS:
-        radius = min(height, width) // 5
-        y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        _MASKS[key] = (((x - width // 2) ** 2 + (y - height // 2) ** 2) <= radius ** 2).to(device)
-    return _MASKS[key]
+    spectrum (the FasterCache authors' and diffusers' mask). Built once per shape and device (the last few kept)."""
+    return _low_pass_mask(height, width, str(device))
+
+
+# bounded: a long-lived server sees many latent sizes and devices; a generation uses one or two masks
+@functools.lru_cache(maxsize=8)
+def _low_pass_mask(height: int, width: int, device: str) -> torch.Tensor:
+    radius = min(height, width) // 5
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return (((x - width // 2) ** 2 + (y - height // 2) ** 2) <= radius ** 2).to(device)
 
 
 def spectrum(x: torch.Tensor) -> torch.Tensor:
@@ -440,4 +441,5 @@ class FasterCache(Cache):
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
          parse=FasterCacheConfig.from_name, names=("fastercache", "fastercache-diffusers"),
          sweep=("fastercache", "fastercache-diffusers", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
-         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]")
+         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]",
+         reuses_last_step=True)  # a schedule may extrapolate attention or skip uncond on the last step

@@ -67,4 +67,5 @@ class FirstBlockCache(StepCache):
 register("fbcache", FirstBlockCacheConfig, FirstBlockCache, for_model=FirstBlockCacheConfig.for_model,
          parse=FirstBlockCacheConfig.from_name, names=("fbcache",),
          sweep=("fbcache-0.03", "fbcache-0.05", "fbcache-0.08", "fbcache-0.12", "fbcache-0.2"),
-         syntax="fbcache-<threshold>")
+         syntax="fbcache-<threshold>",
+         reuses_last_step=True)  # as ParaAttention's and diffusers': nothing forces the last step to compute

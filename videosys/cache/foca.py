@@ -128,4 +128,5 @@ class FoCa(ModuleForecast):
 
 
 register("foca", FoCaConfig, FoCa, for_model=FoCaConfig.for_model, parse=FoCaConfig.from_name, names=("foca",),
-         sweep=("foca-2", "foca-3", "foca-4", "foca-5", "foca-6"), syntax="foca-<interval>[-w<warmup>][-raw]")
+         sweep=("foca-2", "foca-3", "foca-4", "foca-5", "foca-6"), syntax="foca-<interval>[-w<warmup>][-raw]",
+         reuses_last_step=True)  # TaylorSeer's schedule: may forecast the last step

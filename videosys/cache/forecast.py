@@ -22,11 +22,11 @@ The last `tail` steps and refresh steps always compute; a non-finite size comput
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from videosys.cache.hooks import Cache
+from videosys.cache.hooks import StepCache
 from videosys.cache.registry import register
 
 BASES = ("newton", "taylor")
@@ -96,33 +96,19 @@ def newton_coefficients(steps: list[int], values: list[torch.Tensor]) -> list[to
     return coefficients
 
 
-@dataclass
-class OutputForecast(Cache):
-    config: ForecastConfig
-    num_steps: int = 0
-    step: int = 0
-    refresh_steps: frozenset = frozenset()
-    steps: list = field(default_factory=list)  # computed step indices, newest last (at most order + 1)
-    values: list = field(default_factory=list)  # their predictions, fp32
-    terms: list = field(default_factory=list)  # the forecast's factors (Newton coefficients or Taylor factors)
-    group: object = None  # the world group of this step's call (every rank holds the whole prediction)
-    dtype: torch.dtype = torch.float32  # the model's prediction dtype (forecasts are cast back to it)
-    accumulated: float = 0.0
-    since: int = 0  # forecasts since the last computed step
-    computed: int = 0
-    reused: int = 0
-    reused_steps: list = field(default_factory=list)
+class OutputForecast(StepCache):
+    """StepCache: the step, the counts (no per-branch state: it acts on the guided prediction)."""
+
+    group = None  # the world group of this step's call (every rank holds the whole prediction)
+    dtype = torch.float32  # the model's prediction dtype (forecasts are cast back to it)
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
-        self.num_steps, self.step = len(timesteps), 0
-        self.refresh_steps = frozenset(refresh_steps)
-        self.steps, self.values, self.terms = [], [], []
-        self.accumulated, self.since = 0.0, 0
-        self.computed = self.reused = 0
-        self.reused_steps = []
-
-    def set_step(self, index: int, timestep: float) -> None:
-        self.step = index
+        super().begin(timesteps, refresh_steps)
+        self.steps: list[int] = []  # computed step indices, newest last (at most order + 1)
+        self.values: list[torch.Tensor] = []  # their predictions, fp32
+        self.terms: list[torch.Tensor] = []  # the forecast's factors (Newton coefficients or Taylor factors)
+        self.accumulated = 0.0
+        self.since = 0  # forecasts since the last computed step
 
     # ---- the forecast ---------------------------------------------------------------------------
     def term(self, j: int) -> torch.Tensor:
@@ -196,15 +182,11 @@ class OutputForecast(Cache):
             self.computed += 1
             return out
         self.since += 1
-        self.reused += 1
         self.reused_steps.append(self.step)
         return forecast.to(self.dtype)
 
-    def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": self.reused, "reused_step_indices": self.reused_steps}
-
     def postfix(self) -> str:
-        return f"forecast {self.reused}/{self.computed + self.reused}"
+        return f"forecast {len(self.reused_steps)}/{self.computed + len(self.reused_steps)}"
 
 
 register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.for_model,
@@ -212,4 +194,5 @@ register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.fo
          # from ~1.5x to ~2.5x on the demo model (README): fixed intervals 2 .. 5 and adaptive thresholds between them
          sweep=("forecast-i2", "forecast-0.2", "forecast-0.3-m2", "forecast-i3", "forecast-0.5", "forecast-i4",
                 "forecast-0.7", "forecast-i5"),
-         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]")
+         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]",
+         reuses_last_step=False)  # the last `tail` (>= 1) steps always compute

@@ -116,4 +116,5 @@ class MagCache(StepCache):
 
 
 register("magcache", MagCacheConfig, MagCache, for_model=MagCacheConfig.for_model, parse=MagCacheConfig.from_name,
-         names=(), sweep=(), syntax="magcache-<threshold>")
+         names=(), sweep=(), syntax="magcache-<threshold>",
+         reuses_last_step=True)  # as the authors' and diffusers': nothing forces the last step to compute

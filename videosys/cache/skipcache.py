@@ -17,11 +17,11 @@ talking. Acts at the block-stack hook point (videosys/cache/hooks.py) with parti
 (`stack.run(x, start, stop)`), which the model composes through its per-forward skip store.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import register
 
 
@@ -61,19 +61,11 @@ class _BranchState:
     kept: torch.Tensor | None = None  # unit L-b's input (before its fusion) at the last full step
 
 
-@dataclass
-class SkipCache(Cache):
-    """One per transformer; one state per CFG branch run as a separate call."""
+class SkipCache(StepCache):
+    """One per transformer; one state per CFG branch run as a separate call (StepCache: the step, the branches,
+    the counts)."""
 
-    config: SkipCacheConfig
-    timestep: float = 1000.0
-    step: int = 0
-    refresh_steps: frozenset = frozenset()
-    branches: dict[str, _BranchState] = field(default_factory=dict)
-    computed: int = 0
-    reused: int = 0
-    reused_steps: list[int] = field(default_factory=list)
-    units_run: int = 0
+    timestep = 1000.0  # the step's, from set_step (kept across generations, as the step index is reset)
 
     def check_model(self, model) -> None:
         config = getattr(model, "config", None)
@@ -85,10 +77,8 @@ class SkipCache(Cache):
                              f"units, the model has {config.num_layers}")
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
-        self.branches.clear()
-        self.refresh_steps = frozenset(refresh_steps)
-        self.computed = self.reused = self.units_run = 0
-        self.reused_steps = []
+        super().begin(timesteps, refresh_steps)
+        self.units_run = 0
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step, self.timestep = index, float(timestep)
@@ -106,7 +96,6 @@ class SkipCache(Cache):
         if self.reuse(state):
             stack.run(x, start=0, stop=self.config.branch)  # stores the shallow outputs, unit b-1's the skip
             out = stack.run(state.kept, start=last)  # fused with that skip, then units L-b .. L-1
-            self.reused += 1
             self.reused_steps.append(self.step)
             self.units_run += 2 * self.config.branch
         else:
@@ -120,14 +109,16 @@ class SkipCache(Cache):
         return out
 
     def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": self.reused,
-                "reused_step_indices": self.reused_steps, "units_run": self.units_run}
+        return {**super().stats(), "units_run": self.units_run}
 
     def postfix(self) -> str:
-        return f"skip {self.reused}/{self.computed + self.reused} cached"
+        return f"skip {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} cached"
 
 
 # no published names / sweep: those are the variants every model is benchmarked and served with, and
 # Skip-Cache refuses a model without skip branches ("skipcache" alone is the paper's N = 2)
 register("skipcache", SkipCacheConfig, SkipCache, for_model=SkipCacheConfig.for_model,
-         parse=SkipCacheConfig.from_name, syntax="skipcache-<interval>")
+         parse=SkipCacheConfig.from_name, syntax="skipcache-<interval>",
+         # the reset after a step at or below stop_timestep runs the steps after it full, but a schedule whose
+         # second-to-last timestep is above it may cache the last one
+         reuses_last_step=True)

@@ -169,4 +169,5 @@ class TaylorSeer(ModuleForecast):
 register("taylorseer", TaylorSeerConfig, TaylorSeer, for_model=TaylorSeerConfig.for_model,
          parse=TaylorSeerConfig.from_name, names=("taylorseer",),
          sweep=("taylorseer-2", "taylorseer-3", "taylorseer-4", "taylorseer-5", "taylorseer-3-2"),
-         syntax="taylorseer-<interval>[-<order>]")
+         syntax="taylorseer-<interval>[-<order>]",
+         reuses_last_step=True)  # the schedule (full_step) may forecast the last step

@@ -18,12 +18,12 @@ state, and TeaCache, which acts at the block-stack hook point (videosys/cache/ho
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from videosys.cache.hooks import BlockStack, Cache
+from videosys.cache.hooks import BlockStack, StepCache
 from videosys.cache.registry import Flag, LegacyFlags, register
 
 # The rescaling polynomials are per model: each family publishes its own (videosys/models/<family>/
@@ -106,35 +106,15 @@ class _BranchState:
     previous: torch.Tensor | None = None
     accumulated: float = 0.0
     residual: tuple[torch.Tensor, ...] | None = None
-    computing: bool = True
 
 
-@dataclass
-class TeaCache(Cache):
-    """One per transformer; one state per CFG branch that is run as a separate call."""
+class TeaCache(StepCache):
+    """One per transformer; one state per CFG branch that is run as a separate call (StepCache: the step, the
+    branches, the counts; computes on `refresh_steps` as on the first and last)."""
 
-    config: TeaCacheConfig
-    num_steps: int = 0
-    step: int = 0
-    branches: dict[str, _BranchState] = field(default_factory=dict)
-    computed: int = 0
-    reused: int = 0
-    reused_steps: list[int] = field(default_factory=list)
-    refresh_steps: frozenset = frozenset()  # steps that always compute (set per generation by begin)
-
-    def __post_init__(self):
-        self.x_peak = last_peak(self.config.coefficients)
-
-    def begin(self, timesteps: list[float], refresh_steps=()) -> None:
-        """Forget everything from the previous generation; compute on `refresh_steps` as on the first and last."""
-        self.num_steps, self.step = len(timesteps), 0
-        self.refresh_steps = frozenset(refresh_steps)
-        self.branches.clear()
-        self.computed = self.reused = 0
-        self.reused_steps = []
-
-    def set_step(self, index: int, timestep: float) -> None:
-        self.step = index
+    def __init__(self, config: TeaCacheConfig):
+        super().__init__(config)
+        self.x_peak = last_peak(config.coefficients)
 
     def skip(self, indicator: torch.Tensor, branch: str = "batch", distance=relative_l1) -> bool:
         """Decide for this step: True = reuse the cached residual.
@@ -157,11 +137,9 @@ class TeaCache(Cache):
         if compute:
             state.accumulated = 0.0
         state.previous = indicator
-        state.computing = compute
         if compute:
             self.computed += 1
         else:
-            self.reused += 1
             self.reused_steps.append(self.step)
         return not compute
 
@@ -185,11 +163,8 @@ class TeaCache(Cache):
         self.store(stack.streams, out, branch=stack.branch)
         return out
 
-    def stats(self) -> dict:
-        return {"computed_steps": self.computed, "reused_steps": self.reused, "reused_step_indices": self.reused_steps}
-
     def postfix(self) -> str:
-        return f"tea {self.reused}/{self.computed + self.reused} reused"
+        return f"tea {len(self.reused_steps)}/{self.computed + len(self.reused_steps)} reused"
 
 
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
