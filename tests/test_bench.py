@@ -66,6 +66,18 @@ def test_bad_input_fails_before_any_weight_load(argv, message, capsys, monkeypat
     assert message in capsys.readouterr().err
 
 
+def test_table_says_whether_a_variant_may_reuse_the_last_step():
+    assert bench.reuses_last_step("teacache-0.2") is False and bench.reuses_last_step("forecast-i2") is False
+    assert bench.reuses_last_step("fbcache") is True and bench.reuses_last_step("magcache-0.1") is True
+    assert bench.reuses_last_step("pab+teacache") is True  # one method that may is enough
+    assert bench.reuses_last_step("none") is None
+    row = dict(total_s=1.0, transformer_s=1.0, speedup=1.5, framework="videosys")
+    text = bench.table({"easycache": {**row, "reuses_last_step": False}, "fbcache": {**row, "reuses_last_step": True}},
+                       False, False)
+    assert "last step" in text.splitlines()[0]
+    assert text.splitlines()[1].split()[5] == "compute" and text.splitlines()[2].split()[5] == "reuse"
+
+
 def test_frontier_picks_the_best_at_or_above_each_speedup():
     results = {
         "none": dict(framework="videosys", speedup=1.0),

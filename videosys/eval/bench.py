@@ -7,8 +7,9 @@
 
 One engine is built; the caches are switched on it between runs (no weight reloads). Per variant: end-to-end
 and transformer seconds per video, speed-up over no cache (a peer's over its own framework's uncached run),
-the steps computed, PSNR / SSIM / LPIPS of each video against the uncached video of the same prompt and seed
-in the same framework (frames in [0, 1], averaged per frame: eval/common_metrics' protocol; LPIPS when its
+the steps computed, whether it may reuse the last step ("last step": reuse / compute, from each method's
+registered `reuses_last_step`), PSNR / SSIM / LPIPS of each video against the uncached video of the same
+prompt and seed in the same framework (frames in [0, 1], averaged per frame: eval/common_metrics' protocol; LPIPS when its
 weights are available) and, with the demo prompts, the colour-and-direction accuracy of the demo tracker.
 Times are medians over --repeats rounds that each generate one video with every variant in turn (ours and
 the peers' interleaved, the order rotated each round, after a warm-up round), so drift of the machine hits
@@ -68,6 +69,16 @@ def method_of(variant: str) -> str:
         return method_for_name(variant)[0].name
     except ValueError:
         return variant
+
+
+def reuses_last_step(variant: str) -> bool | None:
+    """Whether a variant of ours may skip or reuse the generation's last step (one of its methods may:
+    registry.CacheMethod.reuses_last_step); None for "none" and for a name no registered method has."""
+    from videosys.cache.registry import METHODS
+
+    names = ["teacache" if m == "teacache-cal" else m for m in method_of(variant).split("+")]
+    flags = [METHODS[n].reuses_last_step for n in names if n in METHODS]
+    return any(flags) if flags else None
 
 
 # ---------------------------------------------------------------- runners: ours and diffusers'
@@ -152,16 +163,24 @@ def computed_of(row: dict) -> str:
     return "all" if row.get("framework") == "videosys" else "-"
 
 
+def last_step_of(row: dict) -> str:
+    """"reuse": the variant may skip or reuse the last step, "compute": it always computes it, "-": unknown."""
+    flag = row.get("reuses_last_step")
+    return "-" if flag is None else "reuse" if flag else "compute"
+
+
 def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     width = max([15] + [len(v) + 2 for v in results])
-    head = f"{'variant':<{width}}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'PSNR':>8}{'SSIM':>8}"
+    head = (f"{'variant':<{width}}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'last step':>10}"
+            f"{'PSNR':>8}{'SSIM':>8}")
     head += f"{'LPIPS':>8}" if with_lpips else ""
     head += f"{'accuracy':>9}" if with_accuracy else ""
     lines = [head]
     for variant, row in results.items():
         line = (f"{variant:<{width}}{row['total_s']:>9.3f}{row['transformer_s']:>10.3f}{row['speedup']:>8.2f}x"
-                f"{computed_of(row):>9}{fmt(row.get('psnr'), '.2f'):>8}{fmt(row.get('ssim'), '.4f'):>8}")
+                f"{computed_of(row):>9}{last_step_of(row):>10}{fmt(row.get('psnr'), '.2f'):>8}"
+                f"{fmt(row.get('ssim'), '.4f'):>8}")
         line += f"{fmt(row.get('lpips'), '.4f'):>8}" if with_lpips else ""
         line += f"{fmt(row.get('accuracy'), '.3f'):>9}" if with_accuracy else ""
         lines.append(line)
@@ -290,7 +309,7 @@ def run(args) -> int:
                 video, _, stats = runner.generate(prompt, seed)
                 videos.append(video)
             row = {"framework": framework, "variant": variant, "method": method_of(name), "caches": stats,
-                   **timings[name]}
+                   "reuses_last_step": reuses_last_step(variant) if runner is ours else None, **timings[name]}
             if variant == "none":
                 baselines[framework] = (name, videos)
             else:
