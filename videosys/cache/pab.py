@@ -42,11 +42,12 @@ ATTENTION_KINDS = ("spatial", "temporal", "cross")
 
 @dataclass
 class PABConfig:
-    """None for a kind = never broadcast it. Windows are (lo, hi), strict on both ends."""
+    """None for a kind = never broadcast it. Windows are (lo, hi), strict on both ends. The windows are per model
+    (the family's published ones: for_model / a name), so a kind left unset broadcasts nothing."""
 
-    spatial: tuple[tuple[float, float], int] | None = ((100, 800), 2)
-    temporal: tuple[tuple[float, float], int] | None = ((100, 800), 3)
-    cross: tuple[tuple[float, float], int] | None = ((100, 800), 6)
+    spatial: tuple[tuple[float, float], int] | None = None
+    temporal: tuple[tuple[float, float], int] | None = None
+    cross: tuple[tuple[float, float], int] | None = None
     mlp: dict[float, tuple[tuple[int, ...], int]] = field(default_factory=dict)  # timestep -> (blocks, skip)
     mlp_kinds: tuple[str, ...] = ("spatial", "temporal")  # blocks whose MLPs PAB handles (counts, may broadcast)
 
@@ -67,7 +68,7 @@ class PABConfig:
         """The family's published setting (a kind it leaves out is off) with `overrides`."""
         if setting is None:
             raise ValueError("no published PAB defaults for this model (pass the settings explicitly)")
-        return cls(**{**{kind: None for kind in ATTENTION_KINDS}, **setting, **overrides})
+        return cls(**{**setting, **overrides})
 
     @classmethod
     def from_name(cls, arg: str, setting: dict | None) -> "PABConfig | None":
