@@ -1,7 +1,8 @@
 """Training-free caches: one file per method, one registry, the same hook points in every family.
 
-A method is one file here: a config dataclass with the published per-family defaults, a state
-object (a `hooks.Cache`) defining the hooks it acts at, and one `registry.register(...)` call.
+A method is one file here: a config dataclass with the defaults that hold for any model, a state
+object (a `hooks.Cache`) defining the hooks it acts at, and one `registry.register(...)` call. The
+published per-model settings belong to the families (videosys/models/<family>/cache_settings.py).
 Every module of this package is imported below, so a new file registers itself; its names then
 parse everywhere (config `cache=`, `--cache`, YAML, `engine.set_cache`, bench / eval variants).
 
