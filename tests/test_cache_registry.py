@@ -161,7 +161,8 @@ def test_names_parse_everywhere_from_the_registration(tmp_path, capsys):
     assert "counting" in choices() and "counting-<split|whole>" in choices()
     assert "counting-whole" in sweep_names()
     assert configs_from_spec("counting-whole", published("latte")) == [CountingConfig(split_stack=False)]
-    assert configs_from_spec({"method": "counting", "split_stack": False}, published("latte")) == [CountingConfig(False)]
+    assert configs_from_spec({"method": "counting", "split_stack": False},
+                             published("latte")) == [CountingConfig(False)]
     with pytest.raises(ValueError, match="counting-<split|whole>"):
         configs_from_spec("counting-sideways", published("latte"))
     config = LatteConfig(preset="tiny", cache=[CountingConfig(split_stack=False), "pab"])

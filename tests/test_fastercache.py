@@ -108,7 +108,8 @@ def test_diffusers_defaults_names_and_calls():
     assert configs_from_spec("fastercache", published("open-sora-plan-v120", "open-sora-plan"))[0] == c
     plain = FasterCacheConfig()  # the class: diffusers' windows, the paper's formula
     assert plain.weight is None and not plain.compound and plain.spatial == ((-1.0, 681.0), 2)
-    c = configs_from_spec("fastercache-3-4t", published("cogvideox-2b", "cogvideox"))[0]  # the authors' bounds, other periods
+    # the authors' bounds, other periods
+    c = configs_from_spec("fastercache-3-4t", published("cogvideox-2b", "cogvideox"))[0]
     assert c.spatial == Calls(18, every=3) == c.temporal and c.uncond == Calls(18, every=4) and c.weight == 0.3
     c = configs_from_spec("fastercache-3", published("latte"))[0]  # Latte computes on odd calls: the phase modulo 3
     assert c.spatial == Calls(16, every=3, phase=1) == c.temporal and c.uncond == Calls(18, every=5)

@@ -277,7 +277,8 @@ def test_pab_computes_on_the_step_edited_frames_join(tiny, clip):
     ts = RectifiedFlowScheduler().timesteps(4, 48, 48, 34)
     every_other = ((0, 1001), 2)
     plans = {}
-    tiny.set_cache(PABConfig.for_model(published("open-sora")["pab"], spatial=every_other, temporal=every_other, cross=every_other))
+    tiny.set_cache(PABConfig.for_model(published("open-sora")["pab"], spatial=every_other, temporal=every_other,
+                                       cross=every_other))
     try:
         for name, strategy in (("hold", "0,0,0,0,5"), ("edit", f"0,0,0,0,5,{(ts[0] + ts[1]) / 2 / 1000}")):
             out = tiny.generate(PROMPT, reference=clip, mask_strategy=strategy, **RUN)

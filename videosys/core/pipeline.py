@@ -79,7 +79,8 @@ class VideoSysPipeline:
         """Replace the transformer's caches: a name, a cache config, or a list (see videosys.cache)."""
         from videosys.cache import configs_from_spec
 
-        configs = configs_from_spec(cache, self.config.published_cache_settings())  # a bad spec fails before anything changes
+        # a bad spec fails before anything changes
+        configs = configs_from_spec(cache, self.config.published_cache_settings())
         self.transformer.disable_cache()
         for config in configs:
             self.transformer.enable_cache(config)

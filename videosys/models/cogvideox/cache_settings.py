@@ -17,8 +17,8 @@ CACHE_SETTINGS = {
     },
     # PAB (reference/acceleration.md): published: joint attention only, MLPs left alone
     "pab": {"cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=())},
-    # FasterCache: the authors' settings, Vchitect/FasterCache scripts/cogvideox/fastercache_sample_cogvideox.py
-    # (single device; counts are their 1-based `counter`, one [uncond; cond] call per step;
+    # FasterCache: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
+    # (their single-device script; counts are their 1-based `counter`, one [uncond; cond] call per step;
     # videosys/cache/fastercache.py explains compound=True and the scaling of calls):
     #   cogvideox (2b and 5b share the script; 50 steps): full attention on calls >= 18 not divisible by 3, weight 0.3;
     #   uncond skipped on calls >= 18 not divisible by 5; low x1.1 on calls <= 40, high x1.1 on calls >= 30.

@@ -12,10 +12,10 @@ CACHE_SETTINGS = {
     # skip)} for spatial and temporal blocks
     "pab": {"latte": dict(spatial=((100, 800), 2), temporal=((100, 800), 3), cross=((100, 800), 6),
                           mlp={t: (tuple(range(5)), 2) for t in (720, 640, 560, 480, 400)})},
-    # FasterCache: the authors' settings, Vchitect/FasterCache scripts/latte/fastercache_sample_latte.py (single
-    # device; counts are their 1-based `counter`, one [uncond; cond] call per step; videosys/cache/fastercache.py
-    # explains compound=True and the scaling of calls):
-    #   50 DDIM, configs/latte/fastercache_sample.yaml: spatial + temporal attention reused on even calls >= 16
+    # FasterCache: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
+    # (their single-device script; counts are their 1-based `counter`, one [uncond; cond] call per step;
+    # videosys/cache/fastercache.py explains compound=True and the scaling of calls):
+    #   latte (50 DDIM, configs/latte/fastercache_sample.yaml): spatial + temporal attention reused on even calls >= 16
     #   (`counter>=16 and counter%2==0`), weight 0.5; uncond skipped on calls >= 18 not divisible by 5; delta_lf x1.1
     #   on calls < 45, `elif counter>35` delta_hf x1.1: so high on calls >= 45 only.
     # (phase 1 of every 2: acts on even calls, computes on odd ones)

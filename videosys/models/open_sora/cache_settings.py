@@ -12,11 +12,12 @@ CACHE_SETTINGS = {
     # skip)} for spatial and temporal blocks
     "pab": {"open-sora": dict(spatial=((450, 930), 2), temporal=((450, 930), 4), cross=((450, 930), 6),
                               mlp={t: (tuple(range(5)), 2) for t in (676, 788, 864)})},
-    # FasterCache: the authors' settings, Vchitect/FasterCache scripts/open_sora/fastercache_sample_opensora.py
-    # (single device; counts are their 1-based `counter`, one [uncond; cond] call per step;
+    # FasterCache: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
+    # (their single-device script; counts are their 1-based `counter`, one [uncond; cond] call per step;
     # videosys/cache/fastercache.py explains compound=True and the scaling of calls):
-    #   open-sora (1.2, 30 rflow steps): spatial + temporal (STDiT3 blocks) on even calls > 7, weight 0.9 (call - 7) / 20;
-    #   uncond skipped on calls > 11 not divisible by 5; high x1.15 on calls >= 20, low x1.15 on calls <= 25 (both ifs).
+    #   open-sora (1.2, 30 rflow steps): spatial + temporal (STDiT3 blocks) on even calls > 7, weight
+    #   0.9 (call - 7) / 20; uncond skipped on calls > 11 not divisible by 5; high x1.15 on calls >= 20, low x1.15
+    #   on calls <= 25 (both ifs).
     # Their script has no shape check and broadcasts the cond rows to both branches where the newest computed
     # output lacks the rows a call needs (calls 20 and 30); ours computes there, as their other scripts do. Their
     # multi-device script differs (MLP reuse in blocks 14-42); the single-device one is the reference.

@@ -13,10 +13,11 @@ CACHE_SETTINGS = {
     # PAB (reference/acceleration.md): window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
     # skip)} for spatial and temporal blocks
     "pab": {"open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
-                                        mlp={t: (tuple(range(7)), 2) for t in range(738, 425, -24)}),  # 14 timesteps 738 .. 426
+                                        # 14 timesteps 738 .. 426
+                                        mlp={t: (tuple(range(7)), 2) for t in range(738, 425, -24)}),
             "open-sora-plan-v120": dict(spatial=((100, 850), 2), cross=((100, 850), 6))},
-    # FasterCache: the authors' settings, Vchitect/FasterCache scripts/opensora_plan/fastercache_sample_opensoraplan.py
-    # (single device; counts are their 1-based `counter`, one [uncond; cond] call per step;
+    # FasterCache: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
+    # (their single-device script; counts are their 1-based `counter`, one [uncond; cond] call per step;
     # videosys/cache/fastercache.py explains compound=True and the scaling of calls):
     #   open-sora-plan-v110 (configs/opensora_plan/fastercache_sample.yaml: v1.1.0 65x512x512, 150 PNDM steps = 159
     #   calls): spatial + temporal on calls >= 45 not divisible by 3, weight 0.3; uncond skipped on calls >= 40 not
