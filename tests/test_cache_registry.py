@@ -335,3 +335,25 @@ def test_cfg_parallel_uncond_rank_skips_its_forward():
     tea_rank0, tea_single = out.stats["teacache"], single["reuse+tea"].stats["teacache"]
     assert tea_rank0["computed_steps"] + tea_rank0["reused_steps"] == 4
     assert tea_single["computed_steps"] + tea_single["reused_steps"] == 6
+
+
+# ---- the family contract: published settings and legacy switches -------------------------------------------
+def test_every_family_setting_builds_its_methods_config():
+    """Each number a family publishes (its cache_settings.py) is a valid config of the method it is for."""
+    from videosys.cache import METHODS
+    from videosys.models import FAMILIES
+
+    for family in FAMILIES:
+        for method, table in config_class(family).cache_settings.items():
+            for key, fields in table.items():
+                assert isinstance(METHODS[method].for_model(fields), METHODS[method].config_cls), (family, key)
+
+
+def test_legacy_switches_are_declared_by_their_methods():
+    from videosys.cache import registry
+
+    assert registry.legacy_switches() == ["enable_teacache", "enable_pab"]
+    config = config_class("latte")(preset="tiny", enable_teacache=True, teacache_thresh=0.3, enable_pab=True)
+    assert registry.legacy_specs(config) == ["teacache-0.3", "pab"]
+    assert [type(c).__name__ for c in config.cache_configs()] == ["TeaCacheConfig", "PABConfig"]
+

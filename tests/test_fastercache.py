@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from videosys import VideoSysEngine
-from videosys.cache import configs_from_spec
+from videosys.cache import configs_from_spec, fastercache
 from videosys.cache.fastercache import (Calls, FasterCache, FasterCacheConfig, Ramp, from_spectrum, low_pass_mask,
                                         ramp_weight, split_frequencies)
 from videosys.cache.hooks import Site
@@ -215,6 +215,10 @@ def test_frequency_split_against_hand_computed_values():
     mask = low_pass_mask(10, 12, "cpu")  # radius min(10, 12) // 5 = 2 around (x, y) = (6, 5)
     hand = torch.tensor([[(x - 6) ** 2 + (y - 5) ** 2 <= 4 for x in range(12)] for y in range(10)])
     assert torch.equal(mask, hand) and int(mask.sum()) == 13
+    assert low_pass_mask(10, 12, "cpu") is mask  # built once per shape and device ...
+    for size in range(20, 40):  # ... and bounded: a long-lived server sees many sizes
+        low_pass_mask(size, size, "cpu")
+    assert fastercache._low_pass_mask.cache_info().currsize <= 8
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 10, 12, generator=g)
     low, high = split_frequencies(x)
