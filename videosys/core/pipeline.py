@@ -227,11 +227,6 @@ class VideoSysPipeline:
         raise NotImplementedError
 
     # ---- noise and the loop --------------------------------------------------------------
-    def seeded_noise(self, shape, seed: int) -> torch.Tensor:
-        """Noise drawn on the CPU from `seed`, so a seed gives the same video on every device."""
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-
     def progress(self, total: int, desc: str):
         desc = f"{desc} ({self.progress_label})" if self.progress_label else desc
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
@@ -244,11 +239,6 @@ class VideoSysPipeline:
 
         self.run_stats = {}  # this generation's: a FreeInit run fills it
         return freeinit.sample(self, latents, run, num_steps, seed, frame_dim)
-
-    def fewest_run_steps(self, num_steps: int) -> int:
-        """The steps of the shortest sampling run (FreeInit's coarse-to-fine runs start with fewer)."""
-        config = self.config.freeinit_config()
-        return num_steps if config is None else config.steps(0, num_steps)
 
     def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.

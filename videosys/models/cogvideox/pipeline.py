@@ -205,8 +205,8 @@ class CogVideoXPipeline(VideoSysPipeline):
         return states.to(device=self.device, dtype=self.dtype)
 
     # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------
-    # The run's generator draws the first noise (as VideoSysPipeline.seeded_noise would), then goes on
-    # to the DPM scheduler's per-step noise, in the order diffusers draws it.
+    # The run's generator draws the first noise (VideoSysPipeline.initial_latents), then goes on to the DPM
+    # scheduler's per-step noise, in the order diffusers draws it.
     def latent_shape(self, run) -> tuple[int, ...]:
         v = run.values
         latent_frames = (v["num_frames"] - 1) // self.vae_temporal_factor + 1

@@ -362,7 +362,7 @@ class OpenSoraPipeline(VideoSysPipeline):
                 *self.vae.latent_size(v["num_frames"], v["height"], v["width"]))  # (B, C, T', h, w)
 
     def initial_latents(self, run) -> torch.Tensor:
-        """A clip's noise (rectified flow starts at unit noise); the first draw equals seeded_noise(shape, seed)."""
+        """A clip's noise from the run's generator (rectified flow starts at unit noise, unscaled)."""
         return torch.randn(self.latent_shape(run), generator=run.generator, dtype=torch.float32).to(self.device)
 
     def sample_video(self, run, latents: torch.Tensor) -> torch.Tensor:
