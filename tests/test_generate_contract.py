@@ -102,3 +102,23 @@ def test_run_stats_are_per_pipeline():
     b = tiny_pipeline("latte")
     assert b.run_stats == {} and "freeinit" not in b.generate(PROMPT, num_frames=2, height=32, width=32,
                                                               num_inference_steps=2).stats
+
+
+def test_grid_factors_come_from_a_local_checkpoints_configs(tmp_path):
+    """No weights load for the checks: a local folder's config.json files give the factors (here a
+    2x-downsampling VAE and patch size 1: a 2-pixel grid; CogVideoX's 2x temporal VAE: 4k + 1 frames)."""
+    import json
+
+    from videosys import LatteConfig
+    from videosys.models.cogvideox.pipeline import CogVideoXConfig
+
+    for part, values in (("transformer", {"patch_size": 1}),
+                         ("vae", {"block_out_channels": [8, 8], "temporal_compression_ratio": 2})):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text(json.dumps(values))
+    assert LatteConfig(model_path=str(tmp_path), height=34, width=34).height == 34
+    with pytest.raises(RequestError, match="divisible by 16"):
+        LatteConfig(height=34)  # the release's grid (the hub id is not a local folder)
+    assert CogVideoXConfig(model_path=str(tmp_path), num_frames=5, height=34, width=34).num_frames == 5
+    with pytest.raises(RequestError, match="8k \\+ 1"):
+        CogVideoXConfig(num_frames=5)

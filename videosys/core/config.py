@@ -256,6 +256,12 @@ class BaseConfig:
             raise RequestError("guidance_scale", f"guidance_scale must be >= 0, got {out['guidance_scale']!r}")
         return out
 
+    def vae_downsampling(self, folder: str | None, default: int = 8) -> int:
+        """The spatial downsampling of a diffusers-layout VAE (2 ** (levels - 1)), read from a local
+        checkpoint's vae/config.json without loading it; `default` (the release's) otherwise."""
+        blocks = self.transformer_config_value("block_out_channels", os.path.join(folder, "vae")) if folder else None
+        return 2 ** (len(blocks) - 1) if blocks else default
+
     @staticmethod
     def check_divisible(values: dict, factor: int, why: str, names=("height", "width")) -> None:
         """Each of `names` divisible by `factor` (a size grid), or a RequestError naming the field."""

@@ -67,7 +67,7 @@ class CogVideoXConfig(BaseConfig):
                                "number of latent frames only")
         patch = (tiny_transformer_config(False).patch_size if self.model_path is None
                  else self.transformer_config_value("patch_size") or 2)
-        self.check_divisible(values, 8 * patch, "VAE downsampling x patch size")
+        self.check_divisible(values, self.vae_downsampling(self.model_path) * patch, "VAE downsampling x patch size")
         return values
 
     def vae_config_value(self, key: str):

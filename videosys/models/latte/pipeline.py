@@ -60,11 +60,12 @@ class LatteConfig(BaseConfig):
         self.check_request({})  # the config's own size, as a call's would be checked
 
     def check_request(self, values: dict) -> dict:
-        """BaseConfig's checks, then the size grid: height / width divisible by the VAE's 8x downsampling
-        times the transformer's patch size (a local checkpoint's config.json says; else Latte's 2)."""
+        """BaseConfig's checks, then the size grid: height / width divisible by the VAE's downsampling times
+        the transformer's patch size (a local checkpoint's config.json says; else Latte's 8 x 2)."""
         values = super().check_request(values)
-        patch = self.transformer_config_value("patch_size", self.checkpoint_folder()) or 2
-        self.check_divisible(values, 8 * patch, "VAE downsampling x patch size")
+        folder = self.checkpoint_folder()
+        patch = self.transformer_config_value("patch_size", folder) or 2
+        self.check_divisible(values, self.vae_downsampling(folder) * patch, "VAE downsampling x patch size")
         return values
 
     def checkpoint_folder(self) -> str | None:

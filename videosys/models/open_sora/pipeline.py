@@ -342,7 +342,7 @@ class OpenSoraPipeline(VideoSysPipeline):
         denoising; the texts are its prompts (the first clip's)."""
         v = run.values
         latent_t, latent_h, latent_w = self.vae.latent_size(v["num_frames"], v["height"], v["width"])
-        cond = self.prepare_conditioning(prompt, *(v[name] for name in OpenSoraConfig.CONDITIONING), v["height"],
+        cond = self.prepare_conditioning(prompt, *(v.get(name) for name in OpenSoraConfig.CONDITIONING), v["height"],
                                          v["width"], latent_t)
         if (cond.conditioned or cond.loop > 1) and self.config.freeinit_config() is not None:
             raise ValueError("freeinit_iters > 1 does not combine with reference conditioning or loop yet")
