@@ -76,13 +76,15 @@ def frame_count(num_frames) -> int:
         if num_frames.isdigit():
             num_frames = int(num_frames)
         else:
-            raise RequestError("num_frames", f"num_frames {num_frames!r} is neither a frame count nor one of {list(DURATIONS)}")
+            raise RequestError("num_frames", f"num_frames {num_frames!r} is neither a frame count nor one of "
+                               f"{list(DURATIONS)}")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise RequestError("num_frames", f"num_frames must be a positive integer or one of {list(DURATIONS)}, got {num_frames!r}")
+        raise RequestError("num_frames", f"num_frames must be a positive integer or one of {list(DURATIONS)}, "
+                           f"got {num_frames!r}")
     if 1 < num_frames < MICRO_FRAMES:
         # the release's timestep transform counts latent frames as num_frames // 17 * 5: zero here
-        raise RequestError("num_frames", f"num_frames={num_frames}: Open-Sora 1.2 takes 1 frame (an image) or at least "
-                         f"{MICRO_FRAMES} (one VAE micro-chunk); e.g. 17, 34, 51 ('2s')")
+        raise RequestError("num_frames", f"num_frames={num_frames}: Open-Sora 1.2 takes 1 frame (an image) or at "
+                           f"least {MICRO_FRAMES} (one VAE micro-chunk); e.g. 17, 34, 51 ('2s')")
     return num_frames
 
 
@@ -132,10 +134,7 @@ class OpenSoraConfig(BaseConfig):
             self.mask_strategy = str(self.mask_strategy)  # `--set mask_strategy=0` parses as a number
         if self.reference_path is not None and not isinstance(self.reference_path, str):
             raise ValueError(f"reference_path must be a path string (';' joins several), got {self.reference_path!r}")
-        conditioning.parse_mask_strategy(self.mask_strategy)  # a bad string fails here
-        conditioning.check_prompt_flags(self.aes, self.flow, self.camera_motion)
-        conditioning.check_loop(self.loop, self.condition_frame_length, self.condition_frame_edit, float("inf"))
-        self.check_request({})  # the config's own size, as a call's would be checked
+        self.check_request({})  # the config's own size and conditioning settings, as a call's would be checked
 
     REQUEST_VALUES = (*BaseConfig.REQUEST_VALUES, "fps")
     CONDITIONING = ("reference", "mask_strategy", "loop", "condition_frame_length", "condition_frame_edit", "aes",
@@ -167,7 +166,8 @@ class OpenSoraConfig(BaseConfig):
                                f"{factor}, got {out['height']}x{out['width']}")
         pick = {name: getattr(self, name) if out.get(name) is None else out[name]
                 for name in self.CONDITIONING if name != "reference"}
-        strategies = pick["mask_strategy"] if isinstance(pick["mask_strategy"], (list, tuple)) else [pick["mask_strategy"]]
+        strategies = pick["mask_strategy"]  # one per prompt for a list of prompts
+        strategies = strategies if isinstance(strategies, (list, tuple)) else [strategies]
         for name, check in (
                 ("mask_strategy", lambda: [conditioning.parse_mask_strategy(m) for m in strategies]),
                 ("reference", lambda: check_reference_types(out.get("reference"))),
