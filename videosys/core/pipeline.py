@@ -161,7 +161,8 @@ class VideoSysPipeline:
         latents = self.sample_video(run, latents)
         return self.finish(latents, partial(self.decode_video, run), run.start, run.denoise_start, run.steps)
 
-    # the family's hooks; the defaults fit a diffusers scheduler over (B, C, T, h, w) latents
+    # The family's hooks. A family implements encode_prompt, latent_shape, predict and decode; the others'
+    # defaults fit a diffusers scheduler over (B, C, T, h, w) latents (a family overrides what differs).
     def prepare_prompts(self, prompts: list[str]) -> list[str]:
         """The texts the model encodes (a release's prompt template)."""
         return prompts
@@ -170,11 +171,12 @@ class VideoSysPipeline:
         """What a family checks or loads before any compute (Open-Sora: its references)."""
 
     def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool):
-        """The text conditioning `predict` gets after its latents (a tensor, or a tuple of tensors / None),
-        laid out [uncond; cond] with CFG."""
+        """The text conditioning, laid out [uncond; cond] with CFG: a tensor or a tuple of tensors / None,
+        which `predict` receives after (model_in, i, t)."""
         raise NotImplementedError
 
     def latent_shape(self, run: GenerationRun) -> tuple[int, ...]:
+        """The shape of the first latents (from run.values and the loaded VAE / transformer)."""
         raise NotImplementedError
 
     def initial_latents(self, run: GenerationRun) -> torch.Tensor:
@@ -224,6 +226,7 @@ class VideoSysPipeline:
         return self.decode(latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> (B, T, H, W, 3) uint8 (VideoSysPipeline.to_frames on the VAE's pixels)."""
         raise NotImplementedError
 
     # ---- noise and the loop --------------------------------------------------------------

@@ -370,7 +370,7 @@ class OpenSoraPipeline(VideoSysPipeline):
         first clip's noise. A clip with conditioned frames runs once under its step plan, else FreeInit may
         re-run the sampler."""
         cond, steps = run.conditioning, run.values["num_inference_steps"]
-        timesteps = self.begin_sampling(run, steps)
+        timesteps = self.begin_sampling(run, steps)  # the plans' schedule; each sampling run sets it again, alike
         for loop_index in range(cond.loop):
             if loop_index:
                 if cond.prompts(loop_index) != run.prompts:  # a loop prompt ("|0|..|2|..") changes its text
