@@ -251,7 +251,7 @@ def test_cli_generate(tmp_path):
     (dict(num_frames=8), "num_frames"), (dict(num_frames=13), "num_frames"), (dict(num_frames=0), "num_frames"),
     (dict(height=56), "height"), (dict(width=100), "width"), (dict(prompt=""), "prompt"),
     (dict(prompt=["ok", " "]), "prompt"), (dict(num_inference_steps=0), "num_inference_steps"),
-    (dict(guidance_scale=-1.0), "guidance_scale"), (dict(negative_prompt=None), "negative_prompt"),
+    (dict(guidance_scale=-1.0), "guidance_scale"), (dict(negative_prompt=3), "negative_prompt"),
 ])
 def test_bad_generation_input(tiny, kwargs, name):
     kwargs = {"prompt": PROMPT, **kwargs}

@@ -217,6 +217,65 @@ class BaseConfig(legacy_flags_class()):
                     return json.load(f).get(key)
         return None
 
+    # ---- a generation request's checks (no weights needed) ---------------------------------------
+    # generate() values every text-to-video family has; None in a request takes the config's value
+    REQUEST_VALUES: ClassVar[tuple[str, ...]] = ("num_frames", "height", "width", "num_inference_steps",
+                                                 "guidance_scale")
+
+    def default_negative_prompt(self) -> str:
+        """What negative_prompt=None means: the config's (a family with a published one), else ""."""
+        value = getattr(self, "negative_prompt", None)
+        return "" if value is None else value
+
+    def check_request(self, values: dict) -> dict:
+        """The values of a generate() call (arguments after the prompt), resolved and checked before any
+        weight loads: None (or absent) takes the config's value, each value gets its field's type and
+        range checks, and the family's checks (its size grid, named sizes, ...) run on the result. Raises
+        RequestError (a ValueError) naming the field; returns the resolved values (other keys kept).
+
+        Called on the config's own values when a family config is built, by the engine before it
+        dispatches a call, by `videosys serve` at submission, and by the pipeline's generate().
+        A family overrides it (calling this first) to add its checks.
+        """
+        out = dict(values)
+        negative = out.get("negative_prompt")
+        if negative is None:
+            out["negative_prompt"] = self.default_negative_prompt()
+        elif not isinstance(negative, str):
+            raise RequestError("negative_prompt", f"negative_prompt must be a string or None (the model's default), "
+                               f"got {negative!r}")
+        for name in self.REQUEST_VALUES:
+            if out.get(name) is None:
+                out[name] = getattr(self, name, None)
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        for name in self.REQUEST_VALUES:  # a family checks its other values (they may differ from its fields')
+            value = out[name]
+            if name in fields and value is not None:
+                try:
+                    out[name] = check_value(name, fields[name], value)
+                except ValueError as err:
+                    raise RequestError(name, str(err)) from None
+        for name in ("num_frames", "height", "width", "num_inference_steps"):
+            value = out.get(name)  # None: a family without the value (CascadeV reconstructs, it has no size)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise RequestError(name, f"{name} must be a positive integer, got {value!r}")
+        if out.get("guidance_scale") is not None and out["guidance_scale"] < 0:
+            raise RequestError("guidance_scale", f"guidance_scale must be >= 0, got {out['guidance_scale']!r}")
+        return out
+
+    def vae_downsampling(self, folder: str | None, default: int = 8) -> int:
+        """The spatial downsampling of a diffusers-layout VAE (2 ** (levels - 1)), read from a local
+        checkpoint's vae/config.json without loading it; `default` (the release's) otherwise."""
+        blocks = self.transformer_config_value("block_out_channels", os.path.join(folder, "vae")) if folder else None
+        return 2 ** (len(blocks) - 1) if blocks else default
+
+    @staticmethod
+    def check_divisible(values: dict, factor: int, why: str, names=("height", "width")) -> None:
+        """Each of `names` divisible by `factor` (a size grid), or a RequestError naming the field."""
+        for name in names:
+            if values[name] % factor:
+                raise RequestError(name, f"{name}={values[name]} must be divisible by {factor} ({why})")
+
     def check_launch(self, world: int, spawning: bool) -> None:
         """What the machine and the model must allow for `world` processes, checked before any process starts
         or weight loads: the device, the cores (when the engine spawns CPU workers), the cfg split, the heads."""
@@ -325,3 +384,11 @@ def _guess_value(raw: str):
         except ValueError:
             pass
     return {"true": True, "false": False, "none": None, "null": None}.get(raw.lower(), raw)
+
+
+class RequestError(ValueError):
+    """A generation request's bad value; `field` names it (the server's 422 points at it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field

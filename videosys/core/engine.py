@@ -338,7 +338,9 @@ class VideoSysEngine:
     def generate(self, prompt, progress=None, **kwargs) -> VideoSysOutput:
         """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
-        Under torchrun each rank calls its own `progress`: they must all stop at the same step."""
+        Under torchrun each rank calls its own `progress`: they must all stop at the same step.
+        The request's values are checked (the config's check_request) before any rank is asked to run it."""
+        self.config.check_request(kwargs)
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def reconstruct(self, video, **kwargs):

@@ -1,10 +1,13 @@
-"""VideoSysPipeline: what every family's pipeline shares.
+"""VideoSysPipeline: what every family's pipeline shares, generate() included.
 
-A family pipeline builds its components (official or tiny), encodes prompts, prepares the
-seeded noise and decodes; it hands the denoising loop (`denoise`) what differs: how the model
-is called, the scheduler step and the conditioning. This base holds the parts that are the
-same everywhere: input checks, the one denoising / CFG loop (with CFG parallelism and the
-caches' CFG-branch hook point), seeded noise, the progress bar and the conversion to frames.
+A family pipeline builds its components (official or tiny) and supplies the hooks the one
+`generate` calls (see "the family's hooks" below): its prompt handling, `encode_prompt`, the
+latents' shape (or its own first latents), the schedule, `predict`, `step` and `decode`; Open-Sora
+also its loop over clips (`sample_video`). The request checks are the config's
+(`BaseConfig.check_request`: they run without weights, so the engine and the server run them too).
+This base holds what is the same everywhere: the request's flow, the one denoising / CFG loop (with
+CFG parallelism and the caches' CFG-branch hook point), seeded noise, FreeInit's runs, the progress
+bar and the conversion to frames.
 """
 
 import contextlib
@@ -17,6 +20,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 from functools import partial
 
 import torch
@@ -24,7 +28,6 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
-from videosys.core.config import check_value
 from videosys.core.parallel import ParallelState
 
 
@@ -39,13 +42,41 @@ class VideoSysOutput:
     latents: torch.Tensor | None = None  # the final latents (CPU, fp32), for exact comparisons
 
 
+@dataclass
+class GenerationRun:
+    """One generate() call's state, from its checked request to the decoded video (the hooks read it)."""
+
+    prompts: list[str]  # the texts the model encodes (the family's prompt handling applied)
+    values: dict  # the request resolved and checked (BaseConfig.check_request): num_frames, height, ...
+    seed: int
+    generator: torch.Generator  # CPU, seeded: the first noise, then the family's further draws (same on every device)
+    do_cfg: bool
+    start: float  # time.perf_counter() at the call's start
+    text: tuple = ()  # encode_prompt's conditioning, laid out [uncond; cond] with CFG
+    conditioning: Any = None  # a family's further conditioning (Open-Sora's references and loop)
+    timesteps: torch.Tensor | None = None  # this sampling run's schedule (CPU: the scheduler indexes its tables)
+    model_timesteps: torch.Tensor | None = None  # the same, on the device (what the transformer sees)
+    state: dict = field(default_factory=dict)  # a family's per-sampling-run state (DPM's previous x0, ...)
+    denoise_start: float = 0.0
+    steps: int = 0  # model steps taken (the stats' "steps")
+
+    @property
+    def negative_prompt(self) -> str:
+        return self.values["negative_prompt"]
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.values["guidance_scale"]
+
+
 class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
     step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
     progress_label = ""  # shown beside the progress bar's name (FreeInit's run)
     denoised_steps = 0  # steps of the last run of `denoise`
-    run_stats: dict = {}  # what the sampler adds to out.stats (FreeInit's runs); replaced, never mutated, here
+    progress_name = ""  # the progress bar's name
+    frame_dim = 2  # where the latents keep their frames: (B, C, T, H, W); FreeInit filters over them
 
     def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
         self.config = config
@@ -54,6 +85,7 @@ class VideoSysPipeline:
         self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.parallel = ParallelState()
+        self.run_stats: dict = {}  # what the sampler adds to out.stats (FreeInit's runs), per pipeline
 
     @classmethod
     def assemble(cls, config, transformer, vae, text_encoder, tokenizer, scheduler):
@@ -96,34 +128,109 @@ class VideoSysPipeline:
         if unknown:
             warnings.warn(f"this model knows only the words of its training captions ({', '.join(sorted(vocabulary))}),"
                           f" not {', '.join(map(repr, unknown))}: the video follows the known words alone (try e.g. "
-                          "\"a red circle moving to the right\")", stacklevel=3)
+                          "\"a red circle moving to the right\")", stacklevel=4)
         return prompts
 
-    def resolve(self, **kwargs) -> dict:
-        """Generation arguments: the call's values, else the config's (published or preset defaults)."""
-        out = {k: getattr(self.config, k) if v is None else v for k, v in kwargs.items()}
-        fields = {f.name: f.type for f in dataclasses.fields(self.config)}
-        for name, value in out.items():  # a call's values get the config's type and range checks
-            if name in fields and value is not None:
-                out[name] = check_value(name, fields[name], value)
-        for name in ("num_frames", "height", "width", "num_inference_steps"):
-            if name in out and (not isinstance(out[name], int) or out[name] <= 0):
-                raise ValueError(f"{name} must be a positive integer, got {out[name]!r}")
-        if "guidance_scale" in out and out["guidance_scale"] < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {out['guidance_scale']!r}")
-        return out
+    # ---- generation: one flow, the family's hooks -------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None) -> VideoSysOutput:
+        """Videos for `prompt` (a string or a list): (B, T, H, W, 3) uint8 in `.video`.
 
-    def check_spatial(self, height: int, width: int, factor: int) -> None:
-        for name, value in (("height", height), ("width", width)):
-            if value % factor:
-                raise ValueError(f"{name}={value} must be divisible by {factor} (VAE downsampling x patch size)")
+        None takes the config's value (published or preset defaults); negative_prompt=None is the model's
+        default negative prompt ("" unless its release publishes one). A family with more request fields
+        overrides this with its signature (the server builds its request model from it) and calls
+        `run_generation`.
+        """
+        return self.run_generation(prompt, seed, dict(
+            negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale))
+
+    def run_generation(self, prompt, seed: int, request: dict) -> VideoSysOutput:
+        """A generation: checks (before any compute), text, first latents, sampling, decoding."""
+        prompts = self.as_prompt_list(prompt)
+        values = self.config.check_request(request)
+        run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seed,
+                            generator=torch.Generator("cpu").manual_seed(int(seed)),
+                            do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter())
+        self.prepare_run(run, prompt)
+        text = self.encode_prompt(run.prompts, run.negative_prompt, run.do_cfg)
+        run.text = text if isinstance(text, tuple) else (text,)  # one tensor: CogVideoX's states
+        latents = self.initial_latents(run)
+        run.denoise_start = time.perf_counter()
+        latents = self.sample_video(run, latents)
+        return self.finish(latents, partial(self.decode_video, run), run.start, run.denoise_start, run.steps)
+
+    # The family's hooks. A family implements encode_prompt, latent_shape, predict and decode; the others'
+    # defaults fit a diffusers scheduler over (B, C, T, h, w) latents (a family overrides what differs).
+    def prepare_prompts(self, prompts: list[str]) -> list[str]:
+        """The texts the model encodes (a release's prompt template)."""
+        return prompts
+
+    def prepare_run(self, run: GenerationRun, prompt) -> None:
+        """What a family checks or loads before any compute (Open-Sora: its references)."""
+
+    def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool):
+        """The text conditioning, laid out [uncond; cond] with CFG: a tensor or a tuple of tensors / None,
+        which `predict` receives after (model_in, i, t)."""
+        raise NotImplementedError
+
+    def latent_shape(self, run: GenerationRun) -> tuple[int, ...]:
+        """The shape of the first latents (from run.values and the loaded VAE / transformer)."""
+        raise NotImplementedError
+
+    def initial_latents(self, run: GenerationRun) -> torch.Tensor:
+        """Noise from the run's generator (CPU, fp32) scaled to where the scheduler starts."""
+        noise = torch.randn(self.latent_shape(run), generator=run.generator, dtype=torch.float32).to(self.device)
+        return (noise * self.scheduler.init_noise_sigma).to(self.dtype)
+
+    def sample_video(self, run: GenerationRun, latents: torch.Tensor) -> torch.Tensor:
+        """The clean latents: the sampler (once, or FreeInit's runs) over `sampling_run`."""
+        latents = self.sample(latents, partial(self.sampling_run, run), run.values["num_inference_steps"], run.seed,
+                              self.frame_dim)
+        run.steps = self.denoised_steps
+        return latents
+
+    def sampling_run(self, run: GenerationRun, latents: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """One sampling run of `num_steps` through the shared loop."""
+        timesteps = self.begin_sampling(run, num_steps)
+        return self.denoise(latents, timesteps, partial(self.predict, run), partial(self.step, run), run.text,
+                            run.do_cfg, self.guidance_scales(run), self.progress_name,
+                            self.cache_timesteps(run))
+
+    def begin_sampling(self, run: GenerationRun, num_steps: int) -> torch.Tensor:
+        """Set the schedule of a sampling run (and the family's per-run state); return its timesteps."""
+        self.scheduler.set_timesteps(num_steps)
+        run.timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
+        run.model_timesteps = run.timesteps.to(self.device)  # copied once per run
+        return run.timesteps
+
+    def guidance_scales(self, run: GenerationRun):
+        """The CFG scale: one, or one per step."""
+        return run.guidance_scale
+
+    def cache_timesteps(self, run: GenerationRun) -> torch.Tensor | None:
+        """The timesteps the caches see, in the form their published tables use (None: run.timesteps)."""
+        return None
+
+    def predict(self, run: GenerationRun, model_in: torch.Tensor, i: int, t, *conditioning) -> torch.Tensor:
+        """The model's prediction for `model_in` at step i (shaped like it)."""
+        raise NotImplementedError
+
+    def step(self, run: GenerationRun, pred: torch.Tensor, i: int, t, latents: torch.Tensor) -> torch.Tensor:
+        """The next latents."""
+        return self.scheduler.step(pred, t, latents, return_dict=False)[0]
+
+    def decode_video(self, run: GenerationRun, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> (B, T, H, W, 3) uint8."""
+        return self.decode(latents)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> (B, T, H, W, 3) uint8 (VideoSysPipeline.to_frames on the VAE's pixels)."""
+        raise NotImplementedError
 
     # ---- noise and the loop --------------------------------------------------------------
-    def seeded_noise(self, shape, seed: int) -> torch.Tensor:
-        """Noise drawn on the CPU from `seed`, so a seed gives the same video on every device."""
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-
     def progress(self, total: int, desc: str):
         desc = f"{desc} ({self.progress_label})" if self.progress_label else desc
         return tqdm(total=total, desc=desc, disable=not self.config.progress_bar, leave=False)
@@ -134,13 +241,8 @@ class VideoSysPipeline:
         between runs) or once. `frame_dim`: where the latents keep their frames ((B, C, T, H, W): 2)."""
         from videosys.core import freeinit
 
-        self.run_stats = {}
+        self.run_stats = {}  # this generation's: a FreeInit run fills it
         return freeinit.sample(self, latents, run, num_steps, seed, frame_dim)
-
-    def fewest_run_steps(self, num_steps: int) -> int:
-        """The steps of the shortest sampling run (FreeInit's coarse-to-fine runs start with fewer)."""
-        config = self.config.freeinit_config()
-        return num_steps if config is None else config.steps(0, num_steps)
 
     def denoise_steps(self, timesteps: torch.Tensor, desc: str, refresh_steps=()):
         """Yield (index, timestep) over a CPU timestep tensor, keeping the caches and the progress bar in step.
@@ -203,12 +305,6 @@ class VideoSysPipeline:
     def enable_configured_caches(self) -> None:
         for cache in self.config.cache_configs():
             self.transformer.enable_cache(cache)
-
-    @staticmethod
-    def guide(pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """CFG on a batch laid out [uncond; cond]."""
-        uncond, cond = pred.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
 
     def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, predict, step, conditioning: tuple = (),
                 do_cfg: bool = False, guidance=1.0, desc: str = "", cache_timesteps: torch.Tensor | None = None,

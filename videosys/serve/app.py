@@ -7,11 +7,11 @@
     GET  /compare?a=..&b=..     two finished jobs' timings and the PSNR between their videos
     GET  /info, /health
 
-Request fields are the family's generate() arguments under the config's names; a value is checked
-by the config itself (the family config rebuilt with it, then the pipeline's argument checks), so a
-bad one gets a 422 naming the field before it is queued. The checks only a family's generate() makes
-(its size grid: Latte's height divisible by 16, CogVideoX's 8k+1 frames) run when the job starts,
-before any compute, and fail the job with their message.
+Request fields are the family's generate() arguments under the config's names; a request is checked
+by the config itself before it is queued: each field's type and range (the family config rebuilt
+with it), then the whole request through `config.check_request`, the function generate() and the
+engine run (the family's size grid: Latte's height divisible by 16, CogVideoX's 8k+1 frames, ...),
+so a bad value gets a 422 naming the field at submission.
 """
 
 import dataclasses
@@ -29,6 +29,7 @@ from pydantic import ConfigDict, Field, create_model
 
 from videosys.cache import choices, published_names
 from videosys.cache.registry import legacy_specs, legacy_switches
+from videosys.core.config import RequestError
 from videosys.serve.jobs import DONE, JobRunner, JobStore, QueueFull
 from videosys.utils.video import read_video
 
@@ -76,9 +77,10 @@ def _cache_name(config) -> str | None:
     return switched[0] if switched else "none"
 
 
-def validate_request(config, pipeline, values: dict) -> None:
-    """Each field through the config's own validation (the config rebuilt with it, then the pipeline's
-    argument checks on the result); raises a 422 listing every bad field by name."""
+def validate_request(config, values: dict) -> None:
+    """Each field through the config's own validation (the config rebuilt with it: its type and range), then
+    the request as generate() would take it (config.check_request); raises a 422 listing every bad field by
+    name."""
     config_names = {f.name for f in dataclasses.fields(config)}
     errors = []
     for name, value in values.items():
@@ -87,15 +89,16 @@ def validate_request(config, pipeline, values: dict) -> None:
         # a request's cache replaces the server's (flags included), as engine.set_cache does
         changes = {name: value, **({switch: False for switch in legacy_switches()} if name == "cache" else {})}
         try:
-            checked = dataclasses.replace(config, **changes)
-            if name in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale"):
-                pipeline.resolve(**{name: getattr(checked, name)})
+            dataclasses.replace(config, **changes)
+        except RequestError as err:  # the family's checks on the rebuilt config's values name their field
+            errors.append({"loc": ("body", err.field), "msg": str(err), "type": "value_error"})
         except (ValueError, TypeError) as err:
             errors.append({"loc": ("body", name), "msg": str(err), "type": "value_error"})
-    if not errors:  # the fields together (e.g. a size and a named resolution)
+    if not errors:  # the request together, as generate() takes it (a size and a named resolution, ...)
         try:
-            together = {k: v for k, v in values.items() if k in config_names and k != "cache"}
-            dataclasses.replace(config, **together)
+            config.check_request({k: v for k, v in values.items() if k != "cache"})
+        except RequestError as err:
+            errors.append({"loc": ("body", err.field), "msg": str(err), "type": "value_error"})
         except (ValueError, TypeError) as err:
             errors.append({"loc": ("body",), "msg": str(err), "type": "value_error"})
     if errors:
@@ -153,7 +156,7 @@ def create_app(engine, output_dir: str, max_queue: int = 8, model: str | None = 
         values = {k: v for k, v in request.model_dump().items() if v is not None}
         if runner.engine.pipeline is None:
             raise HTTPException(503, "the engine is down (a rank failed and it could not be rebuilt)")
-        validate_request(config, runner.engine.pipeline, {k: v for k, v in values.items() if k != "prompt"})
+        validate_request(config, {k: v for k, v in values.items() if k != "prompt"})
         values.setdefault("num_inference_steps", config.num_inference_steps)
         try:
             return store.submit(values, model)

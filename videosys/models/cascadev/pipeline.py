@@ -218,6 +218,7 @@ class CascadeVPipeline(VideoSysPipeline):
         from videosys.core.parallel import ParallelState
 
         self.parallel = ParallelState()
+        self.run_stats = {}
 
     @classmethod
     def from_config(cls, config: CascadeVConfig) -> "CascadeVPipeline":

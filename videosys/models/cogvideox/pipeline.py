@@ -8,13 +8,12 @@ Components in the THUDM/CogVideoX-2b / -5b (diffusers) layout: transformer/, vae
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
-from videosys.core.config import BaseConfig
-from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.core.config import BaseConfig, RequestError
+from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.cogvideox.cache_settings import CACHE_SETTINGS
 from videosys.models.cogvideox.transformer import CogVideoXTransformer3DModel, CogVideoXTransformerConfig
 from videosys.utils import text as text_stack
@@ -50,6 +49,34 @@ class CogVideoXConfig(BaseConfig):
         super().__post_init__()
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+        self.check_request({})  # the config's own frames and size, as a call's would be checked
+
+    def check_request(self, values: dict) -> dict:
+        """BaseConfig's checks, then the VAE's grids (read from a local checkpoint, else the release's:
+        4x temporal, 8x spatial compression, patch size 2).
+
+        num_frames must be 8k + 1 (1, 9, 17, ..., 49): the VAE keeps the first frame and compresses the
+        rest 4x, so 4k + 1 frames make k + 1 latent frames; its decoder works on pairs of latent frames
+        and gives back 4k + 1 frames only when k + 1 is odd (an even count decodes to 4 (k + 1) frames,
+        not the number asked for). height / width: divisible by the VAE's 8x times the patch size.
+        """
+        values = super().check_request(values)
+        temporal = self.vae_config_value("temporal_compression_ratio") or 4
+        step = 2 * temporal
+        if (values["num_frames"] - 1) % step:
+            raise RequestError("num_frames", f"num_frames={values['num_frames']} must be {step}k + 1 (1, 9, 17, ..., "
+                               f"49): the VAE compresses frames after the first {temporal}x and decodes an odd "
+                               "number of latent frames only")
+        patch = (tiny_transformer_config(False).patch_size if self.model_path is None
+                 else self.transformer_config_value("patch_size") or 2)
+        self.check_divisible(values, self.vae_downsampling(self.model_path) * patch, "VAE downsampling x patch size")
+        return values
+
+    def vae_config_value(self, key: str):
+        """`key` of a local checkpoint's vae/config.json (None: the tiny presets, or a hub id)."""
+        if self.model_path is None:
+            return None
+        return self.transformer_config_value(key, os.path.join(self.model_path, "vae"))
 
     def is_5b(self) -> bool:
         """5b-like (3D RoPE) or 2b-like (sin-cos): the preset, a local transformer config, or the hub id says."""
@@ -130,6 +157,8 @@ def dynamic_guidance_scales(guidance_scale: float, timesteps: list[int], num_ste
 
 class CogVideoXPipeline(VideoSysPipeline):
     pipeline_class_name = "CogVideoXPipeline"
+    progress_name = "cogvideox"
+    frame_dim = 1  # latents (B, F, C, h, w)
 
     @classmethod
     def from_config(cls, config: CogVideoXConfig) -> "CogVideoXPipeline":
@@ -161,19 +190,6 @@ class CogVideoXPipeline(VideoSysPipeline):
     def vae_temporal_factor(self) -> int:
         return int(self.vae.config.temporal_compression_ratio)
 
-    def check_num_frames(self, num_frames: int) -> None:
-        """num_frames must be 8k + 1 (1, 9, 17, ..., 49).
-
-        The VAE keeps the first frame and compresses the rest 4x, so 4k + 1 frames make k + 1 latent
-        frames; its decoder works on pairs of latent frames and gives back 4k + 1 frames only when
-        k + 1 is odd (an even count decodes to 4 (k + 1) frames, not the number asked for).
-        """
-        step = 2 * self.vae_temporal_factor
-        if (num_frames - 1) % step:
-            raise ValueError(f"num_frames={num_frames} must be {step}k + 1 (1, 9, 17, ..., 49): the VAE compresses "
-                             f"frames after the first {self.vae_temporal_factor}x and decodes an odd number of "
-                             "latent frames only")
-
     def encode_prompt(self, prompts: list[str], negative_prompt: str, do_cfg: bool) -> torch.Tensor:
         """Text states (B, 226, C), laid out [uncond; cond] with CFG.
 
@@ -190,58 +206,35 @@ class CogVideoXPipeline(VideoSysPipeline):
             states = torch.cat([encode([negative_prompt] * len(prompts)), states])
         return states.to(device=self.device, dtype=self.dtype)
 
-    @torch.inference_mode()
-    def generate(self, prompt, negative_prompt: str = "", seed: int = 0, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None) -> VideoSysOutput:
-        prompts = self.as_prompt_list(prompt)
-        if not isinstance(negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
-        a = self.resolve(num_frames=num_frames, height=height, width=width,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-        self.check_num_frames(a["num_frames"])
-        self.check_spatial(a["height"], a["width"], self.vae_scale_factor * self.transformer.config.patch_size)
-        start = time.perf_counter()
-        do_cfg = a["guidance_scale"] > 1.0
-        text = self.encode_prompt(prompts, negative_prompt, do_cfg)
+    # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------
+    # The run's generator draws the first noise (VideoSysPipeline.initial_latents), then goes on to the DPM
+    # scheduler's per-step noise, in the order diffusers draws it.
+    def latent_shape(self, run) -> tuple[int, ...]:
+        v = run.values
+        latent_frames = (v["num_frames"] - 1) // self.vae_temporal_factor + 1
+        return (len(run.prompts), latent_frames, self.transformer.config.in_channels,
+                v["height"] // self.vae_scale_factor, v["width"] // self.vae_scale_factor)  # (B, F, C, h, w)
 
-        # Noise as VideoSysPipeline.seeded_noise draws it (CPU, fp32, from `seed`); the generator then goes
-        # on to the DPM scheduler's per-step noise, in the order diffusers draws it.
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        latent_frames = (a["num_frames"] - 1) // self.vae_temporal_factor + 1
-        shape = (len(prompts), latent_frames, self.transformer.config.in_channels,
-                 a["height"] // self.vae_scale_factor, a["width"] // self.vae_scale_factor)  # (B, F, C, h, w)
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-        latents = (latents * self.scheduler.init_noise_sigma).to(self.dtype)
+    def begin_sampling(self, run, num_steps: int) -> torch.Tensor:
+        run.state["old_x0"] = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
+        return super().begin_sampling(run, num_steps)
 
-        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
-            self.scheduler.set_timesteps(num_steps)
-            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-            model_timesteps = timesteps.to(self.device)  # what the transformer sees, copied once
-            scales = [a["guidance_scale"]] * len(timesteps)
-            if self.config.use_dynamic_cfg:
-                scales = dynamic_guidance_scales(a["guidance_scale"], timesteps.tolist(), len(timesteps))
-            dpm = self.config.scheduler == "dpm"
-            old_x0 = None  # DPM-Solver++(2M) remembers the previous step's x0 prediction
+    def guidance_scales(self, run):
+        if self.config.use_dynamic_cfg:
+            return dynamic_guidance_scales(run.guidance_scale, run.timesteps.tolist(), len(run.timesteps))
+        return run.guidance_scale
 
-            def predict(model_in, i, t, text):
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                return self.transformer(model_in, text, model_timesteps[i].expand(model_in.shape[0])).float()
+    def predict(self, run, model_in, i, t, text):
+        model_in = self.scheduler.scale_model_input(model_in, t)
+        return self.transformer(model_in, text, run.model_timesteps[i].expand(model_in.shape[0])).float()
 
-            def step(pred, i, t, latents):
-                nonlocal old_x0
-                if dpm:
-                    t_back = timesteps[i - 1] if i > 0 else None
-                    latents, old_x0 = self.dpm_step(pred, old_x0, t, t_back, latents, generator)
-                else:
-                    latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-                return latents.to(self.dtype)
-
-            return self.denoise(latents, timesteps, predict, step, (text,), do_cfg, scales, "cogvideox")
-
-        denoise_start = time.perf_counter()
-        latents = self.sample(latents, run, a["num_inference_steps"], seed, frame_dim=1)
-        return self.finish(latents, self.decode, start, denoise_start, self.denoised_steps)
+    def step(self, run, pred, i, t, latents):
+        if self.config.scheduler == "dpm":
+            t_back = run.timesteps[i - 1] if i > 0 else None
+            latents, run.state["old_x0"] = self.dpm_step(pred, run.state["old_x0"], t, t_back, latents, run.generator)
+        else:
+            latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+        return latents.to(self.dtype)
 
     def step_noise(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noise drawn on the CPU (so a seed gives the same video on every device) and copied without a host sync."""

@@ -5,13 +5,12 @@ decoded per frame), text_encoder/ + tokenizer/ (T5, 120 tokens), scheduler/ (DDI
 """
 
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
 from videosys.core.config import BaseConfig
-from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.latte.cache_settings import CACHE_SETTINGS
 from videosys.models.latte.transformer import LatteTransformer3DModel, LatteTransformerConfig
 from videosys.utils import text as text_stack
@@ -57,6 +56,23 @@ class LatteConfig(BaseConfig):
                "demo": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5, fps=8),
                "demo-skip": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5,
                                  fps=8)}
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_request({})  # the config's own size, as a call's would be checked
+
+    def check_request(self, values: dict) -> dict:
+        """BaseConfig's checks, then the size grid: height / width divisible by the VAE's downsampling times
+        the transformer's patch size (a local checkpoint's config.json says; else Latte's 8 x 2)."""
+        values = super().check_request(values)
+        folder = self.checkpoint_folder()
+        patch = self.transformer_config_value("patch_size", folder) or 2
+        self.check_divisible(values, self.vae_downsampling(folder) * patch, "VAE downsampling x patch size")
+        return values
+
+    def checkpoint_folder(self) -> str | None:
+        """The checkpoint's folder without the existence check (`checkpoint` raises for a missing demo)."""
+        return self._demo_path() or self.model_path
 
     def _demo_path(self) -> str | None:
         """The shipped folder of a trained preset ("demo", "demo-skip") when no model_path overrides it."""
@@ -122,6 +138,7 @@ def load_transformer(path: str, skip_dit_checkpoint: str | None, dtype: torch.dt
 
 class LattePipeline(VideoSysPipeline):
     pipeline_class_name = "LattePipeline"
+    progress_name = "latte"
 
     @classmethod
     def from_config(cls, config: LatteConfig) -> "LattePipeline":
@@ -163,45 +180,16 @@ class LattePipeline(VideoSysPipeline):
             cond = torch.cat([uncond, cond])
         return cond.to(self.dtype), None
 
-    @torch.inference_mode()
-    def generate(self, prompt, negative_prompt: str = "", seed: int = 0, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None) -> VideoSysOutput:
-        prompts = self.as_prompt_list(prompt)
-        if not isinstance(negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string, got {negative_prompt!r}")
-        a = self.resolve(num_frames=num_frames, height=height, width=width,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-        patch = self.transformer.config.patch_size
-        self.check_spatial(a["height"], a["width"], self.vae_scale_factor * patch)
-        start = time.perf_counter()
-        do_cfg = a["guidance_scale"] > 1.0
-        text, mask = self.encode_prompt(prompts, negative_prompt, do_cfg)
+    # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------
+    def latent_shape(self, run) -> tuple[int, ...]:
+        v = run.values
+        return (len(run.prompts), self.transformer.config.in_channels, v["num_frames"],
+                v["height"] // self.vae_scale_factor, v["width"] // self.vae_scale_factor)  # (B, C, F, h, w)
 
-        channels = self.transformer.config.in_channels
-        shape = (len(prompts), channels, a["num_frames"], a["height"] // self.vae_scale_factor,
-                 a["width"] // self.vae_scale_factor)
-        latents = self.seeded_noise(shape, seed) * self.scheduler.init_noise_sigma
-        latents = latents.to(self.dtype)
-
-        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
-            self.scheduler.set_timesteps(num_steps)
-            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-            model_timesteps = timesteps.to(self.device)
-
-            def predict(model_in, i, t, text, mask):
-                pred = self.transformer(model_in, model_timesteps[i], text, mask,
-                                        enable_temporal_attentions=self.config.enable_temporal_attentions)
-                return pred[:, :channels]  # epsilon; the other half is the learned variance
-
-            def step(pred, i, t, latents):
-                return self.scheduler.step(pred, t, latents, return_dict=False)[0]
-
-            return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"], "latte")
-
-        denoise_start = time.perf_counter()
-        latents = self.sample(latents, run, a["num_inference_steps"], seed)
-        return self.finish(latents, self.decode, start, denoise_start, self.denoised_steps)
+    def predict(self, run, model_in, i, t, text, mask):
+        pred = self.transformer(model_in, run.model_timesteps[i], text, mask,
+                                enable_temporal_attentions=self.config.enable_temporal_attentions)
+        return pred[:, :self.transformer.config.in_channels]  # epsilon; the other half is the learned variance
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, F, H, W, 3) uint8, the VAE run frame by frame in chunks."""

@@ -12,12 +12,12 @@ strategy and looping as the release's scripts/inference.py: conditioning.py.
 """
 
 import os
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from videosys.core.config import BaseConfig
+from videosys.core.config import BaseConfig, RequestError
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
 from videosys.models.open_sora import conditioning
 from videosys.models.open_sora.cache_settings import CACHE_SETTINGS
@@ -63,9 +63,9 @@ TINY_TEXT_DIM = 32
 def image_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
     """(height, width) of a published resolution name ("144p".."720p") and aspect ratio ("9:16", H:W)."""
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"unknown resolution {resolution!r}; choose from {list(RESOLUTIONS)}")
+        raise RequestError("resolution", f"unknown resolution {resolution!r}; choose from {list(RESOLUTIONS)}")
     if aspect_ratio not in ASPECT_RATIOS:
-        raise ValueError(f"unknown aspect_ratio {aspect_ratio!r}; choose from {list(ASPECT_RATIOS)}")
+        raise RequestError("aspect_ratio", f"unknown aspect_ratio {aspect_ratio!r}; choose from {list(ASPECT_RATIOS)}")
     return RESOLUTIONS[resolution][ASPECT_RATIOS[aspect_ratio]]
 
 
@@ -77,13 +77,15 @@ def frame_count(num_frames) -> int:
         if num_frames.isdigit():
             num_frames = int(num_frames)
         else:
-            raise ValueError(f"num_frames {num_frames!r} is neither a frame count nor one of {list(DURATIONS)}")
+            raise RequestError("num_frames", f"num_frames {num_frames!r} is neither a frame count nor one of "
+                               f"{list(DURATIONS)}")
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive integer or one of {list(DURATIONS)}, got {num_frames!r}")
+        raise RequestError("num_frames", f"num_frames must be a positive integer or one of {list(DURATIONS)}, "
+                           f"got {num_frames!r}")
     if 1 < num_frames < MICRO_FRAMES:
         # the release's timestep transform counts latent frames as num_frames // 17 * 5: zero here
-        raise ValueError(f"num_frames={num_frames}: Open-Sora 1.2 takes 1 frame (an image) or at least "
-                         f"{MICRO_FRAMES} (one VAE micro-chunk); e.g. 17, 34, 51 ('2s')")
+        raise RequestError("num_frames", f"num_frames={num_frames}: Open-Sora 1.2 takes 1 frame (an image) or at "
+                           f"least {MICRO_FRAMES} (one VAE micro-chunk); e.g. 17, 34, 51 ('2s')")
     return num_frames
 
 
@@ -134,13 +136,71 @@ class OpenSoraConfig(BaseConfig):
             self.mask_strategy = str(self.mask_strategy)  # `--set mask_strategy=0` parses as a number
         if self.reference_path is not None and not isinstance(self.reference_path, str):
             raise ValueError(f"reference_path must be a path string (';' joins several), got {self.reference_path!r}")
-        conditioning.parse_mask_strategy(self.mask_strategy)  # a bad string fails here
-        conditioning.check_prompt_flags(self.aes, self.flow, self.camera_motion)
-        conditioning.check_loop(self.loop, self.condition_frame_length, self.condition_frame_edit, float("inf"))
+        self.check_request({})  # the config's own size and conditioning settings, as a call's would be checked
+
+    REQUEST_VALUES = (*BaseConfig.REQUEST_VALUES, "fps")
+    CONDITIONING = ("reference", "mask_strategy", "loop", "condition_frame_length", "condition_frame_edit", "aes",
+                    "flow", "camera_motion")
+
+    def size_of(self, resolution, aspect_ratio, height, width) -> tuple[int, int]:
+        """A call's size: height / width, else resolution / aspect_ratio, else the config's."""
+        if height is not None or width is not None:
+            return height or self.height, width or self.width
+        if resolution is not None or aspect_ratio is not None:
+            return image_size(resolution or self.resolution, aspect_ratio or self.aspect_ratio)
+        return self.height, self.width
+
+    def check_request(self, values: dict) -> dict:
+        """The size (named or explicit) and frame count (a count or a duration name) resolved, BaseConfig's
+        checks, the VAE's smallest size, then the conditioning's values that need no weights (mask strategy
+        strings, prompt flags, loop settings, reference file types); the conditioning's values stay as given
+        (None: the config's, taken when the conditioning is prepared). References are loaded, and prompts'
+        JSON read, when the pipeline prepares them."""
+        out = dict(values)
+        out["height"], out["width"] = self.size_of(out.get("resolution"), out.get("aspect_ratio"), out.get("height"),
+                                                   out.get("width"))
+        if out.get("num_frames") is not None:
+            out["num_frames"] = frame_count(out["num_frames"])
+        out = super().check_request(out)
+        factor = OpenSoraVAE.spatial_factor
+        if out["height"] < factor or out["width"] < factor:
+            raise RequestError("height" if out["height"] < factor else "width", f"height and width must be at least "
+                               f"{factor}, got {out['height']}x{out['width']}")
+        pick = {name: getattr(self, name) if out.get(name) is None else out[name]
+                for name in self.CONDITIONING if name != "reference"}
+        strategies = pick["mask_strategy"]  # one per prompt for a list of prompts
+        strategies = strategies if isinstance(strategies, (list, tuple)) else [strategies]
+        for name, check in (
+                ("mask_strategy", lambda: [conditioning.parse_mask_strategy(m) for m in strategies]),
+                ("reference", lambda: check_reference_types(out.get("reference"))),
+                ("aes", lambda: conditioning.check_prompt_flags(pick["aes"], pick["flow"], pick["camera_motion"])),
+                ("loop", lambda: conditioning.check_loop(pick["loop"], pick["condition_frame_length"],
+                                                         pick["condition_frame_edit"], float("inf")))):
+            try:
+                check()
+            except ValueError as err:  # the message starts with the field it is about
+                named = str(err).split()[0].split("=")[0]
+                raise RequestError(named if named in self.CONDITIONING else name, str(err)) from None
+        return out
 
     @property
     def pipeline_cls(self):
         return OpenSoraPipeline
+
+
+def check_reference_types(reference) -> None:
+    """Reference paths name an image or video file type the loader reads (whether they exist is checked when
+    they load); tensors, arrays and images are checked then too."""
+    items = reference if isinstance(reference, (list, tuple)) else [reference]
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            check_reference_types(item)
+        elif isinstance(item, str):
+            for path in conditioning.references_of(item):
+                ext = os.path.splitext(path)[1].lower()
+                if ext not in conditioning.IMAGE_EXTENSIONS + conditioning.VIDEO_EXTENSIONS:
+                    raise ValueError(f"reference {path!r}: unsupported file type {ext!r}; images "
+                                     f"{conditioning.IMAGE_EXTENSIONS}, videos {conditioning.VIDEO_EXTENSIONS}")
 
 
 def tiny_components(seed: int = 0):
@@ -186,6 +246,7 @@ def load_t5(path: str, dtype: torch.dtype):
 
 class OpenSoraPipeline(VideoSysPipeline):
     pipeline_class_name = "OpenSoraPipeline"
+    progress_name = "open-sora"
 
     @classmethod
     def from_config(cls, config: OpenSoraConfig) -> "OpenSoraPipeline":
@@ -249,14 +310,7 @@ class OpenSoraPipeline(VideoSysPipeline):
             mask = None
         return cond.to(self.dtype), mask
 
-    def size_of(self, resolution, aspect_ratio, height, width) -> tuple[int, int]:
-        if height is not None or width is not None:
-            return height or self.config.height, width or self.config.width
-        if resolution is not None or aspect_ratio is not None:
-            return image_size(resolution or self.config.resolution, aspect_ratio or self.config.aspect_ratio)
-        return self.config.height, self.config.width
-
-    # ---- generation ----------------------------------------------------------------------------
+    # ---- generation: the request, then VideoSysPipeline.run_generation's hooks -------------------
     @torch.inference_mode()
     def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | str | None = None,
                  resolution: str | None = None, aspect_ratio: str | None = None, height: int | None = None,
@@ -278,94 +332,112 @@ class OpenSoraPipeline(VideoSysPipeline):
         `aes` / `flow` / `camera_motion` suffix the prompts. With loop, `.latents` and the cache stats are
         the last clip's.
         """
-        self.as_prompt_list(prompt)
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
-        height, width = self.size_of(resolution, aspect_ratio, height, width)
-        a = self.resolve(num_frames=None if num_frames is None else frame_count(num_frames), height=height,
-                         width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, fps=fps)
-        if not isinstance(a["fps"], (int, float)) or a["fps"] <= 0:
-            raise ValueError(f"fps must be positive, got {a['fps']!r}")
-        latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
-        # -- conditioning (conditioning.py): parsed, loaded and checked before any compute
-        cond = self.prepare_conditioning(prompt, reference, mask_strategy, loop, condition_frame_length,
-                                         condition_frame_edit, aes, flow, camera_motion, a["height"], a["width"],
-                                         latent_t)
+        return self.run_generation(prompt, seed, dict(
+            negative_prompt=negative_prompt, num_frames=num_frames, resolution=resolution, aspect_ratio=aspect_ratio,
+            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            fps=fps, reference=reference, mask_strategy=mask_strategy, loop=loop,
+            condition_frame_length=condition_frame_length, condition_frame_edit=condition_frame_edit, aes=aes,
+            flow=flow, camera_motion=camera_motion))
+
+    def prepare_run(self, run, prompt) -> None:
+        """The conditioning (conditioning.py): parsed, references loaded and encoded, checked before any
+        denoising; the texts are its prompts (the first clip's)."""
+        v = run.values
+        latent_t, latent_h, latent_w = self.vae.latent_size(v["num_frames"], v["height"], v["width"])
+        cond = self.prepare_conditioning(prompt, *(v.get(name) for name in OpenSoraConfig.CONDITIONING), v["height"],
+                                         v["width"], latent_t)
         if (cond.conditioned or cond.loop > 1) and self.config.freeinit_config() is not None:
             raise ValueError("freeinit_iters > 1 does not combine with reference conditioning or loop yet")
-        start = time.perf_counter()
         if cond.conditioned:
-            cond.encode(self.vae, seed, self.device, self.dtype)
+            cond.encode(self.vae, run.seed, self.device, self.dtype)
             for refs in cond.references:
                 for ref in refs:
                     if tuple(ref.shape[2:]) != (latent_h, latent_w):
                         raise ValueError(f"a reference encodes to {tuple(ref.shape[2:])} latents, the video to "
                                          f"{(latent_h, latent_w)}")
-        # --
-        do_cfg = a["guidance_scale"] > 1.0
-        timesteps = self.scheduler.set_timesteps(a["num_inference_steps"], a["height"], a["width"], a["num_frames"],
-                                                 device=self.device)
-        shape = (len(cond.segments), self.transformer.config.in_channels, latent_t, latent_h, latent_w)
-        noise = torch.Generator("cpu").manual_seed(int(seed))  # the first draw equals seeded_noise(shape, seed)
-        decode = lambda z: self.vae.decode(z, a["num_frames"])  # noqa: E731
-        text_key = cond.prompts(0)
-        text, mask = self.encode_prompt(text_key, negative_prompt, do_cfg)
-        clips, denoise_start = [], time.perf_counter()
+        run.conditioning, run.prompts = cond, cond.prompts(0)
+        run.state.update(clips=[], fps={})
+
+    def latent_shape(self, run) -> tuple[int, ...]:
+        v = run.values
+        return (len(run.conditioning.segments), self.transformer.config.in_channels,
+                *self.vae.latent_size(v["num_frames"], v["height"], v["width"]))  # (B, C, T', h, w)
+
+    def initial_latents(self, run) -> torch.Tensor:
+        """A clip's noise from the run's generator (rectified flow starts at unit noise, unscaled)."""
+        return torch.randn(self.latent_shape(run), generator=run.generator, dtype=torch.float32).to(self.device)
+
+    def sample_video(self, run, latents: torch.Tensor) -> torch.Tensor:
+        """The clips, one after the other: a loop's clip continues the last (conditioning.py); `latents` are the
+        first clip's noise. A clip with conditioned frames runs once under its step plan, else FreeInit may
+        re-run the sampler."""
+        cond, steps = run.conditioning, run.values["num_inference_steps"]
+        timesteps = self.begin_sampling(run, steps)  # the plans' schedule; each sampling run sets it again, alike
         for loop_index in range(cond.loop):
-            if cond.prompts(loop_index) != text_key:  # a loop prompt ("|0|..|2|..") changes its text
-                text_key = cond.prompts(loop_index)
-                text, mask = self.encode_prompt(text_key, negative_prompt, do_cfg)
-            latents = torch.randn(shape, generator=noise, dtype=torch.float32).to(self.device)
-            plan = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values, noise,  # -- conditioning
-                             self.scheduler.num_timesteps)
-            if plan is None:  # FreeInit (core/freeinit.py) re-runs the sampler; each run sets its schedule
-                def run(z, num_steps):
-                    steps = self.scheduler.set_timesteps(num_steps, a["height"], a["width"], a["num_frames"],
-                                                         device=self.device)
-                    return self.denoise_clip(z, text, mask, steps, a, do_cfg)
-
-                latents = self.sample(latents, run, a["num_inference_steps"], seed)
+            if loop_index:
+                if cond.prompts(loop_index) != run.prompts:  # a loop prompt ("|0|..|2|..") changes its text
+                    run.prompts = cond.prompts(loop_index)
+                    run.text = self.encode_prompt(run.prompts, run.negative_prompt, run.do_cfg)
+                latents = self.initial_latents(run)
+            run.state["plan"] = cond.plan(loop_index, latents, timesteps, self.scheduler.timestep_values,
+                                          run.generator, self.scheduler.num_timesteps)
+            if run.state["plan"] is None:
+                latents = self.sample(latents, partial(self.sampling_run, run), steps, run.seed)
             else:
-                latents = self.denoise_clip(latents, text, mask, timesteps, a, do_cfg, plan)
-            if loop_index < cond.loop - 1:  # -- conditioning: the next loop continues this clip
-                clips.append(decode(latents))
-                cond.append_generated(loop_index + 1, clips[-1], self.vae, self.device, self.dtype)
-        return self.finish(latents, lambda z: self.to_frames(cond.join(clips + [decode(z)])), start, denoise_start,
-                           len(timesteps) * cond.loop)
+                latents = self.sampling_run(run, latents, steps)
+            if loop_index < cond.loop - 1:  # the next clip continues this one
+                run.state["clips"].append(self.decode_clip(run, latents))
+                cond.append_generated(loop_index + 1, run.state["clips"][-1], self.vae, self.device, self.dtype)
+        run.steps = len(timesteps) * cond.loop
+        return latents
 
-    def denoise_clip(self, latents: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None,
-                     timesteps: torch.Tensor, a: dict, do_cfg: bool,
-                     plan: "conditioning.StepPlan | None" = None) -> torch.Tensor:
-        """One clip through the shared loop (VideoSysPipeline.denoise); `plan` holds conditioned frames at their
-        latents (conditioning.py): it edits the latents before each step and after it, and gives the x_mask."""
-        channels = self.transformer.config.in_channels
-        cond_fps = IMAGE_FPS if a["num_frames"] == 1 else a["fps"]  # the release conditions images on 120
-        fps_by_batch = {}  # built once per batch size (both branches, or one), not per step
-        x_mask = None  # (B, T) this step's, from the plan
+    def begin_sampling(self, run, num_steps: int) -> torch.Tensor:
+        """The rectified-flow schedule, shifted for the video's resolution and length (on the device)."""
+        v = run.values
+        run.timesteps = self.scheduler.set_timesteps(num_steps, v["height"], v["width"], v["num_frames"],
+                                                     device=self.device)
+        return run.timesteps
 
-        def before_step(i, t, latents):
-            nonlocal x_mask
-            latents, x_mask = plan.before_step(i, latents, self.scheduler)
-            return latents
-
-        def predict(model_in, i, t, text, mask):
-            batch = model_in.shape[0]
-            if batch not in fps_by_batch:
-                fps_by_batch[batch] = torch.full((batch,), float(cond_fps), device=self.device)
-            frames_mask = x_mask
-            if frames_mask is not None and frames_mask.shape[0] != batch:  # both CFG branches in one batch
-                frames_mask = torch.cat([frames_mask] * (batch // frames_mask.shape[0]))
-            pred = self.transformer(model_in, t.expand(batch), text, mask, x_mask=frames_mask,
-                                    fps=fps_by_batch[batch], height=a["height"], width=a["width"])
-            return pred[:, :channels]  # velocity; the other half is the unused sigma prediction
-
-        def step(velocity, i, t, latents):
-            stepped = self.scheduler.step(velocity, i, latents)
-            return stepped if plan is None else plan.after_step(i, stepped, latents)  # -- conditioning
-
+    def sampling_run(self, run, latents: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """One clip through the shared loop; the run's step plan (if any) holds conditioned frames at their
+        latents: it edits the latents before each step and after it, and gives the x_mask."""
+        timesteps = self.begin_sampling(run, num_steps)
+        plan = run.state["plan"]
+        run.state["x_mask"] = None  # (B, T) this step's, from the plan
         # the caches see the published (bf16-rounded, int) timesteps; the model and scheduler index by step.
         # A frame that starts being edited jumps in timestep: the caches compute on that step.
         cache_timesteps = torch.tensor([published_timestep(t) for t in self.scheduler.timestep_values])
-        return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
-                            "open-sora", cache_timesteps, before_step=None if plan is None else before_step,
+        return self.denoise(latents, timesteps, partial(self.predict, run), partial(self.step, run), run.text,
+                            run.do_cfg, run.guidance_scale, self.progress_name, cache_timesteps,
+                            before_step=None if plan is None else partial(self.before_step, run),
                             refresh_steps=plan.noise_steps if plan is not None else ())
+
+    def before_step(self, run, i, t, latents):
+        latents, run.state["x_mask"] = run.state["plan"].before_step(i, latents, self.scheduler)
+        return latents
+
+    def predict(self, run, model_in, i, t, text, mask):
+        batch = model_in.shape[0]
+        if batch not in run.state["fps"]:  # built once per batch size (both branches, or one), not per step
+            cond_fps = IMAGE_FPS if run.values["num_frames"] == 1 else run.values["fps"]  # images: the release's 120
+            run.state["fps"][batch] = torch.full((batch,), float(cond_fps), device=self.device)
+        frames_mask = run.state["x_mask"]
+        if frames_mask is not None and frames_mask.shape[0] != batch:  # both CFG branches in one batch
+            frames_mask = torch.cat([frames_mask] * (batch // frames_mask.shape[0]))
+        pred = self.transformer(model_in, t.expand(batch), text, mask, x_mask=frames_mask,
+                                fps=run.state["fps"][batch], height=run.values["height"], width=run.values["width"])
+        return pred[:, :self.transformer.config.in_channels]  # velocity; the other half is the unused sigma prediction
+
+    def step(self, run, velocity, i, t, latents):
+        stepped = self.scheduler.step(velocity, i, latents)
+        plan = run.state["plan"]
+        return stepped if plan is None else plan.after_step(i, stepped, latents)  # held frames kept
+
+    def decode_clip(self, run, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, T', h, w) latents -> (B, 3, T, H, W) pixels in [-1, 1]."""
+        return self.vae.decode(latents, run.values["num_frames"])
+
+    def decode_video(self, run, latents: torch.Tensor) -> torch.Tensor:
+        """The clips joined (later ones without the frames they repeat) -> (B, T, H, W, 3) uint8."""
+        clips = run.state["clips"] + [self.decode_clip(run, latents)]
+        return self.to_frames(run.conditioning.join(clips))

@@ -17,14 +17,14 @@ tokenizer/, scheduler/, model_index.json) loads too.
 """
 
 import inspect
+import json
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
-from videosys.core.config import BaseConfig
-from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
+from videosys.core.config import BaseConfig, RequestError
+from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.open_sora_plan.cache_settings import CACHE_SETTINGS
 from videosys.models.open_sora_plan.latte_t2v import LatteT2V, LatteT2VConfig
 from videosys.models.open_sora_plan.transformer import OpenSoraT2V, OpenSoraT2VConfig
@@ -43,6 +43,7 @@ NEGATIVE_PROMPT = """
     low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry.
     """
 TINY_TEXT_DIM = 32
+PNDM_ORDER = 4  # diffusers' PNDMScheduler.pndm_order: its Runge-Kutta warm-up steps
 TINY = dict(num_frames=9, height=64, width=64)
 
 # Per release: hub id, text encoder, transformer subfolders -> (frames, height, width) they were trained for,
@@ -118,6 +119,43 @@ class OpenSoraPlanConfig(BaseConfig):
         for name, value in zip(("num_frames", "height", "width"), types[self.transformer_type]):
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        self.check_request({})  # the config's own frames and size, as a call's would be checked
+
+    def check_request(self, values: dict) -> dict:
+        """BaseConfig's checks, then the CausalVAE's grids (4x temporal with a causal first frame, 8x spatial:
+        both releases) times the transformer's patch size (a local checkpoint's config.json, else 2), and
+        v1.1's PNDM warm-up. Without a negative prompt the config's (the release's) is used."""
+        values = super().check_request(values)
+        if (values["num_frames"] - 1) % 4:
+            raise RequestError("num_frames", f"num_frames={values['num_frames']}: CausalVAE takes 1 + 4k frames "
+                               "(e.g. 1, 29, 93)")
+        self.check_divisible(values, 8 * (self.stage_config_value("patch_size") or 2), "VAE downsampling x patch size")
+        if self.uses_prk_warm_up():  # v1.1's PNDM; FreeInit's coarse runs have fewer steps (diffusers fails below)
+            steps = values["num_inference_steps"]
+            freeinit = self.freeinit_config()
+            if (steps if freeinit is None else freeinit.steps(0, steps)) < PNDM_ORDER:
+                raise RequestError("num_inference_steps", f"num_inference_steps={steps}: PNDM's Runge-Kutta warm-up "
+                                   f"needs at least {PNDM_ORDER} steps")
+        return values
+
+    def stage_config_value(self, key: str):
+        """`key` of the local checkpoint's transformer config: its stage folder (the release's layout), or the
+        pipeline folder's transformer/; None for the tiny presets and hub ids."""
+        if self.model_path is None:
+            return None
+        stage = os.path.join(self.model_path, self.transformer_type)
+        return self.transformer_config_value(key, stage if os.path.isdir(stage) else None)
+
+    def uses_prk_warm_up(self) -> bool:
+        """v1.1 samples with diffusers' PNDMScheduler, whose default runs Runge-Kutta warm-up steps (a saved
+        folder's scheduler config may skip them)."""
+        if self.version != "v110":
+            return False
+        saved = os.path.join(self.model_path or "", "scheduler", "scheduler_config.json")
+        if self.model_path is None or not os.path.isfile(saved):
+            return True
+        with open(saved) as f:
+            return not json.load(f).get("skip_prk_steps", False)
 
     def sp_heads(self) -> int | None:
         """v1.2's full attention runs Ulysses (heads sharded); v1.1 (Latte's DSP) has no limit."""
@@ -179,6 +217,7 @@ def _is_pipeline_folder(path: str) -> bool:
 
 class OpenSoraPlanPipeline(VideoSysPipeline):
     pipeline_class_name = "OpenSoraPlanPipeline"
+    progress_name = "open-sora-plan"
 
     @classmethod
     def from_config(cls, config: OpenSoraPlanConfig) -> "OpenSoraPlanPipeline":
@@ -238,61 +277,32 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
             mask = None
         return cond.to(self.dtype), mask
 
-    # ---- generation ----------------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | None = None,
-                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float | None = None) -> VideoSysOutput:
-        """Videos for `prompt` (a string or a list): (B, T, H, W, 3) uint8 in `.video`.
+    # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------
+    def latent_shape(self, run) -> tuple[int, ...]:
+        v = run.values
+        return (len(run.prompts), self.transformer.config.in_channels,
+                *self.vae.latent_size(v["num_frames"], v["height"], v["width"]))  # (B, C, T', h, w)
 
-        num_frames is 1 + 4k (the CausalVAE's causal first frame: 29, 65, 93, 221, ...); height and width are
-        multiples of 16. Without a negative prompt the config's (the release's) is used.
-        """
-        prompts = self.prepare_prompts(self.as_prompt_list(prompt))
-        if negative_prompt is None:
-            negative_prompt = self.config.negative_prompt
-        if not isinstance(negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
-        a = self.resolve(num_frames=num_frames, height=height, width=width,
-                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-        self.check_spatial(a["height"], a["width"], self.vae.config.spatial_ratio * self.transformer.config.patch_size)
-        prk = not getattr(self.scheduler.config, "skip_prk_steps", True)  # v1.1's PNDM (diffusers fails below)
-        warm_up = getattr(self.scheduler, "pndm_order", 0) if prk else 0
-        if self.fewest_run_steps(a["num_inference_steps"]) < warm_up:  # FreeInit's coarse runs have fewer
-            raise ValueError(f"num_inference_steps={a['num_inference_steps']}: PNDM's Runge-Kutta warm-up needs at "
-                             f"least {warm_up} steps")
-        latent_t, latent_h, latent_w = self.vae.latent_size(a["num_frames"], a["height"], a["width"])
-        start = time.perf_counter()
-        do_cfg = a["guidance_scale"] > 1.0
-        text, mask = self.encode_prompt(prompts, negative_prompt, do_cfg)
+    def begin_sampling(self, run, num_steps: int) -> torch.Tensor:
+        # the ancestral sampler's (v1.2) per-step noise, drawn on the CPU from the seed like the initial noise
+        run.state["step_kwargs"] = {}
+        if "generator" in inspect.signature(self.scheduler.step).parameters:
+            run.state["step_kwargs"]["generator"] = torch.Generator("cpu").manual_seed(int(run.seed) + 1)
+        return super().begin_sampling(run, num_steps)
 
+    def cache_timesteps(self, run) -> torch.Tensor:
+        # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
+        # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
+        return torch.tensor([int(t) for t in run.timesteps])
+
+    def predict(self, run, model_in, i, t, text, mask):
+        model_in = self.scheduler.scale_model_input(model_in, t)
         channels = self.transformer.config.in_channels
-        latents = self.seeded_noise((len(prompts), channels, latent_t, latent_h, latent_w), seed)
-        latents = (latents * self.scheduler.init_noise_sigma).to(self.dtype)
+        return self.transformer(model_in, run.model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
 
-        def run(latents, num_steps):  # one sampling run (FreeInit runs several)
-            self.scheduler.set_timesteps(num_steps)
-            timesteps = self.scheduler.timesteps  # CPU: the scheduler indexes its tables without a device sync
-            model_timesteps = timesteps.to(self.device)
-            # the ancestral sampler's (v1.2) per-step noise, drawn on the CPU from the seed like the initial noise
-            step_kwargs = {}
-            if "generator" in inspect.signature(self.scheduler.step).parameters:
-                step_kwargs["generator"] = torch.Generator("cpu").manual_seed(int(seed) + 1)
+    def step(self, run, pred, i, t, latents):
+        return self.scheduler.step(pred, t, latents, return_dict=False, **run.state["step_kwargs"])[0]
 
-            def predict(model_in, i, t, text, mask):
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                return self.transformer(model_in, model_timesteps[i], text, mask)[:, :channels]  # v1.1: + variance
-
-            def step(pred, i, t, latents):
-                return self.scheduler.step(pred, t, latents, return_dict=False, **step_kwargs)[0]
-
-            # PAB compares timesteps as VideoSys does, int(t): v1.2's fractional Euler timesteps are truncated (at 100
-            # steps, step 89's t = 100.909 is 100, outside the (100, 850) window); v1.1's PNDM timesteps are ints already
-            cache_timesteps = torch.tensor([int(t) for t in timesteps])
-            return self.denoise(latents, timesteps, predict, step, (text, mask), do_cfg, a["guidance_scale"],
-                                "open-sora-plan", cache_timesteps)
-
-        denoise_start = time.perf_counter()
-        latents = self.sample(latents, run, a["num_inference_steps"], seed)
-        decode = lambda z: self.to_frames(self.vae.decode(z.to(self.vae.dtype)))  # noqa: E731
-        return self.finish(latents, decode, start, denoise_start, self.denoised_steps)
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, T', h, w) latents -> (B, T, H, W, 3) uint8."""
+        return self.to_frames(self.vae.decode(latents.to(self.vae.dtype)))
