@@ -117,6 +117,7 @@ def test_old_script_names_are_the_command():
     assert load_script("bench_cache").cache_spec is bench.cache_spec
 
 
+@pytest.mark.slow
 def test_bench_vs_diffusers_runs_each_case_in_a_fresh_process(tmp_path):
     """scripts/bench_vs_diffusers.py (eager variants, small sizes): one child process per case, merged into one
     JSON; ours and diffusers' transformers on the same weights give the same output."""

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_family(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHON": sys.executable}

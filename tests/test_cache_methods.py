@@ -169,6 +169,7 @@ def _sp2(rank, world, names):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sp2_decides_like_one_process():
     """The token counts divide by 2 here (no padded shard, whose padding would enter the L1 sums)."""

@@ -135,6 +135,7 @@ def _sp2(rank, world, names):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_sp2_every_rank_sees_every_hook_point():
     """sp=2 (gloo): each rank runs every module on its shard, so both see the single-process counts; only
@@ -310,6 +311,7 @@ def test_cfg_hook_skips_the_uncond_branch_and_supplies_it():
     assert torch.allclose(rebuilt.latents, plain.latents, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cfg_parallel_uncond_rank_skips_its_forward():
     """cfg=2: rank 0 (uncond) runs no forward on a skipped step, nobody waits on it, and the result is the

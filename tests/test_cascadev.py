@@ -237,6 +237,7 @@ def test_release_checkpoint_files(tiny, tmp_path):
 
 
 # ---- sequence parallel -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sequence_parallel_equals_single(tiny, clip):
     """sp=2 through the engine (a spawned gloo worker): the DiT's tokens sharded, Ulysses around attention."""
     from videosys import CascadeVConfig, VideoSysEngine

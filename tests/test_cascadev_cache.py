@@ -271,6 +271,7 @@ def test_pipeline_refuses_before_compute(tiny, spec, message, monkeypatch):
 
 
 # ---- entry points: engine (sp=2) and CLI ----------------------------------------------------------------
+@pytest.mark.slow
 def test_sequence_parallel_cache_equals_single(tiny, clip):
     """sp=2 (a spawned gloo worker): data-dependent decisions (First-Block-Cache's and TeaCache's L1 over both
     ranks' tokens), module reuse and forecasts, and the output forecast match one process."""

@@ -1,5 +1,6 @@
 """core/comm.py on two gloo processes: padding, splitting, gathering and all-to-all."""
 
+import pytest
 import torch
 
 from distributed import run_distributed
@@ -22,6 +23,7 @@ def _collectives(rank, world):
     return dict(local=local, range=(start, stop), back=back, switched=switched, lrange=(lstart, lstop), total=total)
 
 
+@pytest.mark.slow
 def test_split_gather_all_to_all_on_two_processes():
     full = torch.arange(2 * 5 * 3 * 4, dtype=torch.float32).view(2, 5, 3, 4)
     results = run_distributed(_collectives, 2)

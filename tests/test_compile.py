@@ -13,6 +13,8 @@ from videosys.models.latte.transformer import LatteBlock, LatteTransformer3DMode
 
 from distributed import assert_same_as_single, generate_per_cache
 
+pytestmark = pytest.mark.slow  # multi-process / compile: `pytest -m 'not slow'` leaves it out
+
 RUN = dict(num_frames=4, num_inference_steps=4, seed=1)
 
 

@@ -140,6 +140,7 @@ def test_vae_loss_weights_the_object():
     assert np.array_equal(weights[:, 0].numpy(), np.where(on_object, 11.0, 1.0))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_held_out_losses(toy_checkpoint):
     _, report = toy_checkpoint
     vae, transformer = report["vae"], report["transformer"]
@@ -169,6 +170,7 @@ def test_saved_checkpoint_loads_and_generates(toy_checkpoint):
     assert not torch.equal(pipe.transformer.proj_out.weight, random.transformer.proj_out.weight)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(toy_checkpoint, tmp_path):
     import torch
     from safetensors.torch import load_file

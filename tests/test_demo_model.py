@@ -57,6 +57,7 @@ def test_demo_draws_the_readme_prompt(engine):
     assert demo_tracker.classify(video) == ("red", "right")
 
 
+@pytest.mark.slow
 def test_demo_follows_colour_and_direction(engine):
     prompts = demo_tracker.prompt_set()  # 24 prompts: every colour x direction
     rows = [demo_tracker.row(p, p, engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
@@ -67,6 +68,7 @@ def test_demo_follows_colour_and_direction(engine):
     assert np.abs(a - b).mean() > 5
 
 
+@pytest.mark.slow
 def test_bench_cache_frontier_on_the_demo(tmp_path):
     from videosys.eval import bench
 
@@ -102,6 +104,7 @@ def test_demo_skip_is_the_demo_grown_to_four_units_with_skip_branches(skip_engin
         assert torch.equal(skip_engine.pipeline.vae.state_dict()[name], value), name
 
 
+@pytest.mark.slow
 def test_demo_skip_follows_colour_and_direction(skip_engine):
     prompts = demo_tracker.prompt_set()
     rows = [demo_tracker.row(p, p, skip_engine.generate(p, seed=0).video[0].numpy()) for p in prompts]

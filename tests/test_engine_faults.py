@@ -14,6 +14,8 @@ from videosys.core.engine import WorkerError
 
 from distributed import SeedRank0Refuses
 
+pytestmark = pytest.mark.slow  # multi-process / compile: `pytest -m 'not slow'` leaves it out
+
 PROMPT = "a red circle moving to the right"
 RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=3)
 

@@ -163,6 +163,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_generates_only_the_missing(
     assert generated == []
 
 
+@pytest.mark.slow
 def test_ray_workers_write_the_same_files_as_one_process(prompts_file, tmp_path, kept_engines):
     pytest.importorskip("ray")
     # two videos, one per actor; the actors build their own engines (the in-process one is kept)
@@ -219,6 +220,7 @@ def test_stats_are_rebuilt_from_the_videos_on_disk_after_a_kill(prompts_file, tm
     assert [stats[n] for n in videos if n != added[0]] == [{"recovered": True}]  # no timings to report
 
 
+@pytest.mark.slow
 def test_ray_actors_get_their_share_of_the_cores(prompts_file, tmp_path, kept_engines):
     pytest.importorskip("ray")
     import torch

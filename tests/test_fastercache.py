@@ -461,6 +461,7 @@ def one_process(family: str):
 @pytest.mark.parametrize("family,cfg_parallel", [("latte", True), ("latte", False), ("cogvideox", True),
                                                  ("cogvideox", False)],
                          ids=["latte-cfg2", "latte-sp2", "cogvideox-cfg2", "cogvideox-sp2"])
+@pytest.mark.slow
 def test_parallel_matches_one_process(family, cfg_parallel, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()

@@ -117,6 +117,7 @@ def test_settings_that_never_skip_give_the_uncached_output(spec):
     assert skipped.stats["forecast"]["reused_steps"] > 0 and not torch.equal(skipped.latents, plain.latents)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True)], ids=["sp2", "cfg2"])
 def test_parallel_forecast_matches_one_process(num_gpus, cfg_parallel):

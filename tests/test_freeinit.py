@@ -190,6 +190,7 @@ def test_config_fields_are_checked():
         tiny_pipeline("open-sora", freeinit_iters=2).generate(PROMPT, num_frames=34, height=32, width=32, loop=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True)])
 def test_parallel_equals_one_process(num_gpus, cfg_parallel):
     run = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=4)

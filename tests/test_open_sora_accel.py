@@ -260,6 +260,7 @@ def _dsp_forward(rank, world):
     return shapes[0], float((sharded - whole).abs().max())
 
 
+@pytest.mark.slow
 def test_dsp_shards_frames_and_reproduces_the_unsharded_model():
     from distributed import run_distributed
 

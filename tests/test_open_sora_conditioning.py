@@ -438,6 +438,7 @@ def single(tiny, clip):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_gpus,cfg_parallel", [(2, False), (2, True)])
 def test_parallel_with_conditioning_matches_single_process(single, clip, num_gpus, cfg_parallel):
     """sp=2 shards x_mask with the frames (10 latent frames, 5 per rank); cfg=2 gives each branch the same mask."""

@@ -7,6 +7,8 @@ from videosys import OpenSoraPlanConfig, OpenSoraPlanPipeline, VideoSysEngine
 
 from distributed import generate_per_cache, run_distributed
 
+pytestmark = pytest.mark.slow  # multi-process / compile: `pytest -m 'not slow'` leaves it out
+
 PROMPT = "a red circle moving to the right"
 # 9 frames at 48x80 px: 3 latent frames of 3x5 patches = 45 tokens, odd, so the sequence padding runs too
 RUN = dict(seed=1, num_frames=9, height=48, width=80, num_inference_steps=10)

@@ -11,6 +11,8 @@ from videosys.core.engine import WorkerError
 
 from distributed import generate_per_cache
 
+pytestmark = pytest.mark.slow  # multi-process / compile: `pytest -m 'not slow'` leaves it out
+
 PROMPT = "a red circle moving to the right"
 # 5 frames and a 3x5 patch grid (48x80 px): neither divides by 2, so the padding paths run too
 RUN = dict(seed=1, num_frames=5, height=48, width=80, num_inference_steps=10)

@@ -60,7 +60,7 @@ PARAMS = [(name, *setup) for name, case in CASES.items() for setup in case[4]]
 _single = {}  # one process's outputs per case, computed once
 
 
-pytestmark = pytest.mark.usefixtures("one_thread_per_rank")  # conftest: one thread per spawned rank
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_rank")]  # slow: spawned ranks; one thread each (conftest)
 
 
 def single(name: str) -> dict:

@@ -212,6 +212,7 @@ def read_video_bytes(data: bytes, folder) -> np.ndarray:
     return read_video(path)[0]
 
 
+@pytest.mark.slow
 def test_cancel_stops_every_rank_and_the_engine_goes_on(engine, tmp_path):
     """With several processes a cancel reaches every rank at the same step boundary: no rank is left
     inside a collective, so the same engine serves the next job, and serves it right."""

@@ -224,13 +224,13 @@ def _configs(spec, published: dict[str, dict]) -> list:
         method = METHODS[name]
         try:
             base = method.for_model(published.get(name))
-        except ValueError as err:  # nothing published for this model: the dict's own settings, if it gives them
+        except ValueError as err:  # nothing published for this model: the class defaults with the dict's settings
             missing = [f for f in method.needs if f not in values]
-            if not method.needs:
-                raise
             if missing:
                 raise ValueError(f"{err}; a {{'method': '{name}', ...}} spec for it must give "
                                  f"{', '.join(missing)}") from None
+            if not values:
+                raise
             return [method.config_cls(**values)]
         return [dataclasses.replace(base, **values)]
     if not any(type(spec) is m.config_cls for m in METHODS.values()):
