@@ -1,0 +1,184 @@
+"""Our Wan transformer against diffusers' WanTransformer3DModel on the same weights (T2V, I2V, TI2V-5B-like), the
+diffusers folder and the original single-file layout loading the same model, the cache hook points, and
+sequence parallelism (sp=2, uneven token counts) against one process."""
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from videosys.cache import Cache, register
+from videosys.cache.registry import unregister
+from videosys.cache.teacache import TeaCacheConfig
+from videosys.models.wan.transformer import (WanTransformer3DModel, WanTransformerConfig, convert_original_state_dict,
+                                             to_original_state_dict)
+
+from distributed import run_distributed
+
+TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=24, freq_dim=32,
+            ffn_dim=48, num_layers=2)
+CONFIGS = {  # name -> config fields (tiny shapes of the three release kinds)
+    "t2v": TINY,
+    # Wan2.1 I2V: CLIP image tokens (image_dim) with their own keys / values in every cross-attention
+    "i2v": {**TINY, "in_channels": 12, "image_dim": 20, "added_kv_proj_dim": 32},
+    # Wan2.2 TI2V-5B: 48 latent channels, per-token timesteps, no image branch
+    "ti2v": {**TINY, "in_channels": 48, "out_channels": 48},
+}
+TEXT_LEN = {"t2v": 7, "i2v": 512, "ti2v": 7}  # diffusers' I2V cuts the text as the last 512 context tokens
+IMAGE_LEN = 257  # CLIP ViT-H/14 tokens (256 patches + class)
+
+
+def random_weights(model: torch.nn.Module, seed: int = 0) -> torch.Generator:
+    """Every weight drawn (norm weights around 1), none left at its init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.1
+            p.copy_(1 + noise if "norm" in name and p.ndim == 1 and name.endswith("weight") else noise)
+    return g
+
+
+def pair(name: str, seed: int = 0):
+    """diffusers' model and ours, sharing one random state dict (loaded strictly into ours)."""
+    from diffusers import WanTransformer3DModel as DiffusersWan
+
+    config = WanTransformerConfig(**CONFIGS[name])
+    ref = DiffusersWan(**CONFIGS[name]).eval()
+    g = random_weights(ref, seed)
+    ours = WanTransformer3DModel(config).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours, g
+
+
+def inputs(name: str, g: torch.Generator, batch: int = 2, frames: int = 3, height: int = 8, width: int = 8,
+           t: float = 700.0) -> dict:
+    """The forward's keyword arguments: latents, timesteps (per token for ti2v: the first latent frame's at 0, as
+    Wan2.2's image-to-video), text and for i2v the CLIP image tokens."""
+    cfg = CONFIGS[name]
+    x = torch.randn(batch, cfg["in_channels"], frames, height, width, generator=g)
+    timestep = torch.full((batch,), t)
+    if name == "ti2v":
+        per_frame = (height // 2) * (width // 2)
+        timestep = torch.full((batch, frames * per_frame), t)
+        timestep[:, :per_frame] = 0
+    out = dict(hidden_states=x, timestep=timestep,
+               encoder_hidden_states=torch.randn(batch, TEXT_LEN[name], cfg["text_dim"], generator=g))
+    if name == "i2v":
+        out["encoder_hidden_states_image"] = torch.randn(batch, IMAGE_LEN, cfg["image_dim"], generator=g)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_matches_diffusers(name):
+    ref, ours, g = pair(name)
+    for frames, height, width, t in ((3, 8, 8, 999.0), (2, 6, 10, 250.0)):
+        kwargs = inputs(name, g, frames=frames, height=height, width=width, t=t)
+        with torch.no_grad():
+            expected = ref(**kwargs, return_dict=False)[0]
+            got = ours(**kwargs)
+        assert got.shape == expected.shape == (2, CONFIGS[name]["out_channels"], frames, height, width)
+        assert expected.abs().max() > 0.1  # a real signal, not zeros on both sides
+        assert (got - expected).abs().max() <= 1e-5, (name, float((got - expected).abs().max()))
+
+
+def test_per_token_timesteps_equal_one_per_sample_when_alike():
+    """TI2V's (B, N) timesteps, all equal, give what one timestep per sample gives (the two modulation paths)."""
+    _, ours, g = pair("ti2v")
+    kwargs = inputs("ti2v", g, t=400.0)
+    kwargs["timestep"] = torch.full_like(kwargs["timestep"], 400.0)
+    with torch.no_grad():
+        per_token = ours(**kwargs)
+        per_sample = ours(**{**kwargs, "timestep": torch.full((2,), 400.0)})
+    assert (per_token - per_sample).abs().max() <= 1e-5
+
+
+def test_loads_the_diffusers_folder_unchanged(tmp_path):
+    """A folder diffusers wrote (config.json with its bookkeeping, patch_size as a list) loads strictly; in bf16 the
+    modules diffusers keeps in fp32 stay fp32."""
+    ref, _, g = pair("i2v")
+    ref.save_pretrained(tmp_path / "transformer")
+    ours = WanTransformer3DModel.from_pretrained(str(tmp_path), "transformer")
+    assert ours.config == WanTransformerConfig(**CONFIGS["i2v"])
+    kwargs = inputs("i2v", g)
+    with torch.no_grad():
+        assert (ours(**kwargs) - ref(**kwargs, return_dict=False)[0]).abs().max() <= 1e-5
+    half = WanTransformer3DModel.from_pretrained(str(tmp_path), "transformer", dtype=torch.bfloat16)
+    assert half.scale_shift_table.dtype == half.blocks[0].scale_shift_table.dtype == torch.float32
+    assert half.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    assert half.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = half(**{k: v.to(torch.bfloat16) if k != "timestep" else v for k, v in kwargs.items()})
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+# ---- the original single-file layout ------------------------------------------------------------------------
+
+# block 0's keys in the original wan/modules/model.py (WanAttentionBlock with WanI2VCrossAttention, cross_attn_norm):
+# norm1 / norm2 carry no weights; norm3 is the cross-attention norm
+ORIGINAL_BLOCK_KEYS = {
+    f"blocks.0.{k}" for k in (
+        [f"{a}.{p}.{w}" for a in ("self_attn", "cross_attn") for p in "qkvo" for w in ("weight", "bias")]
+        + [f"{a}.{n}.weight" for a in ("self_attn", "cross_attn") for n in ("norm_q", "norm_k")]
+        + ["cross_attn.k_img.weight", "cross_attn.k_img.bias", "cross_attn.v_img.weight", "cross_attn.v_img.bias",
+           "cross_attn.norm_k_img.weight", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias",
+           "ffn.2.weight", "ffn.2.bias", "modulation"])
+}
+ORIGINAL_TOP_KEYS = {  # WanModel (i2v): embeddings, Head, MLPProj
+    "patch_embedding.weight", "patch_embedding.bias", "text_embedding.0.weight", "text_embedding.0.bias",
+    "text_embedding.2.weight", "text_embedding.2.bias", "time_embedding.0.weight", "time_embedding.0.bias",
+    "time_embedding.2.weight", "time_embedding.2.bias", "time_projection.1.weight", "time_projection.1.bias",
+    "head.head.weight", "head.head.bias", "head.modulation", "img_emb.proj.0.weight", "img_emb.proj.0.bias",
+    "img_emb.proj.1.weight", "img_emb.proj.1.bias", "img_emb.proj.3.weight", "img_emb.proj.3.bias",
+    "img_emb.proj.4.weight", "img_emb.proj.4.bias",
+}
+
+
+def test_original_key_names():
+    _, ours, _ = pair("i2v")
+    original = to_original_state_dict(ours.state_dict())
+    assert {k for k in original if k.startswith("blocks.0.")} == ORIGINAL_BLOCK_KEYS
+    assert {k for k in original if not k.startswith("blocks.")} == ORIGINAL_TOP_KEYS
+    back = convert_original_state_dict(original)
+    assert back.keys() == ours.state_dict().keys()
+    # ComfyUI's repackaged files put model.diffusion_model. in front
+    assert convert_original_state_dict({"model.diffusion_model.head.head.weight": 1}) == {"proj_out.weight": 1}
+    with pytest.raises(KeyError, match="no Wan original layout"):
+        convert_original_state_dict({"blocks.0.self_attn.qkv.weight": torch.zeros(1)})
+
+
+def test_original_layout_loads_the_same_model(tmp_path):
+    """The state dict written in the original names, as one file and as shards with an index json (the releases'
+    layout, with their config.json in the original names), loads into the model diffusers' layout gives."""
+    from safetensors.torch import save_file
+
+    ref, ours, g = pair("i2v")
+    original = {k: v.contiguous() for k, v in to_original_state_dict(ours.state_dict()).items()}
+    save_file(original, str(tmp_path / "single.safetensors"))
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    keys = sorted(original)
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: original[k] for k in part}, str(shards / name))
+        weight_map.update({k: name for k in part})
+    (shards / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    cfg = CONFIGS["i2v"]
+    (shards / "config.json").write_text(json.dumps({  # the original WanModel's config.json fields
+        "_class_name": "WanModel", "model_type": "i2v", "dim": 32, "num_heads": 2, "in_dim": cfg["in_channels"],
+        "out_dim": cfg["out_channels"], "ffn_dim": cfg["ffn_dim"], "freq_dim": cfg["freq_dim"],
+        "text_dim": cfg["text_dim"], "num_layers": cfg["num_layers"], "eps": 1e-6, "text_len": 512}))
+    config = WanTransformerConfig(**cfg)
+    loaded = [WanTransformer3DModel.from_original(str(tmp_path / "single.safetensors"), config),
+              WanTransformer3DModel.from_original(str(shards)),  # config from the original config.json
+              WanTransformer3DModel.from_original(original, config)]
+    assert all(model.config == config for model in loaded)  # the image branch's widths read off the weights
+    kwargs = inputs("i2v", g)
+    with torch.no_grad():
+        expected = ref(**kwargs, return_dict=False)[0]
+        for model in loaded:
+            assert torch.equal(model(**kwargs), ours(**kwargs))
+        assert (ours(**kwargs) - expected).abs().max() <= 1e-5
