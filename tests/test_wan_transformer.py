@@ -182,3 +182,153 @@ def test_original_layout_loads_the_same_model(tmp_path):
         for model in loaded:
             assert torch.equal(model(**kwargs), ours(**kwargs))
         assert (ours(**kwargs) - expected).abs().max() <= 1e-5
+
+
+# ---- cache hook points ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SiteCountingConfig:
+    """Counts the stack and module calls it sees and reuses nothing (registered by this module only)."""
+
+
+class SiteCounting(Cache):
+    def __init__(self, config):
+        self.config = config
+        self.begin([])
+
+    @classmethod
+    def acts_at(cls, config):  # an observer: it replaces nothing
+        return frozenset()
+
+    def begin(self, timesteps, refresh_steps=()):
+        self.counts, self.indicators = Counter(), []
+
+    def stack(self, stack):
+        self.counts["stack"] += 1
+        self.indicators.append(stack.indicator())
+        return stack.rest(*stack.first(*stack.streams))  # first unit + the rest == the whole stack
+
+    def module(self, site, compute):
+        self.counts[f"{site.kind}/{site.block}"] += 1
+        self.counts[f"index{site.index}"] += 1
+        return compute()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def site_counting():
+    register("wan-site-counting", SiteCountingConfig, SiteCounting, for_model=lambda models: SiteCountingConfig())
+    yield
+    unregister("wan-site-counting")
+
+
+# per block and stack pass, as tests/test_cache_registry.py's PER_LAYER counts them: one stream, full attention
+PER_LAYER = {"full/full": 1, "cross/full": 1, "mlp/full": 1}
+
+
+def steps(model, kwargs: dict, timesteps=(999.0, 700.0, 400.0, 100.0)) -> list[torch.Tensor]:
+    """One generation's transformer calls (the caches' per-generation and per-step calls as a pipeline makes them)."""
+    model.cache_begin(list(timesteps))
+    out = []
+    for i, t in enumerate(timesteps):
+        model.cache_step(i, t)
+        with torch.no_grad():
+            out.append(model(**{**kwargs, "timestep": torch.full_like(kwargs["timestep"], t)}))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_module_sites_and_indicator(name):
+    _, ours, g = pair(name)
+    kwargs = inputs(name, g)
+    plain = steps(ours, kwargs)
+    ours.enable_cache(SiteCountingConfig())
+    counted = steps(ours, kwargs)
+    state = ours.active_cache("wan-site-counting")
+    calls, layers = len(plain), CONFIGS[name]["num_layers"]
+    expected = {"stack": calls, **{k: v * calls * layers for k, v in PER_LAYER.items()},
+                **{f"index{i}": sum(PER_LAYER.values()) * calls for i in range(layers)}}
+    assert dict(state.counts) == expected
+    dim, n = CONFIGS[name]["num_attention_heads"] * CONFIGS[name]["attention_head_dim"], 3 * 4 * 4
+    # TeaCache4Wan2.1's indicator: the timestep projection e0, per token for TI2V
+    assert all(i.shape == ((2, n, 6, dim) if name == "ti2v" else (2, 6, dim)) for i in state.indicators)
+    assert all(torch.equal(a, b) for a, b in zip(counted, plain))
+
+
+@pytest.mark.parametrize("name", ["t2v", "ti2v"])
+def test_teacache_that_never_reuses_equals_uncached(name):
+    _, ours, g = pair(name)
+    kwargs = inputs(name, g)
+    plain = steps(ours, kwargs)
+    ours.enable_cache(TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0)))
+    cached = steps(ours, kwargs)
+    assert ours.cache_stats()["teacache"]["reused_steps"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(cached, plain))
+    ours.enable_cache(TeaCacheConfig(threshold=10.0, coefficients=(1.0, 0.0)))  # reuses: the residual path runs
+    reused = steps(ours, kwargs)
+    assert ours.cache_stats()["teacache"]["reused_steps"] == 2
+    assert torch.equal(reused[0], plain[0]) and not torch.equal(reused[1], plain[1])
+
+
+# ---- sequence parallelism ------------------------------------------------------------------------------------
+
+SP_SHAPES = ((3, 8, 8), (3, 6, 10))  # 48 tokens, and 45: uneven, padded to 46 over two ranks
+
+
+def sp_cases() -> list:
+    """(name, config fields, state dict, forward kwargs per shape): each family kind, random weights."""
+    cases = []
+    for name in CONFIGS:
+        model = WanTransformer3DModel(WanTransformerConfig(**CONFIGS[name]))
+        g = random_weights(model, seed=1)
+        shapes = [inputs(name, g, frames=f, height=h, width=w) for f, h, w in SP_SHAPES]
+        cases.append((name, CONFIGS[name], model.state_dict(), shapes))
+    return cases
+
+
+def _sp_run(rank, world, cases):
+    from videosys.core.parallel import init_parallel
+
+    state = init_parallel(False, "cpu")
+    out = {}
+    for name, fields, weights, shapes in cases:
+        model = WanTransformer3DModel(WanTransformerConfig(**fields)).eval()
+        model.load_state_dict(weights)
+        model.set_parallel(state)
+        assert model.parallel.sp_size == world
+        for k, kwargs in enumerate(shapes):
+            with torch.no_grad():
+                out[name, k] = model(**kwargs)
+        # a stack cache under sp: the indicator (per token: this rank's real tokens) reduced over the ranks
+        model.enable_cache(TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0)))
+        out[name, "teacache"] = steps(model, shapes[1])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.usefixtures("one_thread_per_rank")
+def test_sequence_parallel_equals_one_process():
+    """sp=2 (gloo): tokens sharded (45 of them padded to 46), self-attention over heads after an all-to-all,
+    cross-attention per shard, per-token timesteps sharded with the tokens; every rank returns the whole output."""
+    cases = sp_cases()
+    ranks = run_distributed(_sp_run, 2, cases)
+    for name, fields, weights, shapes in cases:
+        model = WanTransformer3DModel(WanTransformerConfig(**fields)).eval()
+        model.load_state_dict(weights)
+        for k, kwargs in enumerate(shapes):
+            with torch.no_grad():
+                expected = model(**kwargs)
+            for rank in ranks:
+                assert (rank[name, k] - expected).abs().max() <= 1e-5, (name, SP_SHAPES[k])
+        expected = steps(model, shapes[1])
+        for rank in ranks:
+            assert all((a - b).abs().max() <= 1e-5 for a, b in zip(rank[name, "teacache"], expected)), name
+
+
+def test_sp_size_must_divide_the_heads():
+    from videosys.core.parallel import ParallelState
+
+    model = WanTransformer3DModel(WanTransformerConfig(**TINY))
+    with pytest.raises(ValueError, match="not divisible by sp size 4"):
+        model.set_parallel(ParallelState(sp_size=4))
