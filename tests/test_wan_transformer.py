@@ -332,3 +332,23 @@ def test_sp_size_must_divide_the_heads():
     model = WanTransformer3DModel(WanTransformerConfig(**TINY))
     with pytest.raises(ValueError, match="not divisible by sp size 4"):
         model.set_parallel(ParallelState(sp_size=4))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_equals_eager():
+    """compile=True's three paths (models/modules/compile.py): the whole forward with no cache, each block's
+    residual stream with a stack cache, the branches with a module-hook cache around them."""
+    from videosys.models.modules.compile import compile_regions
+
+    _, ours, g = pair("ti2v")
+    kwargs = inputs("ti2v", g)
+    with torch.no_grad():
+        eager = ours(**kwargs)
+    assert compile_regions(ours) == 1 + 2 * 4  # the forward; per block its residual stream and three branches
+    for cache in (None, TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0)), SiteCountingConfig()):
+        ours.disable_cache()
+        if cache is not None:
+            ours.enable_cache(cache)
+        with torch.no_grad():
+            assert (ours(**kwargs) - eager).abs().max() <= 1e-5, cache

@@ -188,17 +188,15 @@ def wan_rotary_table(head_dim: int, frames: int, h: int, w: int, theta: float,
 
     Angles pos * theta^(-2i / d_axis) per axis, computed in fp64 before cos / sin (the original's
     rope_params and diffusers' WanRotaryPosEmbed), positions 0.. on every axis."""
-    tables = []
-    for dim, n in zip(rope_axis_dims(head_dim), (frames, h, w)):
+    cos, sin = [], []
+    for axis, (dim, n) in enumerate(zip(rope_axis_dims(head_dim), (frames, h, w))):
         freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
-        angles = torch.outer(torch.arange(n, dtype=torch.float64), freqs)  # (n, dim/2)
-        tables.append((angles.cos().repeat_interleave(2, dim=1).float(), angles.sin().repeat_interleave(2, dim=1).float()))
-    out = []
-    for k in range(2):  # cos, then sin
-        (tt, hh, ww) = (tables[0][k], tables[1][k], tables[2][k])
-        grid = torch.cat([tt[:, None, None].expand(frames, h, w, -1), hh[None, :, None].expand(frames, h, w, -1),
-                          ww[None, None, :].expand(frames, h, w, -1)], dim=-1)  # (F, h, w, d)
-        out.append(grid.reshape(frames * h * w, head_dim).to(device))
+        angles = torch.outer(torch.arange(n, dtype=torch.float64), freqs).repeat_interleave(2, dim=1)  # (n, dim)
+        shape = [1, 1, 1, dim]
+        shape[axis] = n  # this axis' positions along its grid dimension, broadcast over the other two
+        cos.append(angles.cos().float().view(shape).expand(frames, h, w, dim))
+        sin.append(angles.sin().float().view(shape).expand(frames, h, w, dim))
+    out = [torch.cat(t, dim=-1).reshape(frames * h * w, head_dim).to(device) for t in (cos, sin)]  # [t | h | w]
     return out[0], out[1]
 
 
@@ -510,7 +508,7 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
         folder = resolve_dir(path, subfolder)
         with open(os.path.join(folder, "config.json")) as f:
             config = config_from_dict(cls.config_class, json.load(f))
-        return cls.from_state_dict(read_state_dict(folder), config, dtype, device, source=folder)
+        return cls.from_state_dict(cls.read_checkpoint(folder), config, dtype, device, source=folder)
 
     @classmethod
     def from_original(cls, path_or_state_dict: str | dict, config: WanTransformerConfig | dict | None = None,
@@ -525,8 +523,8 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
             source = path_or_state_dict
             state = read_original_checkpoint(path_or_state_dict)
             if config is None:
-                folder = path_or_state_dict if os.path.isdir(path_or_state_dict) else os.path.dirname(path_or_state_dict)
-                with open(os.path.join(folder, "config.json")) as f:
+                path = path_or_state_dict
+                with open(os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")) as f:
                     config = json.load(f)
         if config is None:
             raise ValueError("from_original needs a config with a state dict")
@@ -605,7 +603,8 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
 
         if timestep.ndim == 2:  # per token (Wan2.2 TI2V): (B, N) -> this rank's (B, N_local), padding timestep 0
             if timestep.shape[1] != n:
-                raise ValueError(f"per-token timesteps must be (B, {n}) for this latent grid, got {tuple(timestep.shape)}")
+                raise ValueError(f"per-token timesteps must be (B, {n}) for this latent grid, "
+                                 f"got {tuple(timestep.shape)}")
             t_local = comm.split(timestep.expand(b, n), 1, sp_group)
             temb, t_mod = self.condition_embedder.time(t_local.reshape(-1), dtype)
             temb = temb.view(b, -1, cfg.dim)  # (B, N_local, C)
