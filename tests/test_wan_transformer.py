@@ -3,7 +3,6 @@ diffusers folder and the original single-file layout loading the same model, the
 sequence parallelism (sp=2, uneven token counts) against one process."""
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from videosys.cache import Cache, register
+from videosys.cache.pab import PABConfig
 from videosys.cache.registry import unregister
 from videosys.cache.teacache import TeaCacheConfig
 from videosys.models.wan.transformer import (WanTransformer3DModel, WanTransformerConfig, convert_original_state_dict,
@@ -270,6 +270,24 @@ def test_teacache_that_never_reuses_equals_uncached(name):
     assert torch.equal(reused[0], plain[0]) and not torch.equal(reused[1], plain[1])
 
 
+# PAB broadcasting Wan's self-attention ("full" counts as spatial) every other step and its cross-attention every
+# third, inside the whole schedule (no published Wan setting)
+PAB_ALL_STEPS = PABConfig(spatial=((0, 1000), 2), temporal=None, cross=((0, 1000), 3), mlp_kinds=())
+
+
+def test_pab_broadcasts_at_the_wan_sites():
+    _, ours, g = pair("i2v")
+    kwargs = inputs("i2v", g)
+    plain = steps(ours, kwargs)
+    ours.enable_cache(PAB_ALL_STEPS)
+    cached = steps(ours, kwargs)
+    layers = CONFIGS["i2v"]["num_layers"]
+    # 4 steps: self-attention reused on steps 1 and 3, cross-attention on steps 1 and 2
+    assert ours.cache_stats()["pab"] == {"spatial_computed": 2 * layers, "spatial_reused": 2 * layers,
+                                         "cross_computed": 2 * layers, "cross_reused": 2 * layers}
+    assert torch.equal(cached[0], plain[0]) and not torch.equal(cached[1], plain[1])
+
+
 # ---- sequence parallelism ------------------------------------------------------------------------------------
 
 SP_SHAPES = ((3, 8, 8), (3, 6, 10))  # 48 tokens, and 45: uneven, padded to 46 over two ranks
@@ -302,6 +320,10 @@ def _sp_run(rank, world, cases):
         # a stack cache under sp: the indicator (per token: this rank's real tokens) reduced over the ranks
         model.enable_cache(TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0)))
         out[name, "teacache"] = steps(model, shapes[1])
+        # a module cache under sp: a broadcast self-attention skips its all-to-alls on every rank alike
+        model.disable_cache()
+        model.enable_cache(PAB_ALL_STEPS)
+        out[name, "pab"] = steps(model, shapes[1])
     return out
 
 
@@ -321,9 +343,13 @@ def test_sequence_parallel_equals_one_process():
                 expected = model(**kwargs)
             for rank in ranks:
                 assert (rank[name, k] - expected).abs().max() <= 1e-5, (name, SP_SHAPES[k])
-        expected = steps(model, shapes[1])
-        for rank in ranks:
-            assert all((a - b).abs().max() <= 1e-5 for a, b in zip(rank[name, "teacache"], expected)), name
+        for cache in ("teacache", "pab"):
+            model.disable_cache()
+            model.enable_cache(TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0)) if cache == "teacache"
+                               else PAB_ALL_STEPS)
+            expected = steps(model, shapes[1])
+            for rank in ranks:
+                assert all((a - b).abs().max() <= 1e-5 for a, b in zip(rank[name, cache], expected)), (name, cache)
 
 
 def test_sp_size_must_divide_the_heads():

@@ -50,6 +50,7 @@ from videosys.cache import CacheMixin, module_call
 from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
+from videosys.models.modules.adaln import modulate
 from videosys.models.modules.attention import GELUProj, sdpa
 from videosys.models.modules.embeddings import CaptionProjection, TimestepEmbedding, constant_table, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel, check_state_dict, config_from_dict
@@ -114,10 +115,6 @@ def layer_norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     weight = None if norm.weight is None else norm.weight.float()
     bias = None if norm.bias is None else norm.bias.float()
     return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
 
 
 class WanAttention(nn.Module):
