@@ -98,8 +98,13 @@ def test_per_token_timesteps_equal_one_per_sample_when_alike():
 def test_loads_the_diffusers_folder_unchanged(tmp_path):
     """A folder diffusers wrote (config.json with its bookkeeping, patch_size as a list) loads strictly; in bf16 the
     modules diffusers keeps in fp32 stay fp32."""
+    from safetensors.torch import load_file, save_file
+
     ref, _, g = pair("i2v")
     ref.save_pretrained(tmp_path / "transformer")
+    # the I2V releases carry an unused attn2.norm_added_q that diffusers ignores on load: so do we
+    weights = str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    save_file({**load_file(weights), "blocks.0.attn2.norm_added_q.weight": torch.ones(32)}, weights)
     ours = WanTransformer3DModel.from_pretrained(str(tmp_path), "transformer")
     assert ours.config == WanTransformerConfig(**CONFIGS["i2v"])
     kwargs = inputs("i2v", g)

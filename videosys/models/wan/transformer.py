@@ -498,6 +498,12 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
+    def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
+        """The folder's weights less the I2V releases' unused attn2.norm_added_q (diffusers' WanTransformer3DModel
+        ignores it too: _keys_to_ignore_on_load_unexpected)."""
+        return {k: v for k, v in read_state_dict(folder).items() if "norm_added_q" not in k}
+
+    @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu"):
         """A diffusers-layout folder (Wan-AI/...-Diffusers, subfolder "transformer"; Wan2.2 A14B's second expert:
