@@ -419,3 +419,22 @@ def test_compiled_equals_eager():
             ours.enable_cache(cache)
         with torch.no_grad():
             assert (ours(**kwargs) - eager).abs().max() <= 1e-5, cache
+
+
+def test_original_i2v_config_without_image_weights_has_no_image_branch(tmp_path):
+    """Wan2.2 I2V-A14B's original config.json says model_type "i2v" as Wan2.1 I2V does, but its experts have no CLIP
+    image branch (36 input channels, text cross-attention only): the weights decide."""
+    from safetensors.torch import save_file
+
+    fields = {**TINY, "in_channels": 36}
+    model = WanTransformer3DModel(WanTransformerConfig(**fields))
+    random_weights(model)
+    original = {k: v.contiguous() for k, v in to_original_state_dict(model.state_dict()).items()}
+    save_file(original, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "model_type": "i2v", "dim": 32, "num_heads": 2, "in_dim": 36, "out_dim": 4,
+        "ffn_dim": 48, "freq_dim": 32, "text_dim": 24, "num_layers": 2, "eps": 1e-6, "text_len": 512}))
+    loaded = WanTransformer3DModel.from_original(str(tmp_path))
+    assert loaded.config == WanTransformerConfig(**fields)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

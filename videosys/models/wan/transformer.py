@@ -485,7 +485,8 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
         self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, self.out_channels * math.prod(p))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
-        self.text_memo = TextMemo()  # the text / image embeddings, once per generation
+        self.text_memo = TextMemo()  # the text embedding, once per generation
+        self.image_memo = TextMemo()  # the image tokens' embedding, once per generation
         self.parallel = ParallelState()
 
     def set_parallel(self, state: ParallelState) -> None:
@@ -569,7 +570,7 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
         if self.condition_embedder.image_embedder is None:
             raise ValueError("encoder_hidden_states_image given to a transformer without an image branch "
                              "(image_dim is None: a T2V / TI2V / Wan2.2 checkpoint)")
-        return self.text_memo(image, self.condition_embedder.image_embedder)
+        return self.image_memo(image, self.condition_embedder.image_embedder)
 
     def run_blocks(self, x: torch.Tensor, t_mod: torch.Tensor, context: torch.Tensor,
                    image_context: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor], num_tokens: int,
