@@ -2,6 +2,7 @@
 diffusers folder and the original single-file layout loading the same model, the cache hook points, and
 sequence parallelism (sp=2, uneven token counts) against one process."""
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -69,6 +70,33 @@ def inputs(name: str, g: torch.Generator, batch: int = 2, frames: int = 3, heigh
     if name == "i2v":
         out["encoder_hidden_states_image"] = torch.randn(batch, IMAGE_LEN, cfg["image_dim"], generator=g)
     return out
+
+
+# the releases' transformer configs (Wan-AI/...-Diffusers transformer/config.json; diffusers' convert_wan_to_diffusers.py)
+_14B = dict(num_attention_heads=40, ffn_dim=13824, num_layers=40)
+RELEASES = {
+    "Wan2.1-T2V-1.3B": {},  # our defaults
+    "Wan2.1-T2V-14B / Wan2.2-T2V-A14B expert": _14B,
+    "Wan2.1-I2V-14B-480P / 720P": {**_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120},
+    "Wan2.1-FLF2V-14B-720P": {**_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120,
+                              "pos_embed_seq_len": 514},
+    "Wan2.2-I2V-A14B expert": {**_14B, "in_channels": 36},
+    "Wan2.2-TI2V-5B": dict(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
+}
+
+
+@pytest.mark.parametrize("release", list(RELEASES))
+def test_release_layouts_match_diffusers(release):
+    """Every release's full-size state dict: diffusers' names and shapes, and original names both ways (meta device)."""
+    from diffusers import WanTransformer3DModel as DiffusersWan
+
+    with torch.device("meta"):
+        ours = WanTransformer3DModel(WanTransformerConfig(**RELEASES[release]))
+        ref = DiffusersWan(**{**{f.name: getattr(WanTransformerConfig(), f.name)
+                                 for f in dataclasses.fields(WanTransformerConfig)}, **RELEASES[release]})
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert convert_original_state_dict(to_original_state_dict(ours.state_dict())).keys() == shapes.keys()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
