@@ -523,38 +523,49 @@ class HunyuanVideo15Transformer3DModel(PretrainedModel, CacheMixin):
         cfg = self.config
         return hv15_rotary_table(cfg.rope_axes_dim, frames, h, w, float(cfg.rope_theta), str(device))
 
+    @torch.compiler.disable  # host-side decisions on tensor values: kept out of compiled graphs, no graph-break noise
+    def context_layout(self, b: int, image_embeds: torch.Tensor | None, lengths: tuple[int, int, int],
+                       text_mask_2: torch.Tensor | None,
+                       text_mask: torch.Tensor | None) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+        """Where the context tokens go: (use the image tokens, gather index (B, S) into [image; ByT5; LLM] or None,
+        key mask (B, S) bool or None). `lengths`: the image, ByT5 and LLM token counts (0: not given).
+
+        All-zero image_embeds (T2V; diffusers' is_t2v, over the whole batch) are masked in diffusers: left out here.
+        Each sample's valid tokens first, in order (a stable sort of the joined mask), cut after the batch's
+        longest valid context."""
+        use_image = image_embeds is not None and not bool(torch.all(image_embeds == 0))
+        masks = [(lengths[0] if use_image else 0, None), (lengths[1], text_mask_2), (lengths[2], text_mask)]
+        if all(m is None for _, m in masks):
+            return use_image, None, None
+        device = text_mask.device if text_mask is not None else text_mask_2.device
+        mask = torch.cat([torch.ones(b, n, dtype=torch.bool, device=device) if m is None else m.bool()
+                          for n, m in masks if n], dim=1)  # (B, S_all)
+        if bool(mask.all()):
+            return use_image, None, None
+        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # valid tokens first, in order
+        order = order[:, :int(mask.sum(dim=1).max())]  # (B, S)
+        mask = torch.gather(mask, 1, order)  # (B, S)
+        return use_image, order, None if bool(mask.all()) else mask
+
     def context(self, timestep: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                 text_2: torch.Tensor | None, text_mask_2: torch.Tensor | None,
                 image_embeds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The text stream's input (B, S, C) and its key mask (B, S) bool (None: all real).
-
-        Order as diffusers: [image; ByT5; LLM] tokens, each sample's valid ones first (a stable sort of the
-        joined mask), cut after the longest valid run of the batch. All-zero image_embeds (T2V) are masked in
-        diffusers: we leave them out."""
+        """The text stream's input (B, S, C) and its key mask (B, S) bool (None: all real), laid out as diffusers
+        joins them: [image; ByT5; LLM] tokens, each sample's valid ones first (`context_layout`)."""
+        lengths = (0 if image_embeds is None else image_embeds.shape[1], 0 if text_2 is None else text_2.shape[1],
+                   text.shape[1])
+        use_image, order, mask = self.context_layout(text.shape[0], image_embeds, lengths, text_mask_2, text_mask)
         weight = self.cond_type_embed.weight
-        parts, masks = [], []
-        if image_embeds is not None and not bool(torch.all(image_embeds == 0)):
+        parts = []
+        if use_image:
             parts.append(self.image_memo(image_embeds, self.image_embedder) + weight[2])  # (B, L3, C)
-            masks.append(None)
         if text_2 is not None:
             parts.append(self.byt5_memo(text_2, self.context_embedder_2) + weight[1])  # (B, L2, C)
-            masks.append(text_mask_2)
         parts.append(self.context_embedder(text, timestep, text_mask) + weight[0])  # (B, L1, C): per step
-        masks.append(text_mask)
         context = torch.cat(parts, dim=1)  # (B, S_all, C)
-        if all(m is None for m in masks):
-            return context, None
-        b = context.shape[0]
-        mask = torch.cat([torch.ones(b, p.shape[1], dtype=torch.bool, device=p.device) if m is None else m.bool()
-                          for p, m in zip(parts, masks)], dim=1)  # (B, S_all)
-        if bool(mask.all()):
-            return context, None
-        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices  # valid tokens first, in order
-        keep = int(mask.sum(dim=1).max())
-        order = order[:, :keep]  # (B, S)
-        context = torch.gather(context, 1, order[..., None].expand(-1, -1, context.shape[-1]))  # (B, S, C)
-        mask = torch.gather(mask, 1, order)  # (B, S)
-        return context, None if bool(mask.all()) else mask
+        if order is not None:
+            context = torch.gather(context, 1, order[..., None].expand(-1, -1, context.shape[-1]))  # (B, S, C)
+        return context, mask
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def run_blocks(self, x: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, mask: torch.Tensor | None,
