@@ -111,7 +111,8 @@ def test_padding_tokens_are_never_attended():
     noisy = dict(kwargs)
     noisy["encoder_hidden_states"] = kwargs["encoder_hidden_states"].clone()
     noisy["encoder_hidden_states"][0, 5:] = 100.0
-    noisy["encoder_hidden_states_2"] = kwargs["encoder_hidden_states_2"] + 50.0 * (1 - kwargs["encoder_attention_mask_2"][..., None])
+    padding_2 = 1 - kwargs["encoder_attention_mask_2"][..., None]  # (B, L2, 1): 1 at padding
+    noisy["encoder_hidden_states_2"] = kwargs["encoder_hidden_states_2"] + 50.0 * padding_2
     with torch.no_grad():
         assert (ours(**noisy) - ours(**kwargs)).abs().max() <= 1e-5
         one = {k: v[:1] for k, v in kwargs.items()}  # sample 0: no glyph text, 5 LLM tokens

@@ -53,24 +53,35 @@ Module hook points, per block (block kind "double"; the table tests/test_hunyuan
 (Both MLPs are one site: a cache keys its state by (kind, block kind, index), so two "mlp" sites in one block
 would collide; CogVideoX's joint MLP is one site too.)
 
-SSTA (the release's selective and sliding tile attention, used by its 720p models; not implemented here): see the
-note at the end of this docstring.
+SSTA (the release's sparse attention for its 720p sparse checkpoints): not implemented; what matching it would
+take is at the end of this docstring.
 
-SSTA, what matching the release on tiny shapes would take (read from Tencent-Hunyuan/HunyuanVideo-1.5,
-hyvideo/models/transformers/modules/ssta_attention.py and the flex-block-attn kernels it calls):
-- the video tokens are permuted into 3D tiles (tile_size (t, h, w), default (6, 8, 8) latent positions) before
-  attention and back after it, so every tile is one contiguous block of tokens; a tiny test would need a grid of
-  a few whole tiles (or the release's padding of partial tiles) and the same tile order;
-- per (sample, head) a block-sparse mask over tiles is built from the queries and keys pooled per tile: a 3D
-  window of neighbouring tiles is always kept (the sliding part), plus the top-k tiles by the pooled q.k score
-  ("selective", with a keep ratio / topk from the config), optionally after a similarity-based redundancy filter
-  on the pooled keys; the text tokens are always attended (and attend to everything);
-- the attention itself is then exact softmax attention restricted to the kept (query tile, key tile) pairs: a
-  reference implementation is SDPA with a (B, H, N+S, N+S) boolean mask built from the tile mask, which is exact
-  on tiny shapes; the release's fused kernel only makes it fast;
-- matching would mean re-deriving the tile permutation, pooling, window and top-k tie-breaking exactly (top-k
-  ties on random tiny weights are likely: a test would need distinct scores), and checking against the release's
-  own PyTorch mask builder; under Ulysses the mask is per head, so it shards with the heads (no extra exchange).
+SSTA, what matching the release on tiny shapes would take (read from Tencent-Hunyuan/HunyuanVideo-1.5 at 60783e7:
+hyvideo/models/transformers/modules/ssta_attention.py, attention.py (attn_mode "flex-block-attn"), the defaults in
+hunyuanvideo_1_5_transformer.py's attn_param; the kernel is the flex-block-attn package, SM90 only). It is the
+attention of the release's "720p_{t2v,i2v}_distilled_sparse" transformers (CFG-distilled; `--sparse_attn`):
+- layout: video q / k / v (B, H, N, 128: the release asserts head_dim 128) are zero-padded on t / h / w up to
+  whole tiles (tile (6, 8, 8) = 384 tokens; a one-frame input uses (1, 16, 24) tiles and a 1 x 1 x 1 window),
+  permuted tile-major (each tile contiguous), and the text (after the valid-first reorder, as here) padded to
+  whole 384-token blocks by repeating its last token; attention runs on 384 x 384 blocks of [video tiles; text blocks];
+- block mask = STA | MoBA, per sample and, by default (attn_mask_share_within_head 0), per head: STA keeps, for
+  each query tile, the 3 x 3 x 3 window of tiles around it (the window centre clamped inside the tile grid);
+  MoBA ("importance" sampling, lambda 0.7) pools q and k per tile (mean, fp32), scores each key tile
+  lambda * (cos(q_tile, k_tile) + 1) / 2 - (1 - lambda) * mean over the other key tiles of (cos(k_tile, k') + 1) / 2
+  and keeps the top-k (64, halved to 32 at <= 31 latent frames; torch.topk, unsorted); text blocks attend to and
+  are attended by everything, except text blocks past ceil(valid text tokens / 384), which only attend to
+  themselves; within a kept block every token attends (so padding text tokens inside the last valid text block,
+  and the zero / repeated padding tokens, ARE attended: not what the dense model does);
+- matching on tiny shapes: nothing needs an SM90 kernel: the block mask expanded to tokens and given to SDPA is
+  the same attention. A test would import the release's mask builders (create_ssta_3d_mask and the tile /
+  untile helpers are plain torch + numpy) or re-derive them, run on a grid of several tiles with small tiles
+  (e.g. (1, 2, 2) and a 1 x 1 x 1 or 3 x 3 x 3 window; the release's 384-token tiles need >= 12 x 16 x 16
+  latents for a grid of several tiles, still cheap with 2 heads of 128), keep top-k below the number of tiles, and
+  use random weights whose pooled scores have no ties (topk tie-breaking is unspecified). Padding rules (zero video
+  padding attended, text padded by repetition) must be copied exactly, not "fixed". Under Ulysses the mask is
+  per head and the heads are sharded, so each rank builds its heads' masks from the full sequence it holds after
+  the all-to-all (the release does the same); tiling is a permutation of the full sequence, so it happens after
+  the all-to-all too.
 """
 
 import json
