@@ -112,9 +112,10 @@ class HunyuanVideo15TransformerConfig:
     (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v transformer/config.json, written by diffusers'
     scripts/convert_hunyuan_video1_5_to_diffusers.py, TRANSFORMER_CONFIGS["480p_t2v"]).
 
-    The other releases differ only in: 480p / 720p I2V: task_type="i2v"; 720p: target_size=960; the step-distilled
-    and super-resolution (MeanFlow) models: use_meanflow=True where they take `timestep_r`. (diffusers' own class
-    defaults differ from the 480p T2V release only in task_type="i2v".)
+    The other releases, per the same table: 480p / 720p I2V: task_type="i2v"; 720p: target_size=960; the
+    CFG-distilled ones as their base. use_meanflow=True is read from a checkpoint's config.json (which ones set it
+    could not be checked offline): the release's pipeline then passes timestep_r = the next step's timestep (0 at
+    the last step). diffusers' own class defaults differ from the 480p T2V release only in task_type="i2v".
     """
 
     in_channels: int = 65  # 32 noisy latent + 32 condition latent + 1 mask channels
