@@ -35,7 +35,7 @@ from videosys.cache import CacheMixin, module_call
 from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
-from videosys.models.modules.attention import Attention, FeedForward, sdpa
+from videosys.models.modules.attention import Attention, FeedForward, sdpa, HeadParallel
 from videosys.models.modules.embeddings import TimestepEmbedding, constant_table, sincos_3d, timestep_embedding
 from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
@@ -260,7 +260,7 @@ def rope_crop_region(grid: tuple[int, int], base: tuple[int, int]) -> tuple[tupl
     return (top, left), (top + resize_h, left + resize_w)
 
 
-class CogVideoXTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
+class CogVideoXTransformer3DModel(HeadParallel, PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = CogVideoXTransformerConfig
     class_name = "CogVideoXTransformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
@@ -278,14 +278,6 @@ class CogVideoXTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
         self.norm_out = FinalAdaLayerNorm(config.time_embed_dim, dim, **norm)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * self.out_channels)
         self.parallel = ParallelState()
-
-    def set_parallel(self, state: ParallelState) -> None:
-        """Join a (cfg, sp) mesh; Ulysses gives each sp rank a whole number of heads."""
-        heads = self.config.num_attention_heads
-        if heads % state.sp_size:
-            raise ValueError(f"sequence parallelism (Ulysses) splits the attention heads over the sp group: "
-                             f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
-        self.parallel = state
 
     # ---- fixed position tables, built once per latent grid (constant_table) ---------------------
     def sincos_table(self, frames: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -84,9 +84,7 @@ attention of the release's "720p_{t2v,i2v}_distilled_sparse" transformers (CFG-d
   the all-to-all too.
 """
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -98,12 +96,11 @@ from videosys.cache import CacheMixin, module_call
 from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
-from videosys.models.modules.attention import Attention, sdpa
+from videosys.models.modules.attention import Attention, sdpa, HeadParallel
 from videosys.models.modules.embeddings import TimestepEmbedding, constant_table, timestep_embedding
-from videosys.models.modules.pretrained import PretrainedModel, check_state_dict, config_from_dict
+from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.rope import apply_rope, rope_3d
 from videosys.models.modules.text_memo import TextMemo
-from videosys.utils.hub import read_state_dict, resolve_dir
 
 
 @dataclass
@@ -466,7 +463,7 @@ def hv15_rotary_table(axes_dim: tuple[int, int, int], frames: int, h: int, w: in
 # ---- the model -------------------------------------------------------------------------------------------------
 
 
-class HunyuanVideo15Transformer3DModel(PretrainedModel, CacheMixin):
+class HunyuanVideo15Transformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
     config_class = HunyuanVideo15TransformerConfig
     class_name = "HunyuanVideo15Transformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
@@ -496,39 +493,7 @@ class HunyuanVideo15Transformer3DModel(PretrainedModel, CacheMixin):
         self.image_memo = TextMemo()  # the image tokens' projection, once per generation
         self.parallel = ParallelState()
 
-    def set_parallel(self, state: ParallelState) -> None:
-        """Join a (cfg, sp) mesh; Ulysses gives each sp rank a whole number of heads."""
-        heads = self.config.num_attention_heads
-        if heads % state.sp_size:
-            raise ValueError(f"sequence parallelism (Ulysses) splits the attention heads over the sp group: "
-                             f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
-        self.parallel = state
-
     # ---- loading -------------------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, path: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu"):
-        """A diffusers-layout folder (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*, subfolder "transformer")."""
-        folder = resolve_dir(path, subfolder)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = config_from_dict(cls.config_class, json.load(f))
-        return cls.from_state_dict(read_state_dict(folder), config, dtype, device, source=folder)
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], config: HunyuanVideo15TransformerConfig,
-                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", source: str = ""):
-        """Our (diffusers') keys, checked strictly; the `keep_in_fp32` parameters (none) stay fp32 in a lower dtype."""
-        with torch.device("meta"):
-            model = cls(config)
-        check_state_dict(model, state, source or "<state dict>")
-
-        def target(key: str) -> torch.dtype:
-            keep = dtype in (torch.float16, torch.bfloat16) and any(p in key.split(".") for p in cls.keep_in_fp32)
-            return torch.float32 if keep else dtype
-
-        model.load_state_dict({k: v.to(target(k)) for k, v in state.items()}, strict=True, assign=True)
-        return model.to(device=device).eval()
-
     # ---- conditioning --------------------------------------------------------------------------------------
     def rotary_table(self, frames: int, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin, each (F * h * w, head_dim) fp32 over the latent grid."""

@@ -8,6 +8,18 @@ from videosys.models.modules.rope import apply_rope
 from videosys.models.modules.text_memo import TextMemo
 
 
+class HeadParallel:
+    """A model whose sequence parallelism is Ulysses: each sp rank attends with whole attention heads, so the sp
+    size must divide `config.num_attention_heads` (refused when the mesh is joined, before any step)."""
+
+    def set_parallel(self, state) -> None:
+        heads = self.config.num_attention_heads
+        if heads % state.sp_size:
+            raise ValueError(f"sequence parallelism (Ulysses) splits the attention heads over the sp group: "
+                             f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
+        self.parallel = state
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, heads, L, d) attention through PyTorch's fused kernels; `mask` is boolean, True = attend."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

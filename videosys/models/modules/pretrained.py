@@ -78,6 +78,7 @@ class PretrainedModel(nn.Module):
 
     config_class: type
     class_name: str  # written as config.json's "_class_name" so diffusers can load our folders too
+    keep_in_fp32: tuple[str, ...] = ()  # module names kept fp32 when loading in fp16 / bf16 (diffusers' same list)
     weights_name = "diffusion_pytorch_model.safetensors"
 
     @property
@@ -100,13 +101,26 @@ class PretrainedModel(nn.Module):
         folder = resolve_dir(path, subfolder)
         with open(os.path.join(folder, "config.json")) as f:
             config = config_from_dict(cls.config_class, json.load(f))
+        return cls.from_state_dict(cls.read_checkpoint(folder), config, dtype, device, source=folder)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], config, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu", source: str = ""):
+        """The model from a state dict in our keys, checked strictly (missing / unexpected keys and shapes named).
+        Integer buffers (BatchNorm's num_batches_tracked) keep their dtype; in fp16 / bf16 the parameters of the
+        modules named in `keep_in_fp32` stay fp32."""
         with torch.device("meta"):
             model = cls(config)
-        state = cls.read_checkpoint(folder)
-        check_state_dict(model, state, folder)
-        # integer buffers (BatchNorm's num_batches_tracked) keep their dtype
-        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
-                              strict=True, assign=True)
+        check_state_dict(model, state, source or "<state dict>")
+        half = dtype in (torch.float16, torch.bfloat16)
+
+        def cast(key: str, value: torch.Tensor) -> torch.Tensor:
+            if not value.is_floating_point():
+                return value
+            keep = half and any(part in key.split(".") for part in cls.keep_in_fp32)
+            return value.to(torch.float32 if keep else dtype)
+
+        model.load_state_dict({k: cast(k, v) for k, v in state.items()}, strict=True, assign=True)
         return model.to(device=device).eval()
 
     @classmethod

@@ -51,12 +51,12 @@ from videosys.cache.hooks import ModuleHooks
 from videosys.core import comm
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.adaln import modulate
-from videosys.models.modules.attention import GELUProj, sdpa
+from videosys.models.modules.attention import GELUProj, sdpa, HeadParallel
 from videosys.models.modules.embeddings import CaptionProjection, TimestepEmbedding, constant_table, timestep_embedding
-from videosys.models.modules.pretrained import PretrainedModel, check_state_dict, config_from_dict
+from videosys.models.modules.pretrained import PretrainedModel, config_from_dict
 from videosys.models.modules.rope import apply_rope
 from videosys.models.modules.text_memo import TextMemo
-from videosys.utils.hub import _load_safetensors, read_state_dict, resolve_dir
+from videosys.utils.hub import _load_safetensors, read_state_dict
 
 
 @dataclass
@@ -465,7 +465,7 @@ def read_original_checkpoint(path: str) -> dict[str, torch.Tensor]:
 # ---- the model -------------------------------------------------------------------------------------------------
 
 
-class WanTransformer3DModel(PretrainedModel, CacheMixin):
+class WanTransformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
     config_class = WanTransformerConfig
     class_name = "WanTransformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
@@ -489,30 +489,12 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
         self.image_memo = TextMemo()  # the image tokens' embedding, once per generation
         self.parallel = ParallelState()
 
-    def set_parallel(self, state: ParallelState) -> None:
-        """Join a (cfg, sp) mesh; Ulysses gives each sp rank a whole number of heads."""
-        heads = self.config.num_attention_heads
-        if heads % state.sp_size:
-            raise ValueError(f"sequence parallelism (Ulysses) splits the attention heads over the sp group: "
-                             f"num_attention_heads={heads} is not divisible by sp size {state.sp_size}")
-        self.parallel = state
-
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
     def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
         """The folder's weights less the I2V releases' unused attn2.norm_added_q (diffusers' WanTransformer3DModel
         ignores it too: _keys_to_ignore_on_load_unexpected)."""
         return {k: v for k, v in read_state_dict(folder).items() if "norm_added_q" not in k}
-
-    @classmethod
-    def from_pretrained(cls, path: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu"):
-        """A diffusers-layout folder (Wan-AI/...-Diffusers, subfolder "transformer"; Wan2.2 A14B's second expert:
-        "transformer_2")."""
-        folder = resolve_dir(path, subfolder)
-        with open(os.path.join(folder, "config.json")) as f:
-            config = config_from_dict(cls.config_class, json.load(f))
-        return cls.from_state_dict(cls.read_checkpoint(folder), config, dtype, device, source=folder)
 
     @classmethod
     def from_original(cls, path_or_state_dict: str | dict, config: WanTransformerConfig | dict | None = None,
@@ -537,21 +519,6 @@ class WanTransformer3DModel(PretrainedModel, CacheMixin):
             config = (config_from_original(config, state) if "dim" in config
                       else config_from_dict(cls.config_class, config))
         return cls.from_state_dict(state, config, dtype, device, source=source)
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], config: WanTransformerConfig,
-                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", source: str = ""):
-        """Our keys, checked strictly; the `keep_in_fp32` parameters stay fp32 in a lower `dtype`."""
-        with torch.device("meta"):
-            model = cls(config)
-        check_state_dict(model, state, source or "<state dict>")
-
-        def target(key: str) -> torch.dtype:
-            keep = dtype in (torch.float16, torch.bfloat16) and any(p in key.split(".") for p in cls.keep_in_fp32)
-            return torch.float32 if keep else dtype
-
-        model.load_state_dict({k: v.to(target(k)) for k, v in state.items()}, strict=True, assign=True)
-        return model.to(device=device).eval()
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def rotary_table(self, frames: int, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
