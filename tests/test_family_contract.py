@@ -131,10 +131,6 @@ class ToyConfig(BaseConfig):
     presets = {"tiny": dict(num_frames=3, height=16, width=24, num_inference_steps=8, guidance_scale=5.0, fps=8)}
     cache_settings = CACHE_SETTINGS
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_request({})
-
     def check_request(self, values: dict) -> dict:
         values = super().check_request(values)
         self.check_divisible(values, 2 * FACTOR, "the toy VAE's 4x, then 2x2 latent tiles")

@@ -11,6 +11,7 @@ which the engine calls before any process starts or weight loads.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -92,6 +93,27 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _checks_request_when_built(post_init):
+    """`post_init` followed, once the outermost __post_init__ has returned, by the config's request checks on its
+    own values: a family filling fields after BaseConfig's __post_init__ (Open-Sora's named sizes) is checked
+    on the finished values, and no family has to remember the call."""
+
+    @functools.wraps(post_init)
+    def checked(self):
+        outermost = "_building" not in self.__dict__
+        self.__dict__["_building"] = True
+        try:
+            post_init(self)
+        finally:
+            if outermost:
+                del self.__dict__["_building"]
+        if outermost:
+            self.check_request({})
+
+    checked.checks_request = True
+    return checked
+
+
 @dataclass
 class BaseConfig(legacy_flags_class()):
     """The fields every family shares. Inherited first: the cache methods' legacy switches (enable_teacache,
@@ -136,6 +158,13 @@ class BaseConfig(legacy_flags_class()):
     # sets it from its own cache_settings.py (the methods in videosys/cache/ hold no family's numbers)
     cache_settings: ClassVar[dict[str, dict[str, dict]]] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        post_init = cls.__dict__.get("__post_init__")
+        if post_init is not None and not getattr(post_init, "checks_request", False):
+            cls.__post_init__ = _checks_request_when_built(post_init)
+
+    @_checks_request_when_built
     def __post_init__(self):
         self.check_fields()
         if self.preset is not None and self.preset not in self.presets:

@@ -49,7 +49,6 @@ class CogVideoXConfig(BaseConfig):
         super().__post_init__()
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-        self.check_request({})  # the config's own frames and size, as a call's would be checked
 
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the VAE's grids (read from a local checkpoint, else the release's:

@@ -57,10 +57,6 @@ class LatteConfig(BaseConfig):
                "demo-skip": dict(num_frames=16, height=64, width=64, num_inference_steps=50, guidance_scale=7.5,
                                  fps=8)}
 
-    def __post_init__(self):
-        super().__post_init__()
-        self.check_request({})  # the config's own size, as a call's would be checked
-
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the size grid: height / width divisible by the VAE's downsampling times
         the transformer's patch size (a local checkpoint's config.json says; else Latte's 8 x 2)."""

@@ -136,7 +136,6 @@ class OpenSoraConfig(BaseConfig):
             self.mask_strategy = str(self.mask_strategy)  # `--set mask_strategy=0` parses as a number
         if self.reference_path is not None and not isinstance(self.reference_path, str):
             raise ValueError(f"reference_path must be a path string (';' joins several), got {self.reference_path!r}")
-        self.check_request({})  # the config's own size and conditioning settings, as a call's would be checked
 
     REQUEST_VALUES = (*BaseConfig.REQUEST_VALUES, "fps")
     CONDITIONING = ("reference", "mask_strategy", "loop", "condition_frame_length", "condition_frame_edit", "aes",

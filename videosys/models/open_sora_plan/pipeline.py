@@ -119,7 +119,6 @@ class OpenSoraPlanConfig(BaseConfig):
         for name, value in zip(("num_frames", "height", "width"), types[self.transformer_type]):
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        self.check_request({})  # the config's own frames and size, as a call's would be checked
 
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the CausalVAE's grids (4x temporal with a causal first frame, 8x spatial:
