@@ -137,6 +137,23 @@ def test_from_skip_dit_reads_the_training_checkpoint(tmp_path):
         LatteTransformer3DModel.from_skip_dit(str(path), LatteTransformerConfig(**CFG, num_layers=4))
 
 
+def test_from_skip_dit_accepts_the_authors_null_caption_buffer(tmp_path):
+    """The authors' training saves LatteT2V_skip.state_dict() (diffusers 0.24), which holds the class-dropout null
+    caption `caption_projection.y_embedding` (120 x caption_channels, never read at inference): accepted by name
+    and dropped; any other key the model lacks is still refused."""
+    model = skip_model(4)
+    state = dict(model.state_dict(), **{"caption_projection.y_embedding": torch.randn(120, CFG["caption_channels"])})
+    path = tmp_path / "Latte-skip.pt"
+    torch.save({"ema": state}, path)
+    again = LatteTransformer3DModel.from_skip_dit(str(path), model.config)
+    x, t, text = inputs()
+    with torch.no_grad():
+        assert torch.equal(again(x, t, text), model(x, t, text))
+    torch.save({"ema": dict(state, **{"caption_projection.y_embedding_2": torch.zeros(1)})}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): caption_projection.y_embedding_2"):
+        LatteTransformer3DModel.from_skip_dit(str(path), model.config)
+
+
 def test_save_load_roundtrip(tmp_path):
     model = skip_model(4)
     model.save_pretrained(str(tmp_path))

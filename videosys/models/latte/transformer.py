@@ -214,6 +214,9 @@ class LatteTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
     config_class = LatteTransformerConfig
     class_name = "LatteTransformer3DModel"
     compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
+    # the authors' Skip-DiT training saves LatteT2V_skip's state_dict (diffusers 0.24), which holds the training's
+    # null caption for class dropout (120 x caption_channels), a buffer inference never reads
+    release_only = ("caption_projection.y_embedding",)
 
     def __init__(self, config: LatteTransformerConfig):
         super().__init__()
@@ -254,12 +257,8 @@ class LatteTransformer3DModel(PretrainedModel, TextMemoMixin, CacheMixin):
             raise ValueError("from_skip_dit needs a config with skip_connections=True")
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"no Skip-DiT checkpoint at {checkpoint!r}")
-        with torch.device("meta"):
-            model = cls(config)
         state = skip_dit_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-        check_state_dict(model, state, checkpoint)
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-        return model.to(device=device).eval()
+        return cls.from_state_dict(state, config, dtype, device, source=checkpoint)
 
     def temporal_pos_embed(self, num_frames: int, device: torch.device) -> torch.Tensor:
         """(F_local, 1, C) sin-cos embedding of this rank's frames; fixed per generation, so built once."""

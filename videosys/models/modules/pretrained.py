@@ -79,6 +79,9 @@ class PretrainedModel(nn.Module):
     config_class: type
     class_name: str  # written as config.json's "_class_name" so diffusers can load our folders too
     keep_in_fp32: tuple[str, ...] = ()  # module names kept fp32 when loading in fp16 / bf16 (diffusers' same list)
+    # what a release's checkpoints carry that the forward never reads, accepted by name and dropped on loading
+    # (dotted names matched as whole key components: "attn2.norm_added_q" drops blocks.N.attn2.norm_added_q.*)
+    release_only: tuple[str, ...] = ()
     weights_name = "diffusion_pytorch_model.safetensors"
 
     @property
@@ -111,6 +114,8 @@ class PretrainedModel(nn.Module):
         modules named in `keep_in_fp32` stay fp32."""
         with torch.device("meta"):
             model = cls(config)
+        known = model.state_dict().keys()  # a subclass that keeps such a buffer (Open-Sora-Plan v1.1) loads it
+        state = {k: v for k, v in state.items() if k in known or not cls.is_release_only(k)}
         check_state_dict(model, state, source or "<state dict>")
         half = dtype in (torch.float16, torch.bfloat16)
 
@@ -122,6 +127,10 @@ class PretrainedModel(nn.Module):
 
         model.load_state_dict({k: cast(k, v) for k, v in state.items()}, strict=True, assign=True)
         return model.to(device=device).eval()
+
+    @classmethod
+    def is_release_only(cls, key: str) -> bool:
+        return any(f".{name}." in f".{key}." for name in cls.release_only)
 
     @classmethod
     def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:

@@ -472,6 +472,9 @@ class WanTransformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
     # what diffusers keeps in fp32 when loading in a lower precision (its _keep_in_fp32_modules; RoPE tables are
     # built in fp32 here anyway): matched against the names' dotted parts
     keep_in_fp32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+    # the I2V releases carry attn2.norm_added_q, which no forward reads (diffusers ignores it on load too:
+    # WanTransformer3DModel._keys_to_ignore_on_load_unexpected)
+    release_only = ("attn2.norm_added_q",)
 
     def __init__(self, config: WanTransformerConfig):
         super().__init__()
@@ -490,12 +493,6 @@ class WanTransformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
         self.parallel = ParallelState()
 
     # ---- loading -------------------------------------------------------------------------------------------
-    @classmethod
-    def read_checkpoint(cls, folder: str) -> dict[str, torch.Tensor]:
-        """The folder's weights less the I2V releases' unused attn2.norm_added_q (diffusers' WanTransformer3DModel
-        ignores it too: _keys_to_ignore_on_load_unexpected)."""
-        return {k: v for k, v in read_state_dict(folder).items() if "norm_added_q" not in k}
-
     @classmethod
     def from_original(cls, path_or_state_dict: str | dict, config: WanTransformerConfig | dict | None = None,
                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
