@@ -32,7 +32,7 @@ from videosys.models.modules.adaln import modulate, modulation
 from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import (AdaLNSingle, CaptionProjection, PatchEmbed2D, constant_table,
                                                sincos_1d)
-from videosys.models.modules.pretrained import PretrainedModel, check_state_dict
+from videosys.models.modules.pretrained import PretrainedModel
 from videosys.models.modules.text_memo import TextMemo, TextMemoMixin
 
 
