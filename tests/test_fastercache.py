@@ -211,6 +211,39 @@ def test_cond_only_calls_extrapolate_from_the_cond_half_of_full_batches():
     assert torch.equal(fc.module(site_batch, lambda: full[3]), full[3])
 
 
+def test_authors_rows_option_reads_the_first_rows_of_full_batches():
+    """cond_rows="first": a cond-only call extrapolates from the first rows of a cached full batch, as the authors'
+    scripts slice it (the uncond rows there), to reproduce their numbers; the default reads the cond rows."""
+    full = [torch.cat([torch.full((1, 2), -1.0 - i), torch.full((1, 2), float(i))]) for i in range(3)]  # [uncond; cond]
+    site_batch, site_cond = Site("full", "full", 0), Site("full", "full", 0, "cond")
+    got = {}
+    for rows in ("cond", "first"):
+        fc = FasterCache(FasterCacheConfig(spatial=(ALWAYS, 2), weight=1.0, cond_rows=rows))
+        fc.begin([900, 800, 700, 600])
+        for i, t in enumerate((900, 800, 700)):  # full calls (step 1 computes: one output stored so far)
+            fc.set_step(i, t)
+            fc.module(site_batch, lambda: full[i])
+        fc.set_step(3, 600)  # cond-only: extrapolated from steps 1 and 2's full batches
+        fc.cond_ratio = 2  # what the stack hook learns from the [uncond; cond] and cond-only batch rows
+        got[rows] = fc.module(site_cond, lambda: pytest.fail("must not compute"))
+    assert torch.equal(got["cond"], torch.full((1, 2), 2.0 + (2.0 - 1.0)))  # cond rows: 1, 2
+    assert torch.equal(got["first"], torch.full((1, 2), -3.0 + (-3.0 + 2.0)))  # uncond rows: -2, -3
+    with pytest.raises(ValueError, match="cond_rows"):
+        FasterCacheConfig(cond_rows="uncond")
+    fc = FasterCache(FasterCacheConfig(spatial=(ALWAYS, 2), weight=1.0, cond_rows="first"))
+    fc.begin([900, 800])
+    fc.cond_ratio = 1  # a CFG-parallel cond rank
+    with pytest.raises(ValueError, match="CFG-parallel"):
+        fc._view((full[0][1:], "batch"), "cond")
+    pipe = tiny_pipeline("latte")  # end to end with the authors' Latte schedule: the two options differ
+    runs = {}
+    for rows in ("cond", "first"):
+        pipe.set_cache({"method": "fastercache", "cond_rows": rows})
+        runs[rows] = pipe.generate(PROMPT, seed=0, num_frames=4, num_inference_steps=50)
+    assert runs["first"].stats["fastercache"] == runs["cond"].stats["fastercache"]
+    assert not torch.equal(runs["first"].latents, runs["cond"].latents)
+
+
 def test_frequency_split_against_hand_computed_values():
     mask = low_pass_mask(10, 12, "cpu")  # radius min(10, 12) // 5 = 2 around (x, y) = (6, 5)
     hand = torch.tensor([[(x - 6) ** 2 + (y - 5) ** 2 <= 4 for x in range(12)] for y in range(10)])

@@ -164,6 +164,11 @@ class FasterCacheConfig:
     high_window: tuple[float, float] | Calls = (-1, 301)
     compound: bool = False  # the weights compound over consecutive skipped steps (the authors' code, diffusers)
     calls: int | None = None  # the authors' generation length Calls / Ramp count in; None: this generation's
+    # which rows of a full [uncond; cond] attention output a cond-only call extrapolates from: "cond" (ours: its
+    # own branch's), or "first" (the authors' scripts slice the cached output's first rows, which after a full
+    # call are the uncond rows: to reproduce their published numbers; not with CFG parallelism, where the cond
+    # rank never holds uncond rows)
+    cond_rows: str = "cond"
 
     def __post_init__(self):
         self.spatial = _schedule("spatial", self.spatial)
@@ -176,6 +181,8 @@ class FasterCacheConfig:
         elif self.weight is not None and not isinstance(self.weight, Ramp):
             self.weight = float(self.weight)
         self.alpha_low, self.alpha_high = float(self.alpha_low), float(self.alpha_high)
+        if self.cond_rows not in ("cond", "first"):
+            raise ValueError(f"FasterCache cond_rows must be 'cond' or 'first' (the authors'), got {self.cond_rows!r}")
         if self.calls is not None and int(self.calls) < 1:
             raise ValueError(f"FasterCache calls: need a positive number of model calls, got {self.calls}")
 
@@ -372,7 +379,13 @@ class FasterCache(Cache):
         if source == branch:
             return out
         if branch == "cond" and source == "batch" and self.cond_ratio is not None:
-            return out if self.cond_ratio == 1 else out.chunk(self.cond_ratio)[-1]
+            first = self.config.cond_rows == "first"
+            if self.cond_ratio == 1:  # a CFG-parallel cond rank: its batch is the cond rows alone
+                if first:
+                    raise ValueError("FasterCache cond_rows='first' reads a full batch's uncond rows, which a "
+                                     "CFG-parallel cond rank does not hold: use cond_rows='cond' with cfg_parallel")
+                return out
+            return out.chunk(self.cond_ratio)[0 if first else -1]
         return None
 
     # ---- CFG-Cache -------------------------------------------------------------------------------
