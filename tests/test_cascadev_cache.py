@@ -245,9 +245,9 @@ def test_eval_script_compares_caches(tmp_path):
 
 # ---- refusals: before any compute ---------------------------------------------------------------------
 @pytest.mark.parametrize("spec, message", [
-    ("teacache", "no published TeaCache coefficients for this model"),
-    ("teacache-fast", "no published TeaCache coefficients for this model"),
-    ({"method": "teacache", "threshold": 0.1}, "must give coefficients"),
+    ("teacache", "published for cascadev: `python scripts/calibrate_teacache.py --model cascadev --preset tiny`"),
+    ("teacache-fast", "none are published for cascadev"),
+    ({"method": "teacache", "threshold": 0.1}, "rescaling polynomial .* 'coefficients'"),
     ("fastercache-2-3", "runs no classifier-free guidance"),
     # a config object: no default polynomial (another model's) can stand in
     (lambda: TeaCacheConfig(threshold=0.1), "needs the model's polynomial coefficients"),
@@ -258,7 +258,7 @@ def test_config_refuses(spec, message):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("magcache", "MagCache needs this model's magnitude ratios"),
+    ("magcache", "magcache needs this model's magnitude ratios, .* --method magcache --model cascadev"),
     ("skipcache", "Skip-Cache needs a model with Skip-DiT skip branches"),
     ({"method": "fastercache", "uncond": ((-1, 641), 5)}, "CFG-Cache .* needs classifier-free guidance"),
 ])
@@ -306,4 +306,4 @@ def test_cli_reconstruct_with_cache(clip, tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["taylorseer"]["forecast_step_indices"] == [3, 5, 7]
     assert main(["reconstruct", "--input", src, "--output", dst, "--preset", "tiny", "--cache", "teacache"]) == 2
-    assert "no published TeaCache coefficients" in capsys.readouterr().err
+    assert "TeaCache coefficients), and none are published for cascadev" in capsys.readouterr().err

@@ -125,3 +125,25 @@ def test_skip_cache_on_demo_skip_runs_two_of_four_units_on_cached_steps(skip_eng
     video = out.video[0].numpy()
     assert demo_tracker.classify(video) == demo_tracker.classify(full)
     assert 0 < np.abs(video.astype(np.int16) - full.astype(np.int16)).mean() < 3  # close, not identical
+
+
+def test_magcache_by_name_on_the_demo_models_and_the_command_elsewhere(engine):
+    """The demo models ship their calibrated MagCache ratios (latte's cache_settings.py), so `cache="magcache"`
+    runs by name there (and joins bench's default sweep); a model without ratios is refused when its config is
+    built, naming the one command that records them for it."""
+    for preset in ("demo", "demo-skip"):
+        config = LatteConfig(preset=preset, cache="magcache")
+        assert config.cache_models() == (f"latte-{preset}", "latte")
+        ratios = config.cache_configs()[0].ratios
+        assert len(ratios) == 50 and ratios[0] == 1.0 and all(0.8 < r < 1.2 for r in ratios)
+    engine.set_cache("magcache")
+    try:
+        out = engine.generate("a red circle moving to the right", seed=0)
+    finally:
+        engine.set_cache(None)
+    assert out.stats["magcache"]["reused_steps"] > 0
+    with pytest.raises(ValueError, match=r"python scripts/calibrate_teacache.py --method magcache --model latte "
+                                         r"--preset tiny"):
+        LatteConfig(preset="tiny", cache="magcache")
+    with pytest.raises(ValueError, match=r"--model latte --model-path /no/such/latte"):
+        LatteConfig(model_path="/no/such/latte", cache="magcache")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from videosys.cache.hooks import BlockStack, StepCache
-from videosys.cache.registry import register
+from videosys.cache.registry import NeedsCalibration, register
 
 # Magnitude ratios per step (first = 1.0) are per model: a family publishes them in its cache_settings.py
 # ("magcache": ratios), by our calibration (calibrate_magcache) where no authors' table exists: the MagCache
@@ -44,8 +44,10 @@ class MagCacheConfig:
 
     @classmethod
     def for_model(cls, setting: dict | None = None, **overrides) -> "MagCacheConfig":
-        """The family's published setting (its ratios), else none (enabling the cache then asks for a
-        calibration; a spec {"method": "magcache", "ratios": [...]} supplies them)."""
+        """The family's published setting (its ratios) with `overrides`; none published and none given: refused,
+        naming the calibration (a spec {"method": "magcache", "ratios": [...]} supplies them)."""
+        if setting is None and "ratios" not in overrides:
+            raise NeedsCalibration("magcache", "magnitude ratios", "{'method': 'magcache', 'ratios': [...]}")
         return cls(**{**(setting or {}), **overrides})
 
     @classmethod
@@ -116,5 +118,6 @@ class MagCache(StepCache):
 
 
 register("magcache", MagCacheConfig, MagCache, for_model=MagCacheConfig.for_model, parse=MagCacheConfig.from_name,
-         names=(), sweep=(), syntax="magcache-<threshold>",
+         names=(), sweep=("magcache-0.03", "magcache", "magcache-0.12"), syntax="magcache-<threshold>",
+         needs=("ratios",),
          reuses_last_step=True)  # as the authors' and diffusers': nothing forces the last step to compute

@@ -36,6 +36,22 @@ from typing import Any, Callable
 NONE_NAMES = ("", "none")
 
 
+class NeedsCalibration(ValueError):
+    """A method needs numbers fitted per model (TeaCache's polynomial, MagCache's ratios) and none are published for
+    this one: the message names the command that fits them. `for_model(name, source)` says it for a given model."""
+
+    def __init__(self, method: str, what: str, spec: str, model: str | None = None, source: str = ""):
+        self.method, self.what, self.spec = method, what, spec
+        flag = "" if method == "teacache" else f" --method {method}"
+        command = f"python scripts/calibrate_teacache.py{flag} --model {model or '<family>'}{source}"
+        super().__init__(f"{method} needs this model's {what}, and none are published for "
+                         f"{model or 'it'}: `{command}` fits them (for real weights: on a GPU), then pass the JSON's "
+                         f"values as {spec}")
+
+    def for_model(self, model: str, source: str = "") -> "NeedsCalibration":
+        return NeedsCalibration(self.method, self.what, self.spec, model, source)
+
+
 @dataclass(frozen=True)
 class Flag:
     """A config field of a method's legacy switches."""
@@ -224,13 +240,9 @@ def _configs(spec, published: dict[str, dict]) -> list:
         method = METHODS[name]
         try:
             base = method.for_model(published.get(name))
-        except ValueError as err:  # nothing published for this model: the class defaults with the dict's settings
-            missing = [f for f in method.needs if f not in values]
-            if missing:
-                raise ValueError(f"{err}; a {{'method': '{name}', ...}} spec for it must give "
-                                 f"{', '.join(missing)}") from None
-            if not values:
-                raise
+        except ValueError:  # nothing published for this model: the class defaults with the dict's settings
+            if not values or any(f not in values for f in method.needs):
+                raise  # a method needing fitted numbers says which (NeedsCalibration) and how to get them
             return [method.config_cls(**values)]
         return [dataclasses.replace(base, **values)]
     if not any(type(spec) is m.config_cls for m in METHODS.values()):

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 
 from videosys.cache.hooks import BlockStack, StepCache
-from videosys.cache.registry import Flag, LegacyFlags, register
+from videosys.cache.registry import NeedsCalibration, Flag, LegacyFlags, register
 
 # The rescaling polynomials are per model: each family publishes its own (videosys/models/<family>/
 # cache_settings.py, "teacache": coefficients); a model without one fits it (videosys.cache.calibrate).
@@ -52,9 +52,8 @@ class TeaCacheConfig:
         """The family's published setting (its coefficients) with `overrides` (threshold 0.1, the paper's "slow",
         unless given)."""
         if setting is None and "coefficients" not in overrides:
-            raise ValueError("no published TeaCache coefficients for this model (pass the settings explicitly): "
-                             "fit them (scripts/calibrate_teacache.py, videosys.cache.calibrate.calibrate) and pass "
-                             "{'method': 'teacache', 'threshold': ..., 'coefficients': [...]}")
+            raise NeedsCalibration("teacache", "rescaling polynomial (TeaCache coefficients)",
+                                   "{'method': 'teacache', 'threshold': ..., 'coefficients': [...]}")
         return cls(**{**(setting or {}), **overrides})
 
     @classmethod

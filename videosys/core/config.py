@@ -336,10 +336,19 @@ class BaseConfig(legacy_flags_class()):
 
     def cache_configs(self) -> list:
         """The cache configs to enable on the transformer, from `cache` and the enable_* flags."""
-        from videosys.cache import configs_from_spec
+        return self.resolve_cache([self.cache] + legacy_specs(self))
 
-        specs = [self.cache] + legacy_specs(self)
-        return configs_from_spec(specs, self.published_cache_settings())  # checks the combination too
+    def resolve_cache(self, spec) -> list:
+        """Cache configs for a spec (a name, a dict, a config or a list: videosys.cache) with this checkpoint's
+        published settings; the combination is checked, and a method that needs a calibration says the command
+        for this model."""
+        from videosys.cache.registry import NeedsCalibration, configs_from_spec
+
+        try:
+            return configs_from_spec(spec, self.published_cache_settings())
+        except NeedsCalibration as err:
+            source = f" --preset {self.preset}" if self.preset else f" --model-path {self.model_path}"
+            raise err.for_model(self.model_name, source) from None
 
     def freeinit_config(self):
         """The FreeInit settings (core/freeinit.FreeInitConfig), None when it is off (freeinit_iters == 1)."""

@@ -11,7 +11,6 @@ bar and the conversion to frames.
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -109,10 +108,7 @@ class VideoSysPipeline:
 
     def set_cache(self, cache) -> None:
         """Replace the transformer's caches: a name, a cache config, or a list (see videosys.cache)."""
-        from videosys.cache import configs_from_spec
-
-        # a bad spec fails before anything changes
-        configs = configs_from_spec(cache, self.config.published_cache_settings())
+        configs = self.config.resolve_cache(cache)  # a bad spec fails before anything changes
         self.transformer.disable_cache()
         for config in configs:
             self.transformer.enable_cache(config)

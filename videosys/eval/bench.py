@@ -255,11 +255,23 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
 
 
+def _needs_calibration(variant: str, config) -> bool:
+    from videosys.cache.registry import NeedsCalibration
+
+    try:
+        config.resolve_cache(variant)
+    except NeedsCalibration:
+        return True
+    return False
+
+
 def check(args, config) -> list[str]:
     """Our variants, 'none' first; every name and option checked before any weight load."""
     from videosys.cache import configs_from_spec, sweep_names
 
     variants = list(args.variants) if args.variants else sweep_names()
+    if not args.variants:  # the default sweep: the methods this model has numbers for (MagCache: calibrated ratios)
+        variants = [v for v in variants if v == "none" or not _needs_calibration(v, config)]
     if "none" not in variants:
         raise ValueError("--variants must include none (the baseline every other variant is compared with)")
     if args.repeats < 1:

@@ -22,4 +22,21 @@ CACHE_SETTINGS = {
     "fastercache": {"latte": dict(spatial=Calls(16, every=2, phase=1), temporal=Calls(16, every=2, phase=1),
                                   weight=0.5, uncond=Calls(18, every=5), alpha_low=1.1, alpha_high=1.1,
                                   low_window=Calls(1, 44), high_window=Calls(45), compound=True, calls=50)},
+    # MagCache: magnitude ratios per step (first 1.0) of the shipped demo models, ours: nobody publishes Latte's.
+    # `python scripts/calibrate_teacache.py --model latte --preset demo --method magcache --threads 1` (and
+    # --preset demo-skip): the 24 demo prompts, seed 0, 50 DDIM steps, cfg 7.5 (rounded to 5 decimals)
+    "magcache": {
+        "latte-demo": dict(ratios=(
+            1.00000, 0.95376, 1.01456, 0.96594, 1.07820, 0.91426, 0.95726, 0.98905, 0.98943, 0.98846, 0.97831, 0.98569,
+            0.98959, 0.95556, 0.99230, 0.99539, 0.97921, 0.93916, 0.95596, 0.97243, 1.01272, 0.96687, 0.95159, 0.99305,
+            0.96417, 0.98495, 0.96073, 0.96044, 0.99206, 0.95596, 0.98530, 0.98917, 0.98038, 0.98268, 0.98585, 0.98904,
+            0.99177, 0.98550, 0.97948, 0.99574, 0.99376, 0.99307, 1.00551, 0.98777, 0.99145, 0.99204, 1.00496, 1.00814,
+            0.94532, 0.90263)),
+        "latte-demo-skip": dict(ratios=(
+            1.00000, 0.96092, 0.93665, 1.01512, 1.00353, 0.95280, 0.99489, 0.96166, 0.95195, 0.99516, 0.95064, 0.94652,
+            0.97791, 0.97868, 0.93500, 0.97093, 0.99762, 0.98097, 0.94465, 0.94122, 0.97815, 0.99414, 0.96641, 0.96270,
+            0.97461, 0.97648, 0.98076, 0.96844, 0.98494, 0.98159, 0.98336, 0.97986, 0.99083, 0.99107, 0.99206, 0.99188,
+            0.99579, 0.99987, 0.99409, 1.00092, 1.00022, 0.99920, 1.00329, 1.00277, 0.99693, 0.99727, 1.00760, 1.00227,
+            1.00798, 0.92667)),
+    },
 }

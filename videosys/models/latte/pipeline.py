@@ -86,6 +86,11 @@ class LatteConfig(BaseConfig):
                                     "or train it: python scripts/train_demo.py --output <folder>, see its docstring)")
         return folder
 
+    def cache_models(self) -> tuple[str, ...]:
+        """The shipped demo models have their own calibrated numbers (MagCache's ratios), else Latte's."""
+        demo = self._demo_path()
+        return (f"latte-{self.preset}", "latte") if demo is not None else ("latte",)
+
     def prompt_vocabulary(self) -> frozenset[str] | None:
         if self._demo_path() is not None:
             from videosys.utils.demo_data import caption_words
