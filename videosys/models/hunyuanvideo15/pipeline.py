@@ -199,11 +199,15 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
         if config.vae_tiling:
             vae.enable_tiling()
+        # one video at a time: the VAE's mid-block attention builds its causal mask for batch 1 (a batch of two
+        # fails in diffusers' AutoencoderKLHunyuanVideo15), and a batch saves no decoding time anyway
+        vae.enable_slicing()
         pipe = cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
         device = pipe.device
         pipe.text_encoder_2, pipe.tokenizer_2 = text_encoder_2.to(device=device, dtype=pipe.dtype), tokenizer_2
         pipe.feature_extractor = feature_extractor
         pipe.image_encoder = None if image_encoder is None else image_encoder.to(device=device, dtype=pipe.dtype)
+        pipe.components = tuple(name for name in cls.components if getattr(pipe, name) is not None)  # T2V: no SigLIP
         pipe.crop_start = hv_text.template_prefix_length(tokenizer)  # the release's 108 for Qwen2.5-VL's tokenizer
         return pipe
 

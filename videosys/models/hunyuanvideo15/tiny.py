@@ -40,7 +40,7 @@ def qwen_tokenizer():
     for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
         vocab[special] = len(vocab)
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>")
+                               pad_token="<|endoftext|>", padding_side="right")  # Qwen's
     tokenizer.chat_template = QWEN_TEMPLATE
     return tokenizer
 
