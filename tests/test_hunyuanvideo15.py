@@ -102,6 +102,17 @@ def test_i2v_matches_diffusers(i2v):
     assert out.video.shape == (1, 5, 48, 80, 3)
 
 
+def test_i2v_meanflow_matches_diffusers():
+    """A MeanFlow transformer (use_meanflow: the next step's timestep as timestep_r, 0 after the last)."""
+    from videosys.models.hunyuanvideo15 import tiny
+    from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15Transformer3DModel
+
+    pipe = tiny_pipeline(MODEL, preset="tiny-i2v")
+    config = dataclasses.replace(tiny.transformer_config("i2v"), use_meanflow=True)
+    pipe.transformer = tiny.seeded(5, lambda: HunyuanVideo15Transformer3DModel(config)).eval()
+    compare(pipe, diffusers_pipeline(pipe, 1.0), PROMPTS[:1], image=image(2), guidance_scale=1.0)
+
+
 def test_i2v_size_given_and_image_path(i2v, tmp_path):
     path = tmp_path / "first.png"
     image(1).save(path)

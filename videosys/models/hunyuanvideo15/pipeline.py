@@ -75,7 +75,8 @@ class HunyuanVideo15Config(BaseConfig):
     model_name = "hunyuanvideo-1.5"
     official_model_path = HUB + "480p_t2v"
     cache_settings = CACHE_SETTINGS
-    # the 480p T2V release's; a named checkpoint's replace them (__post_init__); flow_shift None: the scheduler's
+    # the 480p T2V release's; a named checkpoint's replace them (__post_init__); a local folder whose name is not a
+    # checkpoint's keeps these (a distilled one: pass guidance_scale=1.0) and takes its scheduler's shift
     defaults = {**COMMON, **{k: v for k, v in CHECKPOINTS["480p_t2v"].items() if k not in ("task", "flow_shift")}}
     presets = {"tiny": dict(TINY, height=48, width=80),  # the 16:9 bucket of target_size 64
                "tiny-i2v": dict(TINY)}
@@ -287,7 +288,8 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
         self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1])
         run.timesteps = self.scheduler.timesteps
         run.model_timesteps = run.timesteps.to(self.device)
-        # MeanFlow checkpoints also see the next step's timestep (0 after the last), as diffusers' I2V pipeline
+        # MeanFlow checkpoints also see the next step's timestep (0 after the last): the release's pipeline
+        # (hyvideo/pipelines/hunyuan_video_pipeline.py) does so for T2V and I2V; diffusers' I2V pipeline likewise
         run.state["next_timesteps"] = torch.cat([run.model_timesteps[1:], run.model_timesteps.new_zeros(1)])
         return run.timesteps
 
