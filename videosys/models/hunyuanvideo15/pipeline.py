@@ -13,6 +13,7 @@ frame 0 and a mask of ones there, and SigLIP's tokens of the same image.
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,8 @@ CHECKPOINTS = {
     "720p_i2v_distilled": dict(task="i2v", flow_shift=7.0, guidance_scale=1.0, num_inference_steps=50),
     "480p_i2v_step_distilled": dict(task="i2v", flow_shift=7.0, guidance_scale=1.0, num_inference_steps=12),
 }
-COMMON = dict(num_frames=121, fps=24, max_text_length=hv_text.MAX_TEXT_LENGTH, max_glyph_length=hv_text.MAX_GLYPH_LENGTH)
+COMMON = dict(num_frames=121, fps=24, max_text_length=hv_text.MAX_TEXT_LENGTH,
+              max_glyph_length=hv_text.MAX_GLYPH_LENGTH)
 TINY = dict(num_frames=5, num_inference_steps=8, guidance_scale=6.0, fps=24, flow_shift=5.0, max_text_length=48,
             max_glyph_length=32)
 PER_CHECKPOINT = ("height", "width", "num_inference_steps", "guidance_scale", "flow_shift")
@@ -105,9 +107,10 @@ class HunyuanVideo15Config(BaseConfig):
     def spatial_factor(self) -> int:
         """Sizes must divide by the VAE's spatial compression times the transformer's patch (16 x 1 released)."""
         folder = self.model_path if self.model_path and os.path.isdir(self.model_path) else None
-        vae = self.transformer_config_value("spatial_compression_ratio", os.path.join(folder, "vae")) if folder else None
-        patch = self.transformer_config_value("patch_size") if folder else None
-        return (vae or VAE_SPATIAL) * (patch or 1)
+        if folder is None:
+            return VAE_SPATIAL
+        vae = self.transformer_config_value("spatial_compression_ratio", os.path.join(folder, "vae"))
+        return (vae or VAE_SPATIAL) * (self.transformer_config_value("patch_size") or 1)
 
     def sp_heads(self) -> int | None:
         if self.preset is not None:
@@ -209,7 +212,11 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
         pipe.feature_extractor = feature_extractor
         pipe.image_encoder = None if image_encoder is None else image_encoder.to(device=device, dtype=pipe.dtype)
         pipe.components = tuple(name for name in cls.components if getattr(pipe, name) is not None)  # T2V: no SigLIP
-        pipe.crop_start = hv_text.template_prefix_length(tokenizer)  # the release's 108 for Qwen2.5-VL's tokenizer
+        pipe.crop_start = hv_text.template_prefix_length(tokenizer)
+        if len(tokenizer) > 100_000 and pipe.crop_start != hv_text.RELEASE_CROP_START:  # Qwen2.5-VL's, not a tiny one
+            warnings.warn(f"the chat template's prefix is {pipe.crop_start} tokens with this tokenizer, not the "
+                          f"release's {hv_text.RELEASE_CROP_START}: the text states are cut where this tokenizer's "
+                          "prompt starts", stacklevel=2)
         return pipe
 
     @property
@@ -274,8 +281,9 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
 
     def latent_shape(self, run) -> tuple[int, ...]:
         v = run.values
-        return (len(run.prompts), self.vae.config.latent_channels, (v["num_frames"] - 1) // self.vae_temporal_factor + 1,
-                v["height"] // self.vae_spatial_factor, v["width"] // self.vae_spatial_factor)
+        frames = (v["num_frames"] - 1) // self.vae_temporal_factor + 1
+        return (len(run.prompts), self.vae.config.latent_channels, frames, v["height"] // self.vae_spatial_factor,
+                v["width"] // self.vae_spatial_factor)  # (B, C, F, h, w)
 
     def initial_latents(self, run) -> torch.Tensor:
         """Unit noise from the run's generator (flow matching starts at sigma 1: no scaling)."""

@@ -37,7 +37,9 @@ def chats(prompts: list[str]) -> list[list[dict]]:
 def template_prefix_length(tokenizer) -> int:
     """Tokens before the user's text in the chat template: where two prompts' token ids first differ.
 
-    For Qwen2.5-VL's tokenizer this is the release's 108; a tiny tokenizer has its own."""
+    For Qwen2.5-VL's tokenizer this should be the release's 108 (diffusers hardcodes it; not checked here, the
+    tokenizer is not on this machine: the pipeline warns when a large tokenizer gives another count); a tiny
+    tokenizer has its own."""
     a, b = (tokenizer.apply_chat_template(chats([p])[0], add_generation_prompt=True, tokenize=True,
                                           return_dict=True)["input_ids"] for p in ("a", "b"))
     return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)

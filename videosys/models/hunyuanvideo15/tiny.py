@@ -71,14 +71,15 @@ def siglip(seed: int = 2):
 
     config = SiglipVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=2 * IMAGE_DIM, num_hidden_layers=2,
                                 num_attention_heads=2, image_size=28, patch_size=14)
-    return SiglipImageProcessor(size={"height": 28, "width": 28}), seeded(seed, lambda: SiglipVisionModel(config)).eval()
+    encoder = seeded(seed, lambda: SiglipVisionModel(config)).eval()
+    return SiglipImageProcessor(size={"height": 28, "width": 28}), encoder
 
 
 def vae(seed: int = 3):
     from diffusers import AutoencoderKLHunyuanVideo15
 
-    return seeded(seed, lambda: AutoencoderKLHunyuanVideo15(latent_channels=LATENT, block_out_channels=(8, 8, 16, 16, 16),
-                                                            layers_per_block=1)).eval()
+    return seeded(seed, lambda: AutoencoderKLHunyuanVideo15(
+        latent_channels=LATENT, block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1)).eval()
 
 
 def transformer(task_type: str, seed: int = 4):
