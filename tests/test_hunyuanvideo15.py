@@ -193,3 +193,16 @@ def test_saved_folder_loads_back(t2v, tmp_path):
     assert loaded.scheduler.config.shift == t2v.scheduler.config.shift and loaded.crop_start == t2v.crop_start
     a, b = t2v.generate(PROMPTS[0], seed=1, num_inference_steps=3), loaded.generate(PROMPTS[0], seed=1)
     torch.testing.assert_close(a.latents, b.latents)
+
+
+def test_saved_i2v_folder_loads_in_diffusers(i2v, tmp_path):
+    """The layout is diffusers': its I2V pipeline loads the folder (the guider, which we do not save, given)."""
+    import diffusers
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    i2v.save_pretrained(str(tmp_path / "i2v"))
+    ref = diffusers.HunyuanVideo15ImageToVideoPipeline.from_pretrained(
+        str(tmp_path / "i2v"), guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
+        ours, theirs = getattr(i2v, name).state_dict(), getattr(ref, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name

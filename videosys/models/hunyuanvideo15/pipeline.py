@@ -211,6 +211,8 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
         pipe.text_encoder_2, pipe.tokenizer_2 = text_encoder_2.to(device=device, dtype=pipe.dtype), tokenizer_2
         pipe.feature_extractor = feature_extractor
         pipe.image_encoder = None if image_encoder is None else image_encoder.to(device=device, dtype=pipe.dtype)
+        if i2v:  # model_index.json's class: diffusers loads the folder with its I2V pipeline
+            pipe.pipeline_class_name = "HunyuanVideo15ImageToVideoPipeline"
         pipe.components = tuple(name for name in cls.components if getattr(pipe, name) is not None)  # T2V: no SigLIP
         pipe.crop_start = hv_text.template_prefix_length(tokenizer)
         if len(tokenizer) > 100_000 and pipe.crop_start != hv_text.RELEASE_CROP_START:  # Qwen2.5-VL's, not a tiny one
