@@ -206,3 +206,18 @@ def test_saved_i2v_folder_loads_in_diffusers(i2v, tmp_path):
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"):
         ours, theirs = getattr(i2v, name).state_dict(), getattr(ref, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_cli_generates_i2v_and_refuses_a_bad_request(tmp_path, capsys):
+    from videosys.cli import main
+    from videosys.utils.video import read_video
+
+    first, output = tmp_path / "first.png", tmp_path / "i2v.mp4"
+    image().save(first)
+    common = ["generate", "--model", MODEL, "--preset", "tiny-i2v", "--prompt", PROMPTS[0], "--no-progress"]
+    assert main([*common, "--set", f"image={first}", "--set", "num_inference_steps=2", "--output", str(output)]) == 0
+    frames, fps = read_video(str(output))
+    assert frames.shape == (5, 48, 80, 3) and fps == 24
+    assert main([*common, "--output", str(tmp_path / "bad.mp4")]) != 0  # no image
+    assert "image-to-video model" in capsys.readouterr().err
+    assert not (tmp_path / "bad.mp4").exists()
