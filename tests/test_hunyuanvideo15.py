@@ -221,3 +221,28 @@ def test_cli_generates_i2v_and_refuses_a_bad_request(tmp_path, capsys):
     assert main([*common, "--output", str(tmp_path / "bad.mp4")]) != 0  # no image
     assert "image-to-video model" in capsys.readouterr().err
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_freeinit_runs_with_flow_matching():
+    """FreeInit diffuses a flow-matching run's clean latents as rectified flow's: x_t = (1 - s) x0 + s noise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from videosys.core import freeinit
+
+    x0, noise = torch.randn(1, 4, 2, 3, 5), torch.randn(1, 4, 2, 3, 5)
+    s = freeinit.FLOW_NOISE_LEVEL
+    torch.testing.assert_close(freeinit.diffuse(FlowMatchEulerDiscreteScheduler(shift=5.0), x0, noise),
+                               (1 - s) * x0 + s * noise)
+    pipe = tiny_pipeline(MODEL, freeinit_iters=2)
+    out = pipe.generate(PROMPTS[1], seed=1, num_inference_steps=3)
+    assert [r["steps"] for r in out.stats["freeinit"]["runs"]] == [3, 3] and torch.isfinite(out.latents).all()
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_equals_eager():
+    """compile=True (models/modules/compile.py) through the whole pipeline: the same latents as eager."""
+    run = dict(seed=1, num_inference_steps=3)
+    eager = tiny_pipeline(MODEL).generate(PROMPTS[1], **run)
+    compiled = tiny_pipeline(MODEL, compile=True).generate(PROMPTS[1], **run)
+    scale = eager.latents.abs().max()
+    torch.testing.assert_close(compiled.latents / scale, eager.latents / scale, rtol=0, atol=1e-5)
