@@ -26,11 +26,14 @@ from videosys.utils.files import write_json
 # Published shapes: (latent (C, T, H, W) as the family's transformer takes it, text tokens, text width).
 # Latte-1: 16 x 512 x 512 (VAE /8), T5 120 tokens; Open-Sora 1.2: 4 s 480p (102 frames -> 30 latents, 480 x 854
 # -> 60 x 106), T5 300; Open-Sora-Plan v1.2: 93 x 480p (-> 24 x 60 x 80), mT5 512; CogVideoX-2b: 49 x 480 x 720
-# (-> 13 x 60 x 90, (B, F, C, H, W)), T5 226.
+# (-> 13 x 60 x 90, (B, F, C, H, W)), T5 226; HunyuanVideo-1.5 480p T2V (opt-in: --families hunyuanvideo-1.5):
+# 121 x 480 x 848 (VAE /16, /4 -> 31 x 30 x 53) with 65 input channels (latents, condition, mask), Qwen2.5-VL's
+# 1000 text tokens all attended (no mask: the padded upper bound; ByT5 and image tokens left out).
 PUBLISHED = {"latte": ((4, 16, 64, 64), 120, 4096), "open-sora": ((4, 30, 60, 106), 300, 4096),
-             "open-sora-plan": ((4, 24, 60, 80), 512, 4096), "cogvideox": ((16, 13, 60, 90), 226, 4096)}
+             "open-sora-plan": ((4, 24, 60, 80), 512, 4096), "cogvideox": ((16, 13, 60, 90), 226, 4096),
+             "hunyuanvideo-1.5": ((65, 31, 30, 53), 1000, 3584)}
 DRY = {"latte": ((4, 4, 8, 8), 6, 24), "open-sora": ((4, 2, 8, 8), 6, 24), "open-sora-plan": ((4, 2, 8, 8), 6, 24),
-       "cogvideox": ((4, 2, 8, 8), 6, 24)}
+       "cogvideox": ((4, 2, 8, 8), 6, 24), "hunyuanvideo-1.5": ((9, 2, 4, 4), 6, 24)}
 
 
 def build(family: str, dry: bool):
@@ -57,6 +60,12 @@ def build(family: str, dry: bool):
                 sample_width=8, sample_frames=5, max_text_seq_length=6) if dry else C()
         theirs = Theirs(**dataclasses.asdict(cfg))
         return Ours(cfg), theirs, lambda m, x, t, y: m(x.transpose(1, 2), y, t).transpose(1, 2), CogVideoXConfig
+    if family == "hunyuanvideo-1.5":
+        from videosys.models.hunyuanvideo15.pipeline import HunyuanVideo15Config
+        from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15Transformer3DModel as Ours
+        from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15TransformerConfig as C
+        cfg = C(**small, in_channels=9, out_channels=4, text_embed_dim=24, rope_axes_dim=(4, 6, 6)) if dry else C()
+        return Ours(cfg), None, lambda m, x, t, y: m(x, t, y), HunyuanVideo15Config
     if family == "open-sora":
         from videosys.models.open_sora.transformer import STDiT3, STDiT3Config as C
         cfg = C(depth=2, hidden_size=32, num_heads=2, caption_channels=24, model_max_length=6) if dry else C()

@@ -110,14 +110,19 @@ def test_magcache_ratios_are_the_stack_residual_norm_ratios(tiny_latte):
             self.seen.append(out[0] - stack.streams[0])
             return out
 
+    from videosys.cache.registry import unregister
+
     register("test-residuals", ResidualsConfig, Residuals, for_model=lambda models: ResidualsConfig())
-    transformer = tiny_latte.transformer
-    transformer.disable_cache()
-    transformer.enable_cache(ResidualsConfig())
-    for prompt in PROMPTS:
-        tiny_latte.generate(prompt, seed=0, **SHORT)
-    seen = transformer.active_cache("test-residuals").seen
-    transformer.disable_cache()
+    try:  # registered for this test only: later tests list every registered method
+        transformer = tiny_latte.transformer
+        transformer.disable_cache()
+        transformer.enable_cache(ResidualsConfig())
+        for prompt in PROMPTS:
+            tiny_latte.generate(prompt, seed=0, **SHORT)
+        seen = transformer.active_cache("test-residuals").seen
+        transformer.disable_cache()
+    finally:
+        unregister("test-residuals")
     n = SHORT["num_inference_steps"]
     per_video = (seen[:n], seen[n:])
     expected = [1.0] + [np.mean([float((v[i].norm(dim=-1) / v[i - 1].norm(dim=-1)).mean()) for v in per_video])

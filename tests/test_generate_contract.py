@@ -17,6 +17,7 @@ FAMILIES = {
     "open-sora": (dict(), dict(num_frames=1, height=32, width=32), dict(height=4)),
     "open-sora-plan": (dict(), dict(num_frames=1, height=32, width=32), dict(width=72)),
     "open-sora-plan-v110": (dict(version="v110"), dict(num_frames=1, height=32, width=32), dict(num_frames=8)),
+    "hunyuanvideo-1.5": (dict(), dict(num_frames=1, height=32, width=32), dict(num_frames=6)),
 }
 
 

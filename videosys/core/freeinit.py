@@ -18,7 +18,7 @@ their normalised stop frequencies d_s (space) and d_t (time); the defaults are d
   sigma (the noise level sampling starts from), divided by sqrt(sigma_0^2 + 1). That is the variance-preserving form the filter mixes in: mixing the sigma-scaled
   latent with unit fresh noise, as a literal port of the reference would, gives high frequencies 1/sigma
   of their due. The mixed latent is scaled back by the scheduler's `init_noise_sigma`, like the first noise.
-- Rectified flow (x_t = (1 - s) x0 + s noise): the sampler starts at s = 1, where the clean latent
+- Rectified flow and diffusers' flow matching (x_t = (1 - s) x0 + s noise): the sampler starts at s = 1, where the clean latent
   would vanish altogether; we diffuse to the s whose signal-to-noise ratio equals the reference's
   DDPM t = 999 under the DDPM linear schedule (betas 1e-4..0.02): s = 0.99368 (t = 993.68 of 1000).
 """
@@ -115,6 +115,8 @@ def diffuse(scheduler, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tens
     if isinstance(scheduler, RectifiedFlowScheduler):
         t = torch.full((b,), FLOW_NOISE_LEVEL * scheduler.num_timesteps, device=latents.device)
         return scheduler.add_noise(latents, noise, t)
+    if type(scheduler).__name__.startswith("FlowMatch"):  # diffusers' flow matching: the same x_t, sigma = s
+        return (1 - FLOW_NOISE_LEVEL) * latents + FLOW_NOISE_LEVEL * noise
     if type(scheduler).__name__.startswith("EulerAncestral"):
         sigma = float(scheduler.sigmas[0])
         return (latents + sigma * noise) / math.sqrt(sigma**2 + 1)

@@ -423,7 +423,8 @@ class VideoSysPipeline:
             for name in self.components:
                 part = getattr(self, name)
                 part.save_pretrained(os.path.join(staging, name))
-                library = "transformers" if name in ("text_encoder", "tokenizer") else "diffusers"
+                from_transformers = name in ("text_encoder", "tokenizer") or type(part).__module__.startswith("transformers")
+                library = "transformers" if from_transformers else "diffusers"
                 index[name] = [library, getattr(part, "class_name", type(part).__name__)]
             with open(os.path.join(staging, "model_index.json"), "w") as f:
                 json.dump(index, f, indent=2)

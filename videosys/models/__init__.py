@@ -10,6 +10,7 @@ FAMILIES = {
     "open-sora": "videosys.models.open_sora.pipeline:OpenSoraConfig",
     "open-sora-plan": "videosys.models.open_sora_plan.pipeline:OpenSoraPlanConfig",
     "cascadev": "videosys.models.cascadev.pipeline:CascadeVConfig",
+    "hunyuanvideo-1.5": "videosys.models.hunyuanvideo15.pipeline:HunyuanVideo15Config",
 }
 
 
