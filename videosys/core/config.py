@@ -108,7 +108,11 @@ def _checks_request_when_built(post_init):
             if outermost:
                 del self.__dict__["_building"]
         if outermost:
-            self.check_request({})
+            self.__dict__["_own_values"] = True
+            try:
+                self.check_request({})
+            finally:
+                del self.__dict__["_own_values"]
 
     checked.checks_request = True
     return checked
@@ -250,6 +254,12 @@ class BaseConfig(legacy_flags_class()):
     # generate() values every text-to-video family has; None in a request takes the config's value
     REQUEST_VALUES: ClassVar[tuple[str, ...]] = ("num_frames", "height", "width", "num_inference_steps",
                                                  "guidance_scale")
+
+    @property
+    def checking_own_values(self) -> bool:
+        """True while the request checks run on the config's own values (as it is built): a check of what only a
+        call gives (an image-to-video call's image) passes then."""
+        return "_own_values" in self.__dict__
 
     def default_negative_prompt(self) -> str:
         """What negative_prompt=None means: the config's (a family with a published one), else ""."""

@@ -92,7 +92,6 @@ class HunyuanVideo15Config(BaseConfig):
                 setattr(self, name, published.get(name))
             elif name in ("height", "width") and self.task == "i2v":  # an I2V folder: the image's bucket
                 setattr(self, name, None)
-        self.check_request({}, need_image=False)  # the image comes with each call
 
     @property
     def task(self) -> str:
@@ -121,7 +120,7 @@ class HunyuanVideo15Config(BaseConfig):
         name = checkpoint_name(self.model_path)
         return (f"hunyuanvideo-1.5-{name}", self.model_name) if name else (self.model_name,)
 
-    def check_request(self, values: dict, need_image: bool = True) -> dict:
+    def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the VAE's grids: num_frames 4k + 1 (the VAE keeps the first frame and
         compresses the rest 4x), height / width divisible by 16 (the VAE's 16x times the patch 1); I2V needs an
         image, T2V refuses one (its transformer was not trained with it)."""
@@ -136,7 +135,7 @@ class HunyuanVideo15Config(BaseConfig):
         if out.get("height") is None and self.task == "t2v":
             raise RequestError("height", "text-to-video needs height and width")
         out["image"] = out.get("image") if out.get("image") is not None else self.image
-        if self.task == "i2v" and out["image"] is None and need_image:
+        if self.task == "i2v" and out["image"] is None and not self.checking_own_values:  # each call gives it
             raise RequestError("image", f"{self.model_path or self.preset} is an image-to-video model: give image= "
                                "(the first frame: a file path or a PIL image)")
         if self.task == "t2v" and out["image"] is not None:
