@@ -1,6 +1,6 @@
 """FasterCache's parts one at a time on the demo model: PSNR against the uncached video (prints a table, writes JSON).
 
-    python scripts/ablate_fastercache.py [--prompts 8] [--threads 1] [--output docs/fastercache_ablation_demo.json]
+    python scripts/ablate_fastercache.py [--prompts 8] [--threads 1] [--output benchmarks/fastercache_ablation_demo.json]
 
 Two bases. `fastercache`, Latte's default: the authors' schedule (attention, spatial and temporal, reused on even
 calls >= 16 with weight 0.5; uncond skipped on calls >= 18 not divisible by 5; alpha 1.1, compounding); each

@@ -1,4 +1,4 @@
-"""The kernel-level figures behind the CPU fast paths (README "Speed"), each an interleaved median:
+"""The kernel-level figures behind the CPU fast paths (docs/speed.md), each an interleaved median:
 
     python scripts/bench_cpu_kernels.py --threads 1
 

@@ -1,4 +1,4 @@
-"""Every family's transformer at its published resolution, random weights: the figures issue 24 asks of a GPU.
+"""Every family's transformer at its published resolution, random weights: the GPU figures docs/speed.md asks for.
 
     bash scripts/bench_gpu.sh                 # on a CUDA machine (installs, then runs this)
     python scripts/bench_gpu.py --dry-run     # tiny sizes on CPU in seconds: checks the script, measures nothing

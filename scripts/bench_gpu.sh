@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark of issue 24 in one go: install, then every family at its published resolution (bf16,
+# The GPU benchmark (docs/speed.md) in one go: install, then every family at its published resolution (bf16,
 # random weights): step time, peak memory, ours vs diffusers, eager vs compiled, each cache, sp = 2/4/8.
 # Writes outputs/bench_gpu.json and prints a table; sized for ~10 minutes on one H100 / H200.
 #

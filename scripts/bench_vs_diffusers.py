@@ -36,7 +36,7 @@ from videosys.models.modules.compile import compile_regions
 from videosys.models.modules.inductor_passes import CPURewrites
 from videosys.utils.files import write_json
 
-# (layers, heads, head_dim, frames, latent size, text tokens); "issue": the config of issue 24's measurement
+# (layers, heads, head_dim, frames, latent size, text tokens); "issue": the sizes of the speed target in docs/speed.md
 SIZES = {"small": (2, 4, 32, 8, 16, 20), "issue": (4, 8, 32, 16, 32, 32)}
 
 

@@ -1,7 +1,7 @@
 """PSNR / SSIM / LPIPS of CascadeV reconstructions against their inputs, over a folder of clips.
 
     python scripts/eval_cascadev.py --demo-clips 8 --preset tiny            # offline: demo clips, tiny random model
-    python scripts/eval_cascadev.py --clips inter4k_1024/ --model-path ByteDance/CascadeV   # the README's protocol
+    python scripts/eval_cascadev.py --clips inter4k_1024/ --model-path ByteDance/CascadeV   # the protocol of docs/families/cascadev.md
     python scripts/eval_cascadev.py --clips clips/ --num-frames 8 --save-dir recs/ --output cascadev.json
     python scripts/eval_cascadev.py --demo-clips 4 --preset tiny --caches pab,taylorseer,fbcache-0.4 --threads 1
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--demo-frames", type=int, default=16)
     p.add_argument("--demo-size", type=int, default=64)
     p.add_argument("--preset", help="tiny: random weights (its numbers say nothing about quality)")
-    p.add_argument("--model-path", help="ByteDance/CascadeV or a folder (see the README)")
+    p.add_argument("--model-path", help="ByteDance/CascadeV or a folder (see docs/families/cascadev.md)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the release's 8)")
     p.add_argument("--num-frames", type=int, help="first N frames of each clip (default: all)")
     p.add_argument("--size", type=int, help="short edge (default: the DiT tile, 1024 px / tiny 64; 0 keeps)")

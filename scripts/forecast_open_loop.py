@@ -4,7 +4,7 @@ sequence; per method and interval, the mean and max relative L2 error of the for
 truth. Open loop: each forecast sees true features on its full steps, so this isolates the update rule from the
 drift a cached run adds.
 
-    python scripts/forecast_open_loop.py --threads 1 --output docs/forecast_open_loop_demo.json
+    python scripts/forecast_open_loop.py --threads 1 --output benchmarks/forecast_open_loop_demo.json
 """
 
 import argparse

@@ -1,5 +1,5 @@
 """TaylorSeer on the demo model: PSNR of each video against the uncached one, per interval (first order,
-warm-up 3), next to diffusers' TaylorSeer on Latte's attn1 / attn2 / ff modules (issue 18: 46.7 dB at interval
+warm-up 3), next to diffusers' TaylorSeer on Latte's attn1 / attn2 / ff modules (docs/benchmarks.md: 46.7 dB at interval
 2, 39.0 at 3, 28.0 at 5, 24 demo prompts). A fidelity check, not a bench (`videosys bench` times methods).
 
     python scripts/taylorseer_demo_psnr.py --prompts 8 [--schedule diffusers]
@@ -15,7 +15,7 @@ from videosys.eval.metrics import psnr_frames
 from videosys.models import config_class
 from videosys.utils.files import write_json
 
-DIFFUSERS_DB = {2: 46.7, 3: 39.0, 5: 28.0}  # issue 18's measurement of diffusers' TaylorSeer on this model
+DIFFUSERS_DB = {2: 46.7, 3: 39.0, 5: 28.0}  # diffusers' TaylorSeer on this model, measured with videosys bench --peers (docs/benchmarks.md)
 
 
 def main(argv=None) -> int:

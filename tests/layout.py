@@ -1,7 +1,7 @@
 """Official checkpoint layouts for the key-name tests: tests/data/*_state_dict.txt hold one
 `name<TAB>shape` line per tensor ('#' lines are comments). The four files without a header are copies of
-../shared/reference/checkpoint-keys/ (published reference, kept here so the tests need nothing outside
-the repository); the osp11_* files were dumped from the official Open-Sora-Plan v1.1.0 classes."""
+the project's published-reference key lists (kept here, so the tests need nothing outside the
+repository); the osp11_* files were dumped from the official Open-Sora-Plan v1.1.0 classes."""
 
 import os
 

@@ -13,7 +13,7 @@ from videosys import LatteConfig, VideoSysEngine
 from videosys.eval import demo as demo_tracker
 from videosys.models.latte import pipeline as latte_pipeline
 
-MIN_SKIP_ACCURACY = 0.75  # demo-skip: 22/24 at seed 0, 66/72 over seeds 0-2 (README, Skip-DiT)
+MIN_SKIP_ACCURACY = 0.75  # demo-skip: 22/24 at seed 0, 66/72 over seeds 0-2 (docs/caches/skipcache.md)
 
 
 
@@ -62,7 +62,7 @@ def test_demo_follows_colour_and_direction(engine):
     prompts = demo_tracker.prompt_set()  # 24 prompts: every colour x direction
     rows = [demo_tracker.row(p, p, engine.generate(p, seed=0).video[0].numpy()) for p in prompts]
     accuracy = demo_tracker.score(rows)
-    assert accuracy["both"] >= 0.75, accuracy  # measured 20/24 (README); chance is 1/24
+    assert accuracy["both"] >= 0.75, accuracy  # measured 20/24 (docs/demo.md); chance is 1/24
     # the text matters: the same noise with another prompt gives another video
     a, b = (engine.generate(p, seed=1).video[0].numpy().astype(np.int16) for p in prompts[:2])
     assert np.abs(a - b).mean() > 5

@@ -56,7 +56,7 @@ def _add_reconstruct(sub) -> None:
     rec.add_argument("--num-frames", type=int, help="reconstruct the first N frames (default: all)")
     rec.add_argument("--size", type=int, help="resize the short edge to this (0: keep); default: the model's")
     rec.add_argument("--fps", type=int, help="default: the input's")
-    rec.add_argument("--cache", help="a cache on the DiT, as for generate (its README section: which apply); "
+    rec.add_argument("--cache", help="a cache on the DiT, as for generate (docs/families/cascadev.md: which apply); "
                      "several: a,b")
     rec.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     rec.add_argument("--no-progress", action="store_true")

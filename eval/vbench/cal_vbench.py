@@ -5,7 +5,7 @@
 Reads every `*_eval_results.json` in each folder (VBench writes `{dimension: [score, per-video]}`;
 run_vbench.py writes one file per dimension). No vbench import: this runs anywhere.
 
-Aggregation (reference/evaluation.md; VBench, arXiv 2311.17982): each dimension min-max
+Aggregation (VBench, arXiv 2311.17982, as its authors' leaderboard; docs/evaluation.md): each dimension min-max
 normalised with VBench's empirical bounds; quality = weighted mean of the
 7 quality dimensions (dynamic_degree weighs 0.5), semantic = mean of the 9 semantic
 dimensions, total = (4 * quality + 1 * semantic) / 5. A folder missing some dimensions gets

@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cal_vbench import DIMENSIONS  # noqa: E402
 
-IMAGING_QUALITY_MODE = "longer"  # the papers' setting (reference/evaluation.md)
+IMAGING_QUALITY_MODE = "longer"  # the papers' setting (the TeaCache / PAB papers' VBench setting; docs/evaluation.md)
 
 
 def vbench_cache_dir() -> str:

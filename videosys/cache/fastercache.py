@@ -118,7 +118,7 @@ class Ramp:
 # computes, as the authors' scripts with a shape check do. The multi-device scripts differ; the single-device
 # ones are the reference. A model without the authors' settings gets diffusers' (DIFFUSERS).
 #
-# diffusers 0.42.1 FasterCacheConfig (hooks/faster_cache.py; reference/acceleration.md): spatial skip 2 in
+# diffusers 0.42.1 FasterCacheConfig (diffusers' src/diffusers/hooks/faster_cache.py): spatial skip 2 in
 # (-1, 681), temporal off, uncond every 5 in (-1, 641), alpha 1.1 / 1.1 in (99, 901) / (-1, 301), attention weight
 # 0.5, deltas updated in place (compounding). 681 / 641 are the authors' Latte / CogVideoX start calls 16 / 18 of 50
 # DDIM steps as timesteps. `fastercache-diffusers` in every family.

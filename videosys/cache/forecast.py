@@ -55,7 +55,7 @@ class ForecastConfig:
 
     @classmethod
     def for_model(cls, setting: dict | None = None, **overrides) -> "ForecastConfig":
-        """Ours, not published: the same defaults for every family (measured on the demo model, README), or a
+        """Ours, not published: the same defaults for every family (measured on the demo model, docs/caches/forecast.md), or a
         family's own fields where it has some."""
         return cls(**{**(setting or {}), **overrides})
 
@@ -191,7 +191,7 @@ class OutputForecast(StepCache):
 
 register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.for_model,
          parse=ForecastConfig.from_name, names=("forecast",),
-         # from ~1.5x to ~2.5x on the demo model (README): fixed intervals 2 .. 5 and adaptive thresholds between them
+         # from ~1.5x to ~2.5x on the demo model (docs/benchmarks.md): fixed intervals 2 .. 5 and adaptive thresholds between them
          sweep=("forecast-i2", "forecast-0.2", "forecast-0.3-m2", "forecast-i3", "forecast-0.5", "forecast-i4",
                 "forecast-0.7", "forecast-i5"),
          syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]",

@@ -40,7 +40,7 @@ _EXIT_UNGUARDED, _EXIT_ORPHANED = 86, 87  # worker exit codes rank 0 can name
 _FAILURE_GRACE_S = 1.0  # after rank 0 fails: how long a dying worker has to be seen (it dies within ms)
 _UNGUARDED = ("the script that builds the VideoSysEngine re-ran in a spawned worker: a spawned process imports "
               "the main script again, so everything at its top level runs once per worker. Put the script's "
-              "work under `if __name__ == \"__main__\":` (see the README's \"Several processes\")")
+              "work under `if __name__ == \"__main__\":` (see docs/parallel.md)")
 
 
 class WorkerError(RuntimeError):

@@ -32,7 +32,7 @@ from videosys.eval.metrics import average_per_frame, video_metrics
 from videosys.eval.runs import add_model_args, model_config, prompt_list
 from videosys.utils.files import write_json
 
-TARGETS = (1.2, 1.35, 1.6, 1.8, 2.0, 2.2, 2.5)  # speed-ups the frontier table reads (issue 18's comparison points)
+TARGETS = (1.2, 1.35, 1.6, 1.8, 2.0, 2.2, 2.5)  # speed-ups the frontier table reads (the speed-ups diffusers' caches reach on the demo model: docs/benchmarks.md)
 
 
 # ---------------------------------------------------------------- variants

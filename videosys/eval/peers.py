@@ -12,7 +12,7 @@ diffusers' cache hooks enabled on its LatteTransformer3DModel:
 - `fbcache-<threshold>`: FirstBlockCacheConfig (its block list mixes Latte's spatial and temporal blocks).
 
 LattePipeline opens no cache context, so every call runs inside one (`transformer.cache_context`), as the
-hooks need. Written by the lead as scripts/bench_peers.py; here so the bench draws ours and theirs together.
+hooks need. First written as scripts/bench_peers.py (still there); here so the bench draws ours and theirs together.
 """
 
 import time
@@ -50,7 +50,7 @@ def cache_config(variant: str, pipe=None):
             return diffusers.FasterCacheConfig(current_timestep_callback=timestep)
         if variant.startswith("pab-") and len(variant) == 7:
             s, t, c = (int(x) for x in variant[4:])
-            window = (100, 800)  # Latte's published PAB window (reference/acceleration.md)
+            window = (100, 800)  # Latte's published PAB window (PAB, arXiv 2408.12588; docs/caches/pab.md)
             return diffusers.PyramidAttentionBroadcastConfig(
                 spatial_attention_block_skip_range=s, temporal_attention_block_skip_range=t,
                 cross_attention_block_skip_range=c, spatial_attention_timestep_skip_range=window,

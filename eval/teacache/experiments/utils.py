@@ -7,7 +7,7 @@ line's config; `baseline` is the model as published, with no cache:
     python eval/teacache/experiments/latte.py --preset tiny --num-prompts 4                  # baseline
     python eval/teacache/experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
 
-Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (reference/evaluation.md), plus
+Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (docs/evaluation.md), plus
 `stats.json` there: per-video timing and cache statistics, for the speed / quality plot.
 A run is resumable: a finished file is skipped; save_video writes a temporary file and
 renames it, so a killed run never leaves a half-written `{prompt}-{seed}.mp4`.
@@ -32,7 +32,7 @@ from typing import Any
 
 from videosys.cache import published_names
 
-NUM_SEEDS = 5  # seeds 0..4 per prompt (reference/evaluation.md)
+NUM_SEEDS = 5  # seeds 0..4 per prompt (docs/evaluation.md)
 STATS_FILE = "stats.json"
 
 

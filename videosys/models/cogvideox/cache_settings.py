@@ -5,8 +5,9 @@
 from videosys.cache.fastercache import Calls
 
 CACHE_SETTINGS = {
-    # TeaCache: 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the reference code
-    # over every step of 70 T2V-CompBench prompts (reference/acceleration.md)
+    # TeaCache: 4th-order polynomials, numpy.poly1d order (highest power first), fitted by the TeaCache authors' code
+    # over every step of 70 T2V-CompBench prompts (TeaCache, arXiv 2411.19108; the authors' ali-vilab/TeaCache;
+    # docs/caches/teacache.md)
     "teacache": {
         "cogvideox-2b": dict(coefficients=(-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00,
                                            -3.61568434e-03)),
@@ -15,7 +16,8 @@ CACHE_SETTINGS = {
         "cogvideox1.5-5b": dict(coefficients=(2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01,
                                               3.58559703e-02)),
     },
-    # PAB (reference/acceleration.md): published: joint attention only, MLPs left alone
+    # PAB (arXiv 2408.12588; the authors' NUS-HPC-AI-Lab/VideoSys; the table: docs/caches/pab.md):
+    # published: joint attention only, MLPs left alone
     "pab": {"cogvideox": dict(spatial=((100, 850), 2), mlp_kinds=())},
     # FasterCache: the authors' settings, from Vchitect/FasterCache scripts/<model>/fastercache_sample_<model>.py
     # (their single-device script; counts are their 1-based `counter`, one [uncond; cond] call per step;

@@ -4,11 +4,13 @@
 from videosys.cache.fastercache import Calls
 
 CACHE_SETTINGS = {
-    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the reference code
-    # over every step of 70 T2V-CompBench prompts (reference/acceleration.md)
+    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the TeaCache authors' code
+    # over every step of 70 T2V-CompBench prompts (TeaCache, arXiv 2411.19108; the authors' ali-vilab/TeaCache;
+    # docs/caches/teacache.md)
     "teacache": {"latte": dict(coefficients=(-2.46434137e03, 3.08044764e02, 8.07447667e01, -4.11385132e00,
                                              1.11001402e-01))},
-    # PAB (reference/acceleration.md): window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
+    # PAB (arXiv 2408.12588; the authors' NUS-HPC-AI-Lab/VideoSys; the table: docs/caches/pab.md):
+    # window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
     # skip)} for spatial and temporal blocks
     "pab": {"latte": dict(spatial=((100, 800), 2), temporal=((100, 800), 3), cross=((100, 800), 6),
                           mlp={t: (tuple(range(5)), 2) for t in (720, 640, 560, 480, 400)})},

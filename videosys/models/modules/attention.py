@@ -94,7 +94,7 @@ class Attention(nn.Module):
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v of a self-attention, each (B, n, inner): one GEMM with autograd off, three with it on or
         under torch.compile (inductor's graph over the fused GEMM's strided q / k / v thirds measured 1.28x
-        slower on CPU than over three contiguous projections: scripts/bench_vs_diffusers.py, README)."""
+        slower on CPU than over three contiguous projections: scripts/bench_vs_diffusers.py, docs/speed.md)."""
         if self.qkv_fused is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.to_q(x), self.to_k(x), self.to_v(x)
         return F.linear(x, *self.qkv_fused).chunk(3, dim=-1)

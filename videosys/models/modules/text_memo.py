@@ -50,7 +50,7 @@ class TextMemo:
     def __call__(self, key: torch.Tensor, compute: Callable[[torch.Tensor], object]):
         # inside a compiled graph (compile=True's whole forward) the text work is recomputed in the graph: a
         # lookup by tensor identity would be a graph break, measured 6% slower on the tiny Latte than the few
-        # GEMMs it saves (README, "Speed")
+        # GEMMs it saves (docs/speed.md)
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute(key)
         for n, (stored, value) in enumerate(self.entries):

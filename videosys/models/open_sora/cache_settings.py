@@ -4,11 +4,13 @@
 from videosys.cache.fastercache import Calls, Ramp
 
 CACHE_SETTINGS = {
-    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the reference code
-    # over every step of 70 T2V-CompBench prompts (reference/acceleration.md)
+    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the TeaCache authors' code
+    # over every step of 70 T2V-CompBench prompts (TeaCache, arXiv 2411.19108; the authors' ali-vilab/TeaCache;
+    # docs/caches/teacache.md)
     "teacache": {"open-sora": dict(coefficients=(2.17546007e02, -1.18329252e02, 2.68662585e01, -4.59364272e-02,
                                                  4.84426240e-02))},
-    # PAB (reference/acceleration.md): window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
+    # PAB (arXiv 2408.12588; the authors' NUS-HPC-AI-Lab/VideoSys; the table: docs/caches/pab.md):
+    # window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
     # skip)} for spatial and temporal blocks
     "pab": {"open-sora": dict(spatial=((450, 930), 2), temporal=((450, 930), 4), cross=((450, 930), 6),
                               mlp={t: (tuple(range(5)), 2) for t in (676, 788, 864)})},

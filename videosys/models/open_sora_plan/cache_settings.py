@@ -5,12 +5,14 @@
 from videosys.cache.fastercache import DIFFUSERS, Calls
 
 CACHE_SETTINGS = {
-    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the reference code
-    # over every step of 70 T2V-CompBench prompts (reference/acceleration.md); fitted on v1.1 65x512x512, the
+    # TeaCache: a 4th-order polynomial, numpy.poly1d order (highest power first), fitted by the TeaCache authors' code
+    # over every step of 70 T2V-CompBench prompts (TeaCache, arXiv 2411.19108; the authors' ali-vilab/TeaCache;
+    # docs/caches/teacache.md); fitted on v1.1 65x512x512, the
     # family's for both versions
     "teacache": {"open-sora-plan": dict(coefficients=(2.05943668e05, -1.48759286e04, 3.06085986e02, 1.31418080e00,
                                                       2.39658469e-03))},
-    # PAB (reference/acceleration.md): window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
+    # PAB (arXiv 2408.12588; the authors' NUS-HPC-AI-Lab/VideoSys; the table: docs/caches/pab.md):
+    # window (lo, hi) and range per attention kind; MLP: {timestep: (blocks,
     # skip)} for spatial and temporal blocks
     "pab": {"open-sora-plan-v110": dict(spatial=((100, 850), 2), temporal=((100, 850), 4), cross=((100, 850), 6),
                                         # 14 timesteps 738 .. 426
