@@ -408,6 +408,14 @@ class VideoSysPipeline:
         return (video * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
     # ---- weights ---------------------------------------------------------------------------
+    def component(self, name: str):
+        """The part saved as `name` (a family whose attributes differ from the folder layout overrides this)."""
+        return getattr(self, name)
+
+    def index_config(self) -> dict:
+        """Pipeline-level entries of model_index.json (diffusers' register_to_config values), beside the parts."""
+        return {}
+
     def save_pretrained(self, folder: str) -> None:
         """Write every component in the diffusers folder layout (loadable by this class and diffusers).
 
@@ -419,9 +427,9 @@ class VideoSysPipeline:
         staging = f"{folder}.saving-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.makedirs(staging)
         try:
-            index = {"_class_name": self.pipeline_class_name}
+            index = {"_class_name": self.pipeline_class_name, **self.index_config()}
             for name in self.components:
-                part = getattr(self, name)
+                part = self.component(name)
                 part.save_pretrained(os.path.join(staging, name))
                 from_transformers = name in ("text_encoder", "tokenizer") or type(part).__module__.startswith("transformers")
                 library = "transformers" if from_transformers else "diffusers"

@@ -11,6 +11,7 @@ FAMILIES = {
     "open-sora-plan": "videosys.models.open_sora_plan.pipeline:OpenSoraPlanConfig",
     "cascadev": "videosys.models.cascadev.pipeline:CascadeVConfig",
     "hunyuanvideo-1.5": "videosys.models.hunyuanvideo15.pipeline:HunyuanVideo15Config",
+    "wan": "videosys.models.wan.pipeline:WanConfig",
 }
 
 

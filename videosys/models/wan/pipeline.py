@@ -1,0 +1,306 @@
+"""Wan 2.1 / 2.2: WanConfig (the releases' published defaults, tiny presets, request checks) and WanPipeline.
+
+Releases (checkpoints.py): Wan2.1 T2V 1.3B / 14B, I2V 14B 480P / 720P, Wan2.2 T2V-A14B / I2V-A14B (two experts:
+experts.py) and TI2V-5B (48-channel 4x16x16 VAE, per-token timesteps; text-to-video, or text+image-to-video when an
+image is given). `model_path`: a Wan-AI/...-Diffusers hub id or folder, or an original Wan folder (transformer only;
+vae_path / text_encoder_path (/ image_encoder_path) name the rest). The sampling is diffusers' WanPipeline /
+WanImageToVideoPipeline's (tests/test_wan.py compares them): UniPC flow matching, CFG (cond and uncond batched),
+the first noise drawn from the seed's CPU generator as diffusers' randn_tensor draws it.
+"""
+
+import html
+import os
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from videosys.core.config import BaseConfig, RequestError
+from videosys.core.pipeline import VideoSysPipeline
+from videosys.models.wan import components
+from videosys.models.wan.cache_settings import CACHE_SETTINGS, cache_models
+from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, tiny_preset
+from videosys.models.wan.experts import WanExperts
+
+
+@dataclass
+class WanConfig(BaseConfig):
+    """Wan generation config. `WanConfig()` is Wan2.1-T2V-1.3B; `model_path` names another release (its published
+    defaults follow: checkpoints.py), `kind` says which release a folder is when its files do not.
+    Presets: `tiny` (T2V), `tiny-i2v` (Wan2.1 I2V: CLIP tokens), `tiny-a14b` (two experts), `tiny-ti2v` (TI2V-5B)."""
+
+    kind: str | None = None  # a CHECKPOINTS key; None: from the preset / model_path / the folder's configs
+    flow_shift: float | None = None  # None: the release's published shift
+    guidance_scale_2: float | None = None  # the low-noise expert's CFG scale (two experts); None: the release's
+    negative_prompt: str | None = None  # None: the release's (Chinese) default negative prompt
+    max_text_length: int = components.MAX_TEXT_LENGTH
+    vae_tiling: bool = False  # decode in spatial tiles (diffusers' AutoencoderKLWan.enable_tiling): less memory
+    # an original-layout model_path holds the transformer only: the other parts' diffusers-layout folders / hub ids
+    vae_path: str | None = None
+    text_encoder_path: str | None = None  # text_encoder/ and tokenizer/
+    image_encoder_path: str | None = None  # image_encoder/ and image_processor/ (Wan2.1 I2V)
+
+    model_name = "wan"
+    official_model_path = CHECKPOINTS["t2v-1.3B"].hub_id
+    defaults = CHECKPOINTS["t2v-1.3B"].defaults
+    presets = {name: tiny_preset(kind) for name, kind in TINY_KINDS.items()}
+    cache_settings = CACHE_SETTINGS
+    REQUEST_VALUES: ClassVar[tuple[str, ...]] = (*BaseConfig.REQUEST_VALUES, "guidance_scale_2")
+
+    def __post_init__(self):
+        self.check_fields()
+        if self.kind is not None and self.kind not in CHECKPOINTS:
+            raise ValueError(f"kind must be one of {sorted(CHECKPOINTS)}, got {self.kind!r}")
+        if self.preset is not None and self.preset not in self.presets:
+            raise ValueError(f"unknown preset {self.preset!r} for wan; choose from {sorted(self.presets)}")
+        self.kind = self.kind or self.infer_kind()
+        if self.preset is None:
+            self.defaults = CHECKPOINTS[self.kind].defaults  # this release's, before BaseConfig fills the fields
+        super().__post_init__()
+        if self.flow_shift is None:
+            self.flow_shift = CHECKPOINTS[self.kind].flow_shift
+        if self.guidance_scale_2 is None and self.checkpoint.boundary_ratio is not None:
+            published = self.checkpoint.guidance_scale_2
+            self.guidance_scale_2 = published if self.preset is None else self.guidance_scale
+        self.check_sizes(BaseConfig.check_request(self, {}))  # the config's own values (a request brings the image)
+
+    def infer_kind(self) -> str:
+        if self.model_path is None:
+            return TINY_KINDS[self.preset] if self.preset is not None else "t2v-1.3B"
+        return kind_of_path(self.model_path)
+
+    @property
+    def checkpoint(self):
+        return CHECKPOINTS[self.kind]
+
+    def default_negative_prompt(self) -> str:
+        return self.checkpoint.negative_prompt if self.negative_prompt is None else self.negative_prompt
+
+    def check_request(self, values: dict) -> dict:
+        """BaseConfig's checks, then the VAE's grids and the image.
+
+        num_frames: 4k + 1 (the VAE keeps the first frame and compresses the rest 4x). height / width: divisible by
+        the VAE's spatial factor x the patch (16 for Wan2.1 / the A14B experts, 32 for TI2V-5B). An image-to-video
+        release needs `image` (a file path, an (H, W, 3) uint8 array / tensor, or a PIL image); a path must exist."""
+        values = self.check_sizes(super().check_request(values))
+        values["image"] = check_image(values.get("image"), self.checkpoint.image, self.kind)
+        return values
+
+    def check_sizes(self, values: dict) -> dict:
+        if (values["num_frames"] - 1) % 4:
+            raise RequestError("num_frames", f"num_frames={values['num_frames']} must be 4k + 1 (1, 5, ..., 81): the "
+                               "Wan VAE keeps the first frame and compresses the rest 4x")
+        grid = self.checkpoint.spatial
+        self.check_divisible(values, grid, f"the VAE's {grid // 2}x downsampling x the 2x2 patch")
+        scale_2 = values.get("guidance_scale_2")
+        if scale_2 is not None and self.checkpoint.boundary_ratio is None:
+            raise RequestError("guidance_scale_2", f"guidance_scale_2 is the low-noise expert's scale: {self.kind} has "
+                               "one transformer")
+        return values
+
+    def sp_heads(self) -> int | None:
+        if self.model_path is None:
+            return components.tiny_transformer_config(self.kind).num_attention_heads
+        return self.transformer_config_value("num_attention_heads")
+
+    def cache_models(self) -> tuple[str, ...]:
+        return cache_models(self.kind)
+
+    @property
+    def pipeline_cls(self):
+        return WanPipeline
+
+
+def check_image(image, required: bool, kind: str):
+    """The request's image as given (checked), None when none is given and none is needed."""
+    if image is None:
+        if required:
+            raise RequestError("image", f"{kind} is an image-to-video release: give image= (a file path or an "
+                               "(H, W, 3) array)")
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise RequestError("image", f"image file {str(image)!r} does not exist")
+        return str(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        return image
+    shape = tuple(np.shape(image))
+    if len(shape) != 3 or shape[-1] != 3 or min(shape[:2]) < 1:
+        raise RequestError("image", f"image must be a file path, a PIL image or an (H, W, 3) array, got shape {shape}")
+    return image
+
+
+def load_image(image):
+    """A checked request image -> a PIL RGB image."""
+    from PIL import Image
+
+    if isinstance(image, str):
+        return Image.open(image).convert("RGB")
+    if hasattr(image, "convert"):
+        return image.convert("RGB")
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.dtype != np.uint8:  # floats in [0, 1]
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def prompt_clean(text: str) -> str:
+    """diffusers' Wan prompt_clean: ftfy (when installed), HTML unescaped twice, whitespace collapsed."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
+class WanPipeline(VideoSysPipeline):
+    pipeline_class_name = "WanPipeline"
+    progress_name = "wan"
+
+    def __init__(self, config, transformer, vae, text_encoder, tokenizer, scheduler):
+        super().__init__(config, transformer, vae, text_encoder, tokenizer, scheduler)
+        self.image_encoder = self.image_processor = None
+        c = config.checkpoint
+        parts = ["transformer", "transformer_2"] if c.boundary_ratio is not None else ["transformer"]
+        parts += ["vae", "text_encoder", "tokenizer", "scheduler"]
+        parts += ["image_encoder", "image_processor"] if c.image_encoder else []
+        self.components = tuple(parts)
+        if c.image:
+            self.pipeline_class_name = "WanImageToVideoPipeline"
+
+    @classmethod
+    def from_config(cls, config: WanConfig) -> "WanPipeline":
+        if config.model_path is None:
+            parts = components.tiny_components(config.kind)
+            scheduler_folder = None
+        else:
+            from videosys.utils.hub import resolve_dir
+
+            parts = components.load_components(config.model_path, config.kind, config.torch_dtype(), config.vae_path,
+                                               config.text_encoder_path, config.image_encoder_path)
+            original = not os.path.isfile(os.path.join(config.model_path, "model_index.json")) and \
+                os.path.isdir(config.model_path)
+            scheduler_folder = None if original else resolve_dir(config.model_path, "scheduler")
+        transformer = parts["transformer"]
+        if "transformer_2" in parts:
+            boundary = config.checkpoint.boundary_ratio * 1000  # x num_train_timesteps, as diffusers
+            transformer = WanExperts(parts["transformer"], parts["transformer_2"], boundary)
+        if config.vae_tiling:
+            parts["vae"].enable_tiling()
+        scheduler = components.scheduler(config.flow_shift, scheduler_folder)
+        pipe = cls.assemble(config, transformer, parts["vae"], parts["text_encoder"], parts["tokenizer"], scheduler)
+        if "image_encoder" in parts:
+            pipe.image_encoder = parts["image_encoder"].to(pipe.device)
+            pipe.image_processor = parts["image_processor"]
+        return pipe
+
+    def component(self, name: str):
+        if isinstance(self.transformer, WanExperts) and name in ("transformer", "transformer_2"):
+            return self.transformer.high if name == "transformer" else self.transformer.low
+        return getattr(self, name)
+
+    def index_config(self) -> dict:
+        """model_index.json's pipeline config (diffusers' register_to_config of WanPipeline)."""
+        c = self.config.checkpoint
+        return {"boundary_ratio": c.boundary_ratio, "expand_timesteps": c.expand_timesteps}
+
+    @property
+    def experts(self) -> tuple:
+        t = self.transformer
+        return t.experts if isinstance(t, WanExperts) else (t,)
+
+    # ---- generate(): the request's image and the low-noise expert's scale are Wan's own ----------------------
+    @torch.inference_mode()
+    def generate(self, prompt, negative_prompt: str | None = None, seed: int = 0, num_frames: int | None = None,
+                 height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, guidance_scale_2: float | None = None, image=None):
+        """Videos for `prompt`: (B, T, H, W, 3) uint8 in `.video`. `image` (a path, PIL image or (H, W, 3) array):
+        the first frame, required by the I2V releases, optional for TI2V-5B. `guidance_scale_2`: the low-noise
+        expert's CFG scale (Wan2.2 A14B). None takes the config's value."""
+        return self.run_generation(prompt, seed, dict(
+            negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2, image=image))
+
+    def prepare_prompts(self, prompts):
+        return [prompt_clean(p) for p in prompts]
+
+    def prepare_run(self, run, prompt) -> None:
+        """The image's conditioning, before the noise (drawn after, from the same generator: no draws here)."""
+        from videosys.models.wan import conditioning
+
+        if run.values["image"] is not None:
+            conditioning.prepare_image(self, run, load_image(run.values["image"]))
+
+    def encode_prompt(self, prompts, negative_prompt, do_cfg):
+        """(B, 512, C) UMT5 states, each prompt's padding zeroed (diffusers' _get_t5_prompt_embeds); [uncond; cond]."""
+        def encode(texts):
+            tokens = self.tokenizer(texts, padding="max_length", max_length=self.config.max_text_length,
+                                    truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                    return_tensors="pt")
+            device = self.text_encoder.device
+            ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+            states = self.text_encoder(ids, mask).last_hidden_state
+            return states.masked_fill(~mask.bool()[..., None], 0)
+
+        states = encode(prompts)
+        if do_cfg:
+            states = torch.cat([encode([prompt_clean(negative_prompt)] * len(prompts)), states])
+        return states.to(device=self.device, dtype=self.dtype)
+
+    def latent_shape(self, run):
+        v, vae = run.values, self.vae.config
+        return (len(run.prompts), vae.z_dim, (v["num_frames"] - 1) // vae.scale_factor_temporal + 1,
+                v["height"] // vae.scale_factor_spatial, v["width"] // vae.scale_factor_spatial)
+
+    def initial_latents(self, run):
+        """fp32 noise, kept fp32 through the scheduler as diffusers does (the model sees its dtype)."""
+        noise = torch.randn(self.latent_shape(run), generator=run.generator, dtype=torch.float32)
+        return noise.to(self.device) * self.scheduler.init_noise_sigma
+
+    def guidance_scales(self, run):
+        """One scale per step: the high-noise expert's, then the low-noise one's."""
+        if not isinstance(self.transformer, WanExperts):
+            return run.guidance_scale
+        low = run.values.get("guidance_scale_2")
+        low = self.config.guidance_scale_2 if low is None else low
+        boundary = self.transformer.boundary_timestep
+        return [run.guidance_scale if float(t) >= boundary else low for t in run.timesteps]
+
+    def predict(self, run, model_in, i, t, text):
+        from videosys.models.wan import conditioning
+
+        if isinstance(self.transformer, WanExperts):
+            self.transformer.select(float(t))
+        x, timestep = conditioning.model_input(self, run, model_in, run.model_timesteps[i])
+        image = run.state.get("image_embeds")
+        if image is not None:
+            image = image.expand(model_in.shape[0], -1, -1)
+        return self.transformer(x.to(self.dtype), timestep, text, image)
+
+    def step(self, run, pred, i, t, latents):
+        return self.scheduler.step(pred.float(), t, latents, return_dict=False)[0]
+
+    def sample_video(self, run, latents):
+        from videosys.models.wan import conditioning
+
+        return conditioning.final_latents(run, super().sample_video(run, latents))
+
+    def decode(self, latents):
+        """Normalised latents -> (B, T, H, W, 3) uint8 (diffusers: latents / (1 / std) + mean, then the VAE)."""
+        vae = self.vae
+        mean, std = conditioning_stats(vae, latents)
+        video = vae.decode(latents.to(vae.dtype) / (1.0 / std) + mean).sample  # diffusers' exact arithmetic
+        return self.to_frames(video)
+
+
+def conditioning_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel latents mean and std, shaped (1, C, 1, 1, 1) on `like`'s device, in the VAE's dtype."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, vae.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, vae.dtype)
+    return mean, std
