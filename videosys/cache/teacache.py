@@ -3,7 +3,8 @@
 Per step the model hands over an *indicator* (a timestep-modulated input of its first
 block). Its relative L1 change, rescaled by a fitted polynomial, accumulates; while the sum
 stays under the threshold the whole block stack is skipped and the residual it added last
-time (output - input) is added instead. First and last steps always compute.
+time (output - input) is added instead. The first `warmup_steps` and the last `final_steps` always compute
+(1 and 1: the paper's; a family may publish others).
 
 Beyond the fitted range. Several published polynomials (Latte, CogVideoX) turn down after a
 last local maximum and go negative for large changes, so a big jump in the indicator would
@@ -37,10 +38,17 @@ class TeaCacheConfig:
     # the model's rescaling polynomial, highest power first: no default, it is the model's own (a family's
     # published one through for_model / a cache name, or a calibration's)
     coefficients: tuple[float, ...] = ()
+    # steps that always compute at the start and at the end (0: none). The paper's code computes the first and the
+    # last; a family's published setting may say otherwise (its authors' `ret_steps` / `cutoff_steps`)
+    warmup_steps: int = 1
+    final_steps: int = 1
 
     def __post_init__(self):
         if self.threshold < 0:
             raise ValueError(f"TeaCache threshold must be >= 0, got {self.threshold}")
+        if self.warmup_steps < 1 or self.final_steps < 0:
+            raise ValueError(f"TeaCache needs warmup_steps >= 1 (the first step has nothing to reuse) and "
+                             f"final_steps >= 0, got {self.warmup_steps}, {self.final_steps}")
         self.coefficients = tuple(float(c) for c in self.coefficients)
         if not self.coefficients:
             raise ValueError("TeaCache needs the model's polynomial coefficients: give coefficients=... (the family's "
@@ -122,7 +130,9 @@ class TeaCache(StepCache):
         rank takes the same decision.
         """
         state = self.branches.setdefault(branch, _BranchState())
-        edge = self.step == 0 or self.step >= self.num_steps - 1 or self.step in self.refresh_steps
+        c = self.config
+        edge = (self.step < c.warmup_steps or self.step >= self.num_steps - c.final_steps
+                or self.step in self.refresh_steps)
         if edge or state.previous is None or state.residual is None:
             compute = True
         else:
@@ -169,7 +179,7 @@ class TeaCache(StepCache):
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
          names=("teacache-slow", "teacache-fast"),
          sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
-         syntax="teacache-<threshold>", needs=("coefficients",), reuses_last_step=False,  # the last step computes
+         syntax="teacache-<threshold>", needs=("coefficients",), reuses_last_step=False,  # the last step computes (but with final_steps=0)
          # the paper's switches: enable_teacache=True with teacache_thresh (0.1 = the paper's "slow", 0.2 = "fast")
          legacy_flags=LegacyFlags("enable_teacache", lambda config: f"teacache-{config.teacache_thresh}",
                                   (Flag("teacache_thresh", float, 0.1, (">= 0", lambda v: v >= 0)),)))

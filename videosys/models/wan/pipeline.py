@@ -36,6 +36,9 @@ class WanConfig(BaseConfig):
     guidance_scale_2: float | None = None  # the low-noise expert's CFG scale (two experts); None: the release's
     negative_prompt: str | None = None  # None: the release's (Chinese) default negative prompt
     max_text_length: int = components.MAX_TEXT_LENGTH
+    # TeaCache4Wan2.1's two modes (cache_settings.py): True, their recommended: indicator e0 (the time projection),
+    # the first 5 steps computed; False: indicator e (the time embedding), the first and last steps computed
+    teacache_use_ret_steps: bool = True
     vae_tiling: bool = False  # decode in spatial tiles (diffusers' AutoencoderKLWan.enable_tiling): less memory
     # an original-layout model_path holds the transformer only: the other parts' diffusers-layout folders / hub ids
     vae_path: str | None = None
@@ -106,7 +109,7 @@ class WanConfig(BaseConfig):
         return self.transformer_config_value("num_attention_heads")
 
     def cache_models(self) -> tuple[str, ...]:
-        return cache_models(self.kind)
+        return cache_models(self.kind, self.teacache_use_ret_steps)
 
     @property
     def pipeline_cls(self):
@@ -193,6 +196,8 @@ class WanPipeline(VideoSysPipeline):
             parts["vae"].enable_tiling()
         scheduler = components.scheduler(config.flow_shift, scheduler_folder)
         pipe = cls.assemble(config, transformer, parts["vae"], parts["text_encoder"], parts["tokenizer"], scheduler)
+        for expert in pipe.experts:  # TeaCache's indicator, as the published mode measured it
+            expert.indicator_source = "e0" if config.teacache_use_ret_steps else "e"
         if "image_encoder" in parts:
             pipe.image_encoder = parts["image_encoder"].to(pipe.device)
             pipe.image_processor = parts["image_processor"]

@@ -29,8 +29,8 @@ with this rank's heads and switches back. The tokens are gathered before unpatch
 
 Caches (videosys/cache/hooks.py): the block stack's indicator is the timestep projection (B, 6, C)
 (per token: this rank's real tokens, (B, N_local, 6, C)): TeaCache4Wan2.1 (ali-vilab/TeaCache) measures
-`e0`, the time_projection output, with its recommended use_ret_steps=True (and `e`, the time embedding,
-without it). Module hook points per block (block kind "full"): "full" (self-attention, ungated output, its
+`e0`, the time_projection output, with its recommended use_ret_steps=True, and `e`, the time embedding
+(B, C) / (B, N_local, C), without it: `indicator_source = "e"` (set by the pipeline from its TeaCache mode). Module hook points per block (block kind "full"): "full" (self-attention, ungated output, its
 all-to-alls included), "cross" (the text cross-attention, image cross-attention included: one site, they
 share the query and output projection) and "mlp" (ungated).
 """
@@ -546,10 +546,12 @@ class WanTransformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
             x = block(x, t_mod, context, image_context, rotary, hooks=hooks, num_tokens=num_tokens, sp_group=sp_group)
         return x
 
-    def cache_indicator(self, t_mod: torch.Tensor, num_tokens: int) -> torch.Tensor:
-        """TeaCache's indicator: the timestep projection, (B, 6, C) (the same on every rank) or per token
-        (B, N_local, 6, C), this rank's real tokens only."""
-        if t_mod.ndim == 3:
+    indicator_source = "e0"  # TeaCache's indicator: "e0" (the timestep projection) or "e" (the time embedding)
+
+    def cache_indicator(self, t_mod: torch.Tensor, num_tokens: int, per_token: bool = False) -> torch.Tensor:
+        """TeaCache's indicator: the timestep projection (or embedding, `indicator_source`), (B, 6, C) / (B, C)
+        (the same on every rank) or per token (B, N_local, ...), this rank's real tokens only."""
+        if not per_token:
             return t_mod
         start, stop = comm.shard_range(num_tokens, self.parallel.sp_size, self.parallel.sp_rank)
         return t_mod[:, : stop - start]
@@ -590,7 +592,9 @@ class WanTransformer3DModel(HeadParallel, PretrainedModel, CacheMixin):
 
         # the block-stack hook point: a cache may skip, cut short or reuse the stack (TeaCache4Wan2.1's indicator:
         # the timestep projection e0)
-        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(t_mod, n), num_units=cfg.num_layers)
+        source = t_mod if self.indicator_source == "e0" else temb
+        x = self.cache_stack(blocks, x, indicator=lambda: self.cache_indicator(source, n, timestep.ndim == 2),
+                             num_units=cfg.num_layers)
 
         if temb.ndim == 2:
             temb = temb[:, None]  # (B, 1, C)
