@@ -13,6 +13,12 @@ points, and writes JSON whose "coefficients" go to `TeaCacheConfig(coefficients=
 `--method magcache` records MagCache's magnitude ratios instead (one per step; JSON "ratios", for
 `MagCacheConfig(ratios=...)` or `{"method": "magcache", "ratios": [...]}`).
 
+A pipeline that runs several transformers (Wan2.2 A14B's two experts: `pipeline.experts`) gets one table per
+expert, each from that expert's own calls: JSON "experts": {"high": {...}, "low": {...}}, which
+`WanConfig(cache_calibration=FILE)` reads (each expert's cache then gets its own table):
+
+    python scripts/calibrate_teacache.py --model wan --preset tiny-a14b [--method magcache]
+
 A reconstruction model (`--model cascadev`) calibrates on videos: the mp4 files of `--clips FOLDER`, else
 `--prompts N` (default 4) demo clips (videosys/utils/demo_data.py) of `--num-frames` (default 12) frames at
 the DiT's tile size.
@@ -59,6 +65,17 @@ def clip_list(args, pipeline) -> tuple[list, list[str]]:
     return [clip for clip, _, _ in items], [f"demo clip: {text}" for _, text, _ in items]
 
 
+EXPERT_NAMES = ("high", "low")  # a pipeline's `experts`, in its order (Wan2.2: high-noise, then low-noise)
+
+
+def per_expert(pipeline, fit_one) -> dict:
+    """{"experts": {name: fit_one(transformer)}} for a pipeline with several experts, else fit_one(None)'s."""
+    experts = getattr(pipeline, "experts", ())
+    if len(experts) < 2:
+        return fit_one(None)
+    return {"experts": {name: fit_one(expert) for name, expert in zip(EXPERT_NAMES, experts)}}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = model_config(args)
@@ -67,19 +84,33 @@ def main(argv=None) -> int:
     if args.method == "magcache":
         with VideoSysEngine(config) as engine:
             prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)
-            ratios = calibrate_magcache(engine.pipeline, prompts, seeds=range(args.seeds))
+            tables = per_expert(engine.pipeline, lambda transformer: {"ratios": list(calibrate_magcache(
+                engine.pipeline, prompts, seeds=range(args.seeds), transformer=transformer))})
         write_json(args.output, {"model": args.model, "preset": args.preset, "model_path": args.model_path,
-                                 "steps": config.num_inference_steps, "prompts": names, "seeds": args.seeds,
-                                 "ratios": list(ratios)})
-        print("magnitude ratios per step: [" + ", ".join(f"{r:.5f}" for r in ratios) + "]")
+                                 "method": "magcache", "steps": config.num_inference_steps, "prompts": names,
+                                 "seeds": args.seeds, **tables})
+        for name, table in tables.get("experts", {"": tables}).items():
+            print(f"{name} magnitude ratios per step: [" + ", ".join(f"{r:.5f}" for r in table["ratios"]) + "]")
         print(f"wrote {args.output}")
         return 0
     with VideoSysEngine(config) as engine:
         prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)
+        if len(getattr(engine.pipeline, "experts", ())) > 1:  # one polynomial per expert
+            tables = per_expert(engine.pipeline, lambda transformer: calibrate(
+                engine.pipeline, prompts, seeds=range(args.seeds), degree=args.degree,
+                transformer=transformer).summary())
+            write_json(args.output, {"model": args.model, "preset": args.preset, "model_path": args.model_path,
+                                     "method": "teacache", "steps": config.num_inference_steps, "prompts": names,
+                                     "seeds": args.seeds, "degree": args.degree, **tables})
+            for name, table in tables["experts"].items():
+                print(f"{name}: {table['points']} points, R^2 {table['r2']:.4f}, coefficients (highest power "
+                      "first) [" + ", ".join(f"{c:.8e}" for c in table["coefficients"]) + "]")
+            print(f"wrote {args.output}")
+            return 0
         result = calibrate(engine.pipeline, prompts, seeds=range(args.seeds), degree=args.degree)
     table = config.cache_settings.get("teacache", {})  # the family's published polynomials, by cache key
     published = next((key for key in config.cache_models() if key in table), None)
-    report = {"model": args.model, "preset": args.preset, "model_path": args.model_path,
+    report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "method": "teacache",
               "steps": config.num_inference_steps, "prompts": names, "seeds": args.seeds, "degree": args.degree,
               **result.summary(), "published": published,
               "published_r2": result.r2(table[published]["coefficients"]) if published is not None else None,

@@ -24,7 +24,7 @@ def test_every_method_that_applies_runs_and_reports(preset):
     base = pipe.generate(PROMPT, seed=1, image=image)
     ran = []
     for name in METHODS:
-        if name.endswith("-recorder"):
+        if name.endswith("-recorder") or name.startswith("test-"):  # calibration tools; other test files' methods
             continue
         try:
             pipe.set_cache(name)
@@ -85,3 +85,30 @@ def test_two_experts_keep_separate_state():
     assert per_expert["low"]["reused_step_indices"] == list(range(first_low + 1, len(timesteps)))
     assert per_expert["low"]["computed_steps"] == 1 and per_expert["high"]["computed_steps"] == 1
     assert stats["computed_steps"] == 2 and stats["reused_steps"] == len(timesteps) - 2
+
+
+@pytest.mark.parametrize("method", ["teacache", "magcache"])
+def test_calibration_fits_one_table_per_expert_and_the_config_reads_it(method, tmp_path):
+    from eval_helpers import load_script
+
+    out = tmp_path / f"{method}.json"
+    args = ["--model", "wan", "--preset", "tiny-a14b", "--prompt-set", "builtin", "--prompts", "2", "--steps", "12",
+            "--method", method, "--output", str(out)]
+    assert load_script("calibrate_teacache").main(args) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    key = "coefficients" if method == "teacache" else "ratios"
+    high, low = (report["experts"][name][key] for name in ("high", "low"))
+    assert high != low and len(high) == len(low) == (5 if method == "teacache" else 12)
+    if method == "magcache":  # each expert's own steps (8 high-noise steps at shift 12, then 4), 1.0 elsewhere
+        assert high[8:] == [1.0] * 4 and low[:9] == [1.0] * 9 and all(r != 1.0 for r in high[1:8] + low[9:])
+
+    pipe = wan("tiny-a14b", cache_calibration=str(out), num_inference_steps=12)
+    spec = {"method": "teacache", "threshold": 0.3} if method == "teacache" else "magcache-0.5"
+    pipe.set_cache(spec)
+    experts = pipe.experts
+    got = [getattr(e.active_cache(method).config, key) for e in experts]
+    assert got == [tuple(high), tuple(low)]
+    stats = pipe.generate(PROMPT, seed=0).stats[method]
+    assert set(stats["experts"]) == {"high", "low"}

@@ -113,12 +113,15 @@ def fit(x, y, degree: int = 4) -> tuple[float, ...]:
     return tuple(float(c) for c in np.polyfit(x, y, degree))
 
 
-def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generate_kwargs, output_hook=None):
+def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generate_kwargs, output_hook=None,
+            transformer=None):
     """Generate every (prompt, seed) uncached with recorder `config` on (a reconstruction pipeline: reconstruct
-    every (video, seed)); the recorder. Caches are put back."""
+    every (video, seed)); the recorder. Caches are put back. `transformer`: the model whose calls are recorded
+    (default: the pipeline's; one of several models the pipeline runs, e.g. one of Wan2.2's two experts, records
+    only its own calls)."""
     if pipeline.parallel.world_size != 1:
         raise ValueError("calibrate runs in one process (num_gpus=1): the distances are those of the whole batch")
-    transformer = pipeline.transformer
+    transformer = pipeline.transformer if transformer is None else transformer
     saved = dict(transformer.caches)
     transformer.disable_cache()
     transformer.enable_cache(config)
@@ -141,13 +144,14 @@ def _record(pipeline, config, name: str, prompts, seeds, progress: bool, generat
     return recorder
 
 
-def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True,
+def calibrate(pipeline, prompts: list[str], seeds=(0,), degree: int = 4, progress: bool = True, transformer=None,
               **generate_kwargs) -> Calibration:
     """Generate every (prompt, seed) without caches while recording, then fit. The pipeline's caches are
     put back afterwards. `generate_kwargs` go to `pipeline.generate` (steps, frames, size...); a reconstruction
-    pipeline takes videos as `prompts` and `pipeline.reconstruct` gets them."""
+    pipeline takes videos as `prompts` and `pipeline.reconstruct` gets them. `transformer`: see `_record`."""
     recorder = _record(pipeline, TeaCacheRecorderConfig(), "teacache-recorder", prompts, seeds, progress,
-                       generate_kwargs, output_hook=lambda rec, out, state: rec.record_output(out, state))
+                       generate_kwargs, output_hook=lambda rec, out, state: rec.record_output(out, state),
+                       transformer=transformer)
     x, y = recorder.points()
     return Calibration(fit(x, y, degree), x, y)
 
@@ -174,8 +178,11 @@ class MagCacheRecorder(Cache):
     residuals: dict = field(default_factory=dict)  # the last call's residual, per state (branch / part)
     step: int = 0
 
+    num_steps: int = 0  # of the last generation
+
     def begin(self, timesteps, refresh_steps=()) -> None:
         self.residuals = {}
+        self.num_steps = len(timesteps)
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step = index
@@ -190,12 +197,14 @@ class MagCacheRecorder(Cache):
         return out
 
     def ratios(self) -> tuple[float, ...]:
-        """1.0 for step 0, then the mean ratio of each step over the generations."""
+        """One per step of the generation: the mean ratio of each step over the generations, 1.0 on the steps
+        with none (step 0; a model that runs only some steps, as one of Wan2.2's experts, on the others')."""
         steps = sorted(self.per_step)
         if not steps:
             raise RuntimeError("no magnitude ratios recorded: the model never passed its block-stack hook twice")
-        means = torch.stack([torch.stack(self.per_step[i]).mean() for i in steps]).double().cpu().tolist()
-        return (1.0, *means) if steps[0] == 1 else tuple(means)
+        means = dict(zip(steps, torch.stack([torch.stack(self.per_step[i]).mean() for i in steps]).double().cpu()
+                         .tolist()))
+        return tuple(means.get(i, 1.0) for i in range(max(self.num_steps, steps[-1] + 1)))
 
     def stats(self) -> dict:
         return {"calibration_steps": len(self.per_step)}
@@ -205,9 +214,10 @@ register("magcache-recorder", MagCacheRecorderConfig, MagCacheRecorder,
          for_model=lambda setting=None: MagCacheRecorderConfig(), reuses_last_step=False)  # never skips
 
 
-def calibrate_magcache(pipeline, prompts: list[str], seeds=(0,), progress: bool = True,
+def calibrate_magcache(pipeline, prompts: list[str], seeds=(0,), progress: bool = True, transformer=None,
                        **generate_kwargs) -> tuple[float, ...]:
-    """MagCache's magnitude ratios for this model and step count (MagCacheConfig(ratios=...))."""
+    """MagCache's magnitude ratios for this model and step count (MagCacheConfig(ratios=...)). `transformer`: see
+    `_record`."""
     recorder = _record(pipeline, MagCacheRecorderConfig(), "magcache-recorder", prompts, seeds, progress,
-                       generate_kwargs)
+                       generate_kwargs, transformer=transformer)
     return recorder.ratios()

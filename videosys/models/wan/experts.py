@@ -8,6 +8,8 @@ its own steps; the low-noise expert's first step has no state yet and computes. 
 with each expert's own under "experts".
 """
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -17,10 +19,12 @@ EXPERT_NAMES = ("high", "low")
 
 
 class WanExperts(nn.Module, CacheMixin):
-    def __init__(self, high: nn.Module, low: nn.Module, boundary_timestep: float):
+    def __init__(self, high: nn.Module, low: nn.Module, boundary_timestep: float, settings: dict | None = None):
         super().__init__()
         self.high, self.low = high, low
         self.boundary_timestep = boundary_timestep
+        # per-expert settings (a calibration's tables): {"high": {method: fields}, "low": {method: fields}}
+        self.settings = settings or {}
         self.low_noise = False  # which expert runs now (a flag, not a module attribute: no duplicate parameters)
 
     # ---- what the pipeline and the loop read of a transformer --------------------------------------
@@ -69,8 +73,19 @@ class WanExperts(nn.Module, CacheMixin):
         return self.high.caches
 
     def enable_cache(self, config) -> None:
-        for expert in self.experts:
-            expert.enable_cache(config)
+        """The method on each expert, each with its own state; the low-noise expert's config takes its own table
+        where the config holds the high-noise expert's (a field the spec set otherwise is left as given)."""
+        self.high.enable_cache(config)
+        self.low.enable_cache(self.low_config(config))
+
+    def low_config(self, config):
+        from videosys.cache.registry import method_of
+
+        name = method_of(config).name
+        high, low = self.settings.get("high", {}).get(name, {}), self.settings.get("low", {}).get(name, {})
+        changes = {key: value for key, value in low.items()
+                   if key in high and _same(getattr(config, key, None), high[key])}
+        return dataclasses.replace(config, **changes) if changes else config
 
     def disable_cache(self) -> None:
         for expert in self.experts:
@@ -114,3 +129,10 @@ class WanExperts(nn.Module, CacheMixin):
 
     def cache_cfg_observe(self, uncond, cond) -> None:
         self.current.cache_cfg_observe(uncond, cond)
+
+
+def _same(value, published) -> bool:
+    """A config field's value equals a published one (tuples of floats against JSON lists)."""
+    if isinstance(published, (list, tuple)):
+        return isinstance(value, (list, tuple)) and tuple(map(float, value)) == tuple(map(float, published))
+    return value == published

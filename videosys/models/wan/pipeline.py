@@ -9,6 +9,7 @@ the first noise drawn from the seed's CPU generator as diffusers' randn_tensor d
 """
 
 import html
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class WanConfig(BaseConfig):
     # TeaCache4Wan2.1's two modes (cache_settings.py): True, their recommended: indicator e0 (the time projection),
     # the first 5 steps computed; False: indicator e (the time embedding), the first and last steps computed
     teacache_use_ret_steps: bool = True
+    # a JSON written by scripts/calibrate_teacache.py (TeaCache's coefficients or MagCache's ratios, one table per
+    # expert for two experts): this model's setting for that method, over the published one
+    cache_calibration: str | None = None
     vae_tiling: bool = False  # decode in spatial tiles (diffusers' AutoencoderKLWan.enable_tiling): less memory
     # an original-layout model_path holds the transformer only: the other parts' diffusers-layout folders / hub ids
     vae_path: str | None = None
@@ -107,6 +111,34 @@ class WanConfig(BaseConfig):
         if self.model_path is None:
             return components.tiny_transformer_config(self.kind).num_attention_heads
         return self.transformer_config_value("num_attention_heads")
+
+    def calibrated_settings(self) -> dict:
+        """The calibration file's tables: {"high": {method: fields}, "low": {...}} (two experts) or {"": {...}}."""
+        if self.cache_calibration is None:
+            return {}
+        with open(self.cache_calibration) as f:
+            report = json.load(f)
+        method = report.get("method") or ("magcache" if "ratios" in report else "teacache")
+        key = "ratios" if method == "magcache" else "coefficients"
+        tables = report.get("experts", {"": report})
+        return {name: {method: {key: tuple(table[key])}} for name, table in tables.items()}
+
+    def published_cache_settings(self) -> dict[str, dict]:
+        """The release's published settings, a calibration file's table over them (the high-noise expert's)."""
+        out = super().published_cache_settings()
+        tables = self.calibrated_settings()
+        for method, fields in (tables.get("high") or tables.get("") or {}).items():
+            out[method] = {**out.get(method, {}), **fields}
+        return out
+
+    def expert_cache_settings(self) -> dict:
+        """Per expert: {"high": published + its table, "low": published + its table} (two experts)."""
+        tables = self.calibrated_settings()
+        if "low" not in tables:
+            return {}
+        base = super().published_cache_settings()
+        return {name: {m: {**base.get(m, {}), **fields} for m, fields in tables[name].items()}
+                for name in ("high", "low")}
 
     def cache_models(self) -> tuple[str, ...]:
         return cache_models(self.kind, self.teacache_use_ret_steps)
@@ -191,7 +223,8 @@ class WanPipeline(VideoSysPipeline):
         transformer = parts["transformer"]
         if "transformer_2" in parts:
             boundary = config.checkpoint.boundary_ratio * 1000  # x num_train_timesteps, as diffusers
-            transformer = WanExperts(parts["transformer"], parts["transformer_2"], boundary)
+            transformer = WanExperts(parts["transformer"], parts["transformer_2"], boundary,
+                                     config.expert_cache_settings())
         if config.vae_tiling:
             parts["vae"].enable_tiling()
         scheduler = components.scheduler(config.flow_shift, scheduler_folder)
