@@ -23,6 +23,7 @@ _LAZY = {
     "OpenSoraPlanConfig": "videosys.models.open_sora_plan.pipeline",
     "OpenSoraPlanPipeline": "videosys.models.open_sora_plan.pipeline",
     "CascadeVConfig": "videosys.models.cascadev.pipeline", "CascadeVPipeline": "videosys.models.cascadev.pipeline",
+    "WanConfig": "videosys.models.wan.pipeline", "WanPipeline": "videosys.models.wan.pipeline",
 }
 
 __all__ = ["VideoSysEngine", "VideoSysOutput", "TeaCacheConfig", "PABConfig", "save_video", "read_video", *_LAZY]

@@ -36,6 +36,7 @@ class WanConfig(BaseConfig):
     flow_shift: float | None = None  # None: the release's published shift
     guidance_scale_2: float | None = None  # the low-noise expert's CFG scale (two experts); None: the release's
     negative_prompt: str | None = None  # None: the release's (Chinese) default negative prompt
+    image: str | None = None  # the first frame's file, when a request gives none (`--set image=first.png`)
     max_text_length: int = components.MAX_TEXT_LENGTH
     # TeaCache4Wan2.1's two modes (cache_settings.py): True, their recommended: indicator e0 (the time projection),
     # the first 5 steps computed; False: indicator e (the time embedding), the first and last steps computed
@@ -92,7 +93,8 @@ class WanConfig(BaseConfig):
         the VAE's spatial factor x the patch (16 for Wan2.1 / the A14B experts, 32 for TI2V-5B). An image-to-video
         release needs `image` (a file path, an (H, W, 3) uint8 array / tensor, or a PIL image); a path must exist."""
         values = self.check_sizes(super().check_request(values))
-        values["image"] = check_image(values.get("image"), self.checkpoint.image, self.kind)
+        image = self.image if values.get("image") is None else values["image"]
+        values["image"] = check_image(image, self.checkpoint.image, self.kind)
         return values
 
     def check_sizes(self, values: dict) -> dict:
