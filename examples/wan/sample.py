@@ -9,7 +9,7 @@
     python examples/wan/sample.py --model-path Wan-AI/Wan2.1-I2V-14B-480P-Diffusers --image first.png
     python examples/wan/sample.py --model-path ./Wan2.1-T2V-1.3B \\
         --vae-path Wan-AI/Wan2.1-T2V-1.3B-Diffusers --text-encoder-path Wan-AI/Wan2.1-T2V-1.3B-Diffusers  # original
-    python examples/wan/sample.py --cache teacache-slow                      # or teacache-fast, magcache-0.12, easycache
+    python examples/wan/sample.py --cache teacache-slow                      # teacache-fast, magcache-0.12, easycache
     python examples/wan/sample.py --num-gpus 4 --cfg-parallel                # cond / uncond split, sp = 2 (Ulysses)
 """
 

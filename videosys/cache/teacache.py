@@ -179,7 +179,8 @@ class TeaCache(StepCache):
 register("teacache", TeaCacheConfig, TeaCache, for_model=TeaCacheConfig.for_model, parse=TeaCacheConfig.from_name,
          names=("teacache-slow", "teacache-fast"),
          sweep=("teacache-0.05", "teacache-slow", "teacache-fast", "teacache-0.3", "teacache-0.5"),
-         syntax="teacache-<threshold>", needs=("coefficients",), reuses_last_step=False,  # the last step computes (but with final_steps=0)
+         # the last step computes (unless a family publishes final_steps=0: TeaCache4Wan2.1's use_ret_steps mode)
+         syntax="teacache-<threshold>", needs=("coefficients",), reuses_last_step=False,
          # the paper's switches: enable_teacache=True with teacache_thresh (0.1 = the paper's "slow", 0.2 = "fast")
          legacy_flags=LegacyFlags("enable_teacache", lambda config: f"teacache-{config.teacache_thresh}",
                                   (Flag("teacache_thresh", float, 0.1, (">= 0", lambda v: v >= 0)),)))

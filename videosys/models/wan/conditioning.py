@@ -10,7 +10,45 @@ latents' first frame in every model input, with timestep 0 for its tokens (per-t
 get the step's timestep. Without an image every token gets it. The final latents take the image's first frame.
 """
 
+import os
+
+import numpy as np
 import torch
+
+from videosys.core.config import RequestError
+
+
+def check_image(image, required: bool, kind: str):
+    """The request's image as given (checked), None when none is given and none is needed."""
+    if image is None:
+        if required:
+            raise RequestError("image", f"{kind} is an image-to-video release: give image= (a file path or an "
+                               "(H, W, 3) array)")
+        return None
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise RequestError("image", f"image file {str(image)!r} does not exist")
+        return str(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        return image
+    shape = tuple(np.shape(image))
+    if len(shape) != 3 or shape[-1] != 3 or min(shape[:2]) < 1:
+        raise RequestError("image", f"image must be a file path, a PIL image or an (H, W, 3) array, got shape {shape}")
+    return image
+
+
+def load_image(image):
+    """A checked request image -> a PIL RGB image."""
+    from PIL import Image
+
+    if isinstance(image, str):
+        return Image.open(image).convert("RGB")
+    if hasattr(image, "convert"):
+        return image.convert("RGB")
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.dtype != np.uint8:  # floats in [0, 1]
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
 
 
 def prepare_image(pipe, run, image) -> None:

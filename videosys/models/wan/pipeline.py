@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from videosys.core.config import BaseConfig, RequestError
@@ -23,6 +22,7 @@ from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.wan import components
 from videosys.models.wan.cache_settings import CACHE_SETTINGS, cache_models
 from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, tiny_preset
+from videosys.models.wan.conditioning import check_image, load_image
 from videosys.models.wan.experts import WanExperts
 
 
@@ -150,39 +150,6 @@ class WanConfig(BaseConfig):
         return WanPipeline
 
 
-def check_image(image, required: bool, kind: str):
-    """The request's image as given (checked), None when none is given and none is needed."""
-    if image is None:
-        if required:
-            raise RequestError("image", f"{kind} is an image-to-video release: give image= (a file path or an "
-                               "(H, W, 3) array)")
-        return None
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise RequestError("image", f"image file {str(image)!r} does not exist")
-        return str(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return image
-    shape = tuple(np.shape(image))
-    if len(shape) != 3 or shape[-1] != 3 or min(shape[:2]) < 1:
-        raise RequestError("image", f"image must be a file path, a PIL image or an (H, W, 3) array, got shape {shape}")
-    return image
-
-
-def load_image(image):
-    """A checked request image -> a PIL RGB image."""
-    from PIL import Image
-
-    if isinstance(image, str):
-        return Image.open(image).convert("RGB")
-    if hasattr(image, "convert"):
-        return image.convert("RGB")
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.dtype != np.uint8:  # floats in [0, 1]
-        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(array)
-
-
 def prompt_clean(text: str) -> str:
     """diffusers' Wan prompt_clean: ftfy (when installed), HTML unescaped twice, whitespace collapsed."""
     try:
@@ -231,6 +198,14 @@ class WanPipeline(VideoSysPipeline):
             parts["vae"].enable_tiling()
         scheduler = components.scheduler(config.flow_shift, scheduler_folder)
         pipe = cls.assemble(config, transformer, parts["vae"], parts["text_encoder"], parts["tokenizer"], scheduler)
+        # the Wan VAE decodes in fp32 whatever the model's dtype (diffusers' Wan docs load AutoencoderKLWan in
+        # torch.float32 beside a bf16 transformer; bf16 decoding bands the colours)
+        pipe.vae = pipe.vae.to(dtype=torch.float32)
+        if config.compile and isinstance(transformer, WanExperts):  # assemble compiled the blocks; now each forward
+            from videosys.models.modules.compile import compile_regions
+
+            for expert in pipe.experts:
+                compile_regions(expert)
         for expert in pipe.experts:  # TeaCache's indicator, as the published mode measured it
             expert.indicator_source = "e0" if config.teacache_use_ret_steps else "e"
         if "image_encoder" in parts:

@@ -30,8 +30,9 @@ with this rank's heads and switches back. The tokens are gathered before unpatch
 Caches (videosys/cache/hooks.py): the block stack's indicator is the timestep projection (B, 6, C)
 (per token: this rank's real tokens, (B, N_local, 6, C)): TeaCache4Wan2.1 (ali-vilab/TeaCache) measures
 `e0`, the time_projection output, with its recommended use_ret_steps=True, and `e`, the time embedding
-(B, C) / (B, N_local, C), without it: `indicator_source = "e"` (set by the pipeline from its TeaCache mode). Module hook points per block (block kind "full"): "full" (self-attention, ungated output, its
-all-to-alls included), "cross" (the text cross-attention, image cross-attention included: one site, they
+(B, C) / (B, N_local, C), without it: `indicator_source = "e"` (set by the pipeline from its TeaCache mode).
+Module hook points per block (block kind "full"): "full" (self-attention, ungated output, its all-to-alls
+included), "cross" (the text cross-attention, image cross-attention included: one site, they
 share the query and output projection) and "mlp" (ungated).
 """
 
