@@ -4,11 +4,14 @@ use_ret_steps=False mode), "wan" (every release).
 
 How the authors' per-call settings map here. Their Wan scripts call the model twice per step (cond, then uncond)
 and count calls (`cnt`, 2 per step), each branch with its own accumulator and residual. Ours runs cond and uncond
-in one batched call ("batch" state): every decision below depends on host values that are the same for both
-branches (TeaCache: the timestep embedding, identical for cond and uncond; MagCache: the step's ratio; EasyCache:
-the authors decide on the cond call and apply it to the pair), so the batched call decides as each of their calls
-does, and the batch's residual is the pair of theirs. MagCache's two published lists (cond, uncond) differ by
-< 0.01 per step: we publish the cond list (mag_ratios[0::2]).
+in one batched call ("batch" state), as diffusers' batching-free WanPipeline does not. Why the published
+numbers still apply as fitted: TeaCache's indicator (e0 or e) depends on the timestep alone, identical for cond and
+uncond, so their two accumulators take the same decisions and ours takes them once; the batch's residual is the
+pair of theirs. MagCache decides from the step's ratio alone; its two published lists (cond, uncond) differ by
+< 0.01 per step: we publish the cond list (mag_ratios[0::2]), so a step where the two lists would decide
+differently (rare) follows the cond one for both. EasyCache: the authors decide on the cond call and apply it to
+the pair; ours measures the same quantities over the whole batch (cond and uncond halves summed), a close but
+not identical rate.
 """
 
 # TeaCache4Wan2.1 (ali-vilab/TeaCache, TeaCache4Wan2.1/teacache_generate.py, `coefficients` per ckpt_dir):

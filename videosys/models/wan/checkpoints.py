@@ -10,8 +10,9 @@ same name without "-Diffusers"). Sources of the numbers:
         high)), wan_i2v_A14B.py (shift 5.0, 40 steps, boundary 0.900, guide (3.5, 3.5)), wan_ti2v_5B.py (shift 5.0,
         50 steps, guide 5.0, fps 24, 121 frames, vae_stride (4, 16, 16)), configs/__init__.py SUPPORTED_SIZES
         (A14B: 720*1280 / 480*832; TI2V-5B: 704*1280).
-  [D]   diffusers' Wan docs (docs/source/en/api/pipelines/wan.md): flow_shift 3.0 for 480p, 5.0 for 720p; the
-        Wan-AI/Wan2.1-T2V-1.3B-Diffusers scheduler config (flow_shift 3.0) - [W21]'s generate.py would use 5.0 there.
+  [D]   diffusers' WanPipeline docstring example (pipelines/wan/pipeline_wan.py, 0.42): `flow_shift = 5.0  # 5.0
+        for 720P, 3.0 for 480P`, used for Wan2.1-T2V-1.3B at 480p; [W21]'s generate.py would use 5.0 there (its
+        README suggests 8-12 for 1.3B): set flow_shift= to follow it.
 """
 
 import json
