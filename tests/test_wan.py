@@ -128,34 +128,47 @@ def test_two_experts_switch_at_the_boundary():
     assert {n for n, _ in calls} == {"high", "low"}
 
 
-def test_original_layout_loads_the_same_model(tmp_path):
+def write_original(folder, transformer, model_type: str = "t2v") -> None:
+    """`transformer` in the original Wan layout: the WanModel config.json and the original key names."""
     from safetensors.torch import save_file
 
-    from videosys.models.wan.pipeline import WanConfig
     from videosys.models.wan.transformer import to_original_state_dict
 
-    pipe = wan_pipeline("tiny")
-    folder = tmp_path / "diffusers"
-    pipe.save_pretrained(str(folder))
-    original = tmp_path / "Wan2.1-T2V-1.3B"
-    original.mkdir()
-    cfg = pipe.transformer.config
-    (original / "config.json").write_text(json.dumps({  # the original WanModel's config.json fields
-        "_class_name": "WanModel", "model_type": "t2v", "dim": cfg.dim, "num_heads": cfg.num_attention_heads,
+    folder.mkdir(parents=True)
+    cfg = transformer.config
+    (folder / "config.json").write_text(json.dumps({  # the original WanModel's config.json fields
+        "_class_name": "WanModel", "model_type": model_type, "dim": cfg.dim, "num_heads": cfg.num_attention_heads,
         "in_dim": cfg.in_channels, "out_dim": cfg.out_channels, "text_len": 512, "ffn_dim": cfg.ffn_dim,
         "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "num_layers": cfg.num_layers, "patch_size": [1, 2, 2],
         "window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}))
-    state = to_original_state_dict({k: v.contiguous() for k, v in pipe.transformer.state_dict().items()})
-    save_file(state, str(original / "diffusion_pytorch_model.safetensors"))
+    state = to_original_state_dict({k: v.contiguous() for k, v in transformer.state_dict().items()})
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("preset,name", [("tiny", "Wan2.1-T2V-1.3B"), ("tiny-a14b", "Wan2.2-T2V-A14B")])
+def test_original_layout_loads_the_same_model(preset, name, tmp_path):
+    """An original folder (Wan2.2 A14B: high_noise_model/ and low_noise_model/) holds the transformer(s) only."""
+    from videosys.models.wan.pipeline import WanConfig
+
+    pipe = wan_pipeline(preset)
+    folder = tmp_path / "diffusers"
+    pipe.save_pretrained(str(folder))
+    original = tmp_path / name
+    if len(pipe.experts) == 2:
+        for sub, expert in zip(("high_noise_model", "low_noise_model"), pipe.experts):
+            write_original(original / sub, expert)
+    else:
+        write_original(original, pipe.transformer)
+    config = WanConfig(model_path=str(original), progress_bar=False)
+    assert config.kind == pipe.config.kind and config.sp_heads() == 2
     with pytest.raises(ValueError, match="vae_path, text_encoder_path"):
-        WanConfig(model_path=str(original), progress_bar=False).pipeline_cls.from_config(
-            WanConfig(model_path=str(original), progress_bar=False))
+        config.pipeline_cls.from_config(config)
     config = WanConfig(model_path=str(original), vae_path=str(folder), text_encoder_path=str(folder),
-                       flow_shift=pipe.config.flow_shift, progress_bar=False)
-    assert config.kind == "t2v-1.3B"
+                       flow_shift=pipe.config.flow_shift, guidance_scale_2=pipe.config.guidance_scale_2,
+                       progress_bar=False)
     loaded = config.pipeline_cls.from_config(config)
     v = pipe.config
-    run = dict(num_frames=v.num_frames, height=v.height, width=v.width, **RUN)
+    run = dict(num_frames=v.num_frames, height=v.height, width=v.width, guidance_scale=v.guidance_scale, **RUN)
     assert torch.equal(loaded.generate(PROMPT, **run).video, pipe.generate(PROMPT, **run).video)
 
 

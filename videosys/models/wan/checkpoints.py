@@ -89,6 +89,23 @@ def read_json(path: str) -> dict | None:
         return json.load(f)
 
 
+# the original Wan2.2 A14B releases keep each expert in its own folder (wan/configs/wan_t2v_A14B.py:
+# high_noise_checkpoint / low_noise_checkpoint)
+ORIGINAL_EXPERTS = ("high_noise_model", "low_noise_model")
+
+
+def original_layout(path: str) -> str | None:
+    """"single" for an original Wan folder (config.json with model_type, no model_index.json), "experts" for an
+    original Wan2.2 A14B folder (one such folder per expert), None otherwise (a diffusers layout, a hub id)."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "model_index.json")):
+        return None
+    if "model_type" in (read_json(os.path.join(path, "config.json")) or {}):
+        return "single"
+    if all("model_type" in (read_json(os.path.join(path, e, "config.json")) or {}) for e in ORIGINAL_EXPERTS):
+        return "experts"
+    return None
+
+
 def kind_of_folder(folder: str) -> str | None:
     """A local checkpoint's kind from its files (None: not recognised): model_index.json's boundary_ratio /
     expand_timesteps / image_encoder, the transformer config's in_channels / image_dim / width, or an original
@@ -96,9 +113,13 @@ def kind_of_folder(folder: str) -> str | None:
     index = read_json(os.path.join(folder, "model_index.json"))
     transformer = read_json(os.path.join(folder, "transformer", "config.json"))
     if index is None:
-        original = read_json(os.path.join(folder, "config.json"))
-        if original is None or "model_type" not in original:
+        layout = original_layout(folder)
+        if layout is None:
             return None
+        if layout == "experts":
+            original = read_json(os.path.join(folder, ORIGINAL_EXPERTS[0], "config.json"))
+            return "i2v-A14B" if original["model_type"] == "i2v" or original.get("in_dim") == 36 else "t2v-A14B"
+        original = read_json(os.path.join(folder, "config.json"))
         if original["model_type"] == "ti2v" or original.get("in_dim") == 48:
             return "ti2v-5B"
         if original["model_type"] == "i2v":

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from videosys.models.wan.checkpoints import CHECKPOINTS, read_json
+from videosys.models.wan.checkpoints import CHECKPOINTS, ORIGINAL_EXPERTS, original_layout, read_json
 from videosys.models.wan.transformer import WanTransformer3DModel, WanTransformerConfig
 from videosys.utils import text as text_stack
 
@@ -111,10 +111,9 @@ def load_components(path: str, kind: str, dtype: torch.dtype, vae_path: str | No
     from videosys.utils.hub import resolve_dir
 
     c = CHECKPOINTS[kind]
-    original = os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")) \
-        and os.path.isfile(os.path.join(path, "config.json"))
+    layout = original_layout(path)
     parts = {}
-    if original:
+    if layout is not None:
         missing = [name for name, value, needed in (("vae_path", vae_path, True),
                                                    ("text_encoder_path", text_encoder_path, True),
                                                    ("image_encoder_path", image_encoder_path, c.image_encoder))
@@ -123,7 +122,12 @@ def load_components(path: str, kind: str, dtype: torch.dtype, vae_path: str | No
             raise ValueError(f"{path} is an original Wan folder (config.json with model_type, no model_index.json): "
                              f"it holds the transformer only; give {', '.join(missing)} (a Wan-AI/...-Diffusers folder "
                              "or hub id with vae/, text_encoder/ + tokenizer/, image_encoder/ + image_processor/)")
-        parts["transformer"] = WanTransformer3DModel.from_original(path, dtype=dtype)
+        if layout == "experts":  # Wan2.2 A14B: high_noise_model/, low_noise_model/
+            high, low = (os.path.join(path, name) for name in ORIGINAL_EXPERTS)
+            parts["transformer"] = WanTransformer3DModel.from_original(high, dtype=dtype)
+            parts["transformer_2"] = WanTransformer3DModel.from_original(low, dtype=dtype)
+        else:
+            parts["transformer"] = WanTransformer3DModel.from_original(path, dtype=dtype)
     else:
         parts["transformer"] = WanTransformer3DModel.from_pretrained(path, "transformer", dtype=dtype)
         if c.boundary_ratio is not None:

@@ -21,7 +21,7 @@ from videosys.core.config import BaseConfig, RequestError
 from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.wan import components
 from videosys.models.wan.cache_settings import CACHE_SETTINGS, cache_models
-from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, tiny_preset
+from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, original_layout, tiny_preset
 from videosys.models.wan.conditioning import check_image, load_image
 from videosys.models.wan.experts import WanExperts
 
@@ -112,7 +112,10 @@ class WanConfig(BaseConfig):
     def sp_heads(self) -> int | None:
         if self.model_path is None:
             return components.tiny_transformer_config(self.kind).num_attention_heads
-        return self.transformer_config_value("num_attention_heads")
+        heads = self.transformer_config_value("num_attention_heads") or self.transformer_config_value("num_heads")
+        if heads is None and original_layout(self.model_path) == "experts":  # the original's name, per expert
+            heads = self.transformer_config_value("num_heads", os.path.join(self.model_path, "high_noise_model"))
+        return heads
 
     def calibrated_settings(self) -> dict:
         """The calibration file's tables: {"high": {method: fields}, "low": {...}} (two experts) or {"": {...}}."""
@@ -186,8 +189,7 @@ class WanPipeline(VideoSysPipeline):
 
             parts = components.load_components(config.model_path, config.kind, config.torch_dtype(), config.vae_path,
                                                config.text_encoder_path, config.image_encoder_path)
-            original = not os.path.isfile(os.path.join(config.model_path, "model_index.json")) and \
-                os.path.isdir(config.model_path)
+            original = original_layout(config.model_path) is not None
             scheduler_folder = None if original else resolve_dir(config.model_path, "scheduler")
         transformer = parts["transformer"]
         if "transformer_2" in parts:
