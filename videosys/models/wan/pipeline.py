@@ -202,7 +202,8 @@ class WanPipeline(VideoSysPipeline):
         pipe = cls.assemble(config, transformer, parts["vae"], parts["text_encoder"], parts["tokenizer"], scheduler)
         # the Wan VAE decodes in fp32 whatever the model's dtype (diffusers' Wan docs load AutoencoderKLWan in
         # torch.float32 beside a bf16 transformer; bf16 decoding bands the colours)
-        pipe.vae = pipe.vae.to(dtype=torch.float32)
+        if pipe.vae.dtype != torch.float32:
+            pipe.vae = pipe.vae.to(dtype=torch.float32)
         if config.compile and isinstance(transformer, WanExperts):  # assemble compiled the blocks; now each forward
             from videosys.models.modules.compile import compile_regions
 
