@@ -53,6 +53,10 @@ def test_published_settings_per_release():
     assert len(i2v["magcache"]["ratios"]) == 40 and i2v["easycache"] == dict(threshold=0.05, warmup=10)
     a14b = WanConfig(model_path="Wan-AI/Wan2.2-T2V-A14B-Diffusers").published_cache_settings()
     assert "teacache" not in a14b and "magcache" not in a14b  # none published: calibrate (one table per expert)
+    ti2v = WanConfig(model_path="Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+    ti2v_i2v = WanConfig(model_path="Wan-AI/Wan2.2-TI2V-5B-Diffusers", image=str(__file__))
+    t2v_ratios, i2v_ratios = (c.published_cache_settings()["magcache"]["ratios"] for c in (ti2v, ti2v_i2v))
+    assert len(t2v_ratios) == len(i2v_ratios) == 50 and t2v_ratios != i2v_ratios
 
 
 def test_teacache_modes_follow_the_authors_schedule():

@@ -67,6 +67,22 @@ MAGCACHE = {
         0.99515, 0.99576, 0.99068, 0.99097, 0.99166, 0.99041, 0.99201, 0.99101, 0.98599, 0.98845, 0.98848, 0.98862,
         0.98718, 0.98497, 0.98264, 0.98389, 0.97938, 0.97535, 0.97498, 0.973, 0.96827, 0.96261, 0.95335, 0.94649,
         0.93397, 0.91636, 0.89088, 0.8679)),
+    # MagCache4Wan2.2 (MagCache4Wan2.2/magcache_generate.py, the ti2v task's two `mag_ratios` lists: text-to-video and
+    # image-to-video; README: --magcache_thresh 0.06 --magcache_K 2, retention_ratio 0.2 (the argparse default)).
+    # The image-to-video list applies where the config names an image (WanConfig.image): a request's own image
+    # does not switch tables.
+    "wan-ti2v-5B": dict(threshold=0.06, max_skip_steps=2, retention_ratio=0.2, ratios=(
+        1.0, 0.99505, 0.99441, 0.99558, 0.99499, 0.99534, 0.99468, 0.99463, 0.9946, 0.99408, 0.9945, 0.99409,
+        0.99403, 0.99382, 0.99349, 0.99377, 0.9933, 0.99303, 0.99217, 0.992, 0.99201, 0.99133, 0.99112, 0.99155,
+        0.98958, 0.98959, 0.98838, 0.98826, 0.9883, 0.98711, 0.98562, 0.98511, 0.98414, 0.98284, 0.98104, 0.97981,
+        0.97849, 0.97557, 0.97398, 0.97171, 0.96917, 0.96511, 0.96263, 0.95839, 0.95483, 0.94942, 0.9468, 0.94583,
+        0.94843, 0.96949)),
+    "wan-ti2v-5B-i2v": dict(threshold=0.06, max_skip_steps=2, retention_ratio=0.2, ratios=(
+        1.0, 0.99512, 0.99559, 0.99595, 0.99512, 0.99546, 0.99543, 0.99496, 0.99504, 0.99444, 0.99481, 0.99435,
+        0.9943, 0.99411, 0.99373, 0.99413, 0.99363, 0.99335, 0.99244, 0.99229, 0.99239, 0.99163, 0.99149, 0.99191,
+        0.9898, 0.9899, 0.98849, 0.98846, 0.98861, 0.9874, 0.98588, 0.98539, 0.98444, 0.9831, 0.98119, 0.98001,
+        0.97862, 0.97555, 0.97392, 0.97152, 0.96871, 0.96435, 0.96129, 0.95639, 0.95176, 0.94446, 0.93972, 0.93575,
+        0.93537, 0.96655)),
 }
 
 # EasyCache4Wan2.1 (H-EmbodVis/EasyCache, EasyCache4Wan2.1/easycache_generate.py): --thresh default 0.05,
@@ -77,8 +93,9 @@ EASYCACHE = {"wan": dict(threshold=0.05, warmup=10)}
 CACHE_SETTINGS = {"teacache": TEACACHE, "magcache": MAGCACHE, "easycache": EASYCACHE}
 
 
-def cache_models(kind: str, teacache_e0: bool = True) -> tuple[str, ...]:
+def cache_models(kind: str, teacache_e0: bool = True, image: bool = False) -> tuple[str, ...]:
     """A release's cache keys, most specific first; teacache_e0=False puts TeaCache's use_ret_steps=False
-    table first (the other methods have no "-e" key and fall through to the release's own)."""
+    table first (the other methods have no "-e" key and fall through to the release's own); image=True (TI2V-5B
+    with the config's image) puts its image-to-video tables first."""
     own = (f"wan-{kind}",) if teacache_e0 else (f"wan-{kind}-e", f"wan-{kind}")
-    return (*own, "wan")
+    return (*((f"wan-{kind}-i2v",) if image else ()), *own, "wan")

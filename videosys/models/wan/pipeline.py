@@ -146,7 +146,7 @@ class WanConfig(BaseConfig):
                 for name in ("high", "low")}
 
     def cache_models(self) -> tuple[str, ...]:
-        return cache_models(self.kind, self.teacache_use_ret_steps)
+        return cache_models(self.kind, self.teacache_use_ret_steps, self.image is not None)
 
     @property
     def pipeline_cls(self):
