@@ -22,12 +22,14 @@ from videosys.core.config import RequestError
 NEGATIVE = "blurry, static"
 IMAGE = np.random.RandomState(0).randint(0, 256, (40, 60, 3)).astype(np.uint8)
 RUN = dict(seed=3, num_inference_steps=6)
-CASES = {  # id -> (preset, diffusers pipeline, with an image)
-    "t2v": ("tiny", "WanPipeline", False),
-    "i2v": ("tiny-i2v", "WanImageToVideoPipeline", True),
-    "a14b": ("tiny-a14b", "WanPipeline", False),
-    "ti2v-t2v": ("tiny-ti2v", "WanPipeline", False),
-    "ti2v-i2v": ("tiny-ti2v", "WanImageToVideoPipeline", True),
+CASES = {  # id -> (preset, config fields, diffusers pipeline, with an image)
+    "t2v": ("tiny", {}, "WanPipeline", False),
+    "i2v": ("tiny-i2v", {}, "WanImageToVideoPipeline", True),
+    "a14b": ("tiny-a14b", dict(guidance_scale_2=3.0), "WanPipeline", False),
+    # Wan2.2 I2V-A14B: two experts of 36 input channels, no CLIP tokens (the tiny-a14b preset with that kind)
+    "i2v-a14b": ("tiny-a14b", dict(kind="i2v-A14B", guidance_scale_2=2.5), "WanImageToVideoPipeline", True),
+    "ti2v-t2v": ("tiny-ti2v", {}, "WanPipeline", False),
+    "ti2v-i2v": ("tiny-ti2v", {}, "WanImageToVideoPipeline", True),
 }
 
 
@@ -93,8 +95,8 @@ def test_equals_diffusers_and_loads_back(case, tmp_path, monkeypatch):
     # diffusers' I2V module calls ftfy without checking it is installed (its T2V module checks): use the T2V one's
     monkeypatch.setattr(pipeline_wan_i2v, "prompt_clean", pipeline_wan.prompt_clean)
 
-    preset, cls_name, with_image = CASES[case]
-    pipe = wan_pipeline(preset, guidance_scale_2=3.0) if case == "a14b" else wan_pipeline(preset)
+    preset, fields, cls_name, with_image = CASES[case]
+    pipe = wan_pipeline(preset, **fields)
     image = IMAGE if with_image else None
     out = pipe.generate(PROMPT, negative_prompt=NEGATIVE, image=image, **RUN)
     folder = str(tmp_path / "wan")
