@@ -200,6 +200,8 @@ def test_published_defaults_and_request_checks(tmp_path):
     assert err.value.field == "image"
     with pytest.raises(RequestError, match="does not exist"):
         i2v.check_request({"image": str(tmp_path / "missing.png")})
+    with pytest.raises(RequestError, match="takes no image"):
+        config.check_request({"image": IMAGE})
     with pytest.raises(RequestError, match="one transformer"):
         config.check_request({"guidance_scale_2": 2.0})
     assert i2v.check_request({"image": IMAGE})["image"] is IMAGE

@@ -18,13 +18,17 @@ import torch
 from videosys.core.config import RequestError
 
 
-def check_image(image, required: bool, kind: str):
-    """The request's image as given (checked), None when none is given and none is needed."""
+def check_image(image, required: bool, accepted: bool, kind: str):
+    """The request's image as given (checked), None when none is given and none is needed; a text-to-video
+    release (not `accepted`) refuses one rather than ignore it."""
     if image is None:
         if required:
             raise RequestError("image", f"{kind} is an image-to-video release: give image= (a file path or an "
                                "(H, W, 3) array)")
         return None
+    if not accepted:
+        raise RequestError("image", f"{kind} is a text-to-video release: it takes no image (the image-to-video "
+                           "releases: i2v-14B-480P / 720P, i2v-A14B, ti2v-5B)")
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise RequestError("image", f"image file {str(image)!r} does not exist")

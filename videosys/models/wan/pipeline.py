@@ -94,7 +94,8 @@ class WanConfig(BaseConfig):
         release needs `image` (a file path, an (H, W, 3) uint8 array / tensor, or a PIL image); a path must exist."""
         values = self.check_sizes(super().check_request(values))
         image = self.image if values.get("image") is None else values["image"]
-        values["image"] = check_image(image, self.checkpoint.image, self.kind)
+        c = self.checkpoint
+        values["image"] = check_image(image, c.image, c.image or c.expand_timesteps, self.kind)
         return values
 
     def check_sizes(self, values: dict) -> dict:
