@@ -19,7 +19,7 @@ import torch
 
 from videosys.core.config import BaseConfig, RequestError
 from videosys.core.pipeline import VideoSysPipeline
-from videosys.models.wan import components
+from videosys.models.wan import components, conditioning
 from videosys.models.wan.cache_settings import CACHE_SETTINGS, cache_models
 from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, original_layout, tiny_preset
 from videosys.models.wan.conditioning import check_image, load_image
@@ -250,8 +250,6 @@ class WanPipeline(VideoSysPipeline):
 
     def prepare_run(self, run, prompt) -> None:
         """The image's conditioning, before the noise (drawn after, from the same generator: no draws here)."""
-        from videosys.models.wan import conditioning
-
         if run.values["image"] is not None:
             conditioning.prepare_image(self, run, load_image(run.values["image"]))
 
@@ -291,8 +289,6 @@ class WanPipeline(VideoSysPipeline):
         return [run.guidance_scale if float(t) >= boundary else low for t in run.timesteps]
 
     def predict(self, run, model_in, i, t, text):
-        from videosys.models.wan import conditioning
-
         if isinstance(self.transformer, WanExperts):
             self.transformer.select(float(t))
         x, timestep = conditioning.model_input(self, run, model_in, run.model_timesteps[i])
@@ -305,19 +301,17 @@ class WanPipeline(VideoSysPipeline):
         return self.scheduler.step(pred.float(), t, latents, return_dict=False)[0]
 
     def sample_video(self, run, latents):
-        from videosys.models.wan import conditioning
-
         return conditioning.final_latents(run, super().sample_video(run, latents))
 
     def decode(self, latents):
         """Normalised latents -> (B, T, H, W, 3) uint8 (diffusers: latents / (1 / std) + mean, then the VAE)."""
         vae = self.vae
-        mean, std = conditioning_stats(vae, latents)
+        mean, std = latents_stats(vae, latents)
         video = vae.decode(latents.to(vae.dtype) / (1.0 / std) + mean).sample  # diffusers' exact arithmetic
         return self.to_frames(video)
 
 
-def conditioning_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def latents_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE's per-channel latents mean and std, shaped (1, C, 1, 1, 1) on `like`'s device, in the VAE's dtype."""
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, vae.dtype)
