@@ -195,9 +195,8 @@ def test_published_defaults_and_request_checks(tmp_path):
         config.check_request({"height": 488})
     with pytest.raises(RequestError, match="divisible by 32"):
         ti2v.check_request({"height": 720})
-    i2v.check_request({})  # the config's own values: requests bring the image
-    with pytest.raises(RequestError, match="give image=") as err:  # generate() always names it
-        i2v.check_request({"image": None})
+    with pytest.raises(RequestError, match="give image=") as err:  # a call gives it (the config needs none)
+        i2v.check_request({})
     assert err.value.field == "image"
     assert WanConfig(model_path="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", image=__file__).check_request(
         {"image": None})["image"] == __file__  # the config's image serves a request without one

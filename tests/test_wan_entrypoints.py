@@ -51,7 +51,7 @@ def test_server_refuses_bad_requests_before_any_weights_load():
     config = tiny_config("wan", preset="tiny-i2v")
     fields = generation_fields(config)
     assert {"image", "guidance_scale_2", "num_frames", "negative_prompt"} <= set(fields)
-    for body, field in (({"height": 40}, "height"), ({"num_frames": 8}, "num_frames"),
+    for body, field in (({"height": 40}, "height"), ({"num_frames": 8}, "num_frames"), ({}, "image"),
                         ({"image": "/no/such/file.png"}, "image")):
         with pytest.raises(RequestValidationError) as err:
             validate_request(config, body)

@@ -72,7 +72,6 @@ class WanConfig(BaseConfig):
         if self.guidance_scale_2 is None and self.checkpoint.boundary_ratio is not None:
             published = self.checkpoint.guidance_scale_2
             self.guidance_scale_2 = published if self.preset is None else self.guidance_scale
-        self.check_request({})  # the config's own values (a request brings the image)
 
     def infer_kind(self) -> str:
         if self.model_path is None:
@@ -95,9 +94,7 @@ class WanConfig(BaseConfig):
         values = self.check_sizes(super().check_request(values))
         image = self.image if values.get("image") is None else values["image"]
         c = self.checkpoint
-        # an I2V config needs no image of its own (requests bring it): the config's own check ({}, when it is built)
-        # and a call naming no image leave it to generate(), which always passes `image`
-        required = c.image and "image" in values
+        required = c.image and not self.checking_own_values  # an I2V config needs no image of its own: calls give it
         values["image"] = check_image(image, required, c.image or c.expand_timesteps, self.kind)
         return values
 
