@@ -28,12 +28,18 @@ from videosys.utils.files import write_json
 # -> 60 x 106), T5 300; Open-Sora-Plan v1.2: 93 x 480p (-> 24 x 60 x 80), mT5 512; CogVideoX-2b: 49 x 480 x 720
 # (-> 13 x 60 x 90, (B, F, C, H, W)), T5 226; HunyuanVideo-1.5 480p T2V (opt-in: --families hunyuanvideo-1.5):
 # 121 x 480 x 848 (VAE /16, /4 -> 31 x 30 x 53) with 65 input channels (latents, condition, mask), Qwen2.5-VL's
-# 1000 text tokens all attended (no mask: the padded upper bound; ByT5 and image tokens left out).
+# 1000 text tokens all attended (no mask: the padded upper bound; ByT5 and image tokens left out). Wan (opt-in:
+# --families wan-1.3b,wan-14b,wan-ti2v-5b): Wan2.1-T2V-1.3B / -14B at 81 x 480 x 832 (VAE /8, /4 -> 21 x 60 x 104),
+# Wan2.2-TI2V-5B at 121 x 704 x 1280 (VAE /16, /4 -> 31 x 44 x 80, 48 channels); UMT5 512 x 4096.
+WAN = {"wan-1.3b": {}, "wan-14b": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40),
+       "wan-ti2v-5b": dict(num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48)}
 PUBLISHED = {"latte": ((4, 16, 64, 64), 120, 4096), "open-sora": ((4, 30, 60, 106), 300, 4096),
              "open-sora-plan": ((4, 24, 60, 80), 512, 4096), "cogvideox": ((16, 13, 60, 90), 226, 4096),
-             "hunyuanvideo-1.5": ((65, 31, 30, 53), 1000, 3584)}
+             "hunyuanvideo-1.5": ((65, 31, 30, 53), 1000, 3584), "wan-1.3b": ((16, 21, 60, 104), 512, 4096),
+             "wan-14b": ((16, 21, 60, 104), 512, 4096), "wan-ti2v-5b": ((48, 31, 44, 80), 512, 4096)}
 DRY = {"latte": ((4, 4, 8, 8), 6, 24), "open-sora": ((4, 2, 8, 8), 6, 24), "open-sora-plan": ((4, 2, 8, 8), 6, 24),
-       "cogvideox": ((4, 2, 8, 8), 6, 24), "hunyuanvideo-1.5": ((9, 2, 4, 4), 6, 24)}
+       "cogvideox": ((4, 2, 8, 8), 6, 24), "hunyuanvideo-1.5": ((9, 2, 4, 4), 6, 24),
+       **{name: ((48 if "ti2v" in name else 16, 2, 8, 8), 6, 24) for name in WAN}}
 
 
 def build(family: str, dry: bool):
@@ -66,6 +72,16 @@ def build(family: str, dry: bool):
         from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15TransformerConfig as C
         cfg = C(**small, in_channels=9, out_channels=4, text_embed_dim=24, rope_axes_dim=(4, 6, 6)) if dry else C()
         return Ours(cfg), None, lambda m, x, t, y: m(x, t, y), HunyuanVideo15Config
+    if family in WAN:
+        from diffusers import WanTransformer3DModel as Theirs
+
+        from videosys.models.wan.pipeline import WanConfig
+        from videosys.models.wan.transformer import WanTransformer3DModel as Ours, WanTransformerConfig as C
+        channels = WAN[family].get("in_channels", 16)
+        cfg = C(**small, ffn_dim=64, text_dim=24, freq_dim=32, in_channels=channels, out_channels=channels) if dry \
+            else C(**WAN[family])
+        theirs = Theirs(**dataclasses.asdict(cfg))
+        return Ours(cfg), theirs, lambda m, x, t, y: m(x, t, y), WanConfig
     if family == "open-sora":
         from videosys.models.open_sora.transformer import STDiT3, STDiT3Config as C
         cfg = C(depth=2, hidden_size=32, num_heads=2, caption_channels=24, model_max_length=6) if dry else C()
@@ -138,7 +154,7 @@ def bench_family(family: str, args, device, dtype) -> dict:
     with torch.inference_mode():
         variants = {"ours eager": lambda: call(ours, x, t, y)}
         if theirs is not None:
-            variants["diffusers eager"] = lambda: theirs(x if family == "latte" else x.transpose(1, 2),
+            variants["diffusers eager"] = lambda: theirs(x if family == "latte" or family in WAN else x.transpose(1, 2),
                                                          timestep=t, encoder_hidden_states=y, return_dict=False)
         for name, fn in variants.items():
             row["ms"][name] = step_ms(fn, device, args.repeats)

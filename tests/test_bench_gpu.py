@@ -33,6 +33,21 @@ def test_dry_run_writes_every_family(tmp_path):
     assert "ours eager" in proc.stdout and "caches:" in proc.stdout  # the table
 
 
+def test_dry_run_wan_against_diffusers(tmp_path):
+    """The opt-in Wan rows (Wan2.1-1.3B / 14B, Wan2.2-TI2V-5B shapes): ours against diffusers' WanTransformer3DModel
+    on the same weights."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench_gpu.py"), "--dry-run", "--no-compile",
+                           "--repeats", "1", "--cache-steps", "2", "--sp", "--families", "wan-14b,wan-ti2v-5b",
+                           "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    families = {r["family"]: r for r in json.loads(out.read_text())["families"]}
+    assert set(families) == {"wan-14b", "wan-ti2v-5b"}
+    for row in families.values():
+        assert row["ms"]["diffusers eager"] > 0 and row["max_abs_diff_vs_diffusers"] < 1e-4
+        assert row["latent"][1] == (48 if row["family"] == "wan-ti2v-5b" else 16)
+
+
 def test_refuses_without_cuda_unless_dry(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/bench_gpu.py"), "--families", "latte"],
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
