@@ -26,7 +26,7 @@ CASES = {  # name -> preset, run, caches (name -> spec), (cache, method) that mu
     "ti2v": ("tiny-ti2v", {**RUN, "height": 64, "width": 96, "image": IMAGE}, {"none": "none", "teacache": TEA},
              (("teacache", "teacache"),)),
 }
-PARAMS = [(name, n, cfg) for name in CASES for n, cfg in ((2, False), (2, True))]
+PARAMS = [(name, n, cfg) for name in CASES for n, cfg in ((2, False), (2, True))] + [("a14b", 4, True)]  # cfg2 x sp2
 _single = {}
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_per_rank")]
