@@ -87,6 +87,7 @@ def _reconstruct(args, engine_cls) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from videosys.core.config import check_prompt
     from videosys.core.engine import VideoSysEngine
     from videosys.core.pipeline import NonFiniteError
     from videosys.utils.video import check_video_path
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
         if args.command == "serve":
             return serve_cli.run(args)
         check_video_path(args.output)  # before any weight loads or compute
+        check_prompt(args.prompt)  # likewise: a non-UTF-8 --prompt (lone surrogates) fails here, named
         with VideoSysEngine(make_config(args)) as engine:
             out = engine.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed)
             path = engine.save_video(out.video[0], args.output)

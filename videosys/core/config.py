@@ -13,7 +13,9 @@ which the engine calls before any process starts or weight loads.
 import dataclasses
 import functools
 import json
+import inspect
 import math
+import numbers
 import os
 import types
 import typing
@@ -440,3 +442,41 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+def check_prompt(prompt, name: str = "prompt") -> list[str]:
+    """`prompt` (a string or a list / tuple of strings) as a list, or a RequestError naming it. Checked here
+    rather than where the tokenizer runs: bytes, an int or a lone surrogate (a non-UTF-8 `--prompt` decoded by
+    Python with surrogateescape) otherwise fail mid-call with an error that does not say which argument."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise RequestError(name, f"{name} must be a non-empty string or a list of non-empty strings, got {prompt!r}")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RequestError(name, f"{name} is not valid text (cannot be encoded as UTF-8: {err.reason} at "
+                               f"character {err.start}); was it read with the wrong encoding?") from None
+    return prompts
+
+
+def check_seed(seed) -> int:
+    """An integer seed (numpy's too) as an int, or a RequestError naming `seed`: a string or float otherwise
+    fails inside torch.manual_seed, after the call has started, without naming it; True is not a seed."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise RequestError("seed", f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
+def check_call(generate, prompt, kwargs: dict) -> None:
+    """A generate() call's prompt, seed and keyword names against `generate`'s signature, before the engine
+    dispatches it (a worker's TypeError would otherwise come back from another process, mid-call)."""
+    check_prompt(prompt)
+    check_seed(kwargs.get("seed", 0))
+    params = inspect.signature(generate).parameters
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
+        return  # a family whose generate() takes anything says itself what it refuses
+    allowed = [n for n in params if n not in ("self", "prompt")]
+    for name in kwargs:
+        if name not in allowed:
+            raise RequestError(name, f"generate() got an unknown argument {name!r}; allowed: {', '.join(allowed)}")

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from videosys.core.config import available_cores
+from videosys.core.config import available_cores, check_call
 from videosys.core.parallel import ParallelState, init_parallel
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import save_video
@@ -340,6 +340,7 @@ class VideoSysEngine:
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
         The request's values are checked (the config's check_request) before any rank is asked to run it."""
+        check_call(self.config.pipeline_cls.generate, prompt, kwargs)
         self.config.check_request(kwargs)
         return self._run("generate", prompt, progress=progress, **kwargs)
 

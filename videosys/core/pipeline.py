@@ -27,6 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
+from videosys.core.config import check_prompt, check_seed
 from videosys.core.parallel import ParallelState
 
 
@@ -115,9 +116,7 @@ class VideoSysPipeline:
 
     # ---- inputs --------------------------------------------------------------------------
     def as_prompt_list(self, prompt, name: str = "prompt") -> list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-            raise ValueError(f"{name} must be a non-empty string or a list of non-empty strings, got {prompt!r}")
+        prompts = check_prompt(prompt, name)
         vocabulary = self.config.prompt_vocabulary()
         unknown = sorted({w for p in prompts for w in re.findall(r"[a-z]+", p.lower())} - vocabulary) if vocabulary \
             else []
@@ -146,6 +145,7 @@ class VideoSysPipeline:
     def run_generation(self, prompt, seed: int, request: dict) -> VideoSysOutput:
         """A generation: checks (before any compute), text, first latents, sampling, decoding."""
         prompts = self.as_prompt_list(prompt)
+        seed = check_seed(seed)
         values = self.config.check_request(request)
         run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seed,
                             generator=torch.Generator("cpu").manual_seed(int(seed)),
