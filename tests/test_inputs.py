@@ -75,3 +75,21 @@ def test_cli_says_which_argument_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("videosys: error: prompt is not valid text") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("model", ["latte", "cogvideox", "open-sora", "open-sora-plan", "wan"])
+def test_a_prompt_past_the_token_limit_warns_once_with_the_count(model):
+    pipeline = tiny_pipeline(model)
+    limit = pipeline.config.max_text_length if hasattr(pipeline.config, "max_text_length") else None
+    words = "a red circle moving to the right " * 200
+    with pytest.warns(UserWarning, match=r"prompt is \d+ tokens, more than the text encoder's limit of \d+: "
+                                         r"the last \d+ tokens are cut") as record:
+        pipeline.encode_prompt([words], "", do_cfg=True)
+    cut = [w for w in record if "tokens are cut" in str(w.message)]
+    assert len(cut) == 1 and str(cut[0].message).startswith("prompt is ")
+    if limit is not None:
+        assert f"limit of {limit}:" in str(cut[0].message)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a short prompt: no warning
+        pipeline.encode_prompt([PROMPT], "", do_cfg=True)

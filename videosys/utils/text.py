@@ -7,6 +7,7 @@ is built here from a fixed word list, so it needs no file and no network.
 
 import os
 import string
+import warnings
 
 import torch
 
@@ -72,9 +73,23 @@ def load_text_stack(path: str, dtype: torch.dtype, device):
     return tokenizer, encoder
 
 
+def warn_if_cut(tokenizer, prompts: list[str], max_length: int, name: str = "prompt") -> None:
+    """Warn (once per call) when the longest of `prompts` is more tokens than the text encoder takes: the
+    encoders truncate silently, so a long prompt's end would otherwise vanish without a word. Counts only;
+    the encoded tokens are unchanged."""
+    ids = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False).input_ids
+    longest = max(len(i) for i in ids)
+    if longest > max_length:
+        warnings.warn(f"{name} is {longest} tokens, more than the text encoder's limit of {max_length}: the last "
+                      f"{longest - max_length} tokens are cut and do not affect the video", stacklevel=3)
+
+
 @torch.no_grad()
-def encode_text(tokenizer, encoder, prompts: list[str], max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompts -> (B, max_length, C) hidden states and the (B, max_length) attention mask."""
+def encode_text(tokenizer, encoder, prompts: list[str], max_length: int, device,
+                name: str = "prompt") -> tuple[torch.Tensor, torch.Tensor]:
+    """prompts -> (B, max_length, C) hidden states and the (B, max_length) attention mask; a warning names
+    `name` when a prompt is cut to max_length."""
+    warn_if_cut(tokenizer, prompts, max_length, name)
     tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                        add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
     ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
@@ -95,7 +110,8 @@ def encode_text_cut(tokenizer, encoder, prompts: list[str], negative_prompt: str
     keep = int(mask.sum(dim=1).max())  # one host sync per generation, not per step
     cond, mask = cond[:, :keep], mask[:, :keep]
     if do_cfg:
-        uncond, _ = encode_text(tokenizer, encoder, [negative_prompt] * len(prompts), max_length, device)
+        uncond, _ = encode_text(tokenizer, encoder, [negative_prompt] * len(prompts), max_length, device,
+                                  "negative_prompt")
         cond, mask = torch.cat([uncond[:, :keep], cond]), torch.cat([torch.ones_like(mask), mask])
     return cond, None if bool(mask.all()) else mask
 

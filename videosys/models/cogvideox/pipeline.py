@@ -195,14 +195,15 @@ class CogVideoXPipeline(VideoSysPipeline):
         As trained: every prompt is padded to max_text_length and T5 runs without an attention
         mask; the transformer attends to all the tokens, padding included.
         """
-        def encode(texts: list[str]) -> torch.Tensor:
+        def encode(texts: list[str], name: str = "prompt") -> torch.Tensor:
+            text_stack.warn_if_cut(self.tokenizer, texts, self.config.max_text_length, name)
             ids = self.tokenizer(texts, padding="max_length", max_length=self.config.max_text_length, truncation=True,
                                  add_special_tokens=True, return_tensors="pt").input_ids
             return self.text_encoder(ids.to(self.text_encoder.device)).last_hidden_state
 
         states = encode(prompts)
         if do_cfg:
-            states = torch.cat([encode([negative_prompt] * len(prompts)), states])
+            states = torch.cat([encode([negative_prompt] * len(prompts), "negative_prompt"), states])
         return states.to(device=self.device, dtype=self.dtype)
 
     # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------

@@ -177,7 +177,7 @@ class LattePipeline(VideoSysPipeline):
         cond, _ = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts, max_len, self.device)
         if do_cfg:
             uncond, _ = text_stack.encode_text(self.tokenizer, self.text_encoder, [negative_prompt] * len(prompts),
-                                               max_len, self.device)
+                                               max_len, self.device, "negative_prompt")
             cond = torch.cat([uncond, cond])
         return cond.to(self.dtype), None
 

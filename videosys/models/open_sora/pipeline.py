@@ -296,7 +296,7 @@ class OpenSoraPipeline(VideoSysPipeline):
         if do_cfg:
             if negative_prompt:
                 uncond, uncond_mask = text_stack.encode_text(self.tokenizer, self.text_encoder,
-                                                             [negative_prompt] * len(prompts), max_len, self.device)
+                                                             [negative_prompt] * len(prompts), max_len, self.device, "negative_prompt")
             else:
                 null = self.transformer.y_embedder.y_embedding
                 if null.shape[0] != cond.shape[1]:

@@ -269,7 +269,7 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         cond, mask = text_stack.encode_text(self.tokenizer, self.text_encoder, prompts, max_len, self.device)
         if do_cfg:
             uncond, uncond_mask = text_stack.encode_text(self.tokenizer, self.text_encoder,
-                                                         [negative_prompt] * len(prompts), max_len, self.device)
+                                                         [negative_prompt] * len(prompts), max_len, self.device, "negative_prompt")
             cond, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, mask])
         mask = mask.bool()
         if bool(mask.all()):  # one host sync per generation, not per step

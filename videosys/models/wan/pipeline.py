@@ -24,6 +24,7 @@ from videosys.models.wan.cache_settings import CACHE_SETTINGS, cache_models
 from videosys.models.wan.checkpoints import CHECKPOINTS, TINY_KINDS, kind_of_path, original_layout, tiny_preset
 from videosys.models.wan.conditioning import check_image, load_image
 from videosys.models.wan.experts import WanExperts
+from videosys.utils import text as text_stack
 
 
 @dataclass
@@ -255,7 +256,8 @@ class WanPipeline(VideoSysPipeline):
 
     def encode_prompt(self, prompts, negative_prompt, do_cfg):
         """(B, 512, C) UMT5 states, each prompt's padding zeroed (diffusers' _get_t5_prompt_embeds); [uncond; cond]."""
-        def encode(texts):
+        def encode(texts, name="prompt"):
+            text_stack.warn_if_cut(self.tokenizer, texts, self.config.max_text_length, name)
             tokens = self.tokenizer(texts, padding="max_length", max_length=self.config.max_text_length,
                                     truncation=True, add_special_tokens=True, return_attention_mask=True,
                                     return_tensors="pt")
@@ -266,7 +268,7 @@ class WanPipeline(VideoSysPipeline):
 
         states = encode(prompts)
         if do_cfg:
-            states = torch.cat([encode([prompt_clean(negative_prompt)] * len(prompts)), states])
+            states = torch.cat([encode([prompt_clean(negative_prompt)] * len(prompts), "negative_prompt"), states])
         return states.to(device=self.device, dtype=self.dtype)
 
     def latent_shape(self, run):
