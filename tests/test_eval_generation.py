@@ -135,7 +135,7 @@ def test_killed_run_leaves_no_partial_file_and_rerun_generates_only_the_missing(
         gen.main(family(), argv)
     folder = out / "baseline"
     assert sorted(os.listdir(folder)) == ["a red circle moving to the right-0.mp4",
-                                          "a red circle moving to the right-1.mp4", "stats.json"]
+                                          "a red circle moving to the right-1.mp4", "settings.json", "stats.json"]
     assert os.path.basename(opened[2]).startswith(".tmp-")  # it was writing a temporary file, now removed
     stamps = {n: os.stat(folder / n).st_mtime_ns for n in os.listdir(folder) if n.endswith(".mp4")}
     (folder / ".tmp-left-by-sigkill.mp4").write_bytes(b"\x00" * 100)  # what a SIGKILL leaves behind
@@ -145,7 +145,8 @@ def test_killed_run_leaves_no_partial_file_and_rerun_generates_only_the_missing(
     real_run = gen.Generator.run
     monkeypatch.setattr(gen.Generator, "run", lambda self, job, *a: generated.append(job.seed) or real_run(self, job, *a))
     gen.main(family(), argv)
-    assert sorted(os.listdir(folder)) == sorted([f"{p}-{s}.mp4" for p in PROMPTS[:2] for s in (0, 1)] + ["stats.json"])
+    assert sorted(os.listdir(folder)) == sorted([f"{p}-{s}.mp4" for p in PROMPTS[:2] for s in (0, 1)]
+                                                + ["settings.json", "stats.json"])
     assert generated == [0, 1]  # only the second prompt's two videos
     for name, stamp in stamps.items():
         assert os.stat(folder / name).st_mtime_ns == stamp  # the finished files were not rewritten
@@ -154,8 +155,9 @@ def test_killed_run_leaves_no_partial_file_and_rerun_generates_only_the_missing(
             frames, fps = read_video(str(folder / name))
             assert frames.shape == (4, 64, 64, 3) and fps == 8
     stats = json.loads((folder / "stats.json").read_text())
-    assert len(stats["videos"]) == 4 and stats["meta"]["config"]["num_inference_steps"] == 2
+    assert len(stats["videos"]) == 4 and [r["config"]["num_inference_steps"] for r in stats["runs"]] == [2, 2]
     assert all(v["steps"] == 2 and v["total_s"] > 0 for v in stats["videos"].values())
+    assert sorted(v["run"] for v in stats["videos"].values()) == [0, 0, 1, 1]  # the killed run's two, then the rerun's
     assert [v["first_of_engine"] for v in stats["videos"].values()].count(True) == 2  # one per run that generated
 
     generated.clear()
@@ -238,3 +240,42 @@ def test_ray_actors_get_their_share_of_the_cores(prompts_file, tmp_path, kept_en
         torch.set_num_threads(driver)
     stats = json.loads((tmp_path / "baseline" / "stats.json").read_text())["videos"]
     assert len(stats) == 2 and all(v["threads"] == share for v in stats.values())
+
+
+def test_a_run_with_other_settings_refuses_the_folder_unless_overwrite(prompts_file, tmp_path, kept_engines):
+    """A smoke run, then a "real" one (here: other steps) into the same folder: resuming would count the smoke
+    run's videos as its own, so it is refused, naming each difference; --overwrite starts over."""
+    out = tmp_path / "samples"
+    base = ["--prompts-file", prompts_file, "--num-prompts", "1", "--num-seeds", "1", "--output-dir", str(out),
+            "--preset", "tiny", "--num-frames", "4", "--threads", "1"]
+    gen.main(family(), base + ["--steps", "2"])
+    folder = out / "baseline"
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["family"] == "latte" and settings["preset"] == "tiny" and settings["num_inference_steps"] == 2
+    with pytest.raises(SystemExit) as err:
+        gen.main(family(), base + ["--steps", "3"])
+    assert str(err.value) == (f"{folder} holds videos generated with other settings (num_inference_steps: 2 there, "
+                              "3 now): give another --output-dir, or --overwrite to delete its videos and start over")
+    gen.main(family(), base + ["--steps", "3", "--overwrite"])
+    assert json.loads((folder / "settings.json").read_text())["num_inference_steps"] == 3
+    stats = json.loads((folder / "stats.json").read_text())
+    assert [r["config"]["num_inference_steps"] for r in stats["runs"]] == [3]  # the smoke run's stats went too
+    assert [v["steps"] for v in stats["videos"].values()] == [3]
+
+
+def test_videos_without_settings_are_not_resumed(prompts_file, tmp_path):
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    (folder / "x-0.mp4").write_bytes(b"")  # a folder from before settings.json, or copied in by hand
+    with pytest.raises(SystemExit, match="holds 1 videos but no settings.json"):
+        gen.main(family(), ["--prompts-file", prompts_file, "--output-dir", str(tmp_path), *FAST])
+
+
+def test_a_preset_writes_to_its_own_folder_by_default(prompts_file, monkeypatch):
+    """The README's smoke run (--preset tiny: random weights) lands in samples/latte-tiny, not in the folder
+    the real run resumes from."""
+    chosen = []
+    monkeypatch.setattr(gen, "generate_variant", lambda family, variant, args: chosen.append(args.output_dir) or {})
+    for extra in (["--preset", "tiny"], [], ["--preset", "tiny", "--output-dir", "mine"]):
+        gen.main(family(), ["--prompts-file", prompts_file, *extra])
+    assert chosen == [os.path.join("samples", "latte-tiny"), os.path.join("samples", "latte"), "mine"]

@@ -10,7 +10,9 @@ line's config; `baseline` is the model as published, with no cache:
 Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (docs/evaluation.md), plus
 `stats.json` there: per-video timing and cache statistics, for the speed / quality plot.
 A run is resumable: a finished file is skipped; save_video writes a temporary file and
-renames it, so a killed run never leaves a half-written `{prompt}-{seed}.mp4`.
+renames it, so a killed run never leaves a half-written `{prompt}-{seed}.mp4`. Because a
+skipped file counts as done, a folder's `settings.json` records the settings that define its
+videos, and a run with other settings refuses to resume there (`--overwrite` starts over).
 
 With `--ray-workers N` (a local Ray) or `--ray-address` (a cluster whose nodes share the
 output folder), the jobs are spread over Ray actors, each owning one engine; a video
@@ -34,6 +36,10 @@ from videosys.cache import published_names
 
 NUM_SEEDS = 5  # seeds 0..4 per prompt (docs/evaluation.md)
 STATS_FILE = "stats.json"
+SETTINGS_FILE = "settings.json"
+# config fields that change how a video is computed, not what it is: a run may resume another's folder with
+# other values of these (more GPUs, another device, a compiled transformer)
+_NOT_SETTINGS = {"progress_bar", "num_gpus", "cfg_parallel", "heartbeat_timeout", "compile", "device"}
 
 
 # The papers' variants, as config overrides: every registered method's published operating points
@@ -151,6 +157,45 @@ def build_config(family: Family, variant: str, options: dict[str, Any]):
     return cls.from_dict(values)
 
 
+# ---------------------------------------------------------------- one folder, one set of settings
+
+
+def video_settings(family: Family, variant: str, config, negative_prompt: str | None) -> dict[str, Any]:
+    """What defines a folder's videos: the family, the variant and the config's values (checkpoint or preset,
+    steps, size, frames, dtype, the variant's cache), and the negative prompt (None: the family's default)."""
+    values = {k: v for k, v in _json_value(config.to_dict()).items() if k not in _NOT_SETTINGS}
+    return {"family": family.name, "variant": variant, **values, "negative_prompt": negative_prompt}
+
+
+def claim_folder(folder: str, settings: dict[str, Any], overwrite: bool) -> None:
+    """Make `folder` this run's: a new folder, or one whose settings.json matches, is resumed; one holding
+    videos of other settings (or of unknown ones: videos and no settings.json) is refused, naming each
+    difference, since resuming would count those videos as this run's. `overwrite` deletes the folder's
+    videos and stats first (nothing else of the folder's)."""
+    path = os.path.join(folder, SETTINGS_FILE)
+    videos = [n for n in os.listdir(folder) if n.endswith(".mp4") and not n.startswith(".")]
+    recorded = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    if not overwrite and recorded is not None and recorded != settings:
+        differ = [f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now"
+                  for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k)]
+        raise SystemExit(f"{folder} holds videos generated with other settings ({'; '.join(differ)}): give another "
+                         "--output-dir, or --overwrite to delete its videos and start over")
+    if not overwrite and recorded is None and videos:
+        raise SystemExit(f"{folder} holds {len(videos)} videos but no {SETTINGS_FILE}, so their settings are "
+                         "unknown: give another --output-dir, or --overwrite to delete its videos and start over")
+    if overwrite:
+        for name in videos + [STATS_FILE]:
+            if os.path.exists(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+    if recorded != settings or overwrite:
+        from videosys.utils.files import write_json
+
+        write_json(path, settings, indent=1)
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -219,7 +264,9 @@ def _ray_actor_cpus() -> int | None:
 
 
 class StatsFile:
-    """`stats.json` beside the videos: run settings and per-video stats, rewritten atomically after each video.
+    """`stats.json` beside the videos: one entry per run that generated there (`runs`: its config and device)
+    and per-video stats (`run`: the index of the run that made it), rewritten atomically after each video.
+    A resumed run appends its entry: the timings of a folder resumed on another device stay told apart.
 
     Opened on a folder a killed run left, it is rebuilt from the videos on disk: a video saved just before the
     kill (its stats never written) gets an entry marked "recovered" (no timings), and an entry whose video is
@@ -237,10 +284,15 @@ class StatsFile:
         for name in sorted(on_disk - set(videos)):
             videos[name] = {"recovered": True}  # saved, then killed before its stats were: timings lost
         self.changed = videos != data.get("videos", {})
-        self.data = {"meta": meta, "videos": videos}
+        runs = data.get("runs", [data["meta"]] if "meta" in data else [])  # "meta": one run, as files once were
+        self.data = {"runs": runs, "videos": videos}
+        self.meta, self.run = meta, None
 
     def add(self, name: str, stats: dict[str, Any]) -> None:
-        self.data["videos"][name] = stats
+        if self.run is None:  # this run's entry, once it has generated something
+            self.data["runs"].append(self.meta)
+            self.run = len(self.data["runs"]) - 1
+        self.data["videos"][name] = {**stats, "run": self.run}
         self.write()
 
     def write(self) -> None:
@@ -334,13 +386,14 @@ def generate_variant(family: Family, variant: str, args) -> dict[str, Any]:
     folder = os.path.join(args.output_dir, variant)
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)
+    claim_folder(folder, video_settings(family, variant, config, args.negative_prompt), args.overwrite)
     jobs = make_jobs(prompts, seeds, folder)
     todo = pending(jobs)
     print(f"{family.name} / {variant}: {len(jobs)} videos, {len(jobs) - len(todo)} already there, "
           f"{len(todo)} to generate -> {folder}", flush=True)
     summary = {"variant": variant, "folder": folder, "videos": len(jobs), "generated": 0}
     stats_file = StatsFile(folder, {"family": family.name, "variant": variant, "config": config.to_dict(),
-                                    **run_environment(args)})
+                                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_environment(args)})
     if not todo:
         if stats_file.changed:  # a run killed after its last video: stats.json catches up with the folder
             stats_file.write()
@@ -373,8 +426,10 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=f"Generate the VBench prompt set with {family.name}, one folder per variant.")
     p.add_argument("--variant", nargs="+", default=["baseline"], choices=sorted(family.variants),
                    help="variants to generate, in order (default: baseline)")
-    p.add_argument("--output-dir", default=os.path.join("samples", family.name),
-                   help="videos go to <output-dir>/<variant>/{prompt}-{seed}.mp4")
+    p.add_argument("--output-dir", help="videos go to <output-dir>/<variant>/{prompt}-{seed}.mp4 (default: "
+                   f"samples/{family.name}, or samples/{family.name}-<preset> with --preset)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the videos and stats of a folder generated with other settings and start over")
     p.add_argument("--prompts-file", help="prompts instead of VBench's (.txt one per line, or a JSON list)")
     p.add_argument("--start", type=int, default=0, help="index of the first prompt")
     p.add_argument("--num-prompts", type=int, help="how many prompts from --start (default: all)")
@@ -387,6 +442,7 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
     p.add_argument("--device")
     for name, kind in _GENERATION.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--steps", dest="num_inference_steps", type=int, help="alias of --num-inference-steps")
     p.add_argument("--threads", type=int, help="torch CPU threads per engine")
     p.add_argument("--ray-workers", type=int, help="spread the videos over N Ray actors (a local Ray unless --ray-address)")
     p.add_argument("--ray-address", help="address of a running Ray cluster, e.g. auto or ray://head:10001")
@@ -400,6 +456,8 @@ def config_options(args) -> dict[str, Any]:
 
 def main(family: Family, argv: list[str] | None = None) -> int:
     args = build_parser(family).parse_args(argv)
+    if args.output_dir is None:  # a preset (tiny: random weights) never shares the real run's folders
+        args.output_dir = os.path.join("samples", family.name + (f"-{args.preset}" if args.preset else ""))
     if args.start < 0 or (args.num_prompts is not None and args.num_prompts < 1) or args.num_seeds < 1:
         raise SystemExit("--start must be >= 0, --num-prompts and --num-seeds >= 1")
     try:
