@@ -65,8 +65,12 @@ class SeedLostInTransit(int):
         return _explode, ("this seed cannot reach the worker",)
 
 
-class SeedRank0Refuses:
-    """A seed that reaches the workers as 1 but that rank 0 itself cannot use (int() raises)."""
+class SeedRank0Refuses(int):
+    """A seed that passes the engine's checks and reaches the workers as 1, but that rank 0 itself cannot use
+    (int() raises)."""
+
+    def __new__(cls):
+        return super().__new__(cls, 1)
 
     def __int__(self):
         raise RuntimeError("rank 0's own failure")

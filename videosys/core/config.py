@@ -472,7 +472,9 @@ def check_call(generate, prompt, kwargs: dict) -> None:
     """A generate() call's prompt, seed and keyword names against `generate`'s signature, before the engine
     dispatches it (a worker's TypeError would otherwise come back from another process, mid-call)."""
     check_prompt(prompt)
-    check_seed(kwargs.get("seed", 0))
+    seed = kwargs.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # the type only: the pipeline converts it
+        check_seed(seed)
     params = inspect.signature(generate).parameters
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
         return  # a family whose generate() takes anything says itself what it refuses
