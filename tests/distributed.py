@@ -65,6 +65,14 @@ class SeedLostInTransit(int):
         return _explode, ("this seed cannot reach the worker",)
 
 
+class SeedEveryRankRefuses(int):
+    """A seed that passes the engine's checks (an int by type) and reaches every rank as itself, where int() raises:
+    a failure on every rank after dispatch."""
+
+    def __int__(self):
+        raise ValueError("every rank's failure")
+
+
 class SeedRank0Refuses(int):
     """A seed that passes the engine's checks and reaches the workers as 1, but that rank 0 itself cannot use
     (int() raises)."""

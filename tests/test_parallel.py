@@ -42,12 +42,17 @@ def test_dead_worker_raises_naming_its_rank():
 
 @pytest.mark.timeout(120)
 def test_worker_error_is_reported_with_rank():
+    from distributed import SeedEveryRankRefuses
+
     engine = VideoSysEngine(tiny(num_gpus=2))
-    with pytest.raises(ValueError, match="height=50"):  # a bad size is refused before any rank runs the call
-        engine.generate(PROMPT, **{**RUN, "height": 50})
-    with pytest.raises(WorkerError, match="rank 1 (failed|died)"):
-        engine.generate("  ", **RUN)  # every rank raises ValueError (an empty prompt); rank 1 is named
-    engine.shutdown()
+    try:
+        for bad in ({"height": 50}, {"seed": "x"}):  # refused before any rank runs the call, naming the field
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                engine.generate(PROMPT, **{**RUN, **bad})
+        with pytest.raises(WorkerError, match="rank 1 (failed|died)"):  # every rank raises ValueError; rank 1 named
+            engine.generate(PROMPT, **{**RUN, "seed": SeedEveryRankRefuses(1)})
+    finally:
+        engine.shutdown()
 
 
 @pytest.mark.timeout(300)
