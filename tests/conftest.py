@@ -56,3 +56,21 @@ def published(*keys: str) -> dict:
         if found:
             return found
     return {}
+
+
+def applicable_methods(pipe) -> dict:
+    """Every registered videosys cache method (calibration recorders and test-registered methods aside) enabled by
+    name on `pipe`: method name -> its config, or None where it refuses this model before any compute."""
+    from videosys.cache import METHODS
+
+    out = {}
+    for name, method in METHODS.items():
+        if name.endswith("-recorder") or not method.config_cls.__module__.startswith("videosys."):
+            continue
+        try:
+            pipe.set_cache(name)
+            out[name] = pipe.transformer.active_cache(name).config
+        except ValueError:
+            out[name] = None
+    pipe.set_cache(None)
+    return out

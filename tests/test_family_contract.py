@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from videosys.cache import METHODS, CacheMixin, module_call
+from videosys.cache import CacheMixin, module_call
 from videosys.core import comm
 from videosys.core.config import BaseConfig, RequestError
 from videosys.core.parallel import ParallelState
@@ -28,7 +28,7 @@ from videosys.models.modules.attention import Attention, FeedForward
 from videosys.models.modules.embeddings import timestep_embedding
 from videosys.utils import text as text_stack
 
-from conftest import PROMPT
+from conftest import PROMPT, applicable_methods
 
 WIDTH, HEADS, TEXT_DIM, LATENT, FACTOR = 32, 2, 16, 4, 4  # FACTOR: the toy VAE's spatial upsampling
 # published for this family (a made-up polynomial: rescale(x) = 2x, so TeaCache reuses at moderate thresholds)
@@ -182,22 +182,6 @@ def toy_config(**fields) -> ToyConfig:
     from videosys.models import config_class
 
     return config_class("toy")(**{"preset": "tiny", "progress_bar": False, **fields})
-
-
-def applicable_methods(pipe: ToyPipeline) -> dict[str, object]:
-    """Every registered method's default config for the toy family, enabled on its transformer; None where the
-    method refuses this model (before any compute)."""
-    out = {}
-    for name in METHODS:
-        if name.endswith("-recorder"):  # calibration tools, not caches
-            continue
-        try:
-            pipe.set_cache(name)
-            out[name] = pipe.transformer.active_cache(name).config
-        except ValueError:
-            out[name] = None
-    pipe.set_cache(None)
-    return out
 
 
 # ---- the tests -------------------------------------------------------------------------------------

@@ -5,10 +5,9 @@ ComfyUI node), and every registered method that applies running on the tiny pipe
 import pytest
 import torch
 
-from videosys.cache import METHODS
 from videosys.models.hunyuanvideo15 import cache_settings
 
-from conftest import tiny_pipeline
+from conftest import applicable_methods, tiny_pipeline
 
 MODEL = "hunyuanvideo-1.5"
 HUB = "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-"
@@ -36,20 +35,6 @@ def test_magcache_is_published_for_the_t2v_checkpoints_only():
             config(name, cache="magcache")
     with pytest.raises(ValueError, match="calibrat"):  # no HunyuanVideo-1.5 TeaCache polynomial is published
         config("480p_t2v", cache="teacache")
-
-
-def applicable_methods(pipe) -> dict:
-    out = {}
-    for name, method in METHODS.items():  # videosys's methods (not one a test registered), calibration tools aside
-        if name.endswith("-recorder") or not method.config_cls.__module__.startswith("videosys."):
-            continue
-        try:
-            pipe.set_cache(name)
-            out[name] = pipe.transformer.active_cache(name).config
-        except ValueError:
-            out[name] = None
-    pipe.set_cache(None)
-    return out
 
 
 def test_every_method_that_applies_generates_and_reports():
