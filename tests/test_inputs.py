@@ -3,6 +3,7 @@ the prompt (type, bytes, text that is not UTF-8), sizes and unknown keywords; in
 engine before it dispatches (with workers, a worker's error would come back mid-call, from another process)."""
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import PROMPT, tiny_config, tiny_pipeline
@@ -93,3 +94,212 @@ def test_a_prompt_past_the_token_limit_warns_once_with_the_count(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a short prompt: no warning
         pipeline.encode_prompt([PROMPT], "", do_cfg=True)
+
+
+# ---- files: outputs writable, inputs probed, parse errors naming the file and line --------------------------
+@pytest.fixture
+def no_engine(monkeypatch):
+    """The CLI's engine replaced by one that fails the test if built: a refusal must come before any weight loads."""
+    import videosys.core.engine
+
+    monkeypatch.setattr(videosys.core.engine, "VideoSysEngine", nothing_runs)
+
+
+def _one_line_error(capsys, *names) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("videosys") and err.count("\n") == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in err, err
+    return err
+
+
+@pytest.fixture
+def notes(tmp_path):
+    """A text file that ffmpeg reads as a 65-frame video (its tty demuxer renders text as ANSI art)."""
+    path = tmp_path / "notes.txt"
+    path.write_text("".join(f"line {i} of my notes about the project\n" for i in range(400)))
+    return str(path)
+
+
+def test_output_in_an_unwritable_folder_is_refused_before_weights_load(no_engine, capsys):
+    from videosys import cli
+
+    assert cli.main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", PROMPT,
+                     "--output", "/proc/x.mp4"]) == 2
+    _one_line_error(capsys, "/proc/x.mp4", "cannot write in '/proc'")
+
+
+def test_reconstruct_refuses_a_text_file_before_weights_load(no_engine, notes, capsys):
+    from videosys import cli
+
+    assert cli.main(["reconstruct", "--preset", "tiny", "--input", notes, "--output", "/tmp/never.mp4"]) == 2
+    _one_line_error(capsys, notes, "not a video")
+
+
+def test_cascadev_pipeline_probes_its_input(notes):
+    from videosys.models.cascadev.pipeline import CascadeVPipeline
+
+    with pytest.raises(ValueError, match="is not a video"):
+        CascadeVPipeline.load_input(None, notes)
+
+
+@pytest.mark.parametrize("model, field, request_values", [
+    ("open-sora", "reference", lambda path: {"reference": path}),
+    ("wan", "image", lambda path: {"image": path}),
+    ("hunyuanvideo-1.5", "image", lambda path: {"image": path}),
+])
+def test_a_reference_that_is_not_an_image_is_refused_naming_it(tmp_path, model, field, request_values):
+    path = tmp_path / "first.png"
+    path.write_text("not an image")
+    config = tiny_config(model, **({} if model == "open-sora" else {"preset": "tiny-i2v"}))
+    with pytest.raises(RequestError, match=f"{field} '{path}' is not an image") as err:
+        config.check_request(request_values(str(path)))
+    assert err.value.field == field
+
+
+def test_open_sora_video_reference_is_probed(notes, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 100)  # a truncated download
+    with pytest.raises(RequestError, match=f"reference '{clip}' is not a video file") as err:
+        tiny_config("open-sora").check_request({"reference": str(clip)})
+    assert err.value.field == "reference"
+
+
+@pytest.mark.parametrize("text, where", [
+    ("num_frames: 2\nheight: [32\n", "line 3, column 1: not valid YAML"),
+    ("num_frames: 2\n  height: 32\n", "line 2, column 9: not valid YAML"),
+    ("- 1\n- 2\n", "must be a mapping"),
+])
+def test_cli_malformed_yaml_names_the_file_and_line(no_engine, tmp_path, capsys, text, where):
+    from videosys import cli
+
+    path = tmp_path / "latte.yaml"
+    path.write_text(text)
+    assert cli.main(["generate", "--model", "latte", "--config", str(path), "--prompt", PROMPT,
+                     "--output", str(tmp_path / "o.mp4")]) == 2
+    _one_line_error(capsys, str(path), where)
+
+
+def test_non_utf8_yaml_names_the_file_and_line(tmp_path):
+    from videosys import LatteConfig
+
+    path = tmp_path / "latte.yaml"
+    path.write_bytes(b"preset: tiny\n# caf\xe9\n")
+    with pytest.raises(ValueError, match=r"latte.yaml, line 2, column 6: not UTF-8 text \(byte 0xe9\)"):
+        LatteConfig.from_yaml(str(path))
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    from eval_helpers import load_eval_module
+
+    return load_eval_module("teacache/experiments/utils.py", "experiments_utils")
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("prompts.txt", b"a red circle\na caf\xe9 at night\n", r"prompts.txt, line 2, column 6: not UTF-8 text"),
+    ("prompts.json", b'["a red circle",\n "a cat" "a dog"]', r"prompts.json, line 2, column 10: not valid JSON"),
+    ("prompts.json", b'{"prompt_en": "a cat"}', r"prompts.json: a JSON prompts file is a list"),
+])
+def test_eval_prompts_file_that_does_not_decode_is_one_line(experiments, tmp_path, no_engine, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    family = experiments.Family("latte")
+    with pytest.raises(SystemExit, match=message) as err:
+        experiments.main(family, ["--preset", "tiny", "--prompts-file", str(path), "--output-dir", str(tmp_path / "s")])
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "s").exists()  # refused before any folder is made
+
+
+def test_eval_output_dir_unwritable_is_refused(experiments, tmp_path, no_engine):
+    with pytest.raises(SystemExit, match="--output-dir '/proc/samples': cannot write in '/proc'"):
+        experiments.main(experiments.Family("latte"), ["--preset", "tiny", "--output-dir", "/proc/samples"])
+
+
+def test_bench_coefficients_that_do_not_parse(no_engine, tmp_path, capsys):
+    from videosys import cli
+
+    path = tmp_path / "coefficients.json"
+    path.write_text('{"coefficients": [1, 2,]}')
+    assert cli.main(["bench", "--model", "latte", "--preset", "tiny", "--coefficients", str(path),
+                     "--output", str(tmp_path / "b.json")]) == 2
+    _one_line_error(capsys, str(path), "line 1, column 24: not valid JSON")
+
+
+def test_serve_output_dir_unwritable_is_refused_before_weights_load(no_engine, capsys):
+    from videosys import cli
+
+    assert cli.main(["serve", "--model", "latte", "--preset", "tiny", "--output-dir", "/proc/jobs"]) == 2
+    _one_line_error(capsys, "--output-dir '/proc/jobs'")
+
+
+# ---- sizes the machine cannot hold ----------------------------------------------------------------------
+def test_a_size_that_cannot_fit_is_refused_before_dispatch_naming_it(engine, monkeypatch):
+    monkeypatch.setattr(engine, "_run", nothing_runs)
+    with pytest.raises(RequestError, match=r"num_frames=100000000: a 100000000x32x32 video needs an estimated "
+                                           r"[\d.]+ TB of memory at least .* more than the [\d.]+ [GMT]B available "
+                                           r"on cpu") as err:
+        engine.generate(PROMPT, **RUN | dict(num_frames=100_000_000))
+    assert err.value.field == "num_frames"
+    with pytest.raises(RequestError) as err:
+        engine.generate(PROMPT, **RUN | dict(width=10_000_000))
+    assert err.value.field == "width"
+
+
+def test_the_pipeline_refuses_it_too(engine, monkeypatch):
+    monkeypatch.setattr(engine.pipeline, "encode_prompt", nothing_runs)
+    with pytest.raises(RequestError, match="num_frames=100000000"):
+        engine.pipeline.generate(PROMPT, **RUN | dict(num_frames=100_000_000))
+
+
+def test_the_estimate_counts_video_latents_and_the_widest_activation():
+    from videosys.core.memory import estimate_peak_bytes
+
+    config = tiny_config("latte")
+    parts = estimate_peak_bytes(config, dict(num_frames=16, height=512, width=512, guidance_scale=7.5),
+                                torch.nn.Linear(8, 4608, device="meta"))
+    pixels = 16 * 512 * 512
+    assert parts["decoded video"] == pixels * 3 * 9
+    assert parts["latents"] == 16 * 4 * 64 * 64 * 8
+    assert parts["activations"] == 2 * 16 * 32 * 32 * 4608 * 4  # CFG's two branches, fp32
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+    assert estimate_peak_bytes(config, dict(num_frames=None, height=None, width=None)) == {}  # a reconstruction
+
+
+def test_published_defaults_fit_a_big_gpu():
+    """Wan 2.1 14B's published 81x480x832 (its MLP is 13824 wide, bf16) on an 80 GB GPU: the estimate is far
+    below it (a lower bound: it never refuses what fits)."""
+    from videosys.core.memory import estimate_peak_bytes
+
+    config = tiny_config("wan", preset=None, dtype="bf16", device="cpu")
+    parts = estimate_peak_bytes(config, dict(num_frames=81, height=480, width=832, guidance_scale=5.0),
+                                torch.nn.Linear(8, 13824, device="meta"))
+    assert parts["total"] < 10 * 2 ** 30
+
+
+@pytest.fixture(scope="module")
+def client(engine, tmp_path_factory):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from videosys.serve.app import create_app
+
+    with TestClient(create_app(engine, str(tmp_path_factory.mktemp("serve")))) as client:
+        yield client
+
+
+def test_http_size_that_cannot_fit_is_a_422_naming_the_field(client):
+    response = client.post("/jobs", json={"prompt": PROMPT, "num_frames": 100_000_000})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == ["body", "num_frames"] and "needs an estimated" in detail[0]["msg"]
+    assert client.get("/jobs").json() == []  # no job was queued
+
+
+# ---- Open-Sora's loop ------------------------------------------------------------------------------------
+def test_open_sora_loop_without_room_is_refused_with_the_frames_it_needs():
+    with pytest.raises(RequestError, match=r"condition_frame_length=5 leaves nothing new to generate in a clip of 5 "
+                                           r"latent frames: with loop=2, give num_frames=34 or more") as err:
+        tiny_config("open-sora").check_request({"loop": 2})
+    assert err.value.field == "condition_frame_length"
+    tiny_config("open-sora").check_request({"loop": 2, "num_frames": 34})  # room: accepted

@@ -406,7 +406,7 @@ def test_config_yaml_and_cli(tmp_path, clip):
         tiny_config(mask_strategy="0;a")
     with pytest.raises(ValueError, match="multiple of 5"):
         tiny_config(loop=2, condition_frame_length=3)
-    config = tiny_config(reference_path="a.png;b.mp4", mask_strategy="0;0,1,0,-1,1", loop=3, flow=4.0,
+    config = tiny_config(reference_path="a.png;b.mp4", mask_strategy="0;0,1,0,-1,1", loop=3, flow=4.0, num_frames=34,
                          camera_motion="zoom in")
     config.to_yaml(str(tmp_path / "c.yaml"))
     assert OpenSoraConfig.from_yaml(str(tmp_path / "c.yaml")) == config

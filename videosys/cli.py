@@ -64,17 +64,13 @@ def _add_reconstruct(sub) -> None:
 
 
 def _reconstruct(args, engine_cls) -> int:
-    import os
-
-    if not os.path.isfile(args.input):  # before loading any weights
-        print(f"videosys: error: no video file at {args.input!r}", file=sys.stderr)
-        return 2
     if args.size is not None:
         args.set.append(f"size={args.size}")
     try:
-        from videosys.utils.video import check_video_path
+        from videosys.utils.video import check_video_path, probe_video
 
-        check_video_path(args.output)  # before any weight loads or compute
+        probe_video(args.input, "--input")  # a video ffmpeg decodes (not a text file), before any weight loads
+        check_video_path(args.output)  # likewise: a folder we can write in
         with engine_cls(make_config(args)) as engine:
             out = engine.reconstruct(args.input, seed=args.seed)
             path = engine.save_video(out.video[0], args.output, fps=args.fps or round(out.fps))

@@ -14,13 +14,12 @@ GENERATION = {"num_frames": _frames, "height": int, "width": int, "num_inference
 
 def make_config(args):
     """The family config from parsed flags: --config's YAML, then the named flags, then each --set FIELD=VALUE."""
-    from omegaconf import OmegaConf
-
     from videosys.models import config_class
+    from videosys.utils.files import load_yaml
 
     values = {}
     if args.config:
-        values = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True) or {}
+        values = load_yaml(args.config)  # a parse error names the file and line
     model = args.model or values.pop("model", None)
     values.pop("model", None)
     if not model:

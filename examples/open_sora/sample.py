@@ -3,6 +3,7 @@
     python examples/open_sora/sample.py                                          # tiny random model, offline, seconds
     python examples/open_sora/sample.py --task i2v                               # ... from an image
     python examples/open_sora/sample.py --task extend                            # ... continuing a video
+    python examples/open_sora/sample.py --loop 2 --num-frames 34                 # two clips, the second continuing
     python examples/open_sora/sample.py --model-path hpcai-tech/OpenSora-STDiT-v3 \
         --resolution 480p --aspect-ratio 9:16 --num-frames 2s                    # the release (needs a GPU)
     python examples/open_sora/sample.py --model-path hpcai-tech/OpenSora-STDiT-v3 --num-frames 2s \
@@ -11,7 +12,8 @@
 Without --reference, i2v and extend first make a text-to-video clip and condition on it: i2v on
 its first frame (mask strategy "0"), extend on its last 5 latent frames = 17 video frames
 ("0,0,-5,0,5": from the reference's latent frame -5, at the new clip's latent frame 0, 5 long).
---loop N generates N clips, each continuing the previous one. Mask strategies are the release's
+--loop N generates N clips, each continuing the previous one (on the last 5 latent frames = 17 video frames,
+so a clip needs more: 34 frames, the default here with --loop). Mask strategies are the release's
 (videosys/models/open_sora/conditioning.py); positions count latent frames (17 video frames -> 5).
 
 With --model-path the VAE and the T5 come from hpcai-tech/OpenSora-VAE-v1.2 and DeepFloyd/t5-v1_1-xxl
@@ -44,7 +46,8 @@ def main():
     parser.add_argument("--output", default="outputs/open_sora.mp4")
     args = parser.parse_args()
 
-    num_frames = args.num_frames or (None if args.model_path or args.task == "t2v" else 34)  # tiny: 2 VAE chunks
+    # tiny: 2 VAE chunks where a reference or the loop conditions on one of them
+    num_frames = args.num_frames or (None if args.model_path or (args.task == "t2v" and not args.loop) else 34)
     fields = dict(resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=num_frames,
                   num_inference_steps=args.steps, num_gpus=args.num_gpus)
     if args.model_path:

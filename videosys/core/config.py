@@ -410,9 +410,9 @@ class BaseConfig(legacy_flags_class()):
 
     @classmethod
     def from_yaml(cls, path: str, **overrides):
-        from omegaconf import OmegaConf
+        from videosys.utils.files import load_yaml
 
-        values = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        values = load_yaml(path)  # a parse error names the file and line
         values.pop("model", None)  # a YAML file may name its family, as the CLI's --config does
         return cls.from_dict({**values, **overrides})
 
@@ -460,6 +460,18 @@ def check_prompt(prompt, name: str = "prompt") -> list[str]:
     return prompts
 
 
+def check_media_file(path, field: str, kind: str = "image") -> str:
+    """`path` if it is a readable `kind` ("image" or "video") file, else a RequestError naming `field` and the
+    file: probed (Pillow / ffmpeg) before any model work, so a text file named .png or a truncated download is
+    refused at once rather than failing inside a VAE's preprocessing."""
+    from videosys.utils.video import probe_image, probe_video
+
+    try:
+        return (probe_video if kind == "video" else probe_image)(path, field)
+    except ValueError as err:
+        raise RequestError(field, str(err)) from None
+
+
 def check_seed(seed) -> int:
     """An integer seed (numpy's too) as an int, or a RequestError naming `seed`: a string or float otherwise
     fails inside torch.manual_seed, after the call has started, without naming it; True is not a seed."""
@@ -468,17 +480,19 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def check_call(generate, prompt, kwargs: dict) -> None:
+def check_call(generate, prompt, kwargs: dict) -> list[str]:
     """A generate() call's prompt, seed and keyword names against `generate`'s signature, before the engine
-    dispatches it (a worker's TypeError would otherwise come back from another process, mid-call)."""
-    check_prompt(prompt)
+    dispatches it (a worker's TypeError would otherwise come back from another process, mid-call); returns
+    the prompts as a list."""
+    prompts = check_prompt(prompt)
     seed = kwargs.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # the type only: the pipeline converts it
         check_seed(seed)
     params = inspect.signature(generate).parameters
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-        return  # a family whose generate() takes anything says itself what it refuses
+        return prompts  # a family whose generate() takes anything says itself what it refuses
     allowed = [n for n in params if n not in ("self", "prompt")]
     for name in kwargs:
         if name not in allowed:
             raise RequestError(name, f"generate() got an unknown argument {name!r}; allowed: {', '.join(allowed)}")
+    return prompts

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from videosys.core.config import available_cores, check_call
+from videosys.core.memory import check_fits
 from videosys.core.parallel import ParallelState, init_parallel
 from videosys.core.pipeline import VideoSysOutput
 from videosys.utils.video import save_video
@@ -339,9 +340,11 @@ class VideoSysEngine:
         """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
-        The request's values are checked (the config's check_request) before any rank is asked to run it."""
-        check_call(self.config.pipeline_cls.generate, prompt, kwargs)
-        self.config.check_request(kwargs)
+        The request's values are checked (the config's check_request), and its size against the memory available
+        (core/memory.py), before any rank is asked to run it."""
+        prompts = check_call(self.config.pipeline_cls.generate, prompt, kwargs)
+        values = self.config.check_request(kwargs)
+        check_fits(self.config, values, getattr(self.pipeline, "transformer", None), len(prompts))  # too big: refused
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def reconstruct(self, video, **kwargs):

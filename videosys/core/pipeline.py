@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from videosys.core import comm
 from videosys.core.config import check_prompt, check_seed
+from videosys.core.memory import check_fits
 from videosys.core.parallel import ParallelState
 
 
@@ -147,6 +148,7 @@ class VideoSysPipeline:
         prompts = self.as_prompt_list(prompt)
         seed = check_seed(seed)
         values = self.config.check_request(request)
+        check_fits(self.config, values, self.transformer, len(prompts), self.device)  # a size that cannot fit
         run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seed,
                             generator=torch.Generator("cpu").manual_seed(int(seed)),
                             do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter())

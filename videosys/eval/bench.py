@@ -288,6 +288,9 @@ def check(args, config) -> list[str]:
 
 
 def run(args) -> int:
+    from videosys.utils.files import check_writable_folder
+
+    check_writable_folder(args.output, "--output")  # before any weight loads or compute
     config = model_config(args)
     variants = check(args, config)
     prompts = prompt_list(args)
@@ -296,8 +299,12 @@ def run(args) -> int:
     device = config.torch_device()
     coefficients = None
     if args.coefficients:
-        with open(args.coefficients) as f:
-            coefficients = json.load(f)["coefficients"]
+        from videosys.utils.files import load_json
+
+        data = load_json(args.coefficients, "--coefficients")  # a parse error names the file and line
+        if not isinstance(data, dict) or "coefficients" not in data:
+            raise ValueError(f"{args.coefficients}: no \"coefficients\" key (scripts/calibrate_teacache.py writes it)")
+        coefficients = data["coefficients"]
     peers = None if args.peers is None else ["none"] + [p for p in (args.peers or peer_caches.VARIANTS) if p != "none"]
     if peers is not None and config.checkpoint() is None:
         raise ValueError("--peers needs a checkpoint folder diffusers can load (the demo preset or --model-path)")

@@ -47,8 +47,9 @@ def model_config(args):
 
 def prompt_list(args) -> list[str]:
     if getattr(args, "prompt_file", None):
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f if line.strip()]
+        from videosys.utils.files import read_text
+
+        prompts = [line.strip() for line in read_text(args.prompt_file, "--prompt-file").splitlines() if line.strip()]
         if not prompts:
             raise ValueError(f"no prompts in {args.prompt_file!r}")
         return prompts[: args.prompts]

@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field, create_model
 from videosys.cache import choices, published_names
 from videosys.cache.registry import legacy_specs, legacy_switches
 from videosys.core.config import RequestError
+from videosys.core.memory import check_fits
 from videosys.serve.jobs import DONE, JobRunner, JobStore, QueueFull
 from videosys.utils.video import read_video
 
@@ -77,9 +78,10 @@ def _cache_name(config) -> str | None:
     return switched[0] if switched else "none"
 
 
-def validate_request(config, values: dict) -> None:
+def validate_request(config, values: dict, transformer=None) -> None:
     """Each field through the config's own validation (the config rebuilt with it: its type and range), then
-    the request as generate() would take it (config.check_request); raises a 422 listing every bad field by
+    the request as generate() would take it (config.check_request) and its size against the memory available
+    (core/memory.check_fits, with the loaded `transformer`'s widths); raises a 422 listing every bad field by
     name."""
     config_names = {f.name for f in dataclasses.fields(config)}
     errors = []
@@ -96,7 +98,8 @@ def validate_request(config, values: dict) -> None:
             errors.append({"loc": ("body", name), "msg": str(err), "type": "value_error"})
     if not errors:  # the request together, as generate() takes it (a size and a named resolution, ...)
         try:
-            config.check_request({k: v for k, v in values.items() if k != "cache"})
+            resolved = config.check_request({k: v for k, v in values.items() if k != "cache"})
+            check_fits(config, resolved, transformer)  # 422 now, not an allocation error in the job
         except RequestError as err:
             errors.append({"loc": ("body", err.field), "msg": str(err), "type": "value_error"})
         except (ValueError, TypeError) as err:
@@ -156,7 +159,8 @@ def create_app(engine, output_dir: str, max_queue: int = 8, model: str | None = 
         values = {k: v for k, v in request.model_dump().items() if v is not None}
         if runner.engine.pipeline is None:
             raise HTTPException(503, "the engine is down (a rank failed and it could not be rebuilt)")
-        validate_request(config, {k: v for k, v in values.items() if k != "prompt"})
+        validate_request(config, {k: v for k, v in values.items() if k != "prompt"},
+                         runner.engine.pipeline.transformer)
         values.setdefault("num_inference_steps", config.num_inference_steps)
         try:
             return store.submit(values, model)

@@ -36,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from videosys.cli_common import make_config
     from videosys.core.engine import VideoSysEngine
     from videosys.serve.app import create_app
+    from videosys.utils.files import check_writable_folder
 
     if args.num_gpus is not None:
         args.set = [*args.set, f"num_gpus={args.num_gpus}"]
+    check_writable_folder(args.output_dir, "--output-dir")  # before the weights load
     config = make_config(args)
     engine = VideoSysEngine(config)  # the weights, loaded once (and the workers, with num_gpus > 1)
     app = create_app(engine, args.output_dir, args.max_queue, rebuild_engine=lambda: VideoSysEngine(config))

@@ -32,3 +32,73 @@ def write_json(path: str, data, indent: int = 2) -> str:
         json.dump(data, f, indent=indent, ensure_ascii=False)
         f.write("\n")
     return path
+
+
+def check_writable_folder(path: str, what: str = "output") -> str:
+    """`path` (a file or folder to be written) if its folder can take a new file, else a ValueError naming it.
+    Probed by creating (and removing) a temporary file in the nearest existing folder above it, since
+    os.access says yes to root on /proc or a read-only mount; missing folders below are created later."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} {path!r}: {folder!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
+    except OSError as err:
+        raise ValueError(f"{what} {path!r}: cannot write in {folder!r} ({err.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
+    return path
+
+
+def read_text(path: str, what: str = "file") -> str:
+    """A UTF-8 text file's contents; a missing file or one that is not UTF-8 is a ValueError naming the file and
+    the line, so a command can print one line instead of a UnicodeDecodeError traceback."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"{what} {path!r}: {err.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}, line {line}, column {column}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
+                         "save the file as UTF-8") from None
+
+
+def load_json(path: str, what: str = "JSON file"):
+    """A JSON file's value; text that does not parse is a ValueError naming the file, line and column."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg})") from None
+
+
+def load_yaml(path: str, what: str = "YAML config") -> dict:
+    """A YAML file's mapping, as plain Python values (omegaconf's loader: interpolations resolved); text that
+    does not parse, or is not a mapping, is a ValueError naming the file (and the line where YAML says)."""
+    import io
+
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = read_text(path, what)
+    try:
+        values = OmegaConf.to_container(OmegaConf.load(io.StringIO(text)), resolve=True)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}{where}: not valid YAML ({problem})") from None
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{path}: {str(err).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a {what} must be a mapping of field: value, got a {type(values).__name__}")
+    return values

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import torch
 
-from videosys.utils.files import atomic_path
+from videosys.utils.files import atomic_path, check_writable_folder
 
 
 def to_uint8_frames(video) -> np.ndarray:
@@ -32,13 +32,49 @@ def check_video_path(path) -> str:
         raise ValueError(f"output {path!r} is a folder; name a file in it, e.g. {os.path.join(path, 'out.mp4')!r}")
     if os.path.splitext(path)[1].lower() != ".mp4":
         raise ValueError(f"output {path!r}: videos are written as H.264 .mp4 only; use a name ending in .mp4")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ValueError(f"output {path!r}: {folder!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"output {path!r}: no permission to write in {folder!r}")
+    return check_writable_folder(path, "output")
+
+
+# ffmpeg decodes text files as video (its tty demuxer renders them as ANSI art): these are not videos
+_TEXT_CODECS = {"ansi", "bintext", "xbin", "idf", "text", "subrip", "ass", "mov_text", "webvtt"}
+
+
+def probe_video(path, what: str = "video") -> str:
+    """`path` if it is a video file ffmpeg decodes a frame of, else a ValueError naming it: checked before any
+    model work, so a text file or a truncated download is refused at once, not reconstructed as noise."""
+    import imageio_ffmpeg
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    try:
+        reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+        meta = next(reader)
+        codec = str(meta.get("codec", "")).strip(", ").split(",")[0].split()[0] if meta.get("codec") else ""
+        if codec in _TEXT_CODECS:
+            raise ValueError(f"{what} {path!r} is not a video: ffmpeg reads it as text ({codec})")
+        next(reader)  # one frame decodes
+    except (OSError, RuntimeError, StopIteration) as err:
+        reason = "no frame decodes" if isinstance(err, StopIteration) else str(err).splitlines()[0]
+        raise ValueError(f"{what} {path!r} is not a video file ffmpeg can read ({reason})") from None
+    finally:
+        if "reader" in locals():
+            reader.close()
+    return path
+
+
+def probe_image(path, what: str = "image") -> str:
+    """`path` if Pillow reads it as an image, else a ValueError naming it (checked before any model work)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{what} {path!r} is not an image file Pillow can read ({err})") from None
     return path
 
 

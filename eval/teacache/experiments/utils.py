@@ -87,13 +87,16 @@ def vbench_info_path() -> str:
 def load_prompts(prompts_file: str | None = None) -> list[str]:
     """The prompts, in order: VBench's `prompt_en` list, or a file of one prompt per line
     (.txt) or a JSON list of strings / of {"prompt_en": ...} records."""
+    from videosys.utils.files import load_json, read_text
+
     path = prompts_file or vbench_info_path()
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            data = json.load(f)
-            prompts = [item["prompt_en"] if isinstance(item, dict) else item for item in data]
-        else:
-            prompts = [line.strip() for line in f if line.strip()]
+    if path.endswith(".json"):  # a file that is not UTF-8 or not JSON: an error naming the file and line
+        data = load_json(path, "prompts file")
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a JSON prompts file is a list of strings or of {{\"prompt_en\": ...}} records")
+        prompts = [item.get("prompt_en") if isinstance(item, dict) else item for item in data]
+    else:
+        prompts = [line.strip() for line in read_text(path, "prompts file").splitlines() if line.strip()]
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt or "/" in prompt or "\0" in prompt:
             raise ValueError(f"{path}: prompt {prompt!r} cannot be a file name")
@@ -460,9 +463,13 @@ def main(family: Family, argv: list[str] | None = None) -> int:
         args.output_dir = os.path.join("samples", family.name + (f"-{args.preset}" if args.preset else ""))
     if args.start < 0 or (args.num_prompts is not None and args.num_prompts < 1) or args.num_seeds < 1:
         raise SystemExit("--start must be >= 0, --num-prompts and --num-seeds >= 1")
+    from videosys.utils.files import check_writable_folder
+
     try:
+        check_writable_folder(args.output_dir, "--output-dir")  # before any prompt is read or weight loads
+        load_prompts(args.prompts_file)
         summaries = [generate_variant(family, variant, args) for variant in args.variant]
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # a bad file or value: one line, no traceback
         raise SystemExit(f"error: {err}") from None
     print(json.dumps(summaries, ensure_ascii=False))
     return 0

@@ -261,9 +261,9 @@ class CascadeVPipeline(VideoSysPipeline):
         if isinstance(video, (str, os.PathLike)):
             if not os.path.isfile(video):
                 raise FileNotFoundError(f"no video file at {str(video)!r}")
-            from videosys.utils.video import read_video
+            from videosys.utils.video import probe_video, read_video
 
-            video, fps = read_video(str(video))
+            video, fps = read_video(probe_video(video))  # a text file (ffmpeg reads it as ANSI art) is refused
         if isinstance(video, np.ndarray):
             video = torch.from_numpy(np.ascontiguousarray(video))
         if not (isinstance(video, torch.Tensor) and video.dtype == torch.uint8 and video.dim() == 4

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from videosys.core.config import BaseConfig, RequestError
+from videosys.core.config import BaseConfig, RequestError, check_media_file
 from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.hunyuanvideo15 import text as hv_text
 from videosys.models.hunyuanvideo15 import tiny
@@ -142,6 +142,8 @@ class HunyuanVideo15Config(BaseConfig):
             raise RequestError("image", "this is a text-to-video checkpoint: it takes no image (use an i2v one)")
         if isinstance(out["image"], str) and not os.path.isfile(out["image"]):
             raise RequestError("image", f"image={out['image']!r}: no such file")
+        if isinstance(out["image"], str):
+            check_media_file(out["image"], "image")  # an image Pillow reads, before any model work
         return out
 
     @property

@@ -198,7 +198,8 @@ def looped_num_frames(num_frames: int, loop: int, condition_frame_length: int, c
     return num_frames + (loop - 1) * (num_frames - repeated)
 
 
-def check_loop(loop, condition_frame_length, condition_frame_edit, latent_frames: int, chunk_latents: int = 5):
+def check_loop(loop, condition_frame_length, condition_frame_edit, latent_frames: int, chunk_latents: int = 5,
+               chunk_frames: int = 17):
     if isinstance(loop, bool) or not isinstance(loop, int) or loop < 1:
         raise ValueError(f"loop must be a positive integer, got {loop!r}")
     if isinstance(condition_frame_length, bool) or not isinstance(condition_frame_length, int):
@@ -211,8 +212,10 @@ def check_loop(loop, condition_frame_length, condition_frame_edit, latent_frames
         raise ValueError(f"condition_frame_length={condition_frame_length}: looping takes a positive multiple of "
                          f"{chunk_latents} latent frames (one VAE chunk of 17 video frames each), e.g. 5")
     if condition_frame_length >= latent_frames:
+        enough = (condition_frame_length // chunk_latents + 1) * chunk_frames  # one more whole VAE chunk
         raise ValueError(f"condition_frame_length={condition_frame_length} leaves nothing new to generate in a clip "
-                         f"of {latent_frames} latent frames; use more num_frames or fewer condition frames")
+                         f"of {latent_frames} latent frames: with loop={loop}, give num_frames={enough} or more "
+                         "(or fewer condition frames)")
 
 
 # ---- references --------------------------------------------------------------------------------
@@ -467,7 +470,7 @@ def prepare(prompt, reference=None, mask_strategy=None, *, loop: int = 1, condit
     masks_in = _per_prompt(mask_strategy, len(prompts), single, "mask_strategy")
     check_prompt_flags(aes, flow, camera_motion)
     chunk_latents = vae_latent_frames(chunk_frames)
-    check_loop(loop, condition_frame_length, condition_frame_edit, latent_frames, chunk_latents)
+    check_loop(loop, condition_frame_length, condition_frame_edit, latent_frames, chunk_latents, chunk_frames)
     if align is not None and (isinstance(align, bool) or not isinstance(align, int) or align < 1):
         raise ValueError(f"align must be a positive integer (latent frames) or None, got {align!r}")
 

@@ -17,12 +17,12 @@ from functools import partial
 
 import torch
 
-from videosys.core.config import BaseConfig, RequestError
+from videosys.core.config import BaseConfig, RequestError, check_media_file
 from videosys.core.pipeline import VideoSysOutput, VideoSysPipeline
 from videosys.models.open_sora import conditioning
 from videosys.models.open_sora.cache_settings import CACHE_SETTINGS
 from videosys.models.open_sora.transformer import IMAGE_FPS, STDiT3, STDiT3Config
-from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig
+from videosys.models.open_sora.vae import OpenSoraVAE, OpenSoraVAEConfig, latent_frame_count
 from videosys.schedulers.rectified_flow import RectifiedFlowScheduler
 from videosys.utils import text as text_stack
 from videosys.models.modules.pretrained import load_pretrained
@@ -174,7 +174,8 @@ class OpenSoraConfig(BaseConfig):
                 ("reference", lambda: check_reference_types(out.get("reference"))),
                 ("aes", lambda: conditioning.check_prompt_flags(pick["aes"], pick["flow"], pick["camera_motion"])),
                 ("loop", lambda: conditioning.check_loop(pick["loop"], pick["condition_frame_length"],
-                                                         pick["condition_frame_edit"], float("inf")))):
+                                                         pick["condition_frame_edit"],
+                                                         latent_frame_count(out["num_frames"], MICRO_FRAMES)))):
             try:
                 check()
             except ValueError as err:  # the message starts with the field it is about
@@ -188,8 +189,9 @@ class OpenSoraConfig(BaseConfig):
 
 
 def check_reference_types(reference) -> None:
-    """Reference paths name an image or video file type the loader reads (whether they exist is checked when
-    they load); tensors, arrays and images are checked then too."""
+    """Reference paths name an image or video file the loader reads: its type, and its contents probed (a file
+    that is missing or does not decode is refused, naming it); tensors, arrays and images are checked when
+    they load."""
     items = reference if isinstance(reference, (list, tuple)) else [reference]
     for item in items:
         if isinstance(item, (list, tuple)):
@@ -200,6 +202,8 @@ def check_reference_types(reference) -> None:
                 if ext not in conditioning.IMAGE_EXTENSIONS + conditioning.VIDEO_EXTENSIONS:
                     raise ValueError(f"reference {path!r}: unsupported file type {ext!r}; images "
                                      f"{conditioning.IMAGE_EXTENSIONS}, videos {conditioning.VIDEO_EXTENSIONS}")
+                # the file read as its type says, before any model work (RequestError naming `reference`)
+                check_media_file(path, "reference", "image" if ext in conditioning.IMAGE_EXTENSIONS else "video")
 
 
 def tiny_components(seed: int = 0):

@@ -186,6 +186,12 @@ class OpenSoraVAEConfig:
     temporal_vae_config: dict | None = None  # TemporalVAE kwargs; None: TEMPORAL_VAE_CONFIG
 
 
+def latent_frame_count(num_frames: int, chunk_frames: int = 17, time_factor: int = 4) -> int:
+    """Latent frames of `num_frames` video frames: chunks of `chunk_frames`, each padded at the front to a multiple
+    of `time_factor` (the release's geometry by default, which the request checks use without the weights)."""
+    return sum(-(-min(chunk_frames, num_frames - i) // time_factor) for i in range(0, num_frames, chunk_frames))
+
+
 class _SpatialVAE(nn.Module):
     """Holds the AutoencoderKL as `.module`, so keys read `spatial_vae.module.*` like the original."""
 
@@ -222,7 +228,7 @@ class OpenSoraVAE(PretrainedModel):
         return [min(size, num_frames - i) for i in range(0, num_frames, size)]
 
     def latent_frames(self, num_frames: int) -> int:
-        return sum(self.temporal_vae.latent_frames(n) for n in self.chunks(num_frames))
+        return latent_frame_count(num_frames, self.config.micro_frame_size or num_frames, self.temporal_vae.time_factor)
 
     def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """(T', h, w) of the latents of a (num_frames, height, width) video (the SDXL VAE floors odd sizes)."""

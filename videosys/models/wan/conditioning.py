@@ -15,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-from videosys.core.config import RequestError
+from videosys.core.config import RequestError, check_media_file
 
 
 def check_image(image, required: bool, accepted: bool, kind: str):
@@ -32,7 +32,7 @@ def check_image(image, required: bool, accepted: bool, kind: str):
     if isinstance(image, (str, os.PathLike)):
         if not os.path.isfile(image):
             raise RequestError("image", f"image file {str(image)!r} does not exist")
-        return str(image)
+        return check_media_file(image, "image")
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return image
     shape = tuple(np.shape(image))
