@@ -198,8 +198,12 @@ def test_published_defaults_and_request_checks(tmp_path):
     with pytest.raises(RequestError, match="give image=") as err:  # a call gives it (the config needs none)
         i2v.check_request({})
     assert err.value.field == "image"
-    assert WanConfig(model_path="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", image=__file__).check_request(
-        {"image": None})["image"] == __file__  # the config's image serves a request without one
+    from PIL import Image
+
+    first = str(tmp_path / "first.png")
+    Image.fromarray(IMAGE).save(first)
+    assert WanConfig(model_path="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", image=first).check_request(
+        {"image": None})["image"] == first  # the config's image serves a request without one
     with pytest.raises(RequestError, match="does not exist"):
         i2v.check_request({"image": str(tmp_path / "missing.png")})
     with pytest.raises(RequestError, match="takes no image"):

@@ -41,7 +41,7 @@ def test_every_method_that_applies_runs_and_reports(preset):
     assert torch.equal(pipe.generate(PROMPT, seed=1, image=image).latents, base.latents)
 
 
-def test_published_settings_per_release():
+def test_published_settings_per_release(tmp_path):
     from videosys.models.wan.pipeline import WanConfig
 
     tea = WanConfig().published_cache_settings()["teacache"]
@@ -54,7 +54,10 @@ def test_published_settings_per_release():
     a14b = WanConfig(model_path="Wan-AI/Wan2.2-T2V-A14B-Diffusers").published_cache_settings()
     assert "teacache" not in a14b and "magcache" not in a14b  # none published: calibrate (one table per expert)
     ti2v = WanConfig(model_path="Wan-AI/Wan2.2-TI2V-5B-Diffusers")
-    ti2v_i2v = WanConfig(model_path="Wan-AI/Wan2.2-TI2V-5B-Diffusers", image=str(__file__))
+    from PIL import Image
+
+    Image.fromarray(IMAGE).save(tmp_path / "first.png")
+    ti2v_i2v = WanConfig(model_path="Wan-AI/Wan2.2-TI2V-5B-Diffusers", image=str(tmp_path / "first.png"))
     t2v_ratios, i2v_ratios = (c.published_cache_settings()["magcache"]["ratios"] for c in (ti2v, ti2v_i2v))
     assert len(t2v_ratios) == len(i2v_ratios) == 50 and t2v_ratios != i2v_ratios
 
