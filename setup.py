@@ -21,9 +21,9 @@ setup(
                                for files in ("*.json", "*/*")] + ["serve/page/*"]},
     install_requires=requirements,
     # eval/: plots and multi-node generation. Not listed on purpose: vbench (pins transformers 4.33 and
-    # numpy < 2; eval/vbench/setup_env.sh gives it its own environment, `pip install --no-deps vbench`
+    # numpy < 2; eval/teacache/vbench/setup_env.sh gives it its own environment, `pip install --no-deps vbench`
     # here for the prompt list) and lpips (pulls torchvision, which replaces a CPU torch; its weights are
-    # read as files: eval/common_metrics/lpips_alex.py).
+    # read as files: eval/teacache/common_metrics/lpips_alex.py).
     extras_require={
         "eval": ["matplotlib", "ray>=2.9"],
         "serve": ["fastapi", "uvicorn"],  # `videosys serve`

@@ -7,10 +7,10 @@
 
 Each clip is reconstructed at the model's size (short edge resized, centre-cropped square, as the
 release's recon.sh) and scored against that prepared input frame by frame, in memory (no video codec
-in between), with eval/common_metrics/eval.py's metrics: each metric averaged over the clips per
+in between), with eval/teacache/common_metrics/eval.py's metrics: each metric averaged over the clips per
 frame index, then over the frames. `--demo-clips N` writes N procedural clips
 (videosys/utils/demo_data.py) into `--clips` (default: a temporary folder) first. LPIPS is skipped
-when its weights are not available (python eval/common_metrics/lpips_alex.py fetch).
+when its weights are not available (python eval/teacache/common_metrics/lpips_alex.py fetch).
 Prints a table and writes JSON (written whole or not at all).
 
 `--caches a,b,...` (registered names; "teacache-cal-<threshold>" with `--coefficients`, a

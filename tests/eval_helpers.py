@@ -1,4 +1,4 @@
-"""Load the eval/ and scripts/ files (plain files, not a package) as modules for the tests."""
+"""Load the eval/teacache/ and scripts/ files (plain files, not a package) as modules for the tests."""
 
 import importlib.util
 import os
@@ -8,10 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_eval_module(relative_path: str, name: str):
-    """eval/<relative_path> as module `name` (registered in sys.modules so Ray can pickle from it)."""
+    """eval/teacache/<relative_path> as module `name` (registered in sys.modules so Ray can pickle from it)."""
     if name in sys.modules:
         return sys.modules[name]
-    path = os.path.join(ROOT, "eval", relative_path)
+    path = os.path.join(ROOT, "eval", "teacache", relative_path)
     folder = os.path.dirname(path)
     if folder not in sys.path:  # the scripts import their siblings (utils, lpips_alex, cal_vbench)
         sys.path.insert(0, folder)

@@ -1,4 +1,4 @@
-"""eval/plot_frontier.py: speed-up from the timing stats, fidelity from the metrics, a PNG."""
+"""eval/teacache/plot_frontier.py: speed-up from the timing stats, fidelity from the metrics, a PNG."""
 
 import json
 

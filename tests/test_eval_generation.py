@@ -9,7 +9,7 @@ import pytest
 from eval_helpers import load_eval_module
 from videosys import read_video
 
-gen = load_eval_module("teacache/experiments/utils.py", "videosys_eval_experiments_utils")
+gen = load_eval_module("experiments/utils.py", "videosys_eval_experiments_utils")
 
 PROMPTS = ["a red circle moving to the right", "a blue square, moving up", "a cat's green eye"]
 # the tiny Latte, as short as it goes: 4 frames, 2 steps

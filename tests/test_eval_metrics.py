@@ -1,4 +1,4 @@
-"""eval/common_metrics: PSNR and SSIM against scikit-image and hand-computed values, LPIPS, the folder CLI."""
+"""eval/teacache/common_metrics: PSNR and SSIM against scikit-image and hand-computed values, LPIPS, the folder CLI."""
 
 import io
 import json
@@ -157,7 +157,7 @@ def test_lpips_pretrained_grows_with_noise():
     try:
         model = lpips_alex.load_lpips()
     except FileNotFoundError:
-        pytest.skip("no pretrained LPIPS weights here (python eval/common_metrics/lpips_alex.py fetch)")
+        pytest.skip("no pretrained LPIPS weights here (python eval/teacache/common_metrics/lpips_alex.py fetch)")
     rng = np.random.default_rng(0)
     # a smooth image: gradients and a disc, so noise is what changes it
     yy, xx = np.mgrid[0:64, 0:64] / 63.0

@@ -1,4 +1,4 @@
-"""eval/vbench/cal_vbench.py: the papers' aggregation on fixture score files, against hand-computed totals."""
+"""eval/teacache/vbench/cal_vbench.py: the papers' aggregation on fixture score files, against hand-computed totals."""
 
 import json
 import os
@@ -91,12 +91,12 @@ def test_run_vbench_knows_every_dimension():
 
 
 def vbench_python():
-    """The VBench environment's python (setup_env.sh makes eval/vbench/.venv), or $VBENCH_PYTHON."""
+    """The VBench environment's python (setup_env.sh makes eval/teacache/vbench/.venv), or $VBENCH_PYTHON."""
     import os
 
     from eval_helpers import ROOT
 
-    for path in (os.environ.get("VBENCH_PYTHON"), os.path.join(ROOT, "eval", "vbench", ".venv", "bin", "python")):
+    for path in (os.environ.get("VBENCH_PYTHON"), os.path.join(ROOT, "eval", "teacache", "vbench", ".venv", "bin", "python")):
         if path and os.path.exists(path):
             return path
     return None
@@ -113,7 +113,7 @@ def test_run_vbench_temporal_flickering_on_real_files(tmp_path):
 
     python = vbench_python()
     if python is None:
-        pytest.skip("no VBench environment (bash eval/vbench/setup_env.sh, or set VBENCH_PYTHON)")
+        pytest.skip("no VBench environment (bash eval/teacache/vbench/setup_env.sh, or set VBENCH_PYTHON)")
     run = load_eval_module("vbench/run_vbench.py", "videosys_eval_run_vbench")
     videos = tmp_path / "videos"
     gray = np.full((6, 32, 32, 3), 128, np.uint8)

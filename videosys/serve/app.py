@@ -35,7 +35,7 @@ from videosys.serve.jobs import DONE, JobRunner, JobStore, QueueFull
 from videosys.utils.video import read_video
 
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
-PSNR_IDENTICAL = 100.0  # dB when MSE < 1e-10, as eval/common_metrics (common_metrics_on_video_quality)
+PSNR_IDENTICAL = 100.0  # dB when MSE < 1e-10, as eval/teacache/common_metrics (common_metrics_on_video_quality)
 
 
 def generation_fields(config) -> dict[str, tuple[typing.Any, typing.Any]]:

@@ -1,4 +1,4 @@
-"""CogVideoX over the VBench prompts: `python eval/teacache/experiments/cogvideox.py --num-prompts 4`.
+"""CogVideoX over the VBench prompts: `python experiments/cogvideox.py --num-prompts 4`.
 Exits with a message while the cogvideox family is not in this videosys install."""
 
 import sys

@@ -1,4 +1,4 @@
-"""HunyuanVideo-1.5 (480p T2V) over the VBench prompts: `python eval/teacache/experiments/hunyuanvideo15.py
+"""HunyuanVideo-1.5 (480p T2V) over the VBench prompts: `python experiments/hunyuanvideo15.py
 --num-prompts 4 --variant baseline magcache`. Exits with a message while the family is not in this videosys install.
 
 Variants: the caches published for HunyuanVideo-1.5 (videosys/models/hunyuanvideo15/cache_settings.py): MagCache

@@ -1,4 +1,4 @@
-"""Latte over the VBench prompts: `python eval/teacache/experiments/latte.py --preset tiny --num-prompts 4`."""
+"""Latte over the VBench prompts: `python experiments/latte.py --preset tiny --num-prompts 4`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Open-Sora 1.2 over the VBench prompts: `python eval/teacache/experiments/opensora.py --num-prompts 4`.
+"""Open-Sora 1.2 over the VBench prompts: `python experiments/opensora.py --num-prompts 4`.
 Exits with a message while the open-sora family is not in this videosys install."""
 
 import sys

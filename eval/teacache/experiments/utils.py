@@ -2,10 +2,11 @@
 
 A family's script (latte.py, opensora.py, ...) names the family and its variant table and
 calls `main(family)`. Each variant is a dict of config overrides on top of the command
-line's config; `baseline` is the model as published, with no cache:
+line's config; `baseline` is the model as published, with no cache (from eval/teacache, as every
+eval command):
 
-    python eval/teacache/experiments/latte.py --preset tiny --num-prompts 4                  # baseline
-    python eval/teacache/experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
+    python experiments/latte.py --preset tiny --num-prompts 4                  # baseline
+    python experiments/latte.py --variant teacache-slow --num-seeds 5          # full protocol
 
 Files: `<output-dir>/<variant>/{prompt}-{seed}.mp4` (docs/evaluation.md), plus
 `stats.json` there: per-video timing and cache statistics, for the speed / quality plot.

@@ -1,4 +1,4 @@
-"""Wan over the VBench prompts: `python eval/teacache/experiments/wan.py --num-prompts 4`.
+"""Wan over the VBench prompts: `python experiments/wan.py --num-prompts 4`.
 Exits with a message while the wan family is not in this videosys install."""
 
 import sys

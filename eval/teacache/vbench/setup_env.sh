@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The VBench scorer's own environment, in one command:
-#     bash eval/vbench/setup_env.sh [ENV_DIR]          # default: eval/vbench/.venv
+#     bash vbench/setup_env.sh [ENV_DIR]          # default: vbench/.venv
 # vbench 0.1.5 pins transformers 4.33.2, tokenizers 0.13.3 and numpy < 2, so it cannot share
 # videosys's environment. Then:
-#     ENV_DIR/bin/python eval/vbench/run_vbench.py --video-dir ... --output-dir ...
+#     ENV_DIR/bin/python vbench/run_vbench.py --video-dir ... --output-dir ...
 # Choose the torch build with TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1", a matching
 # pair; add e.g. PIP_EXTRA_INDEX_URL for a CUDA-specific build). The GRiT dimensions (object_class,
 # multiple_objects, color, spatial_relationship) also need detectron2, which is not on PyPI:

@@ -1,6 +1,6 @@
 """Quality, semantic and total VBench scores from VBench's per-dimension results, as the papers aggregate them.
 
-    python eval/vbench/cal_vbench.py --score-dir vbench_results/latte/baseline [more dirs] [--output scores.json]
+    python vbench/cal_vbench.py --score-dir vbench_results/latte/baseline [more dirs] [--output scores.json]
 
 Reads every `*_eval_results.json` in each folder (VBench writes `{dimension: [score, per-video]}`;
 run_vbench.py writes one file per dimension). No vbench import: this runs anywhere.

@@ -1,6 +1,6 @@
-"""PSNR, SSIM and LPIPS of generated videos against the baseline videos of the same name.
+"""PSNR, SSIM and LPIPS of generated videos against the baseline videos of the same name (from eval/teacache):
 
-    python eval/common_metrics/eval.py --gt_video_dir samples/latte/baseline \
+    python common_metrics/eval.py --gt_video_dir samples/latte/baseline \
         --generated_video_dir samples/latte/teacache-slow [--output metrics.json]
 
 As the TeaCache / PAB papers measure (the protocol: docs/evaluation.md): frames in [0, 1]; per frame

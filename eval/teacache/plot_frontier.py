@@ -1,6 +1,6 @@
 """Speed-up against fidelity (PSNR, LPIPS) for the variants of one family, as a PNG and a table.
 
-    python eval/plot_frontier.py --family-dir samples/latte [--output frontier.png] [--vbench-scores s.json]
+    python plot_frontier.py --family-dir samples/latte [--output frontier.png] [--vbench-scores s.json]
 
 The reading, the plot and the table are videosys/eval/frontier.py's.
 """
