@@ -78,7 +78,7 @@ def test_cli_says_which_argument_in_one_line(capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("model", ["latte", "cogvideox", "open-sora", "open-sora-plan", "wan"])
+@pytest.mark.parametrize("model", ["latte", "cogvideox", "open-sora", "open-sora-plan", "wan", "hunyuanvideo-1.5"])
 def test_a_prompt_past_the_token_limit_warns_once_with_the_count(model):
     pipeline = tiny_pipeline(model)
     limit = pipeline.config.max_text_length if hasattr(pipeline.config, "max_text_length") else None
@@ -92,8 +92,8 @@ def test_a_prompt_past_the_token_limit_warns_once_with_the_count(model):
         assert f"limit of {limit}:" in str(cut[0].message)
     import warnings
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a short prompt: no warning
-        pipeline.encode_prompt([PROMPT], "", do_cfg=True)
+        warnings.simplefilter("error")  # a short prompt: no warning (tiny HunyuanVideo-1.5 takes 48 bytes of chat)
+        pipeline.encode_prompt(["a red circle"], "", do_cfg=True)
 
 
 # ---- files: outputs writable, inputs probed, parse errors naming the file and line --------------------------
@@ -303,3 +303,25 @@ def test_open_sora_loop_without_room_is_refused_with_the_frames_it_needs():
         tiny_config("open-sora").check_request({"loop": 2})
     assert err.value.field == "condition_frame_length"
     tiny_config("open-sora").check_request({"loop": 2, "num_frames": 34})  # room: accepted
+
+
+# ---- the noise a user sees ---------------------------------------------------------------------------------
+def test_warnings_point_at_the_callers_line(engine):
+    """Through the engine, the pipeline's inference_mode wrapper (torch's contextlib) and our frames: the
+    warning names this file, the line that called generate()."""
+    import inspect
+
+    with pytest.warns(UserWarning, match="tokens are cut") as record:
+        line = inspect.currentframe().f_lineno + 1
+        engine.generate("a red circle moving to the right " * 200, **RUN)
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+
+def test_demo_vocabulary_warning_points_at_the_caller():
+    import inspect
+
+    pipeline = tiny_pipeline("latte", preset="demo")
+    with pytest.warns(UserWarning, match="knows only the words") as record:
+        line = inspect.currentframe().f_lineno + 1
+        pipeline.generate("a zebra running", **RUN)
+    assert (record[0].filename, record[0].lineno) == (__file__, line)

@@ -82,6 +82,14 @@ def _reconstruct(args, engine_cls) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # the engine has shut its workers down (they ignore Ctrl-C): one line, no traceback
+        print("videosys: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     from videosys.core.config import check_prompt
     from videosys.core.engine import VideoSysEngine
@@ -108,6 +116,7 @@ def main(argv=None) -> int:
     except NonFiniteError as err:  # NaN weights, fp16 overflow: no (black) video written
         print(f"videosys: error: {err}", file=sys.stderr)
         return 1
+
     print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v
                                           for k, v in out.stats.items()}}))
     return 0

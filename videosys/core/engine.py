@@ -14,10 +14,12 @@ killed and named the same way; workers exit by themselves when rank 0 dies. One 
 engine per process at a time (torch has one default process group).
 """
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -27,6 +29,7 @@ import traceback
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm.auto import tqdm
 
 from videosys.core.config import available_cores, check_call
 from videosys.core.memory import check_fits
@@ -119,6 +122,12 @@ def _heartbeat(rank: int, parent_pid: int, beats, interval: float) -> None:
 
 def _worker(rank: int, world: int, port: int, config, commands, results, beats, parent_pid: int) -> None:
     """Ranks 1..N-1: build the pipeline, then run what rank 0 runs, call for call."""
+    # Ctrl-C reaches every process of the terminal: rank 0 alone answers it (it shuts the workers down), so the
+    # user sees one line, not a traceback per rank (started with SIGINT ignored too: _spawn_workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore: a worker that is killed or leaves by os._exit never
+    # releases it, and the resource tracker then reports "leaked semaphore objects" at the end of the run
+    tqdm.set_lock(threading.RLock())
     threading.Thread(target=_heartbeat, args=(rank, parent_pid, beats, min(0.5, config.heartbeat_timeout / 4)),
                      daemon=True, name="videosys-heartbeat").start()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -148,6 +157,20 @@ def _worker(rank: int, world: int, port: int, config, commands, results, beats, 
         # leaving the process group at once makes the other ranks' collectives fail fast instead of hanging
         os._exit(1)
     dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process while the block runs (main thread only: signal handlers live there); a
+    process started meanwhile begins with it ignored, as Python leaves an ignored SIGINT ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Watchdog:
@@ -239,7 +262,8 @@ class VideoSysEngine:
                                       daemon=True, name=f"videosys-rank{rank}")
                 os.environ[_WORKER_ENV] = str(rank)  # the child's environment is copied at start
                 try:
-                    process.start()
+                    with _sigint_ignored():  # inherited: a Ctrl-C while the worker imports is not its traceback
+                        process.start()
                 finally:
                     del os.environ[_WORKER_ENV]
                 self.workers.append(process)

@@ -30,6 +30,7 @@ from videosys.core import comm
 from videosys.core.config import check_prompt, check_seed
 from videosys.core.memory import check_fits
 from videosys.core.parallel import ParallelState
+from videosys.utils.caller import user_stacklevel
 
 
 class NonFiniteError(RuntimeError):
@@ -124,7 +125,7 @@ class VideoSysPipeline:
         if unknown:
             warnings.warn(f"this model knows only the words of its training captions ({', '.join(sorted(vocabulary))}),"
                           f" not {', '.join(map(repr, unknown))}: the video follows the known words alone (try e.g. "
-                          "\"a red circle moving to the right\")", stacklevel=4)
+                          "\"a red circle moving to the right\")", stacklevel=user_stacklevel())
         return prompts
 
     # ---- generation: one flow, the family's hooks -------------------------------------------------

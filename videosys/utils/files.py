@@ -34,19 +34,21 @@ def write_json(path: str, data, indent: int = 2) -> str:
     return path
 
 
-def check_writable_folder(path: str, what: str = "output") -> str:
-    """`path` (a file or folder to be written) if its folder can take a new file, else a ValueError naming it.
-    Probed by creating (and removing) a temporary file in the nearest existing folder above it, since
-    os.access says yes to root on /proc or a read-only mount; missing folders below are created later."""
+def check_writable_folder(path: str, what: str = "output", file: str | None = None) -> str:
+    """`path`, a folder to write in (missing folders are created later), if it can take a new file, else a
+    ValueError naming it (or `file`, the file to be written there). Probed by creating (and removing) a
+    temporary file in the nearest existing folder, since os.access says yes to root on /proc or a read-only
+    mount."""
+    name = path if file is None else file
     folder = os.path.abspath(path)
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise ValueError(f"{what} {path!r}: {folder!r} is a file, not a folder")
+        raise ValueError(f"{what} {name!r}: {folder!r} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=folder)
     except OSError as err:
-        raise ValueError(f"{what} {path!r}: cannot write in {folder!r} ({err.strerror})") from None
+        raise ValueError(f"{what} {name!r}: cannot write in {folder!r} ({err.strerror})") from None
     os.close(fd)
     os.remove(probe)
     return path

@@ -11,6 +11,8 @@ import warnings
 
 import torch
 
+from videosys.utils.caller import user_stacklevel
+
 # Words of the captions users try first (and of the demo clips); anything else falls back to
 # characters, so every ASCII prompt tokenizes without <unk>.
 _WORDS = """
@@ -78,10 +80,15 @@ def warn_if_cut(tokenizer, prompts: list[str], max_length: int, name: str = "pro
     encoders truncate silently, so a long prompt's end would otherwise vanish without a word. Counts only;
     the encoded tokens are unchanged."""
     ids = tokenizer(prompts, add_special_tokens=True, truncation=False, verbose=False).input_ids
-    longest = max(len(i) for i in ids)
+    warn_if_longer([len(i) for i in ids], max_length, name)
+
+
+def warn_if_longer(lengths: list[int], max_length: int, name: str = "prompt") -> None:
+    """warn_if_cut's warning from token counts a family computed itself (a chat template's, say)."""
+    longest = max(lengths)
     if longest > max_length:
         warnings.warn(f"{name} is {longest} tokens, more than the text encoder's limit of {max_length}: the last "
-                      f"{longest - max_length} tokens are cut and do not affect the video", stacklevel=3)
+                      f"{longest - max_length} tokens are cut and do not affect the video", stacklevel=user_stacklevel())
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ def check_video_path(path) -> str:
         raise ValueError(f"output {path!r} is a folder; name a file in it, e.g. {os.path.join(path, 'out.mp4')!r}")
     if os.path.splitext(path)[1].lower() != ".mp4":
         raise ValueError(f"output {path!r}: videos are written as H.264 .mp4 only; use a name ending in .mp4")
-    return check_writable_folder(path, "output")
+    check_writable_folder(os.path.dirname(os.path.abspath(path)), "output", path)
+    return path
 
 
 # ffmpeg decodes text files as video (its tty demuxer renders them as ANSI art): these are not videos

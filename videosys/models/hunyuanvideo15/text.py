@@ -16,6 +16,8 @@ import re
 
 import torch
 
+from videosys.utils.text import warn_if_cut, warn_if_longer
+
 # the release's system message, word for word (its whitespace is part of the tokens the model saw)
 SYSTEM_MESSAGE = "You are a helpful assistant. Describe the video by detailing the following aspects: \
         1. The main content and theme of the video. \
@@ -48,7 +50,10 @@ def template_prefix_length(tokenizer) -> int:
 @torch.no_grad()
 def encode_llm(tokenizer, encoder, prompts: list[str], max_length: int, crop_start: int,
                device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, max_length, C) hidden states and the (B, max_length) mask of the prompts' chats."""
+    """(B, max_length, C) hidden states and the (B, max_length) mask of the prompts' chats; a warning says when
+    a chat is cut to max_length tokens after the template's prefix (utils/text.warn_if_longer)."""
+    full = tokenizer.apply_chat_template(chats(prompts), add_generation_prompt=True, tokenize=True, return_dict=True)
+    warn_if_longer([len(ids) - crop_start for ids in full["input_ids"]], max_length)
     tokens = tokenizer.apply_chat_template(chats(prompts), add_generation_prompt=True, tokenize=True,
                                            return_dict=True, padding="max_length", max_length=max_length + crop_start,
                                            truncation=True, return_tensors="pt")
@@ -76,6 +81,7 @@ def encode_glyphs(tokenizer, encoder, prompts: list[str], max_length: int,
             states.append(torch.zeros(1, max_length, encoder.config.d_model, device=device, dtype=encoder.dtype))
             masks.append(torch.zeros(1, max_length, dtype=torch.int64, device=device))
             continue
+        warn_if_cut(tokenizer, [text], max_length, "the prompt's quoted text")
         tokens = tokenizer(text, padding="max_length", max_length=max_length, truncation=True,
                            add_special_tokens=True, return_tensors="pt").to(device)
         states.append(encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask.float())[0])
