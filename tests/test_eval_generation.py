@@ -279,3 +279,38 @@ def test_a_preset_writes_to_its_own_folder_by_default(prompts_file, monkeypatch)
     for extra in (["--preset", "tiny"], [], ["--preset", "tiny", "--output-dir", "mine"]):
         gen.main(family(), ["--prompts-file", prompts_file, *extra])
     assert chosen == [os.path.join("samples", "latte-tiny"), os.path.join("samples", "latte"), "mine"]
+
+
+def test_a_folder_from_before_settings_json_is_adopted_when_its_stats_agree(prompts_file, tmp_path, kept_engines,
+                                                                             capsys):
+    argv = ["--prompts-file", prompts_file, "--num-prompts", "1", "--num-seeds", "1", "--output-dir", str(tmp_path),
+            *FAST]
+    gen.main(family(), argv)
+    folder = tmp_path / "baseline"
+    settings = (folder / "settings.json").read_text()
+    (folder / "settings.json").unlink()  # as an older videosys left it: videos and stats.json only
+    gen.main(family(), argv)
+    assert "no settings.json; its stats.json shows these settings made every video there: adopted" in \
+        capsys.readouterr().out
+    assert (folder / "settings.json").read_text() == settings
+    assert len(json.loads((folder / "stats.json").read_text())["runs"]) == 1  # nothing was generated again
+    (folder / "settings.json").unlink()
+    with pytest.raises(SystemExit, match=r"holds 1 videos but no settings.json, and its stats.json records other "
+                                         r"settings \(num_inference_steps: 2 there, 3 now\)"):
+        gen.main(family(), argv + ["--num-inference-steps", "3"])
+
+
+def test_overwrite_removes_the_metrics_of_the_deleted_videos_only(prompts_file, tmp_path, kept_engines):
+    """metrics.json scores a folder's videos (in that folder) against a baseline (named in it): --overwrite of a
+    folder removes its own metrics.json and those that scored against it; other metrics stay."""
+    argv = ["--prompts-file", prompts_file, "--num-prompts", "1", "--num-seeds", "1", "--output-dir", str(tmp_path),
+            *FAST]
+    gen.main(family(), argv)
+    baseline = tmp_path / "baseline"
+    for name, against in (("baseline", tmp_path / "elsewhere"), ("teacache-slow", baseline),
+                          ("pab", tmp_path / "elsewhere")):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"gt_video_dir": str(against)}))
+    gen.main(family(), argv + ["--num-inference-steps", "3", "--overwrite"])
+    assert not (baseline / "metrics.json").exists() and not (tmp_path / "teacache-slow" / "metrics.json").exists()
+    assert (tmp_path / "pab" / "metrics.json").exists()

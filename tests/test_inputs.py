@@ -246,6 +246,14 @@ def test_a_size_that_cannot_fit_is_refused_before_dispatch_naming_it(engine, mon
     assert err.value.field == "width"
 
 
+def test_cli_refuses_it_before_weights_load(no_engine, capsys):
+    from videosys import cli
+
+    assert cli.main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", PROMPT, "--num-frames",
+                     "100000000", "--output", "/tmp/videosys-never-written.mp4"]) == 2
+    _one_line_error(capsys, "num_frames=100000000", "needs an estimated")
+
+
 def test_the_pipeline_refuses_it_too(engine, monkeypatch):
     monkeypatch.setattr(engine.pipeline, "encode_prompt", nothing_runs)
     with pytest.raises(RequestError, match="num_frames=100000000"):
@@ -325,3 +333,42 @@ def test_demo_vocabulary_warning_points_at_the_caller():
         line = inspect.currentframe().f_lineno + 1
         pipeline.generate("a zebra running", **RUN)
     assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+
+@pytest.mark.slow
+def test_multi_process_run_ends_quietly_and_ctrl_c_is_one_line(tmp_path):
+    """`videosys generate` on two processes: a finished run leaves no `leaked semaphore objects` report; Ctrl-C
+    (SIGINT to the whole process group, as a terminal sends it) mid-generation ends with one line and status 130,
+    no traceback from any rank."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    def start(steps: int, progress: bool):
+        cmd = [sys.executable, "-m", "videosys.cli", "generate", "--model", "latte", "--preset", "tiny",
+               "--prompt", PROMPT, "--set", "num_gpus=2", "--num-frames", "2", "--height", "32", "--width", "32",
+               "--steps", str(steps), "--output", str(tmp_path / "o.mp4"), *([] if progress else ["--no-progress"])]
+        env = dict(os.environ, OMP_NUM_THREADS="1", VIDEOSYS_ALLOW_OVERSUBSCRIBE="1")
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+    done = start(2, progress=False)
+    out, err = done.communicate(timeout=300)  # EOF once every process holding the pipes (tracker too) has exited
+    assert done.returncode == 0, err.decode()
+    assert b"leaked semaphore" not in err and b"Traceback" not in err, err.decode()
+
+    run = start(1000, progress=True)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: run.stderr.read(1), b"")), daemon=True)
+    reader.start()
+    end = time.monotonic() + 300
+    while b"latte:" not in b"".join(chunks) and time.monotonic() < end:  # the denoising loop has started
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    reader.join(timeout=60)
+    err = b"".join(chunks).decode(errors="replace")
+    assert "Traceback" not in err and "leaked semaphore" not in err, err
+    assert err.rstrip().splitlines()[-1].endswith("videosys: interrupted")

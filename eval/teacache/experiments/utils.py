@@ -38,6 +38,7 @@ from videosys.cache import published_names
 NUM_SEEDS = 5  # seeds 0..4 per prompt (docs/evaluation.md)
 STATS_FILE = "stats.json"
 SETTINGS_FILE = "settings.json"
+METRICS_FILE = "metrics.json"  # common_metrics/eval.py's, in the scored folder
 # config fields that change how a video is computed, not what it is: a run may resume another's folder with
 # other values of these (more GPUs, another device, a compiled transformer)
 _NOT_SETTINGS = {"progress_bar", "num_gpus", "cfg_parallel", "heartbeat_timeout", "compile", "device"}
@@ -167,8 +168,38 @@ def build_config(family: Family, variant: str, options: dict[str, Any]):
 def video_settings(family: Family, variant: str, config, negative_prompt: str | None) -> dict[str, Any]:
     """What defines a folder's videos: the family, the variant and the config's values (checkpoint or preset,
     steps, size, frames, dtype, the variant's cache), and the negative prompt (None: the family's default)."""
-    values = {k: v for k, v in _json_value(config.to_dict()).items() if k not in _NOT_SETTINGS}
-    return {"family": family.name, "variant": variant, **values, "negative_prompt": negative_prompt}
+    return _settings(family.name, variant, config.to_dict(), negative_prompt)
+
+
+def _settings(family: str, variant: str, config: dict[str, Any], negative_prompt: str | None) -> dict[str, Any]:
+    values = {k: v for k, v in _json_value(config).items() if k not in _NOT_SETTINGS}
+    return {"family": family, "variant": variant, **values, "negative_prompt": negative_prompt}
+
+
+def settings_from_stats(folder: str, videos: list[str], settings: dict[str, Any]) -> tuple[dict | None, str]:
+    """The settings of a folder written before settings.json existed, read from its stats.json: (settings, "")
+    when every video there is listed and every run that made one had this run's settings; else (None, why).
+    Those runs did not record a negative prompt: a folder is adopted only by a run with the family's default."""
+    path = os.path.join(folder, STATS_FILE)
+    if not os.path.exists(path):
+        return None, f"no {STATS_FILE} either"
+    from videosys.utils.files import load_json
+
+    data = load_json(path, STATS_FILE)
+    runs = data.get("runs", [data["meta"]] if "meta" in data else [])
+    listed = data.get("videos", {})
+    unlisted = sorted(set(videos) - set(listed))
+    if unlisted or not runs:
+        return None, f"{STATS_FILE} does not list {len(unlisted) or len(videos)} of them"
+    if settings.get("negative_prompt") is not None:
+        return None, f"{STATS_FILE} does not record the negative prompt, and this run gives one"
+    for run in runs:
+        recorded = _settings(run.get("family"), run.get("variant"), run.get("config", {}), None)
+        if recorded != settings:
+            differ = [f"{k}: {recorded.get(k)!r} there, {settings.get(k)!r} now"
+                      for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k)]
+            return None, f"its {STATS_FILE} records other settings ({'; '.join(differ)})"
+    return settings, ""
 
 
 def claim_folder(folder: str, settings: dict[str, Any], overwrite: bool) -> None:
@@ -187,17 +218,39 @@ def claim_folder(folder: str, settings: dict[str, Any], overwrite: bool) -> None
                   for k in sorted(set(recorded) | set(settings)) if recorded.get(k) != settings.get(k)]
         raise SystemExit(f"{folder} holds videos generated with other settings ({'; '.join(differ)}): give another "
                          "--output-dir, or --overwrite to delete its videos and start over")
-    if not overwrite and recorded is None and videos:
-        raise SystemExit(f"{folder} holds {len(videos)} videos but no {SETTINGS_FILE}, so their settings are "
-                         "unknown: give another --output-dir, or --overwrite to delete its videos and start over")
+    if not overwrite and recorded is None and videos:  # a folder from before settings.json: adopt it if stats agree
+        recorded, why = settings_from_stats(folder, videos, settings)
+        if recorded is None:
+            raise SystemExit(f"{folder} holds {len(videos)} videos but no {SETTINGS_FILE}, and {why}, so their "
+                             "settings are unknown: give another --output-dir, or --overwrite to delete its videos "
+                             "and start over")
+        print(f"{folder}: no {SETTINGS_FILE}; its {STATS_FILE} shows these settings made every video there: "
+              f"adopted (writing {SETTINGS_FILE})", flush=True)
+        recorded = None  # written below
     if overwrite:
-        for name in videos + [STATS_FILE]:
+        for name in videos + [STATS_FILE, METRICS_FILE]:  # the metrics scored the videos deleted here
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
+        remove_metrics_against(folder)
     if recorded != settings or overwrite:
         from videosys.utils.files import write_json
 
         write_json(path, settings, indent=1)
+
+
+def remove_metrics_against(folder: str) -> None:
+    """The other variants' metrics.json scored against `folder`'s videos as their baseline (common_metrics/eval.py
+    records its --gt_video_dir): once those videos are deleted they describe videos that no longer exist."""
+    target = os.path.abspath(folder)
+    for path in glob.glob(os.path.join(glob.escape(os.path.dirname(target)), "*", METRICS_FILE)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                against = json.load(f).get("gt_video_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if against == target:
+            os.remove(path)
+            print(f"removed {path}: it scored videos against {folder}, whose videos --overwrite deleted", flush=True)
 
 
 # ---------------------------------------------------------------- generation
