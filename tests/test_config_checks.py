@@ -249,10 +249,13 @@ def test_cli_help_names_every_family_and_outputs_are_ignored():
     assert ignored.stdout.split() == ["out.mp4", "output.mp4"]
 
 
-def test_eval_readme_commands_run_from_the_repository_root():
+def test_eval_readme_commands_run_from_eval_teacache():
+    """TeaCache's layout: every eval command runs from eval/teacache, as the page says (tests/
+    test_documented_commands.py runs them there)."""
     text = open(os.path.join(ROOT, "eval", "README.md")).read()
+    assert "runs from `eval/teacache`" in text
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
     scripts = re.findall(r"python (\S+\.py)", blocks)
     assert len(scripts) >= 6 and not re.search(r"^\s*cd ", blocks, re.M)
-    missing = [s for s in scripts if not os.path.isfile(os.path.join(ROOT, s))]
+    missing = [s for s in scripts if not os.path.isfile(os.path.join(ROOT, "eval", "teacache", s))]
     assert not missing, missing

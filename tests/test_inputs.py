@@ -33,6 +33,8 @@ BAD = [  # (args, kwargs, field, message)
     ((["ok", b"x"],), {}, "prompt", "prompt must be a non-empty string"),
     (("a red \udcff circle",), {}, "prompt", "cannot be encoded as UTF-8"),
     ((PROMPT,), dict(height=-64), "height", "height must be"),
+    ((PROMPT,), dict(height=72), "height", "height=72 must be divisible by 16"),  # Latte's size grid
+    (("  ",), {}, "prompt", "prompt must be a non-empty string"),
 ]
 
 
@@ -60,6 +62,23 @@ def test_unknown_keyword_names_the_allowed_ones(engine, monkeypatch):
                                            "guidance_scale") as err:
         engine.generate(PROMPT, guidance=5, **RUN)
     assert err.value.field == "guidance"
+
+
+def test_a_config_that_cannot_run_is_refused_when_built():
+    from videosys import CogVideoXConfig
+
+    with pytest.raises(RequestError, match="num_frames=10 must be 8k \\+ 1") as err:
+        CogVideoXConfig(preset="tiny", num_frames=10)
+    assert err.value.field == "num_frames"
+
+
+def test_skipcache_without_skip_branches_is_refused_before_weights_load(no_engine, capsys):
+    from videosys import cli
+
+    assert cli.main(["generate", "--model", "latte", "--preset", "tiny", "--cache", "skipcache", "--prompt", PROMPT,
+                     "--output", "/tmp/videosys-never-written.mp4"]) == 2
+    _one_line_error(capsys, "Skip-Cache needs a model with Skip-DiT skip branches; latte (tiny) has none")
+    tiny_config("latte", preset="tiny-skip", cache="skipcache")  # the Skip-DiT preset has them
 
 
 def test_numpy_seed_is_an_int(engine):

@@ -17,6 +17,7 @@ talking. Acts at the block-stack hook point (videosys/cache/hooks.py) with parti
 (`stack.run(x, start, stop)`), which the model composes through its per-forward skip store.
 """
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,8 @@ class SkipCacheConfig:
     start_timestep: float = 700.0  # cached steps only below this timestep (configs "-700")
     stop_timestep: float = 50.0  # reset after a step at or below this one (configs "-50")
     branch: int = 1  # b: units run at each end on a cached step (the authors' skip_at_branch = 1)
+    # a config can tell, without weights, that its model has none (BaseConfig.skip_branches): refused when built
+    needs_skip_branches: typing.ClassVar[bool] = True
 
     def __post_init__(self):
         if int(self.interval) != self.interval or self.interval < 1:

@@ -187,7 +187,7 @@ class BaseConfig(legacy_flags_class()):
             raise ValueError(f"cfg_parallel splits the processes into a cond and an uncond half: num_gpus must be "
                              f"even, got {self.num_gpus}")
         self.check_device_name()
-        self.cache_configs()  # a bad cache setting fails here, not mid-generation
+        self.check_cache_fits(self.cache_configs())  # a bad cache setting fails here, not mid-generation
         self.freeinit_config()  # likewise FreeInit's settings
 
     def check_fields(self) -> None:
@@ -333,6 +333,19 @@ class BaseConfig(legacy_flags_class()):
             split = f" (num_gpus={world} with cfg_parallel leaves sp={sp})" if self.cfg_parallel else ""
             raise ValueError(f"{self.model_name}'s sequence parallelism gives each process whole attention heads: "
                              f"its {heads} heads do not divide by sp={sp}{split}")
+
+    def skip_branches(self) -> bool | None:
+        """Whether the transformer has Skip-DiT skip branches, as far as the config tells without weights (None:
+        unknown, e.g. a hub id not downloaded). Only Latte's transformer has them (its override says which)."""
+        return False
+
+    def check_cache_fits(self, caches: list) -> None:
+        """A cache that needs what the model, as the config describes it, lacks: refused now, naming `cache`,
+        rather than once the weights have loaded (Skip-Cache on a model without skip branches)."""
+        if any(getattr(c, "needs_skip_branches", False) for c in caches) and self.skip_branches() is False:
+            raise RequestError("cache", f"Skip-Cache needs a model with Skip-DiT skip branches; {self.model_name} "
+                               f"({self.preset or self.model_path}) has none (Latte's Skip-DiT presets have them: "
+                               "tiny-skip, demo-skip)")
 
     def cache_models(self) -> tuple[str, ...]:
         """The keys the caches look their published defaults up under, most specific first

@@ -66,6 +66,18 @@ class LatteConfig(BaseConfig):
         self.check_divisible(values, self.vae_downsampling(folder) * patch, "VAE downsampling x patch size")
         return values
 
+    def skip_branches(self) -> bool | None:
+        """The Skip-DiT presets and checkpoints have skip branches; a local folder's config.json says; a hub id
+        not downloaded: unknown (checked when the weights load)."""
+        if self.skip_dit_checkpoint is not None or self.preset in ("tiny-skip", "demo-skip") and self.model_path is None:
+            return True
+        if self.preset in ("tiny", "demo") and self.model_path is None:
+            return False
+        folder = self.checkpoint_folder()
+        if folder and os.path.isdir(folder):
+            return bool(self.transformer_config_value("skip_connections", folder))
+        return None
+
     def checkpoint_folder(self) -> str | None:
         """The checkpoint's folder without the existence check (`checkpoint` raises for a missing demo)."""
         return self._demo_path() or self.model_path
