@@ -119,7 +119,6 @@ def _main(argv) -> int:
     except NonFiniteError as err:  # NaN weights, fp16 overflow: no (black) video written
         print(f"videosys: error: {err}", file=sys.stderr)
         return 1
-
     print(json.dumps({"output": path, **{k: round(v, 3) if isinstance(v, float) else v
                                           for k, v in out.stats.items()}}))
     return 0

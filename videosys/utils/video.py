@@ -24,7 +24,8 @@ def to_uint8_frames(video) -> np.ndarray:
 def check_video_path(path) -> str:
     """`path` as a str if save_video can write there, else a ValueError naming it: checked before generating,
     so a bad output name costs no compute. It must end in .mp4 (the one format written), must not be a folder,
-    and the nearest existing folder above it must be a writable folder (missing ones are created)."""
+    and the nearest existing folder above it must take a new file (probed: files.check_writable_folder; missing
+    folders are created when the video is written)."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ValueError(f"the output path must be a file name ending in .mp4, got {path!r}")
     path = os.fspath(path)
@@ -48,10 +49,10 @@ def probe_video(path, what: str = "video") -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path!r} does not exist")
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")  # a generator: ffmpeg starts at the first next()
     try:
-        reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
         meta = next(reader)
-        codec = str(meta.get("codec", "")).strip(", ").split(",")[0].split()[0] if meta.get("codec") else ""
+        codec = (str(meta.get("codec") or "").replace(",", " ").split() or [""])[0]  # "ansi," / "h264 (High)"
         if codec in _TEXT_CODECS:
             raise ValueError(f"{what} {path!r} is not a video: ffmpeg reads it as text ({codec})")
         next(reader)  # one frame decodes
@@ -59,8 +60,7 @@ def probe_video(path, what: str = "video") -> str:
         reason = "no frame decodes" if isinstance(err, StopIteration) else str(err).splitlines()[0]
         raise ValueError(f"{what} {path!r} is not a video file ffmpeg can read ({reason})") from None
     finally:
-        if "reader" in locals():
-            reader.close()
+        reader.close()
     return path
 
 
