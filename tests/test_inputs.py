@@ -265,9 +265,11 @@ def test_a_size_that_cannot_fit_is_refused_before_dispatch_naming_it(engine, mon
     assert err.value.field == "width"
 
 
-def test_cli_refuses_it_before_weights_load(no_engine, capsys):
+def test_cli_refuses_it_before_weights_load(monkeypatch, capsys):
     from videosys import cli
+    from videosys.models.latte.pipeline import LattePipeline
 
+    monkeypatch.setattr(LattePipeline, "from_config", nothing_runs)  # the engine checks before building it
     assert cli.main(["generate", "--model", "latte", "--preset", "tiny", "--prompt", PROMPT, "--num-frames",
                      "100000000", "--output", "/tmp/videosys-never-written.mp4"]) == 2
     _one_line_error(capsys, "num_frames=100000000", "needs an estimated")

@@ -93,7 +93,6 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     from videosys.core.config import check_prompt
     from videosys.core.engine import VideoSysEngine
-    from videosys.core.memory import check_fits
     from videosys.core.pipeline import NonFiniteError
     from videosys.utils.video import check_video_path
 
@@ -108,9 +107,7 @@ def _main(argv) -> int:
             return serve_cli.run(args)
         check_video_path(args.output)  # before any weight loads or compute
         check_prompt(args.prompt)  # likewise: a non-UTF-8 --prompt (lone surrogates) fails here, named
-        config = make_config(args)
-        check_fits(config, config.check_request({}))  # the frames and latents alone: before any weight loads
-        with VideoSysEngine(config) as engine:
+        with VideoSysEngine(make_config(args)) as engine:
             out = engine.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed)
             path = engine.save_video(out.video[0], args.output)
     except (ValueError, FileNotFoundError) as err:  # bad input or missing weights: say it, no traceback

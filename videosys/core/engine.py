@@ -217,6 +217,9 @@ class VideoSysEngine:
             print(f"videosys: error (rank {os.environ[_WORKER_ENV]}): {_UNGUARDED}", flush=True,
                   file=sys.stderr)
             os._exit(_EXIT_UNGUARDED)
+        # the config's own size against the memory here (the frames and latents: no weights needed), before any
+        # process starts or weight loads; a call's own size is checked again with the transformer's widths
+        check_fits(config, {name: getattr(config, name, None) for name in ("num_frames", "height", "width")})
         self.config = config
         self.workers: list = []
         self.commands: list = []
