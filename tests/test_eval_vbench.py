@@ -50,7 +50,7 @@ def test_totals_match_hand_computed(tmp_path, capsys):
     folder = tmp_path / "teacache-slow"
     write_results(folder, [cal.QUALITY_DIMENSIONS, cal.SEMANTIC_DIMENSIONS[:4], cal.SEMANTIC_DIMENSIONS[4:]])
     out = tmp_path / "scores.json"
-    assert cal.main(["--score-dir", str(folder), "--output", str(out)]) == 0
+    assert cal.main(["--score_dir", str(folder), "--output", str(out)]) == 0  # TeaCache's README's spelling
     result = json.loads(out.read_text())["teacache-slow"]
     quality, semantic, total = hand_computed()
     assert result["quality_score"] == pytest.approx(quality, abs=1e-12)
@@ -79,6 +79,14 @@ def test_unknown_dimension_and_empty_folder_are_errors(tmp_path, capsys):
     assert cal.main(["--score-dir", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "not_a_dimension" in err and "no *_eval_results.json" in err
+
+
+def test_run_vbench_takes_teacaches_flags(capsys):
+    run = load_eval_module("vbench/run_vbench.py", "videosys_eval_run_vbench")
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    usage = capsys.readouterr().out
+    assert "--video_path" in usage and "--save_path" in usage
 
 
 def test_run_vbench_knows_every_dimension():

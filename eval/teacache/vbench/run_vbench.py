@@ -78,8 +78,10 @@ def done_before(path: str, dimension: str) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Run VBench on a folder of videos, dimension by dimension.")
+    # TeaCache's README spells them --video_path / --save_path
     p.add_argument("--video-dir", "--video_dir", "--video_path", required=True, help="folder of {prompt}-{seed}.mp4")
-    p.add_argument("--output-dir", "--output_dir", "--save_path", required=True, help="where the per-dimension results go")
+    p.add_argument("--output-dir", "--output_dir", "--save_path", required=True,
+                   help="where the per-dimension results go")
     p.add_argument("--dimensions", nargs="+", default=list(DIMENSIONS), choices=DIMENSIONS)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--download", action="store_true", help="let vbench download missing weights (needs the network)")
