@@ -245,6 +245,26 @@ def test_bench_coefficients_that_do_not_parse(no_engine, tmp_path, capsys):
     _one_line_error(capsys, str(path), "line 1, column 24: not valid JSON")
 
 
+def test_eval_json_that_does_not_parse_names_the_file(tmp_path, capsys):
+    from eval_helpers import load_eval_module
+
+    plot = load_eval_module("plot_frontier.py", "videosys_eval_plot_frontier")
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "stats.json").write_text('{"videos": {\n  "a-0.mp4": {"total_s": 1.0,}\n}}')
+    assert plot.main(["--family-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}/baseline/stats.json, line 2, column 30: not valid JSON" in err
+
+
+def test_serve_job_record_that_does_not_parse_names_the_file(tmp_path):
+    from videosys.serve.jobs import JobStore
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "x.json").write_text('{"id": "x", "state": }')
+    with pytest.raises(ValueError, match=r"jobs/x.json, line 1, column 22: not valid JSON"):
+        JobStore(str(tmp_path))
+
+
 def test_serve_output_dir_unwritable_is_refused_before_weights_load(no_engine, capsys):
     from videosys import cli
 

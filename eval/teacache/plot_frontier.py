@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         if args.vbench_scores and vbench is None:
             raise FileNotFoundError(f"no such file: {args.vbench_scores}")
         points = frontier(args.family_dir, args.baseline, args.time_key, vbench)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:  # a missing file, or one that does not parse (named)
         print(f"plot_frontier.py: error: {err}", file=sys.stderr)
         return 2
     if not points:

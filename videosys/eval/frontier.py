@@ -12,7 +12,6 @@ first video (its warm-up) where others remain (`total_s`: encode, denoise and de
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -20,10 +19,10 @@ STATS_FILE, METRICS_FILE = "stats.json", "metrics.json"
 
 
 def load_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The file's JSON, None when it is not there; one that does not parse is a ValueError naming it and the line."""
+    from videosys.utils.files import load_json as load
+
+    return load(path) if os.path.exists(path) else None
 
 
 def mean_time(stats: dict, names, key: str) -> float:

@@ -48,9 +48,10 @@ class JobStore:
     def _recover(self) -> None:
         for leftover in glob.glob(os.path.join(self.folder, "*", ".tmp-*")):  # a write a crash cut short
             os.remove(leftover)
+        from videosys.utils.files import load_json
+
         for path in sorted(glob.glob(os.path.join(self.jobs_dir, "*.json"))):
-            with open(path, encoding="utf-8") as f:
-                job = json.load(f)
+            job = load_json(path, "job record")  # a record that does not parse: an error naming it and the line
             if job["state"] not in FINISHED:
                 job.update(state=FAILED, error=f"interrupted: the server stopped while the job was {job['state']}",
                            finished=time.time())
