@@ -245,6 +245,16 @@ def test_bench_coefficients_that_do_not_parse(no_engine, tmp_path, capsys):
     _one_line_error(capsys, str(path), "line 1, column 24: not valid JSON")
 
 
+def test_bench_prompt_file_not_utf8(no_engine, tmp_path, capsys):
+    from videosys import cli
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"a red circle\n\xff\xfe\n")
+    assert cli.main(["bench", "--model", "latte", "--preset", "tiny", "--prompt-file", str(path),
+                     "--output", str(tmp_path / "b.json")]) == 2
+    _one_line_error(capsys, str(path), "line 2, column 1: not UTF-8 text (byte 0xff)")
+
+
 def test_eval_json_that_does_not_parse_names_the_file(tmp_path, capsys):
     from eval_helpers import load_eval_module
 
