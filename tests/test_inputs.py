@@ -364,6 +364,25 @@ def test_open_sora_loop_without_room_is_refused_with_the_frames_it_needs():
     tiny_config("open-sora").check_request({"loop": 2, "num_frames": 34})  # room: accepted
 
 
+def test_open_sora_example_says_it_in_one_line_before_weights_load(monkeypatch, capsys):
+    import os
+    import runpy
+    import sys
+
+    import videosys
+
+    monkeypatch.setattr(videosys, "VideoSysEngine", nothing_runs)  # what the example imports
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--loop", "2", "--num-frames", "17"])
+    example = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "open_sora", "sample.py")
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(example, run_name="__main__")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.rstrip().splitlines()[-1].endswith(
+        "condition_frame_length=5 leaves nothing new to generate in a clip of 5 latent frames: with loop=2, give "
+        "num_frames=34 or more (or fewer condition frames)")
+
+
 # ---- the noise a user sees ---------------------------------------------------------------------------------
 def test_warnings_point_at_the_callers_line(engine):
     """Through the engine, the pipeline's inference_mode wrapper (torch's contextlib) and our frames: the

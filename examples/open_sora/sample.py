@@ -50,11 +50,15 @@ def main():
     num_frames = args.num_frames or (None if args.model_path or (args.task == "t2v" and not args.loop) else 34)
     fields = dict(resolution=args.resolution, aspect_ratio=args.aspect_ratio, num_frames=num_frames,
                   num_inference_steps=args.steps, num_gpus=args.num_gpus)
-    if args.model_path:
-        config = OpenSoraConfig(model_path=args.model_path, vae_path=args.vae_path,
-                                text_encoder_path=args.text_encoder_path, **fields)
-    else:
-        config = OpenSoraConfig(preset="tiny", **fields)
+    try:  # bad values (a loop without room, a reference that is not an image) in one line, before weights load
+        if args.model_path:
+            config = OpenSoraConfig(model_path=args.model_path, vae_path=args.vae_path,
+                                    text_encoder_path=args.text_encoder_path, **fields)
+        else:
+            config = OpenSoraConfig(preset="tiny", **fields)
+        config.check_request(dict(loop=args.loop, reference=args.reference, mask_strategy=args.mask_strategy))
+    except ValueError as err:
+        parser.error(str(err))
     with VideoSysEngine(config) as engine:
         reference, mask_strategy = args.reference, args.mask_strategy
         if args.task != "t2v":
