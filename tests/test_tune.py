@@ -126,4 +126,4 @@ def test_tune_end_to_end_on_the_tiny_model_its_file_drives_generate_and_check(tm
     assert os.path.getsize(video) > 0
     assert run_cli("tune", *common, "--check", "@" + output, "--budget", "psnr>=99") == 1
     said = capsys.readouterr().out
-    assert "MISSES psnr>=99" in said and f"{report['cache']} on 4 videos" in said
+    assert "MISSES psnr>=99" in said and f"{report['cache']} on 2 videos" in said
