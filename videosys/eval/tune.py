@@ -398,6 +398,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds of the pick vs no cache")
     parser.add_argument("--output", help="the tuned spec JSON (default: tuned/<model>-<preset or checkpoint>.json); "
                                          "the PNG and the run folder <output>.run/ go beside it")
+    parser.add_argument("--run-dir", help="the references and scores, kept for reruns (default: <output>.run/); "
+                                          "runs with other budgets can share it")
     parser.add_argument("--overwrite", action="store_true", help="start the run folder over")
 
 
@@ -475,7 +477,7 @@ def run(args) -> int:
     else:
         name = os.path.basename(os.path.normpath(args.model_path)) if args.model_path else args.preset
         output = args.output or os.path.join("tuned", f"{args.model}-{name}.json")
-        folder = os.path.splitext(output)[0] + ".run"
+        folder = args.run_dir or os.path.splitext(output)[0] + ".run"
         open_run_folder(folder, {**run_settings(args, config), "prompts": [p for p, _ in tune_jobs + held_jobs],
                                  "seeds": args.seeds}, args.overwrite)
 
