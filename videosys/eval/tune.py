@@ -488,7 +488,9 @@ def run(args) -> int:
         if args.check:
             return _check(args, config, bounds, tune_jobs + held_jobs, scorer)
         started = time.perf_counter()
-        for job in tune_jobs + held_jobs:
+        from tqdm.auto import tqdm
+
+        for job in tqdm(tune_jobs + held_jobs, desc="uncached references", unit="video"):
             scorer.reference(job)
         search = Search(scorer, config, tune_jobs, bounds, args.refine, _progress(scorer))
         for method, pattern, kind, values in ladders(config, args.methods):
