@@ -17,6 +17,12 @@ def test_budget_parses_and_refuses_the_wrong_direction():
         assert "--budget" in str(err.value)
 
 
+def test_a_tightened_bound_is_nearer_perfect():
+    assert str(tune.Bound("lpips", 0.04).tightened(0.5)) == "lpips<=0.02"
+    assert str(tune.Bound("ssim", 0.9).tightened(0.5)) == "ssim>=0.95"
+    assert abs(tune.Bound("psnr", 30.0).tightened(0.5).value - 33.0103) < 1e-4  # half the MSE
+
+
 def test_a_bound_is_out_of_reach_once_the_rest_cannot_save_the_mean():
     lpips, psnr = tune.Bound("lpips", 0.03), tune.Bound("psnr", 35.0)
     assert lpips.reachable([0.1], 4) and not lpips.reachable([0.13], 4)  # 0.13 / 4 > 0.03 whatever follows

@@ -29,7 +29,9 @@ The search, in generations spent:
 - pairs of the best methods at different hook points (`--no-pairs` leaves them out), each a step
   gentler than alone;
 - the candidates that held on the tuning jobs, least work first, on the held-out jobs (--confirm of
-  them): the first that holds there is the pick.
+  them): the first that holds there is the pick; if none does (a few tuning prompts can flatter a
+  setting), the search runs again with the tuning budget tightened to half, then a quarter, of its
+  distance from perfect (LPIPS and 1 - SSIM scaled, PSNR +3 / +6 dB), reusing every score.
 Writes the pick as a cache spec file (`--output`, with the model, settings, budget, figures and date:
 `--cache @tuned.json` in `videosys generate`), a table, a PNG of the frontier with the budget line, and the
 run folder beside it (`<output>.run/`).
@@ -53,6 +55,7 @@ from videosys.eval.runs import add_model_args, model_config, prompt_list
 from videosys.utils.files import atomic_path, write_json
 
 SENSES = {"lpips": "<=", "psnr": ">=", "ssim": ">="}  # the direction in which each metric is better
+TIGHTEN = (1.0, 0.5, 0.25)  # the tuning budget's distance from perfect, scaled, while no pick holds out
 PER_VIDEO_LIMIT = {"lpips": 0.0, "psnr": 100.0, "ssim": 1.0}  # best possible per video (metrics.PSNR_IDENTICAL)
 
 # method -> its name patterns whose one number orders its settings from gentle to aggressive (a larger threshold
@@ -85,8 +88,18 @@ class Bound:
         best_rest = (total - len(values)) * PER_VIDEO_LIMIT[self.metric]
         return self.holds((sum(values) + best_rest) / total)
 
+    def tightened(self, factor: float) -> "Bound":
+        """The bound `factor` times as far from perfect: LPIPS and 1 - SSIM scaled, PSNR as the MSE would be."""
+        if factor == 1.0:
+            return self
+        if self.metric == "psnr":
+            return Bound("psnr", self.value - 10 * math.log10(factor))
+        if self.metric == "ssim":
+            return Bound("ssim", 1 - (1 - self.value) * factor)
+        return Bound(self.metric, self.value * factor)
+
     def __str__(self) -> str:
-        return f"{self.metric}{self.sense}{self.value:g}"
+        return f"{self.metric}{self.sense}{self.value:.4g}"
 
 
 def parse_budget(text: str) -> list[Bound]:
@@ -492,22 +505,32 @@ def run(args) -> int:
 
         for job in tqdm(tune_jobs + held_jobs, desc="uncached references", unit="video"):
             scorer.reference(job)
-        search = Search(scorer, config, tune_jobs, bounds, args.refine, _progress(scorer))
-        for method, pattern, kind, values in ladders(config, args.methods):
-            if kind is None:
-                search.single(method, pattern)
-            else:
-                search.ladder(method, pattern, kind, values)
-        if not args.no_pairs:
-            search.pairs()
-        held = [r for r in search.results.values() if r.held]
-        pick, held_out, checked = confirm(scorer, held, held_jobs, bounds, args.confirm)
+        progress, checked, pick, held_out = _progress(scorer), [], None, None
+        for factor in TIGHTEN:  # a pick that misses on the held-out jobs: search again with a tighter tuning budget
+            tuning_bounds = [b.tightened(factor) for b in bounds]
+            search = Search(scorer, config, tune_jobs, tuning_bounds, args.refine, progress)
+            for method, pattern, kind, values in ladders(config, args.methods):
+                if kind is None:
+                    search.single(method, pattern)
+                else:
+                    search.ladder(method, pattern, kind, values)
+            if not args.no_pairs:
+                search.pairs()
+            tried = {r.spec for r, _ in checked}
+            held = [r for r in search.results.values() if r.held and r.spec not in tried]
+            pick, held_out, now = confirm(scorer, held, held_jobs, bounds, args.confirm)
+            checked += now
+            if pick is not None:
+                break
         wall = _wall_speedup(engine, scorer, pick.spec, held_jobs, args.repeats) if pick and args.repeats else None
     report = _report(args, config, bounds, search, pick, held_out, checked, wall, scorer, tune_jobs, held_jobs,
                      time.perf_counter() - started)
     write_json(output, report)
     png = _plot(search, pick, bounds[0], os.path.splitext(output)[0] + ".png", f"{args.model} ({name})")
     print(_table(search, checked))
+    if search.bounds != bounds:
+        print(f"(no candidate of the budget held out: the table is the search with the tuning budget tightened to "
+              f"{', '.join(map(str, search.bounds))})")
     if pick is None:
         print(f"no setting held {', '.join(map(str, bounds))} on both the tuning and the held-out prompts: "
               f"the pick is no cache ({output})")
@@ -553,6 +576,7 @@ def _report(args, config, bounds, search, pick, held_out, checked, wall, scorer,
         "cache": pick.spec if pick else "none",
         "model": args.model, "preset": args.preset, "model_path": args.model_path,
         "settings": run_settings(args, config), "budget": ",".join(map(str, bounds)),
+        "tuning_budget": ",".join(map(str, search.bounds)),
         "tune": {"jobs": [list(j) for j in tune_jobs], **({"means": pick.means, "work": pick.work} if pick else {})},
         "held_out": {"jobs": [list(j) for j in held_jobs],
                      **({"means": held_out.means, "work": held_out.work} if held_out else {})},
