@@ -119,7 +119,7 @@ def test_tune_end_to_end_on_the_tiny_model_its_file_drives_generate_and_check(tm
     # a rerun, with another budget, reuses the references and every score: no generation
     assert run_cli("tune", *common, "--budget", "psnr>=25", "--methods", "teacache", "taylorseer", "--no-pairs",
                    "--repeats", "0", "--output", output) == 0
-    assert "\n0 generations" in capsys.readouterr().out
+    assert "\n0 generations scored" in capsys.readouterr().out
     # other generation settings: the run folder is refused, naming the difference
     assert run_cli("tune", *common[:-4], "--steps", "2", "--prompts", "2", "--prompt-set", "builtin",
                    "--budget", "psnr>=20", "--output", output) == 2

@@ -505,7 +505,7 @@ def run(args) -> int:
 
         for job in tqdm(tune_jobs + held_jobs, desc="uncached references", unit="video"):
             scorer.reference(job)
-        progress, checked, pick, held_out = _progress(scorer), [], None, None
+        progress, checked, pick, held_out, scored = _progress(scorer), [], None, None, {}
         for factor in TIGHTEN:  # a pick that misses on the held-out jobs: search again with a tighter tuning budget
             tuning_bounds = [b.tightened(factor) for b in bounds]
             search = Search(scorer, config, tune_jobs, tuning_bounds, args.refine, progress)
@@ -520,14 +520,16 @@ def run(args) -> int:
             held = [r for r in search.results.values() if r.held and r.spec not in tried]
             pick, held_out, now = confirm(scorer, held, held_jobs, bounds, args.confirm)
             checked += now
+            scored.update(search.results)
             if pick is not None:
                 break
         wall = _wall_speedup(engine, scorer, pick.spec, held_jobs, args.repeats) if pick and args.repeats else None
-    report = _report(args, config, bounds, search, pick, held_out, checked, wall, scorer, tune_jobs, held_jobs,
+    report = _report(args, config, bounds, search, scored, pick, held_out, checked, wall, scorer, tune_jobs, held_jobs,
                      time.perf_counter() - started)
     write_json(output, report)
-    png = _plot(search, pick, bounds[0], os.path.splitext(output)[0] + ".png", f"{args.model} ({name})")
-    print(_table(search, checked))
+    png = _plot(scored, len(tune_jobs), pick, bounds[0], search.bounds[0], os.path.splitext(output)[0] + ".png",
+                f"{args.model} ({name})")
+    print(_table(scored, checked))
     if search.bounds != bounds:
         print(f"(no candidate of the budget held out: the table is the search with the tuning budget tightened to "
               f"{', '.join(map(str, search.bounds))})")
@@ -539,7 +541,7 @@ def run(args) -> int:
               + _means(pick.means) + f"; held out: {_means(held_out.means)}"
               + (f"; wall {wall['speedup']:.2f}x" if wall else ""))
         print(f"use it: videosys generate --model {args.model} ... --cache @{output}")
-    print(f"{scorer.generations} generations; wrote {output}, {png} and {folder}/")
+    print(f"{scorer.generations} generations scored; wrote {output}, {png} and {folder}/")
     return 0
 
 
@@ -571,7 +573,7 @@ def _wall_speedup(engine, scorer, spec: str, jobs: list, repeats: int) -> dict:
         f"{name}_s": value["total_s"] for name, value in (("none", times["none"]), ("pick", times[spec]))}}
 
 
-def _report(args, config, bounds, search, pick, held_out, checked, wall, scorer, tune_jobs, held_jobs, seconds):
+def _report(args, config, bounds, search, scored, pick, held_out, checked, wall, scorer, tune_jobs, held_jobs, seconds):
     return {
         "cache": pick.spec if pick else "none",
         "model": args.model, "preset": args.preset, "model_path": args.model_path,
@@ -582,16 +584,16 @@ def _report(args, config, bounds, search, pick, held_out, checked, wall, scorer,
                      **({"means": held_out.means, "work": held_out.work} if held_out else {})},
         "wall": wall, "generations": scorer.generations, "seconds": seconds,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "candidates": [r.row() for r in search.results.values()],
+        "candidates": [r.row() for r in scored.values()],
         "confirmed": [{"spec": r.spec, "held_out": h.row()} for r, h in checked],
     }
 
 
-def _table(search: Search, checked) -> str:
+def _table(scored: dict, checked) -> str:
     held_out = {r.spec: h for r, h in checked}
-    metrics = list(next(iter(search.results.values())).means) if search.results else []
+    metrics = list(next(iter(scored.values())).means) if scored else []
     lines = [f"{'candidate':<34}{'work':>7}" + "".join(f"{m:>9}" for m in metrics) + f"{'videos':>8}  tuned / held out"]
-    for r in sorted(search.results.values(), key=lambda r: r.work):
+    for r in sorted(scored.values(), key=lambda r: r.work):
         status = "held" if r.held else "missed" if r.held is False else "stopped"
         if r.spec in held_out:
             status += " / " + ("held" if held_out[r.spec].held else "missed")
@@ -600,7 +602,9 @@ def _table(search: Search, checked) -> str:
     return "\n".join(lines)
 
 
-def _plot(search: Search, pick: Result | None, bound: Bound, output: str, title: str) -> str:
+def _plot(scored: dict, jobs: int, pick: Result | None, bound: Bound, tuning: Bound, output: str, title: str) -> str:
+    """The metric of the budget's first bound against counted speed-up, a line per method, over every candidate
+    scored on all tuning jobs; the budget (and the tightened tuning budget, if one gave the pick) and the pick."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -609,13 +613,15 @@ def _plot(search: Search, pick: Result | None, bound: Bound, output: str, title:
     from videosys.eval.bench import method_of
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    points = [r for r in search.results.values() if r.jobs == len(search.jobs) and bound.metric in r.means]
+    points = [r for r in scored.values() if r.jobs == jobs and bound.metric in r.means]
     for method in sorted({method_of(r.spec) for r in points}):
         mine = sorted((r for r in points if method_of(r.spec) == method), key=lambda r: r.work)
         ax.plot([1 / r.work for r in mine], [r.means[bound.metric] for r in mine], marker="o", alpha=0.7, label=method)
     ax.axhline(bound.value, color="black", ls="--", lw=1, label=f"budget {bound}")
+    if tuning != bound:
+        ax.axhline(tuning.value, color="grey", ls=":", lw=1, label=f"tuning budget {tuning}")
     if pick is not None:
-        ax.scatter([1 / pick.work], [pick.means[bound.metric]], marker="*", s=200, color="red", zorder=5,
+        ax.scatter([1 / pick.work], [pick.means[bound.metric]], marker="*", s=260, facecolors="none", edgecolors="red", zorder=5,
                    label=f"pick {pick.spec}")
     ax.set_xlabel("uncached FLOPs / cached FLOPs (counted work)")
     ax.set_ylabel(f"{bound.metric} vs uncached (tuning prompts)")
