@@ -43,6 +43,25 @@ def one_thread_per_rank():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_engine_left_running():
+    """A test that fails while holding a multi-process engine outside a `with` block leaves its process group up,
+    and every later multi-process test would then be refused ("already running in this process"): after each
+    test, such an engine is shut down, so one failure stays one failure."""
+    yield
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import gc
+
+    from videosys.core.engine import VideoSysEngine
+
+    for engine in [obj for obj in gc.get_objects() if isinstance(obj, VideoSysEngine)]:
+        engine.shutdown(timeout=1.0)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
 
 def published(*keys: str) -> dict:
     """The published cache settings (method name -> fields) of the checkpoint with these cache keys (most specific

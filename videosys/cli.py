@@ -30,16 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
     gen.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     gen.add_argument("--cache", help=f"{', '.join(choices())} (a registered method, the model's published "
-                     "settings); several: a,b")
+                     "settings); several: a,b; @tuned.json: the pick of `videosys tune`")
     gen.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other config field, e.g. --set resolution=720p --set aspect_ratio=9:16 (repeatable)")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile=true)")
     serve_cli.add_parser(sub)
     _add_reconstruct(sub)
-    from videosys.eval import bench
+    from videosys.eval import bench, tune
 
     bench.add_parser(sub)
+    tune.add_parser(sub)
     return parser
 
 
@@ -102,6 +103,10 @@ def _main(argv) -> int:
         from videosys.eval import bench
 
         return bench.run_args(args)
+    if args.command == "tune":
+        from videosys.eval import tune
+
+        return tune.run_args(args)
     try:
         if args.command == "serve":
             return serve_cli.run(args)

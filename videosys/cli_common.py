@@ -28,6 +28,10 @@ def make_config(args):
                  "cache": args.cache.split(",") if args.cache and "," in args.cache else args.cache,
                  **{name: getattr(args, name) for name in GENERATION}}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("cache"), str) and values["cache"].startswith("@"):  # a `videosys tune` file
+        from videosys.eval.tune import tuned_spec
+
+        values["cache"] = tuned_spec(values["cache"])
     cls = config_class(model)
     for item in args.set:
         field, sep, raw = item.partition("=")
