@@ -88,7 +88,7 @@ def test_tuned_spec_names_the_file_and_line(tmp_path):
         tune.tuned_spec("@" + str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"cache":\n  teacache}\n')
-    with pytest.raises(ValueError, match=r"bad\.json, line 2"):
+    with pytest.raises(ValueError, match=r"bad\.json, line 2, column"):
         tune.tuned_spec("@" + str(bad))
     empty = tmp_path / "empty.json"
     empty.write_text("{}")

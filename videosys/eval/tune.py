@@ -7,7 +7,7 @@
     videosys tune --model latte --preset demo --check tuned/latte-demo.json --budget "lpips<=0.03"   # a CI gate
 
 The budget bounds the mean, over videos, of a metric against the same model's uncached video of the same
-prompt and seed (PSNR / SSIM / LPIPS per frame, frames in [0, 1]: eval/common_metrics' protocol); several
+prompt and seed (PSNR / SSIM / LPIPS per frame, frames in [0, 1]: eval/teacache/common_metrics' protocol); several
 bounds joined by commas must all hold. The prompts (--prompts of the set, spread over it) are split in two:
 every other one is tuned on with seed 0, the rest confirm with seeds 1..--seeds, and both are reported.
 
@@ -52,7 +52,7 @@ import time
 import numpy as np
 
 from videosys.eval.runs import add_model_args, model_config, prompt_list
-from videosys.utils.files import atomic_path, write_json
+from videosys.utils.files import atomic_path, check_writable_folder, load_json, write_json
 
 SENSES = {"lpips": "<=", "psnr": ">=", "ssim": ">="}  # the direction in which each metric is better
 TIGHTEN = (1.0, 0.5, 0.25)  # the tuning budget's distance from perfect, scaled, while no pick holds out
@@ -491,6 +491,8 @@ def run(args) -> int:
         name = os.path.basename(os.path.normpath(args.model_path)) if args.model_path else args.preset
         output = args.output or os.path.join("tuned", f"{args.model}-{name}.json")
         folder = args.run_dir or os.path.splitext(output)[0] + ".run"
+        check_writable_folder(os.path.dirname(output) or ".", "--output", output)  # before any weight loads
+        check_writable_folder(folder, "--run-dir")
         open_run_folder(folder, {**run_settings(args, config), "prompts": [p for p, _ in tune_jobs + held_jobs],
                                  "seeds": args.seeds}, args.overwrite)
 
@@ -641,13 +643,7 @@ def tuned_spec(reference: str):
     path = reference[1:] if reference.startswith("@") else reference
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no tuned cache file at {path!r} (`videosys tune` writes one)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text, not a `videosys tune` file") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}, line {err.lineno}: not JSON ({err.msg})") from None
+    data = load_json(path, "tuned cache file")
     spec = data.get("cache") if isinstance(data, dict) else None
     if not isinstance(spec, (str, list, dict)):
         raise ValueError(f"{path}: no \"cache\" entry (a `videosys tune` file has the pick there)")
