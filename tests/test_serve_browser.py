@@ -102,14 +102,14 @@ def test_page_generates_and_plays_the_video(server, browser, tmp_path):
     assert state["duration"] == pytest.approx(16 / 8, abs=0.2)  # 16 frames at 8 fps
     progress = browser.find_element(By.ID, "progress")
     assert progress.get_attribute("value") == progress.get_attribute("max") == "20"
-    assert "done: step 20/20" in browser.find_element(By.ID, "progress-text").text
+    assert "completed: step 20/20" in browser.find_element(By.ID, "progress-text").text
     time.sleep(0.5)  # let the video play a few frames before the picture
     browser.save_screenshot(str(tmp_path / "generated.png"))
 
     # a second job with PAB, then both side by side with their timings and the PSNR between them
     generate(browser, PROMPT, "pab")
     WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td.state-done")) == 2)
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td.state-completed")) == 2)
     rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
     rows[1].find_element(By.CSS_SELECTOR, "input[name=pick-a]").click()  # newest first: [1] is the uncached
     rows[0].find_element(By.CSS_SELECTOR, "input[name=pick-b]").click()

@@ -44,15 +44,14 @@ def test_bench_runs_on_the_tiny_preset(tmp_path):
 
 
 def test_server_refuses_bad_requests_before_any_weights_load():
-    from fastapi.exceptions import RequestValidationError
-
-    from videosys.serve.app import generation_fields, validate_request
+    from videosys.serve.app import ApiError, RequestReader, generation_fields
 
     config = tiny_config("wan", preset="tiny-i2v")
     fields = generation_fields(config)
     assert {"image", "guidance_scale_2", "num_frames", "negative_prompt"} <= set(fields)
-    for body, field in (({"height": 40}, "height"), ({"num_frames": 8}, "num_frames"), ({}, "image"),
-                        ({"image": "/no/such/file.png"}, "image")):
-        with pytest.raises(RequestValidationError) as err:
-            validate_request(config, body)
-        assert err.value.errors()[0]["loc"] == ("body", field), body
+    reader = RequestReader(config, "wan", "none", max_upload=2 ** 20)
+    for body, field in (({"height": 40}, "height"), ({"num_frames": 8}, "num_frames"), ({}, "input_reference"),
+                        ({"image": "/no/such/file.png"}, "image")):  # a path is never read: refused as a field
+        with pytest.raises(ApiError) as err:
+            reader.values({"prompt": "a cat", **body}, None)
+        assert err.value.param == field, body
