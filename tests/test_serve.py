@@ -401,3 +401,58 @@ def test_cli_serve_builds_the_engine_from_its_flags_and_binds_localhost(engine, 
     assert served["unauthorized"] == 401
     assert served["info"]["default_cache"] == "pab" and served["info"]["max_batch"] == 4
     assert os.path.isfile(tmp_path / "jobs.sqlite3")
+
+
+def _serve(folder, port):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-m", "videosys.cli", "serve", "--model", "latte", "--preset", "demo",
+                             "--set", "num_inference_steps=4", "--output-dir", str(folder), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _until(check, timeout=120.0, what="the server"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            value = check()
+        except Exception:  # not listening yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_with_jobs_queued_and_one_running_loses_nothing(tmp_path):
+    """The server is killed (SIGKILL) mid-job with two jobs queued; the restarted server runs the interrupted
+    job again and the queued ones: every job ends completed with a whole mp4."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/videos"
+    server = _serve(tmp_path, port)
+    try:
+        _until(lambda: httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200)
+        running = httpx.post(url, json={"prompt": PROMPT, "steps": 60}).json()["id"]
+        queued = [httpx.post(url, json={"prompt": PROMPT, "seed": s}).json()["id"] for s in (1, 2)]
+        _until(lambda: httpx.get(f"{url}/{running}").json()["steps_done"] >= 2, what="the running job")
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        server = _serve(tmp_path, port)
+        ids = [running, *queued]
+        videos = _until(lambda: (lambda v: v if all(x["status"] == "completed" for x in v) else None)(
+            [httpx.get(f"{url}/{i}").json() for i in ids]), timeout=180, what="the jobs after the restart")
+        assert [v["attempts"] for v in videos] == [2, 1, 1]  # the interrupted job ran a second time
+        for video_id in ids:
+            frames = frames_of(httpx.get(f"{url}/{video_id}/content").content, tmp_path)
+            assert frames.shape == (16, 64, 64, 3)
+        assert sorted(os.listdir(tmp_path / "videos")) == sorted(f"{i}.mp4" for i in ids)  # no leftovers
+    finally:
+        server.kill()
+        server.wait(30)
