@@ -366,6 +366,36 @@ def test_a_batch_with_a_seed_per_prompt_reproduces_the_single_runs(engine):
         engine.generate(prompts, seed=[1, 2])
 
 
+@pytest.mark.slow
+def test_delete_stops_every_rank_and_the_engine_goes_on(engine, tmp_path):
+    """With several processes a cancel reaches every rank at the same step boundary: no rank is left
+    inside a collective, so the same engine serves the next job, and serves it right."""
+    from distributed import assert_same_as_single
+
+    from videosys.core.engine import Cancelled
+
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+        if done == 2:
+            raise Cancelled("stop")
+
+    with VideoSysEngine(LatteConfig(preset="demo", progress_bar=False, num_gpus=2, num_frames=4,
+                                    num_inference_steps=4)) as parallel:
+        with pytest.raises(Cancelled):
+            parallel.generate(PROMPT, seed=1, progress=progress)
+        assert seen == [(1, 4), (2, 4)]
+        with TestClient(create_app(parallel, str(tmp_path))) as client:  # and a running job behind the server
+            running = submit(client, num_inference_steps=LONG)
+            wait(client, running, until=("in_progress",), check=lambda v: v["steps_done"] >= 1)
+            client.delete(f"/v1/videos/{running}")
+            assert wait(client, submit(client, num_inference_steps=4))["status"] == "completed"
+        out = parallel.generate(PROMPT, seed=1, progress=lambda done, total: seen.append((done, total)))
+        assert seen[2:] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert_same_as_single(out, engine.generate(PROMPT, seed=1, num_frames=4, num_inference_steps=4))
+
+
 def test_cli_serve_builds_the_engine_from_its_flags_and_binds_localhost(engine, tmp_path, monkeypatch):
     """`videosys serve` wiring: the config from the flags, the app over that engine, uvicorn on 127.0.0.1,
     the API key from the environment (uvicorn and the engine replaced here: other tests run a real uvicorn)."""

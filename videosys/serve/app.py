@@ -262,6 +262,8 @@ class RequestReader:
         try:
             resolved = validate_request(self.config, body)
         except ApiError as err:  # a size or a duration the family refuses: named as the client named it
+            if err.param == "input_reference" and upload is None:  # the family's words are the Python API's
+                err.message = f"{self.model} is an image-to-video model: upload the first frame as input_reference"
             err.param = next((given for given, ours in (("size", ("width", "height")), ("seconds", ("num_frames",)))
                               if given in named and err.param in ours), err.param)
             raise
@@ -271,7 +273,7 @@ class RequestReader:
             body["reference_field"] = self.image_field
         frames, height, width = (resolved.get(k) for k in ("num_frames", "height", "width"))
         shown = {"size": f"{width}x{height}" if width and height else "",
-                 "seconds": f"{frames / fps:g}" if isinstance(frames, int) else str(frames or "")}
+                 "seconds": f"{round(frames / fps, 2):g}" if isinstance(frames, int) else str(frames or "")}
         return {"prompt": prompt, **body}, shown, reference
 
     def _size(self, body: dict) -> None:
