@@ -1,5 +1,6 @@
 """Throughput of `videosys serve --max-batch B`: N jobs (different prompts and seeds, same size and steps) queued
-before the server starts, the wall time until the last one is completed, for each B; a table, and JSON.
+before the server starts, the time from the first job's start to the last one's completion (the job
+store's timestamps), for each B; a table, and JSON.
 
     OMP_NUM_THREADS=1 python scripts/bench_serve_batching.py --jobs 8 --batches 1 2 4 8 --threads 1
 
@@ -36,17 +37,18 @@ def run(engine, config, jobs: int, max_batch: int, steps: int, frames: int) -> f
         request["shown"] = shown
         store.submit(request, config.model_name, batch_key(config, request, False))
     store.close()
-    start = time.perf_counter()
     with TestClient(create_app(engine, folder, max_queue=jobs, max_batch=max_batch)) as client:
-        while True:
+        while True:  # polled slowly: the poll shares the CPU with the generation
             data = client.get("/v1/videos?limit=100").json()["data"]
             if all(v["status"] in ("completed", "failed") for v in data):
                 break
-            time.sleep(0.01)
-    wall = time.perf_counter() - start
+            time.sleep(0.1)
     assert all(v["status"] == "completed" for v in data), [v["error"] for v in data]
     assert max(v["stats"]["batch_size"] for v in data) == min(max_batch, jobs)
-    return wall
+    store = JobStore(folder, max_queue=jobs)
+    rows = store.list()
+    store.close()
+    return max(r["finished"] for r in rows) - min(r["started"] for r in rows)  # the store's own clock
 
 
 def main(argv=None) -> int:

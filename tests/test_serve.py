@@ -164,6 +164,9 @@ def test_no_request_field_is_a_server_path(engine, tmp_path):
         response = client.post("/v1/videos", data={"prompt": PROMPT},
                                files={"input_reference": ("a.png", png.getvalue(), "image/png")})
         assert response.status_code == 400 and "text-to-video" in response.json()["error"]["message"]
+        big = client.post("/v1/videos", data={"prompt": PROMPT},
+                          files={"input_reference": ("a.png", b"\0" * (11 * 2 ** 20 + 1), "image/png")})
+        assert big.status_code == 413 and big.json()["error"]["param"] == "input_reference"
         assert client.get("/v1/videos").json()["data"] == []
     assert {n for n in os.listdir(tmp_path) if not n.startswith("jobs.sqlite3")} == {"inputs", "videos"}
     assert os.listdir(tmp_path / "inputs") == os.listdir(tmp_path / "videos") == []

@@ -179,6 +179,10 @@ class RequestReader:
         kind = request.headers.get("content-type", "")
         upload = None
         if kind.startswith("multipart/form-data") or kind.startswith("application/x-www-form-urlencoded"):
+            length = request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_upload + 2 ** 20:  # before the form spools it anywhere
+                raise ApiError(413, f"the request is {length} bytes; an input_reference is at most {self.max_upload}",
+                               "input_reference", "too_large")
             form = await request.form(max_files=1, max_fields=64, max_part_size=64 * 1024)
             body = {}
             for name, value in form.multi_items():
