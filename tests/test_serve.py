@@ -367,6 +367,10 @@ def test_a_batch_with_a_seed_per_prompt_reproduces_the_single_runs(engine):
         assert (alone.int() - video.int()).abs().max() <= 1  # float rounding of a batched matmul
     with pytest.raises(ValueError, match="one seed per prompt"):
         engine.generate(prompts, seed=[1, 2])
+    from videosys.core.config import check_seeds
+
+    with pytest.raises(ValueError, match="one seed per call"):  # a family whose sampler draws more noise
+        check_seeds([1, 2], 2, per_sample=False)
 
 
 @pytest.mark.slow

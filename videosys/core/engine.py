@@ -340,7 +340,8 @@ class VideoSysEngine:
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
         The request's values are checked (the config's check_request) before any rank is asked to run it."""
-        check_call(self.config.pipeline_cls.generate, prompt, kwargs)
+        pipeline_cls = self.config.pipeline_cls
+        check_call(pipeline_cls.generate, prompt, kwargs, pipeline_cls.takes_seed_lists(self.config))
         self.config.check_request(kwargs)
         return self._run("generate", prompt, progress=progress, **kwargs)
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
-from videosys.core.config import RequestError, check_prompt, check_seeds
+from videosys.core.config import check_prompt, check_seeds
 from videosys.core.parallel import ParallelState
 
 
@@ -88,6 +88,12 @@ class VideoSysPipeline:
     # generate(prompts, seed=[...]) reproduces each prompt's single run: the first noise is the only random draw
     # (a family whose sampler or conditioning draws more from run.generator leaves this False)
     per_sample_seeds = False
+
+    @classmethod
+    def takes_seed_lists(cls, config) -> bool:
+        """Whether generate(prompts, seed=[...]) reproduces each prompt's single run under `config` (FreeInit
+        draws fresh noise from the one seed)."""
+        return cls.per_sample_seeds and config.freeinit_config() is None
     progress_label = ""  # shown beside the progress bar's name (FreeInit's run)
     denoised_steps = 0  # steps of the last run of `denoise`
     progress_name = ""  # the progress bar's name
@@ -160,10 +166,7 @@ class VideoSysPipeline:
     def run_generation(self, prompt, seed: int, request: dict) -> VideoSysOutput:
         """A generation: checks (before any compute), text, first latents, sampling, decoding."""
         prompts = self.as_prompt_list(prompt)
-        seeds = check_seeds(seed, len(prompts))
-        if len(seeds) > 1 and not (self.per_sample_seeds and self.config.freeinit_config() is None):
-            raise RequestError("seed", f"{type(self).__name__} takes one seed per call here (its sampler or FreeInit "
-                               "draws more noise than the first latents): give an integer")
+        seeds = check_seeds(seed, len(prompts), self.takes_seed_lists(self.config))
         values = self.config.check_request(request)
         run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seeds[0],
                             generator=torch.Generator("cpu").manual_seed(seeds[0]),

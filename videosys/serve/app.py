@@ -328,9 +328,9 @@ def video_object(job: dict) -> dict:
 
 def batch_key(config, request: dict, has_reference: bool) -> str | None:
     """The key jobs batch under (None: runs alone): the same request but for prompt and seed, uncached, on a
-    family whose batch reproduces its single runs (VideoSysPipeline.per_sample_seeds). Caches that decide
+    family whose batch reproduces its single runs (VideoSysPipeline.takes_seed_lists). Caches that decide
     from the latents (TeaCache, ...) decide once for a whole batch, so a cached job runs alone."""
-    if has_reference or not config.pipeline_cls.per_sample_seeds or config.freeinit_config() is not None:
+    if has_reference or not config.pipeline_cls.takes_seed_lists(config):
         return None
     cache = request.get("cache")
     if (config.cache_configs() if cache is None else config.resolve_cache(cache)):
