@@ -70,10 +70,12 @@ def main(argv=None) -> int:
     config = LatteConfig(preset=args.preset, progress_bar=False)
     engine = VideoSysEngine(config)
     run(engine, config, 2, 2, 2, args.frames)  # warm-up (first calls allocate)
-    rows = []
-    for batch in args.batches:
-        wall = min(run(engine, config, args.jobs, batch, args.steps, args.frames) for _ in range(args.repeats))
-        rows.append({"max_batch": batch, "wall_s": round(wall, 3), "videos_per_s": round(args.jobs / wall, 3)})
+    walls = {batch: [] for batch in args.batches}
+    for _ in range(args.repeats):  # interleaved: a change of the machine's load falls on every batch size alike
+        for batch in args.batches:
+            walls[batch].append(run(engine, config, args.jobs, batch, args.steps, args.frames))
+    rows = [{"max_batch": batch, "wall_s": round(min(w), 3), "videos_per_s": round(args.jobs / min(w), 3),
+             "all_wall_s": [round(x, 3) for x in w]} for batch, w in walls.items()]
     base = rows[0]["wall_s"]
     print(f"{args.jobs} jobs, latte {args.preset}, {args.frames} frames x {args.steps} steps, "
           f"{torch.get_num_threads()} thread(s), {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")

@@ -141,6 +141,7 @@ def test_bad_requests_name_the_field_before_any_compute(engine, tmp_path, monkey
         assert error(size="big")[0] == "size" and error(size="64x72")[0] == "size"  # 72: the family's grid
         assert error(seconds="0")[0] == "seconds" and error(seconds=1, num_frames=8)[0] == "seconds"
         assert error(steps=3, num_inference_steps=4)[0] == "steps"
+        assert error(seconds=1, fps="x")[0] == "fps"
         assert error(status=404, model="sora-2")[0] == "model"
         assert "divisible by 16" in error(height=72)[1]
         assert client.post("/v1/videos", content=b"[1]", headers={"content-type": "application/json"}).status_code \

@@ -213,7 +213,10 @@ class RequestReader:
                 return int(raw) if int in kinds and raw.lstrip("-").isdigit() else float(raw)
             except ValueError:
                 raise ApiError(400, f"{name} must be a number, got {raw!r}", name, "invalid_type") from None
-        return type(self.config).parse_field(name, raw)
+        try:
+            return type(self.config).parse_field(name, raw)
+        except ValueError as err:
+            raise ApiError(400, str(err), name, "invalid_type") from None
 
     def values(self, body: dict, upload: bytes | None) -> tuple[dict, dict, tuple[bytes, str] | None]:
         """(the job's request: generate()'s values, prompt and cache; what the Video object shows; the checked
@@ -248,7 +251,8 @@ class RequestReader:
                 body["seed"] = check_seed(body["seed"])
             except RequestError as err:
                 raise ApiError(400, str(err), "seed", "invalid_type") from None
-        fps = body.get("fps") or self.config.fps
+        fps = body.get("fps")  # a bad one is refused below, by the config's checks
+        fps = fps if isinstance(fps, int) and not isinstance(fps, bool) and fps > 0 else self.config.fps
         named = {"size", "seconds"} & set(body)
         if "size" in body:
             self._size(body)
