@@ -135,20 +135,21 @@ class JobStore:
     def take(self, max_batch: int = 1) -> list[dict]:
         """The oldest queued job and up to max_batch - 1 more with its batch key, now in_progress (one
         transaction); [] when none is queued."""
-        with self.lock, self._transaction() as db:
-            first = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
-            if first is None:
-                return []
-            rows = [first]
-            if first["batch_key"] is not None and max_batch > 1:
-                rows += db.execute("SELECT * FROM jobs WHERE status = ? AND batch_key = ? AND seq > ? ORDER BY seq "
-                                   "LIMIT ?", (QUEUED, first["batch_key"], first["seq"], max_batch - 1)).fetchall()
-            now = time.time()
-            for row in rows:
-                db.execute("UPDATE jobs SET status = ?, started = ?, attempts = attempts + 1 WHERE id = ?",
-                           (RUNNING, now, row["id"]))
-            ids = [r["id"] for r in rows]
-        return [self.get(i) for i in ids]
+        with self.lock:  # the rows are read back under the lock: a delete cannot come in between
+            with self._transaction() as db:
+                first = db.execute("SELECT * FROM jobs WHERE status = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
+                if first is None:
+                    return []
+                rows = [first]
+                if first["batch_key"] is not None and max_batch > 1:
+                    rows += db.execute("SELECT * FROM jobs WHERE status = ? AND batch_key = ? AND seq > ? ORDER BY "
+                                       "seq LIMIT ?", (QUEUED, first["batch_key"], first["seq"], max_batch - 1)
+                                       ).fetchall()
+                now = time.time()
+                for row in rows:
+                    db.execute("UPDATE jobs SET status = ?, started = ?, attempts = attempts + 1 WHERE id = ?",
+                               (RUNNING, now, row["id"]))
+            return [self.get(r["id"]) for r in rows]
 
     def wait(self, stop: threading.Event, timeout: float = 0.2) -> None:
         """Block until a job may be queued (a submit) or `timeout` passes."""

@@ -101,18 +101,20 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self.stop.is_set():
-            jobs = self.store.take(self.max_batch)
-            if jobs:
-                self.run(jobs)
-            else:
-                self.store.wait(self.stop)
+            try:
+                jobs = self.store.take(self.max_batch)
+                if jobs:
+                    self.run(jobs)
+                else:
+                    self.store.wait(self.stop)
+            except Exception:  # a store error: this thread must outlive it, or the queue stalls unseen
+                traceback.print_exc()
+                self.stop.wait(1.0)
 
     def run(self, jobs: list[dict]) -> None:
         ids = [job["id"] for job in jobs]
         request = {k: v for k, v in jobs[0]["request"].items() if k not in ("prompt", "seed", "shown")}
-        if jobs[0]["reference"]:  # never batched: the family's image field gets the uploaded image
-            request[request.pop("reference_field")] = load_reference(self.store.reference_path(jobs[0]))
-        request.pop("reference_field", None)
+        field = request.pop("reference_field", None)
 
         def progress(done: int, total: int, cache: dict) -> None:
             self.store.set_progress(ids, done, total, cache)
@@ -120,6 +122,8 @@ class JobRunner:
                 raise Cancelled(f"stopped after step {done}/{total}")
 
         try:
+            if jobs[0]["reference"]:  # never batched: the family's image field gets the uploaded image
+                request[field] = load_reference(self.store.reference_path(jobs[0]))
             stats = self.backend.run([j["request"]["prompt"] for j in jobs], [j["request"].get("seed", 0) for j in jobs],
                                      request, [self.store.video_path(i) for i in ids], progress)
         except Cancelled:
