@@ -440,6 +440,28 @@ def test_cli_serve_builds_the_engine_from_its_flags_and_binds_localhost(engine, 
     assert served["info"]["default_cache"] == "pab" and served["info"]["max_batch"] == 4
     assert os.path.isfile(tmp_path / "jobs.sqlite3")
 
+    # --replicas: no engine here; a Ray Serve backend with one job thread per replica (Ray itself replaced:
+    # tests/test_serve_replicas.py runs it)
+    import videosys.serve.replicas
+
+    class FakeRay:
+        def __init__(self, config, replicas, address, cpus):
+            served.update(ray=(config.preset, replicas, address, cpus))
+
+        def shutdown(self):
+            served["ray_shutdown"] = True
+
+    def fake_run_replicas(app, host, port):
+        served["threads"] = len(app.state.runner.threads)
+
+    built.clear()
+    monkeypatch.setattr(videosys.serve.replicas, "RayBackend", FakeRay)
+    monkeypatch.setattr(uvicorn, "run", fake_run_replicas)
+    assert main(["serve", "--model", "latte", "--preset", "demo", "--replicas", "3", "--ray-address", "auto",
+                 "--output-dir", str(tmp_path / "r")]) == 0
+    assert not built and served["ray"] == ("demo", 3, "auto", 1.0) and served["threads"] == 3
+    assert served["ray_shutdown"]
+
 
 def _serve(folder, port):
     import subprocess
