@@ -26,12 +26,14 @@ setup(
     # read as files: eval/teacache/common_metrics/lpips_alex.py).
     extras_require={
         "eval": ["matplotlib", "ray>=2.9"],
-        "serve": ["fastapi", "uvicorn"],  # `videosys serve`
+        # `videosys serve`; python-multipart: uploads (OpenAI's client sends multipart); ray[serve]: --replicas
+        "serve": ["fastapi", "uvicorn", "python-multipart", "ray[serve]>=2.9"],
         # the documentation site: `mkdocs serve`, `mkdocs build --strict` (CI)
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
-        # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt)
-        "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray>=2.9", "fastapi", "uvicorn",
-                 "httpx", "selenium"],
+        # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt);
+        # openai: the server is tested with OpenAI's own client
+        "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray[serve]>=2.9", "fastapi", "uvicorn",
+                 "python-multipart", "httpx", "selenium", "openai>=2.5"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

@@ -39,12 +39,15 @@ ALLOWED = {  # pattern (searched in the command) -> why it is not run here
     r"--model-path (\S+/|\.\.\.)": "the published weights (a download, and a GPU at their sizes)",
     r"scripts/eval_cascadev\.py": "CascadeV's published weights",
     r"--num-gpus [2-9]": "several processes (tests/test_parallel*.py compare them with one process)",
+    r"^ray start": "starts a Ray cluster node (tests/test_serve_replicas.py runs replicas on a local Ray)",
 }
 
 CHEAPER = [  # pattern -> flags added unless the command gives them (flag, value...)
     (r"^videosys (generate|reconstruct)", [("--preset", "tiny"), ("--steps", "4"), ("--no-progress",)]),
     (r"^videosys bench", [("--prompts", "1"), ("--repeats", "1"), ("--steps", "2"),
                           ("--variants", "none", "teacache-fast")]),
+    (r"^videosys tune", [("--prompts", "2"), ("--steps", "2"), ("--methods", "teacache"), ("--no-pairs",),
+                         ("--repeats", "0")]),
     (r"experiments/\w+\.py", [("--preset", "tiny"), ("--num-prompts", "1"), ("--num-seeds", "1"), ("--steps", "4")]),
     (r"^python examples/", [("--steps", "4")]),  # where the example takes it
 ]

@@ -10,7 +10,6 @@ before any weights load. Nothing in videosys/ is edited for it.
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 import pytest
@@ -257,23 +256,22 @@ def test_cli_generates_with_the_new_family(tmp_path, capsys):
 
 
 def test_server_refuses_a_bad_size_before_any_weights_load(tmp_path, monkeypatch):
-    from fastapi.exceptions import RequestValidationError
     from fastapi.testclient import TestClient
 
     from videosys import VideoSysEngine
-    from videosys.serve.app import create_app, validate_request
+    from videosys.serve.app import ApiError, create_app, validate_request
 
-    with pytest.raises(RequestValidationError) as err:  # the config alone: no pipeline, no weights
+    with pytest.raises(ApiError) as err:  # the config alone: no pipeline, no weights
         validate_request(toy_config(), {"width": 30})
-    assert err.value.errors()[0]["loc"] == ("body", "width")
+    assert err.value.param == "width"
     with VideoSysEngine(toy_config()) as engine:
         calls = []
         generate = engine.generate
         monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
         with TestClient(create_app(engine, str(tmp_path))) as client:
-            bad = client.post("/jobs", json={"prompt": PROMPT, "height": 20})
-            assert bad.status_code == 422 and "height" in json.dumps(bad.json())
-            assert not calls and client.get("/jobs").json() == []
+            bad = client.post("/v1/videos", json={"prompt": PROMPT, "height": 20})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "height"
+            assert not calls and client.get("/v1/videos").json()["data"] == []
             fields = {f["name"] for f in client.get("/info").json()["fields"]}
             assert {"num_frames", "height", "width", "negative_prompt"} <= fields
     assert dataclasses.is_dataclass(engine.config)

@@ -141,16 +141,15 @@ def test_request_checks_before_weights():
 def test_server_refuses_before_any_weights_load():
     """The server's request model comes from generate()'s signature (image included); a bad value or an I2V
     request without an image is a 422 naming the field, from the config alone."""
-    from fastapi.exceptions import RequestValidationError
-
-    from videosys.serve.app import generation_fields, validate_request
+    from videosys.serve.app import ApiError, generation_fields, validate_request
 
     i2v = tiny_config(MODEL, preset="tiny-i2v")
     assert "image" in generation_fields(i2v)
-    for config, values, field in [(tiny_config(MODEL), {"num_frames": 6}, "num_frames"), (i2v, {}, "image")]:
-        with pytest.raises(RequestValidationError) as err:
+    for config, values, field in [(tiny_config(MODEL), {"num_frames": 6}, "num_frames"),
+                                  (i2v, {}, "input_reference")]:
+        with pytest.raises(ApiError) as err:
             validate_request(config, values)
-        assert err.value.errors()[0]["loc"] == ("body", field)
+        assert err.value.param == field
 
 
 def test_published_defaults_per_checkpoint():

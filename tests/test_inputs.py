@@ -266,12 +266,11 @@ def test_eval_json_that_does_not_parse_names_the_file(tmp_path, capsys):
     assert err.count("\n") == 1 and f"{tmp_path}/baseline/stats.json, line 2, column 30: not valid JSON" in err
 
 
-def test_serve_job_record_that_does_not_parse_names_the_file(tmp_path):
+def test_serve_job_store_that_is_not_one_names_the_file(tmp_path):
     from videosys.serve.jobs import JobStore
 
-    (tmp_path / "jobs").mkdir()
-    (tmp_path / "jobs" / "x.json").write_text('{"id": "x", "state": }')
-    with pytest.raises(ValueError, match=r"jobs/x.json, line 1, column 22: not valid JSON"):
+    (tmp_path / "jobs.sqlite3").write_text('{"id": "x", "state": }' * 100)
+    with pytest.raises(ValueError, match=r"jobs.sqlite3: not a videosys job store \(file is not a database\)"):
         JobStore(str(tmp_path))
 
 
@@ -348,11 +347,11 @@ def client(engine, tmp_path_factory):
 
 
 def test_http_size_that_cannot_fit_is_a_422_naming_the_field(client):
-    response = client.post("/jobs", json={"prompt": PROMPT, "num_frames": 100_000_000})
+    response = client.post("/v1/videos", json={"model": "latte", "prompt": PROMPT, "num_frames": 100_000_000})
     assert response.status_code == 422, response.text
-    detail = response.json()["detail"]
-    assert detail[0]["loc"] == ["body", "num_frames"] and "needs an estimated" in detail[0]["msg"]
-    assert client.get("/jobs").json() == []  # no job was queued
+    error = response.json()["error"]
+    assert error["param"] == "num_frames" and "needs an estimated" in error["message"]
+    assert client.get("/v1/videos").json()["data"] == []  # no job was queued
 
 
 # ---- Open-Sora's loop ------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The page of `videosys serve` in headless Chromium (Debian's chromium and chromium-driver, via selenium):
-type a prompt, press Generate, watch the video load; then compare two jobs side by side."""
+give the API key, type a prompt, press Generate, watch the video load (fetched with the key); then compare two
+jobs side by side."""
 
 import os
 import socket
@@ -27,6 +28,7 @@ from videosys.core.engine import VideoSysEngine  # noqa: E402
 from videosys.serve.app import create_app  # noqa: E402
 
 PROMPT = "a red circle moving to the right"
+KEY = "page-test-key"
 
 
 def free_port() -> int:
@@ -38,7 +40,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     engine = VideoSysEngine(LatteConfig(preset="demo", progress_bar=False, num_inference_steps=20))
-    app = create_app(engine, str(tmp_path_factory.mktemp("serve")))
+    app = create_app(engine, str(tmp_path_factory.mktemp("serve")), api_key=KEY)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -89,6 +91,10 @@ def generate(driver, prompt: str, cache: str) -> None:
 
 def test_page_generates_and_plays_the_video(server, browser, tmp_path):
     browser.get(server)
+    WebDriverWait(browser, 30).until(lambda d: "401" in d.find_element(By.ID, "error").text)  # the key is needed
+    key = browser.find_element(By.ID, "api-key")
+    key.send_keys(KEY)
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
     fields = WebDriverWait(browser, 30).until(
         lambda d: {i.get_attribute("name"): i.get_attribute("value")
                    for i in d.find_elements(By.CSS_SELECTOR, "#fields input")} or None)
@@ -102,14 +108,14 @@ def test_page_generates_and_plays_the_video(server, browser, tmp_path):
     assert state["duration"] == pytest.approx(16 / 8, abs=0.2)  # 16 frames at 8 fps
     progress = browser.find_element(By.ID, "progress")
     assert progress.get_attribute("value") == progress.get_attribute("max") == "20"
-    assert "done: step 20/20" in browser.find_element(By.ID, "progress-text").text
+    assert "completed: step 20/20" in browser.find_element(By.ID, "progress-text").text
     time.sleep(0.5)  # let the video play a few frames before the picture
     browser.save_screenshot(str(tmp_path / "generated.png"))
 
     # a second job with PAB, then both side by side with their timings and the PSNR between them
     generate(browser, PROMPT, "pab")
     WebDriverWait(browser, 60).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td.state-done")) == 2)
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs tbody tr td.state-completed")) == 2)
     rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
     rows[1].find_element(By.CSS_SELECTOR, "input[name=pick-a]").click()  # newest first: [1] is the uncached
     rows[0].find_element(By.CSS_SELECTOR, "input[name=pick-b]").click()

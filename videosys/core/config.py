@@ -493,14 +493,31 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def check_call(generate, prompt, kwargs: dict) -> list[str]:
+def check_seeds(seed, prompts: int, per_sample: bool = True) -> list[int]:
+    """One seed per prompt: an integer (every prompt's noise drawn in one go from it, as always), or a list of
+    `prompts` integers (each prompt's noise from its own seed: a batch that reproduces the single runs), where
+    the pipeline takes one (`per_sample`: VideoSysPipeline.takes_seed_lists)."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != prompts:
+            raise RequestError("seed", f"seed: a list needs one seed per prompt ({prompts}), got {len(seed)}")
+        if len(seed) > 1 and not per_sample:
+            raise RequestError("seed", "this model takes one seed per call here (its sampler or FreeInit draws more "
+                               "noise than the first latents): give an integer")
+        return [check_seed(s) for s in seed]
+    return [check_seed(seed)]
+
+
+def check_call(generate, prompt, kwargs: dict, per_sample_seeds: bool = True) -> list[str]:
     """A generate() call's prompt, seed and keyword names against `generate`'s signature, before the engine
     dispatches it (a worker's TypeError would otherwise come back from another process, mid-call); returns
     the prompts as a list."""
     prompts = check_prompt(prompt)
     seed = kwargs.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # the type only: the pipeline converts it
-        check_seed(seed)
+    for one in seed if isinstance(seed, (list, tuple)) else [seed]:
+        if isinstance(one, bool) or not isinstance(one, numbers.Integral):  # the type only: the pipeline converts it
+            check_seed(one)
+    if isinstance(seed, (list, tuple)):
+        check_seeds(seed, len(prompts), per_sample_seeds)
     params = inspect.signature(generate).parameters
     if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
         return prompts  # a family whose generate() takes anything says itself what it refuses

@@ -369,7 +369,8 @@ class VideoSysEngine:
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
         The request's values are checked (the config's check_request), and its size against the memory available
         (core/memory.py), before any rank is asked to run it."""
-        prompts = check_call(self.config.pipeline_cls.generate, prompt, kwargs)
+        pipeline_cls = self.config.pipeline_cls
+        prompts = check_call(pipeline_cls.generate, prompt, kwargs, pipeline_cls.takes_seed_lists(self.config))
         values = self.config.check_request(kwargs)
         check_fits(self.config, values, getattr(self.pipeline, "transformer", None), len(prompts))  # too big: refused
         return self._run("generate", prompt, progress=progress, **kwargs)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from videosys.core import comm
-from videosys.core.config import check_prompt, check_seed
+from videosys.core.config import check_prompt, check_seeds
 from videosys.core.memory import check_fits
 from videosys.core.parallel import ParallelState
 from videosys.utils.caller import user_stacklevel
@@ -61,6 +61,18 @@ class GenerationRun:
     state: dict = field(default_factory=dict)  # a family's per-sampling-run state (DPM's previous x0, ...)
     denoise_start: float = 0.0
     steps: int = 0  # model steps taken (the stats' "steps")
+    seeds: list[int] = field(default_factory=list)  # one per prompt when generate() got a list of seeds
+
+    def noise(self, shape) -> torch.Tensor:
+        """The first noise (CPU, fp32): from the run's generator, or with a seed per prompt each prompt's
+        slice from its own seed, drawn as a single run of that prompt would draw it (a batch of jobs
+        reproduces each job alone)."""
+        if len(self.seeds) <= 1:
+            return torch.randn(shape, generator=self.generator, dtype=torch.float32)
+        one = (1, *shape[1:])
+        return torch.cat([torch.randn(one, generator=self.generator if i == 0 else
+                                      torch.Generator("cpu").manual_seed(s), dtype=torch.float32)
+                          for i, s in enumerate(self.seeds)])
 
     @property
     def negative_prompt(self) -> str:
@@ -75,6 +87,15 @@ class VideoSysPipeline:
     components = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
     pipeline_class_name = ""  # model_index.json's "_class_name"
     step_callback = None  # fn(steps_done, total) after each denoising step (a server's progress); may raise to stop
+    # generate(prompts, seed=[...]) reproduces each prompt's single run: the first noise is the only random draw
+    # (a family whose sampler or conditioning draws more from run.generator leaves this False)
+    per_sample_seeds = False
+
+    @classmethod
+    def takes_seed_lists(cls, config) -> bool:
+        """Whether generate(prompts, seed=[...]) reproduces each prompt's single run under `config` (FreeInit
+        draws fresh noise from the one seed)."""
+        return cls.per_sample_seeds and config.freeinit_config() is None
     progress_label = ""  # shown beside the progress bar's name (FreeInit's run)
     denoised_steps = 0  # steps of the last run of `denoise`
     progress_name = ""  # the progress bar's name
@@ -147,12 +168,12 @@ class VideoSysPipeline:
     def run_generation(self, prompt, seed: int, request: dict) -> VideoSysOutput:
         """A generation: checks (before any compute), text, first latents, sampling, decoding."""
         prompts = self.as_prompt_list(prompt)
-        seed = check_seed(seed)
+        seeds = check_seeds(seed, len(prompts), self.takes_seed_lists(self.config))
         values = self.config.check_request(request)
         check_fits(self.config, values, self.transformer, len(prompts), self.device)  # a size that cannot fit
-        run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seed,
-                            generator=torch.Generator("cpu").manual_seed(int(seed)),
-                            do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter())
+        run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seeds[0],
+                            generator=torch.Generator("cpu").manual_seed(seeds[0]),
+                            do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter(), seeds=seeds)
         self.prepare_run(run, prompt)
         text = self.encode_prompt(run.prompts, run.negative_prompt, run.do_cfg)
         run.text = text if isinstance(text, tuple) else (text,)  # one tensor: CogVideoX's states
@@ -181,8 +202,7 @@ class VideoSysPipeline:
 
     def initial_latents(self, run: GenerationRun) -> torch.Tensor:
         """Noise from the run's generator (CPU, fp32) scaled to where the scheduler starts."""
-        noise = torch.randn(self.latent_shape(run), generator=run.generator, dtype=torch.float32).to(self.device)
-        return (noise * self.scheduler.init_noise_sigma).to(self.dtype)
+        return (run.noise(self.latent_shape(run)).to(self.device) * self.scheduler.init_noise_sigma).to(self.dtype)
 
     def sample_video(self, run: GenerationRun, latents: torch.Tensor) -> torch.Tensor:
         """The clean latents: the sampler (once, or FreeInit's runs) over `sampling_run`."""

@@ -107,7 +107,8 @@ def encode_text_cut(tokenizer, encoder, prompts: list[str], negative_prompt: str
                     do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text states laid out [uncond; cond] and a (B, S) mask (None when nothing is masked), as the PixArt-alpha
     pipelines that Latte-1 and Open-Sora-Plan v1.1 release with `mask_feature=True`: the tokens are cut to the
-    longest prompt's length; the negative prompt's states are cut to the same length and attended to in full.
+    longest prompt's length; the negative prompt's states are cut to the same length and attended to in full
+    (with several prompts each uncond row to its own prompt's length, the length it has alone).
 
     With one prompt this is the releases' computation exactly. With several, the releases keep all max_length
     tokens and zero the padded ones' states (still attending to them); we mask them instead, so a batched
@@ -119,7 +120,7 @@ def encode_text_cut(tokenizer, encoder, prompts: list[str], negative_prompt: str
     if do_cfg:
         uncond, _ = encode_text(tokenizer, encoder, [negative_prompt] * len(prompts), max_length, device,
                                   "negative_prompt")
-        cond, mask = torch.cat([uncond[:, :keep], cond]), torch.cat([torch.ones_like(mask), mask])
+        cond, mask = torch.cat([uncond[:, :keep], cond]), torch.cat([mask, mask])
     return cond, None if bool(mask.all()) else mask
 
 

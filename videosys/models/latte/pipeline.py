@@ -152,6 +152,7 @@ def load_transformer(path: str, skip_dit_checkpoint: str | None, dtype: torch.dt
 class LattePipeline(VideoSysPipeline):
     pipeline_class_name = "LattePipeline"
     progress_name = "latte"
+    per_sample_seeds = True  # DDIM (eta 0) draws nothing after the first noise
 
     @classmethod
     def from_config(cls, config: LatteConfig) -> "LattePipeline":

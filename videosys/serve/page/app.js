@@ -1,4 +1,4 @@
-// The page of `videosys serve`: a client of the JSON API (polling, no framework).
+// The page of `videosys serve`: a client of its OpenAI-style /v1/videos API (polling, no framework).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -6,17 +6,29 @@ let info = null;
 let currentJob = null;
 let pick = { a: null, b: null };
 
+function authorized(options = {}) {
+  // a server started with --api-key wants it as a Bearer token (kept in this browser only)
+  const key = $("api-key").value.trim();
+  return key ? { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${key}` } } : options;
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, authorized(options));
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const detail = body.detail;
-    const message = Array.isArray(detail)
-      ? detail.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".") || "request"}: ${d.msg}`).join("\n")
-      : detail || response.statusText;
-    throw new Error(`${response.status}: ${message}`);
+    const error = body.error || {};
+    const param = error.param ? `${error.param}: ` : "";
+    throw new Error(`${response.status}: ${param}${error.message || response.statusText}`);
   }
   return body;
+}
+
+async function showVideo(element, id) {
+  // fetched (with the key) into a blob: a <video src> cannot send an Authorization header
+  const response = await fetch(`/v1/videos/${id}/content`, authorized());
+  if (!response.ok) throw new Error(`${response.status}: the video of ${id} could not be loaded`);
+  if (element.src.startsWith("blob:")) URL.revokeObjectURL(element.src);
+  element.src = URL.createObjectURL(await response.blob());
 }
 
 function cacheSummary(cache) {
@@ -54,6 +66,7 @@ function describe(job) {
 
 async function loadInfo() {
   info = await api("/info");
+  $("reference-label").hidden = !info.input_reference;
   $("model-info").textContent = `${info.model} (${info.preset || info.model_path}), ${info.num_gpus} process(es)`;
   $("model").innerHTML = info.models.map((m) => `<option>${m}</option>`).join("");
   const caches = info.caches.includes(info.default_cache) || info.default_cache === null
@@ -77,17 +90,17 @@ async function loadInfo() {
 }
 
 function requestBody() {
-  const body = { prompt: $("prompt").value };
-  if ($("cache").value) body.cache = $("cache").value;
+  // multipart, as OpenAI's client sends it: the server parses each field as its type
+  const body = new FormData();
+  body.append("prompt", $("prompt").value);
+  body.append("model", $("model").value);
+  if ($("cache").value) body.append("cache", $("cache").value);
   for (const input of $("fields").querySelectorAll("input")) {
     const raw = input.value.trim();
-    if (raw === "") continue;
-    const type = input.dataset.type;
-    if (type === "int") body[input.name] = Number.parseInt(raw, 10);
-    else if (type === "float") body[input.name] = Number.parseFloat(raw);
-    else if (type === "int|str" && /^\d+$/.test(raw)) body[input.name] = Number.parseInt(raw, 10);
-    else body[input.name] = raw;
+    if (raw !== "") body.append(input.name, raw);
   }
+  const reference = $("reference").files[0];
+  if (info.input_reference && reference) body.append("input_reference", reference);
   return body;
 }
 
@@ -100,8 +113,7 @@ async function submit(event) {
   event.preventDefault();
   showError("");
   try {
-    const job = await api("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                     body: JSON.stringify(requestBody()) });
+    const job = await api("/v1/videos", { method: "POST", body: requestBody() });
     currentJob = job.id;
     $("result").hidden = true;
     $("result-stats").textContent = "";
@@ -115,51 +127,54 @@ async function submit(event) {
 
 async function poll() {
   if (!currentJob) return;
-  const job = await api(`/jobs/${currentJob}`);
-  const p = job.progress;
-  $("progress").max = p.total_steps || 1;
-  $("progress").value = p.steps_done;
-  const reuse = cacheSummary(p.cache);
-  $("progress-text").textContent = `${job.state}: step ${p.steps_done}/${p.total_steps}${reuse ? ", " + reuse : ""}`;
-  if (job.state === "queued" || job.state === "running") {
+  const job = await api(`/v1/videos/${currentJob}`);
+  $("progress").max = job.total_steps || 1;
+  $("progress").value = job.steps_done;
+  const reuse = cacheSummary(job.cache_progress);
+  $("progress-text").textContent = `${job.status}: step ${job.steps_done}/${job.total_steps}${reuse ? ", " + reuse : ""}`;
+  if (job.status === "queued" || job.status === "in_progress") {
     setTimeout(poll, 250);
     return;
   }
   $("cancel").disabled = true;
   currentJob = null;
-  if (job.state === "done") {
+  if (job.status === "completed") {
     const video = $("result");
-    video.src = `/jobs/${job.id}/video`;
+    await showVideo(video, job.id);
     video.hidden = false;
     $("result-stats").textContent = describe(job);
-  } else if (job.state === "failed") {
-    showError(`job failed: ${job.error}`);
+  } else if (job.status === "failed") {
+    showError(`job failed: ${job.error.message}`);
   }
   refreshJobs();
 }
 
 async function cancel() {
-  if (currentJob) await api(`/jobs/${currentJob}/cancel`, { method: "POST" });
+  if (currentJob) await api(`/v1/videos/${currentJob}`, { method: "DELETE" });  // cancelled and deleted
+  currentJob = null;
+  $("cancel").disabled = true;
+  $("progress-text").textContent = "cancelled";
+  refreshJobs();
 }
 
 let shownJobs = "";
 
 async function refreshJobs() {
-  const jobs = await api("/jobs");
+  const jobs = (await api("/v1/videos?limit=100")).data;
   // rebuild the table only when a job changed: a click must not land on a row being replaced
-  const signature = JSON.stringify(jobs.map((j) => [j.id, j.state, j.progress.steps_done]));
+  const signature = JSON.stringify(jobs.map((j) => [j.id, j.status, j.steps_done]));
   if (signature === shownJobs) return;
   shownJobs = signature;
   const rows = jobs.map((job) => {
-    const done = job.state === "done";
+    const done = job.status === "completed";
     const radio = (slot) => `<input type="radio" name="pick-${slot}" value="${job.id}" ${done ? "" : "disabled"}` +
       `${pick[slot] === job.id ? " checked" : ""}>`;
     const time = job.stats ? `${job.stats.total_s.toFixed(2)} s` : "";
-    const steps = `${job.progress.steps_done}/${job.progress.total_steps}`;
-    const title = (job.error || job.request.prompt).replace(/"/g, "&quot;");
+    const steps = `${job.steps_done}/${job.total_steps}`;
+    const title = (job.error ? job.error.message : job.prompt).replace(/"/g, "&quot;");
     return `<tr data-job="${job.id}"><td>${radio("a")}</td><td>${radio("b")}</td>` +
       `<td class="prompt" title="${title}"></td><td>${job.request.cache ?? "server default"}</td><td>${steps}</td>` +
-      `<td class="state-${job.state}">${job.state}</td><td>${time}</td></tr>`;
+      `<td class="state-${job.status}">${job.status}</td><td>${time}</td></tr>`;
   });
   const body = $("jobs").querySelector("tbody");
   body.innerHTML = rows.join("");
@@ -185,7 +200,7 @@ async function compare() {
         if (++loaded < 2) return;
         for (const v of videos) { v.currentTime = 0; v.play(); }
       };
-      videos[i].src = `/jobs/${result[slot].id}/video`;
+      await showVideo(videos[i], result[slot].id);
       $(`caption-${slot}`).textContent = `${slot.toUpperCase()}: ${describe(result[slot])}`;
     }
   } catch (err) {
@@ -195,5 +210,11 @@ async function compare() {
 
 $("form").addEventListener("submit", submit);
 $("cancel").addEventListener("click", cancel);
+$("api-key").value = localStorage.getItem("videosys-api-key") || "";
+$("api-key").addEventListener("change", () => {
+  localStorage.setItem("videosys-api-key", $("api-key").value.trim());
+  showError("");
+  if (!info) loadInfo().then(refreshJobs).catch((err) => showError(err.message));
+});
 loadInfo().then(refreshJobs).catch((err) => showError(err.message));
 setInterval(refreshJobs, 3000);
