@@ -130,6 +130,11 @@ def test_tune_end_to_end_on_the_tiny_model_its_file_drives_generate_and_check(tm
     assert run_cli("generate", "--model", "latte", "--preset", "tiny", "--steps", "3", "--num-frames", "4",
                    "--prompt", "a red circle", "--cache", "@" + output, "--output", video) == 0
     assert os.path.getsize(video) > 0
+    from videosys.cli import build_parser  # a server takes the file as its requests' default cache
+    from videosys.cli_common import make_config
+
+    serve_args = build_parser().parse_args(["serve", "--model", "latte", "--preset", "tiny", "--cache", "@" + output])
+    assert make_config(serve_args).cache == report["cache"]
     assert run_cli("tune", *common, "--check", "@" + output, "--budget", "psnr>=99") == 1
     said = capsys.readouterr().out
     assert "MISSES psnr>=99" in said and f"{report['cache']} on 2 videos" in said

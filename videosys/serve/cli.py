@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     serve.add_argument("--num-gpus", type=int, help="processes (one GPU each on CUDA)")
     serve.add_argument("--dtype", help="auto, fp32, fp16 or bf16")
     serve.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    serve.add_argument("--cache", help="the default cache of a request (a registered name: none, teacache-slow, pab, ...)")
+    serve.add_argument("--cache", help="the default cache of a request (a registered name: none, teacache-slow, "
+                       "pab, ...; @tuned.json: the pick of `videosys tune` for this model)")
     serve.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="any other config field (repeatable), e.g. --set num_inference_steps=20")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
