@@ -131,3 +131,48 @@ def test_two_methods_at_one_point_are_refused_before_any_compute(spec, point):
         pipe.transformer.enable_cache(configs_from_spec("fbcache", published("latte"))[0])
     pipe.transformer.enable_cache(TaylorSeerConfig(interval=3))  # a different point: joins
     assert list(pipe.transformer.caches) == ["teacache", "taylorseer"]
+
+
+def _record_site(pipe, name: str, kind: str = "spatial", index: int = 0) -> list:
+    """(step, the call's branch, state name, computed?, output) of method `name` at one module, per call."""
+    transformer, calls = pipe.transformer, []
+    cache = transformer.caches[name]
+    for hook in ("module", "refresh"):
+        bound = getattr(cache, hook, None)
+        if bound is None:
+            continue
+
+        def spy(site, compute, bound=bound, hook=hook):
+            ran = []
+            out = bound(site, lambda: ran.append(1) or compute())
+            if site.kind == kind and site.index == index and site.block == "spatial":
+                calls.append((cache.step, transformer.cache_branch, site.branch, bool(ran), out.clone()))
+            return out
+        setattr(cache, hook, spy)
+    return calls
+
+
+def test_a_module_method_under_cfg_cache_keeps_each_branch_on_its_own_rows():
+    """TaylorSeer (order 0: a forecast reuses the module's last computed rows; full steps 0-2, 6, 10) beside
+    CFG-Cache skipping uncond on odd steps: a cond-only forecast (step 7) continues from the cond rows of the
+    batched step 6, not from the last cond-only call (step 1, as when each call kept its own state); a batched
+    step whose branches CFG-Cache keeps for the next cond-only step computes both branches."""
+    pipe = tiny_pipeline("latte")
+    taylor = TaylorSeerConfig(interval=4, max_order=0, warmup=3)
+    cfg = FasterCacheConfig(spatial=None, uncond=((-1, 1000), 2))
+    pipe.set_cache([taylor, cfg])
+    calls = _record_site(pipe, "taylorseer")
+    pipe.generate(PROMPT, **RUN)
+    by_step = {}
+    for step, branch, state, ran, out in calls:
+        by_step.setdefault(step, []).append((branch, state, ran, out))
+    assert [b for b, *_ in by_step[7]] == ["cond"] and [s for _, s, *_ in by_step[6]] == ["uncond", "cond"]
+    (_, _, ran7, out7), = by_step[7]
+    assert not ran7  # forecast
+    cond6 = by_step[6][1][3]
+    assert torch.equal(out7, cond6)  # the cond rows of the batched step 6
+    assert not torch.equal(out7, by_step[1][0][3])
+    for step in (4, 8):  # batched forecast steps of TaylorSeer before a cond-only step: both branches computed
+        assert all(ran for _, _, ran, _ in by_step[step])
+    for step in (3, 5, 9, 11):  # cond-only forecast steps
+        assert [ran for _, _, ran, _ in by_step[step]] == [False]

@@ -414,6 +414,11 @@ class FasterCache(Cache):
         self.counts["uncond_skipped" if skip else "uncond_computed"] += 1
         return skip
 
+    def cfg_keeps(self) -> bool:
+        """Whether this step's branches supply the next call's uncond (hooks.Cache.cfg_keeps): cfg_skip has counted
+        this step's call, so the next is call `self.calls`."""
+        return self.step + 1 < len(self.timesteps) and self._skips_uncond(self.step + 1, self.calls)
+
     def cfg_observe(self, uncond: torch.Tensor, cond: torch.Tensor) -> None:
         if self.step >= self.last_skip:  # no cond-only step left: nothing to keep
             self.deltas = None

@@ -150,6 +150,25 @@ class PAB(Cache):
         kind = "spatial" if site.kind == "full" else site.kind
         return self.attention(kind, site.index, compute, owner=site.block, branch=site.branch)
 
+    def refresh(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A call whose branch missed steps (hooks.Cache.refresh): compute, and keep the output where a later step
+        of this module broadcasts it."""
+        if site.kind == "mlp":
+            kind = "spatial" if site.block == "full" else site.block
+            if kind not in self.config.mlp_kinds:
+                return compute()
+            out, key = compute(), (site.branch, "mlp", kind, site.index)
+            self.counts["mlp_computed"] += 1
+            if site.index in self.mlp_store[self.step]:
+                self.outputs[key] = out
+            return out
+        kind = "spatial" if site.kind == "full" else site.kind
+        out, key = compute(), (site.branch, kind, site.block, site.index)
+        self.counts[f"{kind}_computed"] += 1
+        if self._needed_later(kind):
+            self.outputs[key] = out
+        return out
+
     def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
         key = ("mlp", kind, block) if branch == "batch" else (branch, "mlp", kind, block)
         if kind not in self.config.mlp_kinds:

@@ -132,7 +132,13 @@ class ModuleForecast(Cache):
         if not self.full and site in self.state:
             self.counts["forecast"] += 1
             return self.predict(site)
+        return self.refresh(site, compute)
+
+    def refresh(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Compute and remember, as on a full step (hooks.Cache.refresh)."""
         out = compute()
+        if site.kind not in self.config.kinds:
+            return out
         self.counts["computed"] += 1
         self.remember(site, out)
         return out
