@@ -79,11 +79,9 @@ class _BranchState:
 
 class MagCache(StepCache):
     def __init__(self, config: MagCacheConfig):
-        if not config.ratios:
-            raise ValueError("MagCache needs this model's magnitude ratios (none are published for it): "
-                             "videosys.cache.calibrate.calibrate_magcache(pipeline, prompts) or "
-                             "scripts/calibrate_teacache.py --method magcache records them; pass "
-                             "MagCacheConfig(ratios=...) or {'method': 'magcache', 'ratios': [...]}")
+        if not config.ratios:  # a config object without them (a name or dict spec is refused when it is built)
+            raise NeedsCalibration("magcache", "magnitude ratios", "MagCacheConfig(ratios=...) or "
+                                   "{'method': 'magcache', 'ratios': [...]}")
         super().__init__(config)
 
     def begin(self, timesteps, refresh_steps=()) -> None:
