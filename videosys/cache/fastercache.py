@@ -485,5 +485,5 @@ class FasterCache(Cache):
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
          parse=FasterCacheConfig.from_name, names=("fastercache", "fastercache-diffusers"),
          sweep=("fastercache", "fastercache-diffusers", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
-         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]",
+         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]", pair_names=("fastercache", "fastercache-cfg"),
          reuses_last_step=True)  # a schedule may extrapolate attention or skip uncond on the last step

@@ -89,6 +89,14 @@ class CacheMethod:
     # False only where the method always computes that step (TeaCache, EasyCache, the output forecast)
     reuses_last_step: bool = True
     legacy_flags: LegacyFlags | None = None  # config switches its users already set (module docstring)
+    # the names `videosys bench --pairs` combines this method by (default: its bare name); a method whose parts act at
+    # different points adds a part alone ("fastercache-cfg": CFG-Cache, which joins module methods)
+    pair_names: tuple[str, ...] = ()
+
+    @property
+    def pair_members(self) -> tuple[str, ...]:
+        """Its pair names; a method without operating points (names, sweep, syntax: a calibration recorder) has none."""
+        return self.pair_names or ((self.name,) if self.names or self.sweep or self.syntax else ())
 
 
 METHODS: dict[str, CacheMethod] = {}
@@ -113,7 +121,7 @@ class OneThreshold:
 
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
              names=(), sweep=(), syntax: str = "", needs=(), reuses_last_step: bool = True,
-             legacy_flags: LegacyFlags | None = None) -> CacheMethod:
+             legacy_flags: LegacyFlags | None = None, pair_names=()) -> CacheMethod:
     """Make a method reachable by name. Registering the same name again replaces it only with the same
     config class (a module imported twice); another class under a taken name is an error."""
     old = METHODS.get(name)
@@ -122,7 +130,7 @@ def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, 
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: the config must be a dataclass, got {config_cls!r}")
     method = CacheMethod(name, config_cls, cache_cls, for_model, parse, tuple(names), tuple(sweep), syntax,
-                         tuple(needs), reuses_last_step, legacy_flags)
+                         tuple(needs), reuses_last_step, legacy_flags, tuple(pair_names))
     METHODS[name] = method
     cache_cls.method_name = name
     return method
