@@ -11,6 +11,7 @@ from videosys.cache.fastercache import FasterCacheConfig
 from videosys.cache.foca import FoCaConfig
 from videosys.cache.hooks import Cache
 from videosys.cache.magcache import MagCacheConfig
+from videosys.cache.pab import PABConfig
 from videosys.cache.registry import register, unregister
 from videosys.cache.taylorseer import TaylorSeerConfig
 
@@ -96,6 +97,21 @@ def test_taylorseer_extrapolates_over_the_steps_between_its_computes(skipper):
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
         checked += (s1 - s2 > 1 or step - s1 > 1)  # a spacing the skipper stretched
     assert checked >= 2
+    # its full steps 5, 8, 11 were skipped: the next call of each computes (6, 9, 13) rather than extrapolating
+    assert [s for s, ran, _ in calls if ran] == [0, 1, 2, 6, 9, 13]
+
+
+def test_pab_broadcasts_only_the_output_of_its_last_compute_step(skipper):
+    """Spatial broadcast on odd steps: a broadcast step whose compute step was skipped (8 before 9, 12 before 13)
+    computes; 1, 3, 7 reuse the output of the step before."""
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache([skipper, PABConfig(spatial=((-1, 1000), 2))])
+    calls = spy(pipe, "pab")
+    pipe.generate(PROMPT, seed=0, num_frames=4, num_inference_steps=STEPS)
+    assert [s for s, ran, _ in calls if not ran] == [1, 3, 7]
+    outputs = {s: out for s, _, out in calls}
+    for step in (1, 3, 7):
+        assert torch.equal(outputs[step], outputs[step - 1])
 
 
 def test_foca_window_holds_the_steps_it_ran(skipper):
