@@ -2,17 +2,13 @@
 method that skips whole steps the spacing they use is the steps' (issue: forecast-i2+fastercache extrapolated
 attention several steps old as if one step apart). A stub step-skipper forces a known schedule."""
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 from videosys.cache.fastercache import FasterCacheConfig
 from videosys.cache.foca import FoCaConfig
-from videosys.cache.hooks import Cache
 from videosys.cache.magcache import MagCacheConfig
 from videosys.cache.pab import PABConfig
-from videosys.cache.registry import register, unregister
 from videosys.cache.taylorseer import TaylorSeerConfig
 
 from conftest import PROMPT, tiny_pipeline
@@ -21,35 +17,9 @@ STEPS = 14
 SKIPPED = (4, 5, 8, 11, 12)  # the stub's steps: the model does not run (its last prediction is supplied)
 
 
-@dataclass
-class SkipStepsConfig:
-    steps: tuple = SKIPPED
-
-
-class SkipSteps(Cache):
-    """Skips the model on `config.steps`, supplying the last prediction (a forced whole-step schedule)."""
-
-    def __init__(self, config):
-        self.config, self.step, self.last = config, 0, None
-
-    def begin(self, timesteps, refresh_steps=()):
-        self.last = None
-
-    def set_step(self, index, timestep):
-        self.step = index
-
-    def step_output(self, compute, group=None):
-        if self.step in self.config.steps and self.last is not None:
-            return self.last
-        self.last = compute()
-        return self.last
-
-
 @pytest.fixture
-def skipper():
-    register("test-skip-steps", SkipStepsConfig, SkipSteps, for_model=lambda setting: SkipStepsConfig())
-    yield SkipStepsConfig()
-    unregister("test-skip-steps")
+def skipper(skip_steps):
+    return skip_steps(steps=SKIPPED)
 
 
 def spy(pipe, name: str) -> list:

@@ -214,9 +214,33 @@ def configs_from_spec(spec, published: dict[str, dict]) -> list:
     return configs
 
 
+# Pairs that act at different points but give a worse video than either method alone on the demo models, measured
+# by `videosys bench --pairs` (benchmarks/bench_pairs_demo*.json, docs/caches/combinations.md): refused with the
+# measured reason. Keyed by each method's name and the points it acts at ("fastercache@cfg": its CFG part alone).
+_AMPLIFIED = ("the output forecast extrapolates the model's predictions from the steps it computes, so {what}'s error on "
+              "those steps is amplified into every forecast step: on the demo model (videosys bench --pairs, 4 held-back "
+              "prompts) {pair} dB, against {forecast} dB for the forecast and {alone} dB for {what} alone")
+REFUSED_PAIRS: dict[frozenset, str] = {
+    frozenset({"forecast@step_output", label}): _AMPLIFIED.format(what=what, pair=pair, forecast=47.98, alone=alone)
+    for label, what, pair, alone in [
+        ("fastercache@cfg", "FasterCache's CFG part", 16.45, 26.39),
+        ("fastercache@cfg+module", "FasterCache", 16.49, 26.18),
+        ("teacache@stack", "TeaCache", 31.77, 42.25),
+        ("fbcache@stack", "First-Block-Cache", 36.54, 44.31),
+        ("magcache@stack", "MagCache", 25.95, 36.30),
+    ]}
+
+
+def pair_label(config) -> str:
+    """"<method>@<points>": how REFUSED_PAIRS names a method with the parts its config turns on."""
+    method = method_of(config)
+    return f"{method.name}@{'+'.join(sorted(method.cache_cls.acts_at(config)))}"
+
+
 def check_combination(configs: list) -> None:
-    """Raise unless the methods can be active together: each at most once, and no two acting at the same hook
-    point (each would replace what the other computes there: `Cache.acts_at`)."""
+    """Raise unless the methods can be active together: each at most once, no two acting at the same hook
+    point (each would replace what the other computes there: `Cache.acts_at`), and no pair measured to give a worse
+    video than either alone (REFUSED_PAIRS)."""
     names = [method_of(c).name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"each cache method can be enabled once, got {names}")
@@ -228,6 +252,12 @@ def check_combination(configs: list) -> None:
                                  "combine methods that act at different points (stack, module, cfg, step_output), "
                                  "e.g. taylorseer-3+fastercache-cfg")
             owner[point] = name
+    labels = [pair_label(c) for c in configs]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            reason = REFUSED_PAIRS.get(frozenset((a, b)))
+            if reason is not None:
+                raise ValueError(f"cache methods {a} and {b} are refused together: {reason}")
 
 
 def _configs(spec, published: dict[str, dict]) -> list:
