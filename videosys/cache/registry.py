@@ -229,6 +229,22 @@ REFUSED_PAIRS: dict[frozenset, str] = {
         ("fbcache@stack", "First-Block-Cache", 36.54, 44.31),
         ("magcache@stack", "MagCache", 25.95, 36.30),
     ]}
+_COMPOUNDED = ("on the {model} model (videosys bench --pairs, 4 held-back prompts) the pair keeps {pair} dB, against "
+               "{a} / {b} dB alone and {added} dB if their errors just added (likely: {why})")
+REFUSED_PAIRS.update({
+    frozenset(labels): _COMPOUNDED.format(model=model, pair=pair, a=a, b=b, added=added, why=why)
+    for labels, model, pair, a, b, added, why in [
+        (("forecast@step_output", "skipcache@stack"), "demo-skip", 39.90, 43.39, 49.38, 42.41,
+         "the forecast extrapolates from predictions built on the reused skip-branch features"),
+        (("teacache@stack", "fastercache@cfg"), "demo-skip", 28.97, 38.75, 31.60, 30.83,
+         "TeaCache keeps one state per CFG branch, so the cond-only calls reuse residuals across the batched steps"),
+        (("skipcache@stack", "fastercache@cfg"), "demo-skip", 29.90, 49.38, 31.60, 31.53,
+         "Skip-Cache keeps one state per CFG branch, so the cond-only calls reuse features across the batched steps"),
+        (("magcache@stack", "fastercache@cfg+module"), "demo-skip", 27.06, 34.05, 30.08, 28.61,
+         "MagCache skips the stack whose attention FasterCache extrapolates, and the skipped steps stretch it"),
+        (("pab@module", "easycache@stack"), "demo-skip", 22.93, 24.05, 100.0, 24.05,
+         "PAB's broadcast outputs lower EasyCache's measured rate of change, so it reuses steps it never reuses alone"),
+    ]})
 
 
 def pair_label(config) -> str:
