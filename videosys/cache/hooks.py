@@ -26,7 +26,10 @@ everything), per step `set_step(index, timestep)`.
 Whose state a call uses (`Site.branch`, `BlockStack.branch`): the CFG branch ("batch" or "cond"), and, where a
 pipeline runs one step as several transformer calls over parts of its input (CascadeV: frame windows x latent
 tiles), the part too (`with transformer.cache_part(name):`), so a method never adds one part's residual to
-another; its counts are then per call.
+another; its counts are then per call. Beside a method that runs the cond branch alone (CFG-Cache), a module method
+keeps one state per branch even in a batched call (its rows split [uncond; cond]: `CacheMixin.cfg_row_states`),
+and computes (`Cache.refresh`) where that state missed steps or the batched step feeds later cond-only ones
+(`CacheMixin.stale_states`); docs/caches/combinations.md.
 """
 
 import contextlib
