@@ -93,3 +93,37 @@ def applicable_methods(pipe) -> dict:
             out[name] = None
     pipe.set_cache(None)
     return out
+
+
+@pytest.fixture
+def skip_steps():
+    """A registered stub cache ("test-skip-steps") that skips the model on given steps, supplying its last prediction:
+    a forced whole-step schedule. Yields its config class: SkipStepsConfig(steps=(...))."""
+    from dataclasses import dataclass
+
+    from videosys.cache.hooks import Cache
+    from videosys.cache.registry import register, unregister
+
+    @dataclass
+    class SkipStepsConfig:
+        steps: tuple = ()
+
+    class SkipSteps(Cache):
+        def __init__(self, config):
+            self.config, self.step, self.last = config, 0, None
+
+        def begin(self, timesteps, refresh_steps=()):
+            self.last = None
+
+        def set_step(self, index, timestep):
+            self.step = index
+
+        def step_output(self, compute, group=None):
+            if self.step in self.config.steps and self.last is not None:
+                return self.last
+            self.last = compute()
+            return self.last
+
+    register("test-skip-steps", SkipStepsConfig, SkipSteps, for_model=lambda setting=None: SkipStepsConfig())
+    yield SkipStepsConfig
+    unregister("test-skip-steps")

@@ -140,3 +140,56 @@ def test_bench_vs_diffusers_runs_each_case_in_a_fresh_process(tmp_path):
         assert r["max_abs_diff_vs_diffusers_eager"]["ours eager"] < 1e-4
     with pytest.raises(SystemExit):
         script.main(["--families", "hunyuan", "--output", str(out)])
+
+
+def test_pairs_default_members_and_what_check_combination_refuses():
+    """Every registered method by its bare name (FasterCache also by its CFG part alone), none of the calibration
+    recorders; each allowed pair once; a refused pair carries check_combination's reason."""
+    from videosys.cache.registry import METHODS
+
+    members = bench.check(parsed("--pairs"), config_class("latte")(preset="demo"))
+    singles = [v for v in members if "+" not in v]
+    assert singles[0] == "none" and "fastercache-cfg" in singles and "taylorseer" in singles
+    assert not any(v.endswith("-recorder") for v in members) and "magcache" in singles  # the demo model has ratios
+    assert set(singles[1:]) <= {n for m in METHODS.values() for n in m.pair_members}
+    pairs = {frozenset(v.split("+")) for v in members if "+" in v}
+    assert frozenset({"taylorseer", "fastercache-cfg"}) in pairs and frozenset({"pab", "forecast"}) in pairs
+    assert len(pairs) == len([v for v in members if "+" in v])
+    _, _, refused = bench.pair_variants([], config_class("latte")(preset="demo").published_cache_settings())
+    refused = {frozenset(k.split("+")): why for k, why in refused.items()}
+    assert "both act at the 'module' hook point" in refused[frozenset({"pab", "taylorseer"})]
+    assert frozenset({"teacache", "fbcache"}) in refused and not set(refused) & pairs
+    assert "amplified" in refused[frozenset({"teacache", "forecast"})]  # measured worse than either (REFUSED_PAIRS)
+    tiny = bench.check(parsed("--pairs"), config_class("latte")(preset="tiny"))
+    assert "magcache" not in tiny  # no ratios for the random model: left out, not an error
+
+
+def test_pair_rows_flag_a_pair_worse_than_both_and_a_dominating_member():
+    results = {"none": {"speedup": 1.0}, "a": {"psnr": 30.0, "speedup": 1.5}, "b": {"psnr": 40.0, "speedup": 2.0},
+               "a+b": {"psnr": 29.0, "speedup": 1.8}, "b+c": {"psnr": 20.0, "speedup": 3.0}}
+    (row,) = bench.pair_rows(results)  # b+c: c never ran alone
+    assert row["pair"] == "a+b" and row["worse_than_both"] and row["dominated_by"] == ["b"]
+    assert row["additive_psnr"] == pytest.approx(-10 * __import__("math").log10(1e-3 + 1e-4))
+    results["a+b"]["psnr"] = 35.0
+    (row,) = bench.pair_rows(results)
+    assert not row["worse_than_both"] and row["dominated_by"] == ["b"]
+    assert "dominated by b" in bench.pairs_table([row])
+
+
+def test_pairs_command_on_the_tiny_preset(tmp_path, capsys):
+    """--pairs with given members: their allowed pairs run on the held-back (last) prompts, and the report says
+    which pairs were refused and why."""
+    out = tmp_path / "pairs.json"
+    small = [*SMALL[2:], "--prompts", "1"]
+    assert cli.main(["bench", "--model", "latte", "--preset", "tiny", "--prompt-set", "builtin", *small, "--pairs",
+                     "--variants", "none", "taylorseer-2", "fastercache-cfg", "pab-246", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prompts"] == ["a dog running on the beach at sunset"]  # the last of the builtin set
+    assert list(report["results"]) == ["none", "taylorseer-2", "fastercache-cfg", "pab-246",
+                                       "taylorseer-2+fastercache-cfg", "fastercache-cfg+pab-246"]
+    assert [r["pair"] for r in report["pairs"]] == ["taylorseer-2+fastercache-cfg", "fastercache-cfg+pab-246"]
+    assert list(report["refused_pairs"]) == ["taylorseer-2+pab-246"]
+    for row in report["pairs"]:
+        psnr = [report["results"][m]["psnr"] for m in row["members"]]
+        assert row["member_psnr"] == psnr and row["worse_than_both"] == (row["psnr"] < min(psnr))
+    assert "pairs worse than both members" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from videosys.cache.first_block import FirstBlockCacheConfig
 from videosys.cache.foca import FoCaConfig
 from videosys.cache.hooks import BlockStack
 from videosys.cache.magcache import MagCacheConfig
-from videosys.cache.registry import config_from_name, configs_from_spec
+from videosys.cache.registry import NeedsCalibration, config_from_name, configs_from_spec
 from videosys.cache.taylorseer import TaylorSeerConfig, forecast, full_step, update_factors
 
 from conftest import PROMPT, published, tiny_pipeline
@@ -75,6 +75,9 @@ def test_names_parse_to_the_published_settings():
     pipe = tiny_pipeline("latte")
     with pytest.raises(ValueError, match="magnitude ratios"):  # none published for Latte: asks for a calibration
         pipe.set_cache("magcache")
+    with pytest.raises(NeedsCalibration, match="--method magcache"):  # a config object without ratios: the same
+        pipe.transformer.enable_cache(MagCacheConfig())
+    assert "magcache" not in pipe.transformer.caches
     for bad in (dict(interval=0), dict(kinds=("conv",))):
         with pytest.raises(ValueError):
             TaylorSeerConfig(**bad)

@@ -272,6 +272,16 @@ def from_spectrum(s: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.ifftshift(s, dim=(-2, -1))).real
 
 
+def spacing(past: list, step: int, call: int) -> float:
+    """How far this extrapolation reaches in steps relative to how far it reaches in module calls: (step - s1) /
+    (s1 - s2) over (call - c1) / (c1 - c2) for the computed outputs (s2, c2) older and (s1, c1) newer. 1 when every
+    step runs the modules (alone: the weight as published); next to a method that skips whole steps unevenly
+    it keeps the extrapolation in step units (a reach over 3 steps from outputs 1 step apart is 3 times longer)."""
+    (_, _, s2, c2), (_, _, s1, c1) = past
+    ratio = ((step - s1) * (c1 - c2)) / ((s1 - s2) * (call - c1))
+    return 1.0 if ratio == 1 else ratio
+
+
 class FasterCache(Cache):
     """Per-transformer state: each self-attention's last two computed outputs; the CFG deltas."""
 
@@ -298,7 +308,8 @@ class FasterCache(Cache):
         n = max(len(self.timesteps), 1)
         self.scaled = (self.config.calls or n, n)  # (the authors' calls, this generation's): Calls' scaling
         self.step, self.t = 0, self.timesteps[0] if self.timesteps else 0.0
-        self.history: dict[tuple, list] = {}  # module -> [older, newer] computed (output, branch)
+        self.history: dict[tuple, list] = {}  # module -> [older, newer] computed (output, branch, step, call)
+        self.module_calls, self.module_step = 0, None  # the steps whose modules ran so far: the attention period
         self.deltas: tuple[torch.Tensor, torch.Tensor] | None = None  # (low, high) spectra of uncond - cond
         self.counts: Counter = Counter()
         self.cond_ratio: int | None = None  # rows of a full-batch attention output per row of a cond-only one
@@ -306,7 +317,7 @@ class FasterCache(Cache):
         self.calls = 0  # model calls through the CFG point so far: CFG-Cache's period counts them
         self.uncond_plan = [self._skips_uncond(i) for i in range(len(self.timesteps))]  # with a call every step
         # the last step that may extrapolate, per kind: after it the stored outputs are dropped (memory)
-        self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.reuses(kind, i)), default=-1)
+        self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.may_reuse(kind, i)), default=-1)
                            for kind in ("spatial", "temporal")}
         # the last step that may run cond-only, whatever the call count there
         self.last_skip = max((i for i in range(len(self.timesteps)) if self._may_skip_uncond(i)), default=-1)
@@ -333,13 +344,25 @@ class FasterCache(Cache):
             self.cond_ratio = self.rows["batch"] // self.rows["cond"]
         return stack.run(*stack.streams)
 
-    def reuses(self, kind: str, index: int | None = None) -> bool:
-        """Whether attention of this setting kind ("spatial" / "temporal") is extrapolated at step `index`."""
+    def reuses(self, kind: str, index: int | None = None, call: int | None = None) -> bool:
+        """Whether attention of this setting kind ("spatial" / "temporal") is extrapolated at step `index` as the
+        0-based call `call` of the modules (default: the index): the window follows the step, the period the calls
+        that ran the modules (next to a method that skips whole steps, the steps it computes)."""
         index = self.step if index is None else index
         setting = getattr(self.config, kind)
         if setting is None or index in self.refresh_steps:
             return False
-        return self.acts(setting, index)
+        return self.acts(setting, index, call)
+
+    def may_reuse(self, kind: str, index: int) -> bool:
+        """Extrapolated at step `index` for some call count: inside the window, with a period that reuses."""
+        setting = getattr(self.config, kind)
+        if setting is None or index in self.refresh_steps:
+            return False
+        if isinstance(setting, Calls):
+            return setting.inside(index + 1, self.scaled) and setting.every != 1
+        window, every = setting
+        return every > 1 and in_window(window, self.timesteps[index])
 
     def weight(self, index: int | None = None) -> float:
         index = self.step if index is None else index
@@ -355,19 +378,22 @@ class FasterCache(Cache):
         kind = SELF_ATTENTION.get(site.kind)
         if kind is None or getattr(self.config, kind) is None:
             return compute()
+        if self.module_step != self.step:  # the first module call of a step the modules run on
+            self.module_step, self.module_calls = self.step, self.module_calls + 1
+        call = self.module_calls - 1
         key = (site.kind, site.block, site.index)
         past = self.history.get(key, [])
-        if self.reuses(kind) and len(past) == 2:
+        if self.reuses(kind, call=call) and len(past) == 2:
             older, newer = (self._view(entry, site.branch) for entry in past)
             if older is not None and newer is not None:
                 self.counts[f"{kind}_reused"] += 1
-                return newer + self.weight() * (newer - older)
+                return newer + self.weight() * spacing(past, self.step, call) * (newer - older)
         out = compute()
         self.counts[f"{kind}_computed"] += 1
         if self.cond_ratio is None and site.branch == "cond" and past and past[-1][1] == "batch":
             self.cond_ratio = past[-1][0].shape[0] // out.shape[0]  # as stack() learns it, for a model without one
         if self.step < self.last_reuse[kind]:
-            self.history[key] = (past + [(out, site.branch)])[-2:]
+            self.history[key] = (past + [(out, site.branch, self.step, call)])[-2:]
         else:
             self.history.pop(key, None)
         return out
@@ -375,7 +401,7 @@ class FasterCache(Cache):
     def _view(self, entry: tuple[torch.Tensor, str], branch: str) -> torch.Tensor | None:
         """A computed output as the current call's branch sees it: itself, the cond part of a full batch
         ([uncond; cond] rows, or all of it where this rank runs only cond), or None (no uncond in a cond output)."""
-        out, source = entry
+        out, source = entry[:2]
         if source == branch:
             return out
         if branch == "cond" and source == "batch" and self.cond_ratio is not None:
@@ -413,6 +439,11 @@ class FasterCache(Cache):
         self.calls += 1
         self.counts["uncond_skipped" if skip else "uncond_computed"] += 1
         return skip
+
+    def cfg_keeps(self) -> bool:
+        """Whether this step's branches supply the next call's uncond (hooks.Cache.cfg_keeps): cfg_skip has counted
+        this step's call, so the next is call `self.calls`."""
+        return self.step + 1 < len(self.timesteps) and self._skips_uncond(self.step + 1, self.calls)
 
     def cfg_observe(self, uncond: torch.Tensor, cond: torch.Tensor) -> None:
         if self.step >= self.last_skip:  # no cond-only step left: nothing to keep
@@ -454,5 +485,5 @@ class FasterCache(Cache):
 register("fastercache", FasterCacheConfig, FasterCache, for_model=FasterCacheConfig.for_model,
          parse=FasterCacheConfig.from_name, names=("fastercache", "fastercache-diffusers"),
          sweep=("fastercache", "fastercache-diffusers", "fastercache-3", "fastercache-2-3", "fastercache-3-3"),
-         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]",
+         syntax="fastercache-<N>[-<U>][t]|fastercache-cfg[-<U>]", pair_names=("fastercache", "fastercache-cfg"),
          reuses_last_step=True)  # a schedule may extrapolate attention or skip uncond on the last step

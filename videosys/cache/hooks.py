@@ -26,7 +26,10 @@ everything), per step `set_step(index, timestep)`.
 Whose state a call uses (`Site.branch`, `BlockStack.branch`): the CFG branch ("batch" or "cond"), and, where a
 pipeline runs one step as several transformer calls over parts of its input (CascadeV: frame windows x latent
 tiles), the part too (`with transformer.cache_part(name):`), so a method never adds one part's residual to
-another; its counts are then per call.
+another; its counts are then per call. Beside a method that runs the cond branch alone (CFG-Cache), a module method
+keeps one state per branch even in a batched call (its rows split [uncond; cond]: `CacheMixin.cfg_row_states`),
+and computes (`Cache.refresh`) where that state missed steps or the batched step feeds later cond-only ones
+(`CacheMixin.stale_states`); docs/caches/combinations.md.
 """
 
 import contextlib
@@ -59,6 +62,9 @@ class Cache:
     cfg_skip: Callable | None = None
     cfg_supply: Callable | None = None
     cfg_observe: Callable | None = None
+    # cfg_keeps(self) -> bool: whether what cfg_observe sees this (computed) step supplies later cond-only steps
+    # (default: it may); module methods beside it then compute every row of the step (CacheMixin.stale_states)
+    cfg_keeps: Callable | None = None
     # step output: step_output(self, compute: () -> Tensor, group) -> Tensor (the step's prediction, guided with
     # CFG, whole on every rank; group: the world group); skip compute() to supply it without the model
     step_output: Callable | None = None
@@ -80,6 +86,12 @@ class Cache:
 
     def set_step(self, index: int, timestep: float) -> None:
         """The step about to run."""
+
+    def refresh(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The module hook on a call whose state (site.branch) missed steps another branch ran
+        (CacheMixin.stale_states): compute and keep the output as on a full step. The default is `module`: a
+        method without state across steps needs nothing else."""
+        return self.module(site, compute)
 
     def stats(self) -> dict:
         return {}
@@ -144,15 +156,43 @@ class BlockStack:
 
 
 class ModuleHooks:
-    """The module-call methods of one transformer, outermost first."""
+    """The module-call methods of one transformer, outermost first. `branches[k]`: the state names method k keeps
+    for this call's rows, one per equal part of the batch (dim 0): (branch,) by default; ("uncond", "cond") for a
+    batched [uncond; cond] call where another method may run the cond branch alone (CacheMixin.module_hooks)."""
 
-    def __init__(self, methods: list, branch: str = "batch"):
+    def __init__(self, methods: list, branch: str = "batch", branches: list[tuple[str, ...]] | None = None,
+                 stale: frozenset = frozenset()):
         self.methods, self.branch = methods, branch
+        self.branches = branches or [(branch,)] * len(methods)
+        self.stale = stale  # state names that missed a step another branch ran: they compute (Cache.refresh)
 
     def __call__(self, site: Site, compute: Callable[[], torch.Tensor], k: int = 0) -> torch.Tensor:
-        if k == len(self.methods) - 1:
-            return self.methods[k].module(site, compute)
-        return self.methods[k].module(site, lambda: self(site, compute, k + 1))
+        inner = compute if k == len(self.methods) - 1 else (lambda: self(site, compute, k + 1))
+        names = self.branches[k]
+        if len(names) == 1:
+            return self.hook(k, names[0])(site._replace(branch=names[0]), inner)
+        return self._by_rows(k, site, inner, names)
+
+    def hook(self, k: int, name: str) -> Callable:
+        return self.methods[k].refresh if name in self.stale else self.methods[k].module
+
+    def _by_rows(self, k: int, site: Site, compute: Callable[[], torch.Tensor], names: tuple[str, ...]):
+        """Method k on each part of the call's rows under its own state name, the call computed at most once (for
+        every part): a part continues from its own history whichever calls ran it alone."""
+        memo = []
+
+        def part(i: int) -> Callable[[], torch.Tensor]:
+            def compute_part() -> torch.Tensor:
+                if not memo:
+                    full = compute()
+                    memo.extend([full, *full.chunk(len(names))])
+                return memo[1 + i]
+            return compute_part
+
+        outs = [self.hook(k, name)(site._replace(branch=name), part(i)) for i, name in enumerate(names)]
+        if memo and all(out is view for out, view in zip(outs, memo[1:])):
+            return memo[0]  # every part computed: the call's own output, no copy
+        return torch.cat(outs)
 
 
 def module_call(hooks: ModuleHooks | None, kind: str, index: int, compute: Callable[[], torch.Tensor],
@@ -161,6 +201,14 @@ def module_call(hooks: ModuleHooks | None, kind: str, index: int, compute: Calla
     if hooks is None:
         return compute()
     return hooks(Site(kind, block or kind, index, hooks.branch), compute)
+
+
+CFG_BRANCHES = ("uncond", "cond")  # the order of a guided batch's rows and of the CFG-parallel ranks
+
+
+def acts_at(cache: Cache) -> frozenset:
+    """The hook points where an active method may replace what is computed (Cache.acts_at of its config)."""
+    return type(cache).acts_at(getattr(cache, "config", None))
 
 
 def _as_tuple(out) -> tuple:
@@ -217,7 +265,50 @@ class CacheMixin:
     # ---- hook points ----------------------------------------------------------------------------
     def module_hooks(self) -> ModuleHooks | None:
         methods = [c for c in self.caches.values() if c.module is not None]
-        return ModuleHooks(methods, self.cache_state) if methods else None
+        if not methods:
+            return None
+        branches = [self.cfg_row_states(m) for m in methods]
+        return ModuleHooks(methods, self.cache_state, branches, self.stale_states({n for b in branches for n in b}))
+
+    def stale_states(self, names: set) -> frozenset:
+        """Of the state names this call uses, those whose methods compute this call (Cache.refresh) rather than
+        extrapolate or reuse: every row of a batched step whose branches a CFG cache keeps to supply the next
+        cond-only steps (an error there is held, and amplified by the guidance, over all of them), and otherwise
+        an uncond state that missed a cond-only step since its last call (its outputs would be extrapolated over
+        steps the schedule never meant to span). Measured on the demo model: docs/caches/combinations.md. Host
+        values only (the skip decisions, alike on every rank)."""
+        last = self.__dict__.setdefault("cfg_last_run", {})  # state name -> the last step it ran
+        step = self.__dict__.get("cache_step_index", 0)
+        cond_only = self.__dict__.get("cfg_last_cond_only", -1)
+        if self.cache_branch == "batch" and any(self.cfg_kept(c) for c in self.caches.values()):
+            stale = frozenset(names)
+        else:
+            stale = frozenset(n for n in names if n.endswith(CFG_BRANCHES[0]) and last.get(n, cond_only) < cond_only)
+        last.update(dict.fromkeys(names, step))
+        return stale
+
+    @staticmethod
+    def cfg_kept(cache: Cache) -> bool:
+        if cache.cfg_observe is None or "cfg" not in acts_at(cache):
+            return False
+        return cache.cfg_keeps() if cache.cfg_keeps is not None else True
+
+    def cfg_row_states(self, method: Cache) -> tuple[str, ...]:
+        """The state names `method` keeps for this call's rows. Where another active method may run the cond branch
+        alone (CFG-Cache) in this guided generation, a module method keeps one state per branch: a batched call's
+        rows [uncond; cond] as ("uncond", "cond") (a CFG-parallel rank's as its own branch), a cond-only call's as
+        "cond", so that call continues from the cond rows of the last batched call and the next batched call from
+        each branch's own last call (spacing by the step indices each branch computed). Otherwise (the call's
+        branch,): unchanged."""
+        others = [c for c in self.caches.values() if c is not method and "cfg" in acts_at(c)]
+        if not (others and self.__dict__.get("cfg_guided")):
+            return (self.cache_state,)
+        prefix = f"{self.cache_part_name}/" if self.cache_part_name else ""
+        if self.cache_branch != "batch":
+            return (prefix + self.cache_branch,)
+        if self.parallel.cfg_size == 2:
+            return (prefix + CFG_BRANCHES[self.parallel.cfg_rank],)
+        return tuple(prefix + name for name in CFG_BRANCHES)
 
     def cache_stack(self, run: Callable, *streams: torch.Tensor, indicator: Callable[[], torch.Tensor],
                     num_units: int):
@@ -258,10 +349,13 @@ class CacheMixin:
     def cache_begin(self, timesteps: list[float], refresh_steps=()) -> None:
         """A new generation; on `refresh_steps` every method computes. The model's begin_generation runs first."""
         self.begin_generation()
+        self.__dict__["cfg_guided"] = False  # set by the first guided step (cache_cfg_skipper)
+        self.__dict__["cfg_last_run"], self.__dict__["cfg_last_cond_only"] = {}, -1
         for cache in self.caches.values():
             cache.begin(timesteps, refresh_steps=tuple(refresh_steps))
 
     def cache_step(self, index: int, timestep: float) -> None:
+        self.__dict__["cache_step_index"] = index
         for cache in self.caches.values():
             cache.set_step(index, timestep)
 
@@ -284,9 +378,12 @@ class CacheMixin:
 
     # ---- CFG branch point (the pipeline's loop) ---------------------------------------------------
     def cache_cfg_skipper(self):
-        """The first active method that skips the uncond branch this step (it then supplies it), else None."""
+        """The first active method that skips the uncond branch this step (it then supplies it), else None. Called
+        on every guided step, before its model call: from here on the batched calls are [uncond; cond]."""
+        self.__dict__["cfg_guided"] = True
         for cache in self.caches.values():
             if cache.cfg_skip is not None and cache.cfg_skip():
+                self.__dict__["cfg_last_cond_only"] = self.__dict__.get("cache_step_index", 0)
                 return cache
         return None
 

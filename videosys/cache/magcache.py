@@ -74,15 +74,14 @@ class _BranchState:
     ratio: float = 1.0
     error: float = 0.0
     skipped: int = 0
+    step: int = -1  # the last step this branch's stack was called on (computed or skipped)
 
 
 class MagCache(StepCache):
     def __init__(self, config: MagCacheConfig):
-        if not config.ratios:
-            raise ValueError("MagCache needs this model's magnitude ratios (none are published for it): "
-                             "videosys.cache.calibrate.calibrate_magcache(pipeline, prompts) or "
-                             "scripts/calibrate_teacache.py --method magcache records them; pass "
-                             "MagCacheConfig(ratios=...) or {'method': 'magcache', 'ratios': [...]}")
+        if not config.ratios:  # a config object without them (a name or dict spec is refused when it is built)
+            raise NeedsCalibration("magcache", "magnitude ratios", "MagCacheConfig(ratios=...) or "
+                                   "{'method': 'magcache', 'ratios': [...]}")
         super().__init__(config)
 
     def begin(self, timesteps, refresh_steps=()) -> None:
@@ -93,12 +92,16 @@ class MagCache(StepCache):
 
     def skip(self, state: _BranchState, streams: tuple) -> bool:
         """Decide for this step (and advance the accumulators): True = add the kept residual."""
+        last, state.step = state.step, self.step
         if self.step < self.retention or self.step in self.refresh_steps:
             return False
-        ratio = self.ratios[self.step] if self.step < len(self.ratios) else 1.0
-        state.ratio *= ratio
-        state.skipped += 1
-        state.error += abs(1.0 - state.ratio)
+        # every step since this branch's last call, the steps a method around it skipped included: the residual
+        # kept drifts over each of them (alone, or when the branch runs every step: this step only)
+        for step in range(max(last + 1, self.retention), self.step + 1):
+            ratio = self.ratios[step] if step < len(self.ratios) else 1.0
+            state.ratio *= ratio
+            state.skipped += 1
+            state.error += abs(1.0 - state.ratio)
         c = self.config
         if (state.residual is not None and state.error <= c.threshold and state.skipped <= c.max_skip_steps
                 and all(r.shape == s.shape for r, s in zip(state.residual, streams))):

@@ -25,6 +25,7 @@ fractional Euler timesteps truncated).
 """
 
 import dataclasses
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -101,9 +102,14 @@ class PAB(Cache):
         self.refresh_steps = frozenset(refresh_steps)
         self.step = 0
         self.outputs: dict[tuple, torch.Tensor] = {}
+        self.stored_at: dict[tuple, int] = {}  # the step each kept output was computed on
         self.counts: Counter = Counter()
         n = len(self.timesteps)
         self.broadcast_plan = {kind: [self._broadcasts(kind, i) for i in range(n)] for kind in ATTENTION_KINDS}
+        # per kind and step: the last step at or before it that the plan computes (a broadcast reuses its output)
+        self.source = {kind: list(itertools.accumulate((-1 if b else i for i, b in enumerate(plan)), max))
+                       for kind, plan in self.broadcast_plan.items()}
+        self.mlp_source: list[dict[int, int]] = [{} for _ in range(n)]  # block -> the store step it reuses
         self.mlp_reuse: list[set[int]] = [set() for _ in range(n)]  # blocks reusing their MLP at step i
         self.mlp_store: list[set[int]] = [set() for _ in range(n)]
         for t, (blocks, skip) in self.config.mlp.items():
@@ -113,6 +119,8 @@ class PAB(Cache):
                 for j in range(k + 1, min(k + 1 + skip, n)):
                     if j not in self.refresh_steps:
                         self.mlp_reuse[j].update(blocks)
+                        for b in blocks:
+                            self.mlp_source[j][b] = max(k, self.mlp_source[j].get(b, -1))
 
     def _broadcasts(self, kind: str, index: int) -> bool:
         setting = getattr(self.config, kind)
@@ -132,13 +140,16 @@ class PAB(Cache):
         """compute(), or on a broadcast step the last output of this module: `kind` of block `block` (of the
         stack `owner`, where two stacks have the same kind at the same index), for this CFG branch."""
         key = (kind, owner, block) if branch == "batch" else (branch, kind, owner, block)
-        if self.broadcast_plan[kind][self.step] and key in self.outputs:
+        # the output kept must be the one of the plan's last compute step: one a method around PAB skipped (or this
+        # CFG branch missed) leaves an older output, which this step computes instead of broadcasting
+        if (self.broadcast_plan[kind][self.step] and key in self.outputs
+                and self.stored_at[key] >= self.source[kind][self.step]):
             self.counts[f"{kind}_reused"] += 1
             return self.outputs[key]
         out = compute()
         self.counts[f"{kind}_computed"] += 1
         if self._needed_later(kind):
-            self.outputs[key] = out
+            self.outputs[key], self.stored_at[key] = out, self.step
         else:
             self.outputs.pop(key, None)  # past the window: free the memory
         return out
@@ -150,17 +161,37 @@ class PAB(Cache):
         kind = "spatial" if site.kind == "full" else site.kind
         return self.attention(kind, site.index, compute, owner=site.block, branch=site.branch)
 
+    def refresh(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A call whose branch missed steps (hooks.Cache.refresh): compute, and keep the output where a later step
+        of this module broadcasts it."""
+        if site.kind == "mlp":
+            kind = "spatial" if site.block == "full" else site.block
+            if kind not in self.config.mlp_kinds:
+                return compute()
+            out, key = compute(), (site.branch, "mlp", kind, site.index)
+            self.counts["mlp_computed"] += 1
+            if site.index in self.mlp_store[self.step]:
+                self.outputs[key], self.stored_at[key] = out, self.step
+            return out
+        kind = "spatial" if site.kind == "full" else site.kind
+        out, key = compute(), (site.branch, kind, site.block, site.index)
+        self.counts[f"{kind}_computed"] += 1
+        if self._needed_later(kind):
+            self.outputs[key], self.stored_at[key] = out, self.step
+        return out
+
     def mlp(self, kind: str, block: int, compute: Callable[[], torch.Tensor], branch: str = "batch"):
         key = ("mlp", kind, block) if branch == "batch" else (branch, "mlp", kind, block)
         if kind not in self.config.mlp_kinds:
             return compute()
-        if block in self.mlp_reuse[self.step] and key in self.outputs:
+        if (block in self.mlp_reuse[self.step] and key in self.outputs
+                and self.stored_at[key] == self.mlp_source[self.step][block]):
             self.counts["mlp_reused"] += 1
             return self.outputs[key]
         out = compute()
         self.counts["mlp_computed"] += 1
         if block in self.mlp_store[self.step]:
-            self.outputs[key] = out
+            self.outputs[key], self.stored_at[key] = out, self.step
         elif key in self.outputs and block not in self.mlp_reuse[self.step]:
             del self.outputs[key]
         return out

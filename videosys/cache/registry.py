@@ -89,6 +89,14 @@ class CacheMethod:
     # False only where the method always computes that step (TeaCache, EasyCache, the output forecast)
     reuses_last_step: bool = True
     legacy_flags: LegacyFlags | None = None  # config switches its users already set (module docstring)
+    # the names `videosys bench --pairs` combines this method by (default: its bare name); a method whose parts act at
+    # different points adds a part alone ("fastercache-cfg": CFG-Cache, which joins module methods)
+    pair_names: tuple[str, ...] = ()
+
+    @property
+    def pair_members(self) -> tuple[str, ...]:
+        """Its pair names; a method without operating points (names, sweep, syntax: a calibration recorder) has none."""
+        return self.pair_names or ((self.name,) if self.names or self.sweep or self.syntax else ())
 
 
 METHODS: dict[str, CacheMethod] = {}
@@ -113,7 +121,7 @@ class OneThreshold:
 
 def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, parse: Callable | None = None,
              names=(), sweep=(), syntax: str = "", needs=(), reuses_last_step: bool = True,
-             legacy_flags: LegacyFlags | None = None) -> CacheMethod:
+             legacy_flags: LegacyFlags | None = None, pair_names=()) -> CacheMethod:
     """Make a method reachable by name. Registering the same name again replaces it only with the same
     config class (a module imported twice); another class under a taken name is an error."""
     old = METHODS.get(name)
@@ -122,7 +130,7 @@ def register(name: str, config_cls: type, cache_cls: type, for_model: Callable, 
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"{name}: the config must be a dataclass, got {config_cls!r}")
     method = CacheMethod(name, config_cls, cache_cls, for_model, parse, tuple(names), tuple(sweep), syntax,
-                         tuple(needs), reuses_last_step, legacy_flags)
+                         tuple(needs), reuses_last_step, legacy_flags, tuple(pair_names))
     METHODS[name] = method
     cache_cls.method_name = name
     return method
@@ -206,9 +214,49 @@ def configs_from_spec(spec, published: dict[str, dict]) -> list:
     return configs
 
 
+# Pairs that act at different points but give a worse video than either method alone on the demo models, measured
+# by `videosys bench --pairs` (benchmarks/bench_pairs_demo*.json, docs/caches/combinations.md): refused with the
+# measured reason. Keyed by each method's name and the points it acts at ("fastercache@cfg": its CFG part alone).
+_AMPLIFIED = ("the output forecast extrapolates the model's predictions from the steps it computes, so {what}'s error on "
+              "those steps is amplified into every forecast step: on the demo model (videosys bench --pairs, 4 held-back "
+              "prompts) {pair} dB, against {forecast} dB for the forecast and {alone} dB for {what} alone")
+REFUSED_PAIRS: dict[frozenset, str] = {
+    frozenset({"forecast@step_output", label}): _AMPLIFIED.format(what=what, pair=pair, forecast=47.98, alone=alone)
+    for label, what, pair, alone in [
+        ("fastercache@cfg", "FasterCache's CFG part", 16.45, 26.39),
+        ("fastercache@cfg+module", "FasterCache", 16.49, 26.18),
+        ("teacache@stack", "TeaCache", 31.77, 42.25),
+        ("fbcache@stack", "First-Block-Cache", 36.54, 44.31),
+        ("magcache@stack", "MagCache", 25.95, 36.30),
+    ]}
+_COMPOUNDED = ("on the {model} model (videosys bench --pairs, 4 held-back prompts) the pair keeps {pair} dB, against "
+               "{a} / {b} dB alone and {added} dB if their errors just added (likely: {why})")
+REFUSED_PAIRS.update({
+    frozenset(labels): _COMPOUNDED.format(model=model, pair=pair, a=a, b=b, added=added, why=why)
+    for labels, model, pair, a, b, added, why in [
+        (("forecast@step_output", "skipcache@stack"), "demo-skip", 39.90, 43.39, 49.38, 42.41,
+         "the forecast extrapolates from predictions built on the reused skip-branch features"),
+        (("teacache@stack", "fastercache@cfg"), "demo-skip", 28.97, 38.75, 31.60, 30.83,
+         "TeaCache keeps one state per CFG branch, so the cond-only calls reuse residuals across the batched steps"),
+        (("skipcache@stack", "fastercache@cfg"), "demo-skip", 29.90, 49.38, 31.60, 31.53,
+         "Skip-Cache keeps one state per CFG branch, so the cond-only calls reuse features across the batched steps"),
+        (("magcache@stack", "fastercache@cfg+module"), "demo-skip", 27.06, 34.05, 30.08, 28.61,
+         "MagCache skips the stack whose attention FasterCache extrapolates, and the skipped steps stretch it"),
+        (("pab@module", "easycache@stack"), "demo-skip", 22.93, 24.05, 100.0, 24.05,
+         "PAB's broadcast outputs lower EasyCache's measured rate of change, so it reuses steps it never reuses alone"),
+    ]})
+
+
+def pair_label(config) -> str:
+    """"<method>@<points>": how REFUSED_PAIRS names a method with the parts its config turns on."""
+    method = method_of(config)
+    return f"{method.name}@{'+'.join(sorted(method.cache_cls.acts_at(config)))}"
+
+
 def check_combination(configs: list) -> None:
-    """Raise unless the methods can be active together: each at most once, and no two acting at the same hook
-    point (each would replace what the other computes there: `Cache.acts_at`)."""
+    """Raise unless the methods can be active together: each at most once, no two acting at the same hook
+    point (each would replace what the other computes there: `Cache.acts_at`), and no pair measured to give a worse
+    video than either alone (REFUSED_PAIRS)."""
     names = [method_of(c).name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"each cache method can be enabled once, got {names}")
@@ -220,6 +268,12 @@ def check_combination(configs: list) -> None:
                                  "combine methods that act at different points (stack, module, cfg, step_output), "
                                  "e.g. taylorseer-3+fastercache-cfg")
             owner[point] = name
+    labels = [pair_label(c) for c in configs]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            reason = REFUSED_PAIRS.get(frozenset((a, b)))
+            if reason is not None:
+                raise ValueError(f"cache methods {a} and {b} are refused together: {reason}")
 
 
 def _configs(spec, published: dict[str, dict]) -> list:

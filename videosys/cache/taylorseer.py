@@ -116,6 +116,8 @@ class ModuleForecast(Cache):
         self.refresh_steps = frozenset(refresh_steps)
         self.step, self.full = 0, True
         self.state: dict[Site, object] = {}
+        self.updated: dict[Site, int] = {}  # the step each module last computed on
+        self.last_full = 0  # the schedule's last full step so far
         self.counts: Counter = Counter()
         self.forecast_steps: list[int] = []
 
@@ -123,17 +125,28 @@ class ModuleForecast(Cache):
         self.step = index
         c = self.config
         self.full = full_step(index, c.interval, c.warmup, c.schedule) or index in self.refresh_steps
+        if self.full:
+            self.last_full = index
         if not self.full:
             self.forecast_steps.append(index)
 
     def module(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if site.kind not in self.config.kinds:
             return compute()
-        if not self.full and site in self.state:
+        # a module that missed the last full step (a method around it skipped that step, or its CFG branch did not
+        # run) computes: its state would be extrapolated over more steps than the schedule spans
+        if not self.full and site in self.state and self.updated[site] >= self.last_full:
             self.counts["forecast"] += 1
             return self.predict(site)
+        return self.refresh(site, compute)
+
+    def refresh(self, site: Site, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Compute and remember, as on a full step (hooks.Cache.refresh)."""
         out = compute()
+        if site.kind not in self.config.kinds:
+            return out
         self.counts["computed"] += 1
+        self.updated[site] = self.step
         self.remember(site, out)
         return out
 

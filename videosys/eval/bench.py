@@ -15,10 +15,18 @@ Times are medians over --repeats rounds that each generate one video with every 
 the peers' interleaved, the order rotated each round, after a warm-up round), so drift of the machine hits
 every variant alike. Writes JSON, a PNG of speed-up vs PSNR and vs LPIPS, and prints the table and the
 frontier: the best variant at each speed-up.
+
+`--pairs` runs every allowed pair of the members (--variants, default every registered method's pair names:
+registry.CacheMethod.pair_members) next to the members alone, on the *last* --prompts prompts of the set (held back:
+tuning uses the first ones), and reports a pair worse than both of its members (PSNR below both), the PSNR its
+members' errors would give if they just added (10^(-a/10) + 10^(-b/10)), and a member that dominates it (at
+least as fast and better). The pairs registry.check_combination refuses are listed with its reason.
 """
 
 import argparse
+import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -252,6 +260,9 @@ def add_arguments(parser) -> None:
                                                "the teacache-cal-<threshold> variants")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timing rounds: each times every variant once, interleaved (median per variant)")
+    parser.add_argument("--pairs", action="store_true",
+                        help="every allowed pair of the members (--variants, default every registered method's) beside "
+                             "the members alone, on the last --prompts prompts (held back); reports pairs worse than both")
     parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
 
 
@@ -265,10 +276,83 @@ def _needs_calibration(variant: str, config) -> bool:
     return False
 
 
+def pair_variants(members: list[str], published: dict) -> tuple[list[str], list[str], dict]:
+    """(the members that build for this model, every pair "a+b" of them check_combination allows, the refused pairs:
+    "a+b" -> its reason). Members: every registered method's pair names when none are given; one the model has no
+    numbers for (NeedsCalibration, no published setting) or that acts nowhere (an observer) is left out."""
+    from videosys.cache import METHODS, configs_from_spec
+    from videosys.cache.registry import method_of
+
+    given = bool(members)
+    members = members or [n for m in METHODS.values() for n in m.pair_members]
+    usable = []
+    for name in members:
+        try:
+            configs = configs_from_spec(name, published)
+        except ValueError:
+            if given:
+                raise
+            continue
+        if all(method_of(c).cache_cls.acts_at(c) for c in configs):
+            usable.append(name)
+    pairs, refused = [], {}
+    for a, b in itertools.combinations(usable, 2):
+        try:
+            configs_from_spec(f"{a}+{b}", published)
+            pairs.append(f"{a}+{b}")
+        except ValueError as err:
+            refused[f"{a}+{b}"] = str(err)
+    return usable, pairs, refused
+
+
+def additive_psnr(a: float, b: float) -> float:
+    """The PSNR of two approximations whose errors (MSE) just add."""
+    return -10 * math.log10(10 ** (-a / 10) + 10 ** (-b / 10))
+
+
+def pair_rows(results: dict) -> list[dict]:
+    """Per pair variant "a+b" whose members ran alone: PSNR and speed-up of each, whether the pair is worse than both,
+    the additive PSNR, and a member at least as fast with a better PSNR (the pair is then dominated)."""
+    rows = []
+    for variant, row in results.items():
+        parts = variant.split("+")
+        if len(parts) != 2 or not all(p in results and results[p].get("psnr") is not None for p in parts):
+            continue
+        members = [results[p] for p in parts]
+        psnr = row["psnr"]
+        dominated = [p for p, m in zip(parts, members) if m["psnr"] > psnr and m["speedup"] >= row["speedup"]]
+        rows.append({"pair": variant, "members": parts, "psnr": psnr, "speedup": row["speedup"],
+                     "member_psnr": [m["psnr"] for m in members], "member_speedup": [m["speedup"] for m in members],
+                     "worse_than_both": psnr < min(m["psnr"] for m in members),
+                     "additive_psnr": additive_psnr(*(m["psnr"] for m in members)), "dominated_by": dominated})
+    return rows
+
+
+def pairs_table(rows: list[dict]) -> str:
+    width = max([6] + [len(r["pair"]) + 2 for r in rows])
+    lines = [f"{'pair':<{width}}{'PSNR':>7}{'speed-up':>9}{'members PSNR':>15}{'members x':>13}{'additive':>9}  verdict"]
+    for r in rows:
+        verdict = ("WORSE THAN BOTH" if r["worse_than_both"] else "ok") + (
+            f", dominated by {' and '.join(r['dominated_by'])}" if r["dominated_by"] else "")
+        a, b = r["member_psnr"]
+        sa, sb = r["member_speedup"]
+        lines.append(f"{r['pair']:<{width}}{r['psnr']:>7.2f}{r['speedup']:>8.2f}x{a:>8.2f}/{b:<6.2f}"
+                     f"{sa:>6.2f}/{sb:<5.2f}x{r['additive_psnr']:>8.2f}  {verdict}")
+    return "\n".join(lines)
+
+
 def check(args, config) -> list[str]:
     """Our variants, 'none' first; every name and option checked before any weight load."""
     from videosys.cache import configs_from_spec, sweep_names
 
+    if getattr(args, "pairs", False):
+        if args.peers is not None:
+            raise ValueError("--pairs runs our methods only: leave out --peers")
+        members, pairs, args.refused_pairs = pair_variants(
+            [v for v in args.variants or [] if v != "none"], config.published_cache_settings())
+        if not pairs:
+            raise ValueError(f"--pairs: no two of {members} may run together (check_combination)")
+        return ["none", *members, *pairs]
     variants = list(args.variants) if args.variants else sweep_names()
     if not args.variants:  # the default sweep: the methods this model has numbers for (MagCache: calibrated ratios)
         variants = [v for v in variants if v == "none" or not _needs_calibration(v, config)]
@@ -287,13 +371,33 @@ def check(args, config) -> list[str]:
     return ["none"] + [v for v in variants if v != "none"]
 
 
+def on_this_model(runner, variants: list[str]) -> list[str]:
+    """--pairs: the default members a loaded model refuses (Cache.check_model: Skip-Cache without skip branches) and
+    the pairs with them left out."""
+    refused = set()
+    for variant in variants:
+        if "+" not in variant:
+            try:
+                runner.set_cache(variant)
+            except ValueError as err:
+                print(f"(--pairs: {variant} left out: {err})")
+                refused.add(variant)
+    return [v for v in variants if not refused & set(v.split("+"))]
+
+
+def held_back(args) -> list[str]:
+    """The last --prompts prompts of the set (all of it without --prompts): prompts no tuning looked at."""
+    prompts = prompt_list(argparse.Namespace(**{**vars(args), "prompts": None}))
+    return prompts[-args.prompts:] if args.prompts else prompts
+
+
 def run(args) -> int:
     from videosys.utils.files import check_writable_folder
 
     check_writable_folder(args.output, "--output")  # before any weight loads or compute
     config = model_config(args)
     variants = check(args, config)
-    prompts = prompt_list(args)
+    prompts = held_back(args) if getattr(args, "pairs", False) else prompt_list(args)
     jobs = [(prompt, seed) for prompt in prompts for seed in range(args.seeds)]
     with_accuracy = args.prompt_set == "demo" and not getattr(args, "prompt_file", None)
     device = config.torch_device()
@@ -314,6 +418,8 @@ def run(args) -> int:
 
     with VideoSysEngine(config) as engine:
         ours = EngineRunner(engine, coefficients)
+        if getattr(args, "pairs", False):
+            variants = on_this_model(ours, variants)
         entries = [(v, ours, v) for v in variants]
         if peers is not None:
             theirs = peer_caches.DiffusersRunner(config.checkpoint(), config)
@@ -358,6 +464,12 @@ def run(args) -> int:
               "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
               "seeds": args.seeds, "repeats": args.repeats, "threads": torch.get_num_threads(), "load_average": load,
               "results": results, "frontier": entries_frontier}
+    if getattr(args, "pairs", False):
+        report["pairs"], report["refused_pairs"] = pair_rows(results), args.refused_pairs
+        print(pairs_table(report["pairs"]))
+        worse = [r["pair"] for r in report["pairs"] if r["worse_than_both"]]
+        print(f"{len(worse)} of {len(report['pairs'])} pairs worse than both members: {', '.join(worse) or 'none'}; "
+              f"{len(args.refused_pairs)} refused by check_combination")
     write_json(args.output, report)
     png = os.path.splitext(args.output)[0] + ".png"
     from videosys.eval.frontier import plot
