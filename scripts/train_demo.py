@@ -76,6 +76,27 @@ prompt accuracy (scripts/eval_demo.py, 24 prompts, seed 0) 16, 17, 19, 22, 20, 1
 steps; over 3 seeds step 4,000 has 66/72, step 6,000 54/72 (the demo: 58/72), although the validation loss
 still falls (6,000: 0.296; the demo: 0.323). 900 steps on a 512-clip pool (the first try) reached 14/24.
 
+The demo Wan (`--family wan`, shipped as videosys/assets/demo-wan, `WanConfig(preset="demo")`): the same data,
+loop, seeding and output layout, with Wan's parts. The folder is a diffusers WanPipeline folder
+(`diffusers.WanPipeline.from_pretrained(folder)` loads it; tests/test_demo_wan.py compares its video with ours).
+- Transformer: our WanTransformer3DModel (diffusers' layout), 4 blocks of width 64 (4 heads of 16), ffn 256, full
+  3D attention with 3D RoPE over 5 x 4 x 4 = 80 tokens (17 frames, 64x64, patch 1x2x2).
+- Objective: flow matching as Wan trains it and diffusers' UniPC flow_prediction samples it: x_s = (1 - s) x0 +
+  s noise, target noise - x0, timestep 1000 s, s drawn through the scheduler's flow shift 3.0 (Wan2.1-1.3B's,
+  stored in scheduler/): k u / (1 + (k - 1) u) for uniform u, 55% of the steps above s = 0.7 where layout and
+  motion are decided (Latte needed --timestep-power 0.5 for the same reason; here 1.0 by default).
+- VAE: diffusers' AutoencoderKLWan, Wan2.1's layout (causal 3D convolutions, 8x spatial and 4x temporal down,
+  16 latent channels) at base width 16 (dims 16, 32, 32, 32; 0.8 M parameters), trained in stage 1 like Latte's
+  but on 5-frame clips (its first frame is encoded alone, the next four into one latent frame, so both the image
+  and the temporal paths train). Measured on one idle core: a step of 4 such clips 1.0 s at width 16, 0.8 s at
+  width 8; encoding 16 clips of 17 frames 1.9 s. A 3D causal VAE at this width is fast enough to train, so no
+  compromise on the architecture. Latte's VAE settings (lr 1e-3, no clipping) did not carry over: with 4-clip
+  batches the loss spiked back up (32x32 probe: 0.04 at step 130, 0.33 at 150; the 64x64 run sat at 0.60 from
+  step 100 to 150), so Wan's stage 1 uses lr 5e-4 and clips the gradient norm at 1. Its `latents_mean` (per channel) and `latents_std` (one value for all
+  channels) are measured after stage 1 and written to vae/config.json: Wan's pipelines decode latents * std + mean.
+- Text: the tiny Wan preset's UMT5 encoder (frozen, seeded) and offline tokenizer, 512 states with the padding
+  zeroed as WanPipeline encodes them; the uncond prompt is the empty one (the demo preset's negative prompt).
+
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
 """
@@ -218,6 +239,8 @@ def train_vae(pipeline, args, log) -> dict:
                              args.object_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if args.vae_clip:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), args.vae_clip)
         optimizer.step()
         losses.append(mse)
         if step % args.log_every == 0 or step == args.vae_steps - 1:
@@ -523,10 +546,10 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
 
 # the options whose default depends on --family (None on the command line: this table's)
 FAMILY_DEFAULTS = {
-    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, num_layers=2, timestep_power=0.5, steps=12000,
-                  latent_pool=4608),
-    "wan": dict(num_frames=17, vae_steps=400, vae_batch=4, num_layers=4, timestep_power=1.0, steps=8000,
-                latent_pool=2304),
+    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, num_layers=2,
+                  timestep_power=0.5, steps=12000, latent_pool=4608),
+    "wan": dict(num_frames=17, vae_steps=300, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
+                timestep_power=1.0, steps=6000, latent_pool=1152),
 }
 
 
@@ -541,13 +564,16 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=None, help="latte 16; wan 17 (4k + 1: 5 latent frames)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 400")
+    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 300")
     parser.add_argument("--vae-batch", type=int, default=None,
                         help="per VAE step: latte, 32 frames; wan, 4 clips of --vae-frames")
     parser.add_argument("--vae-frames", type=int, default=5, help="wan: frames per VAE training clip (4k + 1)")
     parser.add_argument("--vae-base-dim", type=int, default=16, help="wan: the VAE's base width")
     parser.add_argument("--width-heads", type=int, default=4, help="wan: attention heads of 16 (model width 16 x this)")
-    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 5e-4")
+    parser.add_argument("--vae-clip", type=float, default=None,
+                        help="VAE gradient-norm clip, 0 for none (latte none; wan 1.0: at 1e-3 unclipped, 4-clip "
+                             "batches spiked the loss back to the start)")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
@@ -564,11 +590,11 @@ def parse_args(argv=None):
     parser.add_argument("--timestep-power", type=float, default=None,
                         help="training timesteps T * u**power: below 1 favours high noise, where motion is decided "
                              "(latte 0.5; wan 1.0, its flow shift already favours high noise)")
-    parser.add_argument("--steps", type=int, default=None, help="transformer steps (latte 12000, wan 8000)")
+    parser.add_argument("--steps", type=int, default=None, help="transformer steps (latte 12000, wan 6000)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
     parser.add_argument("--latent-pool", type=int, default=None,
                         help="training clips encoded once for the transformer stage (latte 4608: 64 of each "
-                             "combination; wan 2304)")
+                             "combination; wan 1152: 16)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100)
