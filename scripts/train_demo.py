@@ -521,6 +521,8 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
         log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
         stats = latent_stats(pipeline.vae, args)
     pipeline.vae.register_to_config(**stats)  # the pipeline undoes it before decoding
+    if args.snapshot_every and not args.vae_from:  # stage 1's VAE for --vae-from, should stage 2 be cut short
+        pipeline.save_pretrained(os.path.join(args.output + "-snapshots", "stage1"))
     if args.init_from and args.family == "wan":
         pipeline.transformer.load_state_dict(type(pipeline.transformer).from_pretrained(
             args.init_from, "transformer").state_dict())
@@ -548,7 +550,7 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
 FAMILY_DEFAULTS = {
     "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, num_layers=2,
                   timestep_power=0.5, steps=12000, latent_pool=4608),
-    "wan": dict(num_frames=17, vae_steps=300, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
+    "wan": dict(num_frames=17, vae_steps=1000, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
                 timestep_power=1.0, steps=6000, latent_pool=1152),
 }
 
@@ -564,7 +566,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=None, help="latte 16; wan 17 (4k + 1: 5 latent frames)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 300")
+    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 1000")
     parser.add_argument("--vae-batch", type=int, default=None,
                         help="per VAE step: latte, 32 frames; wan, 4 clips of --vae-frames")
     parser.add_argument("--vae-frames", type=int, default=5, help="wan: frames per VAE training clip (4k + 1)")
