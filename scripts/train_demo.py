@@ -104,7 +104,10 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   differ by 0.12), so the collapse happens in training. After 120 steps the latents of two clips still differ
   (0.19; 2.7 between a dark and a light background) but decode to the same frame within 1e-6, while random
   latents decode to different frames (0.7 apart): the decoder is blind to the small differences on top of a large
-  shared component. Wan's RMS norms normalise each
+  shared component. The posterior's std stays at its init (~0.99) while the means are ~0.5 (sampled latents
+  are mostly noise), and the decoder's conv_in weights barely move from init (mean |w| 0.0241 in two different
+  runs); --kl-weight 1e-2 collapses it fully. Next to try: a deterministic stage 1 at a higher lr for the decoder's
+  first layers, or the encoder's log-variance initialised low. Wan's RMS norms normalise each
   position over its channels (the heads of encoder and decoder too), which discards a feature's scale at these
   widths; a candidate cause, not verified. The transformer stage, the save and the diffusers layout are checked
   on toy runs (tests/test_demo_wan.py).
