@@ -2,6 +2,8 @@
 
     python scripts/eval_demo.py --demo --seeds 2                      # the shipped demo model (LatteConfig preset "demo")
     python scripts/eval_demo.py --demo demo-skip --threads 1          # its Skip-DiT fine-tune (preset "demo-skip")
+    python scripts/eval_demo.py --model wan --demo --seeds 3          # the shipped demo Wan (WanConfig preset "demo")
+    python scripts/eval_demo.py --model wan --model-path demo-wan     # a folder train_demo.py --family wan wrote
     python scripts/eval_demo.py --videos samples/                    # mp4s named by their prompt
     python scripts/eval_demo.py --model-path demo-latte --seeds 2     # generate the fixed prompt set, then score
     python scripts/eval_demo.py --model-path demo-latte --cache teacache-fast --save-dir samples/
@@ -67,7 +69,9 @@ def main(argv=None) -> int:
     source.add_argument("--random-weights", action="store_true", help="generate with the random `tiny` preset")
     source.add_argument("--procedural", action="store_true", help="score the procedural training clips")
     parser.add_argument("--model", default="latte")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default=None,
+                        help="sizes and defaults for --model-path (default: latte tiny, wan demo: the demo's 17x64x64 "
+                             "and its empty negative prompt)")
     parser.add_argument("--cache", default=None, help="a registered cache name (teacache-slow, pab, none, ...)")
     parser.add_argument("--num-gpus", type=int, default=1)
     parser.add_argument("--num-inference-steps", type=int, default=None)
@@ -85,7 +89,11 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.demo:
+        if args.model == "wan" and args.demo != "demo":
+            parser.error("--model wan has one trained demo: --demo (preset demo)")
         args.preset = args.demo
+    elif args.preset is None:
+        args.preset = "demo" if args.model == "wan" else "tiny"
     if args.videos:
         rows = rows_from_folder(args.videos)
     elif args.procedural:

@@ -76,6 +76,42 @@ prompt accuracy (scripts/eval_demo.py, 24 prompts, seed 0) 16, 17, 19, 22, 20, 1
 steps; over 3 seeds step 4,000 has 66/72, step 6,000 54/72 (the demo: 58/72), although the validation loss
 still falls (6,000: 0.296; the demo: 0.323). 900 steps on a 512-clip pool (the first try) reached 14/24.
 
+The demo Wan (`--family wan`, meant for videosys/assets/demo-wan, `WanConfig(preset="demo")`; NOT shipped yet: its
+stage 1 does not yet learn, see the last point): the same data, loop, seeding and output layout, with Wan's parts. The folder is a diffusers WanPipeline folder
+(`diffusers.WanPipeline.from_pretrained(folder)` loads it; tests/test_demo_wan.py compares its video with ours).
+- Transformer: our WanTransformer3DModel (diffusers' layout), 4 blocks of width 64 (4 heads of 16), ffn 256, full
+  3D attention with 3D RoPE over 5 x 4 x 4 = 80 tokens (17 frames, 64x64, patch 1x2x2).
+- Objective: flow matching as Wan trains it and diffusers' UniPC flow_prediction samples it: x_s = (1 - s) x0 +
+  s noise, target noise - x0, timestep 1000 s, s drawn through the scheduler's flow shift 3.0 (Wan2.1-1.3B's,
+  stored in scheduler/): k u / (1 + (k - 1) u) for uniform u, 55% of the steps above s = 0.7 where layout and
+  motion are decided (Latte needed --timestep-power 0.5 for the same reason; here 1.0 by default).
+- VAE: diffusers' AutoencoderKLWan, Wan2.1's layout (causal 3D convolutions, 8x spatial and 4x temporal down,
+  16 latent channels) at base width 16 (dims 16, 32, 32, 32; 0.8 M parameters), trained in stage 1 like Latte's
+  but on 5-frame clips (its first frame is encoded alone, the next four into one latent frame, so both the image
+  and the temporal paths train). Measured on one idle core: a step of 4 such clips 1.0 s at width 16, 0.8 s at
+  width 8; encoding 16 clips of 17 frames 1.9 s. A 3D causal VAE at this width is fast enough to train, so no
+  compromise on the architecture. Latte's VAE settings (lr 1e-3, no clipping) did not carry over: with 4-clip
+  batches the loss spiked back up (32x32 probe: 0.04 at step 130, 0.33 at 150; the 64x64 run sat at 0.60 from
+  step 100 to 150), so Wan's stage 1 uses lr 5e-4 and clips the gradient norm at 1. Its `latents_mean` (per channel) and `latents_std` (one value for all
+  channels) are measured after stage 1 and written to vae/config.json: Wan's pipelines decode latents * std + mean.
+- Text: the tiny Wan preset's UMT5 encoder (frozen, seeded) and offline tokenizer, 512 states with the padding
+  zeroed as WanPipeline encodes them; the uncond prompt is the empty one (the demo preset's negative prompt).
+- Where it stands: stage 1 collapses. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
+  reconstructions. 32x32 probes of 120-250 steps (lr 1e-4, 5e-4, 2e-3; the posterior's sample or its mode;
+  random conv biases at init) all end with a decoder output that hardly depends on the clip: two clips with
+  different backgrounds (0.57 and 0.88 grey) reconstruct to the same frame within 1e-6, validation MSE ~0.16
+  (Latte's VAE: 0.016 after 500 steps, tracker 16/16). At init the encoder does separate those clips (latents
+  differ by 0.12), so the collapse happens in training. After 120 steps the latents of two clips still differ
+  (0.19; 2.7 between a dark and a light background) but decode to the same frame within 1e-6, while random
+  latents decode to different frames (0.7 apart): the decoder is blind to the small differences on top of a large
+  shared component. The posterior's std stays at its init (~0.99) while the means are ~0.5 (sampled latents
+  are mostly noise), and the decoder's conv_in weights barely move from init (mean |w| 0.0241 in two different
+  runs); --kl-weight 1e-2 collapses it fully. Next to try: a deterministic stage 1 at a higher lr for the decoder's
+  first layers, or the encoder's log-variance initialised low. Wan's RMS norms normalise each
+  position over its channels (the heads of encoder and decoder too), which discards a feature's scale at these
+  widths; a candidate cause, not verified. The transformer stage, the save and the diffusers layout are checked
+  on toy runs (tests/test_demo_wan.py).
+
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
 """
@@ -117,6 +153,46 @@ def build_pipeline(seed: int, prediction_type: str = "epsilon", num_layers: int 
     return LattePipeline.assemble(config, transformer, *rest, scheduler)
 
 
+# ---- the Wan family (--family wan): a small WanTransformer3DModel, a small AutoencoderKLWan, the tiny UMT5 stack ----
+WAN_KIND = "t2v-1.3B"  # the tiny preset's kind: one transformer, the 16-channel 4x8x8 VAE
+WAN_FLOW_SHIFT = 3.0  # that release's published shift (checkpoints.py), stored in scheduler/ and used in training
+
+
+def build_wan_pipeline(args):
+    """The tiny Wan preset's text stack (UMT5 encoder + offline tokenizer) with a transformer and VAE of this
+    script's sizes, initialised from `args.seed`; UniPC flow matching with Wan's shift."""
+    from diffusers import AutoencoderKLWan
+
+    from videosys.models.wan import components
+    from videosys.models.wan.pipeline import WanConfig, WanPipeline
+    from videosys.models.wan.transformer import WanTransformer3DModel, WanTransformerConfig
+
+    config = WanConfig(preset="tiny", progress_bar=False, flow_shift=WAN_FLOW_SHIFT)
+    parts = components.tiny_components(WAN_KIND, args.seed)
+    heads = args.width_heads
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        transformer = WanTransformer3DModel(WanTransformerConfig(
+            num_attention_heads=heads, attention_head_dim=16, in_channels=16, out_channels=16,
+            text_dim=components.TEXT_DIM, freq_dim=64, ffn_dim=4 * heads * 16, num_layers=args.num_layers,
+            rope_max_seq_len=64)).eval()
+        # Wan2.1's VAE layout (causal 3D convs, 8x spatial and 4x temporal down, 16 latent channels) at a width
+        # one core trains in minutes; latents_mean / latents_std are measured after stage 1
+        vae = AutoencoderKLWan(base_dim=args.vae_base_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], z_dim=16).eval()
+    return WanPipeline.assemble(config, transformer, vae, parts["text_encoder"], parts["tokenizer"],
+                                components.scheduler(WAN_FLOW_SHIFT))
+
+
+def is_wan(pipeline) -> bool:
+    return type(pipeline).__name__ == "WanPipeline"
+
+
+def to_video(clips: np.ndarray) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float in [-1, 1] (the Wan VAE's input)."""
+    return torch.from_numpy(clips).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3).contiguous()
+
+
 def to_pixels(clips: np.ndarray) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 -> (B*T, 3, H, W) float in [-1, 1]."""
     x = torch.from_numpy(clips).float().div(127.5).sub(1)
@@ -135,7 +211,7 @@ def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
     a frame; unweighted, a short run learns the backgrounds and washes the object out to grey
     (measured: 300 steps, val MSE 0.03, tracker 4% on the reconstructions). The background is
     plain and the object never touches the border, so a pixel unlike the corner is the object's."""
-    corner = frames[:, :, :1, :1]
+    corner = frames[..., :1, :1]  # (N, 3, H, W) frames or (B, 3, T, H, W) clips
     return 1 + object_weight * ((frames - corner).abs().amax(dim=1, keepdim=True) > 1e-3).float()
 
 
@@ -147,7 +223,10 @@ def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: f
     recon = vae.decode(posterior.sample(generator)).sample
     weights = object_weights(frames, object_weight)
     weighted = ((recon - frames) ** 2 * weights).mean() / weights.mean()
-    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    if posterior.mean.ndim == 4:
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+    else:  # diffusers' kl() sums dims 1-3 only: per element by hand for 5D (Wan) latents
+        kl = 0.5 * (posterior.mean**2 + posterior.var - 1.0 - posterior.logvar).mean()
     return weighted + kl_weight * kl, torch.nn.functional.mse_loss(recon, frames).item()
 
 
@@ -158,9 +237,12 @@ def vae_validation(vae, frames: torch.Tensor) -> float:
 
 
 def train_vae(pipeline, args, log) -> dict:
+    """Latte's 2D VAE on single frames; Wan's causal 3D VAE on short clips (--vae-frames: its first frame is
+    encoded alone, the next four as one latent frame, so both paths train)."""
     vae = pipeline.vae.train()
-    data = DemoClips(num_frames=1, height=args.height, width=args.width, seed=args.seed)
-    val = to_pixels(DemoClips(1, args.height, args.width, VALIDATION_SEED).batch(0, args.val_size)[0])
+    frames, pixels = (args.vae_frames, to_video) if is_wan(pipeline) else (1, to_pixels)
+    data = DemoClips(num_frames=frames, height=args.height, width=args.width, seed=args.seed)
+    val = pixels(DemoClips(frames, args.height, args.width, VALIDATION_SEED).batch(0, args.val_size)[0])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed + 1)
     before = vae_validation(vae, val)
@@ -168,10 +250,12 @@ def train_vae(pipeline, args, log) -> dict:
     for step in range(args.vae_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.vae_lr, args.warmup)
-        loss, mse = vae_loss(vae, to_pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
+        loss, mse = vae_loss(vae, pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
                              args.object_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if args.vae_clip:
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), args.vae_clip)
         optimizer.step()
         losses.append(mse)
         if step % args.log_every == 0 or step == args.vae_steps - 1:
@@ -187,7 +271,9 @@ def train_vae(pipeline, args, log) -> dict:
 
 @torch.no_grad()
 def encode_latents(vae, clips: np.ndarray) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, C, T, h, w) unscaled posterior means."""
+    """(B, T, H, W, 3) uint8 -> (B, C, T, h, w) unscaled posterior means (Wan: T' = (T - 1) / 4 + 1)."""
+    if vae.config.get("z_dim") is not None:  # AutoencoderKLWan: whole clips
+        return vae.encode(to_video(clips)).latent_dist.mode()
     b, t = clips.shape[:2]
     z = vae.encode(to_pixels(clips)).latent_dist.mode()  # (B*T, C, h, w)
     return z.view(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
@@ -201,23 +287,47 @@ def reconstruction_accuracy(vae, args) -> dict:
     rows = []
     for i in range(args.val_size):
         clip, text, _ = data.item(i)
-        recon = vae.decode(vae.encode(to_pixels(clip[None])).latent_dist.mode()).sample  # (T, 3, H, W)
+        if vae.config.get("z_dim") is not None:  # Wan: (1, 3, T, H, W) -> (T, 3, H, W)
+            recon = vae.decode(encode_latents(vae, clip[None])).sample[0].transpose(0, 1)
+        else:
+            recon = vae.decode(vae.encode(to_pixels(clip[None])).latent_dist.mode()).sample  # (T, 3, H, W)
         frames = ((recon.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         rows.append(eval_demo.row(text, text, frames))
     return eval_demo.score(rows)
 
 
 @torch.no_grad()
-def latent_scale(vae, args) -> float:
-    """1 / std of the latents over a fixed sample of clips: the `scaling_factor` that makes them unit variance."""
+def latent_stats(vae, args) -> dict:
+    """The VAE config entries that make the latents of a fixed sample of clips unit variance: Latte's
+    `scaling_factor` (1 / std), or Wan's per-channel `latents_mean` and `latents_std` (one std for all channels:
+    a channel the KL term left nearly empty is not blown up to unit variance)."""
     clips = DemoClips(args.num_frames, args.height, args.width, args.seed + 2).batch(0, args.val_size)[0]
-    return float(1.0 / encode_latents(vae, clips).std())
+    z = encode_latents(vae, clips)
+    if vae.config.get("z_dim") is None:
+        return {"scaling_factor": float(1.0 / z.std())}
+    mean = z.mean(dim=(0, 2, 3, 4))
+    std = float((z - mean.view(1, -1, 1, 1, 1)).std())
+    return {"latents_mean": mean.tolist(), "latents_std": [std] * len(mean)}
+
+
+def normalise(vae, z: torch.Tensor) -> torch.Tensor:
+    """Encoded latents as the diffusion sees them: Latte's z * scaling_factor; Wan's (z - mean) / std
+    (its pipelines decode latents * std + mean)."""
+    if vae.config.get("z_dim") is None:
+        return z * vae.config.scaling_factor
+    from videosys.models.wan.pipeline import latents_stats
+
+    mean, std = latents_stats(vae, z)
+    return (z - mean) / std
 
 
 @torch.no_grad()
 def text_states(pipeline, captions: list[str], drop: torch.Tensor):
     """Text states and mask for training, laid out as at inference: a caption's tokens (padding masked),
-    or where `drop` is set, the empty prompt's states cut to that caption's length and all attended."""
+    or where `drop` is set, the empty prompt's states cut to that caption's length and all attended.
+    Wan: no mask (its pipelines zero the padding of the 512 states), the empty prompt's own states."""
+    if is_wan(pipeline):
+        return wan_text_states(pipeline, captions, drop), None
     text, mask = pipeline.encode_prompt(captions, "", do_cfg=True)  # [uncond; cond], (2B, L, C)
     b = len(captions)
     uncond, cond = text[:b], text[b:]
@@ -226,10 +336,43 @@ def text_states(pipeline, captions: list[str], drop: torch.Tensor):
     return states, cond_mask  # the uncond rows keep their caption's length and its mask
 
 
+@torch.no_grad()
+def wan_text_states(pipeline, captions: list[str], drop: torch.Tensor) -> torch.Tensor:
+    """(B, 512, C) UMT5 states, encoded once per caption (the encoder is frozen; 512 tokens per caption per step
+    cost more than the transformer's step) and kept on the pipeline."""
+    cache = pipeline.__dict__.setdefault("_train_caption_states", {})
+    missing = sorted({c for c in [*captions, ""] if c not in cache})
+    if missing:
+        cache.update(zip(missing, pipeline.encode_prompt(missing, "", do_cfg=False)))
+    return torch.stack([cache["" if d else c] for c, d in zip(captions, drop.tolist())])
+
+
+def flow_loss(pipeline, latents: torch.Tensor, states, generator: torch.Generator,
+              timesteps: torch.Tensor | None, timestep_power: float) -> torch.Tensor:
+    """Wan's flow matching: x_s = (1 - s) x0 + s noise, the model at timestep 1000 s predicts noise - x0 (what
+    UniPC's flow_prediction integrates). Random s = shift(u ** timestep_power), the scheduler's flow shift
+    shift(s) = k s / (1 + (k - 1) s) that its sampling sigmas follow (k = 3 puts 55% of the steps above 0.7)."""
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator)
+    if timesteps is None:
+        k = pipeline.scheduler.config.flow_shift
+        u = torch.rand(b, generator=generator) ** timestep_power
+        sigmas = k * u / (1 + (k - 1) * u)
+    else:
+        sigmas = timesteps.float() / pipeline.scheduler.config.num_train_timesteps
+    s = sigmas.view(b, 1, 1, 1, 1)
+    pred = pipeline.transformer((1 - s) * latents + s * noise, sigmas * pipeline.scheduler.config.num_train_timesteps,
+                                states)
+    return torch.nn.functional.mse_loss(pred, noise - latents)
+
+
 def denoise_loss(pipeline, latents: torch.Tensor, states, mask, generator: torch.Generator,
                  timesteps: torch.Tensor | None = None, timestep_power: float = 1.0) -> torch.Tensor:
     """Epsilon- or v-prediction MSE at random (or given) timesteps of the DDPM forward process; random
-    timesteps are T * u ** timestep_power (u uniform: 1 is uniform, below 1 favours high noise)."""
+    timesteps are T * u ** timestep_power (u uniform: 1 is uniform, below 1 favours high noise).
+    Wan: flow matching (flow_loss)."""
+    if is_wan(pipeline):
+        return flow_loss(pipeline, latents, states, generator, timesteps, timestep_power)
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
     if timesteps is None:
@@ -244,10 +387,10 @@ def denoise_loss(pipeline, latents: torch.Tensor, states, mask, generator: torch
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def validation_batch(pipeline, args, scale: float):
+def validation_batch(pipeline, args):
     """Fixed clips, captions, noise and timesteps (spread over the schedule) for a comparable loss."""
     clips, captions = DemoClips(args.num_frames, args.height, args.width, VALIDATION_SEED).batch(0, args.val_size)
-    latents = encode_latents(pipeline.vae, clips) * scale
+    latents = normalise(pipeline.vae, encode_latents(pipeline.vae, clips))
     states, mask = text_states(pipeline, captions, torch.zeros(len(captions), dtype=torch.bool))
     timesteps = torch.linspace(0, pipeline.scheduler.config.num_train_timesteps - 1, len(captions)).long()
     return latents, states, mask, timesteps
@@ -261,7 +404,7 @@ def transformer_validation(pipeline, batch) -> float:
 
 
 @torch.no_grad()
-def latent_pool(vae, args, scale: float, log) -> tuple[torch.Tensor, list[str]]:
+def latent_pool(vae, args, log) -> tuple[torch.Tensor, list[str]]:
     """The first `--latent-pool` training clips (every combination equally often), encoded once by the
     frozen VAE: (N, C, T, h, w) scaled latents and their captions. Encoding is most of a step's cost
     when done per step (a tiny transformer, 128 frames through the VAE encoder)."""
@@ -270,7 +413,7 @@ def latent_pool(vae, args, scale: float, log) -> tuple[torch.Tensor, list[str]]:
     chunk = 16
     for first in range(0, args.latent_pool, chunk):
         clips, texts = zip(*(data.item(i)[:2] for i in range(first, min(first + chunk, args.latent_pool))))
-        latents.append(encode_latents(vae, np.stack(clips)) * scale)
+        latents.append(normalise(vae, encode_latents(vae, np.stack(clips))))
         captions.extend(texts)
     log(f"encoded {args.latent_pool} clips in {time.perf_counter() - start:.0f} s")
     return torch.cat(latents), captions
@@ -282,12 +425,12 @@ def skip_parameters(transformer) -> list:
     return [p for name, p in transformer.named_parameters() if name.startswith(("skip_norms.", "skip_linears."))]
 
 
-def train_transformer(pipeline, args, scale: float, log) -> dict:
+def train_transformer(pipeline, args, log) -> dict:
     """The transformer stage; with `--skip-stage1-steps`, Skip-DiT's two stages: the skip branches alone (the
     rest frozen), then everything for `--steps`. One generator and one shuffled order run through both."""
     transformer = pipeline.transformer.train()
-    pool, pool_captions = latent_pool(pipeline.vae, args, scale, log)
-    val = validation_batch(pipeline, args, scale)
+    pool, pool_captions = latent_pool(pipeline.vae, args, log)
+    val = validation_batch(pipeline, args)
     generator = torch.Generator().manual_seed(args.seed + 3)
     before = transformer_validation(pipeline, val)
     stages = [("skip branches", skip_parameters(transformer), args.skip_stage1_steps)] if args.skip_stage1_steps else []
@@ -367,10 +510,13 @@ def train(args, log=print) -> tuple[LattePipeline, dict]:
 
 
 def _train(args, log) -> tuple[LattePipeline, dict]:
-    pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers, args.skip_connections)
+    if args.family == "wan":
+        pipeline = build_wan_pipeline(args)
+    else:
+        pipeline = build_pipeline(args.seed, args.prediction_type, args.num_layers, args.skip_connections)
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
-    if args.vae_from:  # stage 1 done before: its VAE weights (and its scaling_factor) from a checkpoint folder
+    if args.vae_from:  # stage 1 done before: its VAE weights (and its latent statistics) from a checkpoint folder
         from safetensors.torch import load_file
 
         folder = os.path.join(args.vae_from, "vae")
@@ -379,14 +525,23 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
         pipeline.vae.load_state_dict(load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
         pipeline.vae.eval().requires_grad_(False)
         with open(os.path.join(folder, "config.json")) as f:
-            vae, scale = {"from": args.vae_from}, json.load(f)["scaling_factor"]
+            written = json.load(f)
+        vae = {"from": args.vae_from}
+        stats = {k: written[k] for k in ("scaling_factor", "latents_mean", "latents_std") if k in written}
+        if args.family == "latte":
+            stats = {"scaling_factor": stats["scaling_factor"]}
     else:
         vae = train_vae(pipeline, args, log)
         vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)
         log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
-        scale = latent_scale(pipeline.vae, args)
-    pipeline.vae.register_to_config(scaling_factor=scale)  # the pipeline divides by it before decoding
-    if args.init_from:  # continue from a trained transformer (same architecture) instead of the seeded init
+        stats = latent_stats(pipeline.vae, args)
+    pipeline.vae.register_to_config(**stats)  # the pipeline undoes it before decoding
+    if args.snapshot_every and not args.vae_from:  # stage 1's VAE for --vae-from, should stage 2 be cut short
+        pipeline.save_pretrained(os.path.join(args.output + "-snapshots", "stage1"))
+    if args.init_from and args.family == "wan":
+        pipeline.transformer.load_state_dict(type(pipeline.transformer).from_pretrained(
+            args.init_from, "transformer").state_dict())
+    elif args.init_from:  # continue from a trained transformer (same architecture) instead of the seeded init
         from videosys.models.latte.transformer import LatteTransformer3DModel
 
         trained = LatteTransformer3DModel.from_pretrained(args.init_from, "transformer")
@@ -398,43 +553,65 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
                                  f"(missing {missing}, unexpected {unexpected})")
         else:
             pipeline.transformer.load_state_dict(trained.state_dict())
-    log(f"latent scaling_factor {scale:.4f}")
-    transformer = train_transformer(pipeline, args, scale, log)
-    report = {"args": vars(args), "vae": vae, "scaling_factor": scale, "transformer": transformer,
+    log("latent " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v[0]:.4f}.."
+                              for k, v in stats.items()))
+    transformer = train_transformer(pipeline, args, log)
+    report = {"args": vars(args), "vae": vae, **stats, "transformer": transformer,
               "total_s": time.perf_counter() - start}
     return pipeline, report
+
+
+# the options whose default depends on --family (None on the command line: this table's)
+FAMILY_DEFAULTS = {
+    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, num_layers=2,
+                  timestep_power=0.5, steps=12000, latent_pool=4608),
+    "wan": dict(num_frames=17, vae_steps=1000, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
+                timestep_power=1.0, steps=6000, latent_pool=1152),
+}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", required=True, help="checkpoint folder to write")
+    parser.add_argument("--family", choices=tuple(FAMILY_DEFAULTS), default="latte",
+                        help="latte: the Latte demo; wan: a small Wan (flow matching, UniPC, full 3D attention)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: a busy 2-core machine slows 2 threads 30x, measured)")
-    parser.add_argument("--num-frames", type=int, default=16)
+    parser.add_argument("--num-frames", type=int, default=None, help="latte 16; wan 17 (4k + 1: 5 latent frames)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=500)
-    parser.add_argument("--vae-batch", type=int, default=32, help="frames per VAE step")
-    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 1000")
+    parser.add_argument("--vae-batch", type=int, default=None,
+                        help="per VAE step: latte, 32 frames; wan, 4 clips of --vae-frames")
+    parser.add_argument("--vae-frames", type=int, default=5, help="wan: frames per VAE training clip (4k + 1)")
+    parser.add_argument("--vae-base-dim", type=int, default=16, help="wan: the VAE's base width")
+    parser.add_argument("--width-heads", type=int, default=4, help="wan: attention heads of 16 (model width 16 x this)")
+    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 5e-4")
+    parser.add_argument("--vae-clip", type=float, default=None,
+                        help="VAE gradient-norm clip, 0 for none (latte none; wan 1.0: at 1e-3 unclipped, 4-clip "
+                             "batches spiked the loss back to the start)")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
     parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="v_prediction")
-    parser.add_argument("--num-layers", type=int, default=2, help="spatial + temporal block pairs (tiny: 2)")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help="latte: spatial + temporal block pairs (2, tiny's); wan: blocks (4)")
     parser.add_argument("--skip-connections", action="store_true",
                         help="Skip-DiT skip branches (unit i to unit L-1-i); with --init-from a plain Latte, its units "
                              "are copied to the same relative depth")
     parser.add_argument("--skip-stage1-steps", type=int, default=0,
                         help="Skip-DiT's first stage: steps training only the skip branches (rest frozen), "
                              "before --steps training everything")
-    parser.add_argument("--timestep-power", type=float, default=0.5,
-                        help="training timesteps T * u**power: below 1 favours high noise, where motion is decided")
-    parser.add_argument("--steps", type=int, default=12000)
+    parser.add_argument("--timestep-power", type=float, default=None,
+                        help="training timesteps T * u**power: below 1 favours high noise, where motion is decided "
+                             "(latte 0.5; wan 1.0, its flow shift already favours high noise)")
+    parser.add_argument("--steps", type=int, default=None, help="transformer steps (latte 12000, wan 6000)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per transformer step")
-    parser.add_argument("--latent-pool", type=int, default=4608,
-                        help="training clips encoded once for the transformer stage (64 of each combination)")
+    parser.add_argument("--latent-pool", type=int, default=None,
+                        help="training clips encoded once for the transformer stage (latte 4608: 64 of each "
+                             "combination; wan 1152: 16)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100)
@@ -444,6 +621,15 @@ def parse_args(argv=None):
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="also save the pipeline every N transformer steps to <output>-snapshots/step-N")
     args = parser.parse_args(argv)
+    for name, value in FAMILY_DEFAULTS[args.family].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.family == "wan":
+        if (args.num_frames - 1) % 4 or (args.vae_frames - 1) % 4:
+            parser.error("--num-frames and --vae-frames must be 4k + 1 for wan (its VAE: 1 + 4 frames per latent)")
+        if args.prediction_type != "v_prediction" or args.skip_connections or args.vae_base_dim < 1:
+            parser.error("wan trains flow matching without skip branches (--prediction-type, --skip-connections are "
+                         "latte's); --vae-base-dim must be positive")
     for name in ("height", "width"):
         if getattr(args, name) % 16:
             parser.error(f"--{name} must be divisible by 16 (VAE 8x down x patch 2)")

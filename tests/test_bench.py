@@ -51,6 +51,10 @@ def test_default_variants_are_every_registered_sweep():
     assert any(v.startswith("forecast-") for v in demo) and any(v.startswith("teacache-") for v in demo)
     tiny = bench.check(parsed(), config_class("latte")(preset="tiny"))
     assert tiny == [v for v in demo if not v.startswith("magcache")] and "magcache" in demo
+    # Wan has no published PAB setting: its sweep leaves PAB out instead of failing on it (`--model wan --preset demo`)
+    wan = bench.check(parsed(), config_class("wan")(preset="tiny"))
+    assert wan[0] == "none" and set(wan) < set(demo) and any(v.startswith("forecast-") for v in wan)
+    assert not any(v.startswith("pab") for v in wan) and any(v.startswith("pab") for v in demo)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -266,14 +266,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output", default="outputs/bench_cache.json", help="JSON; the PNG goes beside it")
 
 
-def _needs_calibration(variant: str, config) -> bool:
-    from videosys.cache.registry import NeedsCalibration
+def _has_settings(variant: str, config) -> bool:
+    """Whether this model has numbers for a registered variant: MagCache's calibrated ratios, PAB's or FasterCache's
+    published settings (none for Wan's releases and its demo: those methods need explicit settings there)."""
+    from videosys.cache import configs_from_spec
 
     try:
         config.resolve_cache(variant)
-    except NeedsCalibration:
-        return True
-    return False
+        configs_from_spec(variant, config.published_cache_settings())
+    except ValueError:  # NeedsCalibration, or "no published ... defaults for this model"
+        return False
+    return True
 
 
 def pair_variants(members: list[str], published: dict) -> tuple[list[str], list[str], dict]:
@@ -355,7 +358,7 @@ def check(args, config) -> list[str]:
         return ["none", *members, *pairs]
     variants = list(args.variants) if args.variants else sweep_names()
     if not args.variants:  # the default sweep: the methods this model has numbers for (MagCache: calibrated ratios)
-        variants = [v for v in variants if v == "none" or not _needs_calibration(v, config)]
+        variants = [v for v in variants if v == "none" or _has_settings(v, config)]
     if "none" not in variants:
         raise ValueError("--variants must include none (the baseline every other variant is compared with)")
     if args.repeats < 1:

@@ -26,12 +26,21 @@ from videosys.models.wan.conditioning import check_image, load_image
 from videosys.models.wan.experts import WanExperts
 from videosys.utils import text as text_stack
 
+# the trained demo model (scripts/train_demo.py --family wan): a small Wan trained on the demo's procedural clips
+DEMO_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "assets",
+                         "demo-wan")
+DEMO_KIND = "t2v-1.3B"  # its layout: one transformer, the 16-channel 4x8x8 VAE, flow shift 3.0
+# the demo's size and sampling (17 frames: 5 latent frames; its clips are 64x64 at 8 fps)
+DEMO_PRESET = dict(num_frames=17, height=64, width=64, num_inference_steps=50, guidance_scale=5.0, fps=8)
+
 
 @dataclass
 class WanConfig(BaseConfig):
     """Wan generation config. `WanConfig()` is Wan2.1-T2V-1.3B; `model_path` names another release (its published
     defaults follow: checkpoints.py), `kind` says which release a folder is when its files do not.
-    Presets: `tiny` (T2V), `tiny-i2v` (Wan2.1 I2V: CLIP tokens), `tiny-a14b` (two experts), `tiny-ti2v` (TI2V-5B)."""
+    Presets: `tiny` (T2V), `tiny-i2v` (Wan2.1 I2V: CLIP tokens), `tiny-a14b` (two experts), `tiny-ti2v` (TI2V-5B),
+    all random; `demo`: a small Wan trained on coloured shapes moving across plain backgrounds ("a red circle moving
+    to the right"), shipped in videosys/assets/demo-wan (its negative prompt, as in training, is empty)."""
 
     kind: str | None = None  # a CHECKPOINTS key; None: from the preset / model_path / the folder's configs
     flow_shift: float | None = None  # None: the release's published shift
@@ -54,7 +63,7 @@ class WanConfig(BaseConfig):
     model_name = "wan"
     official_model_path = CHECKPOINTS["t2v-1.3B"].hub_id
     defaults = CHECKPOINTS["t2v-1.3B"].defaults
-    presets = {name: tiny_preset(kind) for name, kind in TINY_KINDS.items()}
+    presets = {**{name: tiny_preset(kind) for name, kind in TINY_KINDS.items()}, "demo": DEMO_PRESET}
     cache_settings = CACHE_SETTINGS
     REQUEST_VALUES: ClassVar[tuple[str, ...]] = (*BaseConfig.REQUEST_VALUES, "guidance_scale_2")
 
@@ -64,6 +73,12 @@ class WanConfig(BaseConfig):
             raise ValueError(f"kind must be one of {sorted(CHECKPOINTS)}, got {self.kind!r}")
         if self.preset is not None and self.preset not in self.presets:
             raise ValueError(f"unknown preset {self.preset!r} for wan; choose from {sorted(self.presets)}")
+        if self.preset == "demo" and self.model_path is None:
+            if not os.path.isdir(DEMO_PATH):
+                raise FileNotFoundError(f"the demo checkpoint is missing from {DEMO_PATH} (reinstall videosys, or train "
+                                        "it: python scripts/train_demo.py --family wan --output <folder>, see its "
+                                        "docstring)")
+            self.model_path = DEMO_PATH
         self.kind = self.kind or self.infer_kind()
         if self.preset is None:
             self.defaults = CHECKPOINTS[self.kind].defaults  # this release's, before BaseConfig fills the fields
@@ -75,6 +90,8 @@ class WanConfig(BaseConfig):
             self.guidance_scale_2 = published if self.preset is None else self.guidance_scale
 
     def infer_kind(self) -> str:
+        if self.preset == "demo":
+            return DEMO_KIND
         if self.model_path is None:
             return TINY_KINDS[self.preset] if self.preset is not None else "t2v-1.3B"
         return kind_of_path(self.model_path)
@@ -84,7 +101,16 @@ class WanConfig(BaseConfig):
         return CHECKPOINTS[self.kind]
 
     def default_negative_prompt(self) -> str:
-        return self.checkpoint.negative_prompt if self.negative_prompt is None else self.negative_prompt
+        if self.negative_prompt is not None:
+            return self.negative_prompt
+        return "" if self.preset == "demo" else self.checkpoint.negative_prompt  # the demo's uncond: the empty prompt
+
+    def prompt_vocabulary(self) -> frozenset[str] | None:
+        if self.preset == "demo":
+            from videosys.utils.demo_data import caption_words
+
+            return caption_words()
+        return None
 
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the VAE's grids and the image.

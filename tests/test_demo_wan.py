@@ -1,0 +1,69 @@
+"""The demo Wan (scripts/train_demo.py --family wan, `WanConfig(preset="demo")`): what the trainer writes is a
+diffusers WanPipeline folder, and diffusers' WanPipeline on it, uncached, gives our video."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import load_script  # tests/eval_helpers.py
+from test_wan import diffusers_transformer  # diffusers' WanTransformer3DModel from a saved transformer/
+
+from videosys.models.wan import pipeline as wan_pipeline
+from videosys.models.wan.pipeline import WanConfig, WanPipeline
+
+# a seconds-long run of the whole trainer (both stages, the save) at toy sizes
+TOY = ["--family", "wan", "--vae-steps", "4", "--steps", "12", "--num-frames", "5", "--height", "32", "--width", "32",
+       "--latent-pool", "16", "--val-size", "2", "--log-every", "100", "--vae-base-dim", "4", "--num-layers", "2",
+       "--width-heads", "2"]
+PROMPT = "a red circle moving to the right"
+
+
+@pytest.fixture(scope="module")
+def toy_wan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo-wan") / "toy"
+    assert load_script("train_demo").main(["--output", str(folder), *TOY]) == 0
+    return folder
+
+
+def test_trainer_writes_a_wan_folder_with_measured_latent_statistics(toy_wan):
+    index = json.load(open(toy_wan / "model_index.json"))
+    assert index["_class_name"] == "WanPipeline" and index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    report = json.load(open(toy_wan / "train_demo.json"))
+    vae = json.load(open(toy_wan / "vae" / "config.json"))
+    # the measured statistics, not AutoencoderKLWan's defaults (Wan2.1's VAE), are what the pipelines decode with
+    assert vae["latents_mean"] == report["latents_mean"] and vae["latents_std"] == report["latents_std"] != [1.0] * 16
+    assert json.load(open(toy_wan / "scheduler" / "scheduler_config.json"))["flow_shift"] == 3.0
+    assert report["transformer"]["val_loss_after"] < report["transformer"]["val_loss_before"]
+
+
+def test_diffusers_wan_pipeline_gives_our_video(toy_wan):
+    """diffusers.WanPipeline.from_pretrained(folder) reads every part from the folder; only the transformer is
+    handed in, because diffusers loads its fp32-kept modules through accelerate, which this environment lacks (with
+    accelerate installed the plain call loads the same files)."""
+    import diffusers
+
+    kwargs = dict(num_frames=5, height=32, width=32, num_inference_steps=4, guidance_scale=5.0)
+    ref = diffusers.WanPipeline.from_pretrained(str(toy_wan),
+                                                transformer=diffusers_transformer(str(toy_wan / "transformer")))
+    ref.set_progress_bar_config(disable=True)
+    frames = ref(PROMPT, negative_prompt="", generator=torch.Generator().manual_seed(3), output_type="np",
+                 **kwargs).frames[0]
+    theirs = (frames * 255).round().astype(np.int16)
+    ours = WanPipeline.from_config(WanConfig(model_path=str(toy_wan), preset="demo", progress_bar=False, **kwargs))
+    video = ours.generate(PROMPT, seed=3).video[0].numpy().astype(np.int16)  # the demo's negative prompt: ""
+    assert video.shape == theirs.shape == (5, 32, 32, 3)
+    assert np.abs(video - theirs).max() <= 1
+    assert video.std() > 0  # a video, not a constant frame
+
+
+def test_demo_preset_is_the_shipped_folder_or_says_how_to_train_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(wan_pipeline, "DEMO_PATH", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="the demo checkpoint .*train_demo.py --family wan"):
+        WanConfig(preset="demo")
+    monkeypatch.setattr(wan_pipeline, "DEMO_PATH", str(tmp_path))
+    config = WanConfig(preset="demo")
+    assert config.model_path == str(tmp_path) and config.kind == "t2v-1.3B"
+    assert (config.num_frames, config.height, config.width, config.flow_shift) == (17, 64, 64, 3.0)
+    assert config.default_negative_prompt() == ""  # the uncond prompt the demo was trained with
+    assert WanConfig(preset="tiny").default_negative_prompt() != ""  # the releases' keep theirs
