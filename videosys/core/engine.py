@@ -95,9 +95,17 @@ def _init_process_group(rank: int, world: int, device_type: str, local_rank: int
                             timeout=_TIMEOUT)
 
 
+def build_pipeline(config):
+    """The family's pipeline with the config's memory settings applied (offload, weight quantization:
+    core/offload.py), the one place every family's pipeline gets them."""
+    from videosys.core.offload import apply_memory_settings
+
+    return apply_memory_settings(config.pipeline_cls.from_config(config))
+
+
 def _build(config, rank: int, local_rank: int | None = None):
     config = _rank_config(config, rank, local_rank)
-    pipeline = config.pipeline_cls.from_config(config)
+    pipeline = build_pipeline(config)
     pipeline.set_parallel(init_parallel(config.cfg_parallel, config.torch_device().type))
     return pipeline
 
@@ -206,7 +214,7 @@ class VideoSysEngine:
             self._spawn_workers()
         else:
             config.torch_device()  # a missing GPU is an error before any weight loads
-            self.pipeline = config.pipeline_cls.from_config(config)
+            self.pipeline = build_pipeline(config)
 
     # ---- process set-up ------------------------------------------------------------------
     def _init_torchrun(self) -> None:
