@@ -27,11 +27,13 @@ setup(
     extras_require={
         "eval": ["matplotlib", "ray>=2.9"],
         "serve": ["fastapi", "uvicorn"],  # `videosys serve`
+        # quantize="int8" (torchao weight-only; 0.18 keeps torch 2.13), offload="group" (diffusers' hooks use accelerate)
+        "memory": ["torchao>=0.18", "accelerate"],
         # the documentation site: `mkdocs serve`, `mkdocs build --strict` (CI)
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
         # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt)
         "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray>=2.9", "fastapi", "uvicorn",
-                 "httpx", "selenium"],
+                 "httpx", "selenium", "torchao>=0.18"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

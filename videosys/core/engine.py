@@ -201,6 +201,12 @@ class VideoSysEngine:
             print(f"videosys: error (rank {os.environ[_WORKER_ENV]}): {_UNGUARDED}", flush=True,
                   file=sys.stderr)
             os._exit(_EXIT_UNGUARDED)
+        self.memory_plan = None  # with config.vram: the planner's choice (core/planner.py), applied to the config
+        if config.vram is not None:
+            from videosys.core.planner import apply_plan
+
+            config, self.memory_plan = apply_plan(config)  # refuses before any weight loads when nothing fits
+            print(f"videosys: {self.memory_plan.summary()}", file=sys.stderr)
         self.config = config
         self.workers: list = []
         self.commands: list = []
@@ -350,6 +356,10 @@ class VideoSysEngine:
         The request's values are checked (the config's check_request) before any rank is asked to run it."""
         check_call(self.config.pipeline_cls.generate, prompt, kwargs)
         self.config.check_request(kwargs)
+        if self.config.vram is not None:
+            from videosys.core.planner import check_fits
+
+            check_fits(self.config, kwargs)  # a larger size than planned for: refused before any compute
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def reconstruct(self, video, **kwargs):

@@ -42,6 +42,12 @@ def check_memory_settings(config) -> None:
         what = "offload='group'" if config.offload == "group" else "quantize='fp8'"
         raise ValueError(f"{what} with compile=True: it moves / recasts weights in hooks around every block or "
                          "layer, which the compiled regions break on; drop one of them (quantize='int8' compiles)")
+    if config.offload == "group":
+        from diffusers.utils import is_accelerate_available
+
+        if not is_accelerate_available():  # diffusers' group offloading moves the inputs with accelerate's helper
+            raise ValueError("offload='group' needs accelerate (diffusers' group offloading uses it): "
+                             "pip install 'videosys[memory]'")
     if config.vram is not None:
         from videosys.core.planner import parse_bytes
 

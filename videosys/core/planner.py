@@ -109,15 +109,17 @@ def _fake_module_apply():
     swap tensors, which fake tensors refuse)."""
     original = torch.nn.Module._apply
 
-    def apply(self, fn, recurse=True):
+    def apply(self, fn, recurse=True, _done=None):
+        done = {} if _done is None else _done  # tied parameters stay tied
         if recurse:
             for child in self.children():
-                child._apply(fn)
+                apply(child, fn, True, done)
         for key, p in self._parameters.items():
             if p is not None:
-                new = fn(p)
-                if new is not p:
-                    self._parameters[key] = torch.nn.Parameter(new, requires_grad=False)
+                if id(p) not in done:
+                    new = fn(p)
+                    done[id(p)] = (p, p if new is p else torch.nn.Parameter(new, requires_grad=False))
+                self._parameters[key] = done[id(p)][1]
         for key, b in self._buffers.items():
             if b is not None:
                 self._buffers[key] = fn(b)
@@ -130,20 +132,47 @@ def _fake_module_apply():
         torch.nn.Module._apply = original
 
 
+@contextlib.contextmanager
+def _own_process_state():
+    """The process-wide stores a forward fills (videosys/__init__.py lists them) kept apart from the fake run: fake
+    tensors left there would reach the next real generation."""
+    from videosys.cache import fastercache
+    from videosys.models.modules import embeddings
+
+    saved = dict(embeddings._TABLES)
+    embeddings._TABLES.clear()
+    try:
+        yield
+    finally:
+        embeddings._TABLES.clear()
+        embeddings._TABLES.update(saved)
+        fastercache._low_pass_mask.cache_clear()
+
+
 def fakeify(module: torch.nn.Module, mode, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """`module` with every parameter and buffer a fake CPU tensor (real or meta ones converted; floating ones in
     `dtype` when given)."""
+    converted = {}  # tied parameters (T5's shared embedding) stay one tensor
+
     def convert(t):
+        if id(t) not in converted:
+            converted[id(t)] = (t, _convert(t))
+        return converted[id(t)][1]
+
+    def _convert(t):
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         if t.is_meta:
             return mode.fake_tensor_converter.from_meta_and_device(mode, t, torch.device("cpu"))
         return mode.from_tensor(t)
 
+    params = {}
     for m in module.modules():
         for key, p in m._parameters.items():
             if p is not None:
-                m._parameters[key] = torch.nn.Parameter(convert(p), requires_grad=False)
+                if id(p) not in params:
+                    params[id(p)] = (p, torch.nn.Parameter(convert(p), requires_grad=False))
+                m._parameters[key] = params[id(p)][1]
         for key, b in m._buffers.items():
             if b is not None:
                 m._buffers[key] = convert(b)
@@ -272,7 +301,8 @@ def measure(config, request: dict | None = None) -> Measurement:
     config = planning_config(config)
     values = dict(request or {})
     steps = values.get("num_inference_steps") or config.num_inference_steps or PLAN_STEPS
-    values["num_inference_steps"] = min(steps, PLAN_STEPS)
+    # every step needs the same activations; only a cache's state (and a multistep scheduler's) builds up
+    values["num_inference_steps"] = min(steps, PLAN_STEPS if config.cache_configs() else 2)
     pipeline, mode = fake_pipeline(config)
     parts = {}
     for name in PART_NAMES:
@@ -283,9 +313,10 @@ def measure(config, request: dict | None = None) -> Measurement:
     pipeline.stage_hooks.append(counter.stage)
     pipeline.check_finite = lambda latents: None  # a host read of fake values
     vae = pipeline.vae
-    tiling = hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")
+    # a family whose config has vae_tiling can switch it (the plan sets the field)
+    tiling = hasattr(config, "vae_tiling") and hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")
     stages = {}
-    with _fake_module_apply(), mode, counter, torch.inference_mode():
+    with _own_process_state(), _fake_module_apply(), mode, counter, torch.inference_mode():
         out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
         del out
         stages.update(counter.stage_peaks)
@@ -484,13 +515,31 @@ def apply_plan(config):
     return dataclasses.replace(config, **changes), choice
 
 
+SIZE_FIELDS = ("num_frames", "height", "width")
+
+
+def check_fits(config, request: dict) -> None:
+    """A generate() request of another size than the config's, against the config's vram with its plan: a
+    RequestError naming vram when it would not fit (measured once per size)."""
+    from videosys.core.config import RequestError
+
+    sizes = {k: request[k] for k in SIZE_FIELDS if request.get(k) is not None and request[k] != getattr(config, k)}
+    if not sizes:
+        return
+    budget, need = parse_bytes(config.vram), estimate_peak_bytes(config, sizes)
+    if need > budget:
+        shown = "x".join(str(request.get(k) or getattr(config, k)) for k in SIZE_FIELDS)
+        raise RequestError("vram", f"{shown} needs {gb(need)} with {config_plan(config).describe()}, over "
+                           f"vram={config.vram!r}; build the engine for this size (its plan follows it)")
+
+
 def table(choice: Choice) -> str:
     """The per-part weights and per-stage peaks (all resident, and under the chosen plan), as text."""
     m = choice.measurement
     lines = [f"{'part':<14}{'params':>10}{'weights':>12}{'int8':>12}{'fp8':>12}"]
     for name, w in m.parts.items():
         q = name in QUANTIZED_PARTS
-        lines.append(f"{name:<14}{w.numel / 1e9:>9.3f}B{gb(w.bytes):>12}"
+        lines.append(f"{name:<14}{w.numel / 1e6:>9.1f}M{gb(w.bytes):>12}"
                      f"{gb(w.quantized('int8', m.dtype_size)) if q else '-':>12}"
                      f"{gb(w.quantized('fp8', m.dtype_size)) if q else '-':>12}")
     plans = [("all resident", Plan())]
