@@ -131,3 +131,14 @@ def test_plan_picks_the_cheapest_that_fits_and_refuses_before_compute():
 
     with pytest.raises(ValueError, match="nothing fits"):
         VideoSysEngine(tiny_config("latte", dtype="fp32", vram="0.001MB"))
+
+
+def test_cli_plan_prints_the_table_and_refuses(capsys):
+    from videosys.cli import main
+
+    args = ["plan", "--model", "latte", "--preset", "tiny", "--dtype", "fp32"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "denoise" in out and "transformer" in out and "all resident" in out
+    assert main(args + ["--vram", "0.001MB"]) == 2
+    assert "nothing fits" in capsys.readouterr().out

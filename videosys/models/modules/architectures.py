@@ -20,6 +20,15 @@ def umt5_xxl_encoder():
                                        is_encoder_decoder=False, use_cache=False)).eval()
 
 
+def mt5_xxl_encoder():
+    """mT5-XXL's encoder (google/mt5-xxl: Open-Sora-Plan v1.2's text encoder, vocab 250112)."""
+    from transformers import MT5Config, MT5EncoderModel
+
+    return MT5EncoderModel(MT5Config(vocab_size=250112, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                     relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+                                     is_encoder_decoder=False, use_cache=False)).eval()
+
+
 def sd_vae():
     """Stable Diffusion's image VAE (stabilityai/sd-vae-ft-ema: Latte-1's vae/)."""
     from diffusers import AutoencoderKL
