@@ -6,8 +6,9 @@
 - offload="group": as "model" for the encoders and the VAE; the transformer's blocks stream in one at a time
   (diffusers' `apply_group_offloading`, block level, the next block prefetched on a side stream on CUDA).
 - quantize="int8": weight-only int8 Linear layers in the transformer and text encoder (torchao's
-  `Int8WeightOnlyConfig`); quantize="fp8": their weights stored in float8_e4m3fn and cast to the compute dtype
-  layer by layer (diffusers' `apply_layerwise_casting`; norms and embeddings stay as they are).
+  `Int8WeightOnlyConfig`); quantize="fp8": the transformer's weights stored in float8_e4m3fn and cast to the
+  compute dtype layer by layer (diffusers' `apply_layerwise_casting`; norms and embeddings stay as they are; the
+  text encoder keeps its dtype: transformers' T5 reads weights outside its layers' forward).
 
 Refused combinations (checked when the config is built, before any weight loads):
 - offload="model" / "group" with num_gpus > 1: every process would keep a whole host copy of the weights and move
@@ -60,9 +61,13 @@ def transformers_of(pipeline) -> tuple:
 
 
 def quantize(pipeline, mode: str) -> None:
-    """Weight-only int8 (torchao) or fp8 storage (diffusers' layerwise casting) in the transformer(s) and the text
-    encoder; the VAE's convolutions keep their dtype (they are a small part of the weights)."""
+    """Weight-only int8 (torchao: the transformer(s) and the text encoder) or fp8 storage (diffusers' layerwise
+    casting: the transformer(s)); the VAE's convolutions keep their dtype (a small part of the weights)."""
     modules = [*transformers_of(pipeline), pipeline.text_encoder]
+    for module in modules:  # attention.py's fused q / k / v copy would keep the float weights and bypass the layers
+        for m in module.modules():
+            if getattr(m, "qkv_fused", None) is not None:
+                m.qkv_fused = None
     if mode == "int8":
         try:
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
@@ -70,10 +75,10 @@ def quantize(pipeline, mode: str) -> None:
             raise ValueError("quantize='int8' needs torchao: pip install 'videosys[memory]' (torchao)") from err
         for module in modules:
             quantize_(module, Int8WeightOnlyConfig())
-    elif mode == "fp8":
+    elif mode == "fp8":  # the transformer(s) only: transformers' T5 reads its weights outside the layers' forward
         from diffusers.hooks import apply_layerwise_casting
 
-        for module in modules:
+        for module in transformers_of(pipeline):
             apply_layerwise_casting(module, storage_dtype=torch.float8_e4m3fn, compute_dtype=pipeline.dtype)
 
 

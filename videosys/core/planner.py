@@ -110,23 +110,31 @@ class ByteCounter(TorchDispatchMode):
 @contextlib.contextmanager
 def _fake_module_apply():
     """nn.Module.to / float / ... on fake parameters: each replaced by its converted copy (torch's own _apply would
-    swap tensors, which fake tensors refuse)."""
+    swap tensors, which fake tensors refuse). A module's own _apply override still runs (attention.py re-fuses
+    its q / k / v buffer there); tied parameters stay tied."""
     original = torch.nn.Module._apply
+    done: list[dict] = []  # the outermost call's converted parameters, by id
 
-    def apply(self, fn, recurse=True, _done=None):
-        done = {} if _done is None else _done  # tied parameters stay tied
-        if recurse:
-            for child in self.children():
-                apply(child, fn, True, done)
-        for key, p in self._parameters.items():
-            if p is not None:
-                if id(p) not in done:
-                    new = fn(p)
-                    done[id(p)] = (p, p if new is p else torch.nn.Parameter(new, requires_grad=False))
-                self._parameters[key] = done[id(p)][1]
-        for key, b in self._buffers.items():
-            if b is not None:
-                self._buffers[key] = fn(b)
+    def apply(self, fn, recurse=True):
+        outermost = not done
+        if outermost:
+            done.append({})
+        try:
+            if recurse:
+                for child in self.children():
+                    child._apply(fn)
+            for key, p in self._parameters.items():
+                if p is not None:
+                    if id(p) not in done[0]:
+                        new = fn(p)
+                        done[0][id(p)] = (p, p if new is p else torch.nn.Parameter(new, requires_grad=False))
+                    self._parameters[key] = done[0][id(p)][1]
+            for key, b in self._buffers.items():
+                if b is not None:
+                    self._buffers[key] = fn(b)
+        finally:
+            if outermost:
+                done.clear()
         return self
 
     torch.nn.Module._apply = apply
@@ -155,32 +163,15 @@ def _own_process_state():
 
 def fakeify(module: torch.nn.Module, mode, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """`module` with every parameter and buffer a fake CPU tensor (real or meta ones converted; floating ones in
-    `dtype` when given)."""
-    converted = {}  # tied parameters (T5's shared embedding) stay one tensor
-
+    `dtype` when given). Call inside `_fake_module_apply`."""
     def convert(t):
-        if id(t) not in converted:
-            converted[id(t)] = (t, _convert(t))
-        return converted[id(t)][1]
-
-    def _convert(t):
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         if t.is_meta:
             return mode.fake_tensor_converter.from_meta_and_device(mode, t, torch.device("cpu"))
         return mode.from_tensor(t)
 
-    params = {}
-    for m in module.modules():
-        for key, p in m._parameters.items():
-            if p is not None:
-                if id(p) not in params:
-                    params[id(p)] = (p, torch.nn.Parameter(convert(p), requires_grad=False))
-                m._parameters[key] = params[id(p)][1]
-        for key, b in m._buffers.items():
-            if b is not None:
-                m._buffers[key] = convert(b)
-    return module
+    return module._apply(convert)
 
 
 def planning_config(config):
@@ -377,7 +368,7 @@ def _latent_shape(pipeline, values: dict):
 OFFLOAD_COST = {"none": 0, "encoders": 1, "model": 2, "group": 6}
 QUANTIZE_COST = {"none": 0, "int8": 3, "fp8": 4}
 TILING_COST = 1
-QUANTIZED_PARTS = ("transformer", "text_encoder")  # core/offload.quantize
+QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer",), "none": ()}  # offload.quantize
 STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder",), "denoise": ("transformer",),
                "decode": ("vae",)}
 
@@ -408,7 +399,7 @@ class Plan:
 
 def part_weights(m: Measurement, plan: Plan, name: str, streamed: bool = False) -> int:
     w = m.parts[name]
-    total = w.quantized(plan.quantize, m.dtype_size) if name in QUANTIZED_PARTS else w.bytes
+    total = w.quantized(plan.quantize, m.dtype_size) if name in QUANTIZED_PARTS[plan.quantize] else w.bytes
     if streamed:  # the blocks come one at a time, the next prefetched: two on the device
         scale = total / w.bytes if w.bytes else 1.0
         total -= int((w.blocks - 2 * w.largest_block) * scale)
@@ -549,10 +540,8 @@ def table(choice: Choice) -> str:
     m = choice.measurement
     lines = [f"{'part':<14}{'params':>10}{'weights':>12}{'int8':>12}{'fp8':>12}"]
     for name, w in m.parts.items():
-        q = name in QUANTIZED_PARTS
-        lines.append(f"{name:<14}{w.numel / 1e6:>9.1f}M{gb(w.bytes):>12}"
-                     f"{gb(w.quantized('int8', m.dtype_size)) if q else '-':>12}"
-                     f"{gb(w.quantized('fp8', m.dtype_size)) if q else '-':>12}")
+        cells = [gb(w.quantized(q, m.dtype_size)) if name in QUANTIZED_PARTS[q] else "-" for q in ("int8", "fp8")]
+        lines.append(f"{name:<14}{w.numel / 1e6:>9.1f}M{gb(w.bytes):>12}{cells[0]:>12}{cells[1]:>12}")
     plans = [("all resident", Plan())]
     if choice.plan is not None and choice.plan != Plan():
         plans.append(("plan", choice.plan))
