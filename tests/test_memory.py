@@ -142,3 +142,17 @@ def test_cli_plan_prints_the_table_and_refuses(capsys):
     assert "denoise" in out and "transformer" in out and "all resident" in out
     assert main(args + ["--vram", "0.001MB"]) == 2
     assert "nothing fits" in capsys.readouterr().out
+
+
+def test_engine_refuses_a_larger_request_than_the_budget_allows():
+    """vram set to the config's own predicted peak: the config's size fits, a 4x larger frame is refused before
+    any compute, naming vram."""
+    from videosys.core.config import RequestError
+
+    config = tiny_config("latte", dtype="fp32")
+    budget = planner.peak(planner.measure(config), planner.Plan())
+    planned = tiny_config("latte", dtype="fp32", vram=f"{budget / 2 ** 20:.6f}MB")
+    planner.check_fits(planned, {"height": 64, "width": 64})  # the config's own size: nothing to check
+    with pytest.raises(RequestError, match="vram") as err:
+        planner.check_fits(planned, {"height": 128, "width": 128})
+    assert err.value.field == "vram"

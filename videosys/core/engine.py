@@ -98,9 +98,9 @@ def _init_process_group(rank: int, world: int, device_type: str, local_rank: int
 def build_pipeline(config):
     """The family's pipeline with the config's memory settings applied (offload, weight quantization:
     core/offload.py), the one place every family's pipeline gets them."""
-    from videosys.core.offload import apply_memory_settings
+    from videosys.core.offload import apply_memory_settings, build_config
 
-    return apply_memory_settings(config.pipeline_cls.from_config(config))
+    return apply_memory_settings(config.pipeline_cls.from_config(build_config(config)), config)
 
 
 def _build(config, rank: int, local_rank: int | None = None):

@@ -26,7 +26,13 @@ import torch
 OFFLOADS = ("none", "encoders", "model", "group")
 QUANTIZE = ("none", "int8", "fp8")
 # which parts each stage runs (pipeline attribute names); "prepare": a request's image / reference conditioning
-STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder",), "denoise": ("transformer",), "decode": ("vae",)}
+STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder", "text_encoder_2"),
+               "denoise": ("transformer",), "decode": ("vae",)}
+
+
+# the parts that stay on the device throughout, per offload (the others move with their stage)
+RESIDENT = {"none": ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"),
+            "encoders": ("transformer", "vae"), "model": (), "group": ()}
 
 
 def check_memory_settings(config) -> None:
@@ -89,7 +95,7 @@ class Placement:
         self.pipeline, self.offload = pipeline, offload
         self.active: list[str] = []
         self.streamed = offload == "group"  # the transformer moves itself, block by block
-        self.resident = {"encoders": ("transformer", "vae")}.get(offload, ())
+        self.resident = RESIDENT[offload]
 
     def parts(self, stage: str) -> list:
         """The modules this stage moves onto the device and back (not the resident or self-streaming ones)."""
@@ -120,8 +126,24 @@ class Placement:
                     module.to("cpu")
 
 
-def apply_memory_settings(pipeline):
-    """The config's quantize and offload on a built pipeline (a no-op with the defaults); returns it."""
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def build_config(config):
+    """The config a pipeline is built from: with an offload on a GPU, the CPU (the parts then go onto the device
+    only as the plan says: building them all there first is the peak the plan avoids), in the GPU's dtype."""
+    if config.offload == "none" or config.torch_device().type == "cpu":
+        return config
+    import dataclasses
+
+    return dataclasses.replace(config, device="cpu", dtype=_DTYPE_NAMES[config.torch_dtype()])
+
+
+def apply_memory_settings(pipeline, config=None):
+    """The config's quantize and offload on a built pipeline (a no-op with the defaults); returns it. `config`: the
+    one the pipeline runs with when it was built from `build_config(config)` (on the CPU)."""
+    if config is not None and config is not pipeline.config:
+        pipeline.config, pipeline.device = config, config.torch_device()
     config = pipeline.config
     if config.quantize != "none":
         quantize(pipeline, config.quantize)
@@ -129,6 +151,10 @@ def apply_memory_settings(pipeline):
         return pipeline
     placement = Placement(pipeline, config.offload)
     placement.off_device()
+    for name in placement.resident:  # built on the CPU (build_config): the resident parts go to the device now
+        module = getattr(pipeline, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.to(pipeline.device)
     if config.offload == "group":
         from diffusers.hooks import apply_group_offloading
 

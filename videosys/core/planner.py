@@ -25,6 +25,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from videosys.core.offload import RESIDENT, STAGE_PARTS, transformers_of
+
 GIB = 2 ** 30
 PLAN_STEPS = 6  # steps of the schedule the planner runs: enough for every cache's state to fill up
 STAGES = ("prepare", "text", "denoise", "decode")
@@ -282,13 +284,7 @@ class Measurement:
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-PART_NAMES = {"text_encoder": "text", "image_encoder": "prepare", "transformer": "denoise", "vae": "decode"}
-
-
-def _denoisers(pipeline):
-    from videosys.core.offload import transformers_of
-
-    return transformers_of(pipeline)
+PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "transformer", "vae")
 
 
 def measure(config, request: dict | None = None) -> Measurement:
@@ -310,7 +306,7 @@ def _measure(config, values: dict, start: float) -> Measurement:
     for name in PART_NAMES:
         module = getattr(pipeline, name, None)
         if isinstance(module, torch.nn.Module):
-            parts[name] = Weights.of(module) if name != "transformer" else _sum_weights(_denoisers(pipeline))
+            parts[name] = Weights.of(module) if name != "transformer" else _sum_weights(transformers_of(pipeline))
     counter = ByteCounter()
     pipeline.stage_hooks.append(counter.stage)
     pipeline.check_finite = lambda latents: None  # a host read of fake values
@@ -369,8 +365,6 @@ OFFLOAD_COST = {"none": 0, "encoders": 1, "model": 2, "group": 6}
 QUANTIZE_COST = {"none": 0, "int8": 3, "fp8": 4}
 TILING_COST = 1
 QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer",), "none": ()}  # offload.quantize
-STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder",), "denoise": ("transformer",),
-               "decode": ("vae",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,13 +406,7 @@ def stage_peaks(m: Measurement, plan: Plan) -> dict[str, tuple[int, int]]:
     for stage in STAGES:
         if stage not in m.stages:
             continue
-        own = [n for n in STAGE_PARTS[stage] if n in m.parts]
-        if plan.offload == "none":
-            names = list(m.parts)
-        elif plan.offload == "encoders":
-            names = list(m.parts) if stage in ("prepare", "text") else [n for n in m.parts if n in ("transformer", "vae")]
-        else:
-            names = own
+        names = [n for n in m.parts if n in STAGE_PARTS[stage] or n in RESIDENT[plan.offload]]
         weights = sum(part_weights(m, plan, n, streamed=plan.offload == "group" and n == "transformer")
                       for n in names)
         acts = m.stages["decode_tiled"] if stage == "decode" and plan.vae_tiling else m.stages[stage]
