@@ -73,7 +73,6 @@ class ByteCounter(TorchDispatchMode):
                 out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
-        self._sweep()
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._add(t)
@@ -87,9 +86,13 @@ class ByteCounter(TorchDispatchMode):
             n = storage.nbytes()
             self.live[storage._cdata] = (StorageWeakRef(storage), n)
             self.current += n
-            self.peak = max(self.peak, self.current)
-            for name in self._stages:
-                self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
+            # freed storages only lower the count: sweep them out only when this may be a new peak
+            if self.current > min(self.stage_peaks.get(s, 0) for s in self._stages or ("",)) or \
+                    self.current > self.peak:
+                self._sweep()
+                self.peak = max(self.peak, self.current)
+                for name in self._stages:
+                    self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
 
     def _sweep(self) -> None:
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
