@@ -165,9 +165,10 @@ class VideoSysPipeline:
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        """A generation's stage: "prepare" (a request's image / references), "text" (encoding), "denoise" (the steps) or "decode" (the VAE). The memory plan
-        (core/offload.py) puts the parts a stage needs on the device here and takes them off after; the planner
-        (core/planner.py) marks its per-stage peaks here. Stages may nest (Open-Sora encodes inside its loop)."""
+        """A generation's stage: "prepare" (a request's image / references), "text" (encoding), "denoise" (the
+        steps) or "decode" (the VAE). The memory plan (core/offload.py) puts the parts a stage needs on the device
+        here and takes them off after; the planner (core/planner.py) marks its per-stage peaks here. Stages may
+        nest (Open-Sora encodes inside its loop)."""
         with contextlib.ExitStack() as stack:
             for hook in self.stage_hooks:
                 stack.enter_context(hook(name))
