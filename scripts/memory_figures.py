@@ -23,6 +23,7 @@ CASES = [
     ("Latte-1, 16x512x512", "latte", {}, "80GB"),
     ("Open-Sora 1.2, 51x480p 9:16", "open-sora", {}, "80GB"),
     ("Open-Sora-Plan v1.2, 29x480x640", "open-sora-plan", {}, "80GB"),
+    ("HunyuanVideo-1.5 480p T2V, 121x480x848", "hunyuanvideo-1.5", {}, "80GB"),
     ("Wan2.1-T2V-1.3B, 81x480x832", "wan", {}, "80GB"),
     ("Wan2.1-T2V-14B, 81x720x1280", "wan", {"kind": "t2v-14B", "model_path": "Wan-AI/Wan2.1-T2V-14B-Diffusers"},
      "80GB"),

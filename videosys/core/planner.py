@@ -8,8 +8,8 @@ each op creates and drops it when it is freed: the activations, the caches' stat
 between stages are measured on the real graph, not written as formulas. Weights are counted from the parameters
 (bytes by dtype; the Linear weights int8 / fp8 would shrink; the largest block, which group offload keeps
 resident). Host code on real tensors (the tokenizer's masks, the scheduler's tables) runs for real; a value read
-from a fake tensor on the host (a cache's distance) reads as 0, so a cache reuses wherever it may, which keeps
-its state alive as long as it can be.
+from a fake tensor on the host reads as 0 / False: a cache's distance is 0, so it reuses wherever it may (its state
+is kept as long as it can be), and a "nothing masked?" test takes the masked path.
 
     videosys plan --model wan --vram 8GB                      # Wan2.1-T2V-1.3B at 81x480x832
     engine = VideoSysEngine(WanConfig(vram="8GB"))             # applies the plan, or refuses before any compute
@@ -47,6 +47,10 @@ def gb(n: float) -> str:
 
 
 # ---- the byte counter ------------------------------------------------------------------------------------------
+_HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
+               torch.ops.aten.is_nonzero.default)
+
+
 class ByteCounter(TorchDispatchMode):
     """Live bytes of the tensors created by ops while it is active (a storage counts once, until it is freed), and
     the peak of each stage marked with `stage(name)`. Inside a FakeTensorMode: ops whose tensors are all real run
@@ -66,8 +70,8 @@ class ByteCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         fake = any(isinstance(t, FakeTensor) for t in tensors)
-        if func is torch.ops.aten._local_scalar_dense.default and fake:
-            return False if args[0].dtype == torch.bool else 0
+        if func in _HOST_READS and fake:  # a value the host reads: 0 / False (the general, masked path)
+            return False if func is torch.ops.aten.is_nonzero.default or args[0].dtype == torch.bool else 0
         if tensors and not fake:
             with unset_fake_temporarily():
                 out = func(*args, **kwargs)
