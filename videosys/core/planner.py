@@ -463,6 +463,8 @@ class Choice:
         if self.plan is None:
             return self.refusal()
         base = peak(m, Plan())
+        if self.plan == Plan():
+            return f"fits {gb(self.budget)} all resident (peak {gb(base)})"
         return (f"needs {gb(base)} all resident; fits {gb(self.budget)} with {self.plan.describe()} "
                 f"(peak {gb(peak(m, self.plan))})")
 
