@@ -17,6 +17,7 @@ is kept as long as it can be), and a "nothing masked?" test takes the masked pat
 
 import contextlib
 import dataclasses
+import math
 import re
 import time
 import warnings
@@ -51,6 +52,18 @@ _HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.d
                torch.ops.aten.is_nonzero.default)
 
 
+SMALL_FACTORY = 2 ** 16  # elements: a tensor made from nothing this small is host bookkeeping (masks, positions)
+
+
+def _small_factory(func, args) -> bool:
+    """A factory op (ones, zeros, full, arange ...: no tensor inputs) of a known small size: run for real, so host
+    decisions on it (a mask's longest row) see real values. Large ones stay fake (no memory is used)."""
+    size = args[0] if args else None
+    if isinstance(size, (list, tuple)) and all(isinstance(n, int) for n in size):
+        return math.prod(size) <= SMALL_FACTORY
+    return isinstance(size, (int, float)) and func.__name__.startswith("arange") and size <= SMALL_FACTORY
+
+
 class ByteCounter(TorchDispatchMode):
     """Live bytes of the tensors created by ops while it is active (a storage counts once, until it is freed), and
     the peak of each stage marked with `stage(name)`. Inside a FakeTensorMode: ops whose tensors are all real run
@@ -72,7 +85,7 @@ class ByteCounter(TorchDispatchMode):
         fake = any(isinstance(t, FakeTensor) for t in tensors)
         if func in _HOST_READS and fake:  # a value the host reads: 0 / False (the general, masked path)
             return False if func is torch.ops.aten.is_nonzero.default or args[0].dtype == torch.bool else 0
-        if tensors and not fake:
+        if (tensors and not fake) or (not tensors and _small_factory(func, args)):
             with unset_fake_temporarily():
                 out = func(*args, **kwargs)
         else:
