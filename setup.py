@@ -28,12 +28,14 @@ setup(
         "eval": ["matplotlib", "ray>=2.9"],
         # `videosys serve`; python-multipart: uploads (OpenAI's client sends multipart); ray[serve]: --replicas
         "serve": ["fastapi", "uvicorn", "python-multipart", "ray[serve]>=2.9"],
+        # quantize="int8" (torchao weight-only; 0.18 keeps torch 2.13), offload="group" (diffusers' hooks use accelerate)
+        "memory": ["torchao>=0.18", "accelerate"],
         # the documentation site: `mkdocs serve`, `mkdocs build --strict` (CI)
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
         # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt);
-        # openai: the server is tested with OpenAI's own client
+        # openai: the server is tested with OpenAI's own client; torchao: the int8 tests
         "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray[serve]>=2.9", "fastapi", "uvicorn",
-                 "python-multipart", "httpx", "selenium", "openai>=2.5"],
+                 "python-multipart", "httpx", "selenium", "openai>=2.5", "torchao>=0.18"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

@@ -2,6 +2,7 @@
 
     bash scripts/bench_gpu.sh                 # on a CUDA machine (installs, then runs this)
     python scripts/bench_gpu.py --dry-run     # tiny sizes on CPU in seconds: checks the script, measures nothing
+    python scripts/bench_gpu.py --memory      # the memory planner's cases: predicted vs measured peaks per plan
 
 Per family, CFG batch 2 in bf16 (fp32 in the dry run): transformer step ms and peak memory, eager and
 compiled (compile=True: models/modules/compile.py), diffusers' model on the same weights where diffusers has it
@@ -11,6 +12,7 @@ Prints one table and writes one JSON.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -239,6 +241,84 @@ def sp_scaling(args, gpus: int) -> dict:
     return results
 
 
+# --memory: (label, family, config fields, budget): the planner's goal cases (docs/memory.md), each run with the
+# plan the planner picks for the budget; the dry run uses the tiny presets
+MEMORY_CASES = [("wan-1.3b", "wan", {}, "8GB"),
+                ("wan-14b", "wan", {"kind": "t2v-14B", "model_path": "Wan-AI/Wan2.1-T2V-14B-Diffusers"}, "24GB"),
+                ("cogvideox-5b", "cogvideox", {"model_path": "THUDM/CogVideoX-5b"}, "24GB"),
+                ("latte", "latte", {}, "80GB")]
+
+
+def random_pipeline(config, device, dry: bool):
+    """The family's pipeline at full size with random weights (no checkpoint): the parts built on the meta device
+    (`architecture`), given storage where the plan keeps them and filled with small normal values."""
+    if dry:
+        return config.pipeline_cls.from_config(config)
+    with torch.device("meta"):
+        parts = config.pipeline_cls.architecture(config)
+    dtype = config.torch_dtype()
+    for name, part in parts.items():
+        if isinstance(part, torch.nn.Module):
+            home = device if config.offload == "none" else torch.device("cpu")
+            part.to(dtype=dtype).to_empty(device=home)
+            with torch.no_grad():
+                for p in part.parameters():
+                    p.normal_(0, 0.02)
+    return config.pipeline_cls.from_config(config, parts=parts)
+
+
+def bench_memory(args, device) -> list[dict]:
+    """Each goal case: the planner's per-stage prediction and plan, then a 2-step generation with that plan, its
+    per-stage peak (torch.cuda.max_memory_allocated, reset at each stage) and time."""
+    from videosys.core import planner
+    from videosys.core.offload import apply_memory_settings
+    from videosys.models import config_class
+
+    rows = []
+    for label, family, fields, budget in MEMORY_CASES:
+        fields = {"preset": "tiny"} if args.dry_run else fields
+        config = config_class(family)(progress_bar=False, num_inference_steps=2, **fields)
+        choice = planner.choose(config, budget=planner.parse_bytes(budget))
+        row = {"case": label, "budget": budget, "plan": choice.plan.describe() if choice.plan else None,
+               "predicted_gib": {}, "measured_gib": {}}
+        if choice.plan is None:
+            rows.append({**row, "error": choice.refusal()})
+            continue
+        for stage, (w, a) in planner.stage_peaks(choice.measurement, choice.plan).items():
+            row["predicted_gib"][stage] = (w + a) / 2**30
+        config = dataclasses.replace(config, **{k: v for k, v in choice.plan.settings().items()
+                                                if k != "vae_tiling" or hasattr(config, "vae_tiling")})
+        pipeline = None
+        try:
+            pipeline = apply_memory_settings(random_pipeline(config, device, args.dry_run))
+            pipeline.check_finite = lambda latents: None  # random weights: the values do not matter here
+
+            @contextlib.contextmanager
+            def stage_peak(name):
+                sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                yield
+                sync(device)
+                if device.type == "cuda":
+                    row["measured_gib"][name] = torch.cuda.max_memory_allocated(device) / 2**30
+
+            pipeline.stage_hooks.append(stage_peak)
+            start = time.perf_counter()
+            pipeline.generate("a red circle moving to the right")
+            row["seconds_2_steps"] = time.perf_counter() - start
+        except torch.OutOfMemoryError as err:
+            row["error"] = f"out of memory: {err}"
+        rows.append(row)
+        del pipeline
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"{label:<14}{budget:>6}  {row['plan']}: " + ", ".join(
+            f"{s} {row['predicted_gib'][s]:.2f} / {row['measured_gib'].get(s, float('nan')):.2f}"
+            for s in row["predicted_gib"]) + " GiB (predicted / measured)", flush=True)
+    return rows
+
+
 def table(rows: list[dict], sp: dict) -> str:
     lines = [f"{'family':<16}{'variant':<20}{'ms / step':>11}{'peak GiB':>10}"]
     for r in rows:
@@ -264,6 +344,8 @@ def main(argv=None):
     parser.add_argument("--sp-timeout", type=int, default=300)
     parser.add_argument("--sp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", default="outputs/bench_gpu.json")
+    parser.add_argument("--memory", action="store_true", help="the memory planner's goal cases instead: predicted "
+                        "and measured per-stage peaks and the time of each plan (docs/memory.md)")
     args = parser.parse_args(argv)
     bad = [f for f in args.families.split(",") if f not in PUBLISHED]
     if bad:
@@ -277,6 +359,10 @@ def main(argv=None):
     dtype = torch.float32 if args.dry_run else torch.bfloat16
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(dtype), "dry_run": args.dry_run,
               "torch": torch.__version__, "families": [], "sp_scaling": {}, "complete": False}
+    if args.memory:
+        report["memory"] = bench_memory(args, device)
+        write_json(args.output, {**report, "complete": True, "load_average": os.getloadavg()})
+        return
     for family in args.families.split(","):  # the JSON after each family: a run stopped early keeps its figures
         report["families"].append(bench_family(family, args, device, dtype))
         write_json(args.output, {**report, "load_average": os.getloadavg()})

@@ -34,7 +34,7 @@ if ((!dry)); then
             "$wheels"/*.whl
         export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
     else
-        "$python" -m pip install -q -e . diffusers
+        "$python" -m pip install -q -e ".[memory]" diffusers  # memory: torchao, accelerate (bench_gpu.py --memory)
     fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

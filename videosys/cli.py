@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compile", action="store_true", help="torch.compile the transformer (compile=true)")
     serve_cli.add_parser(sub)
     _add_reconstruct(sub)
+    _add_plan(sub)
     from videosys.eval import bench, tune
 
     bench.add_parser(sub)
@@ -62,6 +63,38 @@ def _add_reconstruct(sub) -> None:
     rec.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     rec.add_argument("--no-progress", action="store_true")
     rec.set_defaults(height=None, width=None, guidance_scale=None)
+
+
+def _add_plan(sub) -> None:
+    """`videosys plan --model wan --vram 8GB`: predicted peak memory per stage and the plan that fits (no weights)."""
+    plan = sub.add_parser("plan", help="predict peak device memory per stage and pick offload / quantization that "
+                          "fits --vram (seconds to minutes on a CPU, no weights)")
+    plan.add_argument("--model", help="model family (or `model:` in --config)")
+    for flag in ("--config", "--preset", "--model-path", "--dtype", "--device"):
+        plan.add_argument(flag)
+    for name, kind in GENERATION.items():
+        plan.add_argument("--" + name.replace("_", "-"), type=kind)
+    plan.add_argument("--cache", help="a cache method (its state is counted); several: a,b")
+    plan.add_argument("--num-gpus", type=int, help="processes (the planner counts one; see docs/memory.md)")
+    plan.add_argument("--vram", help="device memory to fit in, e.g. 24GB (GiB, as a card reports it)")
+    plan.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    plan.set_defaults(no_progress=True)
+
+
+def _plan(args) -> int:
+    from videosys.core import planner
+
+    if args.num_gpus is not None:
+        args.set.append(f"num_gpus={args.num_gpus}")
+    try:
+        config = make_config(args)
+        budget = planner.parse_bytes(args.vram) if args.vram else None
+        choice = planner.choose(config, budget=budget)
+    except ValueError as err:
+        print(f"videosys: error: {err}", file=sys.stderr)
+        return 2
+    print(planner.table(choice))
+    return 0 if choice.fits else 2
 
 
 def _reconstruct(args, engine_cls) -> int:
@@ -99,6 +132,8 @@ def _main(argv) -> int:
 
     if args.command == "reconstruct":
         return _reconstruct(args, VideoSysEngine)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "bench":
         from videosys.eval import bench
 

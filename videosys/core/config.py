@@ -155,6 +155,11 @@ class BaseConfig(legacy_flags_class()):
     freeinit_temporal_stop: float = 0.25
     freeinit_fast_sampling: bool = False
     freeinit_cache_iters: int | None = None
+    # memory (core/planner.py, core/offload.py, docs/memory.md): `vram` ("24GB", GiB as a card reports it) makes the
+    # engine pick the cheapest offload / quantize / VAE tiling that fits, refusing before any compute when none does
+    vram: str | None = None
+    offload: str = "none"  # none | encoders (text encoder off the device after encoding) | model | group
+    quantize: str = "none"  # none | int8 (torchao weight-only) | fp8 (fp8 storage, diffusers' layerwise casting)
 
     model_name: ClassVar[str] = ""
     official_model_path: ClassVar[str] = ""
@@ -187,6 +192,9 @@ class BaseConfig(legacy_flags_class()):
             raise ValueError(f"cfg_parallel splits the processes into a cond and an uncond half: num_gpus must be "
                              f"even, got {self.num_gpus}")
         self.check_device_name()
+        from videosys.core.offload import check_memory_settings
+
+        check_memory_settings(self)
         self.check_cache_fits(self.cache_configs())  # a bad cache setting fails here, not mid-generation
         self.freeinit_config()  # likewise FreeInit's settings
 

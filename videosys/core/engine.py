@@ -99,9 +99,17 @@ def _init_process_group(rank: int, world: int, device_type: str, local_rank: int
                             timeout=_TIMEOUT)
 
 
+def build_pipeline(config):
+    """The family's pipeline with the config's memory settings applied (offload, weight quantization:
+    core/offload.py), the one place every family's pipeline gets them."""
+    from videosys.core.offload import apply_memory_settings, build_config
+
+    return apply_memory_settings(config.pipeline_cls.from_config(build_config(config)), config)
+
+
 def _build(config, rank: int, local_rank: int | None = None):
     config = _rank_config(config, rank, local_rank)
-    pipeline = config.pipeline_cls.from_config(config)
+    pipeline = build_pipeline(config)
     pipeline.set_parallel(init_parallel(config.cfg_parallel, config.torch_device().type))
     return pipeline
 
@@ -220,6 +228,12 @@ class VideoSysEngine:
         # the config's own size against the memory here (the frames and latents: no weights needed), before any
         # process starts or weight loads; a call's own size is checked again with the transformer's widths
         check_fits(config, {name: getattr(config, name, None) for name in ("num_frames", "height", "width")})
+        self.memory_plan = None  # with config.vram: the planner's choice (core/planner.py), applied to the config
+        if config.vram is not None:
+            from videosys.core.planner import apply_plan
+
+            config, self.memory_plan = apply_plan(config)  # refuses before any weight loads when nothing fits
+            print(f"videosys: {self.memory_plan.summary()}", file=sys.stderr)
         self.config = config
         self.workers: list = []
         self.commands: list = []
@@ -233,7 +247,7 @@ class VideoSysEngine:
             self._spawn_workers()
         else:
             config.torch_device()  # a missing GPU is an error before any weight loads
-            self.pipeline = config.pipeline_cls.from_config(config)
+            self.pipeline = build_pipeline(config)
 
     # ---- process set-up ------------------------------------------------------------------
     def _init_torchrun(self) -> None:
@@ -368,11 +382,15 @@ class VideoSysEngine:
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
         The request's values are checked (the config's check_request), and its size against the memory available
-        (core/memory.py), before any rank is asked to run it."""
+        (core/memory.py; with config.vram, against the plan: core/planner.py), before any rank is asked to run it."""
         pipeline_cls = self.config.pipeline_cls
         prompts = check_call(pipeline_cls.generate, prompt, kwargs, pipeline_cls.takes_seed_lists(self.config))
         values = self.config.check_request(kwargs)
         check_fits(self.config, values, getattr(self.pipeline, "transformer", None), len(prompts))  # too big: refused
+        if self.config.vram is not None:
+            from videosys.core import planner
+
+            planner.check_fits(self.config, kwargs)  # a larger size than planned for: refused before any compute
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def reconstruct(self, video, **kwargs):

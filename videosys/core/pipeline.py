@@ -109,6 +109,7 @@ class VideoSysPipeline:
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.parallel = ParallelState()
         self.run_stats: dict = {}  # what the sampler adds to out.stats (FreeInit's runs), per pipeline
+        self.stage_hooks: list = []  # fn(stage name) -> context manager, entered around each stage (`stage`)
 
     @classmethod
     def assemble(cls, config, transformer, vae, text_encoder, tokenizer, scheduler):
@@ -174,13 +175,32 @@ class VideoSysPipeline:
         run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seeds[0],
                             generator=torch.Generator("cpu").manual_seed(seeds[0]),
                             do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter(), seeds=seeds)
-        self.prepare_run(run, prompt)
-        text = self.encode_prompt(run.prompts, run.negative_prompt, run.do_cfg)
+        with self.stage("prepare"):
+            self.prepare_run(run, prompt)
+        with self.stage("text"):
+            text = self.encode_prompt(run.prompts, run.negative_prompt, run.do_cfg)
         run.text = text if isinstance(text, tuple) else (text,)  # one tensor: CogVideoX's states
         latents = self.initial_latents(run)
         run.denoise_start = time.perf_counter()
-        latents = self.sample_video(run, latents)
-        return self.finish(latents, partial(self.decode_video, run), run.start, run.denoise_start, run.steps)
+        with self.stage("denoise"):
+            latents = self.sample_video(run, latents)
+        return self.finish(latents, partial(self.in_stage, "decode", self.decode_video, run), run.start,
+                           run.denoise_start, run.steps)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """A generation's stage: "prepare" (a request's image / references), "text" (encoding), "denoise" (the
+        steps) or "decode" (the VAE). The memory plan (core/offload.py) puts the parts a stage needs on the device
+        here and takes them off after; the planner (core/planner.py) marks its per-stage peaks here. Stages may
+        nest (Open-Sora encodes inside its loop)."""
+        with contextlib.ExitStack() as stack:
+            for hook in self.stage_hooks:
+                stack.enter_context(hook(name))
+            yield
+
+    def in_stage(self, name: str, fn, *args):
+        with self.stage(name):
+            return fn(*args)
 
     # The family's hooks. A family implements encode_prompt, latent_shape, predict and decode; the others'
     # defaults fit a diffusers scheduler over (B, C, T, h, w) latents (a family overrides what differs).

@@ -160,11 +160,16 @@ class CogVideoXPipeline(VideoSysPipeline):
     frame_dim = 1  # latents (B, F, C, h, w)
 
     @classmethod
-    def from_config(cls, config: CogVideoXConfig) -> "CogVideoXPipeline":
+    def from_config(cls, config: CogVideoXConfig, parts: dict | None = None) -> "CogVideoXPipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler
 
         dtype = config.torch_dtype()
-        if config.model_path is None:  # tiny preset, random weights
+        if parts is not None:
+            transformer, vae, text_encoder, tokenizer = (parts[k] for k in ("transformer", "vae", "text_encoder",
+                                                                            "tokenizer"))
+            scheduler_config = tiny_scheduler_config(config.is_5b())  # the releases' values
+        elif config.model_path is None:  # tiny preset, random weights
             rotary = config.preset == "tiny-5b"
             transformer, vae, text_encoder, tokenizer = tiny_components(rotary)
             scheduler_config = tiny_scheduler_config(rotary)
@@ -180,6 +185,19 @@ class CogVideoXPipeline(VideoSysPipeline):
         if config.vae_slicing:
             vae.enable_slicing()
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
+
+    @classmethod
+    def architecture(cls, config: CogVideoXConfig) -> dict:
+        """CogVideoX-2b's or -5b's parts without weights (the memory planner's full-size model)."""
+        from diffusers import AutoencoderKLCogVideoX
+
+        from videosys.models.modules import architectures
+
+        shape = dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True) if config.is_5b() \
+            else {}
+        return dict(transformer=CogVideoXTransformer3DModel(CogVideoXTransformerConfig(**shape)),
+                    vae=AutoencoderKLCogVideoX(), text_encoder=architectures.t5_xxl_encoder(),
+                    tokenizer=text_stack.build_tiny_tokenizer(config.max_text_length))
 
     @property
     def vae_scale_factor(self) -> int:

@@ -24,7 +24,7 @@ from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.hunyuanvideo15 import text as hv_text
 from videosys.models.hunyuanvideo15 import tiny
 from videosys.models.hunyuanvideo15.cache_settings import CACHE_SETTINGS
-from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15Transformer3DModel
+from videosys.models.hunyuanvideo15.transformer import HunyuanVideo15Transformer3DModel, HunyuanVideo15TransformerConfig
 from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils.hub import resolve_dir
 
@@ -172,12 +172,42 @@ class HunyuanVideo15Pipeline(VideoSysPipeline):
     progress_name = "hunyuanvideo-1.5"
 
     @classmethod
-    def from_config(cls, config: HunyuanVideo15Config) -> "HunyuanVideo15Pipeline":
+    def architecture(cls, config: HunyuanVideo15Config) -> dict:
+        """The text-to-video release's parts without weights (the memory planner's full-size model): the
+        transformer (480p / 720p bucket), its VAE, Qwen2.5-VL-7B's language model, the ByT5-small glyph encoder.
+        The tokenizers are the tiny preset's (no files; the planner needs only token counts)."""
+        from diffusers import AutoencoderKLHunyuanVideo15
+        from transformers import Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+        if config.task != "t2v":
+            raise ValueError("the memory planner covers HunyuanVideo-1.5's text-to-video releases, not i2v, yet")
+        tokenizer = tiny.qwen_tokenizer()
+        tokenizer_2, _ = tiny.byt5()
+        qwen = Qwen2_5_VLTextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                                    num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                                     "mrope_section": [16, 24, 24]})
+        # Glyph-SDXL-v2's ByT5-small: the vocabulary size is not checked offline (bytes + glyph tokens; a few MB)
+        glyph = T5Config(vocab_size=1510, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_heads=6,
+                         feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+        target = 960 if "720" in (config.model_path or "") else 640
+        return dict(transformer=HunyuanVideo15Transformer3DModel(HunyuanVideo15TransformerConfig(target_size=target)),
+                    vae=AutoencoderKLHunyuanVideo15(), text_encoder=Qwen2_5_VLTextModel(qwen).eval(),
+                    tokenizer=tokenizer, text_encoder_2=T5EncoderModel(glyph).eval(), tokenizer_2=tokenizer_2)
+
+    @classmethod
+    def from_config(cls, config: HunyuanVideo15Config, parts: dict | None = None) -> "HunyuanVideo15Pipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler
 
         dtype, i2v = config.torch_dtype(), config.task == "i2v"
         feature_extractor = image_encoder = None
-        if config.model_path is None:  # tiny preset, random weights
+        if parts is not None:
+            transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2 = (parts[k] for k in (
+                "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"))
+            scheduler_config = {}
+        elif config.model_path is None:  # tiny preset, random weights
             tokenizer = tiny.qwen_tokenizer()
             text_encoder, (tokenizer_2, text_encoder_2) = tiny.qwen_text_model(tokenizer), tiny.byt5()
             if i2v:

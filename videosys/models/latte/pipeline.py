@@ -155,14 +155,19 @@ class LattePipeline(VideoSysPipeline):
     per_sample_seeds = True  # DDIM (eta 0) draws nothing after the first noise
 
     @classmethod
-    def from_config(cls, config: LatteConfig) -> "LattePipeline":
+    def from_config(cls, config: LatteConfig, parts: dict | None = None) -> "LattePipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         from diffusers import AutoencoderKL, DDIMScheduler
 
         dtype = config.torch_dtype()
         schedule = dict(beta_start=config.beta_start, beta_end=config.beta_end, beta_schedule=config.beta_schedule,
                         clip_sample=False)
-        path = config.checkpoint()
-        if path is None:  # tiny preset, random weights
+        path = config.checkpoint() if parts is None else None
+        if parts is not None:
+            transformer, vae, text_encoder, tokenizer = (parts[k] for k in ("transformer", "vae", "text_encoder",
+                                                                            "tokenizer"))
+            scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
+        elif path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components(skip_connections=config.preset == "tiny-skip")
             scheduler = DDIMScheduler(num_train_timesteps=1000, **schedule)
         else:
@@ -171,6 +176,15 @@ class LattePipeline(VideoSysPipeline):
             tokenizer, text_encoder = text_stack.load_text_stack(path, dtype, "cpu")
             scheduler = DDIMScheduler.from_pretrained(resolve_dir(path, "scheduler"), **schedule)
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
+
+    @classmethod
+    def architecture(cls, config: LatteConfig) -> dict:
+        """Latte-1's parts without weights (the memory planner's full-size model)."""
+        from videosys.models.modules import architectures
+
+        return dict(transformer=LatteTransformer3DModel(LatteTransformerConfig()), vae=architectures.sd_vae(),
+                    text_encoder=architectures.t5_xxl_encoder(),
+                    tokenizer=text_stack.build_tiny_tokenizer(config.max_text_length))
 
     @property
     def vae_scale_factor(self) -> int:

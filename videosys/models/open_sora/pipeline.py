@@ -252,10 +252,15 @@ class OpenSoraPipeline(VideoSysPipeline):
     progress_name = "open-sora"
 
     @classmethod
-    def from_config(cls, config: OpenSoraConfig) -> "OpenSoraPipeline":
+    def from_config(cls, config: OpenSoraConfig, parts: dict | None = None) -> "OpenSoraPipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         dtype = config.torch_dtype()
         path = config.model_path
-        if path is None:  # tiny preset, random weights
+        if parts is not None:
+            transformer, vae, text_encoder, tokenizer = (parts[k] for k in ("transformer", "vae", "text_encoder",
+                                                                            "tokenizer"))
+            scheduler = RectifiedFlowScheduler()
+        elif path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components()
             scheduler = RectifiedFlowScheduler()
         elif _is_pipeline_folder(path):
@@ -269,6 +274,14 @@ class OpenSoraPipeline(VideoSysPipeline):
             tokenizer, text_encoder = load_t5(config.text_encoder_path or config.official_text_encoder_path, dtype)
             scheduler = RectifiedFlowScheduler()
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
+
+    @classmethod
+    def architecture(cls, config: OpenSoraConfig) -> dict:
+        """The release's parts without weights (the memory planner's full-size model): STDiT3-XL/2, its VAE, T5."""
+        from videosys.models.modules.architectures import t5_xxl_encoder
+
+        return dict(transformer=STDiT3(STDiT3Config()), vae=OpenSoraVAE(OpenSoraVAEConfig()),
+                    text_encoder=t5_xxl_encoder(), tokenizer=text_stack.build_tiny_tokenizer(config.max_text_length))
 
     # ---- inputs --------------------------------------------------------------------------------
     def prepare_conditioning(self, prompt, reference, mask_strategy, loop, condition_frame_length,

@@ -219,7 +219,7 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
     progress_name = "open-sora-plan"
 
     @classmethod
-    def from_config(cls, config: OpenSoraPlanConfig) -> "OpenSoraPlanPipeline":
+    def from_config(cls, config: OpenSoraPlanConfig, parts: dict | None = None) -> "OpenSoraPlanPipeline":
         from diffusers import EulerAncestralDiscreteScheduler, PNDMScheduler
 
         v110 = config.version == "v110"
@@ -228,7 +228,11 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         scheduler_cls = PNDMScheduler if v110 else EulerAncestralDiscreteScheduler
         dtype = config.torch_dtype()
         path = config.model_path
-        if path is None:  # tiny preset, random weights
+        if parts is not None:  # the planner's weightless full-size parts (`architecture`)
+            transformer, vae, text_encoder, tokenizer = (parts[k] for k in ("transformer", "vae", "text_encoder",
+                                                                            "tokenizer"))
+            scheduler = scheduler_cls()
+        elif path is None:  # tiny preset, random weights
             transformer, vae, text_encoder, tokenizer = tiny_components(config.version)
             scheduler = scheduler_cls()
         else:
@@ -246,6 +250,18 @@ class OpenSoraPlanPipeline(VideoSysPipeline):
         if config.enable_tiling:
             vae.enable_tiling(**VERSIONS[config.version]["tiling"], overlap_factor=config.tile_overlap_factor)
         return cls.assemble(config, transformer, vae, text_encoder, tokenizer, scheduler)
+
+    @classmethod
+    def architecture(cls, config: OpenSoraPlanConfig) -> dict:
+        """The release's parts without weights (the memory planner's full-size model): v1.2 OpenSoraT2V + CausalVAE +
+        mT5-XXL, v1.1 LatteT2V + its CausalVAE + T5 v1.1 XXL."""
+        from videosys.models.modules import architectures
+
+        v110 = config.version == "v110"
+        return dict(transformer=LatteT2V(LatteT2VConfig()) if v110 else OpenSoraT2V(OpenSoraT2VConfig()),
+                    vae=CausalVAE(CausalVAEConfig(**CAUSALVAE_V110) if v110 else CausalVAEConfig()),
+                    text_encoder=architectures.t5_xxl_encoder() if v110 else architectures.mt5_xxl_encoder(),
+                    tokenizer=text_stack.build_tiny_tokenizer(config.max_text_length))
 
     # ---- inputs --------------------------------------------------------------------------------
     def prepare_prompts(self, prompts: list[str]) -> list[str]:

@@ -148,3 +148,39 @@ def load_components(path: str, kind: str, dtype: torch.dtype, vae_path: str | No
         parts["image_processor"] = clip_image_processor(**{k: v for k, v in values.items()
                                                             if not k.startswith("_") and k != "image_processor_type"})
     return parts
+
+
+# the releases' transformer shapes beside WanTransformerConfig's defaults (Wan2.1-T2V-1.3B); transformer.py's
+# docstring names each release's config.json values
+RELEASE_SHAPES = {
+    "t2v-1.3B": {},
+    "t2v-14B": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40),
+    "t2v-A14B": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40),
+    "ti2v-5B": dict(num_attention_heads=24, ffn_dim=14336, in_channels=48, out_channels=48, num_layers=30),
+}
+
+
+def architecture(kind: str) -> dict:
+    """A text-to-video release's components without weights (core/planner.py builds them on the meta device):
+    the transformer(s) at the release's shape, the Wan2.1 or Wan2.2 VAE, umt5-xxl."""
+    from diffusers import AutoencoderKLWan
+
+    from videosys.models.modules.architectures import umt5_xxl_encoder
+
+    if kind not in RELEASE_SHAPES:
+        raise ValueError(f"the memory planner covers the text-to-video Wan releases ({', '.join(RELEASE_SHAPES)}), "
+                         f"not {kind!r} yet")
+    shape = RELEASE_SHAPES[kind]
+    parts = dict(transformer=WanTransformer3DModel(WanTransformerConfig(**shape)).eval(),
+                 text_encoder=umt5_xxl_encoder(), tokenizer=text_stack.build_tiny_tokenizer(MAX_TEXT_LENGTH))
+    if CHECKPOINTS[kind].boundary_ratio is not None:
+        parts["transformer_2"] = WanTransformer3DModel(WanTransformerConfig(**shape)).eval()
+    if CHECKPOINTS[kind].expand_timesteps:  # Wan2.2's 48-channel VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/)
+        parts["vae"] = AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True,
+                                        in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16,
+                                        dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                        temperal_downsample=[False, True, True],
+                                        latents_mean=[0.0] * 48, latents_std=[1.0] * 48).eval()
+    else:
+        parts["vae"] = AutoencoderKLWan().eval()  # diffusers' defaults are Wan2.1's VAE
+    return parts

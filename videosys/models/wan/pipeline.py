@@ -208,8 +208,11 @@ class WanPipeline(VideoSysPipeline):
             self.pipeline_class_name = "WanImageToVideoPipeline"
 
     @classmethod
-    def from_config(cls, config: WanConfig) -> "WanPipeline":
-        if config.model_path is None:
+    def from_config(cls, config: WanConfig, parts: dict | None = None) -> "WanPipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
+        if parts is not None:
+            scheduler_folder = None
+        elif config.model_path is None:
             parts = components.tiny_components(config.kind)
             scheduler_folder = None
         else:
@@ -243,6 +246,11 @@ class WanPipeline(VideoSysPipeline):
             pipe.image_encoder = parts["image_encoder"].to(pipe.device)
             pipe.image_processor = parts["image_processor"]
         return pipe
+
+    @classmethod
+    def architecture(cls, config: WanConfig) -> dict:
+        """The release's parts without weights (the memory planner's full-size model): text-to-video kinds."""
+        return components.architecture(config.kind)
 
     def component(self, name: str):
         if isinstance(self.transformer, WanExperts) and name in ("transformer", "transformer_2"):
