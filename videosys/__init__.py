@@ -11,10 +11,19 @@ Process-wide state (everything else lives in a pipeline, a transformer or a cach
   (shape, device).
 """
 
-from videosys.cache import PABConfig, TeaCacheConfig
-from videosys.core.engine import VideoSysEngine
-from videosys.core.pipeline import VideoSysOutput
-from videosys.utils.video import read_video, save_video
+import logging as _logging
+
+# torchao (weight-only int8: the `memory` extra), which diffusers imports when it is installed, logs at import that
+# its CUDA kernels do not load on this torch build and that it registers enums the deprecated way, and diffusers
+# that torchao's checkpoint tensor types are missing: every process, before anything runs, nothing a user can act
+# on (our int8 path uses none of them). Errors still show.
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
+
+from videosys.cache import PABConfig, TeaCacheConfig  # noqa: E402
+from videosys.core.engine import VideoSysEngine  # noqa: E402
+from videosys.core.pipeline import VideoSysOutput  # noqa: E402
+from videosys.utils.video import read_video, save_video  # noqa: E402
 
 _LAZY = {
     "LatteConfig": "videosys.models.latte.pipeline", "LattePipeline": "videosys.models.latte.pipeline",
