@@ -136,6 +136,12 @@ def _worker(rank: int, world: int, port: int, config, commands, results, beats, 
     # tqdm's default lock is a multiprocessing semaphore: a worker that is killed or leaves by os._exit never
     # releases it, and the resource tracker then reports "leaked semaphore objects" at the end of the run
     tqdm.set_lock(threading.RLock())
+    # diffusers imports torchao (~2 s) on the first model load wherever it is installed, for its own TorchAoConfig
+    # loading path, which a worker never takes (quantize="int8" calls torchao itself: core/offload.py); every rank
+    # of every engine paid it. Only in our own worker processes: a user's process keeps diffusers as it is.
+    from diffusers.utils import import_utils
+
+    import_utils._torchao_available = False
     threading.Thread(target=_heartbeat, args=(rank, parent_pid, beats, min(0.5, config.heartbeat_timeout / 4)),
                      daemon=True, name="videosys-heartbeat").start()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
