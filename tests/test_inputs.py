@@ -416,9 +416,9 @@ def test_multi_process_run_ends_quietly_and_ctrl_c_is_one_line(tmp_path):
     import threading
     import time
 
-    def start(steps: int, progress: bool):
+    def start(steps: int, progress: bool, size: str = "32"):
         cmd = [sys.executable, "-m", "videosys.cli", "generate", "--model", "latte", "--preset", "tiny",
-               "--prompt", PROMPT, "--set", "num_gpus=2", "--num-frames", "2", "--height", "32", "--width", "32",
+               "--prompt", PROMPT, "--set", "num_gpus=2", "--num-frames", "2", "--height", size, "--width", size,
                "--steps", str(steps), "--output", str(tmp_path / "o.mp4"), *([] if progress else ["--no-progress"])]
         env = dict(os.environ, OMP_NUM_THREADS="1", VIDEOSYS_ALLOW_OVERSUBSCRIBE="1")
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
@@ -428,7 +428,9 @@ def test_multi_process_run_ends_quietly_and_ctrl_c_is_one_line(tmp_path):
     assert done.returncode == 0, err.decode()
     assert b"leaked semaphore" not in err and b"Traceback" not in err, err.decode()
 
-    run = start(1000, progress=True)
+    # DDIM's most steps (1000), at a size where they take a minute or more: the run cannot end before the Ctrl-C
+    # (at 32x32 an idle machine finished all 1000 before it arrived)
+    run = start(1000, progress=True, size="128")
     chunks = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: run.stderr.read(1), b"")), daemon=True)
     reader.start()
@@ -436,7 +438,11 @@ def test_multi_process_run_ends_quietly_and_ctrl_c_is_one_line(tmp_path):
     while b"latte:" not in b"".join(chunks) and time.monotonic() < end:  # the denoising loop has started
         time.sleep(0.2)
     os.killpg(run.pid, signal.SIGINT)
-    assert run.wait(timeout=120) == 130
+    try:
+        assert run.wait(timeout=120) == 130
+    finally:
+        if run.poll() is None:  # Ctrl-C ignored: do not leave the ranks running
+            os.killpg(run.pid, signal.SIGKILL)
     reader.join(timeout=60)
     err = b"".join(chunks).decode(errors="replace")
     assert "Traceback" not in err and "leaked semaphore" not in err, err
