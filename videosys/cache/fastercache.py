@@ -320,7 +320,8 @@ class FasterCache(Cache):
         self.last_reuse = {kind: max((i for i in range(len(self.timesteps)) if self.may_reuse(kind, i)), default=-1)
                            for kind in ("spatial", "temporal")}
         # the last step that may run cond-only, whatever the call count there
-        self.last_skip = max((i for i in range(len(self.timesteps)) if self._may_skip_uncond(i)), default=-1)
+        self.last_skip = max((i for i in range(len(self.timesteps)) if self._may_act(self.config.uncond, i)),
+                             default=-1)
 
     def set_step(self, index: int, timestep: float) -> None:
         self.step, self.t = index, float(timestep)
@@ -356,7 +357,11 @@ class FasterCache(Cache):
 
     def may_reuse(self, kind: str, index: int) -> bool:
         """Extrapolated at step `index` for some call count: inside the window, with a period that reuses."""
-        setting = getattr(self.config, kind)
+        return self._may_act(getattr(self.config, kind), index)
+
+    def _may_act(self, setting, index: int) -> bool:
+        """Whether a part's schedule (a Calls, or a (window, every) pair) may act at step `index` for some call
+        count: inside its window, with a period that skips."""
         if setting is None or index in self.refresh_steps:
             return False
         if isinstance(setting, Calls):
@@ -421,16 +426,6 @@ class FasterCache(Cache):
         if self.config.uncond is None or call == 0 or index in self.refresh_steps:
             return False
         return self.acts(self.config.uncond, index, call)
-
-    def _may_skip_uncond(self, index: int) -> bool:
-        """Cond-only at step `index` for some call count: inside the window, with a period that skips."""
-        uncond = self.config.uncond
-        if uncond is None or index in self.refresh_steps:
-            return False
-        if isinstance(uncond, Calls):
-            return uncond.inside(index + 1, self.scaled) and uncond.every != 1
-        window, every = uncond
-        return every > 1 and in_window(window, self.timesteps[index])
 
     def cfg_skip(self) -> bool:
         # deltas exist once any full call observed both branches: a host-side fact, alike on every rank

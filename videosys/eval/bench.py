@@ -25,11 +25,9 @@ least as fast and better). The pairs registry.check_combination refuses are list
 
 import argparse
 import itertools
-import json
 import math
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -37,7 +35,7 @@ import torch
 from videosys.eval import demo as eval_demo
 from videosys.eval import peers as peer_caches
 from videosys.eval.metrics import average_per_frame, video_metrics
-from videosys.eval.runs import add_model_args, model_config, prompt_list
+from videosys.eval.runs import add_model_args, model_config, prompt_list, run_reporting_errors
 from videosys.utils.files import write_json
 
 TARGETS = (1.2, 1.35, 1.6, 1.8, 2.0, 2.2, 2.5)  # speed-ups the frontier table reads (the speed-ups diffusers' caches reach on the demo model: docs/benchmarks.md)
@@ -501,8 +499,4 @@ def main(argv=None) -> int:
 
 def run_args(args) -> int:
     """run(args), a bad input said in one line (exit status 2) rather than a traceback."""
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"videosys bench: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("videosys bench", run, args)

@@ -4,6 +4,8 @@ scripts/bench_cache.py and scripts/calibrate_teacache.py take the same `--model 
 --device --prompt-set --prompts --seeds --steps --threads`.
 """
 
+import sys
+
 import torch
 
 from videosys.eval import demo
@@ -55,3 +57,12 @@ def prompt_list(args) -> list[str]:
         return prompts[: args.prompts]
     prompts = demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
     return prompts[: args.prompts]
+
+
+def run_reporting_errors(prog: str, run, args) -> int:
+    """run(args) for a command-line entry point: a bad input said in one line (exit status 2), no traceback."""
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2

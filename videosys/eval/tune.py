@@ -46,12 +46,11 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-from videosys.eval.runs import add_model_args, model_config, prompt_list
+from videosys.eval.runs import add_model_args, model_config, prompt_list, run_reporting_errors
 from videosys.utils.files import atomic_path, check_writable_folder, load_json, write_json
 
 SENSES = {"lpips": "<=", "psnr": ">=", "ssim": ">="}  # the direction in which each metric is better
@@ -658,8 +657,4 @@ def add_parser(sub) -> None:
 
 def run_args(args) -> int:
     """run(args), a bad input said in one line (exit status 2) rather than a traceback."""
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"videosys tune: error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("videosys tune", run, args)

@@ -3,12 +3,9 @@
     python common_metrics/eval.py --gt_video_dir samples/latte/baseline \
         --generated_video_dir samples/latte/teacache-slow [--output metrics.json]
 
-As the TeaCache / PAB papers measure (the protocol: docs/evaluation.md): frames in [0, 1]; per frame
-PSNR (MSE < 1e-10 gives 100), SSIM (11x11 Gaussian window, sigma 1.5, C1 = 0.01^2,
-C2 = 0.03^2, per channel, averaged) and LPIPS (AlexNet, v0.1, inputs in [-1, 1]); each
-metric averaged over the videos per frame index, then over the frames.
-The JSON (default: <generated_video_dir>/metrics.json) holds the scores, the per-frame
-curves and each video's mean; a table is printed.
+As the TeaCache / PAB papers measure: the per-frame protocol is videosys.eval.metrics' (its docstring says
+how each metric is computed and averaged). The JSON (default: <generated_video_dir>/metrics.json) holds the
+scores, the per-frame curves and each video's mean; a table is printed.
 """
 
 from __future__ import annotations
