@@ -355,7 +355,9 @@ def test_legacy_switches_are_declared_by_their_methods():
     from videosys.cache import registry
 
     assert registry.legacy_switches() == ["enable_teacache", "enable_pab"]
-    config = config_class("latte")(preset="tiny", enable_teacache=True, teacache_thresh=0.3, enable_pab=True)
-    assert registry.legacy_specs(config) == ["teacache-0.3", "pab"]
-    assert [type(c).__name__ for c in config.cache_configs()] == ["TeaCacheConfig", "PABConfig"]
+    config = config_class("latte")(preset="tiny", enable_teacache=True, teacache_thresh=0.3)
+    assert registry.legacy_specs(config) == ["teacache-0.3"]
+    assert [type(c).__name__ for c in config.cache_configs()] == ["TeaCacheConfig"]
+    with pytest.raises(ValueError, match="refused together"):  # both switches: the pair is refused (REFUSED_PAIRS)
+        config_class("latte")(preset="tiny", enable_teacache=True, enable_pab=True)
 

@@ -24,8 +24,8 @@ def compiled_entries(fn) -> int:
 
 
 def test_compiled_equals_eager_and_never_recompiles():
-    # PAB acts at the module hook points around the compiled branches; teacache at the stack
-    config = dict(preset="tiny", progress_bar=False, cache=["pab", "teacache-slow"])
+    # PAB acts at the module hook points around the compiled branches; First-Block-Cache at the stack
+    config = dict(preset="tiny", progress_bar=False, cache=["pab", "fbcache"])
     eager = LattePipeline.from_config(LatteConfig(**config))
     compiled = LattePipeline.from_config(LatteConfig(**config, compile=True))
     block = compiled.transformer.transformer_blocks[0]
@@ -38,7 +38,7 @@ def test_compiled_equals_eager_and_never_recompiles():
     assert graphs >= 3  # the branches did compile (one graph per branch kind, shared by every block)
     assert compiled_entries(LatteBlock.attn_branch) and not compiled_entries(LatteBlock.residual_stream)
     torch.testing.assert_close(first.latents, expected.latents, rtol=1e-4, atol=1e-4)
-    for name in ("pab", "teacache"):  # the same cache decisions
+    for name in ("pab", "fbcache"):  # the same cache decisions
         assert first.stats[name] == expected.stats[name]
     assert first.stats["pab"]["spatial_reused"] > 0
     # a second generation of the same shape (new prompt and seed: new text, new memo) compiles nothing

@@ -245,6 +245,26 @@ REFUSED_PAIRS.update({
         (("pab@module", "easycache@stack"), "demo-skip", 22.93, 24.05, 100.0, 24.05,
          "PAB's broadcast outputs lower EasyCache's measured rate of change, so it reuses steps it never reuses alone"),
     ]})
+# Worse than both members although within 1 dB of their errors just adding: nothing interacts, the two errors add,
+# and the pair keeps less of the video than either method alone. Refused all the same: a combination a user turns on
+# must not silently give a video worse than both of its parts (the rule of `videosys bench --pairs`).
+_ADDED = ("on the {model} model (videosys bench --pairs, 4 held-back prompts) the pair keeps {pair} dB, less than "
+          "either method alone ({a} / {b} dB; {added} dB if their errors just added): use one of them alone, at a "
+          "faster setting if you need the speed (videosys tune picks one for a quality budget)")
+REFUSED_PAIRS.update({
+    frozenset(labels): _ADDED.format(model=model, pair=pair, a=a, b=b, added=added)
+    for labels, model, pair, a, b, added in [
+        (("teacache@stack", "pab@module"), "demo", 26.32, 42.25, 26.98, 26.86),
+        (("teacache@stack", "fastercache@cfg+module"), "demo", 25.53, 42.25, 26.18, 26.07),
+        (("fastercache@cfg", "taylorseer@module"), "demo", 23.41, 26.39, 26.51, 23.44),
+        (("fastercache@cfg", "magcache@stack"), "demo", 25.62, 26.39, 36.30, 25.97),
+        (("taylorseer@module", "forecast@step_output"), "demo", 25.85, 26.51, 47.98, 26.48),
+        (("fastercache@cfg+module", "fbcache@stack"), "demo-skip", 29.55, 30.08, 38.26, 29.46),
+        (("fastercache@cfg+module", "skipcache@stack"), "demo-skip", 29.30, 30.08, 49.38, 30.03),
+        (("fastercache@cfg", "fbcache@stack"), "demo-skip", 30.65, 31.60, 38.26, 30.75),
+        (("taylorseer@module", "skipcache@stack"), "demo-skip", 19.59, 20.09, 49.38, 20.09),
+        (("foca@module", "skipcache@stack"), "demo-skip", 14.62, 14.75, 49.38, 14.75),
+    ]})
 
 
 def pair_label(config) -> str:
@@ -266,7 +286,7 @@ def check_combination(configs: list) -> None:
             if point in owner:
                 raise ValueError(f"cache methods {owner[point]} and {name} both act at the {point!r} hook point; "
                                  "combine methods that act at different points (stack, module, cfg, step_output), "
-                                 "e.g. taylorseer-3+fastercache-cfg")
+                                 "e.g. pab+fastercache-cfg")
             owner[point] = name
     labels = [pair_label(c) for c in configs]
     for i, a in enumerate(labels):
