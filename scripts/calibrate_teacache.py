@@ -13,6 +13,13 @@ points, and writes JSON whose "coefficients" go to `TeaCacheConfig(coefficients=
 `--method magcache` records MagCache's magnitude ratios instead (one per step; JSON "ratios", for
 `MagCacheConfig(ratios=...)` or `{"method": "magcache", "ratios": [...]}`).
 
+`--method forecast --computes K [K ...]` finds the output forecast's schedule computing K of the run's steps
+(videosys/cache/forecast_schedule.py: open-loop dynamic programming, then a closed-loop search on the prompts'
+videos at seed 0; JSON "schedules": K -> steps, for `{"method": "forecast", "steps": [...], "grid": N}` or a
+family's cache_settings "schedules", which `forecast-s<K>` reads):
+
+    python scripts/calibrate_teacache.py --method forecast --computes 13 19 --prompts 6 --threads 1
+
 A pipeline that runs several transformers (Wan2.2 A14B's two experts: `pipeline.experts`) gets one table per
 expert, each from that expert's own calls: JSON "experts": {"high": {...}, "low": {...}}, which
 `WanConfig(cache_calibration=FILE)` reads (each expert's cache then gets its own table):
@@ -31,6 +38,7 @@ import sys
 
 from videosys import VideoSysEngine
 from videosys.cache.calibrate import calibrate, calibrate_magcache
+from videosys.cache.forecast_schedule import calibrate_forecast
 from videosys.eval.runs import add_model_args, model_config, prompt_list
 from videosys.utils.files import write_json
 
@@ -38,14 +46,20 @@ from videosys.utils.files import write_json
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
-    parser.add_argument("--method", choices=("teacache", "magcache"), default="teacache",
-                        help="teacache: fit the rescaling polynomial; magcache: record the magnitude ratios")
+    parser.add_argument("--method", choices=("teacache", "magcache", "forecast"), default="teacache",
+                        help="teacache: fit the rescaling polynomial; magcache: record the magnitude ratios; "
+                             "forecast: search the output forecast's compute schedules")
+    parser.add_argument("--computes", type=int, nargs="+", default=[13, 19],
+                        help="forecast: how many steps each schedule computes")
+    parser.add_argument("--rounds", type=int, default=4, help="forecast: closed-loop sweeps at most")
     parser.add_argument("--degree", type=int, default=4, help="polynomial degree (the reference: 4)")
     parser.add_argument("--output", default="outputs/teacache_coefficients.json")
     parser.add_argument("--clips", help="a reconstruction model (cascadev): calibrate on this folder's mp4 files")
     args = parser.parse_args(argv)
-    if args.degree < 1 or args.seeds < 1 or (args.prompts is not None and args.prompts < 1):
-        parser.error("--degree, --seeds and --prompts must be positive")
+    if args.degree < 1 or args.seeds < 1 or (args.prompts is not None and args.prompts < 1) or args.rounds < 0:
+        parser.error("--degree, --seeds, --prompts must be positive, --rounds not negative")
+    if args.method == "forecast" and any(k < 2 for k in args.computes):
+        parser.error("--computes: a schedule computes at least 2 steps (the forecast's line needs two)")
     return args
 
 
@@ -81,6 +95,19 @@ def main(argv=None) -> int:
     config = model_config(args)
     reconstructs = hasattr(config.pipeline_cls, "reconstruct")
     prompts = names = None if reconstructs else prompt_list(args)
+    if args.method == "forecast":
+        if reconstructs:
+            raise ValueError(f"--method forecast needs a text-to-video model; {args.model} reconstructs videos")
+        with VideoSysEngine(config) as engine:
+            found = calibrate_forecast(engine.pipeline, prompts, args.computes, rounds=args.rounds)
+        write_json(args.output, {"model": args.model, "preset": args.preset, "model_path": args.model_path,
+                                 "method": "forecast", "prompts": prompts, "seed": 0, **found})
+        for k, row in found["schedules"].items():
+            starts = ", ".join(f"{name} {psnr:.2f}" for name, psnr in row["start_psnr"].items())
+            print(f"{k} of {found['grid']} steps: {row['psnr']:.2f} dB (from {row['start']}; starts: {starts}); "
+                  f"steps {row['steps']}")
+        print(f"wrote {args.output}")
+        return 0
     if args.method == "magcache":
         with VideoSysEngine(config) as engine:
             prompts, names = clip_list(args, engine.pipeline) if reconstructs else (prompts, prompts)

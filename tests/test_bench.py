@@ -41,6 +41,8 @@ def test_bench_command_on_the_tiny_preset(tmp_path, capsys):
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "best at each speed-up" in printed and "forecast-i2-o1-w1" in printed
+    with pytest.raises(ValueError, match="--first-seed must be >= 0"):
+        bench.check(parsed("--first-seed", "-1"), config_class("latte")(preset="tiny"))
 
 
 def test_default_variants_are_every_registered_sweep():

@@ -135,3 +135,73 @@ def test_parallel_forecast_matches_one_process(num_gpus, cfg_parallel):
             out = engine.generate(PROMPT, **RUN)
             assert_same_as_single(out, single[spec], spec)
             assert out.stats["forecast"] == single[spec].stats["forecast"], spec
+
+
+# ---- calibrated schedules (forecast-s<K>, videosys/cache/forecast_schedule.py) ------------------------------------
+
+def test_calibrated_steps_compute_exactly_there():
+    steps = (0, 1, 3, 7, 9)
+    outputs, computed = drive(OutputForecast(ForecastConfig(steps=steps, grid=10)), poly([1.0, 2.0]), 10)
+    assert computed == list(steps)
+    assert torch.allclose(outputs[5], poly([1.0, 2.0])(5))  # the line through steps 1 and 3, exact on a line
+    with pytest.raises(ValueError, match="include step 0"):
+        ForecastConfig(steps=(1, 3), grid=10)
+    with pytest.raises(ValueError, match="lie below grid"):
+        ForecastConfig(steps=(0, 10), grid=10)
+    with pytest.raises(ValueError, match="calibrated for 10 steps, the run has 12"):
+        OutputForecast(ForecastConfig(steps=steps, grid=10)).begin([0.0] * 12)
+
+
+def test_calibrated_names_read_the_models_schedules_or_name_the_command():
+    setting = {"schedules": {3: (10, (0, 1, 5))}}
+    (config,) = configs_from_spec("forecast-s3", {"forecast": setting})
+    assert (config.steps, config.grid) == ((0, 1, 5), 10)
+    assert configs_from_spec("forecast-i2", {"forecast": setting})[0].steps == ()  # the table is read by name only
+    with pytest.raises(ValueError, match=r"--method forecast --computes 4 --model latte --preset tiny"):
+        tiny_config("latte", cache="forecast-s4")
+
+
+def test_open_loop_schedule_places_computes_where_a_line_breaks():
+    """Predictions on a line with a kink at step 6 (of 12): two computes after it make every forecast exact,
+    evenly spaced ones do not."""
+    from videosys.cache.forecast_schedule import line_costs, open_loop_schedule
+
+    values = [torch.full((4,), float(s if s <= 6 else 6 + 3 * (s - 6))) + 10 for s in range(12)]
+    cost = line_costs(values)
+
+    def total(steps):  # each forecast step from the last two computed before it
+        return sum(cost[[c for c in steps if c < s][-2], [c for c in steps if c < s][-1], s]
+                   for s in range(12) if s not in steps)
+
+    steps = open_loop_schedule(cost, 4)
+    assert steps[:2] == [0, 1] and len(steps) == 4 and total(steps) == pytest.approx(0, abs=1e-12)
+    assert total([0, 1, 5, 9]) > 1e-4
+    with pytest.raises(ValueError, match="computes 2 .. 12 of 12"):
+        open_loop_schedule(cost, 1)
+
+
+@pytest.mark.slow
+def test_calibration_command_finds_a_schedule_that_runs(tmp_path):
+    """scripts/calibrate_teacache.py --method forecast on the tiny model: a schedule of K steps, at least as good as
+    where its search started, that runs as a cache spec and computes exactly its steps."""
+    import json
+    import runpy
+    import sys
+
+    out = tmp_path / "schedules.json"
+    argv = ["calibrate_teacache.py", "--method", "forecast", "--preset", "tiny", "--computes", "5", "--prompts", "1",
+            "--steps", "12", "--rounds", "1", "--threads", "1", "--output", str(out)]
+    old, sys.argv = sys.argv, argv
+    try:
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path("scripts/calibrate_teacache.py", run_name="__main__")
+    finally:
+        sys.argv = old
+    assert done.value.code == 0
+    report = json.loads(out.read_text())
+    found = report["schedules"]["5"]
+    assert report["grid"] == 12 and len(found["steps"]) == 5 and found["psnr"] >= max(found["start_psnr"].values())
+    pipe = tiny_pipeline("latte")
+    pipe.set_cache({"method": "forecast", "steps": found["steps"], "grid": 12})
+    stats = pipe.generate(PROMPT, seed=0, num_inference_steps=12).stats["forecast"]
+    assert stats["computed_steps"] == 5 and sorted(set(range(12)) - set(stats["reused_step_indices"])) == found["steps"]

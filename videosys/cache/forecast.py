@@ -10,7 +10,12 @@ diffusers' TaylorSeer lite mode (it forecasts the last layer's output, first ord
 `basis="taylor"` uses TaylorSeer's estimate instead (f_{j+1} = (f_j - f_j,old) / gap, forecast
 sum f_j k^j / j!): the same at order 1, a damped extrapolation at higher orders.
 
-Two schedules:
+Three schedules:
+- calibrated (`steps`, names `forecast-s<K>`): the K steps that compute, found for this model and step count by
+  `python scripts/calibrate_teacache.py --method forecast --computes K` (videosys/cache/forecast_schedule.py) and
+  kept in the family's cache_settings ("schedules": K -> steps); which steps compute matters more than how the
+  output is extrapolated (docs/caches/forecast.md: on the demo model the same order-1 forecast keeps 31.6 dB on
+  diffusers' TaylorSeer-lite schedule and 38.3 dB on the calibrated one, both computing 13 of 50 steps);
 - fixed (`interval` N > 0): steps 0 .. warmup-1 compute, then every N-th step; host values only, so every
   rank decides alike without a collective;
 - adaptive (`interval` 0): a step is forecast while the accumulated relative size of the forecast's
@@ -18,7 +23,7 @@ Two schedules:
   relative L1), stays under `threshold`; at most `max_skip` forecasts in a row. One host sync per decision.
   With `error` ("-err") the size is that of the first term left out (order + 1, from one more computed
   step): the forecast's own error estimate.
-The last `tail` steps and refresh steps always compute; a non-finite size computes.
+The last `tail` steps (fixed and adaptive) and refresh steps always compute; a non-finite size computes.
 """
 
 import math
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from videosys.cache.hooks import StepCache
-from videosys.cache.registry import register
+from videosys.cache.registry import NeedsCalibration, register
 
 BASES = ("newton", "taylor")
 
@@ -42,8 +47,14 @@ class ForecastConfig:
     tail: int = 1  # last steps always computed (the final steps set the video's fine detail)
     basis: str = "newton"  # "newton" (exact polynomial extrapolation) or "taylor" (TaylorSeer's factors)
     error: bool = False  # adaptive: size the first term left out (the forecast's error estimate), not the last one
+    steps: tuple = ()  # calibrated: the steps that compute (the rest forecast), for runs of `grid` steps
+    grid: int = 0  # the number of inference steps `steps` was calibrated for
 
     def __post_init__(self):
+        self.steps = tuple(sorted({int(s) for s in self.steps}))
+        if self.steps and (self.steps[0] != 0 or self.steps[-1] >= self.grid):
+            raise ValueError(f"forecast steps must include step 0 and lie below grid={self.grid} (the step count they "
+                             f"were calibrated for), got steps={self.steps}")
         if self.order < 0 or self.interval < 0 or self.warmup < 1 or self.max_skip < 1 or self.tail < 1:
             raise ValueError(f"forecast needs order >= 0, interval >= 0, warmup, max_skip, tail >= 1, got {self}")
         if self.threshold < 0:
@@ -56,8 +67,20 @@ class ForecastConfig:
     @classmethod
     def for_model(cls, setting: dict | None = None, **overrides) -> "ForecastConfig":
         """Ours, not published: the same defaults for every family (measured on the demo model, docs/caches/forecast.md), or a
-        family's own fields where it has some."""
-        return cls(**{**(setting or {}), **overrides})
+        family's own fields where it has some (its calibrated "schedules" are read by name: `forecast-s<K>`)."""
+        fields = {k: v for k, v in (setting or {}).items() if k != "schedules"}
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def calibrated(cls, computes: int, setting: dict | None) -> "ForecastConfig":
+        """The model's calibrated schedule computing `computes` steps (cache_settings "schedules": K -> (grid, steps))."""
+        schedules = (setting or {}).get("schedules", {})
+        if computes not in schedules:
+            have = ", ".join(f"forecast-s{k}" for k in sorted(schedules)) or "none"
+            raise NeedsCalibration("forecast", f"compute schedule for {computes} steps (calibrated here: {have})",
+                                   '{"method": "forecast", "steps": [...], "grid": N}', flags=f" --computes {computes}")
+        grid, steps = schedules[computes]
+        return cls(steps=tuple(steps), grid=grid)
 
     @classmethod
     def from_name(cls, arg: str, setting: dict | None = None) -> "ForecastConfig | None":
@@ -66,6 +89,8 @@ class ForecastConfig:
         "forecast-0.5-o2-m6-taylor"."""
         fields = {}
         parts = arg.split("-")
+        if len(parts) == 1 and parts[0][:1] == "s" and parts[0][1:].isdigit():
+            return cls.calibrated(int(parts[0][1:]), setting)
         try:
             head = parts[0]
             if head.startswith("i"):
@@ -104,6 +129,11 @@ class OutputForecast(StepCache):
 
     def begin(self, timesteps: list[float], refresh_steps=()) -> None:
         super().begin(timesteps, refresh_steps)
+        grid = self.config.grid
+        if self.config.steps and timesteps and len(timesteps) != grid:
+            raise ValueError(f"this forecast schedule was calibrated for {grid} steps, the run has {len(timesteps)}: "
+                             f"run {grid} steps, or calibrate for {len(timesteps)} (python scripts/calibrate_teacache.py "
+                             f"--method forecast --computes {len(self.config.steps)} --steps {len(timesteps)})")
         self.steps: list[int] = []  # computed step indices, newest last (at most order + 1)
         self.values: list[torch.Tensor] = []  # their predictions, fp32
         self.terms: list[torch.Tensor] = []  # the forecast's factors (Newton coefficients or Taylor factors)
@@ -144,12 +174,17 @@ class OutputForecast(StepCache):
 
     def must_compute(self) -> bool:
         c = self.config
-        return (self.step < c.warmup or self.step >= self.num_steps - c.tail or self.step in self.refresh_steps
-                or not self.terms)
+        if not self.terms or self.step in self.refresh_steps:
+            return True
+        if c.steps:
+            return self.step in c.steps
+        return self.step < c.warmup or self.step >= self.num_steps - c.tail
 
     def decide(self, terms: list[torch.Tensor], forecast: torch.Tensor) -> bool:
         """True = compute this step."""
         c = self.config
+        if c.steps:
+            return False  # must_compute said: not one of the calibrated steps
         if c.interval:
             return (self.step - c.warmup) % c.interval == 0
         if len(terms) < 2 or self.since >= c.max_skip:
@@ -194,5 +229,5 @@ register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.fo
          # from ~1.5x to ~2.5x on the demo model (docs/benchmarks.md): fixed intervals 2 .. 5 and adaptive thresholds between them
          sweep=("forecast-i2", "forecast-0.2", "forecast-0.3-m2", "forecast-i3", "forecast-0.5", "forecast-i4",
                 "forecast-0.7", "forecast-i5"),
-         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]",
+         syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]|forecast-s<computes>",
          reuses_last_step=False)  # the last `tail` (>= 1) steps always compute

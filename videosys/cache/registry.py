@@ -40,16 +40,16 @@ class NeedsCalibration(ValueError):
     """A method needs numbers fitted per model (TeaCache's polynomial, MagCache's ratios) and none are published for
     this one: the message names the command that fits them. `for_model(name, source)` says it for a given model."""
 
-    def __init__(self, method: str, what: str, spec: str, model: str | None = None, source: str = ""):
-        self.method, self.what, self.spec = method, what, spec
-        flag = "" if method == "teacache" else f" --method {method}"
+    def __init__(self, method: str, what: str, spec: str, model: str | None = None, source: str = "", flags: str = ""):
+        self.method, self.what, self.spec, self.flags = method, what, spec, flags
+        flag = ("" if method == "teacache" else f" --method {method}") + flags
         command = f"python scripts/calibrate_teacache.py{flag} --model {model or '<family>'}{source}"
         super().__init__(f"{method} needs this model's {what}, and none are published for "
                          f"{model or 'it'}: `{command}` fits them (for real weights: on a GPU), then pass the JSON's "
                          f"values as {spec}")
 
     def for_model(self, model: str, source: str = "") -> "NeedsCalibration":
-        return NeedsCalibration(self.method, self.what, self.spec, model, source)
+        return NeedsCalibration(self.method, self.what, self.spec, model, source, self.flags)
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,8 @@ def add_arguments(parser) -> None:
                              f"(no names: {' '.join(peer_caches.VARIANTS)})")
     parser.add_argument("--coefficients", help="JSON of scripts/calibrate_teacache.py: its polynomial for "
                                                "the teacache-cal-<threshold> variants")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds --first-seed .. --first-seed + --seeds - 1 (report on seeds a setting was not tuned on)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timing rounds: each times every variant once, interleaved (median per variant)")
     parser.add_argument("--pairs", action="store_true",
@@ -344,6 +346,8 @@ def pairs_table(rows: list[dict]) -> str:
 
 def check(args, config) -> list[str]:
     """Our variants, 'none' first; every name and option checked before any weight load."""
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0, got {args.first_seed}")
     from videosys.cache import configs_from_spec, sweep_names
 
     if getattr(args, "pairs", False):
@@ -399,7 +403,7 @@ def run(args) -> int:
     config = model_config(args)
     variants = check(args, config)
     prompts = held_back(args) if getattr(args, "pairs", False) else prompt_list(args)
-    jobs = [(prompt, seed) for prompt in prompts for seed in range(args.seeds)]
+    jobs = [(prompt, seed) for prompt in prompts for seed in range(args.first_seed, args.first_seed + args.seeds)]
     with_accuracy = args.prompt_set == "demo" and not getattr(args, "prompt_file", None)
     device = config.torch_device()
     coefficients = None
@@ -463,7 +467,7 @@ def run(args) -> int:
 
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "device": str(device),
               "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
-              "seeds": args.seeds, "repeats": args.repeats, "threads": torch.get_num_threads(), "load_average": load,
+              "seeds": args.seeds, "first_seed": args.first_seed, "repeats": args.repeats, "threads": torch.get_num_threads(), "load_average": load,
               "results": results, "frontier": entries_frontier}
     if getattr(args, "pairs", False):
         report["pairs"], report["refused_pairs"] = pair_rows(results), args.refused_pairs
