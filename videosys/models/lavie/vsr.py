@@ -1,0 +1,212 @@
+"""LaVie's video super-resolution stage: the x4 upscaler made 3D, sampled as the release samples it.
+
+The release's loop (vsr/sample.py with vsr/models/pipeline_stable_diffusion_upscale_video_3d.py):
+- the low-res video (B, 3, T, H, W) in [-1, 1] is cut into chunks of 8 frames, each upscaled by its own run of the
+  pipeline with one generator kept across the chunks;
+- per chunk: noise (drawn first) is added to the low-res frames by the low-res DDPM scheduler at `noise_level`,
+  then the first latents (B, 4, t, H, W) are drawn (the latents have the low-res size: the VAE upsamples x4);
+- each step's UNet input is the latents with the noised low-res frames beside them on the channels, the noise
+  level as a class label, and CFG with the negative prompt "blur, worst quality";
+- diffusers' DDIMScheduler (eta 0) with the x4 upscaler's scheduler config, beta_schedule set to "linear";
+- each frame decoded by the x4 upscaler's VAE (latents / scaling_factor), clamped to [-1, 1].
+
+Here the loop is the shared denoising loop (VideoSysPipeline.denoise), so the caches' hook points and CFG
+parallelism act on it; the stage is its own small pipeline whose "transformer" is the VSR UNet.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from videosys.core.pipeline import VideoSysPipeline
+from videosys.models.lavie.vsr_unet import LaVieVSRUNet, LaVieVSRUNetConfig
+from videosys.utils.hub import CheckpointError
+
+UPSCALER_FOLDER = "stable-diffusion-x4-upscaler"  # the release's pretrained_models/ layout
+VSR_CHECKPOINT = "lavie_vsr.pt"
+
+
+@dataclass(frozen=True)
+class VSRSettings:
+    """The stage's sampling settings; defaults are the release's published ones."""
+
+    num_inference_steps: int = 50  # vsr/configs/sample.yaml: inference_steps
+    guidance_scale: float = 5.0  # vsr/configs/sample.yaml: guidance_scale
+    noise_level: int = 50  # vsr/configs/sample.yaml: noise_level
+    negative_prompt: str = "blur, worst quality"  # vsr/sample.py
+    chunk_frames: int = 8  # vsr/sample.py: short_seq (frames per pipeline run)
+
+    def check(self, max_noise_level: int) -> None:
+        if not 0 <= self.noise_level <= max_noise_level:
+            raise ValueError(f"vsr noise_level must be in [0, {max_noise_level}] (the UNet's noise-level embedding), "
+                             f"got {self.noise_level}")
+        if self.chunk_frames < 1 or self.num_inference_steps < 1:
+            raise ValueError("vsr chunk_frames and num_inference_steps must be >= 1")
+
+
+# the x4 upscaler's scheduler configs (stabilityai/stable-diffusion-x4-upscaler scheduler/ and low_res_scheduler/);
+# an official folder's own files are read instead
+UPSCALER_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear",
+                          prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+UPSCALER_LOW_RES_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
+                                  beta_schedule="scaled_linear", clip_sample=False)
+MAX_TEXT_LENGTH = 77  # the CLIP tokenizer's model_max_length
+
+
+def vsr_scheduler(config: dict):
+    """diffusers' DDIMScheduler from the upscaler's config with beta_schedule "linear", as vsr/sample.py sets it."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config({**config, "beta_schedule": "linear"})
+
+
+def read_release_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """A LaVie release checkpoint (.pt): its "ema" weights (the release's find_model / vsr/sample.py)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no LaVie checkpoint at {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path!r} ({type(err).__name__}: {err}); it is truncated or corrupt") from err
+    return state["ema"] if isinstance(state, dict) and "ema" in state else state
+
+
+# ---- tiny components (random weights, offline) -----------------------------------------------------------
+TINY_UNET = LaVieVSRUNetConfig(block_out_channels=(32, 64), down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
+                               up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"), only_cross_attention=(True, False),
+                               layers_per_block=1, attention_head_dim=2, cross_attention_dim=32,
+                               down_temporal_idx=(0, 1), up_temporal_idx=(0, 1))  # heads of 32 channels: rotary's 32
+
+
+def tiny_vae():
+    """The x4 upscaler's VAE layout (3 levels: x4, 4 latent channels, scaling_factor 0.08333), narrow."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, layers_per_block=1,
+                         norm_num_groups=32, scaling_factor=0.08333)
+
+
+def tiny_clip_text(vocab_size: int, hidden: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_TEXT_LENGTH,
+                            pad_token_id=0, bos_token_id=0, eos_token_id=1)  # the tiny T5-style tokenizer's ids
+    return CLIPTextModel(config).eval()
+
+
+def tiny_vsr_components(seed: int = 0) -> dict:
+    from diffusers import DDPMScheduler
+
+    from videosys.utils.text import build_tiny_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = build_tiny_tokenizer(MAX_TEXT_LENGTH)
+        unet = LaVieVSRUNet(TINY_UNET).eval()
+        return dict(unet=unet, vae=tiny_vae().eval(), text_encoder=tiny_clip_text(len(tokenizer), 32),
+                    tokenizer=tokenizer, scheduler=vsr_scheduler(UPSCALER_SCHEDULER),
+                    low_res_scheduler=DDPMScheduler.from_config(UPSCALER_LOW_RES_SCHEDULER))
+
+
+def official_vsr_components(folder: str, dtype: torch.dtype) -> dict:
+    """The release's layout: `folder`/lavie_vsr.pt and `folder`/stable-diffusion-x4-upscaler/ (diffusers layout)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from videosys.models.modules.pretrained import load_pretrained
+
+    upscaler = os.path.join(folder, UPSCALER_FOLDER)
+    if not os.path.isdir(upscaler):
+        raise FileNotFoundError(f"LaVie VSR needs {upscaler!r} (stabilityai/stable-diffusion-x4-upscaler, as the "
+                                "release's pretrained_models/ holds it)")
+    unet = LaVieVSRUNet.from_state_dict(read_release_checkpoint(os.path.join(folder, VSR_CHECKPOINT)), LaVieVSRUNetConfig(),
+                                        dtype, source=os.path.join(folder, VSR_CHECKPOINT))
+    return dict(unet=unet, vae=load_pretrained(AutoencoderKL, upscaler, subfolder="vae"),
+                text_encoder=load_pretrained(CLIPTextModel, upscaler, subfolder="text_encoder"),
+                tokenizer=load_pretrained(CLIPTokenizer, upscaler, subfolder="tokenizer"),
+                scheduler=vsr_scheduler(dict(DDIMScheduler.load_config(upscaler, subfolder="scheduler"))),
+                low_res_scheduler=load_pretrained(DDPMScheduler, upscaler, subfolder="low_res_scheduler"))
+
+
+class LaVieVSRStage(VideoSysPipeline):
+    """upscale(video, prompts) -> the video x4 (each side); `transformer` is the VSR UNet (the caches' hook points)."""
+
+    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler")
+    progress_name = "LaVie VSR"
+
+    def __init__(self, config, unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler):
+        super().__init__(config, unet, vae, text_encoder, tokenizer, scheduler)
+        self.low_res_scheduler = low_res_scheduler
+
+    @property
+    def unet(self):
+        return self.transformer
+
+    @classmethod
+    def build(cls, config, components: dict):
+        device, dtype = config.torch_device(), config.torch_dtype()
+        parts = {k: (v.to(device=device, dtype=dtype) if isinstance(v, torch.nn.Module) and k != "vae" else v)
+                 for k, v in components.items()}
+        parts["vae"] = components["vae"].to(device).float()  # the release decodes in fp32
+        return cls(config, **parts)
+
+    def encode_text(self, prompts: list[str], negative_prompt: str, do_cfg: bool) -> torch.Tensor:
+        """The upscaler's text encoding (CLIP's last hidden states, 77 tokens), laid out [uncond; cond] with CFG."""
+        texts = ([negative_prompt] * len(prompts) if do_cfg else []) + prompts
+        ids = self.tokenizer(texts, padding="max_length", max_length=MAX_TEXT_LENGTH, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    def upscale(self, video: torch.Tensor, prompts: list[str], seed: int, settings: VSRSettings) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 -> (B, T, 4H, 4W, 3) uint8."""
+        latents = self.upscale_latents(video, prompts, seed, settings)
+        with self.stage("decode"):
+            return self.decode(latents)
+
+    def upscale_latents(self, video: torch.Tensor, prompts: list[str], seed: int, settings: VSRSettings):
+        """(B, T, H, W, 3) uint8 -> the clean latents (B, 4, T, H, W), chunk by chunk as the release."""
+        settings.check(self.unet.config.max_noise_level)
+        do_cfg = settings.guidance_scale > 1.0
+        low_res = (video.permute(0, 4, 1, 2, 3).float() / 255 - 0.5) * 2  # (B, 3, T, H, W) in [-1, 1]
+        with self.stage("text"):
+            text = self.encode_text(prompts, settings.negative_prompt, do_cfg)
+        generator = torch.Generator("cpu").manual_seed(seed)  # one generator across the chunks, as the release
+        chunks = []
+        with self.stage("denoise"):
+            for start in range(0, low_res.shape[2], settings.chunk_frames):
+                chunks.append(self.sample_chunk(low_res[:, :, start:start + settings.chunk_frames], text, generator,
+                                                settings, do_cfg))
+                self.check_finite(chunks[-1])  # each chunk's own loop watched its steps
+        return torch.cat(chunks, 2)
+
+    def sample_chunk(self, low_res: torch.Tensor, text: torch.Tensor, generator, settings: VSRSettings,
+                     do_cfg: bool) -> torch.Tensor:
+        """One release pipeline call: the noised low-res frames and the clean latents (B, 4, t, H, W)."""
+        b = low_res.shape[0]
+        noise = torch.randn(low_res.shape, generator=generator)
+        level = torch.tensor([settings.noise_level])
+        low_res = self.low_res_scheduler.add_noise(low_res, noise, level).to(self.device, self.dtype)
+        latents = torch.randn((b, self.vae.config.latent_channels, *low_res.shape[2:]), generator=generator)
+        latents = (latents * self.scheduler.init_noise_sigma).to(self.device, self.dtype)
+        rows = 2 * b if do_cfg else b
+        conditioning = (text, torch.cat([low_res] * (rows // b)), level.to(self.device).expand(rows))
+        self.scheduler.set_timesteps(settings.num_inference_steps)
+        return self.denoise(latents, self.scheduler.timesteps, self.predict_noise, self.scheduler_step, conditioning,
+                            do_cfg, settings.guidance_scale, self.progress_name)
+
+    def predict_noise(self, model_in, i, t, text, low_res, level):
+        t = torch.as_tensor(t, device=self.device)
+        return self.unet(self.scheduler.scale_model_input(model_in, t), t, low_res, text, level)
+
+    def scheduler_step(self, pred, i, t, latents):
+        return self.scheduler.step(pred, t, latents, return_dict=False)[0]  # eta 0, as the release
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, T, H, W) -> (B, T, 4H, 4W, 3) uint8, frame by frame in fp32."""
+        b, frames = latents.shape[0], latents.shape[2]
+        flat = latents.transpose(1, 2).flatten(0, 1).float() / self.vae.config.scaling_factor  # (B T, 4, H, W)
+        pixels = torch.cat([self.vae.decode(x).sample for x in flat.split(4)]).clamp(-1, 1)  # 4 at a time (release)
+        return self.to_frames(pixels.unflatten(0, (b, frames)).transpose(1, 2))

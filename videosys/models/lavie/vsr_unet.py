@@ -1,0 +1,338 @@
+"""LaVie's video super-resolution UNet: Stable Diffusion's x4 upscaler UNet made 3D.
+
+The release (Vchitect/LaVie, vsr/models/unet.py) takes the x4 upscaler's UNet (diffusers' UNet2DConditionModel
+with the `stabilityai/stable-diffusion-x4-upscaler` config: 4 latent + 3 low-res-pixel input channels, the
+noise level as a class embedding) and adds temporal layers, leaving every 2D part as it was:
+
+- in each transformer, a temporal convolution resnet (kernel 3 over frames) before the spatial norm, and in each
+  transformer block a temporal self-attention (rotary positions on 32 channels of each head and a learned
+  relative-position bias, as the base model's) between the cross-attention and the feed-forward;
+- after each down block, the mid block and each up block, a temporal module: a temporal convolution resnet
+  (kernel 5 over frames), a per-frame resnet and a zero-initialised 1x1 convolution added to the block's output.
+
+The 2D parts here are diffusers' own modules (built by UNet2DConditionModel, run per frame); this file writes the
+temporal parts and the forward that interleaves them. One thing in the release's 2D parts is not per frame: its
+resnets (and the output norm) see (B, C, F, h, w) tensors, so their GroupNorms take their statistics over all frames
+(`video_norm`); the transformers' norm runs per frame. With one frame the whole 2D path is diffusers' UNet. Parameter names are the release's
+(`lavie_vsr.pt`'s "ema" state dict), so its checkpoint loads strictly.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videosys.cache import CacheMixin, module_call
+from videosys.core.parallel import ParallelState
+from videosys.models.modules.pretrained import PretrainedModel
+from videosys.models.modules.rope import apply_rope, rope_1d
+
+ROTARY_DIM = 32  # the release's RotaryEmbedding(32), shared by every temporal attention
+REL_POS_BUCKETS, REL_POS_MAX_DISTANCE = 32, 32  # RelativePositionBias(heads, max_distance=32), 32 buckets
+
+
+@dataclass
+class LaVieVSRUNetConfig:
+    """The release's vsr/configs/unet_3d_config.json: the x4 upscaler's UNet fields and the temporal ones."""
+
+    in_channels: int = 7  # 4 latent channels + the 3 channels of the noised low-res frames
+    out_channels: int = 4
+    block_out_channels: tuple = (256, 512, 512, 1024)
+    down_block_types: tuple = ("DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D")
+    up_block_types: tuple = ("CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D")
+    only_cross_attention: tuple = (True, True, True, False)
+    layers_per_block: int = 2
+    attention_head_dim: int = 8  # as in diffusers' SD configs this is the number of heads
+    cross_attention_dim: int = 1024
+    num_class_embeds: int = 1000  # the noise level's embedding
+    max_noise_level: int = 350
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    use_linear_projection: bool = True
+    flip_sin_to_cos: bool = True
+    freq_shift: int = 0
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    act_fn: str = "silu"
+    sample_size: int = 128
+    down_temporal_idx: tuple = (0, 1, 2, 3)
+    mid_temporal: bool = True
+    up_temporal_idx: tuple = (0, 1, 2, 3)
+    temporal_module_config: dict = field(default_factory=lambda: {"attention_block_types": ["", ""]})
+    video_condition: bool = False  # the release's sample.py sets it False
+    use_first_frame: bool = False
+
+    def __post_init__(self):
+        for name in ("block_out_channels", "down_block_types", "up_block_types", "only_cross_attention",
+                     "down_temporal_idx", "up_temporal_idx"):
+            setattr(self, name, tuple(getattr(self, name)))
+        # what the released model does not use is refused rather than ignored
+        if self.video_condition:
+            raise ValueError("LaVie VSR UNet: video_condition=True (low-res frames fed to each temporal module) is "
+                             "not implemented; the release samples with video_condition=False")
+        if self.use_first_frame:
+            raise ValueError("LaVie VSR UNet: use_first_frame=True is not the VSR model's (vsr/configs uses False)")
+        kinds = tuple(self.temporal_module_config.get("attention_block_types", ("", "")))
+        if any(kinds):
+            raise ValueError(f"LaVie VSR UNet: temporal_module_config.attention_block_types={list(kinds)} is not "
+                             "implemented; the released model has none (['', ''])")
+
+    def unet_2d_kwargs(self) -> dict:
+        """The same UNet as diffusers' UNet2DConditionModel arguments (the x4 upscaler's unet/config.json)."""
+        to_2d = {"DownBlock3D": "DownBlock2D", "CrossAttnDownBlock3D": "CrossAttnDownBlock2D",
+                 "UpBlock3D": "UpBlock2D", "CrossAttnUpBlock3D": "CrossAttnUpBlock2D"}
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    block_out_channels=self.block_out_channels,
+                    down_block_types=tuple(to_2d[k] for k in self.down_block_types),
+                    up_block_types=tuple(to_2d[k] for k in self.up_block_types),
+                    only_cross_attention=self.only_cross_attention, layers_per_block=self.layers_per_block,
+                    attention_head_dim=self.attention_head_dim, cross_attention_dim=self.cross_attention_dim,
+                    num_class_embeds=self.num_class_embeds, norm_num_groups=self.norm_num_groups,
+                    norm_eps=self.norm_eps, use_linear_projection=self.use_linear_projection,
+                    flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift,
+                    downsample_padding=self.downsample_padding, mid_block_scale_factor=self.mid_block_scale_factor,
+                    act_fn=self.act_fn, sample_size=self.sample_size)
+
+
+class TemporalConvResnet(nn.Module):
+    """The release's ResnetBlock3DCNN: a resnet whose first convolution runs over frames only (kernel (k, 1, 1)),
+    its second over 3 frames; GroupNorm(32), SiLU, an optional time-embedding shift."""
+
+    def __init__(self, channels: int, kernel: int, temb_channels: int | None, groups: int = 32, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels, eps=eps)
+        self.conv1 = nn.Conv3d(channels, channels, (kernel, 1, 1), padding=((kernel - 1) // 2, 0, 0))
+        self.time_emb_proj = nn.Linear(temb_channels, channels) if temb_channels is not None else None
+        self.norm2 = nn.GroupNorm(groups, channels, eps=eps)
+        self.conv2 = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, C, F, h, w); temb: (B, D)
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None, None]
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+def video_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: int) -> torch.Tensor:
+    """A GroupNorm over (B F, C, h, w) frames with its statistics over all F frames of a video (the release applies
+    its 2D norms to (B, C, F, h, w) tensors)."""
+    return norm(x.unflatten(0, (-1, frames)).transpose(1, 2)).transpose(1, 2).flatten(0, 1)
+
+
+def video_resnet(resnet, x: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
+    """diffusers' ResnetBlock2D (its modules) with the release's norms over all frames (ResnetBlock3D).
+    x: (B F, C, h, w); temb: (B F, D)."""
+    h = resnet.conv1(F.silu(video_norm(resnet.norm1, x, frames)))
+    h = h + resnet.time_emb_proj(F.silu(temb))[:, :, None, None]
+    h = resnet.conv2(resnet.dropout(F.silu(video_norm(resnet.norm2, h, frames))))
+    if resnet.conv_shortcut is not None:
+        x = resnet.conv_shortcut(x)
+    return (x + h) / resnet.output_scale_factor
+
+
+class TemporalModule(nn.Module):
+    """The release's TemporalModule3D without attention layers (the released config has none): a temporal
+    convolution resnet, a per-frame resnet and a zero-initialised 1x1 convolution, added to the input."""
+
+    def __init__(self, channels: int, temb_channels: int):
+        super().__init__()
+        from diffusers.models.resnet import ResnetBlock2D
+
+        self.resblocks_3d_t = TemporalConvResnet(channels, 5, temb_channels)
+        self.resblocks_3d_s = ResnetBlock2D(in_channels=channels, out_channels=channels, temb_channels=temb_channels,
+                                            groups=32, groups_out=32, eps=1e-6)
+        self.shift_conv = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.shift_conv.weight)
+        nn.init.zeros_(self.shift_conv.bias)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
+        # x: (B F, C, h, w) per frame; temb: (B, D)
+        video = x.unflatten(0, (-1, frames)).transpose(1, 2)  # (B, C, F, h, w)
+        h = self.resblocks_3d_t(video, temb).transpose(1, 2).flatten(0, 1)  # (B F, C, h, w)
+        h = video_resnet(self.resblocks_3d_s, h, temb.repeat_interleave(frames, 0), frames)
+        return x + self.shift_conv(h)
+
+
+def relative_position_buckets(frames: int, device) -> torch.Tensor:
+    """(F, F) bucket of each (query i, key j) pair: T5's bidirectional buckets of j - i (32 buckets, max distance
+    32), as the release's RelativePositionBias."""
+    pos = torch.arange(frames, device=device)
+    n = -(pos[None, :] - pos[:, None])  # (F, F): i - j
+    half = REL_POS_BUCKETS // 2
+    bucket = (n < 0).long() * half
+    n = n.abs()
+    exact = half // 2
+    large = exact + (torch.log(n.float() / exact) / math.log(REL_POS_MAX_DISTANCE / exact) * (half - exact)).long()
+    return bucket + torch.where(n < exact, n, large.clamp(max=half - 1))
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, heads: int):
+        super().__init__()
+        self.relative_attention_bias = nn.Embedding(REL_POS_BUCKETS, heads)
+
+    def forward(self, frames: int, device) -> torch.Tensor:
+        return self.relative_attention_bias(relative_position_buckets(frames, device)).permute(2, 0, 1)  # (h, F, F)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention over frames at each spatial position: rotary positions on the first 32 channels of each
+    head and a learned relative-position bias added to the scores (the release's TemporalAttention)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        nn.init.zeros_(self.to_out[0].weight)  # the release starts the temporal branch at zero
+        self.time_rel_pos_bias = RelativePositionBias(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, F, C), N = batch x spatial positions
+        frames = x.shape[1]
+        q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
+        cos, sin = rope_1d(ROTARY_DIM, torch.arange(frames, device=x.device))  # (F, 32) each
+        q, k = (torch.cat([apply_rope(t[..., :ROTARY_DIM], cos.to(t.dtype), sin.to(t.dtype)), t[..., ROTARY_DIM:]], -1)
+                for t in (q, k))  # (N, heads, F, d): only the first 32 channels of a head turn
+        bias = self.time_rel_pos_bias(frames, x.device).to(q.dtype)  # (heads, F, F)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class LaVieVSRUNet(PretrainedModel, CacheMixin):
+    """The VSR UNet: forward(sample (B, 4, F, h, w), timestep, low_res (B, 3, F, h, w), text (B, L, D),
+    noise_level (B,)) -> (B, 4, F, h, w), the v-prediction of the x4 upscaler."""
+
+    config_class = LaVieVSRUNetConfig
+    class_name = "LaVieVSRUNet"
+    # rotary_embedding_torch keeps its (fixed) frequencies as a parameter, under the UNet and every temporal
+    # attention that shares it; we compute the same table (rope_1d) and drop those keys
+    release_only = ("temporal_rotary_emb", "rotary_emb")
+
+    def __init__(self, config: LaVieVSRUNetConfig):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.config = config
+        self.parallel = ParallelState()
+        unet = UNet2DConditionModel(**config.unet_2d_kwargs())  # the x4 upscaler's 2D UNet: its modules are ours
+        for name in ("conv_in", "time_proj", "time_embedding", "class_embedding", "down_blocks", "mid_block",
+                     "up_blocks", "conv_norm_out", "conv_act", "conv_out"):
+            setattr(self, name, getattr(unet, name))
+        temb = config.block_out_channels[0] * 4
+        for transformer in self.transformers():
+            transformer.add_module("resblock_temporal", TemporalConvResnet(transformer.in_channels, 3, None))
+            for block in transformer.transformer_blocks:
+                dim = block.norm1.normalized_shape[0]
+                block.add_module("attn_temporal", TemporalAttention(dim, block.attn1.heads))
+                block.add_module("norm_temporal", nn.LayerNorm(dim))
+        channels = config.block_out_channels
+        self.down_temporal_blocks = nn.ModuleList(
+            TemporalModule(c, temb) if i in config.down_temporal_idx else nn.Identity() for i, c in enumerate(channels))
+        self.mid_temporal_block = TemporalModule(channels[-1], temb) if config.mid_temporal else None
+        self.up_temporal_blocks = nn.ModuleList(
+            TemporalModule(c, temb) if i in config.up_temporal_idx else nn.Identity()
+            for i, c in enumerate(reversed(channels)))
+
+    def transformers(self):
+        """Every transformer of the UNet, in forward order (their index is the hook points' depth)."""
+        blocks = [*self.down_blocks, self.mid_block, *self.up_blocks]
+        return [t for b in blocks for t in getattr(b, "attentions", None) or ()]
+
+    def set_parallel(self, state) -> None:
+        """CFG parallelism only: the pipeline splits the branches; the UNet itself has no sequence parallelism."""
+        if state.sp_size > 1:
+            raise ValueError("LaVie's UNets have no sequence parallelism: use cfg_parallel with num_gpus=2")
+        self.parallel = state
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, sample: torch.Tensor, timestep, low_res: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                noise_level: torch.Tensor) -> torch.Tensor:
+        b, _, frames = sample.shape[:3]
+        x = torch.cat([sample, low_res], 1).transpose(1, 2).flatten(0, 1)  # (B F, 7, h, w): 2D parts per frame
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        emb = self.time_embedding(self.time_proj(timestep).to(sample.dtype))
+        emb = emb + self.class_embedding(noise_level.reshape(-1).expand(b)).to(sample.dtype)  # (B, D)
+        emb_frames = emb.repeat_interleave(frames, 0)  # (B F, D)
+        text = encoder_hidden_states.repeat_interleave(frames, 0)  # (B F, L, D)
+        hooks = self.module_hooks()
+        depth = iter(range(len(self.transformers())))
+
+        def attend(transformer, h):
+            return self.video_transformer(transformer, h, text, frames, hooks, next(depth))
+
+        x = self.conv_in(x)
+        skips = [x]
+        for block, temporal in zip(self.down_blocks, self.down_temporal_blocks):
+            for i, resnet in enumerate(block.resnets):
+                x = video_resnet(resnet, x, emb_frames, frames)
+                if getattr(block, "attentions", None):
+                    x = attend(block.attentions[i], x)
+                skips.append(x)
+            if block.downsamplers is not None:
+                x = block.downsamplers[0](x)
+                skips.append(x)
+            x = self.temporal(temporal, x, emb, frames)  # after the skip was kept, as the release
+        x = video_resnet(self.mid_block.resnets[0], x, emb_frames, frames)
+        for transformer, resnet in zip(self.mid_block.attentions, self.mid_block.resnets[1:]):
+            x = video_resnet(resnet, attend(transformer, x), emb_frames, frames)
+        x = self.temporal(self.mid_temporal_block, x, emb, frames)
+        for block, temporal in zip(self.up_blocks, self.up_temporal_blocks):
+            for i, resnet in enumerate(block.resnets):
+                x = video_resnet(resnet, torch.cat([x, skips.pop()], 1), emb_frames, frames)
+                if getattr(block, "attentions", None):
+                    x = attend(block.attentions[i], x)
+            if block.upsamplers is not None:
+                x = block.upsamplers[0](x, skips[-1].shape[-2:])  # the skip's size: odd sizes round as the release
+            x = self.temporal(temporal, x, emb, frames)
+        x = self.conv_out(self.conv_act(video_norm(self.conv_norm_out, x, frames)))
+        return x.unflatten(0, (b, frames)).transpose(1, 2)  # (B, 4, F, h, w)
+
+    @staticmethod
+    def temporal(module, x, emb, frames):
+        return x if module is None or isinstance(module, nn.Identity) else module(x, emb, frames)
+
+    def video_transformer(self, transformer, x: torch.Tensor, text: torch.Tensor, frames: int, hooks, index: int):
+        """The release's Transformer3DModel: temporal convolution, then diffusers' Transformer2DModel's layers
+        with a temporal attention in each block."""
+        x = transformer.resblock_temporal(x.unflatten(0, (-1, frames)).transpose(1, 2)).transpose(1, 2).flatten(0, 1)
+        bf, c, h, w = x.shape
+        tokens = transformer.proj_in(transformer.norm(x).permute(0, 2, 3, 1).reshape(bf, h * w, c))  # (B F, hw, C)
+        for block in transformer.transformer_blocks:
+            tokens = self.video_block(block, tokens, text, frames, hooks, index)
+        out = transformer.proj_out(tokens).reshape(bf, h, w, c).permute(0, 3, 1, 2)
+        return out + x
+
+    @staticmethod
+    def video_block(block, x: torch.Tensor, text: torch.Tensor, frames: int, hooks, index: int) -> torch.Tensor:
+        """diffusers' BasicTransformerBlock (layer norms, attn1 over text where only_cross_attention, attn2 over
+        text, feed-forward) with the release's temporal attention between the cross-attention and the MLP."""
+        context = text if block.only_cross_attention else None
+        x = x + module_call(hooks, "spatial", index, lambda: block.attn1(block.norm1(x), encoder_hidden_states=context))
+        x = x + module_call(hooks, "cross", index, lambda: block.attn2(block.norm2(x), encoder_hidden_states=text),
+                            block="spatial")
+        n = x.shape[1]
+        per_position = x.unflatten(0, (-1, frames)).transpose(1, 2).flatten(0, 1)  # (B hw, F, C)
+        per_position = per_position + module_call(
+            hooks, "temporal", index, lambda: block.attn_temporal(block.norm_temporal(per_position)))
+        x = per_position.unflatten(0, (-1, n)).transpose(1, 2).flatten(0, 1)  # (B F, hw, C)
+        return x + module_call(hooks, "mlp", index, lambda: block.ff(block.norm3(x)), block="spatial")
+
+
+def config_from_release(values: dict) -> LaVieVSRUNetConfig:
+    """vsr/configs/unet_3d_config.json (or our config.json) -> the config; the release's bookkeeping and training
+    fields are dropped by name."""
+    known = {f.name for f in dataclasses.fields(LaVieVSRUNetConfig)}
+    training = {"freeze_pretrained_2d_upsampler", "center_input_sample", "dual_cross_attention"}
+    unknown = sorted(k for k in values if k not in known and k not in training and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"LaVie VSR UNet config: unknown fields {', '.join(unknown)}")
+    if values.get("center_input_sample") or values.get("dual_cross_attention"):
+        raise ValueError("LaVie VSR UNet config: center_input_sample / dual_cross_attention are not the release's")
+    return LaVieVSRUNetConfig(**{k: v for k, v in values.items() if k in known})
