@@ -6,7 +6,7 @@ noise level as a class embedding) and adds temporal layers, leaving every 2D par
 
 - in each transformer, a temporal convolution resnet (kernel 3 over frames) before the spatial norm, and in each
   transformer block a temporal self-attention (rotary positions on 32 channels of each head and a learned
-  relative-position bias, as the base model's) between the cross-attention and the feed-forward;
+  relative-position bias: the base UNet's TemporalAttention, reused) between the cross-attention and the MLP;
 - after each down block, the mid block and each up block, a temporal module: a temporal convolution resnet
   (kernel 5 over frames), a per-frame resnet and a zero-initialised 1x1 convolution added to the block's output.
 
@@ -18,7 +18,6 @@ resnets (and the output norm) see (B, C, F, h, w) tensors, so their GroupNorms t
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,10 +27,11 @@ from torch import nn
 from videosys.cache import CacheMixin, module_call
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.pretrained import PretrainedModel
-from videosys.models.modules.rope import apply_rope, rope_1d
+from videosys.models.lavie.unet import TemporalAttention
 
-ROTARY_DIM = 32  # the release's RotaryEmbedding(32), shared by every temporal attention
-REL_POS_BUCKETS, REL_POS_MAX_DISTANCE = 32, 32  # RelativePositionBias(heads, max_distance=32), 32 buckets
+# vsr/models/attention.py TemporalAttention: RotaryEmbedding(32) shared by every temporal attention (unet.py),
+# RelativePositionBias(heads, max_distance=32) with 32 buckets: the base UNet's temporal attention, same maths
+ROTARY_DIM, REL_POS_BUCKETS, REL_POS_MAX_DISTANCE = 32, 32, 32
 
 
 @dataclass
@@ -157,54 +157,6 @@ class TemporalModule(nn.Module):
         return x + self.shift_conv(h)
 
 
-def relative_position_buckets(frames: int, device) -> torch.Tensor:
-    """(F, F) bucket of each (query i, key j) pair: T5's bidirectional buckets of j - i (32 buckets, max distance
-    32), as the release's RelativePositionBias."""
-    pos = torch.arange(frames, device=device)
-    n = -(pos[None, :] - pos[:, None])  # (F, F): i - j
-    half = REL_POS_BUCKETS // 2
-    bucket = (n < 0).long() * half
-    n = n.abs()
-    exact = half // 2
-    large = exact + (torch.log(n.float() / exact) / math.log(REL_POS_MAX_DISTANCE / exact) * (half - exact)).long()
-    return bucket + torch.where(n < exact, n, large.clamp(max=half - 1))
-
-
-class RelativePositionBias(nn.Module):
-    def __init__(self, heads: int):
-        super().__init__()
-        self.relative_attention_bias = nn.Embedding(REL_POS_BUCKETS, heads)
-
-    def forward(self, frames: int, device) -> torch.Tensor:
-        return self.relative_attention_bias(relative_position_buckets(frames, device)).permute(2, 0, 1)  # (h, F, F)
-
-
-class TemporalAttention(nn.Module):
-    """Self-attention over frames at each spatial position: rotary positions on the first 32 channels of each
-    head and a learned relative-position bias added to the scores (the release's TemporalAttention)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
-        nn.init.zeros_(self.to_out[0].weight)  # the release starts the temporal branch at zero
-        self.time_rel_pos_bias = RelativePositionBias(heads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (N, F, C), N = batch x spatial positions
-        frames = x.shape[1]
-        q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
-        cos, sin = rope_1d(ROTARY_DIM, torch.arange(frames, device=x.device))  # (F, 32) each
-        q, k = (torch.cat([apply_rope(t[..., :ROTARY_DIM], cos.to(t.dtype), sin.to(t.dtype)), t[..., ROTARY_DIM:]], -1)
-                for t in (q, k))  # (N, heads, F, d): only the first 32 channels of a head turn
-        bias = self.time_rel_pos_bias(frames, x.device).to(q.dtype)  # (heads, F, F)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.to_out[0](out.transpose(1, 2).flatten(2))
-
-
 class LaVieVSRUNet(PretrainedModel, CacheMixin):
     """The VSR UNet: forward(sample (B, 4, F, h, w), timestep, low_res (B, 3, F, h, w), text (B, L, D),
     noise_level (B,)) -> (B, 4, F, h, w), the v-prediction of the x4 upscaler."""
@@ -230,7 +182,8 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
             transformer.add_module("resblock_temporal", TemporalConvResnet(transformer.in_channels, 3, None))
             for block in transformer.transformer_blocks:
                 dim = block.norm1.normalized_shape[0]
-                block.add_module("attn_temporal", TemporalAttention(dim, block.attn1.heads))
+                block.add_module("attn_temporal", TemporalAttention(dim, block.attn1.heads, ROTARY_DIM, REL_POS_BUCKETS,
+                                                                    REL_POS_MAX_DISTANCE))
                 block.add_module("norm_temporal", nn.LayerNorm(dim))
         channels = config.block_out_channels
         self.down_temporal_blocks = nn.ModuleList(
