@@ -61,6 +61,15 @@ def vsr_scheduler(config: dict):
     return DDIMScheduler.from_config({**config, "beta_schedule": "linear"})
 
 
+def encode_clip(tokenizer, encoder, prompts: list[str], negative_prompt: str, do_cfg: bool, device) -> torch.Tensor:
+    """CLIP's last hidden states over 77 padded tokens (the upscaler's _encode_prompt, the interpolation stage's
+    FrozenCLIPEmbedder), laid out [uncond; cond] with CFG."""
+    texts = ([negative_prompt] * len(prompts) if do_cfg else []) + prompts
+    ids = tokenizer(texts, padding="max_length", max_length=MAX_TEXT_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return encoder(ids)[0]
+
+
 def read_release_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """A LaVie release checkpoint (.pt): its "ema" weights (the release's find_model / vsr/sample.py)."""
     if not os.path.isfile(path):
@@ -154,11 +163,7 @@ class LaVieVSRStage(VideoSysPipeline):
         return cls(config, **parts)
 
     def encode_text(self, prompts: list[str], negative_prompt: str, do_cfg: bool) -> torch.Tensor:
-        """The upscaler's text encoding (CLIP's last hidden states, 77 tokens), laid out [uncond; cond] with CFG."""
-        texts = ([negative_prompt] * len(prompts) if do_cfg else []) + prompts
-        ids = self.tokenizer(texts, padding="max_length", max_length=MAX_TEXT_LENGTH, truncation=True,
-                             return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        return encode_clip(self.tokenizer, self.text_encoder, prompts, negative_prompt, do_cfg, self.device).to(self.dtype)
 
     def upscale(self, video: torch.Tensor, prompts: list[str], seed: int, settings: VSRSettings) -> torch.Tensor:
         """(B, T, H, W, 3) uint8 -> (B, T, 4H, 4W, 3) uint8."""
