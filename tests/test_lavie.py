@@ -259,6 +259,7 @@ def test_a_later_stage_plugs_in_by_one_line(monkeypatch):
     """The cascade's hook: a stage registered in STAGE_PIPELINES gets the base run's output and values."""
     from videosys.models.lavie import pipeline as lavie
 
+    monkeypatch.delitem(lavie.STAGE_PIPELINES, "interpolation")
     with pytest.raises(ValueError, match="interpolation stage is not available"):
         LaVieConfig(preset="tiny", stages="base,interpolation")
     monkeypatch.setitem(lavie.STAGE_PIPELINES, "interpolation", f"{__name__}:DoubleFrames")

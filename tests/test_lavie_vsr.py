@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from videosys.core.config import BaseConfig
-from videosys.models.lavie.vsr import (LaVieVSRStage, TINY_UNET, VSRSettings, read_release_checkpoint,
-                                       tiny_vsr_components)
+from videosys.models.lavie import checkpoints
+from videosys.models.lavie.vsr import LaVieVSRStage, TINY_UNET, VSRSettings, tiny_vsr_components
 from videosys.models.lavie.vsr_unet import LaVieVSRUNet
 from videosys.models.modules.pretrained import CheckpointMismatchError
 
@@ -208,12 +208,15 @@ def test_vsr_unet_one_frame_without_temporal_layers_is_diffusers_x4_upscaler_une
 def test_vsr_checkpoint_loads_by_release_names(tmp_path):
     unet = tiny_unet()
     state = dict(unet.state_dict())
-    # rotary_embedding_torch's fixed frequencies sit under the UNet and every temporal attention: dropped by name
-    state["temporal_rotary_emb.freqs"] = torch.zeros(16)
-    state["down_blocks.1.attentions.0.transformer_blocks.0.attn_temporal.rotary_emb.freqs"] = torch.zeros(16)
+    # rotary_embedding_torch's fixed frequencies sit under the UNet and every temporal attention: checked, then
+    # dropped by name (the UNet computes them)
+    state["temporal_rotary_emb.freqs"] = checkpoints.rotary_frequencies(32)
+    state["down_blocks.1.attentions.0.transformer_blocks.0.attn_temporal.rotary_emb.freqs"] = state["temporal_rotary_emb.freqs"]
     path = tmp_path / "lavie_vsr.pt"
     torch.save({"ema": state}, path)
-    loaded = LaVieVSRUNet.from_state_dict(read_release_checkpoint(str(path)), TINY_UNET)
+    release = checkpoints.read_release_state(str(path))
+    checkpoints.check_rotary(release, 32, str(path))
+    loaded = LaVieVSRUNet.from_state_dict(release, TINY_UNET)
     args = inputs()
     assert torch.equal(loaded(*args).detach(), unet(*args).detach())
     del state["mid_temporal_block.shift_conv.weight"]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from videosys.core.pipeline import VideoSysPipeline
+from videosys.models.lavie import checkpoints
+from videosys.models.lavie.stages import CascadeStage
 from videosys.models.lavie.unet import LaVieUNet3DModel, LaVieUNetConfig, TransformerBlock
 from videosys.models.lavie.vsr import encode_clip
 from videosys.models.modules.attention import Attention
@@ -128,11 +130,15 @@ class AdmDDIM:
         return x0 * torch.sqrt(prev) + torch.sqrt(1 - prev) * eps
 
 
-class LaVieInterpolationStage(VideoSysPipeline):
+TINY_SETTINGS = InterpolationSettings(num_inference_steps=10)  # the tiny preset: the published sampler, fewer steps
+
+
+class LaVieInterpolationStage(CascadeStage, VideoSysPipeline):
     """interpolate(video, prompts) -> 4F - 3 frames; `transformer` is the interpolation UNet (the hook points)."""
 
     components = ("unet", "vae", "text_encoder", "tokenizer")
     progress_name = "LaVie interpolation"
+    name = "interpolation"
 
     def __init__(self, config, unet, vae, text_encoder, tokenizer):
         super().__init__(config, unet, vae, text_encoder, tokenizer, None)
@@ -141,6 +147,31 @@ class LaVieInterpolationStage(VideoSysPipeline):
     @property
     def unet(self):
         return self.transformer
+
+    @classmethod
+    def from_config(cls, config, base) -> "LaVieInterpolationStage":
+        """Beside the base pipeline, whose SD-1.4 VAE, text encoder and tokenizer it shares (interpolation/sample.py
+        loads the same stable-diffusion-v1-4 parts); the UNet from lavie_interpolation.pt (strict, the release's
+        keys), or random for the tiny preset."""
+        unet_config = interpolation_unet_config(base.transformer.config)
+        if config.model_path is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(1)
+                unet = LaVieInterpolationUNet(unet_config).eval()
+        else:
+            file = checkpoints.release_file(config.model_path, checkpoints.RELEASE_FILES["interpolation"])
+            unet = LaVieInterpolationUNet.from_state_dict(checkpoints.read_release_state(file), unet_config,
+                                                          config.torch_dtype(), source=file)
+        stage = cls(config, unet.to(config.torch_device(), config.torch_dtype()), base.vae, base.text_encoder,
+                    base.tokenizer)
+        stage.attach(base)
+        return stage
+
+    def run_stage(self, video: torch.Tensor, run) -> torch.Tensor:
+        settings = TINY_SETTINGS if self.config.preset == "tiny" else InterpolationSettings()
+        latents = self.interpolate_latents(video, run.prompts, run.seed, settings)
+        self.stage_steps = self.denoised_steps
+        return latents
 
     def copied_latents(self, video: torch.Tensor, seed: int) -> torch.Tensor:
         """(B, F, H, W, 3) uint8 -> the copied latents (B, 4, 4F - 3, h, w): each frame's posterior sample at

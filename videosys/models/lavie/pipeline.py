@@ -46,7 +46,8 @@ from videosys.utils.hub import resolve_dir
 LATENT_SCALE = 0.18215  # pipeline_videogen.py decode_latents: `latents = 1 / 0.18215 * latents`
 TEXT_LENGTH = 77  # SD-1.4's CLIP tokenizer model_max_length (pipeline_videogen.py pads to it)
 # the cascade's later stages: name -> "module:Class" (see the module docstring); the base is this module's pipeline
-STAGE_PIPELINES: dict[str, str] = {}
+STAGE_PIPELINES: dict[str, str] = {"interpolation": "videosys.models.lavie.interpolation:LaVieInterpolationStage",
+                                   "vsr": "videosys.models.lavie.vsr:LaVieVSRStage"}
 TINY_UNET = dict(block_out_channels=(64, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                  up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, attention_head_dim=2,
                  cross_attention_dim=32)  # 2 heads of 32 channels: the release's 32 rotary channels fit

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from videosys.core.pipeline import VideoSysPipeline
-from videosys.models.lavie.vsr_unet import LaVieVSRUNet, LaVieVSRUNetConfig
-from videosys.utils.hub import CheckpointError
+from videosys.models.lavie import checkpoints
+from videosys.models.lavie.stages import CascadeStage
+from videosys.models.lavie.vsr_unet import ROTARY_DIM, LaVieVSRUNet, LaVieVSRUNetConfig
 
 UPSCALER_FOLDER = "stable-diffusion-x4-upscaler"  # the release's pretrained_models/ layout
-VSR_CHECKPOINT = "lavie_vsr.pt"
 
 
 @dataclass(frozen=True)
@@ -70,17 +70,6 @@ def encode_clip(tokenizer, encoder, prompts: list[str], negative_prompt: str, do
     return encoder(ids)[0]
 
 
-def read_release_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """A LaVie release checkpoint (.pt): its "ema" weights (the release's find_model / vsr/sample.py)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no LaVie checkpoint at {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {path!r} ({type(err).__name__}: {err}); it is truncated or corrupt") from err
-    return state["ema"] if isinstance(state, dict) and "ema" in state else state
-
-
 # ---- tiny components (random weights, offline) -----------------------------------------------------------
 TINY_UNET = LaVieVSRUNetConfig(block_out_channels=(32, 64), down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
                                up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"), only_cross_attention=(True, False),
@@ -106,16 +95,18 @@ def tiny_clip_text(vocab_size: int, hidden: int):
     return CLIPTextModel(config).eval()
 
 
-def tiny_vsr_components(seed: int = 0) -> dict:
+def tiny_vsr_components(seed: int = 0, text_encoder=None, tokenizer=None) -> dict:
+    """Random parts at small widths; the text stack given (the base's tiny CLIP, 32 wide) or a fresh one."""
     from diffusers import DDPMScheduler
 
     from videosys.utils.text import build_tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = build_tiny_tokenizer(MAX_TEXT_LENGTH)
-        unet = LaVieVSRUNet(TINY_UNET).eval()
-        return dict(unet=unet, vae=tiny_vae().eval(), text_encoder=tiny_clip_text(len(tokenizer), 32),
+        if tokenizer is None:
+            tokenizer = build_tiny_tokenizer(MAX_TEXT_LENGTH)
+            text_encoder = tiny_clip_text(len(tokenizer), TINY_UNET.cross_attention_dim)
+        return dict(unet=LaVieVSRUNet(TINY_UNET).eval(), vae=tiny_vae().eval(), text_encoder=text_encoder,
                     tokenizer=tokenizer, scheduler=vsr_scheduler(UPSCALER_SCHEDULER),
                     low_res_scheduler=DDPMScheduler.from_config(UPSCALER_LOW_RES_SCHEDULER))
 
@@ -131,8 +122,10 @@ def official_vsr_components(folder: str, dtype: torch.dtype) -> dict:
     if not os.path.isdir(upscaler):
         raise FileNotFoundError(f"LaVie VSR needs {upscaler!r} (stabilityai/stable-diffusion-x4-upscaler, as the "
                                 "release's pretrained_models/ holds it)")
-    unet = LaVieVSRUNet.from_state_dict(read_release_checkpoint(os.path.join(folder, VSR_CHECKPOINT)), LaVieVSRUNetConfig(),
-                                        dtype, source=os.path.join(folder, VSR_CHECKPOINT))
+    file = checkpoints.release_file(folder, checkpoints.RELEASE_FILES["vsr"])
+    state = checkpoints.read_release_state(file)
+    checkpoints.check_rotary(state, ROTARY_DIM, file)  # the frequencies it carries must be the ones rope_1d computes
+    unet = LaVieVSRUNet.from_state_dict(state, LaVieVSRUNetConfig(), dtype, source=file)
     return dict(unet=unet, vae=load_pretrained(AutoencoderKL, upscaler, subfolder="vae"),
                 text_encoder=load_pretrained(CLIPTextModel, upscaler, subfolder="text_encoder"),
                 tokenizer=load_pretrained(CLIPTokenizer, upscaler, subfolder="tokenizer"),
@@ -140,11 +133,15 @@ def official_vsr_components(folder: str, dtype: torch.dtype) -> dict:
                 low_res_scheduler=load_pretrained(DDPMScheduler, upscaler, subfolder="low_res_scheduler"))
 
 
-class LaVieVSRStage(VideoSysPipeline):
+TINY_SETTINGS = VSRSettings(num_inference_steps=10)  # the tiny preset: the published sampler, fewer steps
+
+
+class LaVieVSRStage(CascadeStage, VideoSysPipeline):
     """upscale(video, prompts) -> the video x4 (each side); `transformer` is the VSR UNet (the caches' hook points)."""
 
     components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "low_res_scheduler")
     progress_name = "LaVie VSR"
+    name = "vsr"
 
     def __init__(self, config, unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler):
         super().__init__(config, unet, vae, text_encoder, tokenizer, scheduler)
@@ -153,6 +150,23 @@ class LaVieVSRStage(VideoSysPipeline):
     @property
     def unet(self):
         return self.transformer
+
+    @classmethod
+    def from_config(cls, config, base) -> "LaVieVSRStage":
+        """The x4 upscaler's parts from model_path's stable-diffusion-x4-upscaler/ and lavie_vsr.pt (the release's
+        pretrained_models layout); the tiny preset's are random, its text stack the base's tiny one."""
+        if config.model_path is None:
+            parts = tiny_vsr_components(text_encoder=base.text_encoder, tokenizer=base.tokenizer)
+        else:
+            parts = official_vsr_components(config.model_path, config.torch_dtype())
+        stage = cls.build(config, parts)
+        stage.attach(base)
+        return stage
+
+    def run_stage(self, video: torch.Tensor, run) -> torch.Tensor:
+        settings = TINY_SETTINGS if self.config.preset == "tiny" else VSRSettings()
+        self.stage_steps = 0
+        return self.upscale_latents(video, run.prompts, run.seed, settings)
 
     @classmethod
     def build(cls, config, components: dict):
@@ -185,6 +199,7 @@ class LaVieVSRStage(VideoSysPipeline):
                 chunks.append(self.sample_chunk(low_res[:, :, start:start + settings.chunk_frames], text, generator,
                                                 settings, do_cfg))
                 self.check_finite(chunks[-1])  # each chunk's own loop watched its steps
+                self.stage_steps += self.denoised_steps
         return torch.cat(chunks, 2)
 
     def sample_chunk(self, low_res: torch.Tensor, text: torch.Tensor, generator, settings: VSRSettings,
