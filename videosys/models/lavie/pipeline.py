@@ -188,6 +188,12 @@ class LaViePipeline(VideoSysPipeline):
         module, attr = STAGE_PIPELINES[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def set_cache(self, cache) -> None:
+        """The base UNet's caches, and each later stage's (each counts its own: out.stats "<stage>_<method>")."""
+        super().set_cache(cache)
+        for stage in self.later_stages:
+            stage.set_cache(cache)
+
     def component(self, name: str):
         return self.transformer if name == "unet" else getattr(self, name)
 

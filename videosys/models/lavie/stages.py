@@ -4,6 +4,7 @@ built beside the base pipeline by `from_config(config, base)`, and `refine(out, 
 output to its own."""
 
 import time
+from numbers import Number
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,10 @@ class CascadeStage:
         index = stages.index(self.name)
         return self.base if index == 1 else self.base.later_stages[index - 2]
 
+    def stage_cache_stats(self) -> dict:
+        """The caches' counts over this stage's last run (one sampling run here; VSR sums its chunks')."""
+        return self.transformer.cache_stats()
+
     def refine(self, out: VideoSysOutput, run) -> VideoSysOutput:
         """The previous stage's output -> this stage's. Every rank denoises (CFG parallel splits the branches, as the
         base's loop does), so a rank that did not decode the previous video (ranks > 0) decodes it here."""
@@ -50,5 +55,19 @@ class CascadeStage:
         stats = dict(out.stats)
         stats.update({f"{self.name}_denoise_s": decode_start - start, f"{self.name}_decode_s": end - decode_start,
                       f"{self.name}_steps": self.stage_steps, "total_s": stats.get("total_s", 0.0) + end - start})
-        stats.update({f"{self.name}_{k}": v for k, v in self.transformer.cache_stats().items()})
+        stats.update({f"{self.name}_{k}": v for k, v in self.stage_cache_stats().items()})
         return VideoSysOutput(video=video, stats=stats, latents=latents.float().cpu())
+
+
+def summed(stats: list[dict]) -> dict:
+    """Cache stats of several sampling runs as one: counts added, nested per method; other values the last run's."""
+    out: dict = {}
+    for one in stats:
+        for key, value in one.items():
+            if isinstance(value, dict):
+                out[key] = summed([out.get(key, {}), value])
+            elif isinstance(value, Number) and not isinstance(value, bool) and isinstance(out.get(key), Number):
+                out[key] = out[key] + value
+            else:
+                out[key] = value
+    return out

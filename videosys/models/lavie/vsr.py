@@ -21,7 +21,7 @@ import torch
 
 from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.lavie import checkpoints
-from videosys.models.lavie.stages import CascadeStage
+from videosys.models.lavie.stages import CascadeStage, summed
 from videosys.models.lavie.vsr_unet import ROTARY_DIM, LaVieVSRUNet, LaVieVSRUNetConfig
 
 UPSCALER_FOLDER = "stable-diffusion-x4-upscaler"  # the release's pretrained_models/ layout
@@ -146,6 +146,7 @@ class LaVieVSRStage(CascadeStage, VideoSysPipeline):
     def __init__(self, config, unet, vae, text_encoder, tokenizer, scheduler, low_res_scheduler):
         super().__init__(config, unet, vae, text_encoder, tokenizer, scheduler)
         self.low_res_scheduler = low_res_scheduler
+        self.chunk_stats: list[dict] = []  # the caches' counts of each chunk of the last run
 
     @property
     def unet(self):
@@ -167,6 +168,9 @@ class LaVieVSRStage(CascadeStage, VideoSysPipeline):
         settings = TINY_SETTINGS if self.config.preset == "tiny" else VSRSettings()
         self.stage_steps = 0
         return self.upscale_latents(video, run.prompts, run.seed, settings)
+
+    def stage_cache_stats(self) -> dict:
+        return summed(self.chunk_stats)
 
     @classmethod
     def build(cls, config, components: dict):
@@ -193,13 +197,14 @@ class LaVieVSRStage(CascadeStage, VideoSysPipeline):
         with self.stage("text"):
             text = self.encode_text(prompts, settings.negative_prompt, do_cfg)
         generator = torch.Generator("cpu").manual_seed(seed)  # one generator across the chunks, as the release
-        chunks = []
+        chunks, self.chunk_stats = [], []
         with self.stage("denoise"):
             for start in range(0, low_res.shape[2], settings.chunk_frames):
                 chunks.append(self.sample_chunk(low_res[:, :, start:start + settings.chunk_frames], text, generator,
                                                 settings, do_cfg))
                 self.check_finite(chunks[-1])  # each chunk's own loop watched its steps
                 self.stage_steps += self.denoised_steps
+                self.chunk_stats.append(self.transformer.cache_stats())  # each chunk's loop starts the caches afresh
         return torch.cat(chunks, 2)
 
     def sample_chunk(self, low_res: torch.Tensor, text: torch.Tensor, generator, settings: VSRSettings,

@@ -1,0 +1,65 @@
+"""LaVie's cascade, tiny: base -> interpolation -> vsr end to end, each stage as its own entry point would run it, the
+caches on every stage's UNet with their counts in out.stats, and CFG parallel (slow: two processes)."""
+
+import pytest
+import torch
+
+from videosys.models.lavie.interpolation import TINY_SETTINGS as INTERPOLATION
+from videosys.models.lavie.pipeline import LaVieConfig, LaViePipeline
+from videosys.models.lavie.vsr import TINY_SETTINGS as VSR
+
+PROMPT = "a dog running"
+RUN = dict(seed=4, num_inference_steps=3, num_frames=2, height=16, width=16)
+STAGES = ("base", "interpolation", "vsr")
+
+
+def tiny(**kw):
+    return LaVieConfig(preset="tiny", progress_bar=False, stages=STAGES, **kw)
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return LaViePipeline.from_config(tiny())
+
+
+def test_tiny_cascade_runs_base_interpolation_vsr(cascade):
+    out = cascade.generate(PROMPT, **RUN)
+    assert out.video.shape == (1, 5, 64, 64, 3) and out.video.dtype == torch.uint8  # 4 * 2 - 3 frames, x4 sides
+    assert out.latents.shape == (1, 4, 5, 16, 16) and torch.isfinite(out.latents).all()
+    assert (out.stats["steps"], out.stats["interpolation_steps"], out.stats["vsr_steps"]) == (3, 10, 10)
+    # each stage is the stage's own entry point on the previous one's video, with the base run's prompt and seed
+    interpolation, vsr = cascade.later_stages
+    cascade.later_stages = []  # the base stage alone
+    try:
+        base = cascade.generate(PROMPT, **RUN)
+    finally:
+        cascade.later_stages = [interpolation, vsr]
+    with torch.no_grad():
+        middle = interpolation.interpolate(base.video, [PROMPT], RUN["seed"], INTERPOLATION)
+        final = vsr.upscale_latents(middle, [PROMPT], RUN["seed"], VSR)
+    assert torch.equal(out.latents, final.float())
+
+
+def test_caches_act_on_every_stage(cascade):
+    cascade.set_cache("forecast-i2-w2")  # the step-output forecast: every 2nd step after 2 computed
+    try:
+        out = cascade.generate(PROMPT, **{**RUN, "num_inference_steps": 8})
+    finally:
+        cascade.set_cache("none")
+    for prefix in ("", "interpolation_", "vsr_"):
+        counts = out.stats[prefix + "forecast"]
+        assert counts["reused_steps"] > 0 and counts["computed_steps"] > 0, (prefix, counts)
+    assert out.stats["vsr_forecast"]["computed_steps"] + out.stats["vsr_forecast"]["reused_steps"] == 10
+    assert torch.isfinite(out.latents).all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cascade_cfg_parallel_equals_one_process(cascade):
+    from videosys import VideoSysEngine
+
+    single = cascade.generate(PROMPT, **RUN)
+    with VideoSysEngine(tiny(num_gpus=2, cfg_parallel=True)) as engine:
+        out = engine.generate(PROMPT, **RUN)
+    assert out.video.shape == single.video.shape
+    assert (out.latents - single.latents).abs().max() <= 1e-4 * max(1.0, float(single.latents.abs().max()))
