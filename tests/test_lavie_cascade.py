@@ -61,5 +61,8 @@ def test_cascade_cfg_parallel_equals_one_process(cascade):
     single = cascade.generate(PROMPT, **RUN)
     with VideoSysEngine(tiny(num_gpus=2, cfg_parallel=True)) as engine:
         out = engine.generate(PROMPT, **RUN)
+    # the stages hand each other uint8 videos (the release: mp4 files), so a batch-of-1 vs batch-of-2 rounding
+    # difference may move a pixel by one level between stages: a little more than fp32 rounding at the end
     assert out.video.shape == single.video.shape
-    assert (out.latents - single.latents).abs().max() <= 1e-4 * max(1.0, float(single.latents.abs().max()))
+    assert (out.video.int() - single.video.int()).abs().max() <= 2
+    assert (out.latents - single.latents).abs().max() <= 1e-3 * max(1.0, float(single.latents.abs().max()))
