@@ -40,17 +40,23 @@ def test_tiny_cascade_runs_base_interpolation_vsr(cascade):
     assert torch.equal(out.latents, final.float())
 
 
-def test_caches_act_on_every_stage(cascade):
-    cascade.set_cache("forecast-i2-w2")  # the step-output forecast: every 2nd step after 2 computed
+@pytest.mark.parametrize("spec,name", [("forecast-i2-w2", "forecast"), ("deepcache-2", "deepcache"),
+                                       ("taylorseer", "taylorseer")], ids=["step-output", "stack", "module"])
+def test_caches_act_on_every_stage(cascade, spec, name):
+    """One method per hook point: the step-output forecast, DeepCache at the UNets' block stacks, TaylorSeer at the
+    module sites; each stage's UNet counts its own steps."""
+    cascade.set_cache(spec)
     try:
         out = cascade.generate(PROMPT, **{**RUN, "num_inference_steps": 8})
     finally:
         cascade.set_cache("none")
-    for prefix in ("", "interpolation_", "vsr_"):
-        counts = out.stats[prefix + "forecast"]
-        assert counts["reused_steps"] > 0 and counts["computed_steps"] > 0, (prefix, counts)
-    assert out.stats["vsr_forecast"]["computed_steps"] + out.stats["vsr_forecast"]["reused_steps"] == 10
     assert torch.isfinite(out.latents).all()
+    for prefix, steps in (("", 8), ("interpolation_", 10), ("vsr_", 10)):
+        counts = out.stats[prefix + name]
+        if name == "taylorseer":  # module calls: 4 sites per transformer block
+            assert counts["forecast_modules"] > 0 and counts["computed_modules"] > 0, (prefix, counts)
+        else:
+            assert counts["reused_steps"] > 0 and counts["computed_steps"] + counts["reused_steps"] == steps, counts
 
 
 @pytest.mark.slow

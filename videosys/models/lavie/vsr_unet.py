@@ -123,11 +123,16 @@ def video_norm(norm: nn.GroupNorm, x: torch.Tensor, frames: int) -> torch.Tensor
     return norm(x.unflatten(0, (-1, frames)).transpose(1, 2)).transpose(1, 2).flatten(0, 1)
 
 
+def video_resnet_modulated(resnet, x: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
+    """conv1(act(norm1(x))) + the timestep's projection: where the timestep first meets the input."""
+    h = resnet.conv1(F.silu(video_norm(resnet.norm1, x, frames)))
+    return h + resnet.time_emb_proj(F.silu(temb))[:, :, None, None]
+
+
 def video_resnet(resnet, x: torch.Tensor, temb: torch.Tensor, frames: int) -> torch.Tensor:
     """diffusers' ResnetBlock2D (its modules) with the release's norms over all frames (ResnetBlock3D).
     x: (B F, C, h, w); temb: (B F, D)."""
-    h = resnet.conv1(F.silu(video_norm(resnet.norm1, x, frames)))
-    h = h + resnet.time_emb_proj(F.silu(temb))[:, :, None, None]
+    h = video_resnet_modulated(resnet, x, temb, frames)
     h = resnet.conv2(resnet.dropout(F.silu(video_norm(resnet.norm2, h, frames))))
     if resnet.conv_shortcut is not None:
         x = resnet.conv_shortcut(x)
@@ -178,7 +183,8 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
                      "up_blocks", "conv_norm_out", "conv_act", "conv_out"):
             setattr(self, name, getattr(unet, name))
         temb = config.block_out_channels[0] * 4
-        for transformer in self.transformers():
+        for index, transformer in enumerate(self.transformers()):
+            transformer.cache_index = index  # its blocks' depth at the module hook points
             transformer.add_module("resblock_temporal", TemporalConvResnet(transformer.in_channels, 3, None))
             for block in transformer.transformer_blocks:
                 dim = block.norm1.normalized_shape[0]
@@ -204,7 +210,57 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
             raise ValueError("LaVie's UNets have no sequence parallelism: use cfg_parallel with num_gpus=2")
         self.parallel = state
 
+    @property
+    def down_units(self) -> int:
+        """The U's down units (each leaves a skip): layers, and a downsampler per level but the last (as the base's)."""
+        c = self.config
+        return len(c.block_out_channels) * (c.layers_per_block + 1) - 1
+
     # ---- forward ------------------------------------------------------------------------------
+    def units(self, emb, emb_frames, text, frames: int, hooks, skips: list) -> list:
+        """The U as steps h -> h sharing `skips` (conv_in's output first), the base UNet's units: down units push a
+        skip, up units pop one; a level's temporal module follows its last unit (after its skip was kept, as the
+        release applies it to the block's output)."""
+
+        def layer(level, j, h):
+            h = video_resnet(level.resnets[j], h, emb_frames, frames)
+            if getattr(level, "attentions", None):
+                t = level.attentions[j]
+                h = self.video_transformer(t, h, text, frames, hooks, t.cache_index)
+            return h
+
+        def down(level, temporal, j, last):
+            def unit(h):
+                h = layer(level, j, h) if j < len(level.resnets) else level.downsamplers[0](h)
+                skips.append(h)
+                return self.temporal(temporal, h, emb, frames) if last else h
+            return unit
+
+        def mid(h):
+            h = video_resnet(self.mid_block.resnets[0], h, emb_frames, frames)
+            t = self.mid_block.attentions[0]
+            h = self.video_transformer(t, h, text, frames, hooks, t.cache_index)
+            h = video_resnet(self.mid_block.resnets[1], h, emb_frames, frames)
+            return self.temporal(self.mid_temporal_block, h, emb, frames)
+
+        def up(level, temporal, j, last):
+            def unit(h):
+                h = layer(level, j, torch.cat([h, skips.pop()], 1))
+                if last and level.upsamplers is not None:
+                    h = level.upsamplers[0](h, skips[-1].shape[-2:])  # the skip's size: odd sizes round as the release
+                return self.temporal(temporal, h, emb, frames) if last else h
+            return unit
+
+        out = []
+        for level, temporal in zip(self.down_blocks, self.down_temporal_blocks):
+            n = len(level.resnets) + (level.downsamplers is not None)
+            out += [down(level, temporal, j, j == n - 1) for j in range(n)]
+        out.append(mid)
+        for level, temporal in zip(self.up_blocks, self.up_temporal_blocks):
+            n = len(level.resnets)
+            out += [up(level, temporal, j, j == n - 1) for j in range(n)]
+        return out
+
     def forward(self, sample: torch.Tensor, timestep, low_res: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 noise_level: torch.Tensor) -> torch.Tensor:
         b, _, frames = sample.shape[:3]
@@ -214,38 +270,23 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
         emb = emb + self.class_embedding(noise_level.reshape(-1).expand(b)).to(sample.dtype)  # (B, D)
         emb_frames = emb.repeat_interleave(frames, 0)  # (B F, D)
         text = encoder_hidden_states.repeat_interleave(frames, 0)  # (B F, L, D)
-        hooks = self.module_hooks()
-        depth = iter(range(len(self.transformers())))
+        skips: list = []
+        units = self.units(emb, emb_frames, text, frames, self.module_hooks(), skips)
 
-        def attend(transformer, h):
-            return self.video_transformer(transformer, h, text, frames, hooks, next(depth))
+        def run(h, start=0, stop=None):
+            if start == 0:
+                skips[:] = [h]
+            for unit in units[start:stop]:
+                h = unit(h)
+            return h
 
-        x = self.conv_in(x)
-        skips = [x]
-        for block, temporal in zip(self.down_blocks, self.down_temporal_blocks):
-            for i, resnet in enumerate(block.resnets):
-                x = video_resnet(resnet, x, emb_frames, frames)
-                if getattr(block, "attentions", None):
-                    x = attend(block.attentions[i], x)
-                skips.append(x)
-            if block.downsamplers is not None:
-                x = block.downsamplers[0](x)
-                skips.append(x)
-            x = self.temporal(temporal, x, emb, frames)  # after the skip was kept, as the release
-        x = video_resnet(self.mid_block.resnets[0], x, emb_frames, frames)
-        for transformer, resnet in zip(self.mid_block.attentions, self.mid_block.resnets[1:]):
-            x = video_resnet(resnet, attend(transformer, x), emb_frames, frames)
-        x = self.temporal(self.mid_temporal_block, x, emb, frames)
-        for block, temporal in zip(self.up_blocks, self.up_temporal_blocks):
-            for i, resnet in enumerate(block.resnets):
-                x = video_resnet(resnet, torch.cat([x, skips.pop()], 1), emb_frames, frames)
-                if getattr(block, "attentions", None):
-                    x = attend(block.attentions[i], x)
-            if block.upsamplers is not None:
-                x = block.upsamplers[0](x, skips[-1].shape[-2:])  # the skip's size: odd sizes round as the release
-            x = self.temporal(temporal, x, emb, frames)
-        x = self.conv_out(self.conv_act(video_norm(self.conv_norm_out, x, frames)))
-        return x.unflatten(0, (b, frames)).transpose(1, 2)  # (B, 4, F, h, w)
+        h = self.conv_in(x)
+        # TeaCache's indicator, as the base UNet's: the first ResNet's timestep-modulated input
+        h = self.cache_stack(run, h, indicator=lambda: video_resnet_modulated(self.down_blocks[0].resnets[0], h,
+                                                                               emb_frames, frames),
+                             num_units=len(units), down_units=self.down_units)
+        h = self.conv_out(self.conv_act(video_norm(self.conv_norm_out, h, frames)))
+        return h.unflatten(0, (b, frames)).transpose(1, 2)  # (B, 4, F, h, w)
 
     @staticmethod
     def temporal(module, x, emb, frames):
@@ -273,7 +314,7 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
         n = x.shape[1]
         per_position = x.unflatten(0, (-1, frames)).transpose(1, 2).flatten(0, 1)  # (B hw, F, C)
         per_position = per_position + module_call(
-            hooks, "temporal", index, lambda: block.attn_temporal(block.norm_temporal(per_position)))
+            hooks, "temporal", index, lambda: block.attn_temporal(block.norm_temporal(per_position)), block="spatial")
         x = per_position.unflatten(0, (-1, n)).transpose(1, 2).flatten(0, 1)  # (B F, hw, C)
         return x + module_call(hooks, "mlp", index, lambda: block.ff(block.norm3(x)), block="spatial")
 
