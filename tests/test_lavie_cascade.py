@@ -72,3 +72,21 @@ def test_cascade_cfg_parallel_equals_one_process(cascade):
     assert out.video.shape == single.video.shape
     assert (out.video.int() - single.video.int()).abs().max() <= 2
     assert (out.latents - single.latents).abs().max() <= 1e-3 * max(1.0, float(single.latents.abs().max()))
+
+
+def test_the_release_layout_saves_and_loads_back(cascade, tmp_path):
+    """save_pretrained writes the three .pt files and both SD folders as the release's pretrained_models/ holds them;
+    LaVieConfig(model_path=...) runs the cascade from them, strictly, to the same video."""
+    cascade.save_pretrained(str(tmp_path))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["lavie_base.pt", "lavie_interpolation.pt", "lavie_vsr.pt", "stable-diffusion-v1-4",
+                     "stable-diffusion-x4-upscaler"]
+    vsr_state = torch.load(tmp_path / "lavie_vsr.pt", weights_only=True)
+    assert "temporal_rotary_emb.freqs" in vsr_state  # rotary_embedding_torch's frequencies, as the release carries
+    # preset="tiny" with a model_path: these weights, the tiny preset's sampler settings (steps) for every stage
+    loaded = LaViePipeline.from_config(tiny(model_path=str(tmp_path)))
+    assert torch.equal(loaded.generate(PROMPT, **RUN).latents, cascade.generate(PROMPT, **RUN).latents)
+    del vsr_state["mid_temporal_block.shift_conv.weight"]
+    torch.save(vsr_state, tmp_path / "lavie_vsr.pt")
+    with pytest.raises(ValueError, match=r"missing keys \(1\): mid_temporal_block.shift_conv.weight"):
+        LaViePipeline.from_config(tiny(model_path=str(tmp_path)))

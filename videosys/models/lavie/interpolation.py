@@ -17,6 +17,7 @@ use_concat=True, so the mask_type "tsr" mask is never built):
 - the 61 latents decoded by the VAE.
 """
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +167,13 @@ class LaVieInterpolationStage(CascadeStage, VideoSysPipeline):
                     base.tokenizer)
         stage.attach(base)
         return stage
+
+    def save_release(self, folder: str) -> None:
+        """lavie_interpolation.pt (a plain state dict, the release's keys); its SD-1.4 parts are the base's."""
+        from videosys.utils.files import atomic_path
+
+        with atomic_path(os.path.join(folder, checkpoints.RELEASE_FILES["interpolation"]), ".pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in self.unet.state_dict().items()}, tmp)
 
     def run_stage(self, video: torch.Tensor, run) -> torch.Tensor:
         settings = TINY_SETTINGS if self.config.preset == "tiny" else InterpolationSettings()

@@ -208,6 +208,8 @@ class LaViePipeline(VideoSysPipeline):
         with atomic_path(os.path.join(sd, "unet", "config.json"), ".json") as tmp, open(tmp, "w") as f:
             json.dump(dataclasses.asdict(self.transformer.config), f, indent=2)
         checkpoints.save_release_unet(self.transformer, os.path.join(folder, checkpoints.RELEASE_FILES["base"]))
+        for stage in self.later_stages:  # lavie_interpolation.pt, lavie_vsr.pt and the x4 upscaler's parts
+            stage.save_release(folder)
 
     # ---- generate()'s hooks (VideoSysPipeline.run_generation) -------------------------------------
     def run_generation(self, prompt, seed: int, request: dict):

@@ -14,17 +14,20 @@ Here the loop is the shared denoising loop (VideoSysPipeline.denoise), so the ca
 parallelism act on it; the stage is its own small pipeline whose "transformer" is the VSR UNet.
 """
 
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 
 from videosys.core.pipeline import VideoSysPipeline
+from videosys.utils.files import atomic_path
 from videosys.models.lavie import checkpoints
 from videosys.models.lavie.stages import CascadeStage, summed
-from videosys.models.lavie.vsr_unet import ROTARY_DIM, LaVieVSRUNet, LaVieVSRUNetConfig
+from videosys.models.lavie.vsr_unet import ROTARY_DIM, LaVieVSRUNet, LaVieVSRUNetConfig, config_from_upscaler
 
 UPSCALER_FOLDER = "stable-diffusion-x4-upscaler"  # the release's pretrained_models/ layout
+UPSCALER_HUB_ID = "stabilityai/stable-diffusion-x4-upscaler"  # README: the x4 upscaler the VSR model starts from
 
 
 @dataclass(frozen=True)
@@ -111,26 +114,49 @@ def tiny_vsr_components(seed: int = 0, text_encoder=None, tokenizer=None) -> dic
                     low_res_scheduler=DDPMScheduler.from_config(UPSCALER_LOW_RES_SCHEDULER))
 
 
-def official_vsr_components(folder: str, dtype: torch.dtype) -> dict:
-    """The release's layout: `folder`/lavie_vsr.pt and `folder`/stable-diffusion-x4-upscaler/ (diffusers layout)."""
+def upscaler_path(model_path: str) -> str:
+    """The x4 upscaler's folder: model_path's stable-diffusion-x4-upscaler/ (the release's layout), else the hub's."""
+    local = os.path.join(model_path, UPSCALER_FOLDER)
+    return local if os.path.isdir(local) else UPSCALER_HUB_ID
+
+
+def official_vsr_components(model_path: str, dtype: torch.dtype) -> dict:
+    """The release's layout: lavie_vsr.pt (strict, its keys) and the x4 upscaler's parts in diffusers layout; the
+    UNet's 2D fields from the upscaler's unet/config.json where there is one locally, else the release's."""
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from videosys.models.modules.pretrained import load_pretrained
+    from videosys.utils.hub import resolve_dir
 
-    upscaler = os.path.join(folder, UPSCALER_FOLDER)
-    if not os.path.isdir(upscaler):
-        raise FileNotFoundError(f"LaVie VSR needs {upscaler!r} (stabilityai/stable-diffusion-x4-upscaler, as the "
-                                "release's pretrained_models/ holds it)")
-    file = checkpoints.release_file(folder, checkpoints.RELEASE_FILES["vsr"])
+    upscaler = upscaler_path(model_path)
+    file = checkpoints.release_file(model_path, checkpoints.RELEASE_FILES["vsr"])
     state = checkpoints.read_release_state(file)
     checkpoints.check_rotary(state, ROTARY_DIM, file)  # the frequencies it carries must be the ones rope_1d computes
-    unet = LaVieVSRUNet.from_state_dict(state, LaVieVSRUNetConfig(), dtype, source=file)
-    return dict(unet=unet, vae=load_pretrained(AutoencoderKL, upscaler, subfolder="vae"),
-                text_encoder=load_pretrained(CLIPTextModel, upscaler, subfolder="text_encoder"),
-                tokenizer=load_pretrained(CLIPTokenizer, upscaler, subfolder="tokenizer"),
-                scheduler=vsr_scheduler(dict(DDIMScheduler.load_config(upscaler, subfolder="scheduler"))),
-                low_res_scheduler=load_pretrained(DDPMScheduler, upscaler, subfolder="low_res_scheduler"))
+    config_file = os.path.join(upscaler, "unet", "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file) as f:
+            unet_config = config_from_upscaler(json.load(f))
+    else:
+        unet_config = LaVieVSRUNetConfig()
+    unet = LaVieVSRUNet.from_state_dict(state, unet_config, dtype, source=file)
+    return dict(unet=unet, vae=load_pretrained(AutoencoderKL, resolve_dir(upscaler, "vae")),
+                text_encoder=load_pretrained(CLIPTextModel, resolve_dir(upscaler, "text_encoder")),
+                tokenizer=load_pretrained(CLIPTokenizer, resolve_dir(upscaler, "tokenizer")),
+                scheduler=vsr_scheduler(dict(DDIMScheduler.load_config(resolve_dir(upscaler, "scheduler")))),
+                low_res_scheduler=load_pretrained(DDPMScheduler, resolve_dir(upscaler, "low_res_scheduler")))
+
+
+def release_vsr_state(unet: LaVieVSRUNet) -> dict[str, torch.Tensor]:
+    """Our VSR UNet's state dict as lavie_vsr.pt holds it: plus rotary_embedding_torch's frequencies, under the UNet
+    and every temporal attention that shares them."""
+    state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    freqs = checkpoints.rotary_frequencies(ROTARY_DIM)
+    state["temporal_rotary_emb.freqs"] = freqs.clone()
+    for name, _ in unet.named_modules():
+        if name.endswith("attn_temporal"):
+            state[f"{name}.rotary_emb.freqs"] = freqs.clone()
+    return state
 
 
 TINY_SETTINGS = VSRSettings(num_inference_steps=10)  # the tiny preset: the published sampler, fewer steps
@@ -171,6 +197,20 @@ class LaVieVSRStage(CascadeStage, VideoSysPipeline):
 
     def stage_cache_stats(self) -> dict:
         return summed(self.chunk_stats)
+
+    def save_release(self, folder: str) -> None:
+        """lavie_vsr.pt and stable-diffusion-x4-upscaler/ (vae/, text_encoder/, tokenizer/, scheduler/ (its beta
+        schedule already the "linear" LaVie samples with), low_res_scheduler/, unet/config.json: the 2D UNet's
+        fields), as the release's pretrained_models/ holds them; LaVieConfig(model_path=folder, stages=...) loads
+        them back."""
+        upscaler = os.path.join(folder, UPSCALER_FOLDER)
+        for name in ("vae", "text_encoder", "tokenizer", "low_res_scheduler"):
+            getattr(self, name).save_pretrained(os.path.join(upscaler, name))
+        self.scheduler.save_pretrained(os.path.join(upscaler, "scheduler"))
+        with atomic_path(os.path.join(upscaler, "unet", "config.json"), ".json") as tmp, open(tmp, "w") as f:
+            json.dump({"_class_name": "UNet2DConditionModel", **self.unet.config.unet_2d_kwargs()}, f, indent=2)
+        with atomic_path(os.path.join(folder, checkpoints.RELEASE_FILES["vsr"]), ".pt") as tmp:
+            torch.save(release_vsr_state(self.unet), tmp)
 
     @classmethod
     def build(cls, config, components: dict):

@@ -69,6 +69,8 @@ class LaVieVSRUNetConfig:
         for name in ("block_out_channels", "down_block_types", "up_block_types", "only_cross_attention",
                      "down_temporal_idx", "up_temporal_idx"):
             setattr(self, name, tuple(getattr(self, name)))
+        self.down_block_types = tuple(t.replace("2D", "3D") for t in self.down_block_types)  # the 2D config's names too
+        self.up_block_types = tuple(t.replace("2D", "3D") for t in self.up_block_types)
         # what the released model does not use is refused rather than ignored
         if self.video_condition:
             raise ValueError("LaVie VSR UNet: video_condition=True (low-res frames fed to each temporal module) is "
@@ -82,12 +84,10 @@ class LaVieVSRUNetConfig:
 
     def unet_2d_kwargs(self) -> dict:
         """The same UNet as diffusers' UNet2DConditionModel arguments (the x4 upscaler's unet/config.json)."""
-        to_2d = {"DownBlock3D": "DownBlock2D", "CrossAttnDownBlock3D": "CrossAttnDownBlock2D",
-                 "UpBlock3D": "UpBlock2D", "CrossAttnUpBlock3D": "CrossAttnUpBlock2D"}
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
                     block_out_channels=self.block_out_channels,
-                    down_block_types=tuple(to_2d[k] for k in self.down_block_types),
-                    up_block_types=tuple(to_2d[k] for k in self.up_block_types),
+                    down_block_types=tuple(k.replace("3D", "2D") for k in self.down_block_types),
+                    up_block_types=tuple(k.replace("3D", "2D") for k in self.up_block_types),
                     only_cross_attention=self.only_cross_attention, layers_per_block=self.layers_per_block,
                     attention_head_dim=self.attention_head_dim, cross_attention_dim=self.cross_attention_dim,
                     num_class_embeds=self.num_class_embeds, norm_num_groups=self.norm_num_groups,
@@ -319,14 +319,10 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
         return x + module_call(hooks, "mlp", index, lambda: block.ff(block.norm3(x)), block="spatial")
 
 
-def config_from_release(values: dict) -> LaVieVSRUNetConfig:
-    """vsr/configs/unet_3d_config.json (or our config.json) -> the config; the release's bookkeeping and training
-    fields are dropped by name."""
-    known = {f.name for f in dataclasses.fields(LaVieVSRUNetConfig)}
-    training = {"freeze_pretrained_2d_upsampler", "center_input_sample", "dual_cross_attention"}
-    unknown = sorted(k for k in values if k not in known and k not in training and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"LaVie VSR UNet config: unknown fields {', '.join(unknown)}")
-    if values.get("center_input_sample") or values.get("dual_cross_attention"):
-        raise ValueError("LaVie VSR UNet config: center_input_sample / dual_cross_attention are not the release's")
+def config_from_upscaler(values: dict) -> LaVieVSRUNetConfig:
+    """The x4 upscaler's unet/config.json (diffusers' UNet2DConditionModel) -> our config: its 2D fields with the
+    release's temporal ones (vsr/configs/unet_3d_config.json is that file plus them); the 2D model's other fields
+    (attention options it leaves at their defaults) are not read."""
+    known = {f.name for f in dataclasses.fields(LaVieVSRUNetConfig)} - {"down_temporal_idx", "mid_temporal",
+                                                                         "up_temporal_idx", "temporal_module_config"}
     return LaVieVSRUNetConfig(**{k: v for k, v in values.items() if k in known})
