@@ -82,6 +82,28 @@ def test_interpolation_block_equals_the_release_block():
     assert (ours - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max())
 
 
+def test_every_block_of_the_interpolation_unet_is_the_release_block():
+    """In the whole UNet (8 input channels, real frame / text layout): each block's output against the release's
+    block on the same input; the rest of the UNet is the base UNet's (tests/test_lavie.py checks it against the
+    release's forward)."""
+    from videosys.models.lavie.interpolation import SparseCausalBlock
+
+    unet = tiny_unet()
+    seen = []
+
+    def check(block, args, out):
+        x, text, frames, _ = args
+        seen.append((out - ref_block(block.state_dict(), x, text, frames, block.attn1.heads)).abs().max().item())
+
+    handles = [m.register_forward_hook(check) for m in unet.modules() if isinstance(m, SparseCausalBlock)]
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        unet(torch.randn(2, 8, 5, 8, 8, generator=g), torch.tensor([980, 20]), torch.randn(2, 7, 32, generator=g))
+    for handle in handles:
+        handle.remove()
+    assert len(seen) == 4 and max(seen) < 1e-5, seen  # 1 down, 1 mid and 2 up transformers
+
+
 def test_interpolation_unet_one_frame_is_the_base_unet():
     """With one frame the sparse-causal attention sees frame 0 twice and the temporal attention one frame: the
     interpolation UNet is then the base UNet (same weights, 8 input channels); with more frames they differ."""
