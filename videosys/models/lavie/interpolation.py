@@ -131,7 +131,7 @@ class AdmDDIM:
         return x0 * torch.sqrt(prev) + torch.sqrt(1 - prev) * eps
 
 
-TINY_SETTINGS = InterpolationSettings(num_inference_steps=10)  # the tiny preset: the published sampler, fewer steps
+TINY_SETTINGS = InterpolationSettings(num_inference_steps=6)  # the tiny preset: the published sampler, fewer steps
 
 
 class LaVieInterpolationStage(CascadeStage, VideoSysPipeline):

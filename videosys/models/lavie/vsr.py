@@ -159,7 +159,7 @@ def release_vsr_state(unet: LaVieVSRUNet) -> dict[str, torch.Tensor]:
     return state
 
 
-TINY_SETTINGS = VSRSettings(num_inference_steps=10)  # the tiny preset: the published sampler, fewer steps
+TINY_SETTINGS = VSRSettings(num_inference_steps=6)  # the tiny preset: the published sampler, fewer steps
 
 
 class LaVieVSRStage(CascadeStage, VideoSysPipeline):
