@@ -40,7 +40,8 @@ def ref_attention(p, name, x, keys, heads):  # CrossAttention: heads to batch, b
     scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1]), q, k.transpose(-1, -2), beta=0,
                            alpha=q.shape[-1] ** -0.5)
     out = torch.bmm(scores.softmax(-1), v)
-    out = out.reshape(-1, heads, out.shape[1], out.shape[2]).permute(0, 2, 1, 3).reshape(-1, out.shape[1], out.shape[2] * heads)
+    n, d = out.shape[1], out.shape[2]
+    out = out.reshape(-1, heads, n, d).permute(0, 2, 1, 3).reshape(-1, n, d * heads)
     return F.linear(out, p[name + ".to_out.0.weight"], p[name + ".to_out.0.bias"])
 
 

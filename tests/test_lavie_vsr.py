@@ -28,7 +28,8 @@ def tiny_unet(seed=0, temporal_scale=0.2):
 
 def inputs(b=1, frames=3, h=8, w=8, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, 4, frames, h, w, generator=g), torch.tensor(321), torch.randn(b, 3, frames, h, w, generator=g),
+    return (torch.randn(b, 4, frames, h, w, generator=g), torch.tensor(321),
+            torch.randn(b, 3, frames, h, w, generator=g),
             torch.randn(b, 5, TINY_UNET.cross_attention_dim, generator=g), torch.tensor([50] * b))
 
 
@@ -74,7 +75,8 @@ class Release:
             b, n, d = t.shape
             return t.reshape(b, n, heads, d // heads).permute(0, 2, 1, 3).reshape(b * heads, n, d // heads)
 
-        q, k, v = split(self.lin(x, name + ".to_q")), split(self.lin(ctx, name + ".to_k")), split(self.lin(ctx, name + ".to_v"))
+        q = split(self.lin(x, name + ".to_q"))
+        k, v = split(self.lin(ctx, name + ".to_k")), split(self.lin(ctx, name + ".to_v"))
         scores = torch.baddbmm(torch.empty(q.shape[0], q.shape[1], k.shape[1]), q, k.transpose(-1, -2), beta=0,
                                alpha=q.shape[-1] ** -0.5)
         out = torch.bmm(scores.softmax(-1), v)
@@ -107,7 +109,8 @@ class Release:
                    for c in "qkv")
         q = self.rotate(q * q.shape[-1] ** -0.5)
         k = self.rotate(k)
-        scores = torch.einsum("...hid,...hjd->...hij", q, k) + self.rel_pos_bias(x.shape[1], name + ".time_rel_pos_bias")
+        scores = torch.einsum("...hid,...hjd->...hij", q, k)
+        scores = scores + self.rel_pos_bias(x.shape[1], name + ".time_rel_pos_bias")
         scores = scores - scores.amax(-1, keepdim=True)
         out = torch.einsum("...hij,...hjd->...hid", scores.softmax(-1), v)
         return self.lin(out.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1), name + ".to_out.0")
@@ -211,7 +214,8 @@ def test_vsr_checkpoint_loads_by_release_names(tmp_path):
     # rotary_embedding_torch's fixed frequencies sit under the UNet and every temporal attention: checked, then
     # dropped by name (the UNet computes them)
     state["temporal_rotary_emb.freqs"] = checkpoints.rotary_frequencies(32)
-    state["down_blocks.1.attentions.0.transformer_blocks.0.attn_temporal.rotary_emb.freqs"] = state["temporal_rotary_emb.freqs"]
+    block = "down_blocks.1.attentions.0.transformer_blocks.0"
+    state[f"{block}.attn_temporal.rotary_emb.freqs"] = state["temporal_rotary_emb.freqs"]
     path = tmp_path / "lavie_vsr.pt"
     torch.save({"ema": state}, path)
     release = checkpoints.read_release_state(str(path))
@@ -232,7 +236,8 @@ def release_vsr_loop(stage, video, prompt, seed, s: VSRSettings):
     generator = torch.Generator().manual_seed(seed)
 
     def encode(text):
-        ids = stage.tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        ids = stage.tokenizer([text], padding="max_length", max_length=77, truncation=True,
+                              return_tensors="pt").input_ids
         return stage.text_encoder(ids)[0]
 
     prompt_embeds = torch.cat([encode(s.negative_prompt), encode(prompt)])

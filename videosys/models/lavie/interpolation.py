@@ -80,7 +80,7 @@ class SparseCausalBlock(TransformerBlock):
 
 
 class LaVieInterpolationUNet(LaVieUNet3DModel):
-    """forward(sample (B, 8, F, h, w) = [noisy latents; copied latents], timestep, text) -> the noise (B, 4, F, h, w)."""
+    """forward(sample (B, 8, F, h, w) = [noisy latents; copied latents], timestep, text) -> noise (B, 4, F, h, w)."""
 
     class_name = "LaVieInterpolationUNet"
 
@@ -94,7 +94,7 @@ class LaVieInterpolationUNet(LaVieUNet3DModel):
                                                                       config, old.index)
 
 
-# ---- ADM's DDIM (interpolation/diffusion: create_diffusion(str(steps)), ddim_sample_loop with eta 0) ------------------
+# ---- ADM's DDIM (interpolation/diffusion: create_diffusion(str(steps)), ddim_sample_loop with eta 0) -------------
 def respaced_steps(num_train: int, steps: int) -> list[int]:
     """respace.space_timesteps(num_train, str(steps)): one section, a fractional stride, each index rounded."""
     stride = 1 if steps <= 1 else (num_train - 1) / (steps - 1)
@@ -188,7 +188,8 @@ class LaVieInterpolationStage(CascadeStage, VideoSysPipeline):
         b, f = video.shape[:2]
         pixels = (video.permute(0, 1, 4, 2, 3).flatten(0, 1).float() / 255 - 0.5) * 2  # (B F, 3, H, W)
         posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
-        noise = torch.randn((b * output_frames(f), *posterior.mean.shape[1:]), generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((b * output_frames(f), *posterior.mean.shape[1:]), generator=generator)
         noise = noise.unflatten(0, (b, -1))[:, ::FRAME_STRIDE].flatten(0, 1).to(posterior.mean)
         latents = (posterior.mean + posterior.std * noise) * SD_LATENT_SCALE
         latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (B, 4, F, h, w)

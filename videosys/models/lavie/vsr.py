@@ -221,7 +221,8 @@ class LaVieVSRStage(CascadeStage, VideoSysPipeline):
         return cls(config, **parts)
 
     def encode_text(self, prompts: list[str], negative_prompt: str, do_cfg: bool) -> torch.Tensor:
-        return encode_clip(self.tokenizer, self.text_encoder, prompts, negative_prompt, do_cfg, self.device).to(self.dtype)
+        text = encode_clip(self.tokenizer, self.text_encoder, prompts, negative_prompt, do_cfg, self.device)
+        return text.to(self.dtype)
 
     def upscale(self, video: torch.Tensor, prompts: list[str], seed: int, settings: VSRSettings) -> torch.Tensor:
         """(B, T, H, W, 3) uint8 -> (B, T, 4H, 4W, 3) uint8."""

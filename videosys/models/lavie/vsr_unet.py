@@ -12,9 +12,14 @@ noise level as a class embedding) and adds temporal layers, leaving every 2D par
 
 The 2D parts here are diffusers' own modules (built by UNet2DConditionModel, run per frame); this file writes the
 temporal parts and the forward that interleaves them. One thing in the release's 2D parts is not per frame: its
-resnets (and the output norm) see (B, C, F, h, w) tensors, so their GroupNorms take their statistics over all frames
-(`video_norm`); the transformers' norm runs per frame. With one frame the whole 2D path is diffusers' UNet. Parameter names are the release's
-(`lavie_vsr.pt`'s "ema" state dict), so its checkpoint loads strictly.
+resnets (and the output norm) see (B, C, F, h, w) tensors, so their GroupNorms take their statistics over all
+frames (`video_norm`); the transformers' norm runs per frame. With one frame the 2D path is diffusers' UNet.
+Parameter names are the release's (`lavie_vsr.pt`'s "ema" state dict), so its checkpoint loads strictly.
+
+Hook points, as the base UNet's (unet.py): each transformer block's attn1 ("spatial"), attn2 ("cross"), temporal
+attention ("temporal") and MLP ("mlp") through `module_call`, index = the transformer's order in the forward; the U
+as the block stack (`units`: down units leaving skips, the mid unit, up units taking them back; `down_units` for
+DeepCache), TeaCache's indicator the first ResNet's timestep-modulated input.
 """
 
 import dataclasses
