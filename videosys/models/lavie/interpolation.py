@@ -5,7 +5,8 @@ family (SD-1.4 made 3D) with three differences, so it is the base class with a s
 - 8 input channels: the noisy latents and the "copied" latents of the base frames, concatenated;
 - `use_first_frame=True`: each block's attn1 is sparse-causal, every frame's tokens attending to the tokens of
   frame 0 and of the previous frame (attention.py SparseCausalAttention);
-- its temporal attention has no positions (no rotary table, no relative bias: plain multi-head attention).
+- its temporal attention has no positions (no rotary table, no relative bias: plain multi-head attention) and
+  comes after the block's MLP (attention.py BasicTransformerBlock), where the base block has it before.
 
 The sampler (interpolation/sample.py auto_inpainting_copy_no_mask, configs/sample.yaml: copy_no_mask=True,
 use_concat=True, so the mask_type "tsr" mask is never built):
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videosys.cache import module_call
 from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.lavie import checkpoints
 from videosys.models.lavie.stages import CascadeStage
@@ -57,15 +59,17 @@ def interpolation_unet_config(base: LaVieUNetConfig | None = None) -> LaVieUNetC
 
 
 class SparseCausalBlock(TransformerBlock):
-    """The interpolation UNet's transformer block: attn1 over frame 0's and the previous frame's tokens, and a
-    temporal attention without positions (the same keys as the base block's, less time_rel_pos_bias)."""
+    """The interpolation UNet's transformer block (interpolation/models/attention.py BasicTransformerBlock with
+    use_first_frame=True): the base block's layers and keys (less time_rel_pos_bias), but attn1 over frame 0's and
+    the previous frame's tokens, a temporal attention without positions, and the temporal attention after the MLP
+    (the base block has it before)."""
 
     def __init__(self, dim: int, heads: int, cross_dim: int, config: LaVieUNetConfig, index: int):
         super().__init__(dim, heads, cross_dim, config, index)
         self.attn_temp = Attention(dim, heads, dim // heads)
 
-    def self_attention(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        # x: (B F, N, C)
+    def sparse_causal(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """SparseCausalAttention: x (B F, N, C), each frame's queries over frame 0's and frame i-1's keys / values."""
         attn = self.attn1
         q, k, v = (attn.split_heads(t) for t in attn.project_qkv(x))  # (B F, heads, N, d)
         previous = torch.arange(frames, device=x.device).sub(1).clamp(min=0)  # frame i-1 (frame 0: itself)
@@ -77,6 +81,19 @@ class SparseCausalBlock(TransformerBlock):
 
         out = F.scaled_dot_product_attention(q, sparse(k), sparse(v))
         return attn.to_out[0](out.transpose(1, 2).flatten(2))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, frames: int, hooks) -> torch.Tensor:
+        """x (B F, N, C) one frame's tokens per row; text (B, S, C_text). The hook sites are the base block's."""
+        i = self.index
+        bf, n, c = x.shape
+        b = bf // frames
+        x = x + module_call(hooks, "spatial", i, lambda: self.sparse_causal(self.norm1(x), frames), block="spatial")
+        x = x + module_call(hooks, "cross", i, lambda: self.attn2(self.norm2(x).reshape(b, frames * n, c), text)
+                            .reshape(bf, n, c), block="spatial")  # the same text for every frame of a sample
+        x = x + module_call(hooks, "mlp", i, lambda: self.ff(self.norm3(x)), block="spatial")
+        t = x.unflatten(0, (b, frames)).transpose(1, 2).reshape(b * n, frames, c)  # (B N, F, C)
+        t = t + module_call(hooks, "temporal", i, lambda: self.attn_temp(self.norm_temp(t)), block="spatial")
+        return t.unflatten(0, (b, n)).transpose(1, 2).reshape(bf, n, c)  # (B F, N, C)
 
 
 class LaVieInterpolationUNet(LaVieUNet3DModel):

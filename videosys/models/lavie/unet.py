@@ -163,16 +163,12 @@ class TransformerBlock(nn.Module):
                                            config.relative_max_distance)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
-    def self_attention(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """attn1 within each frame (the interpolation UNet's block overrides it: interpolation.py)."""
-        return self.attn1(x)
-
     def forward(self, x: torch.Tensor, text: torch.Tensor, frames: int, hooks) -> torch.Tensor:
         """x (B F, N, C) one frame's tokens per row; text (B, S, C_text)."""
         i = self.index
         bf, n, c = x.shape
         b = bf // frames
-        x = x + module_call(hooks, "spatial", i, lambda: self.self_attention(self.norm1(x), frames), block="spatial")
+        x = x + module_call(hooks, "spatial", i, lambda: self.attn1(self.norm1(x)), block="spatial")
         # every frame of a sample attends to the same text: one query row of F * N tokens per sample
         x = x + module_call(hooks, "cross", i, lambda: self.attn2(self.norm2(x).reshape(b, frames * n, c), text)
                             .reshape(bf, n, c), block="spatial")
