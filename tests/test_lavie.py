@@ -266,3 +266,18 @@ def test_a_later_stage_plugs_in_by_one_line(monkeypatch):
     pipe = LaViePipeline.from_config(LaVieConfig(preset="tiny", progress_bar=False, stages="base,interpolation"))
     out = pipe.generate(PROMPT, seed=0, num_inference_steps=2, num_frames=2)
     assert out.video.shape[1] == 4 and DoubleFrames.seen == [([PROMPT], 2)]
+
+
+def test_cli_and_server_take_the_family(tmp_path, capsys):
+    from videosys.cli import main
+    from videosys.serve.app import ApiError, validate_request
+    from videosys.utils.video import read_video
+
+    output = tmp_path / "lavie.mp4"
+    assert main(["generate", "--model", "lavie", "--preset", "tiny", "--prompt", PROMPT, "--steps", "3", "--cache",
+                 "deepcache", "--no-progress", "--output", str(output)]) == 0
+    frames, fps = read_video(str(output))
+    assert frames.shape == (4, 32, 32, 3) and fps == 8
+    with pytest.raises(ApiError) as err:  # the config alone: no pipeline, no weights
+        validate_request(LaVieConfig(preset="tiny"), {"width": 36})
+    assert err.value.param == "width"
