@@ -2,6 +2,7 @@
 (from the release's key names, in its own layout: 5D tensors, baddbmm attention, rotary_embedding_torch's pair
 rotation, T5 buckets), and the stage's loop against the release's pipeline loop written out."""
 
+import dataclasses
 import math
 
 import pytest
@@ -15,10 +16,13 @@ from videosys.models.lavie.vsr_unet import LaVieVSRUNet
 from videosys.models.modules.pretrained import CheckpointMismatchError
 
 
+UNET = dataclasses.replace(TINY_UNET, block_out_channels=(32, 64), attention_head_dim=2)  # 2 heads at the 2nd level
+
+
 def tiny_unet(seed=0, temporal_scale=0.2):
-    """The tiny UNet with every weight random, the zero-initialised temporal outputs included."""
+    """A tiny UNet with every weight random, the zero-initialised temporal outputs included."""
     torch.manual_seed(seed)
-    unet = LaVieVSRUNet(TINY_UNET).eval()
+    unet = LaVieVSRUNet(UNET).eval()
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if "temporal" in name or "shift_conv" in name:
@@ -30,7 +34,7 @@ def inputs(b=1, frames=3, h=8, w=8, seed=1):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, 4, frames, h, w, generator=g), torch.tensor(321),
             torch.randn(b, 3, frames, h, w, generator=g),
-            torch.randn(b, 5, TINY_UNET.cross_attention_dim, generator=g), torch.tensor([50] * b))
+            torch.randn(b, 5, UNET.cross_attention_dim, generator=g), torch.tensor([50] * b))
 
 
 # ---- the release's forward, restated (vsr/models/unet.py, unet_blocks.py, attention.py, temporal_module.py, resnet.py)
@@ -220,14 +224,14 @@ def test_vsr_checkpoint_loads_by_release_names(tmp_path):
     torch.save({"ema": state}, path)
     release = checkpoints.read_release_state(str(path))
     checkpoints.check_rotary(release, 32, str(path))
-    loaded = LaVieVSRUNet.from_state_dict(release, TINY_UNET)
+    loaded = LaVieVSRUNet.from_state_dict(release, UNET)
     args = inputs()
     assert torch.equal(loaded(*args).detach(), unet(*args).detach())
     del state["mid_temporal_block.shift_conv.weight"]
     state["mid_temporal_block.shift.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointMismatchError, match="missing keys.*mid_temporal_block.shift_conv.weight"
                        "(.|\n)*unexpected keys.*mid_temporal_block.shift.weight"):
-        LaVieVSRUNet.from_state_dict(state, TINY_UNET)
+        LaVieVSRUNet.from_state_dict(state, UNET)
 
 
 def release_vsr_loop(stage, video, prompt, seed, s: VSRSettings):

@@ -44,6 +44,7 @@ from videosys.utils.files import atomic_path
 from videosys.utils.hub import resolve_dir
 
 LATENT_SCALE = 0.18215  # pipeline_videogen.py decode_latents: `latents = 1 / 0.18215 * latents`
+INTERPOLATED_FPS = 24  # interpolation/configs/sample.yaml fps_list: [24]; vsr/sample.py writes at its input's fps
 TEXT_LENGTH = 77  # SD-1.4's CLIP tokenizer model_max_length (pipeline_videogen.py pads to it)
 # the cascade's later stages: name -> "module:Class" (see the module docstring); the base is this module's pipeline
 STAGE_PIPELINES: dict[str, str] = {"interpolation": "videosys.models.lavie.interpolation:LaVieInterpolationStage",
@@ -95,6 +96,8 @@ class LaVieConfig(BaseConfig):
     def __post_init__(self):
         self.check_fields()
         self.stages = parse_stages(self.stages)
+        if self.fps is None and "interpolation" in self.stages:
+            self.fps = INTERPOLATED_FPS  # the interpolated video's rate (VSR keeps its input's)
         super().__post_init__()
 
     def check_request(self, values: dict) -> dict:
