@@ -27,6 +27,7 @@ def test_tiny_cascade_runs_base_interpolation_vsr(cascade):
     assert out.video.shape == (1, 5, 64, 64, 3) and out.video.dtype == torch.uint8  # 4 * 2 - 3 frames, x4 sides
     assert out.latents.shape == (1, 4, 5, 16, 16) and torch.isfinite(out.latents).all()
     assert (out.stats["steps"], out.stats["interpolation_steps"], out.stats["vsr_steps"]) == (3, 6, 6)
+    assert cascade.config.fps == 24 and LaVieConfig(preset="tiny").fps == 8  # the interpolated video's rate
     # each stage is the stage's own entry point on the previous one's video, with the base run's prompt and seed
     interpolation, vsr = cascade.later_stages
     cascade.later_stages = []  # the base stage alone
