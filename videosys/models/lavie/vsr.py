@@ -48,12 +48,14 @@ class VSRSettings:
             raise ValueError("vsr chunk_frames and num_inference_steps must be >= 1")
 
 
-# the x4 upscaler's scheduler configs (stabilityai/stable-diffusion-x4-upscaler scheduler/ and low_res_scheduler/);
-# an official folder's own files are read instead
+# the x4 upscaler's scheduler configs (stabilityai/stable-diffusion-x4-upscaler scheduler/ and low_res_scheduler/
+# scheduler_config.json) for the tiny preset; an official folder's own files are read instead. Only add_noise of the
+# low-res one is used (its clip_sample and variance_type never act)
 UPSCALER_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear",
                           prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 UPSCALER_LOW_RES_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02,
-                                  beta_schedule="scaled_linear", clip_sample=False)
+                                  beta_schedule="scaled_linear", clip_sample=True, prediction_type="epsilon",
+                                  variance_type="fixed_small")
 MAX_TEXT_LENGTH = 77  # the CLIP tokenizer's model_max_length
 
 
