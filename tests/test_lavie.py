@@ -162,6 +162,30 @@ def test_unet_matches_the_release_forward(frames, size):
     assert (ours - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
 
 
+def test_one_frame_without_temporal_attention_is_sd_unet_of_diffusers():
+    """The UNet made 3D from SD's: with its temporal attentions' outputs zeroed, one frame through it is diffusers'
+    UNet2DConditionModel (SD-1.4's class) on the same weights, the release's from_pretrained_2d mapping."""
+    from diffusers import UNet2DConditionModel
+
+    cfg = LaVieUNetConfig(**TINY_UNET)
+    torch.manual_seed(0)
+    sd = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=cfg.block_out_channels,
+                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), layers_per_block=1,
+                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
+                              cross_attention_dim=32).eval()
+    ours = LaVieUNet3DModel(cfg).eval()
+    missing, unexpected = ours.load_state_dict(sd.state_dict(), strict=False)
+    assert not unexpected and missing and all("_temp" in k for k in missing)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "attn_temp.to_out" in name:
+                p.zero_()
+        x, text = torch.randn(2, 4, 6, 6), torch.randn(2, 7, 32)
+        ref = sd(x, torch.tensor([700, 10]), text).sample
+        out = ours(x[:, :, None], torch.tensor([700, 10]), text)[:, :, 0]
+    assert (out - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
 def test_generate_matches_the_release_sampling_loop(tiny, monkeypatch):
     """pipeline_videogen.py's loop written out: CLIP states of the prompt and "" padded to 77, [uncond; cond] in one
     UNet batch, guidance, DDPM (sample.yaml's betas, diffusers 0.16.0's timesteps) with the global generator the seed
