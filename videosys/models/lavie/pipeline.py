@@ -122,24 +122,31 @@ class LaVieConfig(BaseConfig):
         return LaViePipeline
 
 
-def tiny_components(seed: int = 0):
-    """The tiny preset: our UNet at small widths, SD's classes for the VAE and CLIP text encoder (small, random), and
-    a real CLIPTokenizer with a byte-level vocabulary built here (one token per byte, no merges: no file)."""
-    from diffusers import AutoencoderKL
+def tiny_tokenizer():
+    """A real CLIPTokenizer with a byte-level vocabulary built here (one token per byte, no merges: no file)."""
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     vocab = {}
     for ch in sorted(ByteLevel.alphabet()):  # CLIP's BPE marks a word's last piece with </w>
         vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LENGTH)
+
+
+def tiny_components(seed: int = 0):
+    """The tiny preset: our UNet at small widths, SD's classes for the VAE and CLIP text encoder (small, random), and
+    the offline byte-level CLIP tokenizer."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=TEXT_LENGTH, bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])).eval()
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
         vae = AutoencoderKL(block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4,
                             norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, sample_size=32).eval()
@@ -164,12 +171,15 @@ class LaViePipeline(VideoSysPipeline):
     per_sample_seeds = False  # DDPM draws noise at every step from the one generator
 
     @classmethod
-    def from_config(cls, config: LaVieConfig) -> "LaViePipeline":
+    def from_config(cls, config: LaVieConfig, parts: dict | None = None) -> "LaViePipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTokenizer
 
         dtype = config.torch_dtype()
-        if config.model_path is None:
+        if parts is not None:
+            unet, vae, text_encoder, tokenizer = (parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer"))
+        elif config.model_path is None:
             unet, vae, text_encoder, tokenizer = tiny_components()
         else:
             sd = checkpoints.sd_components_path(config.model_path, config.sd_path)
@@ -181,6 +191,14 @@ class LaViePipeline(VideoSysPipeline):
         pipeline = cls.assemble(config, unet, vae, text_encoder, tokenizer, ddpm(config))
         pipeline.later_stages = [cls.stage_class(name).from_config(config, pipeline) for name in config.stages[1:]]
         return pipeline
+
+    @classmethod
+    def architecture(cls, config: LaVieConfig) -> dict:
+        """The release's base-stage parts without weights (the memory planner's full-size model): SD-1.4's."""
+        from videosys.models.modules import architectures
+
+        return dict(unet=LaVieUNet3DModel(LaVieUNetConfig()), vae=architectures.sd_vae(),
+                    text_encoder=architectures.clip_vit_l_text_encoder(), tokenizer=tiny_tokenizer())
 
     @staticmethod
     def stage_class(name: str):
