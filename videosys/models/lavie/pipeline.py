@@ -16,6 +16,7 @@ that loop out and compares):
   the release's diffusers 0.16.0 spaced them (DDPM had no steps_offset before 0.18.0, #3947; SD-1.4 says 1);
   each step's variance noise is drawn from the seed's generator after the first noise, as the release draws both
   from the global generator its seed sets (torch.manual_seed);
+- sample.py's other samplers on request (`sample_method`: "ddim" with eta 0, "eulerdiscrete"), from the same config;
 - latents decoded per frame by SD-1.4's VAE after dividing by 0.18215 (pipeline_videogen.py decode_latents).
 
 Caches (docs/models/lavie.md): the module sites, the step output, the CFG branches, and the UNet as the block
@@ -47,6 +48,10 @@ LATENT_SCALE = 0.18215  # pipeline_videogen.py decode_latents: `latents = 1 / 0.
 TEXT_LENGTH = 77  # SD-1.4's CLIP tokenizer model_max_length (pipeline_videogen.py pads to it)
 # the cascade's later stages: name -> "module:Class" (see the module docstring); the base is this module's pipeline
 STAGE_PIPELINES: dict[str, str] = {}
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "eulerdiscrete": "EulerDiscreteScheduler"}
+# CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json (a PNDMScheduler's), which sample.py loads
+SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
 TINY_UNET = dict(block_out_channels=(64, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                  up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, attention_head_dim=2,
                  cross_attention_dim=32)  # 2 heads of 32 channels: the release's 32 rotary channels fit
@@ -79,7 +84,9 @@ class LaVieConfig(BaseConfig):
 
     sd_path: str | None = None  # SD-1.4's vae/, text_encoder/, tokenizer/: None = model_path's, else the hub's
     stages: Any = ("base",)  # a prefix of ("base", "interpolation", "vsr"); "base,interpolation" on a command line
-    # sample.yaml's beta schedule (the DDPM the base model was trained and is sampled with)
+    # sample.py's samplers: "ddpm" (sample.yaml's), "ddim", "eulerdiscrete"; each over SD-1.4's scheduler config
+    # with sample.yaml's beta schedule (the one the base model was trained with)
+    sample_method: str = "ddpm"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"
@@ -94,6 +101,9 @@ class LaVieConfig(BaseConfig):
     def __post_init__(self):
         self.check_fields()
         self.stages = parse_stages(self.stages)
+        if self.sample_method not in SCHEDULERS:
+            raise ValueError(f"sample_method must be one of {', '.join(SCHEDULERS)} (the release's sample.py), got "
+                             f"{self.sample_method!r}")
         super().__post_init__()
 
     def check_request(self, values: dict) -> dict:
@@ -154,12 +164,21 @@ def tiny_components(seed: int = 0):
     return unet, vae, text_encoder, tokenizer
 
 
-def ddpm(config: LaVieConfig):
-    """sample.yaml's DDPM over SD-1.4's scheduler config (see the module docstring)."""
-    from diffusers import DDPMScheduler
+def make_scheduler(config: LaVieConfig):
+    """sample.py's `<Scheduler>.from_pretrained(sd_path, subfolder="scheduler", beta_start=..., beta_end=...,
+    beta_schedule=...)`: SD-1.4's scheduler config with sample.yaml's betas. DDPM without the steps_offset its config
+    gives: the release's diffusers 0.16.0 DDPM had none (see the module docstring)."""
+    import inspect
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
-                         beta_schedule=config.beta_schedule, clip_sample=False, steps_offset=0)
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[config.sample_method])
+    values = {**SD14_SCHEDULER, "beta_start": config.beta_start, "beta_end": config.beta_end,
+              "beta_schedule": config.beta_schedule}
+    if config.sample_method == "ddpm":
+        values["steps_offset"] = 0
+    accepted = inspect.signature(cls.__init__).parameters  # PNDM's skip_prk_steps is not DDPM's, ...
+    return cls.from_config({k: v for k, v in values.items() if k in accepted})
 
 
 class LaViePipeline(VideoSysPipeline):
@@ -188,7 +207,7 @@ class LaViePipeline(VideoSysPipeline):
             vae = load_pretrained(AutoencoderKL, resolve_dir(sd, "vae"), torch_dtype=dtype)
             tokenizer = load_pretrained(CLIPTokenizer, resolve_dir(sd, "tokenizer"))
             text_encoder = load_pretrained(CLIPTextModel, resolve_dir(sd, "text_encoder"), dtype=dtype).eval()
-        pipeline = cls.assemble(config, unet, vae, text_encoder, tokenizer, ddpm(config))
+        pipeline = cls.assemble(config, unet, vae, text_encoder, tokenizer, make_scheduler(config))
         pipeline.later_stages = [cls.stage_class(name).from_config(config, pipeline) for name in config.stages[1:]]
         return pipeline
 
@@ -254,10 +273,12 @@ class LaViePipeline(VideoSysPipeline):
                 v["height"] // self.vae_scale_factor, v["width"] // self.vae_scale_factor)  # (B, C, F, h, w)
 
     def predict(self, run, model_in, i, t, text):
+        model_in = self.scheduler.scale_model_input(model_in, t)  # Euler's input scaling (DDPM / DDIM: none)
         return self.transformer(model_in, run.model_timesteps[i], text)
 
     def step(self, run, pred, i, t, latents):
-        """DDPM's step; its variance noise from the run's generator (the release's global one)."""
+        """The scheduler's step; DDPM's variance noise (and Euler's draw) from the run's generator (the release's
+        global one)."""
         return self.scheduler.step(pred, t, latents, generator=run.generator, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
