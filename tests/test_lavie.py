@@ -162,12 +162,39 @@ def test_unet_matches_the_release_forward(frames, size):
     assert (ours - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
 
 
-def test_generate_matches_the_release_sampling_loop(tiny, monkeypatch):
-    """pipeline_videogen.py's loop written out: CLIP states of the prompt and "" padded to 77, [uncond; cond] in one
-    UNet batch, guidance, DDPM (sample.yaml's betas, diffusers 0.16.0's timesteps) with the global generator the seed
-    sets for the first noise and each step's variance noise, latents / 0.18215 into the VAE."""
-    from diffusers import DDPMScheduler
+def test_one_frame_without_temporal_attention_is_sd_unet_of_diffusers():
+    """The UNet made 3D from SD's: with its temporal attentions' outputs zeroed, one frame through it is diffusers'
+    UNet2DConditionModel (SD-1.4's class) on the same weights, the release's from_pretrained_2d mapping."""
+    from diffusers import UNet2DConditionModel
 
+    cfg = LaVieUNetConfig(**TINY_UNET)
+    torch.manual_seed(0)
+    sd = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=cfg.block_out_channels,
+                              down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), layers_per_block=1,
+                              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2,
+                              cross_attention_dim=32).eval()
+    ours = LaVieUNet3DModel(cfg).eval()
+    missing, unexpected = ours.load_state_dict(sd.state_dict(), strict=False)
+    assert not unexpected and missing and all("_temp" in k for k in missing)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "attn_temp.to_out" in name:
+                p.zero_()
+        x, text = torch.randn(2, 4, 6, 6), torch.randn(2, 7, 32)
+        ref = sd(x, torch.tensor([700, 10]), text).sample
+        out = ours(x[:, :, None], torch.tensor([700, 10]), text)[:, :, 0]
+    assert (out - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "eulerdiscrete"])
+def test_generate_matches_the_release_sampling_loop(method, monkeypatch):
+    """pipeline_videogen.py's loop written out: CLIP states of the prompt and "" padded to 77, [uncond; cond] in one
+    UNet batch (scale_model_input first), guidance, sample.py's scheduler (SD-1.4's config, sample.yaml's betas;
+    DDPM with diffusers 0.16.0's timesteps) stepping with the global generator the seed sets, as the first noise,
+    latents / 0.18215 into the VAE."""
+    import diffusers
+
+    tiny = LaViePipeline.from_config(LaVieConfig(preset="tiny", progress_bar=False, sample_method=method))
     captured = {}
     decode = tiny.vae.decode
 
@@ -183,19 +210,23 @@ def test_generate_matches_the_release_sampling_loop(tiny, monkeypatch):
         ids = [tiny.tokenizer([p], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
                for p in ("", PROMPT)]
         embeds = torch.cat([tiny.text_encoder(i)[0] for i in ids])
-        sd14 = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)  # its scheduler/
-        scheduler = DDPMScheduler.from_config(sd14, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+        sd14 = dict(_class_name="PNDMScheduler", num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                    beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True,
+                    steps_offset=1, trained_betas=None)  # CompVis/stable-diffusion-v1-4 scheduler/
+        cls = getattr(diffusers, {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler",
+                                  "eulerdiscrete": "EulerDiscreteScheduler"}[method])
+        scheduler = cls.from_config(sd14, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
         scheduler.set_timesteps(steps)
-        scheduler.timesteps = torch.from_numpy((np.arange(0, steps) * (1000 // steps))[::-1].copy())  # 0.16.0's
+        if method == "ddpm":  # diffusers 0.16.0's DDPMScheduler.set_timesteps (no steps_offset)
+            scheduler.timesteps = torch.from_numpy((np.arange(0, steps) * (1000 // steps))[::-1].copy())
         latents = torch.randn(1, 4, frames, 4, 4) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             noise = tiny.transformer(scheduler.scale_model_input(torch.cat([latents] * 2), t), t, embeds)
             uncond, cond = noise.chunk(2)
             latents = scheduler.step(uncond + scale * (cond - uncond), t, latents).prev_sample
-    assert (out.latents - latents).abs().max() < 1e-5
+    assert (out.latents - latents).abs().max() < 1e-5 * max(1.0, latents.abs().max().item())
     expected = latents.transpose(1, 2).reshape(frames, 4, 4, 4) / 0.18215
-    assert torch.allclose(captured["z"], expected)
+    assert torch.allclose(captured["z"], expected, atol=1e-5)
     assert out.video.shape == (1, frames, 32, 32, 3) and out.stats["steps"] == steps
 
 

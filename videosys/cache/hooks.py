@@ -5,7 +5,7 @@ Three points, under the same names in every family:
 - the block stack (`CacheMixin.cache_stack`, in each transformer's forward): a method gets a
   `BlockStack` (the streams, the family's indicator, computed lazily, and `run(start, stop)` over
   the stack's units) and returns the streams after the stack, computed, partly computed or reused.
-  TeaCache, MagCache, EasyCache, First-Block-Cache and Skip-Cache act here.
+  TeaCache, MagCache, EasyCache, First-Block-Cache, Skip-Cache and (a UNet's stack) DeepCache act here.
 - each module call (`module_call`, in each block): a `Site` (kind: "spatial" / "temporal" /
   "cross" / "full" attention or "mlp"; the block's kind; the block index) and `compute`; a method
   returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer, FoCa act here.

@@ -16,6 +16,7 @@ that loop out and compares):
   the release's diffusers 0.16.0 spaced them (DDPM had no steps_offset before 0.18.0, #3947; SD-1.4 says 1);
   each step's variance noise is drawn from the seed's generator after the first noise, as the release draws both
   from the global generator its seed sets (torch.manual_seed);
+- sample.py's other samplers on request (`sample_method`: "ddim" with eta 0, "eulerdiscrete"), from the same config;
 - latents decoded per frame by SD-1.4's VAE after dividing by 0.18215 (pipeline_videogen.py decode_latents).
 
 Caches (docs/models/lavie.md): the module sites, the step output, the CFG branches, and the UNet as the block
@@ -49,6 +50,10 @@ TEXT_LENGTH = 77  # SD-1.4's CLIP tokenizer model_max_length (pipeline_videogen.
 # the cascade's later stages: name -> "module:Class" (see the module docstring); the base is this module's pipeline
 STAGE_PIPELINES: dict[str, str] = {"interpolation": "videosys.models.lavie.interpolation:LaVieInterpolationStage",
                                    "vsr": "videosys.models.lavie.vsr:LaVieVSRStage"}
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "eulerdiscrete": "EulerDiscreteScheduler"}
+# CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json (a PNDMScheduler's), which sample.py loads
+SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
 TINY_UNET = dict(block_out_channels=(64, 64), down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                  up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), layers_per_block=1, attention_head_dim=2,
                  cross_attention_dim=32)  # 2 heads of 32 channels: the release's 32 rotary channels fit
@@ -81,7 +86,9 @@ class LaVieConfig(BaseConfig):
 
     sd_path: str | None = None  # SD-1.4's vae/, text_encoder/, tokenizer/: None = model_path's, else the hub's
     stages: Any = ("base",)  # a prefix of ("base", "interpolation", "vsr"); "base,interpolation" on a command line
-    # sample.yaml's beta schedule (the DDPM the base model was trained and is sampled with)
+    # sample.py's samplers: "ddpm" (sample.yaml's), "ddim", "eulerdiscrete"; each over SD-1.4's scheduler config
+    # with sample.yaml's beta schedule (the one the base model was trained with)
+    sample_method: str = "ddpm"
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"
@@ -98,6 +105,9 @@ class LaVieConfig(BaseConfig):
         self.stages = parse_stages(self.stages)
         if self.fps is None and "interpolation" in self.stages:
             self.fps = INTERPOLATED_FPS  # the interpolated video's rate (VSR keeps its input's)
+        if self.sample_method not in SCHEDULERS:
+            raise ValueError(f"sample_method must be one of {', '.join(SCHEDULERS)} (the release's sample.py), got "
+                             f"{self.sample_method!r}")
         super().__post_init__()
 
     def check_request(self, values: dict) -> dict:
@@ -126,24 +136,31 @@ class LaVieConfig(BaseConfig):
         return LaViePipeline
 
 
-def tiny_components(seed: int = 0):
-    """The tiny preset: our UNet at small widths, SD's classes for the VAE and CLIP text encoder (small, random), and
-    a real CLIPTokenizer with a byte-level vocabulary built here (one token per byte, no merges: no file)."""
-    from diffusers import AutoencoderKL
+def tiny_tokenizer():
+    """A real CLIPTokenizer with a byte-level vocabulary built here (one token per byte, no merges: no file)."""
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     vocab = {}
     for ch in sorted(ByteLevel.alphabet()):  # CLIP's BPE marks a word's last piece with </w>
         vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LENGTH)
+
+
+def tiny_components(seed: int = 0):
+    """The tiny preset: our UNet at small widths, SD's classes for the VAE and CLIP text encoder (small, random), and
+    the offline byte-level CLIP tokenizer."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=TEXT_LENGTH, bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])).eval()
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
         vae = AutoencoderKL(block_out_channels=(16, 32, 32, 32), layers_per_block=1, latent_channels=4,
                             norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, sample_size=32).eval()
@@ -151,12 +168,21 @@ def tiny_components(seed: int = 0):
     return unet, vae, text_encoder, tokenizer
 
 
-def ddpm(config: LaVieConfig):
-    """sample.yaml's DDPM over SD-1.4's scheduler config (see the module docstring)."""
-    from diffusers import DDPMScheduler
+def make_scheduler(config: LaVieConfig):
+    """sample.py's `<Scheduler>.from_pretrained(sd_path, subfolder="scheduler", beta_start=..., beta_end=...,
+    beta_schedule=...)`: SD-1.4's scheduler config with sample.yaml's betas. DDPM without the steps_offset its config
+    gives: the release's diffusers 0.16.0 DDPM had none (see the module docstring)."""
+    import inspect
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=config.beta_start, beta_end=config.beta_end,
-                         beta_schedule=config.beta_schedule, clip_sample=False, steps_offset=0)
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[config.sample_method])
+    values = {**SD14_SCHEDULER, "beta_start": config.beta_start, "beta_end": config.beta_end,
+              "beta_schedule": config.beta_schedule}
+    if config.sample_method == "ddpm":
+        values["steps_offset"] = 0
+    accepted = inspect.signature(cls.__init__).parameters  # PNDM's skip_prk_steps is not DDPM's, ...
+    return cls.from_config({k: v for k, v in values.items() if k in accepted})
 
 
 class LaViePipeline(VideoSysPipeline):
@@ -168,12 +194,15 @@ class LaViePipeline(VideoSysPipeline):
     per_sample_seeds = False  # DDPM draws noise at every step from the one generator
 
     @classmethod
-    def from_config(cls, config: LaVieConfig) -> "LaViePipeline":
+    def from_config(cls, config: LaVieConfig, parts: dict | None = None) -> "LaViePipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         from diffusers import AutoencoderKL
         from transformers import CLIPTextModel, CLIPTokenizer
 
         dtype = config.torch_dtype()
-        if config.model_path is None:
+        if parts is not None:
+            unet, vae, text_encoder, tokenizer = (parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer"))
+        elif config.model_path is None:
             unet, vae, text_encoder, tokenizer = tiny_components()
         else:
             sd = checkpoints.sd_components_path(config.model_path, config.sd_path)
@@ -182,9 +211,17 @@ class LaViePipeline(VideoSysPipeline):
             vae = load_pretrained(AutoencoderKL, resolve_dir(sd, "vae"), torch_dtype=dtype)
             tokenizer = load_pretrained(CLIPTokenizer, resolve_dir(sd, "tokenizer"))
             text_encoder = load_pretrained(CLIPTextModel, resolve_dir(sd, "text_encoder"), dtype=dtype).eval()
-        pipeline = cls.assemble(config, unet, vae, text_encoder, tokenizer, ddpm(config))
+        pipeline = cls.assemble(config, unet, vae, text_encoder, tokenizer, make_scheduler(config))
         pipeline.later_stages = [cls.stage_class(name).from_config(config, pipeline) for name in config.stages[1:]]
         return pipeline
+
+    @classmethod
+    def architecture(cls, config: LaVieConfig) -> dict:
+        """The release's base-stage parts without weights (the memory planner's full-size model): SD-1.4's."""
+        from videosys.models.modules import architectures
+
+        return dict(unet=LaVieUNet3DModel(LaVieUNetConfig()), vae=architectures.sd_vae(),
+                    text_encoder=architectures.clip_vit_l_text_encoder(), tokenizer=tiny_tokenizer())
 
     @staticmethod
     def stage_class(name: str):
@@ -248,10 +285,12 @@ class LaViePipeline(VideoSysPipeline):
                 v["height"] // self.vae_scale_factor, v["width"] // self.vae_scale_factor)  # (B, C, F, h, w)
 
     def predict(self, run, model_in, i, t, text):
+        model_in = self.scheduler.scale_model_input(model_in, t)  # Euler's input scaling (DDPM / DDIM: none)
         return self.transformer(model_in, run.model_timesteps[i], text)
 
     def step(self, run, pred, i, t, latents):
-        """DDPM's step; its variance noise from the run's generator (the release's global one)."""
+        """The scheduler's step; DDPM's variance noise (and Euler's draw) from the run's generator (the release's
+        global one)."""
         return self.scheduler.step(pred, t, latents, generator=run.generator, return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

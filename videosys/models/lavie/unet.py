@@ -61,7 +61,7 @@ class LaVieUNetConfig:
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
     rotary_dim: int | None = 32  # unet.py: RotaryEmbedding(32), shared by every temporal attention; None: none
-    relative_buckets: int = 32  # attention.py TemporalAttention: RelativePositionBias(heads, max_distance=32)
+    relative_buckets: int | None = 32  # attention.py TemporalAttention: RelativePositionBias(heads, max_distance=32)
     relative_max_distance: int = 32
 
     def __post_init__(self):
@@ -129,10 +129,11 @@ class TemporalAttention(Attention):
     """Self-attention over frames, (B N, F, C) -> (B N, F, C): rotary positions on each head's first `rotary_dim`
     channels (queries and keys), the relative position bias added to the scores (attention.py TemporalAttention)."""
 
-    def __init__(self, dim: int, heads: int, rotary_dim: int | None, buckets: int, max_distance: int):
+    def __init__(self, dim: int, heads: int, rotary_dim: int | None, buckets: int | None, max_distance: int):
         super().__init__(dim, heads, dim // heads)
         self.rotary_dim = rotary_dim
-        self.time_rel_pos_bias = RelativePositionBias(heads, buckets, max_distance)
+        if buckets:
+            self.time_rel_pos_bias = RelativePositionBias(heads, buckets, max_distance)
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         d = self.rotary_dim
@@ -144,8 +145,8 @@ class TemporalAttention(Attention):
         if self.rotary_dim:
             cos, sin = rope_1d(self.rotary_dim, torch.arange(frames, device=x.device))
             q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
-        bias = self.time_rel_pos_bias(frames).to(q.dtype)  # (heads, F, F), broadcast over B N
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = self.time_rel_pos_bias(frames).to(q.dtype) if hasattr(self, "time_rel_pos_bias") else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # bias (heads, F, F): broadcast over B N
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
 
@@ -164,29 +165,41 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, frames: int, hooks) -> torch.Tensor:
-        """x (B F, N, C) one frame's tokens per row; text (B, S, C_text)."""
-        i = self.index
+        """x (B F, N, C) one frame's tokens per row; text (B, S, C_text). The base model's order; a model that
+        places its temporal attention elsewhere (the release's interpolation UNet: after the MLP) reorders these."""
+        x = self.spatial(x, hooks)
+        x = self.cross(x, text, frames, hooks)
+        x = self.temporal(x, frames, hooks)
+        return self.mlp(x, hooks)
+
+    def spatial(self, x: torch.Tensor, hooks) -> torch.Tensor:
+        return x + module_call(hooks, "spatial", self.index, lambda: self.attn1(self.norm1(x)), block="spatial")
+
+    def cross(self, x: torch.Tensor, text: torch.Tensor, frames: int, hooks) -> torch.Tensor:
+        bf, n, c = x.shape  # every frame of a sample attends to the same text: one query row of F * N tokens
+        return x + module_call(hooks, "cross", self.index, lambda: self.attn2(
+            self.norm2(x).reshape(bf // frames, frames * n, c), text).reshape(bf, n, c), block="spatial")
+
+    def temporal(self, x: torch.Tensor, frames: int, hooks) -> torch.Tensor:
         bf, n, c = x.shape
         b = bf // frames
-        x = x + module_call(hooks, "spatial", i, lambda: self.attn1(self.norm1(x)), block="spatial")
-        # every frame of a sample attends to the same text: one query row of F * N tokens per sample
-        x = x + module_call(hooks, "cross", i, lambda: self.attn2(self.norm2(x).reshape(b, frames * n, c), text)
-                            .reshape(bf, n, c), block="spatial")
         t = x.unflatten(0, (b, frames)).transpose(1, 2).reshape(b * n, frames, c)  # (B N, F, C)
-        t = t + module_call(hooks, "temporal", i, lambda: self.attn_temp(self.norm_temp(t)), block="spatial")
-        x = t.unflatten(0, (b, n)).transpose(1, 2).reshape(bf, n, c)  # (B F, N, C)
-        return x + module_call(hooks, "mlp", i, lambda: self.ff(self.norm3(x)), block="spatial")
+        t = t + module_call(hooks, "temporal", self.index, lambda: self.attn_temp(self.norm_temp(t)), block="spatial")
+        return t.unflatten(0, (b, n)).transpose(1, 2).reshape(bf, n, c)  # (B F, N, C)
+
+    def mlp(self, x: torch.Tensor, hooks) -> torch.Tensor:
+        return x + module_call(hooks, "mlp", self.index, lambda: self.ff(self.norm3(x)), block="spatial")
 
 
 class Transformer3D(nn.Module):
     """attention.py Transformer3DModel (one block): per frame GroupNorm -> 1x1 proj_in -> tokens -> block ->
     1x1 proj_out, plus the input."""
 
-    def __init__(self, channels: int, config: LaVieUNetConfig, index: int):
+    def __init__(self, channels: int, config: LaVieUNetConfig, index: int, block_cls: type):
         super().__init__()
         self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([TransformerBlock(
+        self.transformer_blocks = nn.ModuleList([block_cls(
             channels, config.attention_head_dim, config.cross_attention_dim, config, index)])
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
@@ -226,6 +239,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
 
     config_class = LaVieUNetConfig
     class_name = "LaVieUNet3DModel"
+    block_cls = TransformerBlock  # a stage whose blocks differ (the interpolation UNet) subclasses it and sets this
     # rotary_embedding_torch keeps its fixed frequencies as a tensor in every temporal attention (attn_temp.rotary_emb
     # .freqs): a release's checkpoint may carry them; they are the formula's, recomputed here (rope_1d)
     release_only = ("rotary_emb",)
@@ -246,7 +260,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
                                  groups=c.norm_num_groups, non_linearity="silu")
 
         def attentions(cross: bool, channels: int, n: int) -> list | None:
-            return [Transformer3D(channels, c, next(index)) for _ in range(n)] if cross else None
+            return [Transformer3D(channels, c, next(index), self.block_cls) for _ in range(n)] if cross else None
 
         self.down_blocks = nn.ModuleList()
         for i, kind in enumerate(c.down_block_types):
