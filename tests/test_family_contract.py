@@ -199,9 +199,10 @@ def test_every_method_that_applies_generates_and_reports():
     pipe = ToyPipeline.from_config(toy_config())
     methods = applicable_methods(pipe)
     # what needs numbers published for a model refuses without them (MagCache's ratios, PAB's windows, FasterCache's
-    # schedules: the family has none), and Skip-Cache needs skip branches; the rest have generic defaults
+    # schedules: the family has none), Skip-Cache needs skip branches and DeepCache a UNet; the rest have generic
+    # defaults
     assert {name for name, config in methods.items() if config is None} == {"magcache", "pab", "fastercache",
-                                                                             "skipcache"}
+                                                                             "skipcache", "deepcache"}
     assert methods["teacache"].coefficients == (2.0, 0.0)
     runnable = [name for name, config in methods.items() if config is not None]
     runnable += ["fastercache-diffusers", PAB_SPEC]  # given settings: diffusers' FasterCache, PAB's windows

@@ -118,6 +118,7 @@ SCHEDULERS = {
     "rectified-flow": ("open-sora", {}, dict(num_frames=17, height=32, width=32, num_inference_steps=4), 2),
     "euler-ancestral": ("open-sora-plan", {}, dict(num_frames=5, height=32, width=32, num_inference_steps=4), 2),
     "pndm": ("open-sora-plan", dict(version="v110"), dict(num_frames=5, height=32, width=32, num_inference_steps=4), 2),
+    "ddpm": ("lavie", {}, dict(num_frames=2, height=32, width=32, num_inference_steps=4), 2),  # a UNet, noise per step
 }
 
 

@@ -18,6 +18,7 @@ FAMILIES = {
     "open-sora-plan": (dict(), dict(num_frames=1, height=32, width=32), dict(width=72)),
     "open-sora-plan-v110": (dict(version="v110"), dict(num_frames=1, height=32, width=32), dict(num_frames=8)),
     "hunyuanvideo-1.5": (dict(), dict(num_frames=1, height=32, width=32), dict(num_frames=6)),
+    "lavie": (dict(), dict(num_frames=2, height=32, width=32), dict(height=36)),
 }
 
 

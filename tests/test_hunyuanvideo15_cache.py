@@ -41,9 +41,9 @@ def test_every_method_that_applies_generates_and_reports():
     pipe = tiny_pipeline(MODEL)
     methods = applicable_methods(pipe)
     # nothing published for the tiny model: the methods needing numbers refuse (TeaCache's polynomial, MagCache's
-    # ratios, PAB's windows, FasterCache's schedules), Skip-Cache needs skip branches
+    # ratios, PAB's windows, FasterCache's schedules), Skip-Cache needs skip branches, DeepCache a UNet
     assert {name for name, c in methods.items() if c is None} == {"teacache", "magcache", "pab", "fastercache",
-                                                                  "skipcache"}
+                                                                  "skipcache", "deepcache"}
     runnable = [name for name, c in methods.items() if c is not None]
     runnable += ["fastercache-diffusers", PAB_SPEC, {"method": "teacache", "coefficients": (1.0, 0.0)},
                  {"method": "magcache", "ratios": cache_settings.MAGCACHE_T2V["ratios"], "threshold": 0.5}]

@@ -33,6 +33,7 @@ _LAZY = {
     "OpenSoraPlanPipeline": "videosys.models.open_sora_plan.pipeline",
     "CascadeVConfig": "videosys.models.cascadev.pipeline", "CascadeVPipeline": "videosys.models.cascadev.pipeline",
     "WanConfig": "videosys.models.wan.pipeline", "WanPipeline": "videosys.models.wan.pipeline",
+    "LaVieConfig": "videosys.models.lavie.pipeline", "LaViePipeline": "videosys.models.lavie.pipeline",
 }
 
 __all__ = ["VideoSysEngine", "VideoSysOutput", "TeaCacheConfig", "PABConfig", "save_video", "read_video", *_LAZY]

@@ -5,7 +5,7 @@ Three points, under the same names in every family:
 - the block stack (`CacheMixin.cache_stack`, in each transformer's forward): a method gets a
   `BlockStack` (the streams, the family's indicator, computed lazily, and `run(start, stop)` over
   the stack's units) and returns the streams after the stack, computed, partly computed or reused.
-  TeaCache, MagCache, EasyCache, First-Block-Cache and Skip-Cache act here.
+  TeaCache, MagCache, EasyCache, First-Block-Cache, Skip-Cache and (a UNet's stack) DeepCache act here.
 - each module call (`module_call`, in each block): a `Site` (kind: "spatial" / "temporal" /
   "cross" / "full" attention or "mlp"; the block's kind; the block index) and `compute`; a method
   returns compute(), a reused or forecast tensor, or observes. PAB, FasterCache, TaylorSeer, FoCa act here.
@@ -138,6 +138,10 @@ class BlockStack:
     branch: str = "batch"  # whose state: "batch" ([uncond; cond] or this rank's half), "cond" when run alone
     # (a CFG cache skipped uncond); `group` then holds only the ranks that run it
     indicator_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    # a UNet's stack (LaVie): units 0 .. down_units-1 are the down path, each leaving a skip connection, then the mid
+    # unit, then the up units, each taking one skip back, last first; run(start=0) starts a fresh set of skips, so
+    # run(h, stop=k) then run(x, start=num_units - k - 1) runs only the U's outer k down and k + 1 up units (DeepCache)
+    down_units: int | None = None
     _indicator: torch.Tensor | None = field(default=None, repr=False)
 
     def indicator(self) -> torch.Tensor:
@@ -311,9 +315,10 @@ class CacheMixin:
         return tuple(prefix + name for name in CFG_BRANCHES)
 
     def cache_stack(self, run: Callable, *streams: torch.Tensor, indicator: Callable[[], torch.Tensor],
-                    num_units: int):
+                    num_units: int, down_units: int | None = None):
         """The block stack through the active stack methods. `run(*streams, start=0, stop=None)` runs
-        units start .. stop-1 and returns the streams (one tensor or a tuple, as given)."""
+        units start .. stop-1 and returns the streams (one tensor or a tuple, as given). `down_units`: a UNet's
+        (BlockStack.down_units)."""
         methods = [c for c in self.caches.values() if c.stack is not None]
         if not methods:
             return run(*streams)
@@ -335,7 +340,7 @@ class CacheMixin:
                     return through(k + 1, s)  # the whole stack: through the inner methods
                 return _as_tuple(run(*s, start=start, stop=stop))
 
-            stack = BlockStack(inputs, run_k, num_units, group, self.cache_state, lazy_indicator)
+            stack = BlockStack(inputs, run_k, num_units, group, self.cache_state, lazy_indicator, down_units)
             return _as_tuple(methods[k].stack(stack))
 
         out = through(0, streams)

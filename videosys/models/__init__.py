@@ -12,6 +12,7 @@ FAMILIES = {
     "cascadev": "videosys.models.cascadev.pipeline:CascadeVConfig",
     "hunyuanvideo-1.5": "videosys.models.hunyuanvideo15.pipeline:HunyuanVideo15Config",
     "wan": "videosys.models.wan.pipeline:WanConfig",
+    "lavie": "videosys.models.lavie.pipeline:LaVieConfig",
 }
 
 

@@ -36,3 +36,12 @@ def sd_vae():
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                          up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
                          layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256).eval()
+
+
+def clip_vit_l_text_encoder():
+    """CLIP ViT-L/14's text tower (openai/clip-vit-large-patch14: Stable Diffusion 1.x's text_encoder/, LaVie's)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu")).eval()
