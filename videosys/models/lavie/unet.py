@@ -240,6 +240,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
     config_class = LaVieUNetConfig
     class_name = "LaVieUNet3DModel"
     block_cls = TransformerBlock  # a stage whose blocks differ (the interpolation UNet) subclasses it and sets this
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
     # rotary_embedding_torch keeps its fixed frequencies as a tensor in every temporal attention (attn_temp.rotary_emb
     # .freqs): a release's checkpoint may carry them; they are the formula's, recomputed here (rope_1d)
     release_only = ("rotary_emb",)
