@@ -25,6 +25,7 @@ videosys/cache/deepcache.py). TeaCache's indicator is the first ResNet's timeste
 `LaVieUNet3DModel.forward`).
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -240,6 +241,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
     config_class = LaVieUNetConfig
     class_name = "LaVieUNet3DModel"
     block_cls = TransformerBlock  # a stage whose blocks differ (the interpolation UNet) subclasses it and sets this
+    compiled_forward = "forward"  # compile=True with no stack or module-hook cache: one graph (compile.py)
     # rotary_embedding_torch keeps its fixed frequencies as a tensor in every temporal attention (attn_temp.rotary_emb
     # .freqs): a release's checkpoint may carry them; they are the formula's, recomputed here (rope_1d)
     release_only = ("rotary_emb",)
@@ -253,7 +255,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
         self.conv_in = nn.Conv2d(c.in_channels, ch[0], 3, padding=1)
         self.time_proj = Timesteps(ch[0], c.flip_sin_to_cos, c.freq_shift)
         self.time_embedding = TimestepEmbedding(ch[0], temb)
-        index = iter(range(10 ** 6))  # the transformer blocks' order in the forward: their cache-site index
+        index = itertools.count()  # the transformer blocks' order in the forward: their cache-site index
 
         def resnet(cin: int, cout: int) -> ResnetBlock3D:
             return ResnetBlock3D(in_channels=cin, out_channels=cout, temb_channels=temb, eps=c.norm_eps,
