@@ -60,6 +60,19 @@ def test_caches_act_on_every_stage(cascade, spec, name):
             assert counts["reused_steps"] > 0 and counts["computed_steps"] + counts["reused_steps"] == steps, counts
 
 
+def test_methods_fitted_for_the_base_unet_are_refused_on_later_stages(cascade):
+    """TeaCache's polynomial (the tiny base UNet's) is not the interpolation / VSR UNets': refused when the config is
+    built and by set_cache, before anything changes; the base stage alone takes it."""
+    with pytest.raises(ValueError, match="teacache runs on numbers fitted for one model, and LaVie's interpolation"):
+        tiny(cache="teacache-slow")
+    cascade.set_cache("deepcache")
+    with pytest.raises(ValueError, match="fitted for one model"):
+        cascade.set_cache("teacache-slow")
+    assert list(cascade.transformer.caches) == ["deepcache"]  # nothing changed
+    cascade.set_cache("none")
+    assert LaVieConfig(preset="tiny", cache="teacache-slow").cache_configs()  # the base stage's own polynomial
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_cascade_cfg_parallel_equals_one_process(cascade):

@@ -38,6 +38,7 @@ from videosys.core.config import BaseConfig
 from videosys.core.pipeline import VideoSysPipeline
 from videosys.models.lavie import checkpoints
 from videosys.models.lavie.cache_settings import CACHE_SETTINGS
+from videosys.models.lavie.stages import refuse_fitted
 from videosys.models.lavie.unet import LaVieUNet3DModel, LaVieUNetConfig
 from videosys.models.modules.pretrained import load_pretrained
 from videosys.utils import text as text_stack
@@ -109,6 +110,8 @@ class LaVieConfig(BaseConfig):
             raise ValueError(f"sample_method must be one of {', '.join(SCHEDULERS)} (the release's sample.py), got "
                              f"{self.sample_method!r}")
         super().__post_init__()
+        for stage in self.stages[1:]:
+            refuse_fitted(self.cache_configs(), stage)
 
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the size grid: height / width divisible by the VAE's 8 (pipeline_videogen.py
@@ -230,9 +233,12 @@ class LaViePipeline(VideoSysPipeline):
 
     def set_cache(self, cache) -> None:
         """The base UNet's caches, and each later stage's (each counts its own: out.stats "<stage>_<method>")."""
-        super().set_cache(cache)
+        configs = self.config.resolve_cache(cache)
+        for stage in self.later_stages:  # refused before anything changes
+            refuse_fitted(configs, stage.name)
+        super().set_cache(configs)
         for stage in self.later_stages:
-            stage.set_cache(cache)
+            stage.set_cache(configs)
 
     def component(self, name: str):
         return self.transformer if name == "unet" else getattr(self, name)

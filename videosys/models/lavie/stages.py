@@ -9,7 +9,18 @@ from numbers import Number
 import torch
 import torch.distributed as dist
 
+from videosys.cache.registry import method_of
 from videosys.core.pipeline import VideoSysOutput
+
+
+def refuse_fitted(configs: list, stage: str) -> None:
+    """A method fitted per model (TeaCache's polynomial, MagCache's ratios) is refused on a later stage: the config's
+    numbers are the base UNet's, and the stage's UNet is another model."""
+    fitted = [method_of(c).name for c in configs if method_of(c).needs]
+    if fitted:
+        raise ValueError(f"{', '.join(fitted)} runs on numbers fitted for one model, and LaVie's {stage} stage has "
+                         "none of its own (the config's are the base UNet's): use stages=('base',) with it, or a "
+                         "method without fitted numbers (deepcache, forecast, taylorseer, fbcache)")
 
 
 class CascadeStage:
@@ -23,6 +34,14 @@ class CascadeStage:
         """Beside `base`: the configured caches on this stage's UNet too (each stage counts its own)."""
         self.base = base
         self.enable_configured_caches()
+
+    def enable_configured_caches(self) -> None:
+        self.set_cache(self.config.cache_configs())
+
+    def set_cache(self, cache) -> None:
+        configs = self.config.resolve_cache(cache)
+        refuse_fitted(configs, self.name)
+        super().set_cache(configs)
 
     def previous(self):
         stages = self.config.stages
