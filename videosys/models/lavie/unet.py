@@ -235,6 +235,20 @@ class Level(nn.Module):
         return self.attentions[j](x, text, hooks) if hasattr(self, "attentions") else x
 
 
+def unit_runner(units: list, skips: list):
+    """The block stack's `run(h, start, stop)` over a UNet's units; a run from the start resets the skips to its input
+    (the skip the first up block takes is conv_in's output)."""
+
+    def run(h, start=0, stop=None):
+        if start == 0:
+            skips[:] = [h]
+        for unit in units[start:stop]:
+            h = unit(h)
+        return h
+
+    return run
+
+
 class LaVieUNet3DModel(PretrainedModel, CacheMixin):
     """forward(sample (B, C, F, H, W), timestep (B,) or scalar, text (B, S, C_text)) -> the noise (B, C_out, F, H, W)."""
 
@@ -338,13 +352,7 @@ class LaVieUNet3DModel(PretrainedModel, CacheMixin):
         skips: list = []
         units = self.units(temb, text, self.module_hooks(), skips, upsample_sizes)
 
-        def run(h, start=0, stop=None):
-            if start == 0:
-                skips[:] = [h]
-            for unit in units[start:stop]:
-                h = unit(h)
-            return h
-
+        run = unit_runner(units, skips)
         # TeaCache's indicator: the UNet has no adaLN, so the timestep-modulated input is where the timestep first
         # meets the noisy input, the first ResNet's conv1(act(norm1(h))) + time_emb_proj(act(temb)) (docs)
         h = self.cache_stack(run, h, indicator=lambda: self.down_blocks[0].resnets[0].modulated(h, temb),

@@ -32,7 +32,7 @@ from torch import nn
 from videosys.cache import CacheMixin, module_call
 from videosys.core.parallel import ParallelState
 from videosys.models.modules.pretrained import PretrainedModel
-from videosys.models.lavie.unet import TemporalAttention
+from videosys.models.lavie.unet import TemporalAttention, unit_runner
 
 # vsr/models/attention.py TemporalAttention: RotaryEmbedding(32) shared by every temporal attention (unet.py),
 # RelativePositionBias(heads, max_distance=32) with 32 buckets: the base UNet's temporal attention, same maths
@@ -278,13 +278,7 @@ class LaVieVSRUNet(PretrainedModel, CacheMixin):
         skips: list = []
         units = self.units(emb, emb_frames, text, frames, self.module_hooks(), skips)
 
-        def run(h, start=0, stop=None):
-            if start == 0:
-                skips[:] = [h]
-            for unit in units[start:stop]:
-                h = unit(h)
-            return h
-
+        run = unit_runner(units, skips)
         h = self.conv_in(x)
         # TeaCache's indicator, as the base UNet's: the first ResNet's timestep-modulated input
         h = self.cache_stack(run, h, indicator=lambda: video_resnet_modulated(self.down_blocks[0].resnets[0], h,
