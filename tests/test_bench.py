@@ -52,7 +52,8 @@ def test_default_variants_are_every_registered_sweep():
     assert demo == [v for v in sweep_names() if not v.startswith("deepcache")] and demo[0] == "none"  # not a UNet
     assert any(v.startswith("forecast-") for v in demo) and any(v.startswith("teacache-") for v in demo)
     tiny = bench.check(parsed(), config_class("latte")(preset="tiny"))
-    assert tiny == [v for v in demo if not v.startswith("magcache")] and "magcache" in demo
+    calibrated = ("magcache", "forecast-s")  # ratios, compute schedules: the demo model's only
+    assert tiny == [v for v in demo if not v.startswith(calibrated)] and "magcache" in demo and "forecast-s13" in demo
     # Wan has no published PAB setting: its sweep leaves PAB out instead of failing on it (`--model wan --preset demo`)
     wan = bench.check(parsed(), config_class("wan")(preset="tiny"))
     assert wan[0] == "none" and set(wan) < set(demo) and any(v.startswith("forecast-") for v in wan)
