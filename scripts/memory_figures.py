@@ -1,12 +1,18 @@
 """The planner's predictions for the goal cases of docs/memory.md, written into that page's table (between its
-markers) and to benchmarks/memory_plan.json. No weights, CPU only: a few minutes in all.
+markers) and to benchmarks/memory_plan.json, with the planner's wall time per case. No weights, CPU only.
 
     OMP_NUM_THREADS=1 python scripts/memory_figures.py
+    OMP_NUM_THREADS=1 python scripts/memory_figures.py --check-replays 0   # case 0 also with every VAE call run
+
+--check-replays N measures case N a second time running every VAE decoder call (planner.measure(replay=False):
+minutes) and prints both figures per stage and tile: the replayed calls must give the same bytes.
 """
 
+import argparse
 import os
 import re
 import sys
+import time
 
 from videosys.core import planner
 from videosys.models import config_class
@@ -31,23 +37,49 @@ CASES = [
 ]
 
 
-def main() -> int:
+def check_replays(index: int) -> int:
+    label, family, fields, _ = CASES[index]
+    config = config_class(family)(progress_bar=False, **fields)
+    runs = {}
+    for replay in (True, False):
+        start = time.perf_counter()
+        m = planner.measure(config, replay=replay)
+        runs[replay] = ({**m.stages, **{f"decode, tiles {t} px": v for t, v in m.tiles.items()}},
+                        time.perf_counter() - start)
+    print(f"{label}: replayed {runs[True][1]:.1f} s, every call run {runs[False][1]:.1f} s")
+    worst = 0.0
+    for name, fast in runs[True][0].items():
+        slow = runs[False][0][name]
+        worst = max(worst, abs(fast - slow) / max(slow, 1))
+        print(f"  {name:<22}{planner.gb(fast):>12}{planner.gb(slow):>12}")
+    print(f"largest difference {100 * worst:.3f}%")
+    return 0 if worst <= 0.01 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check-replays", type=int, metavar="CASE", help="index into CASES")
+    args = parser.parse_args(argv)
+    if args.check_replays is not None:
+        return check_replays(args.check_replays)
     rows, records = [], []
     for label, family, fields, budget in CASES:
         config = config_class(family)(progress_bar=False, **fields)
         choice = planner.choose(config, budget=planner.parse_bytes(budget))
         m = choice.measurement
+        seconds = m.seconds  # the planner's wall time for this config (measured once, shared by its budgets)
         resident = planner.peak(m, planner.Plan())
         plan = choice.plan.describe() if choice.plan else "nothing fits"
         fitted = planner.gb(planner.peak(m, choice.plan)) if choice.plan else "-"
-        rows.append(f"| {label} | {budget} | {planner.gb(resident)} | {plan} | {fitted} |")
+        rows.append(f"| {label} | {budget} | {planner.gb(resident)} | {plan} | {fitted} | {seconds:.1f} |")
         records.append(dict(case=label, budget=budget, resident_bytes=resident, plan=plan,
                             plan_settings=choice.plan.settings() if choice.plan else None,
                             plan_bytes=planner.peak(m, choice.plan) if choice.plan else None,
                             stages=m.stages, weights={k: w.bytes for k, w in m.parts.items()},
-                            seconds=round(m.seconds, 1)))
+                            tiles={str(t): v for t, v in m.tiles.items()}, seconds=round(seconds, 1)))
         print(rows[-1], flush=True)
-    table = "\n".join(["| case | budget | all resident | plan | plan's peak |", "|---|---|---|---|---|", *rows])
+    table = "\n".join(["| case | budget | all resident | plan | plan's peak | planner s |",
+                       "|---|---|---|---|---|---|", *rows])
     page = os.path.join(ROOT, "docs", "memory.md")
     text = open(page).read()
     text = re.sub(r"(<!-- figures -->\n).*?(\n<!-- /figures -->)", lambda mt: mt.group(1) + table + mt.group(2), text,

@@ -17,6 +17,7 @@ is kept as long as it can be), and a "nothing masked?" test takes the masked pat
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import re
 import time
@@ -99,33 +100,231 @@ class ByteCounter(TorchDispatchMode):
         from torch.multiprocessing.reductions import StorageWeakRef
 
         storage = t.untyped_storage()
-        if storage._cdata not in self.live:
-            n = storage.nbytes()
-            self.live[storage._cdata] = (StorageWeakRef(storage), n)
-            self.current += n
-            # freed storages only lower the count: sweep them out only when this may be a new peak
-            if self.current > min(self.stage_peaks.get(s, 0) for s in self._stages or ("",)) or \
-                    self.current > self.peak:
-                self._sweep()
-                self.peak = max(self.peak, self.current)
-                for name in self._stages:
-                    self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
+        entry = self.live.get(storage._cdata)
+        if entry is not None and not entry[0].expired():
+            return
+        if entry is not None:  # a freed storage's address reused before a sweep took it out
+            self.current -= entry[1]
+        n = storage.nbytes()
+        self.live[storage._cdata] = (StorageWeakRef(storage), n)
+        self.current += n
+        # freed storages only lower the count: sweep them out only when this may be a new peak
+        if self.current > min(self.stage_peaks.get(s, 0) for s in self._stages or ("",)) or \
+                self.current > self.peak:
+            self._sweep()
+            self.reach(self.current)
+
+    def reach(self, nbytes: int) -> None:
+        """`nbytes` live at once: the peaks of the stages open now and the overall peak rise to it."""
+        self.peak = max(self.peak, nbytes)
+        for name in self._stages:
+            self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), nbytes)
 
     def _sweep(self) -> None:
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
             self.current -= self.live.pop(key)[1]
 
+    def live_bytes(self) -> int:
+        self._sweep()
+        return self.current
+
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def window(self, name: str):
+        """Track the peak of what runs inside under `name` (stage_peaks[name]), from what is live now."""
         self._sweep()
         self._stages.append(name)
         self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
-        start = time.perf_counter()
         try:
             yield
         finally:
             self._stages.remove(name)
+
+    def restart(self, name: str) -> None:
+        """An open window's peak counted again from now (the same stage run another way)."""
+        self._sweep()
+        self.stage_peaks[name] = self.current
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            with self.window(name):
+                yield
+        finally:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+# ---- repeated calls counted once -------------------------------------------------------------------------------
+_CALLS = itertools.count()
+_REPLAYS: dict = {}  # (module structure, dtype, the call's input layout) -> what the call did to the count
+
+
+def _layout(value) -> tuple:
+    """What a call's memory depends on: its tensors' shapes / strides / dtypes and its plain values."""
+    out = []
+    for leaf in tree_leaves(value):
+        if isinstance(leaf, torch.Tensor):
+            out.append((tuple(leaf.shape), leaf.stride(), leaf.dtype))
+        elif leaf is None or isinstance(leaf, (bool, int, float, str)):
+            out.append(leaf)
+        else:
+            out.append(type(leaf).__qualname__)
+    return tuple(out)
+
+
+def _storages(value) -> set:
+    return {t.untyped_storage()._cdata for t in tree_leaves(value) if isinstance(t, torch.Tensor)}
+
+
+def _specs(value, inputs=()):
+    """A call's result as (pytree spec, per leaf: ("input", i) for the i-th input tensor returned, ("tensor",
+    storage index, storage bytes, shape, stride, offset, dtype) for a new one (a view keeps its whole storage,
+    views of one storage share it), ("value", v) for a plain value)."""
+    from torch.utils._pytree import tree_flatten
+
+    leaves, spec = tree_flatten(value)
+    out, storages = [], {}
+    for t in leaves:
+        if not isinstance(t, torch.Tensor):
+            out.append(("value", t))
+            continue
+        same = [i for i, x in enumerate(inputs) if x is t]
+        if same:
+            out.append(("input", same[0]))
+            continue
+        storage = t.untyped_storage()
+        index = storages.setdefault(storage._cdata, len(storages))
+        out.append(("tensor", index, storage.nbytes(), tuple(t.shape), t.stride(), t.storage_offset(), t.dtype))
+    return spec, out
+
+
+def _rebuild(spec, leaves, inputs=()):
+    from torch.utils._pytree import tree_unflatten
+
+    storages, values = {}, []
+    for leaf in leaves:
+        if leaf[0] == "tensor":
+            _, index, nbytes, shape, stride, offset, dtype = leaf
+            if index not in storages:
+                storages[index] = torch.empty(nbytes, dtype=torch.uint8)
+            values.append(storages[index].view(dtype).as_strided(shape, stride, offset))
+        else:
+            values.append(inputs[leaf[1]] if leaf[0] == "input" else leaf[1])
+    return tree_unflatten(values, spec)
+
+
+class Replays:
+    """A function on fake tensors run once per input layout (a VAE's decoder called per tile and per frame chunk,
+    the tiles' blending: thousands of calls at full size); a later call with the same layout adds what the first
+    one did to the count (the peak it reached above what was live, the tensors it returned and the lists / dicts
+    it was passed refilled with new ones of the same layouts) without running it. A call that keeps new tensors
+    anywhere else (an attribute of its own) runs every time. Recordings are kept for the process, by structure."""
+
+    def __init__(self, counter: ByteCounter):
+        self.counter = counter
+
+    def wrap(self, owner, attr: str, structure: str) -> None:
+        """Replace `owner.<attr>` (a module's forward, a method) with its replayed version."""
+        function = getattr(owner, attr)
+        dtype = next((p.dtype for p in owner.parameters()), None) if isinstance(owner, torch.nn.Module) else None
+
+        def call(*args, **kwargs):
+            key = (structure, attr, dtype, _layout((args, kwargs)))
+            if key in _REPLAYS:
+                return self._replay(_REPLAYS[key], args, kwargs)
+            out, record = self._record(function, args, kwargs)
+            if record is not None:
+                _REPLAYS[key] = record
+            return out
+
+        setattr(owner, attr, call)
+
+    @staticmethod
+    def _containers(args, kwargs) -> list:
+        """The lists / dicts passed in (a causal decoder's cache, which it refills)."""
+        return [v for v in (*args, *kwargs.values()) if isinstance(v, (list, dict))]
+
+    def _record(self, function, args, kwargs):
+        counter = self.counter
+        start = counter.live_bytes()
+        before = dict(counter.live)  # storage key -> its entry (a key freed and reused gets a new entry)
+        name = f"replay {next(_CALLS)}"
+        with counter.window(name):
+            out = function(*args, **kwargs)
+        rise = counter.stage_peaks.pop(name) - start
+        containers = self._containers(args, kwargs)
+        counter.live_bytes()
+        old = {k for k, entry in counter.live.items() if before.get(k) is entry}
+        new = set(counter.live) - old
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        spec = _specs(out, inputs)
+        if not new <= _storages((out, containers)) or any(
+                leaf[0] == "tensor" and k in old for leaf, k in zip(spec[1], self._leaf_keys(out))):
+            return out, None  # new tensors kept elsewhere, or an older tensor that is not an input returned
+        # each entry of a list / dict passed in: kept as it was (its storage lived before) or its new layout
+        filled = []
+        for c in containers:
+            items = enumerate(c) if isinstance(c, list) else c.items()
+            filled.append((type(c), [(k, None if _storages(v) & old else _specs(v)) for k, v in items]))
+        return out, (rise, spec, filled)
+
+    @staticmethod
+    def _leaf_keys(value) -> list:
+        return [t.untyped_storage()._cdata if isinstance(t, torch.Tensor) else None for t in tree_leaves(value)]
+
+    def _replay(self, record, args, kwargs):
+        rise, (spec, leaves), filled = record
+        counter = self.counter
+        counter.reach(counter.live_bytes() + rise)
+        for container, (kind, entries) in zip(self._containers(args, kwargs), filled):
+            if kind is list:
+                del container[len(entries):]
+                container.extend([None] * (len(entries) - len(container)))
+            for k, entry in entries:  # one at a time: each old entry is freed as its successor is made
+                # an entry already of the new layout is left as it is: replacing it changes no count
+                if entry is not None and _specs(container[k])[1] != entry[1]:
+                    container[k] = _rebuild(*entry)
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        return _rebuild(spec, leaves, inputs)
+
+
+@contextlib.contextmanager
+def _masks_without_loops():
+    """diffusers' HunyuanVideo-1.5 VAE fills its causal attention mask with a Python loop over every token (49k
+    steps a decoder call at 480p): on fake tensors only the mask's allocation counts, so it is made without the
+    loop while the planner measures."""
+    try:
+        from diffusers.models.autoencoders.autoencoder_kl_hunyuanvideo15 import HunyuanVideo15AttnBlock as block
+    except ImportError:
+        yield
+        return
+    original = block.__dict__["prepare_causal_attention_mask"]
+
+    def mask(n_frame: int, n_hw: int, dtype, device, batch_size: int | None = None):
+        out = torch.full((n_frame * n_hw, n_frame * n_hw), float("-inf"), dtype=dtype, device=device)
+        return out if batch_size is None else out.unsqueeze(0).expand(batch_size, -1, -1)
+
+    block.prepare_causal_attention_mask = staticmethod(mask)
+    try:
+        yield
+    finally:
+        block.prepare_causal_attention_mask = original
+
+
+def replay_decoders(vae: torch.nn.Module, counter: ByteCounter) -> None:
+    """Every `decoder` module of the VAE (Open-Sora: a temporal and a spatial one) and its tile blending
+    (diffusers' blend_v / blend_h / blend_t: a Python loop over the overlap) counted by Replays."""
+    import hashlib
+
+    replays = Replays(counter)
+    config = getattr(vae, "config", None)
+    base = type(vae).__qualname__ + (repr(dict(config)) if config is not None else repr(vae))
+    for name, module in vae.named_modules():
+        if name.split(".")[-1] == "decoder":
+            replays.wrap(module, "forward", hashlib.sha1(f"{base}/{name}".encode()).hexdigest())
+    for attr in ("blend_v", "blend_h", "blend_t"):
+        if callable(getattr(vae, attr, None)):
+            replays.wrap(vae, attr, type(vae).__qualname__)
 
 
 # ---- fake full-size pipelines ----------------------------------------------------------------------------------
@@ -294,33 +493,51 @@ class Weights:
 @dataclasses.dataclass
 class Measurement:
     """What a config and request need: each part's weights, each stage's activations (live bytes beyond the
-    weights, the caches' state and what is carried between stages included), decode with and without tiling."""
+    weights, the caches' state and what is carried between stages included; "decode" untiled), and the decode
+    stage's with each VAE tile height the VAE can take (largest first)."""
 
     parts: dict[str, Weights]
     stages: dict[str, int]
     dtype_size: int
-    tiling: bool  # the VAE can decode in tiles (stages["decode_tiled"] is measured)
+    tiles: dict[int, int]  # tile height (pixels) -> the decode stage's activations with it
+    configured_tile: int | None  # the tile the config decodes with (None: whole frames)
     seconds: float
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def tiling(self) -> bool:
+        return bool(self.tiles)
 
 
 PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "transformer", "vae")
 
 
-def measure(config, request: dict | None = None) -> Measurement:
-    """Weights and per-stage activation peaks of `config` for a generate() request (None: the config's sizes)."""
+def measure(config, request: dict | None = None, replay: bool = True) -> Measurement:
+    """Weights and per-stage activation peaks of `config` for a generate() request (None: the config's sizes).
+    replay=False runs every VAE decoder call (minutes at full size; what Replays is checked against)."""
     start = time.perf_counter()
     config = planning_config(config)
     values = dict(request or {})
     steps = values.get("num_inference_steps") or config.num_inference_steps or PLAN_STEPS
     # every step needs the same activations; only a cache's state (and a multistep scheduler's) builds up
     values["num_inference_steps"] = min(steps, PLAN_STEPS if config.cache_configs() else 2)
-    with warnings.catch_warnings():  # a memo comparing data pointers (text_memo.py) meets fake tensors: harmless
-        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        return _measure(config, values, start)
+    import gc
+
+    enabled = gc.isenabled()
+    gc.collect()  # tensors in reference cycles freed when the collector runs: not mid-count (the same figure
+    gc.disable()  # every time; an upper bound, as a real run's collector may free them earlier)
+    try:
+        with warnings.catch_warnings():  # a memo comparing data pointers (text_memo.py) meets fake tensors
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            return _measure(config, values, start, replay)
+    finally:
+        if enabled:
+            gc.enable()
 
 
-def _measure(config, values: dict, start: float) -> Measurement:
+def _measure(config, values: dict, start: float, replay: bool) -> Measurement:
+    from videosys.core.offload import set_vae_tile, vae_tile, vae_tile_sizes
+
     pipeline, mode = fake_pipeline(config)
     parts = {}
     for name in PART_NAMES:
@@ -330,26 +547,43 @@ def _measure(config, values: dict, start: float) -> Measurement:
     counter = ByteCounter()
     pipeline.stage_hooks.append(counter.stage)
     pipeline.check_finite = lambda latents: None  # a host read of fake values
+    pipeline.check_memory = lambda values, batch: None  # the host's free memory is not the question
     vae = pipeline.vae
-    # a family whose config has vae_tiling can switch it (the plan sets the field)
-    tiling = hasattr(config, "vae_tiling") and hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")
-    stages = {}
-    with _own_process_state(), _fake_module_apply(), mode, counter, torch.inference_mode():
+    if replay:
+        replay_decoders(vae, counter)
+    if config.vae_tile_size is not None:
+        set_vae_tile(vae, config.vae_tile_size)
+    # a family whose config has vae_tiling can switch it and its tile size (the plan sets the fields)
+    run_values = config.check_request(values)
+    sizes = []
+    if hasattr(config, "vae_tiling"):
+        sizes = vae_tile_sizes(vae, run_values["height"], run_values["width"], also=vae_tile(vae))
+    configured = vae_tile(vae) if vae_tile(vae) in sizes else None
+    decodes: dict = {}
+    decode_video = pipeline.decode_video
+
+    def decode_each_way(run, latents):
+        """The decode stage once per tiling (whole frames, then each tile height), each from the same state."""
+        configured, out = vae_tile(vae), None
+        for tile in [None, *sizes]:
+            out = None  # the previous way's video freed first
+            set_vae_tile(vae, tile) if sizes else None
+            counter.restart("decode")
+            out = decode_video(run, latents)
+            decodes[tile] = counter.stage_peaks["decode"]
+        if sizes:
+            set_vae_tile(vae, configured)
+        return out
+
+    pipeline.decode_video = decode_each_way
+    with _own_process_state(), _masks_without_loops(), _fake_module_apply(), mode, counter, torch.inference_mode():
         out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
         del out
-        stages.update(counter.stage_peaks)
-        if tiling:  # the decode stage again, the other way
-            was_tiled = bool(getattr(vae, "use_tiling", False))
-            vae.disable_tiling() if was_tiled else vae.enable_tiling()
-            latents = torch.zeros(_latent_shape(pipeline, values), dtype=torch.float32)
-            counter.stage_peaks.pop("decode", None)
-            with counter.stage("decode"):
-                pipeline.decode(latents.to(pipeline.dtype))
-            other = counter.stage_peaks["decode"]
-            stages["decode"], stages["decode_tiled"] = ((other, stages["decode"]) if was_tiled
-                                                        else (stages["decode"], other))
-    return Measurement(parts, stages, torch.tensor([], dtype=pipeline.dtype).element_size(), tiling,
-                       time.perf_counter() - start, dict(counter.stage_seconds))
+    stages = dict(counter.stage_peaks)
+    stages["decode"] = decodes[None]
+    return Measurement(parts, stages, torch.tensor([], dtype=pipeline.dtype).element_size(),
+                       {t: decodes[t] for t in sizes}, configured, time.perf_counter() - start,
+                       dict(counter.stage_seconds))
 
 
 def _sum_weights(models) -> Weights:
@@ -369,21 +603,14 @@ def _generate_args(pipeline, values: dict) -> dict:
     return {k: v for k, v in values.items() if k in allowed and v is not None}
 
 
-def _latent_shape(pipeline, values: dict):
-    from videosys.core.pipeline import GenerationRun
-
-    checked = pipeline.config.check_request(values)
-    run = GenerationRun(prompts=["x"], values=checked, seed=0, generator=torch.Generator(), do_cfg=False, start=0.0)
-    return pipeline.latent_shape(run)
-
-
 # ---- plans -----------------------------------------------------------------------------------------------------
 # what each choice costs (in time or quality), to rank the plans that fit: the cheapest wins, the smaller peak
-# on a tie. Moving the encoders / the VAE once per generation costs little; int8 costs a little quality; fp8
-# storage more; group offload moves every block every step.
+# on a tie. Moving the encoders / the VAE once per generation costs little; VAE tiles a little decode time, more
+# the smaller they are (more overlap decoded twice); int8 costs a little quality; fp8 storage more; group offload
+# moves every block every step.
 OFFLOAD_COST = {"none": 0, "encoders": 1, "model": 2, "group": 6}
 QUANTIZE_COST = {"none": 0, "int8": 3, "fp8": 4}
-TILING_COST = 1
+TILING_COST, SMALLER_TILE_COST = 1.0, 0.1  # tiling, and each step down the tile heights (all under model offload)
 QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer",), "none": ()}  # offload.quantize
 
 
@@ -391,11 +618,7 @@ QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer
 class Plan:
     offload: str = "none"
     quantize: str = "none"
-    vae_tiling: bool = False
-
-    @property
-    def cost(self) -> int:
-        return OFFLOAD_COST[self.offload] + QUANTIZE_COST[self.quantize] + TILING_COST * self.vae_tiling
+    vae_tile: int | None = None  # the VAE's tile height in pixels; None: whole frames
 
     def describe(self) -> str:
         words = {"none": "all resident", "encoders": "encoders off the device after use",
@@ -403,12 +626,21 @@ class Plan:
         out = [words[self.offload]]
         if self.quantize != "none":
             out.append(f"{self.quantize} weights")
-        if self.vae_tiling:
-            out.append("VAE tiling")
+        if self.vae_tile is not None:
+            out.append(f"VAE tiles of {self.vae_tile} px")
         return " + ".join(out)
 
     def settings(self) -> dict:
-        return {"offload": self.offload, "quantize": self.quantize, "vae_tiling": self.vae_tiling}
+        """The config fields that set this plan up."""
+        return {"offload": self.offload, "quantize": self.quantize, "vae_tiling": self.vae_tile is not None,
+                "vae_tile_size": self.vae_tile}
+
+
+def cost(m: Measurement, plan: Plan) -> float:
+    tiling = 0.0
+    if plan.vae_tile is not None:
+        tiling = TILING_COST + SMALLER_TILE_COST * list(m.tiles).index(plan.vae_tile)
+    return OFFLOAD_COST[plan.offload] + QUANTIZE_COST[plan.quantize] + tiling
 
 
 def part_weights(m: Measurement, plan: Plan, name: str, streamed: bool = False) -> int:
@@ -429,7 +661,7 @@ def stage_peaks(m: Measurement, plan: Plan) -> dict[str, tuple[int, int]]:
         names = [n for n in m.parts if n in STAGE_PARTS[stage] or n in RESIDENT[plan.offload]]
         weights = sum(part_weights(m, plan, n, streamed=plan.offload == "group" and n == "transformer")
                       for n in names)
-        acts = m.stages["decode_tiled"] if stage == "decode" and plan.vae_tiling else m.stages[stage]
+        acts = m.tiles[plan.vae_tile] if stage == "decode" and plan.vae_tile is not None else m.stages[stage]
         out[stage] = (weights, acts)
     return out
 
@@ -439,13 +671,15 @@ def peak(m: Measurement, plan: Plan) -> int:
 
 
 def candidate_plans(m: Measurement) -> list[Plan]:
-    tilings = (False, True) if m.tiling else (False,)
-    plans = [Plan(o, q, t) for o in OFFLOAD_COST for q in QUANTIZE_COST for t in tilings]
-    return sorted(plans, key=lambda p: (p.cost, peak(m, p)))
+    """Every plan, cheapest first (the smaller peak first on a tie)."""
+    plans = [Plan(o, q, t) for o in OFFLOAD_COST for q in QUANTIZE_COST for t in (None, *m.tiles)]
+    return sorted(plans, key=lambda p: (cost(m, p), peak(m, p)))
 
 
-def config_plan(config) -> Plan:
-    return Plan(config.offload, config.quantize, bool(getattr(config, "vae_tiling", False)))
+def config_plan(config, m: Measurement) -> Plan:
+    """The plan a config sets up (its VAE tile as measured: vae_tile_size or the VAE's default, None where the
+    tile is not smaller than the video)."""
+    return Plan(config.offload, config.quantize, m.configured_tile)
 
 
 @dataclasses.dataclass
@@ -462,7 +696,8 @@ class Choice:
         return self.plan is not None
 
     def smallest(self) -> Plan:
-        return min(candidate_plans(self.measurement), key=lambda p: (peak(self.measurement, p), p.cost))
+        m = self.measurement
+        return min(candidate_plans(m), key=lambda p: (peak(m, p), cost(m, p)))
 
     def refusal(self) -> str:
         m, small = self.measurement, self.smallest()
@@ -482,14 +717,17 @@ class Choice:
                 f"(peak {gb(peak(m, self.plan))})")
 
 
-def choose(config, request: dict | None = None, budget: int | None = None) -> Choice:
-    """The cheapest plan whose predicted peak fits `budget` bytes (default: the config's vram)."""
+def choose(config, request: dict | None = None, budget: int | None = None, plans=None) -> Choice:
+    """The cheapest plan (of `plans`, default all) whose predicted peak fits `budget` bytes (default: the
+    config's vram); no budget: the config's own plan."""
     if budget is None and config.vram is not None:
         budget = parse_bytes(config.vram)
     m = _measure_cached(config, request)
-    fitting = [p for p in candidate_plans(m) if budget is None or peak(m, p) <= budget]
-    plan = fitting[0] if fitting and budget is not None else (config_plan(config) if budget is None else None)
-    return Choice(budget, m, plan, config_plan(config))
+    own = config_plan(config, m)
+    if budget is None:
+        return Choice(None, m, own, own)
+    fitting = [p for p in candidate_plans(m) if (plans is None or p in plans) and peak(m, p) <= budget]
+    return Choice(budget, m, fitting[0] if fitting else None, own)
 
 
 def _key(config, request) -> str:
@@ -514,7 +752,13 @@ def estimate_peak_bytes(config, request: dict | None = None) -> int:
     """The predicted peak device memory of a generate() request (None: the config's sizes) with the config's own
     offload / quantize / VAE tiling: the largest stage's weights on the device plus its activations."""
     m = _measure_cached(config, request)
-    return peak(m, config_plan(config))
+    return peak(m, config_plan(config, m))
+
+
+def plan_config(config, plan: Plan):
+    """`config` set up for `plan` (its offload / quantize / VAE tiling fields)."""
+    changes = {k: v for k, v in plan.settings().items() if k in ("offload", "quantize") or hasattr(config, "vae_tiling")}
+    return dataclasses.replace(config, **changes)
 
 
 def apply_plan(config):
@@ -523,26 +767,54 @@ def apply_plan(config):
     choice = choose(config)
     if not choice.fits:
         raise ValueError(f"vram={config.vram!r}: {choice.refusal()}")
-    changes = {k: v for k, v in choice.plan.settings().items() if k != "vae_tiling" or hasattr(config, "vae_tiling")}
-    return dataclasses.replace(config, **changes), choice
+    return plan_config(config, choice.plan), choice
+
+
+# a generate() call's values that change its memory (the measurement runs with them)
+REQUEST_FIELDS = ("num_frames", "height", "width", "guidance_scale", "num_inference_steps")
+PER_CALL_OFFLOADS = ("none", "encoders", "model")  # Placement moves whole parts: switchable between calls
+
+
+def plan_call(config, request: dict, vram, per_call_offload: bool = True) -> Plan | None:
+    """The plan for one generate() call of an engine set up by `config` within `vram`: None if the engine's own
+    plan fits; else the cheapest that fits and can be applied for this call alone (VAE tiles; with
+    per_call_offload, more of the parts off the device, as offload "encoders" / "model"); else a RequestError
+    before any compute, naming the config field to set when a plan the engine cannot switch to would fit
+    (quantize, group offload), or with the plan table when nothing fits."""
+    from videosys.core.config import RequestError
+
+    try:
+        budget = parse_bytes(vram)
+    except ValueError as err:
+        raise RequestError("vram", str(err)) from None
+    request = {k: request[k] for k in REQUEST_FIELDS  # the config's own values: its measurement, cached
+               if request.get(k) is not None and request[k] != getattr(config, k, None)}
+    m = _measure_cached(config, request or None)
+    own = config_plan(config, m)
+    if peak(m, own) <= budget:
+        return None
+    offloads = [own.offload]
+    if per_call_offload and own.offload in PER_CALL_OFFLOADS:
+        offloads = list(PER_CALL_OFFLOADS[PER_CALL_OFFLOADS.index(own.offload):])
+    switchable = [Plan(o, own.quantize, t) for o in offloads for t in (None, *m.tiles)]
+    choice = choose(config, request, budget, plans=switchable)
+    if choice.fits:
+        return choice.plan
+    best = choose(config, request, budget)
+    shown = "x".join(str(request.get(k) or getattr(config, k)) for k in SIZE_FIELDS)
+    if not best.fits:
+        raise RequestError("vram", f"vram={vram!r}: {shown} {best.refusal()}\n{table(best)}")
+    fields = {k: getattr(best.plan, k) for k in ("quantize", "offload") if getattr(best.plan, k) != getattr(own, k)}
+    if best.plan.offload in offloads:  # switchable for a call: not a field to set
+        fields.pop("offload", None)
+    fields = fields or {"vram": vram}
+    setting = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+    raise RequestError(next(iter(fields)), f"vram={vram!r}: {shown} fits with {best.plan.describe()} "
+                       f"({gb(peak(m, best.plan))}), which this engine cannot switch to for one call: build it with "
+                       f"{setting} (or vram={vram!r} and this size)")
 
 
 SIZE_FIELDS = ("num_frames", "height", "width")
-
-
-def check_fits(config, request: dict) -> None:
-    """A generate() request of another size than the config's, against the config's vram with its plan: a
-    RequestError naming vram when it would not fit (measured once per size)."""
-    from videosys.core.config import RequestError
-
-    sizes = {k: request[k] for k in SIZE_FIELDS if request.get(k) is not None and request[k] != getattr(config, k)}
-    if not sizes:
-        return
-    budget, need = parse_bytes(config.vram), estimate_peak_bytes(config, sizes)
-    if need > budget:
-        shown = "x".join(str(request.get(k) or getattr(config, k)) for k in SIZE_FIELDS)
-        raise RequestError("vram", f"{shown} needs {gb(need)} with {config_plan(config).describe()}, over "
-                           f"vram={config.vram!r}; build the engine for this size (its plan follows it)")
 
 
 def table(choice: Choice) -> str:
@@ -562,8 +834,10 @@ def table(choice: Choice) -> str:
         acts = rows["all resident"][stage][1]
         cells = "".join(f"{gb(sum(rows[label][stage])):>26}" for label, _ in plans)
         lines.append(f"{stage:<10}{gb(acts):>14}{cells}")
-    if m.tiling:
-        lines.append(f"{'(decode, tiled)':<10}{gb(m.stages['decode_tiled']):>14}")
+    for tile, acts in m.tiles.items():  # the decode stage with each VAE tile height
+        lines.append(f"{'  tiles ' + str(tile) + ' px':<16}{gb(acts):>8}"
+                     + "".join(f"{gb(stage_peaks(m, dataclasses.replace(plan, vae_tile=tile))['decode'][0] + acts):>26}"
+                               for _, plan in plans))
     lines += ["", choice.summary() if choice.budget is not None else
               f"peak {gb(peak(m, choice.config_plan))} ({choice.config_plan.describe()})",
               f"(measured in {m.seconds:.1f} s on fake tensors: "
