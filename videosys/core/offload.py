@@ -28,12 +28,13 @@ import torch
 OFFLOADS = ("none", "encoders", "model", "group")
 QUANTIZE = ("none", "int8", "fp8")
 # which parts each stage runs (pipeline attribute names); "prepare": a request's image / reference conditioning
-STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder", "text_encoder_2"),
+# (CascadeV: its input video's encoding)
+STAGE_PARTS = {"prepare": ("image_encoder", "encoder", "vae"), "text": ("text_encoder", "text_encoder_2"),
                "denoise": ("transformer",), "decode": ("vae",)}
 
 
 # the parts that stay on the device throughout, per offload (the others move with their stage)
-RESIDENT = {"none": ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"),
+RESIDENT = {"none": ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder", "encoder"),
             "encoders": ("transformer", "vae"), "model": (), "group": ()}
 
 
@@ -122,7 +123,8 @@ def transformers_of(pipeline) -> tuple:
 def quantize(pipeline, mode: str) -> None:
     """Weight-only int8 (torchao: the transformer(s) and the text encoder) or fp8 storage (diffusers' layerwise
     casting: the transformer(s)); the VAE's convolutions keep their dtype (a small part of the weights)."""
-    modules = [*transformers_of(pipeline), pipeline.text_encoder]
+    text_encoder = getattr(pipeline, "text_encoder", None)  # CascadeV has none
+    modules = [*transformers_of(pipeline), *([text_encoder] if text_encoder is not None else [])]
     for module in modules:  # attention.py's fused q / k / v copy would keep the float weights and bypass the layers
         for m in module.modules():
             if getattr(m, "qkv_fused", None) is not None:

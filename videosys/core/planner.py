@@ -509,7 +509,7 @@ class Measurement:
         return bool(self.tiles)
 
 
-PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "transformer", "vae")
+PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "encoder", "transformer", "vae")
 
 
 def measure(config, request: dict | None = None, replay: bool = True) -> Measurement:
@@ -554,30 +554,35 @@ def _measure(config, values: dict, start: float, replay: bool) -> Measurement:
     if config.vae_tile_size is not None:
         set_vae_tile(vae, config.vae_tile_size)
     # a family whose config has vae_tiling can switch it and its tile size (the plan sets the fields)
-    run_values = config.check_request(values)
     sizes = []
     if hasattr(config, "vae_tiling"):
+        run_values = config.check_request(values)
         sizes = vae_tile_sizes(vae, run_values["height"], run_values["width"], also=vae_tile(vae))
     configured = vae_tile(vae) if vae_tile(vae) in sizes else None
     decodes: dict = {}
-    decode_video = pipeline.decode_video
+    autoencoder = hasattr(pipeline, "plan_input")  # a video autoencoder (CascadeV): reconstruct() a blank clip
+    decode = pipeline.decode if autoencoder else pipeline.decode_video
 
-    def decode_each_way(run, latents):
+    def decode_each_way(*args):
         """The decode stage once per tiling (whole frames, then each tile height), each from the same state."""
-        configured, out = vae_tile(vae), None
+        before, out = vae_tile(vae), None
         for tile in [None, *sizes]:
             out = None  # the previous way's video freed first
-            set_vae_tile(vae, tile) if sizes else None
+            if sizes:
+                set_vae_tile(vae, tile)
             counter.restart("decode")
-            out = decode_video(run, latents)
+            out = decode(*args)
             decodes[tile] = counter.stage_peaks["decode"]
         if sizes:
-            set_vae_tile(vae, configured)
+            set_vae_tile(vae, before)
         return out
 
-    pipeline.decode_video = decode_each_way
+    setattr(pipeline, "decode" if autoencoder else "decode_video", decode_each_way)
     with _own_process_state(), _masks_without_loops(), _fake_module_apply(), mode, counter, torch.inference_mode():
-        out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
+        if autoencoder:
+            out = pipeline.reconstruct(pipeline.plan_input(values), num_inference_steps=values["num_inference_steps"])
+        else:
+            out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
         del out
     stages = dict(counter.stage_peaks)
     stages["decode"] = decodes[None]
