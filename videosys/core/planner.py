@@ -9,7 +9,9 @@ between stages are measured on the real graph, not written as formulas. Weights 
 (bytes by dtype; the Linear weights int8 / fp8 would shrink; the largest block, which group offload keeps
 resident). Host code on real tensors (the tokenizer's masks, the scheduler's tables) runs for real; a value read
 from a fake tensor on the host reads as 0 / False: a cache's distance is 0, so it reuses wherever it may (its state
-is kept as long as it can be), and a "nothing masked?" test takes the masked path.
+is kept as long as it can be), and a "nothing masked?" test takes the masked path. A VAE's decoder runs once per
+input layout (Replays: tiles and frame chunks repeat it hundreds of times at full size), the decode stage once
+per VAE tile height tried. The per-call plan of `engine.generate(vram=...)` is `plan_call`.
 
     videosys plan --model wan --vram 8GB                      # Wan2.1-T2V-1.3B at 81x480x832
     engine = VideoSysEngine(WanConfig(vram="8GB"))             # applies the plan, or refuses before any compute
@@ -318,7 +320,7 @@ def replay_decoders(vae: torch.nn.Module, counter: ByteCounter) -> None:
 
     replays = Replays(counter)
     config = getattr(vae, "config", None)
-    base = type(vae).__qualname__ + (repr(dict(config)) if config is not None else repr(vae))
+    base = type(vae).__qualname__ + repr(config if config is not None else vae)
     for name, module in vae.named_modules():
         if name.split(".")[-1] == "decoder":
             replays.wrap(module, "forward", hashlib.sha1(f"{base}/{name}".encode()).hexdigest())
