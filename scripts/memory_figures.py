@@ -82,8 +82,8 @@ def main(argv=None) -> int:
                        "|---" * (len(BUDGETS) + 3) + "|", *rows])
     page = os.path.join(ROOT, "docs", "memory.md")
     text = open(page).read()
-    text = re.sub(r"(<!-- figures -->\n).*?(\n<!-- /figures -->)", lambda mt: mt.group(1) + table + mt.group(2), text,
-                  flags=re.S)
+    text = re.sub(r"(<!-- figures -->\n).*?(<!-- /figures -->)", lambda mt: mt.group(1) + table + "\n" + mt.group(2),
+                  text, flags=re.S)
     with atomic_path(page, ".md") as tmp, open(tmp, "w") as f:
         f.write(text)
     write_json(os.path.join(ROOT, "benchmarks", "memory_plan.json"), records)
