@@ -152,7 +152,7 @@ def test_cli_plan_prints_the_table_and_refuses(capsys):
 
 @pytest.mark.parametrize("model,request_", [
     pytest.param("wan", {"height": 256, "width": 256, "num_frames": 9}, id="wan-tiles"),
-    pytest.param("cogvideox", {}, id="cogvideox", marks=pytest.mark.slow)])
+    pytest.param("cogvideox", {}, id="cogvideox")])
 def test_replayed_decoder_calls_count_as_running_every_call(model, request_):
     """The VAE's decoder / blend calls replayed by input layout (planner.Replays) give the figures of running every
     call: Wan's per-frame causal cache (refilled lists) and tiles with edge shapes, CogVideoX's returned cache."""
