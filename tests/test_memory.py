@@ -154,8 +154,9 @@ def test_cli_plan_prints_the_table_and_refuses(capsys):
     pytest.param("wan", {"height": 256, "width": 256, "num_frames": 9}, id="wan-tiles"),
     pytest.param("cogvideox", {}, id="cogvideox")])
 def test_replayed_decoder_calls_count_as_running_every_call(model, request_):
-    """The VAE's decoder / blend calls replayed by input layout (planner.Replays) give the figures of running every
-    call: Wan's per-frame causal cache (refilled lists) and tiles with edge shapes, CogVideoX's returned cache."""
+    """The VAE's decoder / blend calls replayed by input layout (core/fake_run.py Replays) give the figures of
+    running every call: Wan's per-frame causal cache (refilled lists) and tiles with edge shapes, CogVideoX's
+    returned cache."""
     config = tiny_config(model, dtype="fp32", num_inference_steps=2)
     fast, slow = planner.measure(config, request_), planner.measure(config, request_, replay=False)
     assert fast.tiles.keys() == slow.tiles.keys() and (fast.tiles or model != "wan")
