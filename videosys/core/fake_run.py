@@ -120,6 +120,7 @@ class ByteCounter(TorchDispatchMode):
 
 # ---- repeated calls counted once -------------------------------------------------------------------------------
 _CALLS = itertools.count()
+MAX_REPLAYS = 4096  # recordings kept (a full-size plan makes about a hundred)
 _REPLAYS: dict = {}  # (module structure, dtype, the call's input layout) -> what the call did to the count
 
 
@@ -198,6 +199,8 @@ class Replays:
                 return self._replay(_REPLAYS[key], args, kwargs)
             out, record = self._record(function, args, kwargs)
             if record is not None:
+                if len(_REPLAYS) >= MAX_REPLAYS:  # a long-lived engine planning many sizes: the oldest go
+                    _REPLAYS.pop(next(iter(_REPLAYS)))
                 _REPLAYS[key] = record
             return out
 
