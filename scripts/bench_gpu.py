@@ -286,8 +286,7 @@ def bench_memory(args, device) -> list[dict]:
             continue
         for stage, (w, a) in planner.stage_peaks(choice.measurement, choice.plan).items():
             row["predicted_gib"][stage] = (w + a) / 2**30
-        config = dataclasses.replace(config, **{k: v for k, v in choice.plan.settings().items()
-                                                if k != "vae_tiling" or hasattr(config, "vae_tiling")})
+        config = planner.plan_config(config, choice.plan)
         pipeline = None
         try:
             pipeline = apply_memory_settings(random_pipeline(config, device, args.dry_run))

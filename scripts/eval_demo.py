@@ -8,6 +8,7 @@
     python scripts/eval_demo.py --model-path demo-latte --seeds 2     # generate the fixed prompt set, then score
     python scripts/eval_demo.py --model-path demo-latte --cache teacache-fast --save-dir samples/
     python scripts/eval_demo.py --procedural                          # the tracker on the training clips (its ceiling)
+    python scripts/eval_demo.py --demo --quantize int8 --threads 1    # the demo with weight-only int8 (docs/memory.md)
 
 A colour-centroid tracker: each pixel is labelled with the nearest of the demo palette's
 colours or the frame's background (the median of its border pixels), and a pixel too far
@@ -32,7 +33,7 @@ def rows_from_engine(args) -> list[dict]:
     from videosys.models import config_class
 
     config = config_class(args.model)(model_path=args.model_path, preset=args.preset, cache=args.cache,
-                                      progress_bar=False, num_gpus=args.num_gpus)
+                                      progress_bar=False, num_gpus=args.num_gpus, quantize=args.quantize)
     engine = VideoSysEngine(config)
     out = []
     try:
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
                              "and its empty negative prompt)")
     parser.add_argument("--cache", default=None, help="a registered cache name (teacache-slow, pab, none, ...)")
     parser.add_argument("--num-gpus", type=int, default=1)
+    parser.add_argument("--quantize", default="none", help="weight quantization: none, int8 or fp8 (docs/memory.md)")
     parser.add_argument("--num-inference-steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=1, help="videos per prompt")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the fixed set")

@@ -46,7 +46,7 @@ CHEAPER = [  # pattern -> flags added unless the command gives them (flag, value
     (r"^videosys (generate|reconstruct)", [("--preset", "tiny"), ("--steps", "4"), ("--no-progress",)]),
     (r"^videosys bench", [("--prompts", "1"), ("--repeats", "1"), ("--steps", "2"),
                           ("--variants", "none", "teacache-fast")]),
-    (r"^videosys plan", [("--preset", "tiny")]),  # full size: minutes on this CPU (the VAE decode)
+    (r"^videosys plan", [("--preset", "tiny")]),  # full size: 5-50 s a command on this CPU (docs/memory.md)
     (r"^videosys tune", [("--prompts", "2"), ("--steps", "2"), ("--methods", "teacache"), ("--no-pairs",),
                          ("--repeats", "0")]),
     (r"experiments/\w+\.py", [("--preset", "tiny"), ("--num-prompts", "1"), ("--num-seeds", "1"), ("--steps", "4")]),

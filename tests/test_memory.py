@@ -19,7 +19,10 @@ def measured_peak(config, tmp_path, decode: bool = True) -> int:
     if not decode:
         pipeline.decode_video = lambda run, latents: latents
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        pipeline.generate(PROMPT)
+        if hasattr(pipeline, "plan_input"):  # CascadeV: the blank clip the planner reconstructs
+            pipeline.reconstruct(pipeline.plan_input({}))
+        else:
+            pipeline.generate(PROMPT)
     path = tmp_path / "timeline.json"
     prof.export_memory_timeline(str(path), device="cpu")
     _, sizes = json.loads(path.read_text())
@@ -29,6 +32,7 @@ def measured_peak(config, tmp_path, decode: bool = True) -> int:
 # CogVideoX's VAE decodes with 3D convolutions whose CPU kernel allocates an im2col buffer inside the op (several
 # times its output), which no dispatch-level count sees and a CUDA run does not allocate: compared without decode
 CASES = [pytest.param("latte", "demo", True, id="latte-demo"),
+         pytest.param("cascadev", "tiny", True, id="cascadev-tiny"),
          pytest.param("wan", "tiny", True, id="wan-tiny", marks=pytest.mark.slow),
          pytest.param("cogvideox", "tiny", False, id="cogvideox-tiny-no-decode", marks=pytest.mark.slow)]
 
@@ -88,7 +92,9 @@ def test_offloaded_run_equals_plain_one():
         assert torch.equal(out, reference), offload
     from diffusers.utils import is_accelerate_available
 
-    if not is_accelerate_available():  # group offloading needs it: refused when the config is built
+    # diffusers' GroupOffloadingHook.pre_forward moves every input with accelerate.utils.send_to_device, whatever
+    # the devices or streams (a NameError without accelerate): refused when the config is built
+    if not is_accelerate_available():
         with pytest.raises(ValueError, match="needs accelerate"):
             tiny_config("latte", offload="group")
         return
@@ -144,6 +150,70 @@ def test_cli_plan_prints_the_table_and_refuses(capsys):
     assert "nothing fits" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("model,request_", [
+    pytest.param("wan", {"height": 256, "width": 256, "num_frames": 9}, id="wan-tiles"),
+    pytest.param("cogvideox", {}, id="cogvideox")])
+def test_replayed_decoder_calls_count_as_running_every_call(model, request_):
+    """The VAE's decoder / blend calls replayed by input layout (core/fake_run.py Replays) give the figures of
+    running every call: Wan's per-frame causal cache (refilled lists) and tiles with edge shapes, CogVideoX's
+    returned cache."""
+    config = tiny_config(model, dtype="fp32", num_inference_steps=2)
+    fast, slow = planner.measure(config, request_), planner.measure(config, request_, replay=False)
+    assert fast.tiles.keys() == slow.tiles.keys() and (fast.tiles or model != "wan")
+    for name, value in {**fast.stages, **fast.tiles}.items():
+        other = {**slow.stages, **slow.tiles}[name]
+        assert value == other, (name, value, other)
+
+
+def test_plan_picks_the_largest_vae_tile_that_fits_and_the_pipeline_applies_it():
+    """The Wan tiny preset at 9x320x320: its VAE can decode in tiles of 256 or 128 px (smaller than the frame)."""
+    from videosys.core.engine import build_pipeline
+
+    config = tiny_config("wan", dtype="fp32", num_inference_steps=2, height=320, width=320, num_frames=9)
+    m = planner.choose(config).measurement
+    assert list(m.tiles) == [256, 128] and max(m.tiles.values()) < m.stages["decode"]
+    for tile in m.tiles:
+        budget = planner.peak(m, planner.Plan(vae_tile=tile))
+        plan = planner.choose(config, budget=budget).plan
+        larger = [t for t in m.tiles if t > (plan.vae_tile or 0)]
+        assert planner.peak(m, plan) <= budget
+        assert all(planner.peak(m, planner.Plan(plan.offload, plan.quantize, t)) > budget for t in larger)
+    planned = planner.plan_config(config, planner.Plan(vae_tile=128))
+    assert planned.vae_tiling and planned.vae_tile_size == 128
+    vae = build_pipeline(planned).vae
+    assert (vae.use_tiling, vae.tile_sample_min_height, vae.tile_sample_stride_height) == (True, 128, 96)  # 3/4
+    with pytest.raises(ValueError, match="multiple of 64"):
+        tiny_config("wan", vae_tiling=True, vae_tile_size=100)
+    with pytest.raises(ValueError, match="latte has no VAE tiling"):
+        tiny_config("latte", vae_tile_size=128)
+
+
+def test_generate_with_vram_applies_a_per_call_plan_or_refuses_before_compute():
+    """engine.generate(vram=...): the engine as built when it fits; a plan it can switch to for one call (here
+    model offload, which on the CPU leaves the values as they are); else refused naming the field to set, or with
+    the plan table when nothing fits."""
+    from videosys.core.config import RequestError
+    from videosys.core.engine import VideoSysEngine
+
+    config = tiny_config("latte", dtype="fp32", num_inference_steps=2)
+    m = planner.measure(config)
+    model = planner.peak(m, planner.Plan("model"))
+    assert planner.peak(m, planner.Plan("encoders")) > model
+    vram = f"{model / 2 ** 20:.6f}MB"
+    assert planner.plan_call(config, {}, vram) == planner.Plan("model")
+    with pytest.raises(RequestError, match="offload='model'") as err:  # spawned ranks: no per-call offload
+        planner.plan_call(config, {}, vram, per_call_offload=False)
+    assert err.value.field == "offload"
+    engine = VideoSysEngine(config)
+    hooks = list(engine.pipeline.stage_hooks)
+    reference = engine.generate(PROMPT).latents
+    assert torch.equal(engine.generate(PROMPT, vram=vram).latents, reference)
+    assert engine.pipeline.stage_hooks == hooks
+    with pytest.raises(RequestError, match="nothing fits") as err:
+        engine.generate(PROMPT, vram="0.001MB")
+    assert err.value.field == "vram" and "denoise" in str(err.value)  # the plan table
+
+
 def test_engine_refuses_a_larger_request_than_the_budget_allows():
     """vram set to the config's own predicted peak: the config's size fits, a 4x larger frame is refused before
     any compute, naming vram."""
@@ -152,7 +222,7 @@ def test_engine_refuses_a_larger_request_than_the_budget_allows():
     config = tiny_config("latte", dtype="fp32")
     budget = planner.peak(planner.measure(config), planner.Plan())
     planned = tiny_config("latte", dtype="fp32", vram=f"{budget / 2 ** 20:.6f}MB")
-    planner.check_fits(planned, {"height": 64, "width": 64})  # the config's own size: nothing to check
+    assert planner.plan_call(planned, {"height": 64, "width": 64}, planned.vram) is None  # its own size fits
     with pytest.raises(RequestError, match="vram") as err:
-        planner.check_fits(planned, {"height": 128, "width": 128})
+        planner.plan_call(planned, {"height": 128, "width": 128}, planned.vram)
     assert err.value.field == "vram"

@@ -8,7 +8,9 @@ Process-wide state (everything else lives in a pipeline, a transformer or a cach
 - videosys.models.modules.compile._compiled: one torch.compile wrapper per (class, method), and torch's own
   compile caches behind them (a graph per shape, up to torch's recompile limit);
 - videosys.cache.fastercache._low_pass_mask: FasterCache's frequency masks, an lru_cache of the last 8
-  (shape, device).
+  (shape, device);
+- the memory planner's measurements (core/planner.py _MEASURED, the last 32 config and request pairs) and its
+  recorded VAE calls (core/fake_run.py _REPLAYS, the last 4096 call layouts): sizes only, no tensors.
 """
 
 import logging as _logging

@@ -68,7 +68,7 @@ def _add_reconstruct(sub) -> None:
 def _add_plan(sub) -> None:
     """`videosys plan --model wan --vram 8GB`: predicted peak memory per stage and the plan that fits (no weights)."""
     plan = sub.add_parser("plan", help="predict peak device memory per stage and pick offload / quantization that "
-                          "fits --vram (seconds to minutes on a CPU, no weights)")
+                          "fits --vram (seconds on a CPU, no weights)")
     plan.add_argument("--model", help="model family (or `model:` in --config)")
     for flag in ("--config", "--preset", "--model-path", "--dtype", "--device"):
         plan.add_argument(flag)

@@ -160,6 +160,7 @@ class BaseConfig(legacy_flags_class()):
     vram: str | None = None
     offload: str = "none"  # none | encoders (text encoder off the device after encoding) | model | group
     quantize: str = "none"  # none | int8 (torchao weight-only) | fp8 (fp8 storage, diffusers' layerwise casting)
+    vae_tile_size: int | None = None  # with the family's vae_tiling: tile height in pixels (None: the VAE's default)
 
     model_name: ClassVar[str] = ""
     official_model_path: ClassVar[str] = ""

@@ -383,20 +383,27 @@ class VideoSysEngine:
                 return failure
             time.sleep(0.05)
 
-    def generate(self, prompt, progress=None, **kwargs) -> VideoSysOutput:
+    def generate(self, prompt, progress=None, vram=None, **kwargs) -> VideoSysOutput:
         """`progress(steps_done, total)`, if given, runs in the caller's process after each denoising step;
         raising Cancelled from it stops the generation there (on every rank) and the engine stays usable.
         Under torchrun each rank calls its own `progress`: they must all stop at the same step.
         The request's values are checked (the config's check_request), and its size against the memory available
-        (core/memory.py; with config.vram, against the plan: core/planner.py), before any rank is asked to run it."""
+        (core/memory.py), before any rank is asked to run it. `vram` ("24GB"; default: the config's, for a size
+        other than the config's): the call's memory plan (core/planner.py plan_call), applied for this call when
+        the engine can switch to it (VAE tiles; offload of whole parts in one process), else refused before any
+        compute naming the config field to set."""
         pipeline_cls = self.config.pipeline_cls
         prompts = check_call(pipeline_cls.generate, prompt, kwargs, pipeline_cls.takes_seed_lists(self.config))
         values = self.config.check_request(kwargs)
         check_fits(self.config, values, getattr(self.pipeline, "transformer", None), len(prompts))  # too big: refused
-        if self.config.vram is not None:
+        resized = any(kwargs.get(k) is not None and kwargs[k] != getattr(self.config, k)
+                      for k in ("num_frames", "height", "width"))
+        if vram is not None or (self.config.vram is not None and resized):
             from videosys.core import planner
 
-            planner.check_fits(self.config, kwargs)  # a larger size than planned for: refused before any compute
+            plan = planner.plan_call(self.config, values, vram or self.config.vram, per_call_offload=not self.workers)
+            if plan is not None:  # the engine as set up does not fit: this call's plan
+                return self._run("generate_planned", plan.settings(), prompt, progress=progress, **kwargs)
         return self._run("generate", prompt, progress=progress, **kwargs)
 
     def reconstruct(self, video, **kwargs):

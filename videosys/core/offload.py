@@ -5,6 +5,8 @@
 - offload="model": each part is on the device only during its stage (text encoder, transformer, VAE).
 - offload="group": as "model" for the encoders and the VAE; the transformer's blocks stream in one at a time
   (diffusers' `apply_group_offloading`, block level, the next block prefetched on a side stream on CUDA).
+- vae_tile_size (with a family's vae_tiling): the VAE's spatial tiles of that height in pixels, the other tiling
+  lengths (width, stride, latent tile) scaled with it from the VAE's defaults (diffusers' `enable_tiling` knobs).
 - quantize="int8": weight-only int8 Linear layers in the transformer and text encoder (torchao's
   `Int8WeightOnlyConfig`); quantize="fp8": the transformer's weights stored in float8_e4m3fn and cast to the
   compute dtype layer by layer (diffusers' `apply_layerwise_casting`; norms and embeddings stay as they are; the
@@ -26,12 +28,13 @@ import torch
 OFFLOADS = ("none", "encoders", "model", "group")
 QUANTIZE = ("none", "int8", "fp8")
 # which parts each stage runs (pipeline attribute names); "prepare": a request's image / reference conditioning
-STAGE_PARTS = {"prepare": ("image_encoder", "vae"), "text": ("text_encoder", "text_encoder_2"),
+# (CascadeV: its input video's encoding)
+STAGE_PARTS = {"prepare": ("image_encoder", "encoder", "vae"), "text": ("text_encoder", "text_encoder_2"),
                "denoise": ("transformer",), "decode": ("vae",)}
 
 
 # the parts that stay on the device throughout, per offload (the others move with their stage)
-RESIDENT = {"none": ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"),
+RESIDENT = {"none": ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder", "encoder"),
             "encoders": ("transformer", "vae"), "model": (), "group": ()}
 
 
@@ -55,10 +58,61 @@ def check_memory_settings(config) -> None:
         if not is_accelerate_available():  # diffusers' group offloading moves the inputs with accelerate's helper
             raise ValueError("offload='group' needs accelerate (diffusers' group offloading uses it): "
                              "pip install 'videosys[memory]'")
+    if config.vae_tile_size is not None:
+        if not getattr(config, "vae_tiling", False):
+            raise ValueError(f"vae_tile_size={config.vae_tile_size} needs vae_tiling=True"
+                             + ("" if hasattr(config, "vae_tiling") else f" ({config.model_name} has no VAE tiling)"))
+        if config.vae_tile_size < 64 or config.vae_tile_size % 64:
+            raise ValueError(f"vae_tile_size must be a multiple of 64 pixels, got {config.vae_tile_size}")
     if config.vram is not None:
         from videosys.core.planner import parse_bytes
 
         parse_bytes(config.vram, "vram")
+
+
+# diffusers' tiling lengths (pixels or latents) that scale with the tile size; the overlap factors stay
+TILE_KNOBS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+              "tile_sample_stride_width", "tile_latent_min_height", "tile_latent_min_width")
+TILE_SIZES = (512, 256, 128)  # tile heights the planner tries besides the VAE's default (each costs a decode run)
+
+
+def _tile_defaults(vae) -> dict:
+    """The VAE's own tiling lengths, kept on first use (set_vae_tile changes them)."""
+    if "_videosys_tile_defaults" not in vars(vae):
+        import inspect
+
+        knobs = inspect.signature(vae.enable_tiling).parameters
+        vae._videosys_tile_defaults = {k: getattr(vae, k) for k in TILE_KNOBS if k in knobs and hasattr(vae, k)}
+    return vae._videosys_tile_defaults
+
+
+def vae_tile_sizes(vae, height: int, width: int, also: int | None = None) -> list[int]:
+    """The tile heights a VAE with diffusers' `enable_tiling(tile_sample_min_height=...)` can take for a
+    height x width video, largest first: TILE_SIZES, its default and `also`, those that tile this size at all."""
+    if not (hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")):
+        return []
+    d = _tile_defaults(vae)
+    if "tile_sample_min_height" not in d:
+        return []
+    aspect = d.get("tile_sample_min_width", d["tile_sample_min_height"]) / d["tile_sample_min_height"]
+    sizes = sorted({*TILE_SIZES, d["tile_sample_min_height"], *([also] if also else [])}, reverse=True)
+    return [s for s in sizes if height > s or width > round(s * aspect)]
+
+
+def set_vae_tile(vae, size: int | None) -> None:
+    """Decode in tiles `size` pixels high (the width, strides and latent tile scaled from the VAE's defaults);
+    None: whole frames."""
+    if size is None:
+        vae.disable_tiling()
+        return
+    d = _tile_defaults(vae)
+    scale = size / d["tile_sample_min_height"]
+    vae.enable_tiling(**{k: int(round(v * scale)) for k, v in d.items()})
+
+
+def vae_tile(vae) -> int | None:
+    """The tile height the VAE decodes with now (None: untiled)."""
+    return getattr(vae, "tile_sample_min_height", None) if getattr(vae, "use_tiling", False) else None
 
 
 def transformers_of(pipeline) -> tuple:
@@ -69,7 +123,8 @@ def transformers_of(pipeline) -> tuple:
 def quantize(pipeline, mode: str) -> None:
     """Weight-only int8 (torchao: the transformer(s) and the text encoder) or fp8 storage (diffusers' layerwise
     casting: the transformer(s)); the VAE's convolutions keep their dtype (a small part of the weights)."""
-    modules = [*transformers_of(pipeline), pipeline.text_encoder]
+    text_encoder = getattr(pipeline, "text_encoder", None)  # CascadeV has none
+    modules = [*transformers_of(pipeline), *([text_encoder] if text_encoder is not None else [])]
     for module in modules:  # attention.py's fused q / k / v copy would keep the float weights and bypass the layers
         for m in module.modules():
             if getattr(m, "qkv_fused", None) is not None:
@@ -126,6 +181,33 @@ class Placement:
                     module.to("cpu")
 
 
+@contextlib.contextmanager
+def per_call(pipeline, offload: str, vae_tile_size: int | None):
+    """One call with another offload ("none" -> "encoders" / "model": parts moved as a Placement does) and VAE
+    tile height than the pipeline was built with (the planner's per-call plan: planner.plan_call); the pipeline
+    is set back after."""
+    own = pipeline.config.offload
+    tile_before = vae_tile(pipeline.vae)
+    placement, saved_hooks = None, list(pipeline.stage_hooks)
+    if vae_tile_size != tile_before:
+        set_vae_tile(pipeline.vae, vae_tile_size)
+    if offload != own:
+        placement = Placement(pipeline, offload)
+        pipeline.stage_hooks[:] = [h for h in saved_hooks if not isinstance(h, Placement)] + [placement]
+        placement.off_device()
+    try:
+        yield
+    finally:
+        if placement is not None:
+            pipeline.stage_hooks[:] = saved_hooks
+            for name in RESIDENT[own]:
+                module = getattr(pipeline, name, None)
+                if isinstance(module, torch.nn.Module):
+                    module.to(pipeline.device)
+        if vae_tile(pipeline.vae) != tile_before:
+            set_vae_tile(pipeline.vae, tile_before)
+
+
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -145,6 +227,8 @@ def apply_memory_settings(pipeline, config=None):
     if config is not None and config is not pipeline.config:
         pipeline.config, pipeline.device = config, config.torch_device()
     config = pipeline.config
+    if config.vae_tile_size is not None:
+        set_vae_tile(pipeline.vae, config.vae_tile_size)
     if config.quantize != "none":
         quantize(pipeline, config.quantize)
     if config.offload == "none":

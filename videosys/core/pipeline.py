@@ -166,12 +166,20 @@ class VideoSysPipeline:
             negative_prompt=negative_prompt, num_frames=num_frames, height=height, width=width,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale))
 
+    def generate_planned(self, plan: dict, *args, **kwargs) -> VideoSysOutput:
+        """generate() with a memory plan for this call alone (`plan`: offload and vae_tile_size; the engine's
+        generate(vram=...) picks it: core/planner.py plan_call), the pipeline set back after."""
+        from videosys.core.offload import per_call
+
+        with per_call(self, plan["offload"], plan["vae_tile_size"]):
+            return self.generate(*args, **kwargs)
+
     def run_generation(self, prompt, seed: int, request: dict) -> VideoSysOutput:
         """A generation: checks (before any compute), text, first latents, sampling, decoding."""
         prompts = self.as_prompt_list(prompt)
         seeds = check_seeds(seed, len(prompts), self.takes_seed_lists(self.config))
         values = self.config.check_request(request)
-        check_fits(self.config, values, self.transformer, len(prompts), self.device)  # a size that cannot fit
+        self.check_memory(values, len(prompts))
         run = GenerationRun(prompts=self.prepare_prompts(prompts), values=values, seed=seeds[0],
                             generator=torch.Generator("cpu").manual_seed(seeds[0]),
                             do_cfg=values["guidance_scale"] > 1.0, start=time.perf_counter(), seeds=seeds)
@@ -328,6 +336,11 @@ class VideoSysPipeline:
             yield step
         finally:
             handle.remove()
+
+    def check_memory(self, values: dict, batch: int) -> None:
+        """A size that cannot fit the memory here: refused before any compute (core/memory.py; the planner's
+        fake full-size pipelines skip it: they hold no memory)."""
+        check_fits(self.config, values, self.transformer, batch, self.device)
 
     def check_finite(self, latents: torch.Tensor) -> None:
         """Raise NonFiniteError naming the first step with NaN / inf (one host read, after the loop)."""

@@ -9,7 +9,9 @@ between stages are measured on the real graph, not written as formulas. Weights 
 (bytes by dtype; the Linear weights int8 / fp8 would shrink; the largest block, which group offload keeps
 resident). Host code on real tensors (the tokenizer's masks, the scheduler's tables) runs for real; a value read
 from a fake tensor on the host reads as 0 / False: a cache's distance is 0, so it reuses wherever it may (its state
-is kept as long as it can be), and a "nothing masked?" test takes the masked path.
+is kept as long as it can be), and a "nothing masked?" test takes the masked path. A VAE's decoder runs once per
+input layout (fake_run.Replays: tiles and frame chunks repeat it hundreds of times at full size), the decode stage once
+per VAE tile height tried. The per-call plan of `engine.generate(vram=...)` is `plan_call`.
 
     videosys plan --model wan --vram 8GB                      # Wan2.1-T2V-1.3B at 81x480x832
     engine = VideoSysEngine(WanConfig(vram="8GB"))             # applies the plan, or refuses before any compute
@@ -17,15 +19,14 @@ is kept as long as it can be), and a "nothing masked?" test takes the masked pat
 
 import contextlib
 import dataclasses
-import math
 import re
 import time
 import warnings
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from videosys.core.fake_run import (ByteCounter, fake_module_apply, masks_without_loops, own_process_state,
+                                    fake_pipeline, replay_decoders)
 from videosys.core.offload import RESIDENT, STAGE_PARTS, transformers_of
 
 GIB = 2 ** 30
@@ -47,155 +48,6 @@ def gb(n: float) -> str:
     return f"{n / GIB:.2f} GB" if n >= GIB / 10 else f"{n / 2 ** 20:.2f} MB"
 
 
-# ---- the byte counter ------------------------------------------------------------------------------------------
-_HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
-               torch.ops.aten.is_nonzero.default)
-
-
-SMALL_FACTORY = 2 ** 16  # elements: a tensor made from nothing this small is host bookkeeping (masks, positions)
-
-
-def _small_factory(func, args) -> bool:
-    """A factory op (ones, zeros, full, arange ...: no tensor inputs) of a known small size: run for real, so host
-    decisions on it (a mask's longest row) see real values. Large ones stay fake (no memory is used)."""
-    size = args[0] if args else None
-    if isinstance(size, (list, tuple)) and all(isinstance(n, int) for n in size):
-        return math.prod(size) <= SMALL_FACTORY
-    return isinstance(size, (int, float)) and func.__name__.startswith("arange") and size <= SMALL_FACTORY
-
-
-class ByteCounter(TorchDispatchMode):
-    """Live bytes of the tensors created by ops while it is active (a storage counts once, until it is freed), and
-    the peak of each stage marked with `stage(name)`. Inside a FakeTensorMode: ops whose tensors are all real run
-    for real (host-side code), a host read of a fake value returns 0."""
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict = {}
-        self.current = self.peak = 0
-        self.stage_peaks: dict[str, int] = {}
-        self.stage_seconds: dict[str, float] = {}  # the planner's own time per stage (what to speed up)
-        self._stages: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-
-        kwargs = kwargs or {}
-        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        fake = any(isinstance(t, FakeTensor) for t in tensors)
-        if func in _HOST_READS and fake:  # a value the host reads: 0 / False (the general, masked path)
-            return False if func is torch.ops.aten.is_nonzero.default or args[0].dtype == torch.bool else 0
-        if (tensors and not fake) or (not tensors and _small_factory(func, args)):
-            with unset_fake_temporarily():
-                out = func(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._add(t)
-        return out
-
-    def _add(self, t: torch.Tensor) -> None:
-        from torch.multiprocessing.reductions import StorageWeakRef
-
-        storage = t.untyped_storage()
-        if storage._cdata not in self.live:
-            n = storage.nbytes()
-            self.live[storage._cdata] = (StorageWeakRef(storage), n)
-            self.current += n
-            # freed storages only lower the count: sweep them out only when this may be a new peak
-            if self.current > min(self.stage_peaks.get(s, 0) for s in self._stages or ("",)) or \
-                    self.current > self.peak:
-                self._sweep()
-                self.peak = max(self.peak, self.current)
-                for name in self._stages:
-                    self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
-
-    def _sweep(self) -> None:
-        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
-            self.current -= self.live.pop(key)[1]
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        self._sweep()
-        self._stages.append(name)
-        self.stage_peaks[name] = max(self.stage_peaks.get(name, 0), self.current)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._stages.remove(name)
-            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-# ---- fake full-size pipelines ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _fake_module_apply():
-    """nn.Module.to / float / ... on fake parameters: each replaced by its converted copy (torch's own _apply would
-    swap tensors, which fake tensors refuse). A module's own _apply override still runs (attention.py re-fuses
-    its q / k / v buffer there); tied parameters stay tied."""
-    original = torch.nn.Module._apply
-    done: list[dict] = []  # the outermost call's converted parameters, by id
-
-    def apply(self, fn, recurse=True):
-        outermost = not done
-        if outermost:
-            done.append({})
-        try:
-            if recurse:
-                for child in self.children():
-                    child._apply(fn)
-            for key, p in self._parameters.items():
-                if p is not None:
-                    if id(p) not in done[0]:
-                        new = fn(p)
-                        done[0][id(p)] = (p, p if new is p else torch.nn.Parameter(new, requires_grad=False))
-                    self._parameters[key] = done[0][id(p)][1]
-            for key, b in self._buffers.items():
-                if b is not None:
-                    self._buffers[key] = fn(b)
-        finally:
-            if outermost:
-                done.clear()
-        return self
-
-    torch.nn.Module._apply = apply
-    try:
-        yield
-    finally:
-        torch.nn.Module._apply = original
-
-
-@contextlib.contextmanager
-def _own_process_state():
-    """The process-wide stores a forward fills (videosys/__init__.py lists them) kept apart from the fake run: fake
-    tensors left there would reach the next real generation."""
-    from videosys.cache import fastercache
-    from videosys.models.modules import embeddings
-
-    saved = dict(embeddings._TABLES)
-    embeddings._TABLES.clear()
-    try:
-        yield
-    finally:
-        embeddings._TABLES.clear()
-        embeddings._TABLES.update(saved)
-        fastercache._low_pass_mask.cache_clear()
-
-
-def fakeify(module: torch.nn.Module, mode, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """`module` with every parameter and buffer a fake CPU tensor (real or meta ones converted; floating ones in
-    `dtype` when given). Call inside `_fake_module_apply`."""
-    def convert(t):
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        if t.is_meta:
-            return mode.fake_tensor_converter.from_meta_and_device(mode, t, torch.device("cpu"))
-        return mode.from_tensor(t)
-
-    return module._apply(convert)
-
-
 def planning_config(config):
     """The config the planner measures: the device's dtype (bf16 / the family's, not the CPU's fp32), one process,
     the mechanisms off (the planner adds their effect itself)."""
@@ -215,33 +67,6 @@ def _pretend_cuda():
         yield
     finally:
         torch.cuda.is_available = real
-
-
-def fake_pipeline(config):
-    """The family's pipeline with fake parameters: presets (small) built as usual and converted, releases from the
-    family's `architecture(config)` hook (the parts at full size on the meta device, no weights read)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    cls = config.pipeline_cls
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    dtype = config.torch_dtype()
-    if config.preset is not None or not hasattr(cls, "architecture"):
-        if config.preset is None:
-            raise ValueError(f"the planner has no architecture for {config.model_name} releases yet (the family's "
-                             "pipeline needs an `architecture(config)` hook); presets work")
-        pipeline = cls.from_config(config)
-        with _fake_module_apply():
-            for value in list(vars(pipeline).values()):
-                if isinstance(value, torch.nn.Module):
-                    fakeify(value, mode)
-        return pipeline, mode
-    with torch.device("meta"):
-        parts = cls.architecture(config)
-    with _fake_module_apply():
-        for value in parts.values():
-            if isinstance(value, torch.nn.Module):
-                fakeify(value, mode, dtype)
-        return cls.from_config(config, parts=parts), mode
 
 
 # ---- measuring -------------------------------------------------------------------------------------------------
@@ -294,33 +119,51 @@ class Weights:
 @dataclasses.dataclass
 class Measurement:
     """What a config and request need: each part's weights, each stage's activations (live bytes beyond the
-    weights, the caches' state and what is carried between stages included), decode with and without tiling."""
+    weights, the caches' state and what is carried between stages included; "decode" untiled), and the decode
+    stage's with each VAE tile height the VAE can take (largest first)."""
 
     parts: dict[str, Weights]
     stages: dict[str, int]
     dtype_size: int
-    tiling: bool  # the VAE can decode in tiles (stages["decode_tiled"] is measured)
+    tiles: dict[int, int]  # tile height (pixels) -> the decode stage's activations with it
+    configured_tile: int | None  # the tile the config decodes with (None: whole frames)
     seconds: float
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    @property
+    def tiling(self) -> bool:
+        return bool(self.tiles)
 
-PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "transformer", "vae")
+
+PART_NAMES = ("text_encoder", "text_encoder_2", "image_encoder", "encoder", "transformer", "vae")
 
 
-def measure(config, request: dict | None = None) -> Measurement:
-    """Weights and per-stage activation peaks of `config` for a generate() request (None: the config's sizes)."""
+def measure(config, request: dict | None = None, replay: bool = True) -> Measurement:
+    """Weights and per-stage activation peaks of `config` for a generate() request (None: the config's sizes).
+    replay=False runs every VAE decoder call (minutes at full size; what Replays is checked against)."""
     start = time.perf_counter()
     config = planning_config(config)
     values = dict(request or {})
     steps = values.get("num_inference_steps") or config.num_inference_steps or PLAN_STEPS
     # every step needs the same activations; only a cache's state (and a multistep scheduler's) builds up
     values["num_inference_steps"] = min(steps, PLAN_STEPS if config.cache_configs() else 2)
-    with warnings.catch_warnings():  # a memo comparing data pointers (text_memo.py) meets fake tensors: harmless
-        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
-        return _measure(config, values, start)
+    import gc
+
+    enabled = gc.isenabled()
+    gc.collect()  # tensors in reference cycles freed when the collector runs: not mid-count (the same figure
+    gc.disable()  # every time; an upper bound, as a real run's collector may free them earlier)
+    try:
+        with warnings.catch_warnings():  # a memo comparing data pointers (text_memo.py) meets fake tensors
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            return _measure(config, values, start, replay)
+    finally:
+        if enabled:
+            gc.enable()
 
 
-def _measure(config, values: dict, start: float) -> Measurement:
+def _measure(config, values: dict, start: float, replay: bool) -> Measurement:
+    from videosys.core.offload import set_vae_tile, vae_tile, vae_tile_sizes
+
     pipeline, mode = fake_pipeline(config)
     parts = {}
     for name in PART_NAMES:
@@ -330,26 +173,48 @@ def _measure(config, values: dict, start: float) -> Measurement:
     counter = ByteCounter()
     pipeline.stage_hooks.append(counter.stage)
     pipeline.check_finite = lambda latents: None  # a host read of fake values
+    pipeline.check_memory = lambda values, batch: None  # the host's free memory is not the question
     vae = pipeline.vae
-    # a family whose config has vae_tiling can switch it (the plan sets the field)
-    tiling = hasattr(config, "vae_tiling") and hasattr(vae, "enable_tiling") and hasattr(vae, "disable_tiling")
-    stages = {}
-    with _own_process_state(), _fake_module_apply(), mode, counter, torch.inference_mode():
-        out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
+    if replay:
+        replay_decoders(vae, counter)
+    if config.vae_tile_size is not None:
+        set_vae_tile(vae, config.vae_tile_size)
+    # a family whose config has vae_tiling can switch it and its tile size (the plan sets the fields)
+    sizes = []
+    if hasattr(config, "vae_tiling"):
+        run_values = config.check_request(values)
+        sizes = vae_tile_sizes(vae, run_values["height"], run_values["width"], also=vae_tile(vae))
+    configured = vae_tile(vae) if vae_tile(vae) in sizes else None
+    decodes: dict = {}
+    autoencoder = hasattr(pipeline, "plan_input")  # a video autoencoder (CascadeV): reconstruct() a blank clip
+    decode = pipeline.decode if autoencoder else pipeline.decode_video
+
+    def decode_each_way(*args):
+        """The decode stage once per tiling (whole frames, then each tile height), each from the same state."""
+        before, out = vae_tile(vae), None
+        for tile in [None, *sizes]:
+            out = None  # the previous way's video freed first
+            if sizes:
+                set_vae_tile(vae, tile)
+            counter.restart("decode")
+            out = decode(*args)
+            decodes[tile] = counter.stage_peaks["decode"]
+        if sizes:
+            set_vae_tile(vae, before)
+        return out
+
+    setattr(pipeline, "decode" if autoencoder else "decode_video", decode_each_way)
+    with own_process_state(), masks_without_loops(), fake_module_apply(), mode, counter, torch.inference_mode():
+        if autoencoder:
+            out = pipeline.reconstruct(pipeline.plan_input(values), num_inference_steps=values["num_inference_steps"])
+        else:
+            out = pipeline.generate("a red circle moving to the right", **_generate_args(pipeline, values))
         del out
-        stages.update(counter.stage_peaks)
-        if tiling:  # the decode stage again, the other way
-            was_tiled = bool(getattr(vae, "use_tiling", False))
-            vae.disable_tiling() if was_tiled else vae.enable_tiling()
-            latents = torch.zeros(_latent_shape(pipeline, values), dtype=torch.float32)
-            counter.stage_peaks.pop("decode", None)
-            with counter.stage("decode"):
-                pipeline.decode(latents.to(pipeline.dtype))
-            other = counter.stage_peaks["decode"]
-            stages["decode"], stages["decode_tiled"] = ((other, stages["decode"]) if was_tiled
-                                                        else (stages["decode"], other))
-    return Measurement(parts, stages, torch.tensor([], dtype=pipeline.dtype).element_size(), tiling,
-                       time.perf_counter() - start, dict(counter.stage_seconds))
+    stages = dict(counter.stage_peaks)
+    stages["decode"] = decodes[None]
+    return Measurement(parts, stages, torch.tensor([], dtype=pipeline.dtype).element_size(),
+                       {t: decodes[t] for t in sizes}, configured, time.perf_counter() - start,
+                       dict(counter.stage_seconds))
 
 
 def _sum_weights(models) -> Weights:
@@ -369,21 +234,14 @@ def _generate_args(pipeline, values: dict) -> dict:
     return {k: v for k, v in values.items() if k in allowed and v is not None}
 
 
-def _latent_shape(pipeline, values: dict):
-    from videosys.core.pipeline import GenerationRun
-
-    checked = pipeline.config.check_request(values)
-    run = GenerationRun(prompts=["x"], values=checked, seed=0, generator=torch.Generator(), do_cfg=False, start=0.0)
-    return pipeline.latent_shape(run)
-
-
 # ---- plans -----------------------------------------------------------------------------------------------------
 # what each choice costs (in time or quality), to rank the plans that fit: the cheapest wins, the smaller peak
-# on a tie. Moving the encoders / the VAE once per generation costs little; int8 costs a little quality; fp8
-# storage more; group offload moves every block every step.
+# on a tie. Moving the encoders / the VAE once per generation costs little; VAE tiles a little decode time, more
+# the smaller they are (more overlap decoded twice); int8 costs a little quality; fp8 storage more; group offload
+# moves every block every step.
 OFFLOAD_COST = {"none": 0, "encoders": 1, "model": 2, "group": 6}
 QUANTIZE_COST = {"none": 0, "int8": 3, "fp8": 4}
-TILING_COST = 1
+TILING_COST, SMALLER_TILE_COST = 1.0, 0.1  # tiling, and each step down the tile heights (all under model offload)
 QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer",), "none": ()}  # offload.quantize
 
 
@@ -391,11 +249,7 @@ QUANTIZED_PARTS = {"int8": ("transformer", "text_encoder"), "fp8": ("transformer
 class Plan:
     offload: str = "none"
     quantize: str = "none"
-    vae_tiling: bool = False
-
-    @property
-    def cost(self) -> int:
-        return OFFLOAD_COST[self.offload] + QUANTIZE_COST[self.quantize] + TILING_COST * self.vae_tiling
+    vae_tile: int | None = None  # the VAE's tile height in pixels; None: whole frames
 
     def describe(self) -> str:
         words = {"none": "all resident", "encoders": "encoders off the device after use",
@@ -403,12 +257,21 @@ class Plan:
         out = [words[self.offload]]
         if self.quantize != "none":
             out.append(f"{self.quantize} weights")
-        if self.vae_tiling:
-            out.append("VAE tiling")
+        if self.vae_tile is not None:
+            out.append(f"VAE tiles of {self.vae_tile} px")
         return " + ".join(out)
 
     def settings(self) -> dict:
-        return {"offload": self.offload, "quantize": self.quantize, "vae_tiling": self.vae_tiling}
+        """The config fields that set this plan up."""
+        return {"offload": self.offload, "quantize": self.quantize, "vae_tiling": self.vae_tile is not None,
+                "vae_tile_size": self.vae_tile}
+
+
+def cost(m: Measurement, plan: Plan) -> float:
+    tiling = 0.0
+    if plan.vae_tile is not None:
+        tiling = TILING_COST + SMALLER_TILE_COST * list(m.tiles).index(plan.vae_tile)
+    return OFFLOAD_COST[plan.offload] + QUANTIZE_COST[plan.quantize] + tiling
 
 
 def part_weights(m: Measurement, plan: Plan, name: str, streamed: bool = False) -> int:
@@ -429,7 +292,7 @@ def stage_peaks(m: Measurement, plan: Plan) -> dict[str, tuple[int, int]]:
         names = [n for n in m.parts if n in STAGE_PARTS[stage] or n in RESIDENT[plan.offload]]
         weights = sum(part_weights(m, plan, n, streamed=plan.offload == "group" and n == "transformer")
                       for n in names)
-        acts = m.stages["decode_tiled"] if stage == "decode" and plan.vae_tiling else m.stages[stage]
+        acts = m.tiles[plan.vae_tile] if stage == "decode" and plan.vae_tile is not None else m.stages[stage]
         out[stage] = (weights, acts)
     return out
 
@@ -439,13 +302,15 @@ def peak(m: Measurement, plan: Plan) -> int:
 
 
 def candidate_plans(m: Measurement) -> list[Plan]:
-    tilings = (False, True) if m.tiling else (False,)
-    plans = [Plan(o, q, t) for o in OFFLOAD_COST for q in QUANTIZE_COST for t in tilings]
-    return sorted(plans, key=lambda p: (p.cost, peak(m, p)))
+    """Every plan, cheapest first (the smaller peak first on a tie)."""
+    plans = [Plan(o, q, t) for o in OFFLOAD_COST for q in QUANTIZE_COST for t in (None, *m.tiles)]
+    return sorted(plans, key=lambda p: (cost(m, p), peak(m, p)))
 
 
-def config_plan(config) -> Plan:
-    return Plan(config.offload, config.quantize, bool(getattr(config, "vae_tiling", False)))
+def config_plan(config, m: Measurement) -> Plan:
+    """The plan a config sets up (its VAE tile as measured: vae_tile_size or the VAE's default, None where the
+    tile is not smaller than the video)."""
+    return Plan(config.offload, config.quantize, m.configured_tile)
 
 
 @dataclasses.dataclass
@@ -462,7 +327,8 @@ class Choice:
         return self.plan is not None
 
     def smallest(self) -> Plan:
-        return min(candidate_plans(self.measurement), key=lambda p: (peak(self.measurement, p), p.cost))
+        m = self.measurement
+        return min(candidate_plans(m), key=lambda p: (peak(m, p), cost(m, p)))
 
     def refusal(self) -> str:
         m, small = self.measurement, self.smallest()
@@ -482,14 +348,17 @@ class Choice:
                 f"(peak {gb(peak(m, self.plan))})")
 
 
-def choose(config, request: dict | None = None, budget: int | None = None) -> Choice:
-    """The cheapest plan whose predicted peak fits `budget` bytes (default: the config's vram)."""
+def choose(config, request: dict | None = None, budget: int | None = None, plans=None) -> Choice:
+    """The cheapest plan (of `plans`, default all) whose predicted peak fits `budget` bytes (default: the
+    config's vram); no budget: the config's own plan."""
     if budget is None and config.vram is not None:
         budget = parse_bytes(config.vram)
     m = _measure_cached(config, request)
-    fitting = [p for p in candidate_plans(m) if budget is None or peak(m, p) <= budget]
-    plan = fitting[0] if fitting and budget is not None else (config_plan(config) if budget is None else None)
-    return Choice(budget, m, plan, config_plan(config))
+    own = config_plan(config, m)
+    if budget is None:
+        return Choice(None, m, own, own)
+    fitting = [p for p in candidate_plans(m) if (plans is None or p in plans) and peak(m, p) <= budget]
+    return Choice(budget, m, fitting[0] if fitting else None, own)
 
 
 def _key(config, request) -> str:
@@ -514,7 +383,14 @@ def estimate_peak_bytes(config, request: dict | None = None) -> int:
     """The predicted peak device memory of a generate() request (None: the config's sizes) with the config's own
     offload / quantize / VAE tiling: the largest stage's weights on the device plus its activations."""
     m = _measure_cached(config, request)
-    return peak(m, config_plan(config))
+    return peak(m, config_plan(config, m))
+
+
+def plan_config(config, plan: Plan):
+    """`config` set up for `plan` (its offload / quantize / VAE tiling fields)."""
+    tiling = hasattr(config, "vae_tiling")  # the families without VAE tiling have no such fields
+    changes = {k: v for k, v in plan.settings().items() if k in ("offload", "quantize") or tiling}
+    return dataclasses.replace(config, **changes)
 
 
 def apply_plan(config):
@@ -523,26 +399,54 @@ def apply_plan(config):
     choice = choose(config)
     if not choice.fits:
         raise ValueError(f"vram={config.vram!r}: {choice.refusal()}")
-    changes = {k: v for k, v in choice.plan.settings().items() if k != "vae_tiling" or hasattr(config, "vae_tiling")}
-    return dataclasses.replace(config, **changes), choice
+    return plan_config(config, choice.plan), choice
+
+
+# a generate() call's values that change its memory (the measurement runs with them)
+REQUEST_FIELDS = ("num_frames", "height", "width", "guidance_scale", "num_inference_steps")
+PER_CALL_OFFLOADS = ("none", "encoders", "model")  # Placement moves whole parts: switchable between calls
+
+
+def plan_call(config, request: dict, vram, per_call_offload: bool = True) -> Plan | None:
+    """The plan for one generate() call of an engine set up by `config` within `vram`: None if the engine's own
+    plan fits; else the cheapest that fits and can be applied for this call alone (VAE tiles; with
+    per_call_offload, more of the parts off the device, as offload "encoders" / "model"); else a RequestError
+    before any compute, naming the config field to set when a plan the engine cannot switch to would fit
+    (quantize, group offload), or with the plan table when nothing fits."""
+    from videosys.core.config import RequestError
+
+    try:
+        budget = parse_bytes(vram)
+    except ValueError as err:
+        raise RequestError("vram", str(err)) from None
+    request = {k: request[k] for k in REQUEST_FIELDS  # the config's own values: its measurement, cached
+               if request.get(k) is not None and request[k] != getattr(config, k, None)}
+    m = _measure_cached(config, request or None)
+    own = config_plan(config, m)
+    if peak(m, own) <= budget:
+        return None
+    offloads = [own.offload]
+    if per_call_offload and own.offload in PER_CALL_OFFLOADS:
+        offloads = list(PER_CALL_OFFLOADS[PER_CALL_OFFLOADS.index(own.offload):])
+    switchable = [Plan(o, own.quantize, t) for o in offloads for t in (None, *m.tiles)]
+    choice = choose(config, request, budget, plans=switchable)
+    if choice.fits:
+        return choice.plan
+    best = choose(config, request, budget)
+    shown = "x".join(str(request.get(k) or getattr(config, k)) for k in SIZE_FIELDS)
+    if not best.fits:
+        raise RequestError("vram", f"vram={vram!r}: {shown} {best.refusal()}\n{table(best)}")
+    fields = {k: getattr(best.plan, k) for k in ("quantize", "offload") if getattr(best.plan, k) != getattr(own, k)}
+    if best.plan.offload in offloads:  # switchable for a call: not a field to set
+        fields.pop("offload", None)
+    fields = fields or {"vram": vram}
+    setting = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+    raise RequestError(next(iter(fields)), f"vram={vram!r}: {shown} fits with {best.plan.describe()} "
+                       f"({gb(peak(m, best.plan))}), which this engine cannot switch to for one call: build it with "
+                       f"{setting} (or vram={vram!r} and this size)")
 
 
 SIZE_FIELDS = ("num_frames", "height", "width")
-
-
-def check_fits(config, request: dict) -> None:
-    """A generate() request of another size than the config's, against the config's vram with its plan: a
-    RequestError naming vram when it would not fit (measured once per size)."""
-    from videosys.core.config import RequestError
-
-    sizes = {k: request[k] for k in SIZE_FIELDS if request.get(k) is not None and request[k] != getattr(config, k)}
-    if not sizes:
-        return
-    budget, need = parse_bytes(config.vram), estimate_peak_bytes(config, sizes)
-    if need > budget:
-        shown = "x".join(str(request.get(k) or getattr(config, k)) for k in SIZE_FIELDS)
-        raise RequestError("vram", f"{shown} needs {gb(need)} with {config_plan(config).describe()}, over "
-                           f"vram={config.vram!r}; build the engine for this size (its plan follows it)")
 
 
 def table(choice: Choice) -> str:
@@ -562,8 +466,10 @@ def table(choice: Choice) -> str:
         acts = rows["all resident"][stage][1]
         cells = "".join(f"{gb(sum(rows[label][stage])):>26}" for label, _ in plans)
         lines.append(f"{stage:<10}{gb(acts):>14}{cells}")
-    if m.tiling:
-        lines.append(f"{'(decode, tiled)':<10}{gb(m.stages['decode_tiled']):>14}")
+    for tile, acts in m.tiles.items():  # the decode stage with each VAE tile height
+        lines.append(f"{'  tiles ' + str(tile) + ' px':<16}{gb(acts):>8}"
+                     + "".join(f"{gb(stage_peaks(m, dataclasses.replace(plan, vae_tile=tile))['decode'][0] + acts):>26}"
+                               for _, plan in plans))
     lines += ["", choice.summary() if choice.budget is not None else
               f"peak {gb(peak(m, choice.config_plan))} ({choice.config_plan.describe()})",
               f"(measured in {m.seconds:.1f} s on fake tensors: "

@@ -22,6 +22,7 @@ stabilityai/stable-video-diffusion-img2vid-xt/vae. `save_pretrained` writes one 
 
 import os
 import time
+from functools import partial
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,12 +220,16 @@ class CascadeVPipeline(VideoSysPipeline):
 
         self.parallel = ParallelState()
         self.run_stats = {}
+        self.stage_hooks: list = []  # VideoSysPipeline.stage: the memory plan's and the planner's hooks
 
     @classmethod
-    def from_config(cls, config: CascadeVConfig) -> "CascadeVPipeline":
+    def from_config(cls, config: CascadeVConfig, parts: dict | None = None) -> "CascadeVPipeline":
+        """`parts`: the components given (the planner's weightless full-size ones: `architecture`), else loaded."""
         dtype = config.torch_dtype()
         path = config.model_path
-        if path is None:  # tiny preset, random weights
+        if parts is not None:
+            transformer, encoder, vae = parts["transformer"], parts["encoder"], parts["vae"]
+        elif path is None:  # tiny preset, random weights
             transformer, encoder, vae = tiny_components()
         elif os.path.isfile(os.path.join(path, "model_index.json")):  # our save_pretrained layout
             transformer = CascadeVTransformer.from_pretrained(path, "transformer", dtype=dtype)
@@ -244,6 +249,26 @@ class CascadeVPipeline(VideoSysPipeline):
 
             compile_regions(pipeline.transformer)
         return pipeline
+
+    @classmethod
+    def architecture(cls, config: CascadeVConfig) -> dict:
+        """The release's parts without weights (the memory planner's full-size model): the s1024 DiT, StableCascade's
+        EfficientNet encoder and SVD's temporal-decoder VAE (stabilityai/stable-video-diffusion-img2vid-xt
+        vae/config.json: 128-256-512-512 channels, 2 layers a block)."""
+        from diffusers import AutoencoderKLTemporalDecoder
+
+        vae = AutoencoderKLTemporalDecoder(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                                           down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
+                                           sample_size=768)
+        return dict(transformer=CascadeVTransformer(CascadeVTransformerConfig()),
+                    encoder=EfficientNetEncoder(EfficientNetEncoderConfig()), vae=vae)
+
+    def plan_input(self, values: dict) -> torch.Tensor:
+        """A blank clip of the size reconstruct() works at (the planner's input): `num_frames` (default the DiT's
+        window) frames of size x size."""
+        size = self.config.size or self.transformer.config.input_size * self.vae_factor
+        frames = values.get("num_frames") or self.transformer.config.lats_per_vid
+        return torch.zeros((frames, size, size, 3), dtype=torch.uint8)
 
     # ---- inputs ------------------------------------------------------------------------------
     @property
@@ -378,7 +403,8 @@ class CascadeVPipeline(VideoSysPipeline):
         t, _, height, width = frames.shape
 
         start = time.perf_counter()
-        cond = self.encode(frames)
+        with self.stage("prepare"):  # the stages the memory plan (core/offload.py) moves parts for
+            cond = self.encode(frames)
         generator = torch.Generator("cpu").manual_seed(int(seed))
         shape = (t, self.vae.config.latent_channels, height // self.vae_factor, width // self.vae_factor)
         latents = torch.randn(shape, generator=generator).to(self.device)
@@ -397,8 +423,10 @@ class CascadeVPipeline(VideoSysPipeline):
 
         denoise_start = time.perf_counter()
         # the shared loop: the caches' per-step hooks and the step-output point (a forecast may skip the DiT)
-        latents = self.denoise(latents, timesteps, predict, step, desc="cascadev")
-        out = self.finish(latents, self.decode, start, denoise_start, len(timesteps))
+        with self.stage("denoise"):
+            latents = self.denoise(latents, timesteps, predict, step, desc="cascadev")
+        out = self.finish(latents, partial(self.in_stage, "decode", self.decode), start, denoise_start,
+                          len(timesteps))
         reference = self.to_frames(frames.transpose(0, 1)[None])
         return ReconstructionOutput(video=out.video, stats=out.stats, latents=out.latents, input_video=reference,
                                     fps=fps or self.config.fps)
