@@ -14,11 +14,11 @@ points, and writes JSON whose "coefficients" go to `TeaCacheConfig(coefficients=
 `MagCacheConfig(ratios=...)` or `{"method": "magcache", "ratios": [...]}`).
 
 `--method forecast --computes K [K ...]` finds the output forecast's schedule computing K of the run's steps
-(videosys/cache/forecast_schedule.py: open-loop dynamic programming, then a closed-loop search on the prompts'
-videos at seed 0; JSON "schedules": K -> steps, for `{"method": "forecast", "steps": [...], "grid": N}` or a
-family's cache_settings "schedules", which `forecast-s<K>` reads):
+(videosys/cache/forecast_schedule.py: open-loop dynamic programming, then a closed-loop search on the videos of
+--prompts prompts spread over the set, at seed 0; JSON "schedules": K -> steps, for `{"method": "forecast",
+"steps": [...], "grid": N}` or a family's cache_settings "schedules", which `forecast-s<K>` reads):
 
-    python scripts/calibrate_teacache.py --method forecast --computes 13 19 --prompts 6 --threads 1
+    python scripts/calibrate_teacache.py --method forecast --computes 13 19 --prompts 8 --threads 1
 
 A pipeline that runs several transformers (Wan2.2 A14B's two experts: `pipeline.experts`) gets one table per
 expert, each from that expert's own calls: JSON "experts": {"high": {...}, "low": {...}}, which
@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     reconstructs = hasattr(config.pipeline_cls, "reconstruct")
     prompts = names = None if reconstructs else prompt_list(args)
     if args.method == "forecast":
+        prompts = prompt_list(args, spread=True)  # a schedule fitted to a few alike prompts does not carry over
         if reconstructs:
             raise ValueError(f"--method forecast needs a text-to-video model; {args.model} reconstructs videos")
         with VideoSysEngine(config) as engine:

@@ -47,15 +47,23 @@ def model_config(args):
     return config_class(args.model)(**overrides)
 
 
-def prompt_list(args) -> list[str]:
+def spread_over(prompts: list[str], count: int) -> list[str]:
+    """`count` of the prompts, evenly spread over the list (the demo set's colours and directions all come up)."""
+    return [prompts[i * len(prompts) // count] for i in range(count)]
+
+
+def prompt_list(args, spread: bool = False) -> list[str]:
+    """The set's first --prompts prompts, or with `spread` --prompts of them spread over the whole set."""
     if getattr(args, "prompt_file", None):
         from videosys.utils.files import read_text
 
         prompts = [line.strip() for line in read_text(args.prompt_file, "--prompt-file").splitlines() if line.strip()]
         if not prompts:
             raise ValueError(f"no prompts in {args.prompt_file!r}")
-        return prompts[: args.prompts]
-    prompts = demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
+    else:
+        prompts = demo.prompt_set() if args.prompt_set == "demo" else list(BUILTIN_PROMPTS)
+    if spread and args.prompts:
+        return spread_over(prompts, min(args.prompts, len(prompts)))
     return prompts[: args.prompts]
 
 

@@ -50,7 +50,7 @@ import time
 
 import numpy as np
 
-from videosys.eval.runs import add_model_args, model_config, prompt_list, run_reporting_errors
+from videosys.eval.runs import add_model_args, model_config, prompt_list, run_reporting_errors, spread_over
 from videosys.utils.files import atomic_path, check_writable_folder, load_json, write_json
 
 SENSES = {"lpips": "<=", "psnr": ">=", "ssim": ">="}  # the direction in which each metric is better
@@ -421,7 +421,7 @@ def split_jobs(prompts: list[str], count: int, seeds: int) -> tuple[list, list]:
         raise ValueError(f"--prompts must be >= 2 (some to tune on, some to confirm on), got {count}")
     if count > len(prompts):
         raise ValueError(f"--prompts {count}: the prompt set has {len(prompts)}")
-    chosen = [prompts[i * len(prompts) // count] for i in range(count)]
+    chosen = spread_over(prompts, count)
     tune = [(p, 0) for p in chosen[0::2]]
     held_out = [(p, s) for p in chosen[1::2] for s in range(1, 1 + seeds)]
     return tune, held_out
