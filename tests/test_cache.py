@@ -307,7 +307,7 @@ def test_config_switches_and_presets():
 
 
 def test_yaml_keeps_cache(tmp_path):
-    config = LatteConfig(preset="tiny", cache=[TeaCacheConfig(threshold=0.15, coefficients=LATTE_COEFFICIENTS), "pab"])
+    config = LatteConfig(preset="tiny", cache=[TeaCacheConfig(threshold=0.15, coefficients=LATTE_COEFFICIENTS), "taylorseer"])
     config.to_yaml(tmp_path / "c.yaml")
     again = LatteConfig.from_yaml(str(tmp_path / "c.yaml"))
     assert again.cache_configs() == config.cache_configs()

@@ -241,13 +241,13 @@ def test_request_without_cache_runs_the_servers_caches(engine, tmp_path, monkeyp
     import dataclasses
 
     # a server started with a cache no single name says (here a list): requests default to it
-    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, cache=["pab"], enable_teacache=True))
+    monkeypatch.setattr(engine, "config", dataclasses.replace(engine.config, cache=["taylorseer"], enable_teacache=True))
     with TestClient(create_app(engine, str(tmp_path))) as client:
         assert client.get("/info").json()["default_cache"] is None
         default = wait(client, submit(client))
-        assert default["request"].get("cache") is None and {"pab", "teacache"} <= set(default["stats"])
+        assert default["request"].get("cache") is None and {"taylorseer", "teacache"} <= set(default["stats"])
         uncached = wait(client, submit(client, cache="none"))
-        assert "pab" not in uncached["stats"] and "teacache" not in uncached["stats"]
+        assert "taylorseer" not in uncached["stats"] and "teacache" not in uncached["stats"]
         assert "teacache" in wait(client, submit(client, cache="teacache-fast"))["stats"]  # not "enabled twice"
 
 
