@@ -159,7 +159,7 @@ def test_calibrated_names_read_the_models_schedules_or_name_the_command():
     assert configs_from_spec("forecast-i2", {"forecast": setting})[0].steps == ()  # the table is read by name only
     with pytest.raises(ValueError, match=r"--method forecast --computes 4 --model latte --preset tiny"):
         tiny_config("latte", cache="forecast-s4")
-    for k in (13, 19):  # the demo model's, shipped (models/latte/cache_settings.py)
+    for k in (10, 13, 16, 19, 25):  # the demo model's, shipped (models/latte/cache_settings.py)
         (config,) = tiny_config("latte", preset="demo", cache=f"forecast-s{k}").cache_configs()
         assert len(config.steps) == k and config.grid == 50
 

@@ -25,12 +25,17 @@ CACHE_SETTINGS = {
                                   weight=0.5, uncond=Calls(18, every=5), alpha_low=1.1, alpha_high=1.1,
                                   low_window=Calls(1, 44), high_window=Calls(45), compound=True, calls=50)},
     # The output forecast's calibrated schedules (forecast-s<K>: the K of 50 DDIM steps that compute), ours:
-    # `python scripts/calibrate_teacache.py --method forecast --computes 19 13 --prompts 8 --threads 1`: 8 demo
-    # prompts spread over the set (every colour and direction), seed 0; the comment is that run's mean PSNR
+    # `python scripts/calibrate_teacache.py --method forecast --computes 19 13 --prompts 8 --threads 1` (and
+    # --computes 10 16 25): 8 demo prompts spread over the set (every colour and direction), seed 0; the comment is
+    # that run's mean PSNR
     "forecast": {
         "latte-demo": dict(schedules={
+            10: (50, (0, 5, 11, 16, 21, 27, 33, 38, 44, 48)),  # 28.98 dB
             13: (50, (0, 6, 8, 11, 14, 17, 21, 25, 29, 33, 38, 43, 47)),  # 38.61 dB
+            16: (50, (0, 5, 7, 10, 13, 17, 20, 23, 26, 30, 33, 35, 40, 43, 47, 48)),  # 40.53 dB
             19: (50, (0, 2, 6, 7, 10, 12, 15, 17, 20, 22, 24, 27, 30, 33, 37, 40, 43, 46, 48)),  # 45.92 dB
+            25: (50, (0, 1, 4, 6, 8, 10, 12, 14, 16, 18, 20, 21, 24, 27, 29, 31, 33, 35, 37, 39, 42, 43, 46, 47,
+                      48)),  # 48.10 dB
         }),
     },
     # MagCache: magnitude ratios per step (first 1.0) of the shipped demo models, ours: nobody publishes Latte's.
