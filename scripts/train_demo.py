@@ -96,21 +96,29 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   channels) are measured after stage 1 and written to vae/config.json: Wan's pipelines decode latents * std + mean.
 - Text: the tiny Wan preset's UMT5 encoder (frozen, seeded) and offline tokenizer, 512 states with the padding
   zeroed as WanPipeline encodes them; the uncond prompt is the empty one (the demo preset's negative prompt).
-- Where it stands: stage 1 collapses. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
-  reconstructions. 32x32 probes of 120-250 steps (lr 1e-4, 5e-4, 2e-3; the posterior's sample or its mode;
-  random conv biases at init) all end with a decoder output that hardly depends on the clip: two clips with
-  different backgrounds (0.57 and 0.88 grey) reconstruct to the same frame within 1e-6, validation MSE ~0.16
-  (Latte's VAE: 0.016 after 500 steps, tracker 16/16). At init the encoder does separate those clips (latents
-  differ by 0.12), so the collapse happens in training. After 120 steps the latents of two clips still differ
-  (0.19; 2.7 between a dark and a light background) but decode to the same frame within 1e-6, while random
-  latents decode to different frames (0.7 apart): the decoder is blind to the small differences on top of a large
-  shared component. The posterior's std stays at its init (~0.99) while the means are ~0.5 (sampled latents
-  are mostly noise), and the decoder's conv_in weights barely move from init (mean |w| 0.0241 in two different
-  runs); --kl-weight 1e-2 collapses it fully. Next to try: a deterministic stage 1 at a higher lr for the decoder's
-  first layers, or the encoder's log-variance initialised low. Wan's RMS norms normalise each
-  position over its channels (the heads of encoder and decoder too), which discards a feature's scale at these
-  widths; a candidate cause, not verified. The transformer stage, the save and the diffusers layout are checked
-  on toy runs (tests/test_demo_wan.py).
+- Where it stands: stage 1 does not learn. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
+  reconstructions. Measured with 32x32 probes of 50-400 steps: the reconstructions are not blind to the clip but
+  binary. After ~25 steps every held-out clip decodes to one of two frames, a dark one or a light one (8 clips with
+  mean levels -0.45 .. 0.84 decode to -0.32 or 0.36, objects washed out; the "0.57 and 0.88 decode to the same frame"
+  seen before was two clips on the same side), and a later step can swap the two (dark clips -> the light frame) or
+  merge them. Flat grey frames at 9 levels through the trained VAE: every level below 0 gives one latent, every level
+  above another (cosine 1.00 within each side, from the encoder's mid block on). Why: every nonlinearity of
+  AutoencoderKLWan comes after an RMS norm over channels, which keeps only a position's direction. A plain
+  background's level x enters the first conv as x * (its response to a flat input) + its bias, and at init the bias
+  is ~0.2 of that response, so every level beyond +-0.2 has nearly the same direction as +-1 (cosine > 0.89 at the
+  first conv): only the sign survives, and training finds the two-frame answer first (MSE 0.13) and stays there.
+  Keeping the first convs' weights nearly still (lr x0.02) changes nothing; frozen with a bias as large as the
+  response, the residual streams instead fill with clip-independent content (decoder stream norm 0.6 -> 53) and the
+  output goes constant. The real Wan VAE sees textured images, whose directions vary. Tried, all binary or constant
+  within 75-400 steps: lr 2e-5 .. 2e-3, Adam or SGD, clipping on or off, KL 0, sample or mean, object weight 0 or 10,
+  batch 4 / 8 / 16, 1- or 5-frame clips, z_dim 4, base width 32, Wan2.2's residual blocks (is_residual), residual
+  branches zero-initialised, first convs x10 or frozen with large biases, conv biases zeroed or frozen, latents x10,
+  encoder lr x10 or frozen, a loss on the batch-centred reconstructions, half of each batch random smooth colour
+  fields, a constant fourth input channel, input noise 0.2. Next to try: many more steps at a low lr (the binary
+  state may be a plateau; nothing was measured past 400 steps), or an init that puts every RMS norm in its near-linear regime (a large
+  clip-independent component in each stream, the norms' gamma scaled to keep unit gain), so stage 1 starts as a
+  linear autoencoder. The transformer stage, the save and the diffusers layout are checked on toy runs
+  (tests/test_demo_wan.py).
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
