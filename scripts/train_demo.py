@@ -228,11 +228,11 @@ def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
 
 
 def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float,
-             object_weight: float) -> tuple[torch.Tensor, float]:
-    """Object-weighted reconstruction MSE of sampled latents + kl_weight * KL per latent element;
-    also returns the plain MSE."""
+             object_weight: float, sample: bool = True) -> tuple[torch.Tensor, float]:
+    """Object-weighted reconstruction MSE of sampled latents (or the posterior means: `sample` False) +
+    kl_weight * KL per latent element; also returns the plain MSE."""
     posterior = vae.encode(frames).latent_dist
-    recon = vae.decode(posterior.sample(generator)).sample
+    recon = vae.decode(posterior.sample(generator) if sample else posterior.mode()).sample
     weights = object_weights(frames, object_weight)
     weighted = ((recon - frames) ** 2 * weights).mean() / weights.mean()
     if posterior.mean.ndim == 4:
@@ -263,7 +263,7 @@ def train_vae(pipeline, args, log) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.vae_lr, args.warmup)
         loss, mse = vae_loss(vae, pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
-                             args.object_weight)
+                             args.object_weight, args.vae_latent == "sample")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.vae_clip:
@@ -575,10 +575,10 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
 
 # the options whose default depends on --family (None on the command line: this table's)
 FAMILY_DEFAULTS = {
-    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, num_layers=2,
-                  timestep_power=0.5, steps=12000, latent_pool=4608),
-    "wan": dict(num_frames=17, vae_steps=1000, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
-                timestep_power=1.0, steps=6000, latent_pool=1152),
+    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, vae_latent="sample",
+                  num_layers=2, timestep_power=0.5, steps=12000, latent_pool=4608),
+    "wan": dict(num_frames=17, vae_steps=3000, vae_batch=4, vae_lr=2e-4, vae_clip=1.0, vae_latent="mode",
+                num_layers=4, timestep_power=1.0, steps=6000, latent_pool=1152),
 }
 
 
@@ -593,17 +593,20 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=None, help="latte 16; wan 17 (4k + 1: 5 latent frames)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 1000")
+    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 3000")
     parser.add_argument("--vae-batch", type=int, default=None,
                         help="per VAE step: latte, 32 frames; wan, 4 clips of --vae-frames")
     parser.add_argument("--vae-frames", type=int, default=5, help="wan: frames per VAE training clip (4k + 1)")
     parser.add_argument("--vae-base-dim", type=int, default=16, help="wan: the VAE's base width")
     parser.add_argument("--width-heads", type=int, default=4, help="wan: attention heads of 16 (model width 16 x this)")
-    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 5e-4")
+    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 2e-4")
     parser.add_argument("--vae-clip", type=float, default=None,
                         help="VAE gradient-norm clip, 0 for none (latte none; wan 1.0: at 1e-3 unclipped, 4-clip "
                              "batches spiked the loss back to the start)")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--vae-latent", choices=("sample", "mode"), default=None,
+                        help="stage 1 decodes the posterior's sample (latte) or its mean (wan: its posterior std stays "
+                             "~1 while the means are ~0.5, so samples are mostly noise)")
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
     parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
