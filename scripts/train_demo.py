@@ -92,8 +92,9 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   width 8; encoding 16 clips of 17 frames 1.9 s. A 3D causal VAE at this width is fast enough to train, so no
   compromise on the architecture. Latte's VAE settings (lr 1e-3, no clipping) did not carry over: with 4-clip
   batches the loss spiked back up (32x32 probe: 0.04 at step 130, 0.33 at 150; the 64x64 run sat at 0.60 from
-  step 100 to 150), so Wan's stage 1 uses lr 5e-4 and clips the gradient norm at 1. Its `latents_mean` (per channel) and `latents_std` (one value for all
-  channels) are measured after stage 1 and written to vae/config.json: Wan's pipelines decode latents * std + mean.
+  step 100 to 150), so Wan's stage 1 clips the gradient norm at 1 and uses a lower lr (2e-4, below). Its
+  `latents_mean` (per channel) and `latents_std` (one value for all channels) are measured after stage 1 and
+  written to vae/config.json: Wan's pipelines decode latents * std + mean.
 - Text: the tiny Wan preset's UMT5 encoder (frozen, seeded) and offline tokenizer, 512 states with the padding
   zeroed as WanPipeline encodes them; the uncond prompt is the empty one (the demo preset's negative prompt).
 - Where it stands: stage 1 does not learn. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
@@ -118,11 +119,14 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   zeroed or frozen, latents x10, encoder lr x10 or frozen, a loss on the batch-centred reconstructions, half of
   each batch random smooth colour fields, a constant fourth input channel, input noise 0.2, every RMS norm put in
   its near-linear regime at init (first convs' bias 5x their response, each gamma set from its input's norm).
-  Next to try: many more steps at a low lr (the binary state may be a plateau; nothing was measured past 400
-  steps), or a stage 1 that starts on textured clips (whose directions vary, as the real Wan VAE's data) and ends
-  on the plain ones. Latte's tiny AutoencoderKL, whose GroupNorm normalises over space, learns this data in 500
-  steps. The transformer stage, the save and the diffusers layout are checked on toy runs
-  (tests/test_demo_wan.py).
+  Longer runs get out, slowly: a 32x32 probe (1-frame clips, batch 16, lr 2e-4, posterior mean) sat on the two
+  frames for 1,000 steps, then began drawing objects (object-pixel MSE 0.52 at step 1,000, 0.39 at 1,250, 0.30 at
+  1,500; the two background levels stayed). Hence the defaults: the posterior mean (--vae-latent mode: the
+  posterior's std stays ~1 while the means are ~0.5, so a sample is mostly noise), lr 2e-4, 3,000 steps at 64x64,
+  not yet measured to the end. Next to try if that is not enough: a stage 1 that starts on textured clips (whose
+  directions vary, as the real Wan VAE's data) and ends on the plain ones. Latte's tiny AutoencoderKL, whose
+  GroupNorm normalises over space, learns this data in 500 steps. The transformer stage, the save and the
+  diffusers layout are checked on toy runs (tests/test_demo_wan.py).
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
