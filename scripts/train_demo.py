@@ -126,9 +126,9 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   Measured (one idle core, 1.05 s/step, 53 min): training MSE 0.10 at step 300, 0.05 at 1,000, 0.03 at 2,000, 0.019
   at 2,999, still falling; the tracker reads colour 8/16, direction 11/16, both 5/16 of the reconstructions
   (Latte's VAE: 16/16), too low a ceiling for the transformer. Next: more stage-1 steps (the MSE had not levelled
-  off), or a stage 1 that starts on textured clips (whose directions vary, as the real Wan VAE's data). Latte's tiny AutoencoderKL, whose
-  GroupNorm normalises over space, learns this data in 500 steps. The transformer stage, the save and the
-  diffusers layout are checked on toy runs (tests/test_demo_wan.py).
+  off), or a stage 1 that starts on textured clips (whose directions vary, as the real Wan VAE's data). Latte's
+  tiny AutoencoderKL, whose GroupNorm normalises over space, learns this data in 500 steps. The transformer stage,
+  the save and the diffusers layout are checked on toy runs (tests/test_demo_wan.py).
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
