@@ -124,8 +124,9 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   1,500; the two background levels stayed). Hence the defaults: the posterior mean (--vae-latent mode: the
   posterior's std stays ~1 while the means are ~0.5, so a sample is mostly noise), lr 2e-4, 3,000 steps at 64x64.
   Measured (`--family wan` at these defaults, one core: 0.85 s/step, 42 min; the whole run 3,154 s): training
-  MSE 0.10 at step 300, 0.05 at 1,000, 0.03 at 2,000, 0.019 at 2,999, still falling (held-out 0.024); the tracker reads colour 8/16, direction 11/16, both 5/16 of the reconstructions
-  (Latte's VAE: 16/16), too low a ceiling for the transformer. Next: more stage-1 steps (the MSE had not levelled
+  MSE 0.10 at step 300, 0.05 at 1,000, 0.03 at 2,000, 0.019 at 2,999, still falling (held-out 0.024); the
+  tracker reads colour 8/16, direction 11/16, both 5/16 of the reconstructions (Latte's VAE: 16/16), too low a
+  ceiling for the transformer. Next: more stage-1 steps (the MSE had not levelled
   off), or a stage 1 that starts on textured clips (whose directions vary, as the real Wan VAE's data). Latte's
   tiny AutoencoderKL, whose GroupNorm normalises over space, learns this data in 500 steps. The transformer stage,
   the save and the diffusers layout are checked on toy runs (tests/test_demo_wan.py).
