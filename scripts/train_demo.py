@@ -92,25 +92,44 @@ stage 1 does not yet learn, see the last point): the same data, loop, seeding an
   width 8; encoding 16 clips of 17 frames 1.9 s. A 3D causal VAE at this width is fast enough to train, so no
   compromise on the architecture. Latte's VAE settings (lr 1e-3, no clipping) did not carry over: with 4-clip
   batches the loss spiked back up (32x32 probe: 0.04 at step 130, 0.33 at 150; the 64x64 run sat at 0.60 from
-  step 100 to 150), so Wan's stage 1 uses lr 5e-4 and clips the gradient norm at 1. Its `latents_mean` (per channel) and `latents_std` (one value for all
-  channels) are measured after stage 1 and written to vae/config.json: Wan's pipelines decode latents * std + mean.
+  step 100 to 150), so Wan's stage 1 clips the gradient norm at 1 and uses a lower lr (2e-4, below). Its
+  `latents_mean` (per channel) and `latents_std` (one value for all channels) are measured after stage 1 and
+  written to vae/config.json: Wan's pipelines decode latents * std + mean.
 - Text: the tiny Wan preset's UMT5 encoder (frozen, seeded) and offline tokenizer, 512 states with the padding
   zeroed as WanPipeline encodes them; the uncond prompt is the empty one (the demo preset's negative prompt).
-- Where it stands: stage 1 collapses. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
-  reconstructions. 32x32 probes of 120-250 steps (lr 1e-4, 5e-4, 2e-3; the posterior's sample or its mode;
-  random conv biases at init) all end with a decoder output that hardly depends on the clip: two clips with
-  different backgrounds (0.57 and 0.88 grey) reconstruct to the same frame within 1e-6, validation MSE ~0.16
-  (Latte's VAE: 0.016 after 500 steps, tracker 16/16). At init the encoder does separate those clips (latents
-  differ by 0.12), so the collapse happens in training. After 120 steps the latents of two clips still differ
-  (0.19; 2.7 between a dark and a light background) but decode to the same frame within 1e-6, while random
-  latents decode to different frames (0.7 apart): the decoder is blind to the small differences on top of a large
-  shared component. The posterior's std stays at its init (~0.99) while the means are ~0.5 (sampled latents
-  are mostly noise), and the decoder's conv_in weights barely move from init (mean |w| 0.0241 in two different
-  runs); --kl-weight 1e-2 collapses it fully. Next to try: a deterministic stage 1 at a higher lr for the decoder's
-  first layers, or the encoder's log-variance initialised low. Wan's RMS norms normalise each
-  position over its channels (the heads of encoder and decoder too), which discards a feature's scale at these
-  widths; a candidate cause, not verified. The transformer stage, the save and the diffusers layout are checked
-  on toy runs (tests/test_demo_wan.py).
+- Where it stands: stage 1 does not learn. 300 steps at 64x64 (lr 5e-4, clipped): the tracker reads 0/16 of the VAE's
+  reconstructions. Measured with 32x32 probes of 75-400 steps: the reconstructions are not blind to the clip but
+  binary. After ~25 steps every held-out clip decodes to one of two frames, a dark one or a light one (8 clips with
+  mean levels -0.45 .. 0.84 decode to -0.32 or 0.36, objects washed out; the "0.57 and 0.88 decode to the same frame"
+  seen before was two clips on the same side), and a later step can swap the two (dark clips -> the light frame) or
+  merge them. Flat grey frames at 9 levels through the trained VAE: every level below 0 gives one latent, every level
+  above another (cosine 1.00 within each side, from the encoder's mid block on). Why: every nonlinearity of
+  AutoencoderKLWan comes after an RMS norm over channels, which keeps only a position's direction. A plain
+  background's level x enters the first conv as x * (its response to a flat input) + its bias, and at init the bias
+  is ~0.2 of that response (output norm 0.27 at level 0, 1.36 at +-1), so a level beyond +-0.5 has nearly the
+  direction of +-1 (cosine with level -1: 0.98 .. 1.00 for -1 .. -0.5, -0.84 .. -0.92 for 0.5 .. 1): little more
+  than the sign survives, and training finds the two-frame answer first (MSE 0.13; still there after 300 steps
+  at lr 2e-4, batch 16). With the first convs' weights x0.2 (the direction then follows the level) and kept still
+  (lr x0.02), or frozen with a bias as large as the response, the residual streams instead fill with
+  clip-independent content (decoder stream norm 0.6 -> 53) and the output goes constant (also with the residual
+  branches zero-initialised). The real Wan VAE sees textured images, whose directions vary. Tried, all binary or
+  constant within 75-400 steps: lr 2e-5 .. 2e-3, Adam or SGD, clipping on or off, KL 0, sample or mean, object
+  weight 0 or 10, batch 4 / 8 / 16, 1- or 5-frame clips, z_dim 4, base width 32, Wan2.2's residual blocks
+  (is_residual), residual branches zero-initialised, first convs x10 or frozen with large biases, conv biases
+  zeroed or frozen, latents x10, encoder lr x10 or frozen, a loss on the batch-centred reconstructions, half of
+  each batch random smooth colour fields, a constant fourth input channel, input noise 0.2, every RMS norm put in
+  its near-linear regime at init (first convs' bias 5x their response, each gamma set from its input's norm).
+  Longer runs get out, slowly: a 32x32 probe (1-frame clips, batch 16, lr 2e-4, posterior mean) sat on the two
+  frames for 1,000 steps, then began drawing objects (object-pixel MSE 0.52 at step 1,000, 0.39 at 1,250, 0.30 at
+  1,500; the two background levels stayed). Hence the defaults: the posterior mean (--vae-latent mode: the
+  posterior's std stays ~1 while the means are ~0.5, so a sample is mostly noise), lr 2e-4, 3,000 steps at 64x64.
+  Measured (`--family wan` at these defaults, one core: 0.85 s/step, 42 min; the whole run 3,154 s): training
+  MSE 0.10 at step 300, 0.05 at 1,000, 0.03 at 2,000, 0.019 at 2,999, still falling (held-out 0.024); the
+  tracker reads colour 8/16, direction 11/16, both 5/16 of the reconstructions (Latte's VAE: 16/16), too low a
+  ceiling for the transformer. Next: more stage-1 steps (the MSE had not levelled
+  off), or a stage 1 that starts on textured clips (whose directions vary, as the real Wan VAE's data). Latte's
+  tiny AutoencoderKL, whose GroupNorm normalises over space, learns this data in 500 steps. The transformer stage,
+  the save and the diffusers layout are checked on toy runs (tests/test_demo_wan.py).
 
 Prints the losses as it goes and writes <output>/train_demo.json (arguments, losses, the
 held-out validation losses before and after each stage, seconds per step).
@@ -216,11 +235,11 @@ def object_weights(frames: torch.Tensor, object_weight: float) -> torch.Tensor:
 
 
 def vae_loss(vae, frames: torch.Tensor, generator: torch.Generator, kl_weight: float,
-             object_weight: float) -> tuple[torch.Tensor, float]:
-    """Object-weighted reconstruction MSE of sampled latents + kl_weight * KL per latent element;
-    also returns the plain MSE."""
+             object_weight: float, sample: bool = True) -> tuple[torch.Tensor, float]:
+    """Object-weighted reconstruction MSE of sampled latents (or the posterior means: `sample` False) +
+    kl_weight * KL per latent element; also returns the plain MSE."""
     posterior = vae.encode(frames).latent_dist
-    recon = vae.decode(posterior.sample(generator)).sample
+    recon = vae.decode(posterior.sample(generator) if sample else posterior.mode()).sample
     weights = object_weights(frames, object_weight)
     weighted = ((recon - frames) ** 2 * weights).mean() / weights.mean()
     if posterior.mean.ndim == 4:
@@ -251,7 +270,7 @@ def train_vae(pipeline, args, log) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.vae_lr, args.warmup)
         loss, mse = vae_loss(vae, pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
-                             args.object_weight)
+                             args.object_weight, args.vae_latent == "sample")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.vae_clip:
@@ -563,10 +582,10 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
 
 # the options whose default depends on --family (None on the command line: this table's)
 FAMILY_DEFAULTS = {
-    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, num_layers=2,
-                  timestep_power=0.5, steps=12000, latent_pool=4608),
-    "wan": dict(num_frames=17, vae_steps=1000, vae_batch=4, vae_lr=5e-4, vae_clip=1.0, num_layers=4,
-                timestep_power=1.0, steps=6000, latent_pool=1152),
+    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, vae_latent="sample",
+                  num_layers=2, timestep_power=0.5, steps=12000, latent_pool=4608),
+    "wan": dict(num_frames=17, vae_steps=3000, vae_batch=4, vae_lr=2e-4, vae_clip=1.0, vae_latent="mode",
+                num_layers=4, timestep_power=1.0, steps=6000, latent_pool=1152),
 }
 
 
@@ -581,17 +600,20 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=None, help="latte 16; wan 17 (4k + 1: 5 latent frames)")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 1000")
+    parser.add_argument("--vae-steps", type=int, default=None, help="latte 500, wan 3000")
     parser.add_argument("--vae-batch", type=int, default=None,
                         help="per VAE step: latte, 32 frames; wan, 4 clips of --vae-frames")
     parser.add_argument("--vae-frames", type=int, default=5, help="wan: frames per VAE training clip (4k + 1)")
     parser.add_argument("--vae-base-dim", type=int, default=16, help="wan: the VAE's base width")
     parser.add_argument("--width-heads", type=int, default=4, help="wan: attention heads of 16 (model width 16 x this)")
-    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 5e-4")
+    parser.add_argument("--vae-lr", type=float, default=None, help="latte 1e-3; wan 2e-4")
     parser.add_argument("--vae-clip", type=float, default=None,
                         help="VAE gradient-norm clip, 0 for none (latte none; wan 1.0: at 1e-3 unclipped, 4-clip "
                              "batches spiked the loss back to the start)")
     parser.add_argument("--kl-weight", type=float, default=1e-4)
+    parser.add_argument("--vae-latent", choices=("sample", "mode"), default=None,
+                        help="stage 1 decodes the posterior's sample (latte) or its mean (wan: its posterior std stays "
+                             "~1 while the means are ~0.5, so samples are mostly noise)")
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
     parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
