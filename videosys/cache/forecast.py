@@ -14,8 +14,9 @@ Three schedules:
 - calibrated (`steps`, names `forecast-s<K>`): the K steps that compute, found for this model and step count by
   `python scripts/calibrate_teacache.py --method forecast --computes K` (videosys/cache/forecast_schedule.py) and
   kept in the family's cache_settings ("schedules": K -> steps); which steps compute matters more than how the
-  output is extrapolated (docs/caches/forecast.md: on the demo model the same order-1 forecast keeps 31.6 dB on
-  diffusers' TaylorSeer-lite schedule and 38.3 dB on the calibrated one, both computing 13 of 50 steps);
+  output is extrapolated (docs/caches/forecast.md: on the demo model, on seeds the search never saw, the same
+  order-1 forecast keeps 28.8 dB on diffusers' TaylorSeer-lite schedule and 36.3 dB on the calibrated one, both
+  computing 13 of 50 steps);
 - fixed (`interval` N > 0): steps 0 .. warmup-1 compute, then every N-th step; host values only, so every
   rank decides alike without a collective;
 - adaptive (`interval` 0): a step is forecast while the accumulated relative size of the forecast's
