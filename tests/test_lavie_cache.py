@@ -40,25 +40,32 @@ def test_every_method_that_applies_runs_and_reports(tiny):
     assert all(changed.values()), changed  # every other one acted
 
 
+def assert_deepcache_splits_exactly(unet, call, t: float, atol: float) -> None:
+    """For every branch depth: DeepCache at interval 2 computes step 0 and reuses step 1; on step 1's input equal to
+    step 0's, the reused deep features give the full output (the right skips taken back). Leaves the cache off."""
+    with torch.no_grad():
+        plain = call()
+        for branch in range(unet.down_units):
+            unet.disable_cache()
+            unet.enable_cache(DeepCacheConfig(interval=2, branch=branch))
+            unet.cache_begin([t, t - 20])
+            outs = []
+            for i in range(2):
+                unet.cache_step(i, t)
+                outs.append(call())
+            state = unet.active_cache("deepcache")
+            assert (state.computed, state.reused_steps) == (1, [1])
+            assert torch.allclose(outs[0], plain, atol=atol) and torch.allclose(outs[1], plain, atol=atol), branch
+    unet.disable_cache()
+
+
 def test_deepcache_runs_the_shallow_ends_of_the_u(tiny):
     """A cached step on the very input of a full step gives the full step's output (the right skips taken back);
     interval 1 is the uncached model; the counts follow the uniform schedule."""
     unet = tiny.transformer
     gen = torch.Generator().manual_seed(0)
     x, text = torch.randn(2, 4, 3, 4, 4, generator=gen), torch.randn(2, 77, 32, generator=gen)
-    with torch.no_grad():
-        plain = unet(x, torch.tensor(500), text)
-        for branch in range(unet.down_units):
-            unet.disable_cache()
-            unet.enable_cache(DeepCacheConfig(interval=2, branch=branch))
-            unet.cache_begin([500.0, 480.0])
-            outs = []
-            for i in range(2):
-                unet.cache_step(i, 500.0)
-                outs.append(unet(x, torch.tensor(500), text))
-            state = unet.active_cache("deepcache")
-            assert (state.computed, state.reused_steps) == (1, [1])
-            assert torch.allclose(outs[0], plain, atol=1e-6) and torch.allclose(outs[1], plain, atol=1e-6), branch
+    assert_deepcache_splits_exactly(unet, lambda: unet(x, torch.tensor(500), text), 500.0, atol=1e-6)
     unet.disable_cache()
     base = tiny.generate(PROMPT, **RUN)
     tiny.set_cache(DeepCacheConfig(interval=1))

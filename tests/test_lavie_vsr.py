@@ -290,21 +290,8 @@ def test_vsr_refuses_a_noise_level_beyond_the_embedding(stage):
 def test_vsr_deepcache_runs_the_shallow_ends_of_the_u():
     """The VSR UNet is a block stack as the base UNet is: a cached step on the very input of a full step gives the
     full step's output for every branch depth (each level's temporal module with its last unit)."""
-    from videosys.cache.deepcache import DeepCacheConfig
+    from test_lavie_cache import assert_deepcache_splits_exactly
 
     unet = tiny_unet()
     args = inputs(b=2, frames=3)
-    with torch.no_grad():
-        plain = unet(*args)
-        for branch in range(unet.down_units):
-            unet.disable_cache()
-            unet.enable_cache(DeepCacheConfig(interval=2, branch=branch))
-            unet.cache_begin([321.0, 300.0])
-            outs = []
-            for i in range(2):
-                unet.cache_step(i, 321.0)
-                outs.append(unet(*args))
-            state = unet.active_cache("deepcache")
-            assert (state.computed, state.reused_steps) == (1, [1])
-            assert torch.allclose(outs[1], plain, atol=1e-5), branch
-    unet.disable_cache()
+    assert_deepcache_splits_exactly(unet, lambda: unet(*args), 321.0, atol=1e-5)
