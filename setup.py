@@ -16,7 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["videosys", "videosys.*"]),
-    # the trained demo models (LatteConfig(preset="demo" / "demo-skip"), WanConfig(preset="demo") once shipped): a few MB of safetensors and configs
+    # the trained demo models (LatteConfig(preset="demo" / "demo-skip"), WanConfig(preset="demo") once shipped):
+    # a few MB of safetensors and configs
     package_data={"videosys": [f"assets/{demo}/{files}" for demo in ("demo-latte", "demo-latte-skip", "demo-wan")
                                for files in ("*.json", "*/*")] + ["serve/page/*"]},
     install_requires=requirements,

@@ -110,8 +110,8 @@ class LaVieConfig(BaseConfig):
             raise ValueError(f"sample_method must be one of {', '.join(SCHEDULERS)} (the release's sample.py), got "
                              f"{self.sample_method!r}")
         super().__post_init__()
-        for stage in self.stages[1:]:
-            refuse_fitted(self.cache_configs(), stage)
+        if len(self.stages) > 1:  # the first later stage is where a fitted method would run on another model
+            refuse_fitted(self.cache_configs(), self.stages[1])
 
     def check_request(self, values: dict) -> dict:
         """BaseConfig's checks, then the size grid: height / width divisible by the VAE's 8 (pipeline_videogen.py
@@ -234,8 +234,8 @@ class LaViePipeline(VideoSysPipeline):
     def set_cache(self, cache) -> None:
         """The base UNet's caches, and each later stage's (each counts its own: out.stats "<stage>_<method>")."""
         configs = self.config.resolve_cache(cache)
-        for stage in self.later_stages:  # refused before anything changes
-            refuse_fitted(configs, stage.name)
+        if self.later_stages:  # refused before anything changes
+            refuse_fitted(configs, self.later_stages[0].name)
         super().set_cache(configs)
         for stage in self.later_stages:
             stage.set_cache(configs)
