@@ -31,12 +31,14 @@ setup(
         "serve": ["fastapi", "uvicorn", "python-multipart", "ray[serve]>=2.9"],
         # quantize="int8" (torchao weight-only; 0.18 keeps torch 2.13), offload="group" (diffusers' hooks use accelerate)
         "memory": ["torchao>=0.18", "accelerate"],
+        # `videosys bench --model wan --peers`: cache-dit's DBCache beside diffusers' hooks (diffusers is a requirement)
+        "peers": ["cache-dit==1.5.3"],
         # the documentation site: `mkdocs serve`, `mkdocs build --strict` (CI)
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
         # httpx: FastAPI's TestClient; selenium drives the system Chromium (.ci/run installs it with apt);
-        # openai: the server is tested with OpenAI's own client; torchao: the int8 tests
+        # openai: the server is tested with OpenAI's own client; torchao: the int8 tests; cache-dit: the Wan peers
         "test": ["pytest>=8", "pytest-timeout", "scikit-image", "matplotlib", "ray[serve]>=2.9", "fastapi", "uvicorn",
-                 "python-multipart", "httpx", "selenium", "openai>=2.5", "torchao>=0.18"],
+                 "python-multipart", "httpx", "selenium", "openai>=2.5", "torchao>=0.18", "cache-dit==1.5.3"],
     },
     entry_points={"console_scripts": ["videosys=videosys.cli:main"]},
 )

@@ -255,34 +255,71 @@ def vae_validation(vae, frames: torch.Tensor) -> float:
     return float(torch.nn.functional.mse_loss(vae.decode(vae.encode(frames).latent_dist.mode()).sample, frames))
 
 
-def train_vae(pipeline, args, log) -> dict:
+def validation_frames(pipeline, args) -> torch.Tensor:
+    frames, pixels = (args.vae_frames, to_video) if is_wan(pipeline) else (1, to_pixels)
+    return pixels(DemoClips(frames, args.height, args.width, VALIDATION_SEED).batch(0, args.val_size)[0])
+
+
+def train_vae(pipeline, args, log, first_step: int = 0, steps: int | None = None, lr: float | None = None) -> dict:
     """Latte's 2D VAE on single frames; Wan's causal 3D VAE on short clips (--vae-frames: its first frame is
-    encoded alone, the next four as one latent frame, so both paths train)."""
-    vae = pipeline.vae.train()
+    encoded alone, the next four as one latent frame, so both paths train). A phase of `steps` at `lr` (fresh
+    AdamW, warmed up) on the data from batch `first_step` on: stage 1's second phase continues the first's data."""
+    steps = args.vae_steps if steps is None else steps
+    lr = args.vae_lr if lr is None else lr
+    vae = pipeline.vae.train().requires_grad_(True)  # a second phase: the first left it frozen
     frames, pixels = (args.vae_frames, to_video) if is_wan(pipeline) else (1, to_pixels)
     data = DemoClips(num_frames=frames, height=args.height, width=args.width, seed=args.seed)
-    val = pixels(DemoClips(frames, args.height, args.width, VALIDATION_SEED).batch(0, args.val_size)[0])
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(args.seed + 1)
+    val = validation_frames(pipeline, args)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(args.seed + 1 + first_step)
     before = vae_validation(vae, val)
     losses, start = [], time.perf_counter()
-    for step in range(args.vae_steps):
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.vae_lr, args.warmup)
-        loss, mse = vae_loss(vae, pixels(data.batch(step, args.vae_batch)[0]), generator, args.kl_weight,
-                             args.object_weight, args.vae_latent == "sample")
+            group["lr"] = lr_at(step, lr, args.warmup)
+        loss, mse = vae_loss(vae, pixels(data.batch(first_step + step, args.vae_batch)[0]), generator,
+                             args.kl_weight, args.object_weight, args.vae_latent == "sample")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.vae_clip:
             torch.nn.utils.clip_grad_norm_(vae.parameters(), args.vae_clip)
         optimizer.step()
         losses.append(mse)
-        if step % args.log_every == 0 or step == args.vae_steps - 1:
-            log(f"vae step {step:5d}  mse {mse:.5f}")
+        if step % args.log_every == 0 or step == steps - 1:
+            log(f"vae step {first_step + step:5d}  mse {mse:.5f}")
     seconds = time.perf_counter() - start
     vae.eval().requires_grad_(False)
     return {"val_mse_before": before, "val_mse_after": vae_validation(vae, val), "losses": losses,
-            "s_per_step": seconds / max(args.vae_steps, 1)}
+            "s_per_step": seconds / max(steps, 1)}
+
+
+def load_vae(pipeline, folder: str) -> dict:
+    """A checkpoint folder's vae/ weights into the VAE built above (same tiny architecture; a different one fails
+    loudly here), so the written config is the one a single run writes; returns that folder's vae config."""
+    from safetensors.torch import load_file
+
+    folder = os.path.join(folder, "vae")
+    pipeline.vae.load_state_dict(load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+    with open(os.path.join(folder, "config.json")) as f:
+        return json.load(f)
+
+
+def stage1(pipeline, args, log) -> dict:
+    """The VAE's phases: --vae-steps (skipped with --vae-resume: that snapshot's VAE is their result; a snapshot of
+    it is written for a later --vae-resume), then --vae-steps2 with a fresh optimizer on the data that follows."""
+    if args.vae_resume:
+        load_vae(pipeline, args.vae_resume)
+        report = {"resumed_from": args.vae_resume, "val_mse_before": vae_validation(pipeline.vae, validation_frames(
+            pipeline, args))}
+    else:
+        report = train_vae(pipeline, args, log)
+        if args.snapshot_every and args.vae_steps2:
+            pipeline.vae.eval()
+            pipeline.save_pretrained(os.path.join(args.output + "-snapshots", "stage1"))
+    if args.vae_steps2:
+        second = train_vae(pipeline, args, log, first_step=args.vae_steps, steps=args.vae_steps2)
+        report = {**report, "phase2": second, "val_mse_after": second["val_mse_after"]}
+    return report
 
 
 # ---- stage 2: the transformer -------------------------------------------------------------
@@ -536,27 +573,20 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
     pipeline.text_encoder.requires_grad_(False)
     start = time.perf_counter()
     if args.vae_from:  # stage 1 done before: its VAE weights (and its latent statistics) from a checkpoint folder
-        from safetensors.torch import load_file
-
-        folder = os.path.join(args.vae_from, "vae")
-        # Into the VAE built above (same tiny architecture; a different one fails loudly here), so the
-        # written config is the one a single run writes (from_pretrained would record the local path).
-        pipeline.vae.load_state_dict(load_file(os.path.join(folder, "diffusion_pytorch_model.safetensors")))
+        written = load_vae(pipeline, args.vae_from)
         pipeline.vae.eval().requires_grad_(False)
-        with open(os.path.join(folder, "config.json")) as f:
-            written = json.load(f)
         vae = {"from": args.vae_from}
         stats = {k: written[k] for k in ("scaling_factor", "latents_mean", "latents_std") if k in written}
         if args.family == "latte":
             stats = {"scaling_factor": stats["scaling_factor"]}
     else:
-        vae = train_vae(pipeline, args, log)
+        vae = stage1(pipeline, args, log)
         vae["tracker_accuracy"] = reconstruction_accuracy(pipeline.vae, args)
         log(f"tracker on VAE reconstructions: {vae['tracker_accuracy']}")
         stats = latent_stats(pipeline.vae, args)
     pipeline.vae.register_to_config(**stats)  # the pipeline undoes it before decoding
     if args.snapshot_every and not args.vae_from:  # stage 1's VAE for --vae-from, should stage 2 be cut short
-        pipeline.save_pretrained(os.path.join(args.output + "-snapshots", "stage1"))
+        pipeline.save_pretrained(os.path.join(args.output + "-snapshots", "stage1-done"))
     if args.init_from and args.family == "wan":
         pipeline.transformer.load_state_dict(type(pipeline.transformer).from_pretrained(
             args.init_from, "transformer").state_dict())
@@ -582,9 +612,9 @@ def _train(args, log) -> tuple[LattePipeline, dict]:
 
 # the options whose default depends on --family (None on the command line: this table's)
 FAMILY_DEFAULTS = {
-    "latte": dict(num_frames=16, vae_steps=500, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, vae_latent="sample",
+    "latte": dict(num_frames=16, vae_steps=500, vae_steps2=0, vae_batch=32, vae_lr=1e-3, vae_clip=0.0, vae_latent="sample",
                   num_layers=2, timestep_power=0.5, steps=12000, latent_pool=4608),
-    "wan": dict(num_frames=17, vae_steps=3000, vae_batch=4, vae_lr=2e-4, vae_clip=1.0, vae_latent="mode",
+    "wan": dict(num_frames=17, vae_steps=3000, vae_steps2=3000, vae_batch=4, vae_lr=2e-4, vae_clip=1.0, vae_latent="mode",
                 num_layers=4, timestep_power=1.0, steps=6000, latent_pool=1152),
 }
 
@@ -615,6 +645,11 @@ def parse_args(argv=None):
                         help="stage 1 decodes the posterior's sample (latte) or its mean (wan: its posterior std stays "
                              "~1 while the means are ~0.5, so samples are mostly noise)")
     parser.add_argument("--object-weight", type=float, default=10.0, help="extra VAE loss weight on object pixels")
+    parser.add_argument("--vae-steps2", type=int, default=None,
+                        help="a second stage-1 phase of this many steps with a fresh AdamW at --vae-lr, the data "
+                             "continuing where the first phase stopped (latte 0, wan 3000)")
+    parser.add_argument("--vae-resume", help="a stage-1 snapshot (<output>-snapshots/stage1 of an earlier run with the "
+                                             "same options): its vae/ is the first phase's result; runs the second")
     parser.add_argument("--vae-from", help="checkpoint folder whose vae/ to reuse (skips stage 1)")
     parser.add_argument("--init-from", help="checkpoint folder whose transformer/ to start stage 2 from")
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="v_prediction")
@@ -655,11 +690,13 @@ def parse_args(argv=None):
     for name in ("height", "width"):
         if getattr(args, name) % 16:
             parser.error(f"--{name} must be divisible by 16 (VAE 8x down x patch 2)")
+    if args.vae_resume and args.vae_from:
+        parser.error("--vae-resume continues stage 1, --vae-from skips it: give one")
     if args.latent_pool < args.batch_size:
         parser.error("--latent-pool must hold at least one batch")
     if args.skip_stage1_steps and not args.skip_connections:
         parser.error("--skip-stage1-steps trains skip branches: add --skip-connections")
-    if args.skip_stage1_steps < 0 or args.num_frames < 1 or args.steps < 0 or args.vae_steps < 0 \
+    if args.skip_stage1_steps < 0 or args.num_frames < 1 or args.steps < 0 or args.vae_steps < 0 or args.vae_steps2 < 0 \
             or not math.isfinite(args.lr):
         parser.error("need --num-frames >= 1 and non-negative step counts")
     return args
@@ -672,7 +709,8 @@ def main(argv=None) -> int:
     write_json(os.path.join(args.output, "train_demo.json"), report)
     v, t = report["vae"], report["transformer"]
     stage1 = (f"vae from {v['from']}" if "from" in v else
-              f"vae val mse {v['val_mse_before']:.4f} -> {v['val_mse_after']:.4f} ({v['s_per_step']:.3f} s/step)")
+              f"vae val mse {v['val_mse_before']:.4f} -> {v['val_mse_after']:.4f} "
+              f"({v.get('s_per_step', v.get('phase2', {}).get('s_per_step', 0.0)):.3f} s/step)")
     print(f"{stage1}; transformer val loss {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f} "
           f"({t['s_per_step']:.3f} s/step); total {report['total_s']:.0f} s; wrote {args.output}")
     return 0

@@ -40,7 +40,12 @@ def test_bench_command_on_the_tiny_preset(tmp_path, capsys):
     assert [e["speedup_at_least"] for e in report["frontier"]] == list(bench.TARGETS)
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "best at each speed-up" in printed and "forecast-i2-o1-w1" in printed
+    assert "best at each end-to-end wall speed-up" in printed and "forecast-i2-o1-w1" in printed
+    assert "best at each counted-work speed-up" in printed and "best at each transformer wall speed-up" in printed
+    # counted work: a step-level cache's FLOPs are the computed steps' (plus its indicator's few on the others)
+    assert results["none"]["work"] == 1.0 and results["pab-246"]["work"] <= 1.0
+    assert results["teacache-1.0"]["work"] == pytest.approx(tea["computed_steps"] / 4, rel=0.05)
+    assert [e["axis"] for e in report["frontier_work"]] == ["work"] * len(bench.TARGETS)
     with pytest.raises(ValueError, match="--first-seed must be >= 0"):
         bench.check(parsed("--first-seed", "-1"), config_class("latte")(preset="tiny"))
 
@@ -64,7 +69,8 @@ def test_default_variants_are_every_registered_sweep():
     (["--variants", "teacache-slow"], "must include none"),
     (["--variants", "none", "nosuchcache-3"], "unknown cache"),
     (["--variants", "none", "foca-3+pab"], "both act at the 'module' hook point"),  # a combination at one point
-    (["--model", "cogvideox", "--peers"], "only with --model latte"),
+    (["--model", "cogvideox", "--peers"], "only with --model latte or wan"),
+    (["--model", "wan", "--peers", "dbcache-F1B0-x"], "unknown peer variant"),
     (["--peers", "taylorseer-x"], "unknown peer variant"),
     (["--repeats", "0"], "--repeats must be"),
 ])
@@ -85,7 +91,7 @@ def test_table_says_whether_a_variant_may_reuse_the_last_step():
     text = bench.table({"easycache": {**row, "reuses_last_step": False}, "fbcache": {**row, "reuses_last_step": True}},
                        False, False)
     assert "last step" in text.splitlines()[0]
-    assert text.splitlines()[1].split()[5] == "compute" and text.splitlines()[2].split()[5] == "reuse"
+    assert text.splitlines()[1].split()[6] == "compute" and text.splitlines()[2].split()[6] == "reuse"
 
 
 def test_frontier_picks_the_best_at_or_above_each_speedup():
@@ -118,6 +124,28 @@ def test_peers_run_in_the_same_rounds(tmp_path):
     assert peer["framework"] == "diffusers" and peer["method"] == "diffusers:taylorseer-lite"
     assert results["diffusers:none"]["speedup"] == 1.0 and 10 < peer["psnr"] < 100
     assert 0 <= peer["accuracy"] <= 1 and peer["accuracy_detail"]["n"] == 2
+
+
+def test_counted_work_is_torch_flop_formulas_on_the_forwards():
+    """ForwardMeter counts what torch's FlopCounterMode counts, on the module's forwards only, while counting."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from videosys.eval.work import ForwardMeter
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 16))
+    x = torch.randn(3, 10, 16)
+    meter = ForwardMeter(model)
+    model(x)
+    assert meter.flops == 0 and meter.spent > 0  # timed, not counted
+    meter.counting = True
+    model(x)
+    torch.randn(64, 64) @ torch.randn(64, 64)  # outside the forward: not counted
+    with FlopCounterMode(display=False) as reference:
+        model(x)  # counted by both: the meter has now seen two forwards
+    assert meter.flops == 2 * reference.get_total_flops() == 2 * 2 * 3 * 10 * (16 * 64 + 64 * 16)
+    meter.reset()
+    assert (meter.flops, meter.spent) == (0, 0.0)
 
 
 def test_old_script_names_are_the_command():

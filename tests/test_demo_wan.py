@@ -13,7 +13,7 @@ from videosys.models.wan import pipeline as wan_pipeline
 from videosys.models.wan.pipeline import WanConfig, WanPipeline
 
 # a seconds-long run of the whole trainer (both stages, the save) at toy sizes
-TOY = ["--family", "wan", "--vae-steps", "4", "--steps", "12", "--num-frames", "5", "--height", "32", "--width", "32",
+TOY = ["--family", "wan", "--vae-steps", "2", "--vae-steps2", "2", "--steps", "12", "--num-frames", "5", "--height", "32", "--width", "32",
        "--latent-pool", "16", "--val-size", "2", "--log-every", "100", "--vae-base-dim", "4", "--num-layers", "2",
        "--width-heads", "2"]
 PROMPT = "a red circle moving to the right"
@@ -67,3 +67,28 @@ def test_demo_preset_is_the_shipped_folder_or_says_how_to_train_it(monkeypatch, 
     assert (config.num_frames, config.height, config.width, config.flow_shift) == (17, 64, 64, 3.0)
     assert config.default_negative_prompt() == ""  # the uncond prompt the demo was trained with
     assert WanConfig(preset="tiny").default_negative_prompt() != ""  # the releases' keep theirs
+
+
+def test_bench_races_diffusers_hooks_and_cache_dit_on_the_folder(toy_wan, tmp_path):
+    """`videosys bench --model wan --peers`: diffusers' WanPipeline with its hooks and a second one with cache-dit's
+    DBCache, each against its own uncached run; counted work is the same measure for all (FLOPs of the transformer's
+    forwards); a variant the peer itself refuses is reported, not fatal; MagCache runs its own calibration first."""
+    pytest.importorskip("cache_dit")
+    from videosys.eval import bench
+
+    out = tmp_path / "wan.json"
+    assert bench.main(["--model", "wan", "--preset", "demo", "--model-path", str(toy_wan), "--num-frames", "5",
+                       "--height", "32", "--width", "32", "--steps", "6", "--prompts", "1", "--repeats", "1",
+                       "--variants", "none", "--peers", "taylorseer-lite-2", "magcache-0.5", "dbcache-F1B0-0.5-ts",
+                       "dbcache-F8B0-0.08", "--output", str(out)]) == 0
+    results = json.load(open(out))["results"]
+    assert {"diffusers:none", "cache-dit:none", "diffusers:magcache-0.5"} <= set(results)
+    assert "Fn_compute_blocks 8" in results["cache-dit:dbcache-F8B0-0.08"]["error"]  # the toy has 2 blocks
+    # work is a fraction of each framework's own uncached FLOPs: cache-dit patches the same diffusers model; ours
+    # computes the text's cross-attention keys and values once per generation, theirs on every call
+    assert results["diffusers:none"]["flops"] == results["cache-dit:none"]["flops"] > results["none"]["flops"]
+    lite = results["diffusers:taylorseer-lite-2"]
+    assert lite["framework"] == "diffusers" and 0.3 < lite["work"] < 0.9 and lite["psnr"] > 5
+    dbcache = results["cache-dit:dbcache-F1B0-0.5-ts"]
+    assert dbcache["framework"] == "cache-dit" and dbcache["method"] == "cache-dit:dbcache-F1B0-ts"
+    assert dbcache["work"] <= 1.0 and results["diffusers:magcache-0.5"]["work"] <= 1.0

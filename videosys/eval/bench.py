@@ -28,7 +28,6 @@ import itertools
 import math
 import os
 import statistics
-import time
 
 import torch
 
@@ -38,7 +37,7 @@ from videosys.eval.metrics import average_per_frame, video_metrics
 from videosys.eval.runs import add_model_args, model_config, prompt_list, run_reporting_errors
 from videosys.utils.files import write_json
 
-TARGETS = (1.2, 1.35, 1.6, 1.8, 2.0, 2.2, 2.5)  # speed-ups the frontier table reads (the speed-ups diffusers' caches reach on the demo model: docs/benchmarks.md)
+TARGETS = (1.2, 1.5, 2.0, 2.5, 3.0)  # speed-ups the frontier tables read, wall and counted work
 
 
 # ---------------------------------------------------------------- variants
@@ -65,8 +64,9 @@ def method_of(variant: str) -> str:
     "forecast-i3-o2" -> "forecast", "diffusers:taylorseer-lite-3" -> "diffusers:taylorseer-lite"."""
     from videosys.cache.registry import method_for_name
 
-    if variant.startswith(peer_caches.PREFIX):
-        return peer_caches.PREFIX + peer_caches.method_of(variant[len(peer_caches.PREFIX):])
+    for prefix in peer_caches.PREFIXES.values():
+        if variant.startswith(prefix):
+            return prefix + peer_caches.method_of(variant[len(prefix):])
     if "+" in variant:
         return "+".join(method_of(part) for part in variant.split("+"))
     if variant.startswith("teacache-cal-"):
@@ -91,31 +91,27 @@ def reuses_last_step(variant: str) -> bool | None:
 
 
 class EngineRunner:
-    """Our engine, one cache variant at a time; sums the transformer's wall time per generation."""
+    """Our engine, one cache variant at a time; `meter` sums the transformer's wall time (and FLOPs, while
+    counting) per generation."""
+
+    framework = "videosys"
 
     def __init__(self, engine, coefficients=None):
         from videosys.cache import METHODS
+        from videosys.eval.work import ForwardMeter
 
         self.engine, self.coefficients, self.methods = engine, coefficients, METHODS
-        self.spent = 0.0
-        transformer = engine.pipeline.transformer
-        forward = transformer.forward
+        self.meter = ForwardMeter(engine.pipeline.transformer)
 
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            out = forward(*args, **kwargs)
-            if out.is_cuda:
-                torch.cuda.synchronize(out.device)
-            self.spent += time.perf_counter() - start
-            return out
-
-        transformer.forward = timed
+    @property
+    def spent(self) -> float:
+        return self.meter.spent
 
     def set_cache(self, variant: str) -> None:
         self.engine.set_cache(cache_spec(variant, self.coefficients))
 
     def generate(self, prompt: str, seed: int):
-        self.spent = 0.0
+        self.meter.reset()
         out = self.engine.generate(prompt, seed=seed)
         stats = {name: value for name, value in out.stats.items() if name in self.methods}
         return out.video[0].numpy(), out.stats["total_s"], stats
@@ -178,14 +174,17 @@ def last_step_of(row: dict) -> str:
 def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     width = max([15] + [len(v) + 2 for v in results])
-    head = (f"{'variant':<{width}}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'computed':>9}{'last step':>10}"
-            f"{'PSNR':>8}{'SSIM':>8}")
+    head = (f"{'variant':<{width}}{'total s':>9}{'transf. s':>10}{'speed-up':>9}{'work':>7}{'computed':>9}"
+            f"{'last step':>10}{'PSNR':>8}{'SSIM':>8}")
     head += f"{'LPIPS':>8}" if with_lpips else ""
     head += f"{'accuracy':>9}" if with_accuracy else ""
     lines = [head]
     for variant, row in results.items():
+        if "error" in row:
+            lines.append(f"{variant:<{width}}failed: {row['error'][:100]}")
+            continue
         line = (f"{variant:<{width}}{row['total_s']:>9.3f}{row['transformer_s']:>10.3f}{row['speedup']:>8.2f}x"
-                f"{computed_of(row):>9}{last_step_of(row):>10}{fmt(row.get('psnr'), '.2f'):>8}"
+                f"{fmt(row.get('work'), '.3f'):>7}{computed_of(row):>9}{last_step_of(row):>10}{fmt(row.get('psnr'), '.2f'):>8}"
                 f"{fmt(row.get('ssim'), '.4f'):>8}")
         line += f"{fmt(row.get('lpips'), '.4f'):>8}" if with_lpips else ""
         line += f"{fmt(row.get('accuracy'), '.3f'):>9}" if with_accuracy else ""
@@ -193,10 +192,22 @@ def table(results: dict, with_lpips: bool, with_accuracy: bool) -> str:
     return "\n".join(lines)
 
 
-def best_at(results: dict, target: float, metric: str, framework: str | None = None) -> str | None:
-    """The variant with the best `metric` among those at least `target` times faster than their baseline
-    (PSNR: highest, LPIPS: lowest), of one framework or of all; None if none is that fast."""
-    rows = [(v, r) for v, r in results.items() if r.get(metric) is not None and r["speedup"] >= target
+AXES = {"speedup": "end-to-end wall speed-up", "transformer": "transformer wall speed-up",
+        "work": "counted-work speed-up (uncached FLOPs / FLOPs)"}
+
+
+def speed(row: dict, axis: str) -> float:
+    """A row's speed-up on an axis: wall, end to end ("speedup") or the transformer's calls alone ("transformer":
+    where the VAE and text encoder dominate a small model's time), or counted work (uncached FLOPs over its FLOPs)."""
+    if axis == "work":
+        return 1.0 / row["work"]
+    return row["transformer_speedup" if axis == "transformer" else "speedup"]
+
+
+def best_at(results: dict, target: float, metric: str, framework: str | None = None, axis: str = "speedup") -> str | None:
+    """The variant with the best `metric` among those at least `target` times faster than their baseline on
+    `axis` (PSNR: highest, LPIPS: lowest), of one framework or of all; None if none is that fast."""
+    rows = [(v, r) for v, r in results.items() if r.get(metric) is not None and speed(r, axis) >= target
             and (framework is None or r["framework"] == framework)]
     if not rows:
         return None
@@ -204,28 +215,30 @@ def best_at(results: dict, target: float, metric: str, framework: str | None = N
     return max(rows, key=lambda vr: sign * vr[1][metric])[0]
 
 
-def frontier(results: dict, targets=TARGETS) -> list[dict]:
-    """Per target speed-up: the best variant overall on PSNR and on LPIPS, and the best of each framework."""
+def frontier(results: dict, targets=TARGETS, axis: str = "speedup") -> list[dict]:
+    """Per target speed-up on `axis`: the best variant overall on PSNR and on LPIPS, and the best of each framework."""
     frameworks = sorted({r["framework"] for r in results.values()})
     out = []
     for target in targets:
-        entry = {"speedup_at_least": target}
+        entry = {"speedup_at_least": target, "axis": axis}
         for metric in ("psnr", "lpips"):
-            entry[metric] = best_at(results, target, metric)
+            entry[metric] = best_at(results, target, metric, axis=axis)
             for framework in frameworks:
-                entry[f"{metric}_{framework}"] = best_at(results, target, metric, framework)
+                entry[f"{metric}_{framework}"] = best_at(results, target, metric, framework, axis)
         out.append(entry)
     return out
 
 
 def frontier_table(results: dict, entries: list[dict]) -> str:
-    """One line per target speed-up: the best PSNR and the best LPIPS there (with the framework's best if another
-    framework's variant wins), '*' marking the overall best."""
+    """One line per target speed-up: the best PSNR and the best LPIPS there, each framework's best, '*' marking
+    the overall best."""
+    axis = entries[0].get("axis", "speedup") if entries else "speedup"
+
     def cell(variant, metric):
         if variant is None:
             return "-"
         row = results[variant]
-        return f"{variant} {row[metric]:.{2 if metric == 'psnr' else 4}f} @{row['speedup']:.2f}x"
+        return f"{variant} {row[metric]:.{2 if metric == 'psnr' else 4}f} @{speed(row, axis):.2f}x"
 
     frameworks = sorted({r["framework"] for r in results.values()})
     lines = []
@@ -237,7 +250,7 @@ def frontier_table(results: dict, entries: list[dict]) -> str:
             cells = [("*" if w == best and best is not None else " ") + cell(w, metric) for w in winners]
             parts.append(f"{metric.upper()}: " + " | ".join(cells))
         lines.append(f">= {e['speedup_at_least']:.2f}x  " + "   ".join(parts))
-    return f"best at each speed-up ({' | '.join(frameworks)}; * = best overall)\n" + "\n".join(lines)
+    return (f"best at each {AXES[axis]} ({' | '.join(frameworks)}; * = best overall)\n" + "\n".join(lines))
 
 
 # ---------------------------------------------------------------- the command
@@ -252,8 +265,9 @@ def add_arguments(parser) -> None:
                              f"{', '.join(choices())}, "
                              "teacache-cal-<threshold> (with --coefficients); a+b runs two methods at once")
     parser.add_argument("--peers", nargs="*", metavar="PEER",
-                        help="also diffusers' caches on the same Latte checkpoint, timed in the same rounds "
-                             f"(no names: {' '.join(peer_caches.VARIANTS)})")
+                        help="also the peers' caches on the same checkpoint (diffusers' hooks; on Wan also "
+                             "cache-dit's DBCache), timed in the same rounds (no names: latte: "
+                             f"{' '.join(peer_caches.VARIANTS['latte'])}; wan: {' '.join(peer_caches.VARIANTS['wan'])})")
     parser.add_argument("--coefficients", help="JSON of scripts/calibrate_teacache.py: its polynomial for "
                                                "the teacache-cal-<threshold> variants")
     parser.add_argument("--first-seed", type=int, default=0,
@@ -369,11 +383,46 @@ def check(args, config) -> list[str]:
     for variant in variants:
         configs_from_spec(cache_spec(variant, coefficients), config.published_cache_settings())
     if args.peers is not None:
-        if args.model != "latte":
-            raise ValueError("--peers runs diffusers' LattePipeline: only with --model latte")
+        if args.model not in peer_caches.VARIANTS:
+            raise ValueError(f"--peers runs diffusers' own pipeline on the checkpoint: only with --model "
+                             f"{' or '.join(peer_caches.VARIANTS)}")
         for peer in args.peers:
-            peer_caches.cache_config(peer)
+            peer_caches.cache_config(peer, model=args.model)
     return ["none"] + [v for v in variants if v != "none"]
+
+
+def peer_entries(peers: list[str] | None, config, model: str, jobs: list) -> list[tuple]:
+    """(name, runner, variant) of each peer variant, with each framework's uncached run first: diffusers' pipeline
+    and, for cache-dit's variants, a second one cache-dit patches."""
+    if peers is None:
+        return []
+    entries = []
+    for framework in ("diffusers", "cache-dit"):
+        mine = [p for p in peers if peer_caches.framework_of(p) == framework]
+        if not mine:
+            continue
+        runner = peer_caches.DiffusersRunner(peer_caches.folder_of(config), config, model, framework,
+                                             calibration_job=(jobs[0][0], 0))
+        entries += [(peer_caches.PREFIXES[framework] + p, runner, p) for p in ["none", *mine]]
+    return entries
+
+
+def runs(entry: tuple, job: tuple, results: dict) -> bool:
+    """Whether a peer variant generates at all (one video of the first job); if not, its row says why. Ours are
+    checked before any compute (check) and raise."""
+    name, runner, variant = entry
+    if runner.framework == "videosys" or variant == "none":
+        return True
+    try:
+        runner.set_cache(variant)
+        runner.generate(*job)
+    except Exception as err:  # noqa: BLE001  (the peer's own failure, reported in its row)
+        message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        print(f"{name}: failed ({message})", flush=True)
+        results[name] = {"framework": runner.framework, "variant": variant, "method": method_of(name),
+                         "error": message}
+        return False
+    return True
 
 
 def on_this_model(runner, variants: list[str]) -> list[str]:
@@ -399,7 +448,7 @@ def held_back(args) -> list[str]:
 def run(args) -> int:
     from videosys.utils.files import check_writable_folder
 
-    check_writable_folder(args.output, "--output")  # before any weight loads or compute
+    check_writable_folder(os.path.dirname(args.output) or ".", "--output", args.output)  # before any weight loads
     config = model_config(args)
     variants = check(args, config)
     prompts = held_back(args) if getattr(args, "pairs", False) else prompt_list(args)
@@ -414,8 +463,8 @@ def run(args) -> int:
         if not isinstance(data, dict) or "coefficients" not in data:
             raise ValueError(f"{args.coefficients}: no \"coefficients\" key (scripts/calibrate_teacache.py writes it)")
         coefficients = data["coefficients"]
-    peers = None if args.peers is None else ["none"] + [p for p in (args.peers or peer_caches.VARIANTS) if p != "none"]
-    if peers is not None and config.checkpoint() is None:
+    peers = None if args.peers is None else [p for p in (args.peers or peer_caches.VARIANTS[args.model]) if p != "none"]
+    if peers is not None and peer_caches.folder_of(config) is None:
         raise ValueError("--peers needs a checkpoint folder diffusers can load (the demo preset or --model-path)")
     lpips = lpips_model_or_none(device)
 
@@ -425,21 +474,23 @@ def run(args) -> int:
         ours = EngineRunner(engine, coefficients)
         if getattr(args, "pairs", False):
             variants = on_this_model(ours, variants)
-        entries = [(v, ours, v) for v in variants]
-        if peers is not None:
-            theirs = peer_caches.DiffusersRunner(config.checkpoint(), config)
-            entries += [(peer_caches.PREFIX + p, theirs, p) for p in peers]
-        timings = time_rounds(entries, jobs, args.repeats)
+        entries = [(v, ours, v) for v in variants] + peer_entries(peers, config, args.model, jobs)
         results, baselines = {}, {}
+        entries = [e for e in entries if runs(e, jobs[0], results)]  # a peer that fails is reported, not timed
+        timings = time_rounds(entries, jobs, args.repeats)
         for name, runner, variant in entries:
-            framework = "videosys" if runner is ours else "diffusers"
+            framework = runner.framework
             runner.set_cache(variant)
-            videos, stats = [], {}
+            videos, stats, flops = [], {}, []
+            runner.meter.counting = True  # counted work: this pass only (the counter slows the timed rounds)
             for prompt, seed in jobs:
                 video, _, stats = runner.generate(prompt, seed)
                 videos.append(video)
+                flops.append(runner.meter.flops)
+            runner.meter.counting = False
             row = {"framework": framework, "variant": variant, "method": method_of(name), "caches": stats,
-                   "reuses_last_step": reuses_last_step(variant) if runner is ours else None, **timings[name]}
+                   "reuses_last_step": reuses_last_step(variant) if runner is ours else None, **timings[name],
+                   "flops": statistics.mean(flops)}
             if variant == "none":
                 baselines[framework] = (name, videos)
             else:
@@ -452,7 +503,10 @@ def run(args) -> int:
             print(f"{name}: {row['total_s']:.3f} s/video", flush=True)
 
     for row in results.values():
+        if "error" in row:
+            continue
         base = results[baselines[row["framework"]][0]]
+        row["work"] = row["flops"] / base["flops"]  # counted work: FLOPs over the framework's uncached FLOPs
         row["speedup"] = base["total_s"] / row["total_s"]
         row["transformer_speedup"] = base["transformer_s"] / row["transformer_s"]
         row["speedup_vs_videosys"] = results["none"]["total_s"] / row["total_s"]
@@ -462,13 +516,15 @@ def run(args) -> int:
           f"{config.width}, {len(jobs)} videos per variant, times: median of {args.repeats} interleaved rounds "
           f"({torch.get_num_threads()} threads, load average {load})")
     print(table(results, lpips is not None, with_accuracy))
-    entries_frontier = frontier(results)
-    print(frontier_table(results, entries_frontier))
+    fronts = {axis: frontier(results, axis=axis) for axis in AXES}
+    for entries in fronts.values():
+        print(frontier_table(results, entries))
 
     report = {"model": args.model, "preset": args.preset, "model_path": args.model_path, "device": str(device),
               "steps": config.num_inference_steps, "prompt_set": args.prompt_set, "prompts": prompts,
               "seeds": args.seeds, "first_seed": args.first_seed, "repeats": args.repeats, "threads": torch.get_num_threads(), "load_average": load,
-              "results": results, "frontier": entries_frontier}
+              "results": results, "frontier": fronts["speedup"],
+              "frontier_transformer": fronts["transformer"], "frontier_work": fronts["work"]}
     if getattr(args, "pairs", False):
         report["pairs"], report["refused_pairs"] = pair_rows(results), args.refused_pairs
         print(pairs_table(report["pairs"]))
@@ -479,10 +535,16 @@ def run(args) -> int:
     png = os.path.splitext(args.output)[0] + ".png"
     from videosys.eval.frontier import plot
 
-    points = [{**row, "variant": v} for v, row in results.items() if row["variant"] != "none"]
-    plot(points, png, f"{args.model} ({os.path.basename(os.path.normpath(str(name)))}): speed / fidelity",
-         baselines={"accuracy": results["none"].get("accuracy"), "ssim": 1.0}, optional=("ssim", "accuracy"))
-    print(f"wrote {args.output} and {png}")
+    points = [{**row, "variant": v} for v, row in results.items() if row["variant"] != "none" and "error" not in row]
+    title = f"{args.model} ({os.path.basename(os.path.normpath(str(name)))})"
+    common = dict(baselines={"accuracy": results["none"].get("accuracy"), "ssim": 1.0}, optional=("ssim", "accuracy"))
+    plot(points, png, f"{title}: wall speed / fidelity", **common)
+    pngs = [png]
+    for axis in ("transformer", "work"):
+        pngs.append(f"{os.path.splitext(args.output)[0]}-{axis}.png")
+        plot([{**p, "speedup": speed(p, axis)} for p in points], pngs[-1], f"{title}: {AXES[axis]} / fidelity",
+             xlabel=AXES[axis], **common)
+    print(f"wrote {args.output}, {', '.join(pngs)}")
     return 0
 
 

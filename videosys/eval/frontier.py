@@ -79,7 +79,8 @@ def method_of(variant: str) -> str:
 
 
 def plot(points: list[dict], output: str, title: str, baseline_vbench: float | None = None,
-         baselines: dict | None = None, optional: tuple[str, ...] = ("vbench",)) -> str:
+         baselines: dict | None = None, optional: tuple[str, ...] = ("vbench",),
+         xlabel: str = "speed-up over baseline (x)") -> str:
     """One panel per metric against speed-up: PSNR and LPIPS always, then each of `optional` (ssim,
     vbench, accuracy) that some point has. `baselines` puts the baseline's own value (a star at 1x)."""
     import matplotlib
@@ -109,7 +110,7 @@ def plot(points: list[dict], output: str, title: str, baseline_vbench: float | N
             ax.scatter([1.0], [base_value], color="black", marker="*", s=80, zorder=3)
             ax.annotate("baseline", (1.0, base_value), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.axvline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("speed-up over baseline (x)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.set_title(better, fontsize=9)
         ax.grid(alpha=0.3)

@@ -133,22 +133,11 @@ class Scorer:
     transformer's work; references and scores are kept in `folder` (None: in memory) as they are made."""
 
     def __init__(self, engine, metrics: tuple[str, ...], lpips, folder: str | None):
-        from torch.utils.flop_counter import FlopCounterMode
+        from videosys.eval.work import ForwardMeter
 
         self.engine, self.metrics, self.lpips, self.folder = engine, metrics, lpips, folder
-        self.generations, self.flops, self.counting = 0, 0, True
-        transformer = engine.pipeline.transformer
-        forward = transformer.forward
-
-        def counted(*args, **kwargs):
-            if not self.counting:
-                return forward(*args, **kwargs)
-            with FlopCounterMode(display=False) as counter:
-                out = forward(*args, **kwargs)
-            self.flops += counter.get_total_flops()
-            return out
-
-        transformer.forward = counted
+        self.generations = 0
+        self.meter = ForwardMeter(engine.pipeline.transformer, counting=True)
         self.scores: dict[tuple[str, str], dict] = {}
         self.references: dict[str, tuple[np.ndarray, int]] = {}
         if folder:
@@ -168,10 +157,10 @@ class Scorer:
         from videosys.eval.bench import cache_spec
 
         self.engine.set_cache(cache_spec(spec))
-        self.flops = 0
+        self.meter.reset()
         out = self.engine.generate(job[0], seed=job[1])
         self.generations += 1
-        return out.video[0].numpy(), self.flops
+        return out.video[0].numpy(), self.meter.flops
 
     def reference(self, job: tuple[str, int]) -> tuple[np.ndarray, int]:
         key = job_key(job)
@@ -566,10 +555,10 @@ def _wall_speedup(engine, scorer, spec: str, jobs: list, repeats: int) -> dict:
     """Median seconds per video of no cache and the pick, in interleaved rounds on the held-out jobs."""
     from videosys.eval.bench import EngineRunner, time_rounds
 
-    scorer.counting = False
+    scorer.meter.counting = False
     runner = EngineRunner(engine)
     times = time_rounds([("none", runner, "none"), (spec, runner, spec)], jobs, repeats)
-    scorer.counting = True
+    scorer.meter.counting = True
     return {"speedup": times["none"]["total_s"] / times[spec]["total_s"], "repeats": repeats, **{
         f"{name}_s": value["total_s"] for name, value in (("none", times["none"]), ("pick", times[spec]))}}
 

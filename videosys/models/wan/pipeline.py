@@ -174,6 +174,10 @@ class WanConfig(BaseConfig):
                 for name in ("high", "low")}
 
     def cache_models(self) -> tuple[str, ...]:
+        """A release's keys (cache_settings.cache_models); the demo has its own calibrated numbers (none of the
+        1.3B's: its weights are another model's), then the ones every Wan shares."""
+        if self.preset == "demo":
+            return ("wan-demo", "wan")
         return cache_models(self.kind, self.teacache_use_ret_steps, self.image is not None)
 
     @property
