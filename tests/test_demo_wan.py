@@ -13,7 +13,7 @@ from videosys.models.wan import pipeline as wan_pipeline
 from videosys.models.wan.pipeline import WanConfig, WanPipeline
 
 # a seconds-long run of the whole trainer (both stages, the save) at toy sizes
-TOY = ["--family", "wan", "--vae-steps", "2", "--vae-steps2", "2", "--steps", "12", "--num-frames", "5", "--height", "32", "--width", "32",
+TOY = ["--family", "wan", "--vae-steps", "2", "--vae-more", "2:5:1", "2:9:1", "--steps", "12", "--num-frames", "5", "--height", "32", "--width", "32",
        "--latent-pool", "16", "--val-size", "2", "--log-every", "100", "--vae-base-dim", "4", "--num-layers", "2",
        "--width-heads", "2"]
 PROMPT = "a red circle moving to the right"
@@ -55,6 +55,22 @@ def test_diffusers_wan_pipeline_gives_our_video(toy_wan):
     assert video.shape == theirs.shape == (5, 32, 32, 3)
     assert np.abs(video - theirs).max() <= 1
     assert video.std() > 0  # a video, not a constant frame
+
+
+def test_shipped_demo_is_a_diffusers_folder_giving_our_video():
+    """The shipped videosys/assets/demo-wan through diffusers' WanPipeline (peers.load_wan: from_pretrained, the
+    transformer handed in without accelerate), uncached, at the demo's size: our video within one uint8 level."""
+    from videosys.eval.peers import load_wan
+
+    config = WanConfig(preset="demo", progress_bar=False, num_inference_steps=6)
+    ref = load_wan(config.model_path)
+    ref.set_progress_bar_config(disable=True)
+    frames = ref(PROMPT, negative_prompt="", num_frames=17, height=64, width=64, num_inference_steps=6,
+                 guidance_scale=config.guidance_scale, generator=torch.Generator().manual_seed(1),
+                 output_type="np").frames[0]
+    video = WanPipeline.from_config(config).generate(PROMPT, seed=1).video[0].numpy().astype(np.int16)
+    assert video.shape == (17, 64, 64, 3) and video.std() > 5
+    assert np.abs(video - (frames * 255).round().astype(np.int16)).max() <= 1
 
 
 def test_demo_preset_is_the_shipped_folder_or_says_how_to_train_it(monkeypatch, tmp_path):

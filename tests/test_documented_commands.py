@@ -40,6 +40,8 @@ ALLOWED = {  # pattern (searched in the command) -> why it is not run here
     r"scripts/eval_cascadev\.py": "CascadeV's published weights",
     r"--num-gpus [2-9]": "several processes (tests/test_parallel*.py compare them with one process)",
     r"^ray start": "starts a Ray cluster node (tests/test_serve_replicas.py runs replicas on a local Ray)",
+    r"scripts/train_demo\.py --family wan --output": "trains for ~2 h on one core (tests/test_demo_wan.py runs the "
+                                                     "trainer at toy sizes)",
 }
 
 CHEAPER = [  # pattern -> flags added unless the command gives them (flag, value...)

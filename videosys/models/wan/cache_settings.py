@@ -38,6 +38,10 @@ TEACACHE = {
                                              -2.01973289e-01), **_NO_RET),
     "wan-i2v-14B-720P-e": dict(coefficients=(-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
                                **_NO_RET),
+    # the shipped demo's (videosys/assets/demo-wan), ours: `python scripts/calibrate_teacache.py --model wan --preset
+    # demo --threads 1`, the 24 demo prompts x seed 0, 50 steps, cfg 2.0; R^2 0.13: the indicator
+    # predicts this model's output change poorly (docs/benchmarks.md)
+    "wan-demo": dict(coefficients=(1.02157236e+05, -1.44925162e+04, 6.93742663e+02, -1.24529427e+01, 9.76280162e-02), **_RET),
 }
 
 # MagCache4Wan2.1 (Zehong-Ma/MagCache, MagCache4Wan2.1/magcache_generate.py, `mag_ratios` per ckpt_dir: the
@@ -83,6 +87,14 @@ MAGCACHE = {
         0.9898, 0.9899, 0.98849, 0.98846, 0.98861, 0.9874, 0.98588, 0.98539, 0.98444, 0.9831, 0.98119, 0.98001,
         0.97862, 0.97555, 0.97392, 0.97152, 0.96871, 0.96435, 0.96129, 0.95639, 0.95176, 0.94446, 0.93972, 0.93575,
         0.93537, 0.96655)),
+    # the shipped demo's, ours: `python scripts/calibrate_teacache.py --model wan --preset demo --method magcache
+    # --threads 1` (24 demo prompts x seed 0, 50 steps, cfg 2.0); the 1.3B's operating point
+    "wan-demo": dict(threshold=0.12, max_skip_steps=4, retention_ratio=0.2, ratios=(
+        1.00000, 1.01007, 0.99845, 0.99432, 0.99711, 1.00303, 0.98210, 0.99138, 0.99870, 0.98621, 0.98433,
+        0.98187, 1.00198, 0.98444, 0.98314, 0.99310, 0.98946, 0.98791, 0.98663, 0.98851, 0.97544, 0.97977,
+        0.98930, 0.99315, 0.98828, 0.97169, 0.99354, 0.97994, 0.97308, 1.00175, 0.97307, 0.98378, 1.00021,
+        0.97881, 1.00648, 0.96286, 0.99880, 0.98547, 0.97530, 0.97386, 0.99826, 0.98714, 0.98768, 0.99297,
+        1.00996, 1.00357, 1.00921, 1.00806, 1.04507, 1.06655)),
 }
 
 # EasyCache4Wan2.1 (H-EmbodVis/EasyCache, EasyCache4Wan2.1/easycache_generate.py): --thresh default 0.05,
@@ -90,7 +102,15 @@ MAGCACHE = {
 # as ours always does); T2V and I2V alike.
 EASYCACHE = {"wan": dict(threshold=0.05, warmup=10)}
 
-CACHE_SETTINGS = {"teacache": TEACACHE, "magcache": MAGCACHE, "easycache": EASYCACHE}
+# The output forecast's calibrated schedules for the shipped demo (forecast-s<K>: the K of 50 steps that compute),
+# ours: `python scripts/calibrate_teacache.py --model wan --preset demo --method forecast --computes 13 19 --prompts 8
+# --rounds 2 --threads 1`: 8 demo prompts spread over the set, seed 0, cfg 2.0; the comment is that run's mean PSNR
+FORECAST = {"wan-demo": dict(schedules={
+    13: (50, (0, 2, 4, 6, 8, 12, 15, 20, 26, 31, 38, 44, 48)),  # 50.43 dB
+    19: (50, (0, 2, 3, 5, 6, 8, 10, 12, 14, 18, 20, 24, 28, 32, 38, 42, 45, 48, 49)),  # 54.87 dB
+})}
+
+CACHE_SETTINGS = {"teacache": TEACACHE, "magcache": MAGCACHE, "easycache": EASYCACHE, "forecast": FORECAST}
 
 
 def cache_models(kind: str, teacache_e0: bool = True, image: bool = False) -> tuple[str, ...]:
