@@ -55,3 +55,11 @@ def test_vbench_panel_from_cal_vbench_scores(tmp_path, capsys):
     (point,) = json.loads((tmp_path / "frontier.json").read_text())
     assert point["speedup"] == pytest.approx(3.0) and point["vbench"] == 0.7669 and point["ssim"] is None
     assert "76.69" in capsys.readouterr().out
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both():
+    from videosys.eval.frontier import pareto
+
+    points = [(1.0, 60.0), (2.0, 50.0), (1.5, 40.0), (3.0, 30.0), (2.5, 20.0), (2.0, 45.0)]
+    assert pareto(points) == [(1.0, 60.0), (2.0, 50.0), (3.0, 30.0)]
+    assert pareto([]) == []

@@ -544,8 +544,18 @@ def run(args) -> int:
         pngs.append(f"{os.path.splitext(args.output)[0]}-{axis}.png")
         plot([{**p, "speedup": speed(p, axis)} for p in points], pngs[-1], f"{title}: {AXES[axis]} / fidelity",
              xlabel=AXES[axis], **common)
+    pngs.append(frontier_png(results, args.output, title))
     print(f"wrote {args.output}, {', '.join(pngs)}")
     return 0
+
+
+def frontier_png(results: dict, output: str, title: str) -> str:
+    """<output>-frontier.png: each framework's Pareto front of PSNR against counted-work and transformer speed-up."""
+    from videosys.eval.frontier import pareto_plot
+
+    rows = {v: r for v, r in results.items() if "error" not in r}
+    axes = {axis: (AXES[axis], lambda row, axis=axis: speed(row, axis)) for axis in ("work", "transformer")}
+    return pareto_plot(rows, f"{os.path.splitext(output)[0]}-frontier.png", f"{title}: each framework's best", axes)
 
 
 def add_parser(sub) -> None:

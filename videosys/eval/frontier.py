@@ -135,3 +135,47 @@ def format_table(points: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (speed-up, quality) points no other point beats on both (higher is better on both), by speed-up."""
+    front = []
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front[::-1]
+
+
+def pareto_plot(results: dict, output: str, title: str, axes: dict) -> str:
+    """One panel per speed-up axis (axes: key -> (label, speed function of a row)): each framework's Pareto front
+    of PSNR against that speed-up, its points marked, the uncached video at 1x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frameworks = sorted({r["framework"] for r in results.values()})
+    fig, panels = plt.subplots(1, len(axes), figsize=(6 * len(axes), 4.5))
+    for ax, (label, speed) in zip(panels, axes.values()):
+        for colour, framework in zip(COLOURS, frameworks):
+            rows = [(v, r) for v, r in results.items() if r["framework"] == framework and r.get("psnr") is not None]
+            front = pareto([(speed(r), min(r["psnr"], 60.0)) for _, r in rows])
+            ax.plot([x for x, _ in front], [y for _, y in front], color=colour, marker="o", label=framework)
+            for x, y in front:
+                name = next(v for v, r in rows if speed(r) == x and min(r["psnr"], 60.0) == y)
+                ax.annotate(name.split(":", 1)[-1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=colour)
+        for target in (1.5, 2.0, 2.5, 3.0):
+            ax.axvline(target, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel(label)
+        ax.set_ylabel("PSNR (dB) vs the framework's uncached video (60: identical)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from videosys.utils.files import atomic_path
+
+    with atomic_path(output, ".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return output
