@@ -309,7 +309,8 @@ def stage1(pipeline, args, log) -> dict:
             pipeline.save_pretrained(os.path.join(args.output + "-snapshots", f"vae-step-{first_step}"))
     if report["phases"]:
         report.update(val_mse_before=report["phases"][0]["val_mse_before"],
-                      val_mse_after=report["phases"][-1]["val_mse_after"], s_per_step=report["phases"][-1]["s_per_step"])
+                      val_mse_after=report["phases"][-1]["val_mse_after"], s_per_step=report["phases"][-1]["s_per_step"],
+                      losses=[x for p in report["phases"] for x in p["losses"]])  # every phase's, in order
     return report
 
 

@@ -108,6 +108,8 @@ EASYCACHE = {"wan": dict(threshold=0.05, warmup=10)}
 FORECAST = {"wan-demo": dict(schedules={
     13: (50, (0, 2, 4, 6, 8, 12, 15, 20, 26, 31, 38, 44, 48)),  # 50.43 dB
     19: (50, (0, 2, 3, 5, 6, 8, 10, 12, 14, 18, 20, 24, 28, 32, 38, 42, 45, 48, 49)),  # 54.87 dB
+    # --computes 27 (same settings, a later run)
+    27: (50, (0, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 16, 18, 20, 22, 26, 29, 32, 36, 38, 40, 42, 44, 45, 46, 48, 49)),  # 58.28 dB
 })}
 
 CACHE_SETTINGS = {"teacache": TEACACHE, "magcache": MAGCACHE, "easycache": EASYCACHE, "forecast": FORECAST}
