@@ -229,7 +229,7 @@ register("forecast", ForecastConfig, OutputForecast, for_model=ForecastConfig.fo
          parse=ForecastConfig.from_name, names=("forecast",),
          # from ~1.5x to ~2.5x on the demo model (docs/benchmarks.md): fixed intervals 2 .. 5 and adaptive thresholds between them
          sweep=("forecast-i2", "forecast-0.2", "forecast-0.3-m2", "forecast-i3", "forecast-0.5", "forecast-i4",
-                "forecast-0.7", "forecast-i5", "forecast-s25", "forecast-s19", "forecast-s16", "forecast-s13",
+                "forecast-0.7", "forecast-i5", "forecast-s27", "forecast-s25", "forecast-s19", "forecast-s16", "forecast-s13",
                 "forecast-s10"),  # the calibrated ones where the model has them
          syntax="forecast-<threshold>|forecast-i<interval>[-o<order>][-w<warmup>][-t<tail>]|forecast-s<computes>",
          reuses_last_step=False)  # the last `tail` (>= 1) steps always compute
