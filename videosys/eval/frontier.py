@@ -114,14 +114,7 @@ def plot(points: list[dict], output: str, title: str, baseline_vbench: float | N
         ax.set_ylabel(label)
         ax.set_title(better, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    from videosys.utils.files import atomic_path
-
-    with atomic_path(output, ".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    return output
+    return save_figure(fig, title, output)
 
 
 def format_table(points: list[dict]) -> str:
@@ -171,10 +164,17 @@ def pareto_plot(results: dict, output: str, title: str, axes: dict) -> str:
         ax.set_ylabel("PSNR (dB) vs the framework's uncached video (60: identical)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
+    return save_figure(fig, title, output)
+
+
+def save_figure(fig, title: str, output: str) -> str:
+    """The figure with its title, written whole or not at all (a PNG), and closed."""
+    import matplotlib.pyplot as plt
+
     from videosys.utils.files import atomic_path
 
+    fig.suptitle(title)
+    fig.tight_layout()
     with atomic_path(output, ".png") as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
